@@ -1,0 +1,252 @@
+"""Typed payloads of the contract's topics.
+
+Each payload is a dataclass with ``to_json``/``from_json``. Every payload carries ``v``, the
+schema version; a reader accepts unknown fields (so newer publishers do not break older readers)
+and rejects missing or mistyped ones with :class:`PayloadError`, whose message names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from datetime import datetime, timezone
+from typing import Any, ClassVar, TypeVar
+
+SCHEMA_VERSION = 1
+
+T = TypeVar("T", bound="Payload")
+
+
+class PayloadError(ValueError):
+    """A payload that cannot be used; the message says what is wrong with it."""
+
+
+def now_iso() -> str:
+    """The current time in the contract's form: ISO 8601, UTC, milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Parse UTF-8 JSON, raising PayloadError with the reason."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"payload is not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise PayloadError("payload is not JSON: nested too deeply") from None
+
+
+def encode_json(data: Any) -> bytes:
+    """Compact JSON with sorted keys: the same data always gives the same bytes."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass
+class Payload:
+    v: ClassVar[int] = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["v"] = self.v
+        return data
+
+    def to_json(self) -> bytes:
+        return encode_json(self.to_dict())
+
+    @classmethod
+    def from_json(cls: type[T], raw: bytes | str | dict) -> T:
+        data = raw if isinstance(raw, dict) else decode_json(raw)
+        return _build(cls, data, "")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise PayloadError(f"{where or 'payload'} must be a JSON object")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        name = f"{where}.{f.name}" if where else f.name
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+                raise PayloadError(f"{name} is missing")
+            continue
+        kwargs[f.name] = _check(hints[f.name], data[f.name], name)
+    return cls(**kwargs)
+
+
+def _check(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check(option, value, name)
+            except PayloadError as exc:
+                errors.append(str(exc))
+        raise PayloadError(errors[0] if errors else f"{name} has the wrong type")
+    if hint is Any:
+        return value
+    if is_dataclass(hint):
+        return _build(hint, value, name)
+    if origin is list:
+        if not isinstance(value, list):
+            raise PayloadError(f"{name} must be a list")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_check(item, v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise PayloadError(f"{name} must be an object")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise PayloadError(f"{name} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PayloadError(f"{name} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PayloadError(f"{name} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise PayloadError(f"{name} must be a string")
+        return value
+    return value
+
+
+# --- the payloads ----------------------------------------------------------------------------
+
+
+@dataclass
+class Discovered(Payload):
+    """``devices/{mac}/discovered``: a phone that SUBSCRIBEd, and its dialog for the NOTIFY."""
+
+    mac: str
+    vendor: str
+    model: str
+    firmware: str
+    ip: str
+    port: int
+    contact: str
+    user_agent: str
+    call_id: str
+    from_tag: str
+    to_tag: str
+    seen_at: str
+    # what an in-dialog NOTIFY needs beyond the contract's minimum
+    cseq: int = 0
+    request_uri: str = ""
+    from_uri: str = ""
+    to_uri: str = ""
+    event: dict[str, str] = field(default_factory=dict)
+    interface: str = ""  # local address the SUBSCRIBE arrived on
+    boot: int = 1  # how many boots (new Call-IDs) the listener has seen of this MAC
+
+
+@dataclass
+class ConfigFile(Payload):
+    name: str
+    content_type: str
+    content: str
+    encoding: str  # "utf-8" or "base64"
+    sha256: str
+    size: int
+
+
+@dataclass
+class Config(Payload):
+    """``devices/{mac}/config``: the rendered files of one device."""
+
+    files: list[ConfigFile]
+    revision: int
+    template: str
+    mac: str = ""
+    vendor: str = ""
+    model: str = ""
+    # path, relative to the device's base URL, that the NOTIFY carries ("" = the directory)
+    notify_path: str = ""
+
+
+@dataclass
+class PublishedFile(Payload):
+    name: str
+    url: str
+    sha256: str
+
+
+@dataclass
+class Published(Payload):
+    """``devices/{mac}/published``: the device's files are being served."""
+
+    url: str
+    files: list[PublishedFile]
+    revision: int
+    mac: str = ""
+    vendor: str = ""
+
+
+@dataclass
+class NotifyStatus(Payload):
+    """``devices/{mac}/notify``: how the NOTIFY to the phone went."""
+
+    status: str  # sent, accepted, rejected, timeout
+    code: int | None
+    attempts: int
+    url: str
+    revision: int
+    call_id: str
+    at: str
+    reason: str = ""
+    rtt_ms: float | None = None
+    kind: str = "ua-profile"  # or "check-sync" for a resync
+
+
+@dataclass
+class Fetched(Payload):
+    """``devices/{mac}/fetched``: a download of a device's file."""
+
+    file: str
+    sha256: str
+    status: int
+    client: str
+    user_agent: str
+    provisioned: bool
+    at: str
+    revision: int | None = None
+
+
+@dataclass
+class ErrorReport(Payload):
+    """``devices/{mac}/error``: what went wrong with a device, in an operator's words."""
+
+    service: str
+    code: str
+    message: str
+    at: str
+    field: str | None = None
+
+
+@dataclass
+class ServiceStatus(Payload):
+    """``services/{service}/{instance}``: online, or offline by last will."""
+
+    state: str
+    version: str
+    started_at: str
+    service: str = ""
+    instance: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+    at: str = ""

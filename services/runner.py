@@ -1,0 +1,189 @@
+"""The life of a service: connect, report status, run, stop cleanly.
+
+A service is a function ``start(ctx) -> component`` (or a Deferred of one). The component may
+have a ``stop()`` returning a Deferred; everything else it needs is in the :class:`Context`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from services import __version__
+from services.bus import Bus
+from services.log import start_logging
+from services.messages import ErrorReport, ServiceStatus, now_iso
+from services.settings import Settings
+from services.topics import Topics
+
+log = Logger(namespace="runner")
+
+STOP_TIMEOUT = 4.0
+
+
+@dataclass
+class Context:
+    """What a service gets from the runner."""
+
+    name: str
+    settings: Settings
+    bus: Bus
+    topics: Topics
+    reactor: Any
+    started_at: str
+    counters: Counter = field(default_factory=Counter)
+
+    def database_path(self) -> Path:
+        """Where this service keeps its sqlite database (its directory is created)."""
+        directory = Path(self.settings.data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{self.name}.db"
+
+    def publish_error(self, mac: str, code: str, message: str, field: str | None = None) -> None:
+        """Retained ``devices/{mac}/error`` naming this service, for operators."""
+        report = ErrorReport(service=self.name, code=code, message=message, at=now_iso(), field=field)
+        self.bus.publish(self.topics.device(mac, "error"), report.to_json(), retain=True)
+
+    def clear_error(self, mac: str) -> None:
+        self.bus.publish(self.topics.device(mac, "error"), b"", retain=True)
+
+
+Start = Callable[[Context], Any]
+
+
+class Runtime:
+    """One running service, usable inside a test reactor as well as from :func:`run`."""
+
+    def __init__(self, name: str, settings: Settings, start: Start, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.name = name
+        self.settings = settings
+        self.reactor = reactor
+        self._start = start
+        self.topics = Topics(settings.topic_prefix)
+        self.started_at = now_iso()
+        self.status_topic = self.topics.service(name, settings.instance)
+        self.bus = Bus(settings.mqtt_url, f"pnp-{name}-{settings.instance}-{os.getpid()}", reactor)
+        self.ctx = Context(name, settings, self.bus, self.topics, reactor, self.started_at)
+        self.component: Any = None
+        self._status_loop = task.LoopingCall(self.publish_status)
+        self._status_loop.clock = reactor
+        self._stopped = False
+
+    def status(self, state: str = "online") -> ServiceStatus:
+        counters = dict(self.ctx.counters)
+        counters.update(self.bus.counters)
+        extra = getattr(self.component, "counters", None)
+        if callable(extra):
+            counters.update(extra())
+        return ServiceStatus(
+            state=state, version=__version__, started_at=self.started_at, service=self.name,
+            instance=self.settings.instance, counters=counters, at=now_iso(),
+        )
+
+    def publish_status(self, state: str = "online") -> None:
+        self.bus.publish(self.status_topic, self.status(state).to_json(), retain=True)
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        self.bus.will_set(self.status_topic, self.status("offline").to_json(), retain=True)
+        # Online again after every reconnect: the broker may have published our will meanwhile.
+        self.bus.on_connect(self.publish_status)
+        self.bus.start()
+        self.component = yield defer.maybeDeferred(self._start, self.ctx)
+        self._status_loop.start(self.settings.status_interval, now=False)
+        log.info("{service} {version} started as {instance}, broker {url}", service=self.name,
+                 version=__version__, instance=self.settings.instance, url=str(self.settings.mqtt_url))
+        return self.component
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._status_loop.running:
+            self._status_loop.stop()
+        stop = getattr(self.component, "stop", None)
+        if callable(stop):
+            try:
+                yield _timeout(defer.maybeDeferred(stop), STOP_TIMEOUT / 2, self.reactor)
+            except Exception:
+                log.failure("{service} did not stop cleanly", service=self.name)
+        if self.bus.connected:
+            self.publish_status("offline")
+            yield self.bus.flush(STOP_TIMEOUT / 2)
+        self.bus.stop()
+        log.info("{service} stopped", service=self.name)
+
+
+def _timeout(d: defer.Deferred, seconds: float, reactor: Any) -> defer.Deferred:
+    return d.addTimeout(seconds, reactor)
+
+
+def run(name: str, settings: Settings, start: Start) -> int:
+    """Run a service in the foreground until SIGTERM/SIGINT; returns the exit status."""
+    from twisted.internet import reactor
+
+    start_logging(name, settings.log_format)
+    runtime = Runtime(name, settings, start, reactor)
+    failed: list[Any] = []
+
+    def started_failed(failure: Any) -> None:
+        failed.append(failure)
+        log.failure("{service} could not start", failure, service=name)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: runtime.start().addErrback(started_failed))
+    reactor.addSystemEventTrigger("before", "shutdown", runtime.stop)
+    # Under ``pnp up`` the supervisor decides when to stop: a terminal's Ctrl-C reaches the
+    # whole process group, and the supervisor follows it with SIGTERM.
+    under_supervisor = _watch_parent(reactor)
+    # After the reactor's own handlers are in (it needs SIGCHLD), replace its stop handlers.
+    reactor.callWhenRunning(install_stop_signals, reactor, not under_supervisor)
+    reactor.run()
+    return 1 if failed else 0
+
+
+def install_stop_signals(reactor: Any, interrupt: bool = True, hangup: bool = False) -> None:
+    """SIGTERM (SIGINT unless told not to, SIGHUP if told to) stop the reactor once, however
+    often they come."""
+    stopping = []
+
+    def stop() -> None:
+        if not stopping and reactor.running:
+            stopping.append(True)
+            log.info("stopping on signal")
+            reactor.stop()
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(stop)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler if interrupt else signal.SIG_IGN)
+    if hangup:
+        signal.signal(signal.SIGHUP, handler)
+
+
+def _watch_parent(reactor: Any) -> bool:
+    """Under ``pnp up``, stop when the supervisor is gone, so no process is left behind."""
+    parent = os.environ.get("PNP_PARENT_PID")
+    if not parent or not parent.isdigit() or os.getppid() != int(parent):
+        return False
+
+    def check() -> None:
+        if os.getppid() != int(parent):
+            log.warn("supervisor {pid} is gone; stopping", pid=parent)
+            reactor.stop()
+
+    task.LoopingCall(check).start(1.0, now=False)
+    return True

@@ -1,0 +1,105 @@
+"""What the tests share: a private mosquitto per test, settings pointing at it, and a probe
+client that watches the broker from outside the service under test."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from twisted.internet import defer, reactor, task
+
+from services import settings as s
+from services.broker import Mosquitto
+
+
+def start_broker(directory: Path | str, persistence: bool = False) -> Mosquitto:
+    """A fresh mosquitto on a free loopback port; nothing retained is shared with other tests."""
+    return Mosquitto(Path(directory), persistence=persistence).start()
+
+
+def make_settings(broker: Mosquitto, data_dir: Path | str, extra: list[s.Setting] | None = None,
+                  **values: str) -> s.Settings:
+    """Settings as a service would resolve them, pointed at ``broker``; ``values`` are raw
+    strings keyed by setting name, as flags would give them."""
+    definitions = s.COMMON + s.CONTRACT + (extra or [])
+    flags = {"mqtt_url": broker.url, "data_dir": str(data_dir), "instance": "test",
+             "status_interval": "30", **values}
+    return s.resolve(definitions, flags, environ={})
+
+
+class Probe:
+    """A plain paho client on its own thread, recording everything it receives."""
+
+    def __init__(self, url: str, topics: str | list[str] = "#") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        subscribed = threading.Event()
+        topics = [topics] if isinstance(topics, str) else topics
+
+        def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            client.subscribe([(t, 1) for t in topics])
+
+        def on_subscribe(*_: Any) -> None:
+            subscribed.set()
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            with self._lock:
+                self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+        if not subscribed.wait(5):
+            raise RuntimeError("probe could not subscribe")
+
+    def publish(self, topic: str, payload: Any, retain: bool = False) -> None:
+        if not isinstance(payload, (bytes, str)):
+            payload = json.dumps(payload)
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def on(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def json_on(self, topic: str) -> list[Any]:
+        return [json.loads(p) if p else None for p in self.on(topic)]
+
+    def last(self, topic: str) -> Any:
+        found = self.json_on(topic)
+        return found[-1] if found else None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Blocking wait (for pytest tests without a running reactor)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@defer.inlineCallbacks
+def eventually(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Deferred wait (for trial tests, while the reactor runs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        yield task.deferLater(reactor, interval, lambda: None)
+    raise AssertionError(f"condition not met within {timeout}s")

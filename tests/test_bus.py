@@ -1,0 +1,109 @@
+"""The MQTT bus against a real mosquitto: round trips, retained state, reconnects, bad handlers."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from services.bus import Bus
+from services.settings import parse_mqtt_url
+from tests.support import Probe, eventually, start_broker
+
+
+class BusTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.broker = start_broker(self.mktemp(), persistence=True)
+        self.addCleanup(self.broker.stop)
+        self.buses: list[Bus] = []
+
+    def bus(self, name: str = "t") -> Bus:
+        b = Bus(parse_mqtt_url(self.broker.url), f"test-{name}", reactor, backoff_initial=0.05,
+                backoff_max=0.5)
+        self.buses.append(b)
+        self.addCleanup(b.stop)
+        b.start()
+        return b
+
+    @defer.inlineCallbacks
+    def test_round_trip_and_retained(self) -> None:
+        got = []
+        sender = self.bus("sender")
+        yield sender.when_connected()
+        sender.publish_json("pnp/devices/000b82f55284/discovered", {"mac": "000b82f55284"}, retain=True)
+        yield sender.flush()
+        # A subscriber that arrives later still sees the retained message, parsed.
+        receiver = self.bus("receiver")
+        receiver.subscribe("pnp/devices/+/discovered", got.append)
+        yield eventually(lambda: got)
+        self.assertEqual(got[0].data, {"mac": "000b82f55284"})
+        self.assertTrue(got[0].retain)
+
+    @defer.inlineCallbacks
+    def test_bad_json_reaches_handler_with_error(self) -> None:
+        got = []
+        b = self.bus()
+        b.subscribe("x/#", got.append)
+        yield b.when_subscribed()
+        probe = Probe(self.broker.url, "nothing")
+        self.addCleanup(probe.close)
+        probe.publish("x/1", b"{not json")
+        probe.publish("x/2", b"")
+        yield eventually(lambda: len(got) == 2)
+        self.assertIn("not JSON", got[0].error)
+        self.assertIsNone(got[0].data)
+        self.assertTrue(got[1].empty)
+        self.assertIsNone(got[1].error)
+
+    @defer.inlineCallbacks
+    def test_handler_that_raises_does_not_stop_later_messages(self) -> None:
+        got = []
+
+        def bad(msg):
+            raise RuntimeError("boom")
+
+        b = self.bus()
+        b.subscribe("x/#", bad)
+        b.subscribe("x/#", got.append)
+        yield b.when_subscribed()
+        for i in range(5):
+            b.publish(f"x/{i}", json.dumps(i))
+        yield eventually(lambda: len(got) == 5)
+        self.assertEqual([m.data for m in got], [0, 1, 2, 3, 4])
+        self.assertEqual(b.counters["mqtt_handler_errors"], 5)
+        self.flushLoggedErrors(RuntimeError)
+
+    @defer.inlineCallbacks
+    def test_reconnects_resubscribes_and_delivers_what_was_published_meanwhile(self) -> None:
+        got = []
+        receiver = self.bus("receiver")
+        receiver.subscribe("load/#", lambda m: got.append(m.data))
+        sender = self.bus("sender")
+        yield receiver.when_subscribed()
+        yield sender.when_connected()
+        for i in range(50):
+            sender.publish(f"load/{i}", json.dumps(i), retain=True)
+        yield eventually(lambda: len(got) == 50)
+
+        self.broker.kill()
+        yield eventually(lambda: not sender.connected and not receiver.connected)
+        # Published while the broker is away: queued, not lost.
+        for i in range(50, 100):
+            sender.publish(f"load/{i}", json.dumps(i), retain=True)
+        self.assertEqual(sender.counters["mqtt_queue_overflow"], 0)
+        self.broker.start()
+        yield eventually(lambda: sender.connected and receiver.connected, timeout=10)
+        yield eventually(lambda: set(range(100)) <= set(got), timeout=10)
+        self.assertEqual(receiver.counters["mqtt_connects"], 2)
+
+    @defer.inlineCallbacks
+    def test_full_queue_is_counted_not_silent(self) -> None:
+        b = Bus(parse_mqtt_url(self.broker.url), "test-small", reactor, max_queued=10)
+        self.addCleanup(b.stop)
+        self.broker.kill()
+        b.start()
+        results = [b.publish(f"q/{i}", b"1") for i in range(15)]
+        self.assertEqual(results.count(False), 5)
+        self.assertEqual(b.counters["mqtt_queue_overflow"], 5)
+        yield defer.succeed(None)
