@@ -6,6 +6,7 @@ shared with any other broker on the machine.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -43,6 +44,21 @@ def answers(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def find_mosquitto() -> str:
+    """The mosquitto binary: PNP_MOSQUITTO, else PATH, else the sbin directories (which a
+    non-root user's PATH lacks)."""
+    given = os.environ.get("PNP_MOSQUITTO")
+    if given:
+        if os.access(given, os.X_OK):
+            return given
+        raise BrokerError(f"PNP_MOSQUITTO={given!r} is not an executable; {INSTALL_HINT.split('; ')[1]}")
+    exe = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+    if exe is None:
+        raise BrokerError(INSTALL_HINT)
+    return exe
+
+
 class Mosquitto:
     """A mosquitto process on loopback with persistence under ``directory``."""
 
@@ -78,10 +94,7 @@ class Mosquitto:
         return conf
 
     def start(self, timeout: float = 10.0) -> "Mosquitto":
-        exe = shutil.which("mosquitto") or next(
-            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
-        if exe is None:
-            raise BrokerError(INSTALL_HINT)
+        exe = find_mosquitto()
         conf = self.write_config()
         self.process = subprocess.Popen(
             [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -21,6 +21,10 @@ from services.runner import install_stop_signals
 from services.broker import BrokerError, Mosquitto, port_is_free, free_port
 
 SERVICE_NAMES = ("listener", "generator", "fileserver", "notifier")
+BROKER_PORT = s.Setting(
+    "broker_port", "PNP_BROKER_PORT", "port of the broker that `pnp up` starts",
+    s.parse_port, "a port number 1-65535", None,
+)
 SETTINGS = s.CONTRACT + [s.LOG_FORMAT, s.STATUS_INTERVAL]
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0
@@ -28,7 +32,7 @@ STOP_GRACE = 5.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    s.add_arguments(parser, SETTINGS)
+    s.add_arguments(parser, SETTINGS + [BROKER_PORT])
     parser.add_argument("--services", default=",".join(SERVICE_NAMES), metavar="NAMES",
                         help="which services to run, comma-separated [default: all four]")
 
@@ -141,7 +145,7 @@ class Supervisor:
 def run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
-    settings = s.resolve(SETTINGS, args)
+    settings = s.resolve(SETTINGS + [BROKER_PORT], args)
     names = [n.strip() for n in args.services.split(",") if n.strip()]
     unknown = [n for n in names if n not in SERVICE_NAMES]
     if unknown or not names:
@@ -152,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     url_given = bool(getattr(args, "mqtt_url", None) or os.environ.get("PNP_MQTT_URL"))
     broker = None
     if not url_given:
-        port = 1883 if port_is_free(1883) else free_port()
+        port = settings.broker_port or (1883 if port_is_free(1883) else free_port())
         broker = Mosquitto(Path(settings.data_dir) / "broker", port=port)
         try:
             broker.start()
