@@ -15,3 +15,9 @@ def probe(broker):
     p = Probe(broker.url)
     yield p
     p.close()
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    # trial's mktemp() and the default ./var are relative paths: keep them out of the tree.
+    monkeypatch.chdir(tmp_path)
