@@ -1,0 +1,673 @@
+"""SIP messages (RFC 3261 §7, §20, §25): parse bytes into requests and responses, build them back.
+
+Sans-I/O: no sockets, no reactor, no clock. Parsing any input either returns a message or raises
+:class:`SipParseError`; no other exception escapes :func:`parse`, whatever the bytes.
+
+The parser is deliberately strict about framing (start line, header syntax, Content-Length)
+and lenient about content (unknown headers, bare LF line ends, header folding), which is what
+keeps a listener answering the phones in the field while dropping everything else.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping
+
+__all__ = [
+    "SipParseError", "Headers", "Request", "Response", "NameAddr", "Via", "SipUri",
+    "parse", "parse_name_addr", "parse_via", "parse_params", "parse_uri", "parse_value",
+    "build_response", "new_branch", "new_tag", "new_call_id", "MAGIC_COOKIE",
+]
+
+MAGIC_COOKIE = "z9hG4bK"
+
+# More than any real message carries; the cap keeps hostile datagrams cheap to refuse.
+MAX_HEADERS = 256
+MAX_MESSAGE = 256 * 1024
+
+
+class SipParseError(ValueError):
+    """Bytes that are not a SIP message we can use; the message says why."""
+
+
+# --- header names ----------------------------------------------------------------------------
+
+# RFC 3261 §7.3.3 plus the later RFCs' compact forms (u: 6665, r/b: 3515/3892, x: 4028 ...).
+_COMPACT = {
+    "v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
+    "c": "content-type", "e": "content-encoding", "k": "supported", "o": "event", "s": "subject",
+    "u": "allow-events", "r": "refer-to", "b": "referred-by", "x": "session-expires",
+    "a": "accept-contact", "j": "reject-contact", "d": "request-disposition", "y": "identity",
+    "n": "identity-info",
+}
+
+_CANONICAL = {name.lower(): name for name in (
+    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length", "Content-Type",
+    "Content-Encoding", "Supported", "Event", "Subject", "Allow-Events", "Refer-To", "Referred-By",
+    "Session-Expires", "Accept-Contact", "Reject-Contact", "Request-Disposition", "Identity",
+    "Identity-Info", "Max-Forwards", "User-Agent", "Server", "Expires", "Allow", "Accept",
+    "Accept-Encoding", "Accept-Language", "Require", "Proxy-Require", "Unsupported", "Route",
+    "Record-Route", "Path", "Subscription-State", "WWW-Authenticate", "Authorization",
+    "Proxy-Authenticate", "Proxy-Authorization", "Warning", "Date", "Timestamp",
+    "Min-Expires", "Retry-After", "Organization", "Priority", "Reply-To", "In-Reply-To",
+    "Alert-Info", "Call-Info", "Error-Info", "Content-Disposition", "Content-Language",
+    "MIME-Version",
+)}
+
+# Headers whose value is a comma-separated list (RFC 3261 §7.3.1): get_all() splits them.
+_LIST_HEADERS = frozenset({
+    "via", "contact", "route", "record-route", "path", "allow", "supported", "require",
+    "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
+    "allow-events", "content-encoding", "content-language", "in-reply-to", "warning",
+    "alert-info", "call-info", "error-info",
+})
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_METHOD_RE = _TOKEN_RE
+_CSEQ_RE = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
+
+# raw header name -> (key, display name); bounded so that random names cannot grow it.
+_NAME_CACHE: dict[str, tuple[str, str]] = {}
+_NAME_CACHE_MAX = 512
+
+
+def _name_key(name: str) -> tuple[str, str]:
+    """(lookup key, display name) of a header name; compact forms become full names."""
+    found = _NAME_CACHE.get(name)
+    if found is not None:
+        return found
+    lower = name.lower()
+    key = _COMPACT.get(lower, lower) if len(lower) == 1 else lower
+    result = (key, _CANONICAL.get(key, name))
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = result
+    return result
+
+
+def _split_list(value: str) -> list[str]:
+    """Split at commas outside quoted strings and <...>."""
+    if "," not in value:
+        return [value.strip()]
+    items: list[str] = []
+    start = 0
+    quoted = angle = escaped = False
+    for i, ch in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            angle = True
+        elif ch == ">":
+            angle = False
+        elif ch == "," and not angle:
+            items.append(value[start:i].strip())
+            start = i + 1
+    items.append(value[start:].strip())
+    return [item for item in items if item]
+
+
+class Headers:
+    """Ordered, multi-valued, case-insensitive SIP headers.
+
+    Compact names are stored under their full names. ``get_all`` splits the comma-joined values
+    of list headers (Via, Contact, Route, Allow, ...), so ``Via: a, b`` and two Via lines read
+    the same.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] | None = None) -> None:
+        # [key, display name, value]
+        self._items: list[tuple[str, str, str]] = []
+        if items is not None:
+            pairs = items.items() if isinstance(items, Mapping) else items
+            for name, value in pairs:
+                self.add(name, value)
+
+    def add(self, name: str, value: str) -> None:
+        key, display = _name_key(name)
+        self._items.append((key, display, str(value)))
+
+    def get(self, name: str) -> str | None:
+        key = _name_key(name)[0]
+        for k, _, value in self._items:
+            if k == key:
+                if key in _LIST_HEADERS and "," in value:
+                    parts = _split_list(value)
+                    return parts[0] if parts else value
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        key = _name_key(name)[0]
+        values = [value for k, _, value in self._items if k == key]
+        if key not in _LIST_HEADERS:
+            return values
+        out: list[str] = []
+        for value in values:
+            out.extend(_split_list(value))
+        return out
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every ``name`` header by one with ``value``, where the first one was."""
+        key, display = _name_key(name)
+        items = []
+        placed = False
+        for item in self._items:
+            if item[0] == key:
+                if not placed:
+                    items.append((key, display, str(value)))
+                    placed = True
+            else:
+                items.append(item)
+        if not placed:
+            items.append((key, display, str(value)))
+        self._items = items
+
+    def remove(self, name: str) -> None:
+        key = _name_key(name)[0]
+        self._items = [item for item in self._items if item[0] != key]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = _name_key(name)[0]
+        return any(k == key for k, _, _ in self._items)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for _, name, value in self._items:
+            yield name, value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return [(k, v) for k, _, v in self._items] == [(k, v) for k, _, v in other._items]
+
+    def copy(self) -> "Headers":
+        h = Headers()
+        h._items = list(self._items)
+        return h
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+    def _encode(self, body_length: int) -> list[str]:
+        lines = []
+        length_done = False
+        for key, name, value in self._items:
+            if key == "content-length":
+                if length_done:
+                    continue
+                value = str(body_length)
+                length_done = True
+            lines.append(f"{name}: {value}\r\n")
+        if not length_done:
+            lines.append(f"Content-Length: {body_length}\r\n")
+        return lines
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+class _Message:
+    headers: Headers
+    body: bytes
+
+    @property
+    def call_id(self) -> str | None:
+        return self.headers.get("call-id")
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        """(number, method) of the CSeq header; SipParseError when missing or malformed."""
+        value = self.headers.get("cseq")
+        m = _CSEQ_RE.match(value.strip()) if value else None
+        if not m:
+            raise SipParseError(f"bad CSeq {value!r}")
+        return int(m.group(1)), m.group(2).upper()
+
+    def _encode(self, start: str) -> bytes:
+        body = self.body or b""
+        return "".join([start, *self.headers._encode(len(body)), "\r\n"]).encode("utf-8") + body
+
+
+@dataclass(eq=True)
+class Request(_Message):
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """The message on the wire; Content-Length always matches the body."""
+        return self._encode(f"{self.method} {self.uri} SIP/2.0\r\n")
+
+
+@dataclass(eq=True)
+class Response(_Message):
+    status: int
+    reason: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        return self._encode(f"SIP/2.0 {self.status} {self.reason}\r\n")
+
+
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+
+
+def parse(data: bytes) -> Request | Response:
+    """One SIP message from one datagram (RFC 3261 §7, §18.3). Raises only SipParseError."""
+    try:
+        return _parse(data)
+    except SipParseError:
+        raise
+    except Exception as exc:  # whatever slipped past the checks: still just "not SIP"
+        raise SipParseError(f"unparseable message ({type(exc).__name__})") from None
+
+
+def _parse(data: bytes) -> Request | Response:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SipParseError("not bytes")
+    data = bytes(data)
+    if len(data) > MAX_MESSAGE:
+        raise SipParseError(f"message of {len(data)} bytes is too large")
+    # RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head, rest = data[:end], data[end + 4:]
+    else:
+        end = data.find(b"\n\n")
+        if end < 0:
+            raise SipParseError("no end of headers (truncated?)")
+        head, rest = data[:end], data[end + 2:]
+    if not head:
+        raise SipParseError("empty message")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipParseError("headers are not UTF-8") from None
+    if "\0" in text:
+        raise SipParseError("NUL in headers")
+
+    lines = text.split("\n")
+    if len(lines) > MAX_HEADERS + 1:
+        raise SipParseError(f"more than {MAX_HEADERS} header lines")
+    start = lines[0].rstrip("\r")
+    message = _start_line(start)
+
+    headers = message.headers
+    items = headers._items
+    for raw in lines[1:]:
+        line = raw[:-1] if raw.endswith("\r") else raw
+        if not line:
+            raise SipParseError("empty line inside the headers")
+        if line[0] in " \t":
+            # RFC 3261 §7.3.1 folding: the line continues the previous header's value.
+            if not items:
+                raise SipParseError("continuation line before any header")
+            key, name, value = items[-1]
+            items[-1] = (key, name, f"{value} {line.strip()}".strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError(f"header line without ':': {line[:40]!r}")
+        name = name.rstrip(" \t")
+        if not _TOKEN_RE.match(name):
+            raise SipParseError(f"bad header name {name[:40]!r}")
+        key, display = _name_key(name)
+        items.append((key, display, value.strip(" \t")))
+
+    present = {k for k, _, _ in items}
+    for key in _REQUIRED:
+        if key not in present:
+            raise SipParseError(f"no {_CANONICAL[key]} header")
+    message.cseq  # validates
+
+    length_value = headers.get("content-length")
+    if length_value is None:
+        body = rest  # allowed over UDP (RFC 3261 §18.3): the datagram ends the body
+    else:
+        length_value = length_value.strip()
+        if not length_value.isdigit() or not length_value.isascii() or len(length_value) > 9:
+            raise SipParseError(f"bad Content-Length {length_value[:20]!r}")
+        length = int(length_value)
+        if length > len(rest):
+            raise SipParseError(f"Content-Length {length} but {len(rest)} bytes of body (truncated)")
+        body = rest[:length]
+    message.body = body
+    return message
+
+
+def _start_line(line: str) -> Request | Response:
+    if line.startswith("SIP/2.0 "):
+        parts = line.split(" ", 2)
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not code.isascii() or not "100" <= code <= "699":
+            raise SipParseError(f"bad status code {code[:10]!r}")
+        return Response(int(code), parts[2].strip() if len(parts) > 2 else "", Headers())
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise SipParseError(f"bad start line {line[:60]!r}")
+    method, uri, version = parts
+    if version.upper() != "SIP/2.0":
+        raise SipParseError(f"not SIP/2.0: {version[:20]!r}")
+    if not _METHOD_RE.match(method):
+        raise SipParseError(f"bad method {method[:20]!r}")
+    if ":" not in uri or not uri.isprintable():
+        raise SipParseError(f"bad Request-URI {uri[:60]!r}")
+    return Request(method.upper(), uri, Headers())
+
+
+# --- header values ---------------------------------------------------------------------------
+
+
+def _split_semicolons(text: str) -> list[str]:
+    """Split at ';' outside quoted strings; unterminated quotes raise SipParseError."""
+    if '"' not in text:
+        return text.split(";")
+    parts = []
+    start = 0
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == ";":
+            parts.append(text[start:i])
+            start = i + 1
+    if quoted:
+        raise SipParseError("unterminated quoted string")
+    parts.append(text[start:])
+    return parts
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        inner = value[1:-1]
+        if "\\" in inner:
+            inner = re.sub(r"\\(.)", r"\1", inner)
+        return inner
+    if value[:1] == '"':
+        raise SipParseError("unterminated quoted string")
+    return value
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """``;a=b;c;d="x y"`` (leading ';' optional) -> {"a": "b", "c": None, "d": "x y"}.
+
+    Names are lowercased (they are case-insensitive); quoted values are unquoted.
+    """
+    params: dict[str, str | None] = {}
+    for part in _split_semicolons(text):
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        name = name.strip().lower()
+        if not name:
+            raise SipParseError(f"parameter without a name: {part[:40]!r}")
+        params[name] = _unquote(value.strip()) if eq else None
+    return params
+
+
+def parse_value(value: str) -> tuple[str, dict[str, str | None]]:
+    """A header value with parameters (Event, Subscription-State, Content-Type...):
+    ``ua-profile;profile-type="device"`` -> ("ua-profile", {"profile-type": "device"})."""
+    parts = _split_semicolons(value)
+    rest = ";".join(parts[1:])
+    return parts[0].strip(), parse_params(rest) if rest else {}
+
+
+_NEEDS_QUOTES = re.compile(r"[\s\";,<>]")
+
+
+def _format_params(params: Mapping[str, str | None]) -> str:
+    out = []
+    for name, value in params.items():
+        if value is None:
+            out.append(f";{name}")
+        elif value == "" or _NEEDS_QUOTES.search(value):
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            out.append(f';{name}="{escaped}"')
+        else:
+            out.append(f";{name}={value}")
+    return "".join(out)
+
+
+@dataclass
+class SipUri:
+    """``sip:user@host:port;params`` (user kept as written, percent-escapes included)."""
+
+    scheme: str
+    user: str | None
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: str = ""
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user is not None else ""
+        port = f":{self.port}" if self.port is not None else ""
+        headers = f"?{self.headers}" if self.headers else ""
+        return f"{self.scheme}:{user}{self.host}{port}{_format_params(self.params)}{headers}"
+
+
+def _host_port(text: str) -> tuple[str, int | None]:
+    text = text.strip()
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise SipParseError(f"bad IPv6 host {text[:60]!r}")
+        host, rest = text[:close + 1], text[close + 1:]
+        if rest and not rest.startswith(":"):
+            raise SipParseError(f"bad host {text[:60]!r}")
+        port_text = rest[1:] if rest else None
+    else:
+        host, colon, port_text = text.partition(":")
+        if not colon:
+            port_text = None
+    if not host or any(c in host for c in " \t<>\"@;,?"):
+        raise SipParseError(f"bad host {text[:60]!r}")
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not port_text.isascii() or len(port_text) > 5:
+            raise SipParseError(f"bad port {port_text[:10]!r}")
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise SipParseError(f"bad port {port}")
+    return host, port
+
+
+def parse_uri(uri: str) -> SipUri:
+    """A sip: or sips: URI (RFC 3261 §19.1)."""
+    scheme, colon, rest = uri.strip().partition(":")
+    scheme = scheme.lower()
+    if not colon or scheme not in ("sip", "sips"):
+        raise SipParseError(f"not a sip: URI {uri[:60]!r}")
+    rest, _, headers = rest.partition("?")
+    at = rest.rfind("@")
+    user = None
+    if at >= 0:
+        user, rest = rest[:at], rest[at + 1:]
+    hostport, _, params = rest.partition(";")
+    host, port = _host_port(hostport)
+    return SipUri(scheme, user, host, port, parse_params(params) if params else {}, headers)
+
+
+@dataclass
+class NameAddr:
+    """A From/To/Contact value: display name, URI and header parameters (``tag`` ...)."""
+
+    display: str
+    uri: str
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def with_tag(self, tag: str) -> "NameAddr":
+        return NameAddr(self.display, self.uri, {**self.params, "tag": tag})
+
+    def __str__(self) -> str:
+        display = ""
+        if self.display:
+            escaped = self.display.replace("\\", "\\\\").replace('"', '\\"')
+            display = f'"{escaped}" '
+        return f"{display}<{self.uri}>{_format_params(self.params)}"
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    """``"Name" <sip:u@h>;tag=x``, ``Name <sip:u@h>``, or the bare ``sip:u@h;tag=x``, whose
+    ';' parameters are header parameters (RFC 3261 §20.10)."""
+    text = value.strip()
+    display = ""
+    if text.startswith('"'):
+        i = 1
+        escaped = False
+        while i < len(text):
+            ch = text[i]
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                break
+            i += 1
+        else:
+            raise SipParseError("unterminated display name")
+        display = _unquote(text[:i + 1])
+        text = text[i + 1:].lstrip()
+        if not text.startswith("<"):
+            raise SipParseError("display name without <uri>")
+    lt = text.find("<")
+    if lt >= 0:
+        gt = text.find(">", lt)
+        if gt < 0:
+            raise SipParseError("'<' without '>'")
+        if not display:
+            display = text[:lt].strip()
+        uri = text[lt + 1:gt].strip()
+        rest = text[gt + 1:]
+    else:
+        uri, _, rest = text.partition(";")
+        uri = uri.strip()
+        rest = ";" + rest if rest else ""
+    if not uri or ":" not in uri or any(c in uri for c in " \t<>"):
+        raise SipParseError(f"bad URI {uri[:60]!r}")
+    rest = rest.strip()
+    if rest and not rest.startswith(";"):
+        raise SipParseError(f"junk after the address: {rest[:40]!r}")
+    return NameAddr(display, uri, parse_params(rest) if rest else {})
+
+
+@dataclass
+class Via:
+    """One Via value: ``SIP/2.0/UDP host:port;branch=...;rport``."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def __str__(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"SIP/2.0/{self.transport} {self.host}{port}{_format_params(self.params)}"
+
+
+_VIA_RE = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(.*)\Z", re.I | re.S)
+
+
+def parse_via(value: str) -> Via:
+    """One Via value (split a header with several first: ``Headers.get_all("Via")``)."""
+    m = _VIA_RE.match(value)
+    if not m:
+        raise SipParseError(f"bad Via {value[:60]!r}")
+    sent_by, _, params = m.group(2).partition(";")
+    host, port = _host_port(sent_by)
+    return Via(m.group(1).upper(), host, port, parse_params(params) if params else {})
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def build_response(request: Request, status: int, reason: str, to_tag: str | None = None,
+                   received: str | tuple[str, int] | None = None,
+                   headers: Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+                   ) -> Response:
+    """The response a UAS sends to ``request`` (RFC 3261 §8.2.6).
+
+    Every Via is copied in order. ``received`` is where the request came from, ``(host, port)``
+    or a host: the top Via gets ``received=`` (always when it asked for ``rport``, RFC 3581 §4;
+    otherwise when the host differs from its sent-by, RFC 3261 §18.2.1) and ``rport=<port>``
+    when it carried ``rport``. From, Call-ID and CSeq are copied; To is copied and gets
+    ``;tag=to_tag`` unless it has a tag. ``headers`` are added after those; Content-Length is 0.
+    """
+    src = request.headers
+    out = Headers()
+    vias = src.get_all("via")
+    if received is not None and vias:
+        host, port = (received, None) if isinstance(received, str) else received
+        top = parse_via(vias[0])
+        params = dict(top.params)
+        if "rport" in params:
+            params["received"] = host
+            if port is not None:
+                params["rport"] = str(port)
+        elif host != top.host:
+            params["received"] = host
+        vias[0] = str(Via(top.transport, top.host, top.port, params))
+    for via in vias:
+        out.add("Via", via)
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = src.get(name)
+        if value is None:
+            continue
+        if name == "To" and to_tag and parse_name_addr(value).tag is None:
+            value = f"{value};tag={to_tag}"
+        out.add(name, value)
+    if headers is not None:
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in pairs:
+            out.add(name, value)
+    out.remove("Content-Length")
+    out.add("Content-Length", "0")
+    return Response(status, reason, out, b"")
+
+
+def new_branch() -> str:
+    """A branch that marks an RFC 3261 transaction (magic cookie + randomness)."""
+    return MAGIC_COOKIE + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_call_id(host: str) -> str:
+    return f"{secrets.token_hex(10)}@{host}"
