@@ -1,0 +1,135 @@
+"""The thin Twisted side of the NOTIFY: one UDP socket per local address, feeding datagrams and
+time to a :class:`~services.sip.transaction.TransactionTable`.
+
+One timer per socket, armed for the table's earliest deadline, however many transactions run.
+The clock is any IReactorTime, so tests drive real sockets with a ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from services.sip.message import Request, Response, SipParseError, parse, parse_via
+from services.sip.transaction import (
+    Action, Event, Key, Result, Timers, TransactionTable, response_key,
+)
+
+log = Logger(namespace="notifier")
+
+OnResult = Callable[[Result], Any]
+
+
+@dataclass
+class Outgoing:
+    data: bytes
+    address: tuple[str, int]
+    on_result: OnResult
+
+
+class NotifyEndpoint(DatagramProtocol):
+    """Sends requests and runs their client transactions on one bound UDP socket."""
+
+    def __init__(self, clock: Any, timers: Timers = Timers(), counters: Counter | None = None) -> None:
+        self.clock = clock
+        self.table: TransactionTable[Outgoing] = TransactionTable(timers)
+        self.counters = counters if counters is not None else Counter()
+        self._call: Any = None
+        self._armed_for: float | None = None
+        self._stopped = False
+
+    # --- public ---
+    @property
+    def local(self) -> tuple[str, int]:
+        address = self.transport.getHost()
+        return address.host, address.port
+
+    def send(self, request: Request, address: tuple[str, int], on_result: OnResult) -> Key:
+        """Send ``request`` (its top Via's branch and CSeq identify it) and run its transaction;
+        ``on_result`` gets the :class:`Result` once."""
+        if self._stopped:
+            raise RuntimeError("endpoint stopped")
+        branch = parse_via(request.headers.get_all("Via")[0]).branch
+        number, method = request.cseq
+        key = Key.of(branch or "", number, method)
+        out = Outgoing(request.to_bytes(), address, on_result)
+        self.table.start(key, out, self.clock.seconds())
+        self._write(out)
+        self._arm()
+        return key
+
+    def stop(self) -> int:
+        """No retransmission after this; returns how many transactions were cut short."""
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return self.table.cancel_all()
+
+    # --- twisted ---
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            message = parse(data)
+        except SipParseError as exc:
+            self.counters["sip_malformed"] += 1
+            log.debug("dropped malformed datagram from {addr}: {error}", addr=addr, error=str(exc))
+            return
+        if not isinstance(message, Response):
+            # Nothing is addressed to this socket but answers to our NOTIFYs.
+            self.counters["sip_requests_ignored"] += 1
+            return
+        key = response_key(message)
+        event = self.table.receive(key, message.status, message.reason, self.clock.seconds()) if key else None
+        if event is None:
+            self.counters["sip_stray_responses"] += 1
+            return
+        self._handle([event])
+
+    # --- internals ---
+    def _write(self, out: Outgoing) -> None:
+        try:
+            self.transport.write(out.data, out.address)
+        except OSError as exc:
+            # The retransmission timer tries again; Timer F reports the failure.
+            self.counters["sip_send_errors"] += 1
+            log.warn("sending to {addr} failed: {error}", addr=out.address, error=str(exc))
+
+    def _handle(self, events: list[Event[Outgoing]]) -> None:
+        for event in events:
+            out = event.entry.request
+            if event.action is Action.RETRANSMIT:
+                self.counters["notify_retransmissions"] += 1
+                self._write(out)
+            elif event.action is Action.FINAL:
+                result = event.entry.transaction.result
+                try:
+                    out.on_result(result)
+                except Exception:
+                    log.failure("result handler failed")
+            elif event.action is Action.ABSORBED:
+                self.counters["sip_duplicate_responses"] += 1
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._stopped:
+            return
+        due = self.table.next_deadline()
+        if due is None:
+            return
+        if self._call is not None and self._call.active():
+            if self._armed_for is not None and self._armed_for <= due:
+                return
+            self._call.cancel()
+        self._armed_for = due
+        self._call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        # A clock may read a hair before the time it was asked to wake at (float rounding).
+        now = max(self.clock.seconds(), self._armed_for or 0.0)
+        self._call = None
+        self._armed_for = None
+        self._handle(self.table.advance(now))

@@ -1,0 +1,92 @@
+"""Settings only the notifier uses."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from services.settings import Setting, parse_bool, parse_positive_float
+
+IN_DIALOG = "in-dialog"
+OUT_OF_DIALOG = "out-of-dialog"
+_MODES = (IN_DIALOG, OUT_OF_DIALOG)
+
+
+@dataclass(frozen=True)
+class DialogPolicy:
+    """Which NOTIFY form each vendor gets: a default and per-vendor overrides."""
+
+    default: str = IN_DIALOG
+    vendors: dict[str, str] = field(default_factory=dict)
+
+    def mode_for(self, vendor: str) -> str:
+        return self.vendors.get(vendor.strip().lower(), self.default)
+
+    def __str__(self) -> str:
+        return ",".join([self.default, *(f"{v}={m}" for v, m in sorted(self.vendors.items()))])
+
+
+def parse_dialog_policy(text: str) -> DialogPolicy:
+    """``in-dialog`` or ``out-of-dialog``, optionally followed by ``vendor=mode`` overrides:
+    ``in-dialog,grandstream=out-of-dialog``."""
+    default = IN_DIALOG
+    vendors: dict[str, str] = {}
+    items = [item.strip().lower() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError
+    for item in items:
+        vendor, eq, mode = item.partition("=")
+        if not eq:
+            if vendor not in _MODES:
+                raise ValueError
+            default = vendor
+            continue
+        vendor, mode = vendor.strip(), mode.strip()
+        if mode not in _MODES or not re.fullmatch(r"[a-z0-9][a-z0-9_.\-]*", vendor):
+            raise ValueError
+        vendors[vendor] = mode
+    return DialogPolicy(default, vendors)
+
+
+def parse_port_or_zero(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", text.strip()):
+        raise ValueError
+    port = int(text)
+    if not 0 <= port < 65536:
+        raise ValueError
+    return port
+
+
+NOTIFY_WINDOW = Setting(
+    "notify_window", "PNP_NOTIFY_WINDOW",
+    "seconds after a discovery in which the phone still gets a NOTIFY (new boot or new files)",
+    parse_positive_float, "a number of seconds > 0", 600.0,
+)
+NOTIFY_DIALOG = Setting(
+    "notify_dialog", "PNP_NOTIFY_DIALOG",
+    "NOTIFY form: in-dialog (RFC 6665) or out-of-dialog (the guide's capture), "
+    "with vendor=mode overrides, e.g. in-dialog,grandstream=out-of-dialog",
+    parse_dialog_policy, "in-dialog or out-of-dialog, then optional vendor=mode items, comma-separated",
+    DialogPolicy(),
+)
+RESYNC_REBOOT = Setting(
+    "resync_reboot", "PNP_RESYNC_REBOOT",
+    "whether the check-sync NOTIFY to a provisioned phone asks it to reboot",
+    parse_bool, "true or false", False,
+)
+NOTIFY_PORT = Setting(
+    "notify_port", "PNP_NOTIFY_PORT",
+    "local UDP port the NOTIFYs are sent from (0: any free port; never the listener's)",
+    parse_port_or_zero, "0 or a port number 1-65535", 0,
+)
+SIP_T1 = Setting(
+    "sip_t1", "PNP_SIP_T1",
+    "SIP timer T1 in seconds: first retransmission; Timer F (give up) is 64*T1",
+    parse_positive_float, "a number of seconds > 0", 0.5,
+)
+SIP_T2 = Setting(
+    "sip_t2", "PNP_SIP_T2", "SIP timer T2 in seconds: the longest retransmission interval",
+    parse_positive_float, "a number of seconds > 0 (and >= T1)", 4.0,
+)
+
+ALL = [NOTIFY_WINDOW, NOTIFY_DIALOG, RESYNC_REBOOT, NOTIFY_PORT, SIP_T1, SIP_T2]

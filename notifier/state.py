@@ -1,0 +1,152 @@
+"""The notifier's own memory: what it knows of each phone, and which NOTIFYs it already sent.
+
+Everything but the sent-NOTIFY log can be rebuilt from the broker's retained messages; the log
+cannot, and it is what keeps a restart (and the retained replay that follows it) from notifying
+a phone a second time. So all of it lives in a sqlite-utils database, mirrored in memory so that
+deciding never waits on a query. WAL with ``synchronous=NORMAL``: a commit does not fsync, and a
+power cut loses at most the last few records, never the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from services.messages import Discovered, Published
+
+
+@dataclass
+class Device:
+    """A phone's last discovery, with our side of its dialog."""
+
+    discovered: Discovered
+    seen: float  # epoch seconds of its ``seen_at``
+    cseq: int = 0  # our last CSeq in the dialog of ``discovered.call_id``
+
+
+@dataclass
+class Provision:
+    """What ``fetched`` last said about a phone."""
+
+    provisioned: bool
+    revision: int | None
+    at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class SentKey:
+    """One NOTIFY transaction per (MAC, Call-ID, revision, kind), whatever arrives how often."""
+
+    mac: str
+    call_id: str
+    revision: int
+    kind: str
+
+
+def epoch(iso: str, default: float) -> float:
+    """Seconds since the epoch of an ISO 8601 time; ``default`` when it cannot be read."""
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError, TypeError, OverflowError):
+        return default
+
+
+class Store:
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.db = sqlite_utils.Database(memory=True) if path is None else sqlite_utils.Database(path)
+        if path is not None:
+            self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        self._create()
+        self.devices: dict[str, Device] = {}
+        self.published: dict[str, Published] = {}
+        self.provisions: dict[str, Provision] = {}
+        self.sent: set[SentKey] = set()
+        self._load()
+
+    def _create(self) -> None:
+        self.db["devices"].create(
+            {"mac": str, "payload": str, "seen": float, "cseq": int}, pk="mac", if_not_exists=True)
+        self.db["published"].create({"mac": str, "payload": str}, pk="mac", if_not_exists=True)
+        self.db["provisions"].create(
+            {"mac": str, "provisioned": int, "revision": int, "at": float}, pk="mac", if_not_exists=True)
+        self.db["sent"].create(
+            {"mac": str, "call_id": str, "revision": int, "kind": str, "at": float},
+            pk=("mac", "call_id", "revision", "kind"), if_not_exists=True)
+
+    def _load(self) -> None:
+        for row in self.db["devices"].rows:
+            try:
+                d = Discovered.from_json(row["payload"])
+            except ValueError:
+                continue
+            self.devices[row["mac"]] = Device(d, row["seen"], row["cseq"] or 0)
+        for row in self.db["published"].rows:
+            try:
+                self.published[row["mac"]] = Published.from_json(row["payload"])
+            except ValueError:
+                continue
+        for row in self.db["provisions"].rows:
+            self.provisions[row["mac"]] = Provision(bool(row["provisioned"]), row["revision"], row["at"])
+        for row in self.db["sent"].rows:
+            self.sent.add(SentKey(row["mac"], row["call_id"], row["revision"], row["kind"]))
+
+    # --- writes (hot path: plain statements, no per-call schema introspection) ---
+    def put_device(self, mac: str, discovered: Discovered, seen: float) -> Device:
+        old = self.devices.get(mac)
+        # Our CSeq belongs to one dialog; a new Call-ID is a new dialog and starts again.
+        cseq = old.cseq if old is not None and old.discovered.call_id == discovered.call_id else 0
+        device = Device(discovered, seen, cseq)
+        self.devices[mac] = device
+        self.db.execute("INSERT OR REPLACE INTO devices (mac, payload, seen, cseq) VALUES (?, ?, ?, ?)",
+                        [mac, discovered.to_json().decode(), seen, cseq])
+        return device
+
+    def drop_device(self, mac: str) -> None:
+        if self.devices.pop(mac, None) is not None:
+            self.db.execute("DELETE FROM devices WHERE mac = ?", [mac])
+
+    def next_cseq(self, mac: str) -> int:
+        device = self.devices[mac]
+        device.cseq += 1
+        self.db.execute("UPDATE devices SET cseq = ? WHERE mac = ?", [device.cseq, mac])
+        return device.cseq
+
+    def put_published(self, mac: str, published: Published) -> Published | None:
+        """Store; returns what was published before."""
+        old = self.published.get(mac)
+        self.published[mac] = published
+        self.db.execute("INSERT OR REPLACE INTO published (mac, payload) VALUES (?, ?)",
+                        [mac, published.to_json().decode()])
+        return old
+
+    def drop_published(self, mac: str) -> None:
+        if self.published.pop(mac, None) is not None:
+            self.db.execute("DELETE FROM published WHERE mac = ?", [mac])
+
+    def put_provision(self, mac: str, provision: Provision) -> None:
+        self.provisions[mac] = provision
+        self.db.execute(
+            "INSERT OR REPLACE INTO provisions (mac, provisioned, revision, at) VALUES (?, ?, ?, ?)",
+            [mac, int(provision.provisioned), provision.revision, provision.at])
+
+    def mark_sent(self, key: SentKey, at: float) -> bool:
+        """Record a NOTIFY about to go out; False when that one was already sent."""
+        if key in self.sent:
+            return False
+        self.sent.add(key)
+        self.db.execute(
+            "INSERT OR IGNORE INTO sent (mac, call_id, revision, kind, at) VALUES (?, ?, ?, ?, ?)",
+            [key.mac, key.call_id, key.revision, key.kind, at])
+        return True
+
+    def close(self) -> None:
+        self.db.close()
+
+    def summary(self) -> dict[str, int]:
+        return {"devices": len(self.devices), "published": len(self.published),
+                "notifies_recorded": len(self.sent)}
+
