@@ -22,6 +22,7 @@ SERVICES = {
 # line is its help.
 TOOLS = {
     "up": "services.supervisor",
+    "tls-cert": "fileserver.certs",
 }
 
 

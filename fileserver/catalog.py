@@ -1,0 +1,67 @@
+"""The in-memory index the request path reads: token -> device, file name -> devices.
+
+Built from the store at start and kept in step with it, so serving a file is two dict
+look-ups, never a database read.
+"""
+
+from __future__ import annotations
+
+from services.messages import Published, PublishedFile
+from fileserver.files import DeviceFiles
+from fileserver.tokens import device_token
+
+
+class Catalog:
+    def __init__(self, secret: str, public_url: str) -> None:
+        self.secret = secret
+        self.public_url = public_url  # ends in "/"
+        self.devices: dict[str, DeviceFiles] = {}
+        self._tokens: dict[str, str] = {}  # token -> mac
+        self._names: dict[str, set[str]] = {}  # file name -> macs
+
+    def token(self, mac: str) -> str:
+        return device_token(self.secret, mac)
+
+    def base_url(self, mac: str) -> str:
+        """The device's directory: ``{PNP_PUBLIC_URL}p/{token}/``."""
+        return f"{self.public_url}p/{self.token(mac)}/"
+
+    def set(self, device: DeviceFiles) -> None:
+        self.remove(device.mac)
+        self.devices[device.mac] = device
+        self._tokens[self.token(device.mac)] = device.mac
+        for name in device.files:
+            self._names.setdefault(name, set()).add(device.mac)
+
+    def remove(self, mac: str) -> DeviceFiles | None:
+        old = self.devices.pop(mac, None)
+        if old is None:
+            return None
+        self._tokens.pop(self.token(mac), None)
+        for name in old.files:
+            macs = self._names.get(name)
+            if macs is not None:
+                macs.discard(mac)
+                if not macs:
+                    del self._names[name]
+        return old
+
+    def by_token(self, token: str) -> DeviceFiles | None:
+        mac = self._tokens.get(token)
+        return self.devices.get(mac) if mac is not None else None
+
+    def by_name(self, name: str) -> list[DeviceFiles]:
+        return [self.devices[mac] for mac in sorted(self._names.get(name, ()))]
+
+    def published(self, mac: str) -> Published:
+        """What ``devices/{mac}/published`` says: the NOTIFY's URL and every file's URL and sha256."""
+        device = self.devices[mac]
+        base = self.base_url(mac)
+        files = [PublishedFile(name=f.name, url=base + f.name, sha256=f.sha256)
+                 for f in sorted(device.files.values(), key=lambda f: f.name)]
+        return Published(url=base + device.notify_path, files=files, revision=device.revision,
+                         mac=mac, vendor=device.vendor)
+
+    @property
+    def file_count(self) -> int:
+        return sum(len(d.files) for d in self.devices.values())

@@ -1,0 +1,111 @@
+"""A device's files as the fileserver holds them: checked, decoded, headers computed once.
+
+``decode_config`` turns a ``config`` payload into :class:`DeviceFiles` or refuses it with a
+:class:`Rejected` that names the field, so a bad payload never replaces the last good files.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from services.messages import Config, PayloadError
+from fileserver import etag
+from fileserver.paths import is_file_name
+
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;\s*[A-Za-z0-9_.+-]+=[A-Za-z0-9_.+\"-]+)*")
+_NOTIFY_PATH = re.compile(r"[A-Za-z0-9._~{}$%=&?/-]*")
+MAX_FILE = 16 * 1024 * 1024
+
+
+class Rejected(ValueError):
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    name: str
+    content_type: str
+    body: bytes
+    sha256: str
+    # response headers of a 200, as raw bytes, computed once per file
+    headers: tuple[tuple[bytes, bytes], ...] = field(repr=False, default=())
+
+    @classmethod
+    def make(cls, name: str, content_type: str, body: bytes, sha256: str) -> "ServedFile":
+        headers = (
+            (b"Content-Type", content_type.encode("ascii")),
+            (b"ETag", etag.etag(sha256).encode("ascii")),
+            (b"Repr-Digest", etag.repr_digest(sha256).encode("ascii")),
+            (b"Cache-Control", b"no-store"),
+        )
+        return cls(name, content_type, body, sha256, headers)
+
+
+@dataclass(frozen=True)
+class DeviceFiles:
+    mac: str
+    revision: int
+    vendor: str
+    model: str
+    template: str
+    notify_path: str
+    files: dict[str, ServedFile]
+
+
+def decode_config(mac: str, raw: bytes | dict) -> DeviceFiles:
+    """Check every file of a config payload against its sha256 and size."""
+    try:
+        config = Config.from_json(raw)
+    except PayloadError as exc:
+        raise Rejected("payload", str(exc)) from None
+    if config.mac and config.mac != mac:
+        raise Rejected("payload", f"mac {config.mac!r} does not match the topic's {mac}", "mac")
+    if not config.files:
+        raise Rejected("payload", "files is empty", "files")
+    if not _NOTIFY_PATH.fullmatch(config.notify_path) or config.notify_path.startswith("/") or \
+            ".." in config.notify_path.split("/"):
+        raise Rejected("payload", f"notify_path {config.notify_path!r} is not a relative URL path",
+                       "notify_path")
+    files: dict[str, ServedFile] = {}
+    for i, f in enumerate(config.files):
+        where = f"files[{i}]"
+        if not is_file_name(f.name):
+            raise Rejected("payload", f"{where}.name {f.name!r} is not a plain file name", f"{where}.name")
+        if f.name in files:
+            raise Rejected("payload", f"{where}.name {f.name!r} appears twice", f"{where}.name")
+        content_type = f.content_type.strip() or "application/octet-stream"
+        if not _CONTENT_TYPE.fullmatch(content_type):
+            raise Rejected("payload", f"{where}.content_type {f.content_type!r} is not a media type",
+                           f"{where}.content_type")
+        if len(f.content) > MAX_FILE * 2:
+            raise Rejected("payload", f"{where}.content is larger than {MAX_FILE} bytes", f"{where}.content")
+        if f.encoding == "utf-8":
+            try:
+                body = f.content.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Rejected("payload", f"{where}.content is not valid UTF-8 text", f"{where}.content") from None
+        elif f.encoding == "base64":
+            try:
+                body = base64.b64decode(f.content, validate=True)
+            except (binascii.Error, ValueError):
+                raise Rejected("payload", f"{where}.content is not valid base64", f"{where}.content") from None
+        else:
+            raise Rejected("payload", f"{where}.encoding {f.encoding!r} is not utf-8 or base64",
+                           f"{where}.encoding")
+        digest = hashlib.sha256(body).hexdigest()
+        if f.sha256.lower() != digest:
+            raise Rejected("checksum", f"{where}.sha256 {f.sha256!r} does not match the content "
+                           f"(sha256 {digest})", f"{where}.sha256")
+        if f.size != len(body):
+            raise Rejected("checksum", f"{where}.size {f.size} does not match the content "
+                           f"({len(body)} bytes)", f"{where}.size")
+        files[f.name] = ServedFile.make(f.name, content_type, body, digest)
+    return DeviceFiles(mac, config.revision, config.vendor, config.model, config.template,
+                       config.notify_path, files)

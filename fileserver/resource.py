@@ -1,0 +1,178 @@
+"""The HTTP side (Twisted web): one leaf resource that answers every path.
+
+Everything a request needs is precomputed (body, sha256, header values) and found with dict
+look-ups; what happened is handed to ``on_fetch`` for the MQTT side.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from twisted.web import resource, server
+
+from fileserver import paths
+from fileserver.abuse import NotFoundLimiter, user_agent_mac
+from fileserver.auth import Authenticator
+from fileserver.catalog import Catalog
+from fileserver.etag import none_match
+from fileserver.files import DeviceFiles, ServedFile
+from fileserver.metrics import Metrics
+
+FetchCallback = Callable[[DeviceFiles, ServedFile, int, str, str], Any]
+
+
+@dataclass
+class Policy:
+    prefix: str = "/"  # the path of PNP_PUBLIC_URL
+    plain_paths: bool = False
+    auth: Authenticator | None = None
+    pin_ip: bool = False
+    trusted_proxies: tuple = ()
+    # mac -> the IP it was discovered from (read when pin_ip is on)
+    discovered_ip: Mapping[str, str] = field(default_factory=dict)
+
+
+_GET, _HEAD = b"GET", b"HEAD"
+_PLAIN = b"text/plain; charset=utf-8"
+
+
+class FileResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, catalog: Catalog, policy: Policy, limiter: NotFoundLimiter, metrics: Metrics,
+                 on_fetch: FetchCallback, clock: Any, health: Callable[[], dict],
+                 gauges: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
+        super().__init__()
+        self.catalog = catalog
+        self.policy = policy
+        self.limiter = limiter
+        self.metrics = metrics
+        self.on_fetch = on_fetch
+        self.clock = clock
+        self.health = health
+        self.gauges = gauges
+
+    # --- the request path ---
+    def render(self, request: server.Request) -> bytes:
+        now = self.clock.seconds()
+        client = self.client_address(request)
+        wait = self.limiter.refused(client, now)
+        if wait:
+            request.setHeader(b"retry-after", b"%d" % (int(wait) + 1))
+            return self._error(request, 429, b"too many requests for files that do not exist\n")
+        try:
+            route = paths.route(request.uri, self.policy.prefix)
+        except paths.BadPath:
+            return self._error(request, 400, b"bad request path\n")
+        method = request.method
+        if method != _GET and method != _HEAD:
+            request.setHeader(b"allow", b"GET, HEAD")
+            return self._error(request, 405, b"only GET and HEAD\n")
+        kind = route.kind
+        if kind == "device" or (kind == "plain" and self.policy.plain_paths):
+            return self._file(request, route, client, now)
+        if kind == "health":
+            return self._small(request, 200, b"application/json",
+                               json.dumps(self.health(), sort_keys=True).encode() + b"\n")
+        if kind == "metrics":
+            return self._small(request, 200, b"text/plain; version=0.0.4; charset=utf-8",
+                               self.metrics.render(self.gauges()))
+        return self._not_found(request, client, now)
+
+    def _file(self, request: server.Request, route: paths.Route, client: str, now: float) -> bytes:
+        policy = self.policy
+        ua = (request.getHeader(b"user-agent") or "")
+        if policy.auth is not None:
+            authorization = request.requestHeaders.getRawHeaders(b"authorization")
+            header = authorization[0] if authorization else None
+            if not policy.auth.check(header, request.method, request.uri, client):
+                if header is not None:
+                    # wrong credentials count like misses: guessing them is guessing paths
+                    self.limiter.not_found(client, now)
+                request.setHeader(b"www-authenticate", policy.auth.challenge(client).encode("utf-8"))
+                return self._error(request, 401, b"credentials required\n")
+        device, served = self._find(route, ua)
+        if served is None:
+            return self._not_found(request, client, now)
+        ua_mac = user_agent_mac(ua) if ua else None
+        if ua_mac is not None and ua_mac != device.mac:
+            self.limiter.not_found(client, now)
+            return self._error(request, 403, b"this file belongs to another device\n")
+        if policy.pin_ip and policy.discovered_ip.get(device.mac) != client:
+            return self._error(request, 403, b"this file is served only to the device's own address\n")
+        inm = request.requestHeaders.getRawHeaders(b"if-none-match")
+        headers = request.responseHeaders
+        if inm and none_match(inm, served.sha256):
+            request.setResponseCode(304)
+            for name, value in served.headers[1:]:
+                if name != b"Repr-Digest":
+                    headers.setRawHeaders(name, [value])
+            self.metrics.observe(304, 0)
+            if request.method == _GET:
+                self.on_fetch(device, served, 304, client, ua)
+            return b""
+        for name, value in served.headers:
+            headers.setRawHeaders(name, [value])
+        self.metrics.observe(200, len(served.body) if request.method == _GET else 0)
+        if request.method == _GET:
+            self.on_fetch(device, served, 200, client, ua)
+        return served.body
+
+    def _find(self, route: paths.Route, ua: str) -> tuple[Any, ServedFile | None]:
+        if route.kind == "device":
+            device = self.catalog.by_token(route.token)
+            if device is None:
+                return None, None
+            return device, device.files.get(route.name)
+        candidates = self.catalog.by_name(route.name)
+        if len(candidates) > 1:
+            # a name several devices share: only a User-Agent naming one of them decides
+            mac = user_agent_mac(ua) if ua else None
+            candidates = [d for d in candidates if d.mac == mac]
+        if len(candidates) != 1:
+            return None, None
+        return candidates[0], candidates[0].files[route.name]
+
+    # --- helpers ---
+    def client_address(self, request: server.Request) -> str:
+        host = getattr(request.getClientAddress(), "host", "") or ""
+        if not self.policy.trusted_proxies:
+            return host
+        # Walk X-Forwarded-For from the right, past our own proxies, to the first stranger.
+        forwarded = []
+        for value in request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []:
+            forwarded += [v.strip() for v in value.split(",") if v.strip()]
+        for candidate in reversed(forwarded + [host]):
+            try:
+                addr = ipaddress.ip_address(candidate)
+            except ValueError:
+                return candidate
+            if not any(addr in net for net in self.policy.trusted_proxies):
+                return candidate
+        return forwarded[0] if forwarded else host
+
+    def _not_found(self, request: server.Request, client: str, now: float) -> bytes:
+        self.limiter.not_found(client, now)
+        return self._error(request, 404, b"not found\n")
+
+    def _error(self, request: server.Request, status: int, body: bytes) -> bytes:
+        return self._small(request, status, _PLAIN, body, no_store=True)
+
+    def _small(self, request: server.Request, status: int, content_type: bytes, body: bytes,
+               no_store: bool = True) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type)
+        if no_store:
+            request.setHeader(b"cache-control", b"no-store")
+        self.metrics.observe(status, 0)
+        return body
+
+
+def make_site(root: FileResource, timeout: float = 30.0) -> server.Site:
+    site = server.Site(root, timeout=timeout)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

@@ -1,0 +1,229 @@
+"""The MQTT side of the fileserver: configs in, ``published`` and ``fetched`` out.
+
+The store is the truth the HTTP side serves from; the broker only feeds it. So a restart with
+the broker away serves what was stored, and a bad config never replaces the last good files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from services.bus import Incoming
+from services.messages import Fetched, now_iso
+from services.runner import Context
+from services.topics import is_mac
+from fileserver.abuse import NotFoundLimiter
+from fileserver.catalog import Catalog
+from fileserver.files import DeviceFiles, Rejected, ServedFile, decode_config
+from fileserver.metrics import Metrics
+from fileserver.provision import ProvisionTracker
+from fileserver.resource import Policy
+from fileserver.store import Store
+
+log = Logger(namespace="fileserver")
+
+# After a (re)connect, retained configs arrive right behind the SUBACK; a stored device whose
+# config has not come back by then was unassigned while we were away.
+RECONCILE_AFTER = 3.0
+
+
+class FileService:
+    def __init__(self, ctx: Context, store: Store, catalog: Catalog, policy: Policy,
+                 limiter: NotFoundLimiter, metrics: Metrics) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.catalog = catalog
+        self.policy = policy
+        self.limiter = limiter
+        self.metrics = metrics
+        self.topics = ctx.topics
+        self.tracker = ProvisionTracker(store.fetch_states())
+        self.errored = store.errored()
+        # what the broker holds retained on devices/{mac}/published (our own earlier messages)
+        self.broker_published: dict[str, bytes] = {}
+        self._seen_config: set[str] = set()
+        self._reconcile_call: Any = None
+        self.policy.discovered_ip = store.discovered_ips()
+        for device in store.load():
+            self.catalog.set(device)
+        log.info("serving {devices} devices ({files} files) from the store",
+                 devices=len(catalog.devices), files=catalog.file_count)
+
+    def start(self) -> None:
+        bus = self.ctx.bus
+        # published first: its retained messages arrive before the configs that are compared to it
+        bus.subscribe(self.topics.devices("published"), self.on_published)
+        bus.subscribe(self.topics.devices("config"), self.on_config)
+        if self.policy.pin_ip:
+            bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
+        bus.on_connect(self._connected)
+        if bus.connected:
+            self._connected()
+
+    def stop(self) -> None:
+        if self._reconcile_call is not None and self._reconcile_call.active():
+            self._reconcile_call.cancel()
+
+    # --- MQTT handlers ---
+    def _connected(self) -> None:
+        self._seen_config = set()
+        d = self.ctx.bus.when_subscribed()
+        d.addCallback(lambda _: self._schedule_reconcile())
+
+    def _schedule_reconcile(self) -> None:
+        if self._reconcile_call is not None and self._reconcile_call.active():
+            self._reconcile_call.cancel()
+        self._reconcile_call = self.ctx.reactor.callLater(RECONCILE_AFTER, self.reconcile)
+
+    def reconcile(self) -> None:
+        if not self.ctx.bus.connected:
+            return
+        for mac in [m for m in self.catalog.devices if m not in self._seen_config]:
+            log.info("{mac}: its config is gone from the broker; removing its files", mac=mac)
+            self._remove(mac)
+
+    def on_published(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is None or not info.mac_ok:
+            return
+        if msg.empty:
+            self.broker_published.pop(info.mac, None)
+        else:
+            self.broker_published[info.mac] = msg.raw
+
+    def on_config(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is None or not info.mac_ok:
+            self.ctx.counters["configs_ignored"] += 1
+            return
+        mac = info.mac
+        self._seen_config.add(mac)
+        if msg.empty:
+            self._remove(mac)
+            self._resolve_error(mac)
+            return
+        try:
+            if msg.error:
+                raise Rejected("payload", msg.error)
+            device = decode_config(mac, msg.data)
+        except Rejected as exc:
+            self.ctx.counters["configs_rejected"] += 1
+            log.warn("{mac}: config refused, the last good files stay served: {why}", mac=mac, why=str(exc))
+            self.ctx.publish_error(mac, exc.code, str(exc), exc.field)
+            self.errored.add(mac)
+            self.store.set_errored(mac, True)
+            return
+        if self.catalog.devices.get(mac) != device:
+            self.store.put(device)
+            self.catalog.set(device)
+            self.ctx.counters["configs_stored"] += 1
+            log.info("{mac}: stored revision {revision} ({n} files)", mac=mac,
+                     revision=device.revision, n=len(device.files))
+        self._resolve_error(mac)
+        self._publish(mac)
+
+    def on_discovered(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is None or not info.mac_ok:
+            return
+        ip = msg.data.get("ip") if isinstance(msg.data, dict) else None
+        if msg.empty or not isinstance(ip, str) or not ip:
+            ip = None
+        if self.policy.discovered_ip.get(info.mac) == ip:
+            return
+        if ip is None:
+            self.policy.discovered_ip.pop(info.mac, None)
+        else:
+            self.policy.discovered_ip[info.mac] = ip
+        self.store.set_discovered_ip(info.mac, ip)
+
+    # --- what the HTTP side reports ---
+    def fetched(self, device: DeviceFiles, served: ServedFile, status: int, client: str, ua: str) -> None:
+        outcome = self.tracker.record(device.mac, served.name, status, served.sha256)
+        if outcome.changed:
+            self.store.set_fetch_state(device.mac, served.name, outcome.served, outcome.provisioned_sha)
+            if outcome.provisioned:
+                log.info("{mac}: provisioned ({name} sha256 {sha} fetched again)", mac=device.mac,
+                         name=served.name, sha=served.sha256[:12])
+        event = Fetched(file=served.name, sha256=served.sha256, status=status, client=client,
+                        user_agent=ua, provisioned=outcome.provisioned, at=now_iso(),
+                        revision=device.revision)
+        self.ctx.bus.publish(self.topics.device(device.mac, "fetched"), event.to_json(), retain=True)
+
+    # --- internals ---
+    def _publish(self, mac: str) -> None:
+        payload = self.catalog.published(mac).to_json()
+        if self.broker_published.get(mac) == payload:
+            return
+        self.broker_published[mac] = payload
+        self.ctx.bus.publish(self.topics.device(mac, "published"), payload, retain=True)
+
+    def _remove(self, mac: str) -> None:
+        had = self.catalog.remove(mac) is not None
+        if had:
+            self.store.remove(mac)
+            self.tracker.forget(mac)
+            self.ctx.counters["devices_removed"] += 1
+            log.info("{mac}: unassigned; its files are no longer served", mac=mac)
+        if had or mac in self.broker_published:
+            self.broker_published.pop(mac, None)
+            self.ctx.bus.publish(self.topics.device(mac, "published"), b"", retain=True)
+
+    def _resolve_error(self, mac: str) -> None:
+        if mac in self.errored:
+            self.errored.discard(mac)
+            self.store.set_errored(mac, False)
+            self.ctx.clear_error(mac)
+
+    # --- numbers ---
+    def provisioned_devices(self) -> int:
+        return sum(
+            1 for d in self.catalog.devices.values()
+            if any(self.tracker.is_provisioned(d.mac, f.name, f.sha256) for f in d.files.values()))
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        now = self.ctx.reactor.seconds()
+        return {
+            "files_stored": ("Device files stored and served.", self.catalog.file_count),
+            "devices_stored": ("Devices with files.", len(self.catalog.devices)),
+            "devices_provisioned": ("Devices that fetched the same sha256 again after a 200.",
+                                    self.provisioned_devices()),
+            "clients_refused": ("Clients refused now for collecting too many 404s.",
+                                self.limiter.banned_count(now)),
+            "mqtt_connected": ("1 while the broker connection is up.", int(self.ctx.bus.connected)),
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "devices": len(self.catalog.devices), "files": self.catalog.file_count,
+                "mqtt_connected": self.ctx.bus.connected}
+
+    def counters(self) -> dict[str, int]:
+        out = self.metrics.counters()
+        out.update(devices=len(self.catalog.devices), files=self.catalog.file_count,
+                   provisioned=self.provisioned_devices(), clients_banned=self.limiter.bans)
+        return out
+
+
+class Fileserver:
+    """The running service as the runner sees it: counters, and a clean stop."""
+
+    def __init__(self, service: FileService, port: Any, store: Store) -> None:
+        self.service = service
+        self.port = port
+        self.store = store
+
+    @property
+    def url_port(self) -> int:
+        return self.port.getHost().port
+
+    def counters(self) -> dict[str, int]:
+        return self.service.counters()
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        self.service.stop()
+        yield defer.maybeDeferred(self.port.stopListening)
+        self.store.close()

@@ -1,0 +1,123 @@
+"""Settings only the fileserver uses, in the same form as the contract's."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from services import settings as s
+
+
+def parse_secret(text: str) -> str:
+    # Tokens are only as unguessable as the secret; refuse short ones.
+    if len(text) < 16 or any(c.isspace() for c in text):
+        raise ValueError
+    return text
+
+
+def parse_bind(text: str) -> str:
+    value = text.strip()
+    if ipaddress.ip_address(value).version != 4:
+        raise ValueError
+    return value
+
+
+def parse_auth(text: str) -> str:
+    return s.parse_choice("off", "basic", "digest")(text)
+
+
+def parse_user(text: str) -> str:
+    # A user name goes into "user:password" (Basic) and a quoted string (Digest).
+    if not text or ":" in text or '"' in text or any(ord(c) < 32 for c in text):
+        raise ValueError
+    return text
+
+
+def parse_password(text: str) -> str:
+    if not text or any(ord(c) < 32 for c in text):
+        raise ValueError
+    return text
+
+
+def parse_positive_int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text.strip()) or int(text) < 1:
+        raise ValueError
+    return int(text)
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+
+
+FILE_SECRET = s.Setting(
+    "file_secret", "PNP_FILE_SECRET",
+    "server secret the per-device download paths are derived from (changing it rotates every path)",
+    parse_secret, "at least 16 characters without spaces",
+    None,  # generated once and kept in the data dir
+)
+HTTP_BIND = s.Setting(
+    "http_bind", "PNP_HTTP_BIND", "IPv4 address the fileserver listens on",
+    parse_bind, "an IPv4 address (0.0.0.0 for all)", "0.0.0.0",
+)
+TLS_CERT = s.Setting(
+    "tls_cert", "PNP_TLS_CERT", "PEM certificate (chain) for HTTPS; with PNP_TLS_KEY, HTTPS replaces HTTP",
+    s.parse_path, "a file path", None,
+)
+TLS_KEY = s.Setting(
+    "tls_key", "PNP_TLS_KEY", "PEM private key for HTTPS",
+    s.parse_path, "a file path", None,
+)
+HTTP_AUTH = s.Setting(
+    "http_auth", "PNP_HTTP_AUTH", "ask phones for credentials before serving their files",
+    parse_auth, "off, basic or digest", "off",
+)
+HTTP_USER = s.Setting(
+    "http_user", "PNP_HTTP_USER", "user name phones send when PNP_HTTP_AUTH is on",
+    parse_user, "a non-empty name without ':' or '\"'", None,
+)
+HTTP_PASSWORD = s.Setting(
+    "http_password", "PNP_HTTP_PASSWORD", "password phones send when PNP_HTTP_AUTH is on",
+    parse_password, "a non-empty password", None,
+)
+PLAIN_PATHS = s.Setting(
+    "plain_paths", "PNP_PLAIN_PATHS",
+    "also serve /{file} without the secret path (for phones pointed here by DHCP option 66)",
+    s.parse_bool, "true or false", False,
+)
+PIN_IP = s.Setting(
+    "pin_ip", "PNP_PIN_IP", "serve a device's files only to the IP it was discovered from",
+    s.parse_bool, "true or false", False,
+)
+NOT_FOUND_LIMIT = s.Setting(
+    "not_found_limit", "PNP_404_LIMIT", "404s one client may collect within PNP_404_WINDOW before it is refused",
+    parse_positive_int, "a whole number >= 1", 20,
+)
+NOT_FOUND_WINDOW = s.Setting(
+    "not_found_window", "PNP_404_WINDOW", "seconds over which a client's 404s are counted",
+    s.parse_positive_float, "a number of seconds > 0", 60.0,
+)
+BAN_SECONDS = s.Setting(
+    "ban_seconds", "PNP_BAN_SECONDS", "how long a client that collected too many 404s is refused",
+    s.parse_positive_float, "a number of seconds > 0", 300.0,
+)
+TRUSTED_PROXIES = s.Setting(
+    "trusted_proxies", "PNP_TRUSTED_PROXIES",
+    "proxies whose X-Forwarded-For names the client (comma-separated addresses or networks); none by default",
+    parse_networks, "IP addresses or networks, comma-separated", (),
+)
+
+ALL = [FILE_SECRET, HTTP_BIND, TLS_CERT, TLS_KEY, HTTP_AUTH, HTTP_USER, HTTP_PASSWORD, PLAIN_PATHS,
+       PIN_IP, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES]
+
+
+def check(values: s.Settings) -> None:
+    """Settings that are only wrong together; raises SettingError naming the missing one."""
+    if (values.tls_cert is None) != (values.tls_key is None):
+        missing = TLS_KEY if values.tls_key is None else TLS_CERT
+        raise s.SettingError(missing, "", "required when " +
+                             (TLS_CERT.env if missing is TLS_KEY else TLS_KEY.env) + " is set")
+    if values.http_auth != "off":
+        for needed in (HTTP_USER, HTTP_PASSWORD):
+            if getattr(values, needed.name) is None:
+                raise s.SettingError(needed, "", f"required when {HTTP_AUTH.env} is {values.http_auth}")

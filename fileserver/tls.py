@@ -1,0 +1,46 @@
+"""Listening for phones: plain HTTP, or HTTPS from a PEM certificate (chain) and key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import crypto
+from twisted.internet import ssl
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+class TlsError(ValueError):
+    pass
+
+
+def context_factory(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
+    """TLS options from PEM files; the first certificate is ours, the rest its chain."""
+    try:
+        cert_pem = Path(cert_path).read_bytes()
+        key_pem = Path(key_path).read_bytes()
+    except OSError as exc:
+        raise TlsError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    blocks = _PEM_CERT.findall(cert_pem)
+    if not blocks:
+        raise TlsError(f"{cert_path}: no PEM certificate in it")
+    try:
+        certs = [crypto.load_certificate(crypto.FILETYPE_PEM, b) for b in blocks]
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+    except crypto.Error as exc:
+        raise TlsError(f"{cert_path} / {key_path}: not a usable PEM certificate and key ({exc})") from None
+    options = ssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:])
+    try:
+        options.getContext().check_privatekey()
+    except Exception:
+        raise TlsError(f"{key_path} is not the key of the certificate in {cert_path}") from None
+    return options
+
+
+def listen(reactor: Any, site: Any, port: int, interface: str,
+           cert: Path | None = None, key: Path | None = None) -> Any:
+    if cert is not None and key is not None:
+        return reactor.listenSSL(port, site, context_factory(cert, key), interface=interface)
+    return reactor.listenTCP(port, site, interface=interface)
