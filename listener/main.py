@@ -1,9 +1,12 @@
 """Listener: answers the phones' multicast SUBSCRIBE and publishes what they are."""
 
+from listener.service import ListenerService
+from listener.settings import LISTENER
 from services import settings as s
+from services.runner import Context
 
-SETTINGS = [s.SIP_INTERFACE, s.SIP_PORT]
+SETTINGS = [s.SIP_INTERFACE, s.SIP_PORT, *LISTENER]
 
 
-def start(ctx):
-    return None
+def start(ctx: Context) -> ListenerService:
+    return ListenerService(ctx).start()

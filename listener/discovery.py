@@ -1,0 +1,217 @@
+"""The listener's protocol core, sans I/O: a datagram in, an answer and maybe a discovery out.
+
+:class:`SubscribeCore` knows nothing of sockets, reactors or MQTT. The caller hands it each
+datagram with its source, the local interface it arrived on and the time; it returns what to
+send back, where, and the :class:`~services.messages.Discovered` to publish, if any.
+
+What it decides, per RFC 3261 / 3581 / 6665 and the phones in the field:
+
+- a SUBSCRIBE for ``Event: ua-profile`` gets ``200 OK`` (or ``202``) with ``Expires: 0``;
+  any other event gets ``489 Bad Event``; other methods, responses and non-SIP are dropped;
+- the answer goes to the packet's source address, and to its source port when the top Via
+  carries ``rport`` (RFC 3581), else to the Via's sent-by port (RFC 3261 §18.2.2);
+- a retransmission (same transaction) gets the identical bytes again;
+- the To-tag is a keyed hash of the dialog (Call-ID, From-tag): every SUBSCRIBE of one dialog
+  gets the same tag with no per-dialog state, and it is the tag the discovery publishes;
+- one discovery per boot: a Call-ID already seen, or a MAC published less than ``window``
+  seconds ago, only gets its answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from listener import mac as macs
+from listener.ratelimit import RateLimiter
+from listener.vendors import identify
+from services.messages import Discovered, now_iso
+from services.sip.message import (
+    Request, SipParseError, build_response, parse, parse_name_addr, parse_value, parse_via,
+)
+
+EVENT = "ua-profile"
+# RFC 3261 Timer J for UDP (64*T1): how long a server transaction answers retransmissions.
+TRANSACTION_TTL = 32.0
+# How long a Call-ID counts as "this boot already published".
+CALL_ID_TTL = 3600.0
+
+COUNTERS = ("received", "answered", "published", "malformed", "rate_limited", "duplicates",
+            "retransmissions", "bad_event", "ignored", "no_mac")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to do with one datagram. ``verdict`` names the counter it went to."""
+
+    verdict: str
+    reply: bytes | None = None
+    dest: tuple[str, int] | None = None
+    discovered: Discovered | None = None
+
+
+class _Expiring:
+    """A bounded mapping whose entries expire ``ttl`` after they were put (oldest first)."""
+
+    __slots__ = ("ttl", "max_items", "_items")
+
+    def __init__(self, ttl: float, max_items: int) -> None:
+        self.ttl = ttl
+        self.max_items = max_items
+        self._items: OrderedDict = OrderedDict()  # key -> (expires, value)
+
+    def get(self, key: object, now: float) -> object | None:
+        item = self._items.get(key)
+        if item is None or item[0] <= now:
+            return None
+        return item[1]
+
+    def put(self, key: object, value: object, now: float, ttl: float | None = None) -> None:
+        items = self._items
+        items.pop(key, None)
+        items[key] = (now + (self.ttl if ttl is None else ttl), value)
+        # Insertion order is expiry order (one ttl), so expired entries are at the front.
+        while items:
+            first = next(iter(items.values()))
+            if first[0] > now and len(items) <= self.max_items:
+                break
+            items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class SubscribeCore:
+    def __init__(
+        self,
+        status: int = 200,
+        window: float = 30.0,
+        rate: float = 20.0,
+        burst: float = 40.0,
+        contact_port: int = 5060,
+        secret: bytes | None = None,
+        clock_iso: Callable[[], str] = now_iso,
+        max_tracked: int = 200_000,
+    ) -> None:
+        if status not in (200, 202):
+            raise ValueError("status must be 200 or 202")
+        self.status = status
+        self.reason = "OK" if status == 200 else "Accepted"
+        self.window = window
+        self.contact_port = contact_port
+        self._secret = secret if secret is not None else os.urandom(16)
+        self._clock_iso = clock_iso
+        self.limiter = RateLimiter(rate, burst)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._transactions = _Expiring(TRANSACTION_TTL, max_tracked)
+        self._call_ids = _Expiring(CALL_ID_TTL, max_tracked)
+        self._recent_macs = _Expiring(window, max_tracked)
+        self._boots: dict[str, int] = {}
+
+    # --- state from outside ------------------------------------------------------------------
+
+    def remember(self, mac: str, call_id: str, boot: int, now: float) -> None:
+        """What a retained discovery says (after a restart): that boot was published already."""
+        if boot > self._boots.get(mac, 0):
+            self._boots[mac] = boot
+        if call_id:
+            self._call_ids.put(call_id, mac, now)
+
+    def to_tag(self, call_id: str, from_tag: str) -> str:
+        digest = hashlib.blake2s(f"{call_id}\0{from_tag}".encode("utf-8", "surrogatepass"),
+                                 key=self._secret, digest_size=6)
+        return digest.hexdigest()
+
+    # --- the per-packet path -----------------------------------------------------------------
+
+    def handle(self, data: bytes, source: tuple[str, int], interface: str, now: float) -> Outcome:
+        counters = self.counters
+        counters["received"] += 1
+        if not self.limiter.allow(source[0], now):
+            counters["rate_limited"] += 1
+            return Outcome("rate_limited")
+        try:
+            message = parse(data)
+        except SipParseError:
+            counters["malformed"] += 1
+            return Outcome("malformed")
+        if not isinstance(message, Request) or message.method != "SUBSCRIBE":
+            counters["ignored"] += 1
+            return Outcome("ignored")
+        try:
+            return self._subscribe(message, source, interface, now)
+        except SipParseError:
+            # a header the parser let through but the dialog needs (Via, From, To) is unusable
+            counters["malformed"] += 1
+            return Outcome("malformed")
+
+    def _subscribe(self, request: Request, source: tuple[str, int], interface: str,
+                   now: float) -> Outcome:
+        counters = self.counters
+        headers = request.headers
+        top_via = headers.get("via") or ""
+        call_id = headers.get("call-id") or ""
+        cseq_number, _ = request.cseq
+        key = (top_via, call_id, cseq_number)
+        via = parse_via(top_via)
+        dest = (source[0], source[1] if "rport" in via.params else (via.port or 5060))
+
+        cached = self._transactions.get(key, now)
+        if cached is not None:
+            counters["retransmissions"] += 1
+            counters["answered"] += 1
+            return Outcome("retransmissions", cached, dest)  # type: ignore[arg-type]
+
+        from_value = headers.get("from") or ""
+        from_tag = parse_name_addr(from_value).tag or ""
+        to_value = headers.get("to") or ""
+        parse_name_addr(to_value)  # a To we cannot echo is not a dialog we can answer
+        to_tag = self.to_tag(call_id, from_tag)
+        event_value = headers.get("event") or ""
+        event, event_params = parse_value(event_value) if event_value else ("", {})
+
+        if event.lower() != EVENT:
+            reply = build_response(request, 489, "Bad Event", to_tag=to_tag, received=source,
+                                   headers=[("Allow-Events", EVENT)]).to_bytes()
+            self._transactions.put(key, reply, now)
+            counters["bad_event"] += 1
+            counters["answered"] += 1
+            return Outcome("bad_event", reply, dest)
+
+        mac = macs.from_subscribe(request.uri, from_value)
+        if mac is None:
+            # Not a phone we could ever provision; another PnP server on the group may know it.
+            counters["no_mac"] += 1
+            return Outcome("no_mac")
+
+        reply = build_response(
+            request, self.status, self.reason, to_tag=to_tag, received=source,
+            headers=[("Contact", f"<sip:{interface}:{self.contact_port}>"), ("Expires", "0")],
+        ).to_bytes()
+        self._transactions.put(key, reply, now)
+        counters["answered"] += 1
+
+        if self._call_ids.get(call_id, now) is not None or self._recent_macs.get(mac, now) is not None:
+            self._call_ids.put(call_id, mac, now)
+            counters["duplicates"] += 1
+            return Outcome("duplicates", reply, dest)
+        self._call_ids.put(call_id, mac, now)
+        self._recent_macs.put(mac, call_id, now)
+        boot = self._boots.get(mac, 0) + 1
+        self._boots[mac] = boot
+
+        params = {k: v if v is not None else "" for k, v in event_params.items()}
+        user_agent = headers.get("user-agent") or ""
+        who = identify(params, user_agent, mac)
+        discovered = Discovered(
+            mac=mac, vendor=who.vendor, model=who.model, firmware=who.firmware,
+            ip=source[0], port=dest[1], contact=headers.get("contact") or "",
+            user_agent=user_agent, call_id=call_id, from_tag=from_tag, to_tag=to_tag,
+            seen_at=self._clock_iso(), cseq=cseq_number, request_uri=request.uri,
+            from_uri=from_value, to_uri=to_value, event=params, interface=interface, boot=boot,
+        )
+        counters["published"] += 1
+        return Outcome("answered", reply, dest, discovered)

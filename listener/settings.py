@@ -1,0 +1,31 @@
+"""Settings only the listener uses."""
+
+from __future__ import annotations
+
+from services.settings import Setting, parse_choice, parse_positive_float
+
+
+def _parse_response(text: str) -> int:
+    return int(parse_choice("200", "202")(text))
+
+
+SUBSCRIBE_RESPONSE = Setting(
+    "subscribe_response", "PNP_SUBSCRIBE_RESPONSE",
+    "status answering a ua-profile SUBSCRIBE (200 per RFC 6665; 202 as some PBXs do)",
+    _parse_response, "200 or 202", 200,
+)
+DISCOVERY_WINDOW = Setting(
+    "discovery_window", "PNP_DISCOVERY_WINDOW",
+    "seconds during which further SUBSCRIBEs of a just-discovered MAC count as the same boot",
+    parse_positive_float, "a number of seconds > 0", 30.0,
+)
+SIP_RATE = Setting(
+    "sip_rate", "PNP_SIP_RATE", "datagrams per second accepted from one source address",
+    parse_positive_float, "a number > 0", 20.0,
+)
+SIP_BURST = Setting(
+    "sip_burst", "PNP_SIP_BURST", "datagrams one source may send at once before its rate applies",
+    parse_positive_float, "a number > 0", 40.0,
+)
+
+LISTENER = [SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST]
