@@ -22,6 +22,8 @@ SERVICES = {
 # line is its help.
 TOOLS = {
     "up": "services.supervisor",
+    "setup": "services.brokersetup",
+    "health": "services.healthcheck",
     "tls-cert": "fileserver.certs",
 }
 

@@ -1,0 +1,152 @@
+"""Prepare a compose deployment: .env with random passwords, and the broker's password file.
+
+Reads .env.example, keeps every value an existing .env already has, fills each empty secret
+(MQTT_PASSWORD_<USER>, PNP_FILE_SECRET) with a random one, and writes .env (mode 0600). Then
+writes deploy/mosquitto/passwd with one mosquitto 2.0 hash ($7$, PBKDF2-SHA512) per broker user.
+Run it again after an upgrade: new keys are added, existing passwords stay. --rotate USER gives
+USER a new password (then restart or HUP the broker and restart that service).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import os
+import re
+import secrets
+import sys
+from pathlib import Path
+
+# mosquitto 2.0's password file format: $7$<iterations>$<base64 salt>$<base64 digest>
+HASH_ITERATIONS = 101
+SALT_BYTES = 12
+PASSWORD_PREFIX = "MQTT_PASSWORD_"
+# The uid/gid the eclipse-mosquitto image runs as; it must be able to read the password file.
+MOSQUITTO_UID = 1883
+_SECRET_KEYS = re.compile(rf"{PASSWORD_PREFIX}[A-Z0-9_]+|PNP_FILE_SECRET")
+_LINE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """A mosquitto 2.0 password hash, as mosquitto_passwd writes it."""
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, HASH_ITERATIONS)
+    return f"$7${HASH_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    try:
+        _, kind, iterations, salt, digest = hashed.split("$")
+        if kind != "7":
+            return False
+        want = base64.b64decode(digest)
+        got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations))
+    except ValueError:
+        return False
+    return secrets.compare_digest(want, got)
+
+
+def new_secret() -> str:
+    # URL-safe: the password goes into PNP_MQTT_URL (mqtt://user:password@host) unquoted.
+    return secrets.token_urlsafe(24)
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a compose .env file (comments and blank lines skipped)."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        match = _LINE.fullmatch(line)
+        if match:
+            values[match.group(1)] = match.group(2).strip()
+    return values
+
+
+def render_env(example: str, current: dict[str, str], rotate: set[str]) -> tuple[str, dict[str, str]]:
+    """The example's lines with values from ``current``, empty secrets filled in. Keys only
+    ``current`` has (the operator's own additions) are kept at the end."""
+    out: list[str] = []
+    values: dict[str, str] = {}
+    for line in example.splitlines():
+        match = _LINE.fullmatch(line)
+        if not match or line.lstrip().startswith("#"):
+            out.append(line)
+            continue
+        key, default = match.group(1), match.group(2).strip()
+        value = current.get(key, default)
+        if _SECRET_KEYS.fullmatch(key) and (not value or key in rotate):
+            value = new_secret()
+        values[key] = value
+        out.append(f"{key}={value}")
+    extra = [k for k in current if k not in values]
+    if extra:
+        out += ["", "# kept from the previous .env"] + [f"{k}={current[k]}" for k in extra]
+        values.update({k: current[k] for k in extra})
+    return "\n".join(out) + "\n", values
+
+
+def broker_users(values: dict[str, str]) -> dict[str, str]:
+    """user name -> password, from the MQTT_PASSWORD_<USER> keys."""
+    return {k[len(PASSWORD_PREFIX):].lower(): v for k, v in values.items()
+            if k.startswith(PASSWORD_PREFIX) and v}
+
+
+def render_passwd(users: dict[str, str]) -> str:
+    return "".join(f"{user}:{hash_password(pw)}\n" for user, pw in sorted(users.items()))
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", type=Path, default=Path("."),
+                        help="the checkout holding compose.yaml and .env.example [default: .]")
+    parser.add_argument("--rotate", action="append", default=[], metavar="USER",
+                        help="give this broker user a new password (repeatable; 'all' for every user)")
+
+
+def run(args: argparse.Namespace) -> int:
+    root: Path = args.dir
+    example_path, env_path = root / ".env.example", root / ".env"
+    passwd_path = root / "deploy" / "mosquitto" / "passwd"
+    if not example_path.exists():
+        print(f"pnp setup: {example_path} not found (run it in the checkout, or pass --dir)", file=sys.stderr)
+        return 2
+    example = example_path.read_text()
+    current = read_env(env_path)
+    known = {m.group(1) for m in map(_LINE.fullmatch, example.splitlines()) if m}
+    users = {k[len(PASSWORD_PREFIX):].lower() for k in known if k.startswith(PASSWORD_PREFIX)}
+    rotate = set()
+    for user in args.rotate:
+        if user == "all":
+            rotate |= {PASSWORD_PREFIX + u.upper() for u in users}
+        elif user.lower() in users:
+            rotate.add(PASSWORD_PREFIX + user.upper())
+        else:
+            print(f"pnp setup: --rotate {user!r}: not a broker user ({', '.join(sorted(users))})",
+                  file=sys.stderr)
+            return 2
+    text, values = render_env(example, current, rotate)
+    _write(env_path, text, 0o600)
+    _write(passwd_path, render_passwd(broker_users(values)), 0o640 if os.geteuid() == 0 else 0o644)
+    if os.geteuid() == 0:
+        os.chown(passwd_path, MOSQUITTO_UID, MOSQUITTO_UID)
+    added = sorted(k for k in values if k not in current)
+    print(f"wrote {env_path} ({len(added)} new: {', '.join(added) or 'none'})")
+    print(f"wrote {passwd_path} for {', '.join(sorted(broker_users(values)))}")
+    if rotate:
+        print("rotated: " + ", ".join(sorted(r[len(PASSWORD_PREFIX):].lower() for r in rotate))
+              + "; now `docker compose up -d` (recreates the services whose password changed) "
+              "and `docker compose kill -s HUP mosquitto`")
+    return 0

@@ -1,0 +1,122 @@
+"""Exit 0 when a service is healthy, 1 when not: the containers' healthcheck.
+
+Healthy means the service's retained status on the broker (pnp/services/{service}/{instance})
+says online and was refreshed within --max-age seconds (default: three status intervals, plus
+slack). It logs in with PNP_MQTT_URL, the service's own credentials, which may read its own
+status topic. With --http URL (the fileserver's /healthz) that URL must answer 200 as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import sys
+import threading
+import urllib.request
+from datetime import datetime, timezone
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from services import settings as s
+from services.messages import PayloadError, ServiceStatus
+from services.topics import SERVICES, Topics
+
+SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX, s.INSTANCE, s.STATUS_INTERVAL]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("service", choices=SERVICES)
+    s.add_arguments(parser, SETTINGS)
+    parser.add_argument("--max-age", type=float, default=None, metavar="SECONDS",
+                        help="oldest status still healthy [default: 3 x PNP_STATUS_INTERVAL + 5]")
+    parser.add_argument("--http", default=None, metavar="URL",
+                        help="also GET this URL (the fileserver's /healthz); healthy only on 200")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="how long to wait for the broker and the URL [default: 5]")
+
+
+def read_status(settings: s.Settings, service: str, timeout: float) -> ServiceStatus | str:
+    """The service's retained status, or why there is none."""
+    url = settings.mqtt_url
+    topic = Topics(settings.topic_prefix).service(service, settings.instance)
+    got: list[Any] = []
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set_context(ssl.create_default_context())
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            got.append(f"broker {url} refused the login: {reason}")
+            done.set()
+        else:
+            c.subscribe(topic, qos=1)
+
+    def on_message(c: Any, userdata: Any, msg: Any) -> None:
+        got.append(bytes(msg.payload))
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(url.host, url.port, keepalive=10)
+    except OSError as exc:
+        return f"cannot reach the broker {url}: {exc}"
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            return f"no status on {topic} within {timeout:g}s"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if isinstance(got[0], str):
+        return got[0]
+    if not got[0]:
+        return f"status on {topic} is empty"
+    try:
+        return ServiceStatus.from_json(got[0])
+    except PayloadError as exc:
+        return f"status on {topic} is not a status: {exc}"
+
+
+def judge(status: ServiceStatus, max_age: float, now: datetime) -> str | None:
+    """Why ``status`` is unhealthy, or None."""
+    if status.state != "online":
+        return f"state is {status.state!r}"
+    try:
+        at = datetime.fromisoformat(status.at or status.started_at)
+    except ValueError:
+        return f"status time {status.at!r} is not ISO 8601"
+    age = (now - at).total_seconds()
+    if age > max_age:
+        return f"status is {age:.0f}s old (more than {max_age:g}s)"
+    return None
+
+
+def check_http(url: str, timeout: float) -> str | None:
+    # A liveness check on this host's own port: the certificate names the public host, not
+    # 127.0.0.1, so it is not verified here.
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+            return None if response.status == 200 else f"{url} answered {response.status}"
+    except OSError as exc:
+        return f"{url}: {exc}"
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = s.resolve(SETTINGS, args)
+    max_age = args.max_age if args.max_age is not None else 3 * settings.status_interval + 5
+    status = read_status(settings, args.service, args.timeout)
+    problem = status if isinstance(status, str) else judge(status, max_age, datetime.now(timezone.utc))
+    if problem is None and args.http:
+        problem = check_http(args.http, args.timeout)
+    if problem:
+        print(f"{args.service} unhealthy: {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.service} healthy")
+    return 0
