@@ -1,0 +1,351 @@
+"""The notifier on a real broker and real UDP sockets: simulated phones on 127.0.0.x receive the
+NOTIFY and answer (or not); the retained ``notify`` status says how it went."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial import unittest
+
+import notifier.main
+from services.messages import Discovered, now_iso
+from services.runner import Runtime
+from services.sip.message import build_response, parse, parse_name_addr, parse_via
+from services.sip.transaction import Outcome, Timers
+from notifier import build
+from notifier.protocol import NotifyEndpoint
+from tests.support import Probe, eventually, make_settings, start_broker
+
+MAC = "000b82f55284"
+SUB_CALL_ID = "1848599395-5080-1@BJC.BGI.F.BHF"
+PHONE_TAG = "1990948743"
+OUR_TAG = "a1b2c3d4e5f6"
+URL = "http://127.0.0.1:18080/p/tok/"
+
+
+class Phone(DatagramProtocol):
+    """A phone's SIP stack, as far as a NOTIFY goes: answer with ``status`` (None: silence)."""
+
+    def __init__(self, status: int | None = 200, reason: str = "OK") -> None:
+        self.status = status
+        self.reason = reason
+        self.received: list[tuple[float, object, tuple[str, int]]] = []
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        request = parse(data)
+        self.received.append((time.monotonic(), request, addr))
+        if self.status is not None:
+            answer = build_response(request, self.status, self.reason, to_tag="phonetag9",
+                                    received=addr)
+            self.transport.write(answer.to_bytes(), addr)
+
+    @property
+    def requests(self) -> list:
+        return [r for _, r, _ in self.received]
+
+
+class NotifierTest(unittest.TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.broker = start_broker(self.mktemp())
+        self.addCleanup(self.broker.stop)
+        self.probe = Probe(self.broker.url, "pnp/#")
+        self.addCleanup(self.probe.close)
+        self.data_dir = self.mktemp()
+        self.runtimes: list[Runtime] = []
+
+    def phone(self, address: str = "127.0.0.2", status: int | None = 200, reason: str = "OK") -> Phone:
+        phone = Phone(status, reason)
+        port = reactor.listenUDP(0, phone, interface=address)
+        self.addCleanup(port.stopListening)
+        phone.address = (address, port.getHost().port)
+        return phone
+
+    @defer.inlineCallbacks
+    def start(self, **values: str):
+        values.setdefault("sip_t1", "0.01")
+        values.setdefault("sip_t2", "0.08")
+        settings = make_settings(self.broker, self.data_dir, extra=notifier.main.SETTINGS, **values)
+        rt = Runtime("notifier", settings, notifier.main.start, reactor)
+        self.runtimes.append(rt)
+        self.addCleanup(rt.stop)
+        component = yield rt.start()
+        yield rt.bus.when_subscribed()
+        return component
+
+    def discover(self, phone: Phone, call_id: str = SUB_CALL_ID, cseq: int = 20000,
+                 vendor: str = "Grandstream", mac: str = MAC) -> None:
+        ip, port = phone.address
+        self.probe.publish(f"pnp/devices/{mac}/discovered", {
+            "mac": mac, "vendor": vendor, "model": "GRP2614", "firmware": "1.0.0.31",
+            "ip": ip, "port": port, "contact": f"<sip:{ip}:{port}>",
+            "user_agent": "Grandstream GRP2614 1.0.0.31", "call_id": call_id,
+            "from_tag": PHONE_TAG, "to_tag": OUR_TAG, "seen_at": now_iso(), "cseq": cseq,
+            "request_uri": f"sip:MAC%3A{mac.upper()}@224.0.1.75",
+            "from_uri": f"<sip:MAC%3A{mac.upper()}@224.0.1.75>;tag={PHONE_TAG}",
+            "to_uri": f"<sip:MAC%3A{mac.upper()}@224.0.1.75>",
+            "event": {"profile-type": "device", "vendor": vendor}, "interface": "127.0.0.1",
+            "boot": 1, "v": 1,
+        }, retain=True)
+
+    def publish(self, revision: int = 1, mac: str = MAC, url: str = URL) -> None:
+        self.probe.publish(f"pnp/devices/{mac}/published", {
+            "url": url, "revision": revision, "mac": mac, "vendor": "grandstream",
+            "files": [{"name": f"cfg{mac}.xml", "url": url + f"cfg{mac}.xml", "sha256": "ab"}], "v": 1,
+        }, retain=True)
+
+    def fetched(self, revision: int, provisioned: bool = True, mac: str = MAC) -> None:
+        self.probe.publish(f"pnp/devices/{mac}/fetched", {
+            "file": f"cfg{mac}.xml", "sha256": "ab", "status": 304, "client": "127.0.0.2",
+            "user_agent": "Grandstream GRP2614", "provisioned": provisioned, "at": now_iso(),
+            "revision": revision, "v": 1,
+        }, retain=True)
+
+    def statuses(self, mac: str = MAC) -> list[dict]:
+        return [s for s in self.probe.json_on(f"pnp/devices/{mac}/notify") if s]
+
+    def final(self, mac: str = MAC):
+        return lambda: next((s for s in self.statuses(mac) if s["status"] != "sent"), None)
+
+    @defer.inlineCallbacks
+    def quiet(self, seconds: float = 0.3):
+        yield task.deferLater(reactor, seconds, lambda: None)
+
+    # --- the tests ---
+
+    @defer.inlineCallbacks
+    def test_prestaged_phone_gets_in_dialog_notify_matching_its_subscribe_and_is_accepted(self):
+        phone = self.phone()
+        yield self.start()
+        self.publish(revision=3)
+        yield self.quiet(0.1)
+        self.discover(phone)
+        status = yield eventually(self.final())
+        self.assertEqual(len(phone.requests), 1)
+        notify = phone.requests[0]
+        _, _, source = phone.received[0]
+        h = notify.headers
+        self.assertEqual(notify.method, "NOTIFY")
+        self.assertEqual(notify.uri, f"sip:{phone.address[0]}:{phone.address[1]}")
+        self.assertEqual(h.get("Call-ID"), SUB_CALL_ID)
+        to, frm = parse_name_addr(h.get("To")), parse_name_addr(h.get("From"))
+        self.assertEqual(to.tag, PHONE_TAG)
+        self.assertEqual(to.uri, f"sip:MAC%3A{MAC.upper()}@224.0.1.75")
+        self.assertEqual(frm.tag, OUR_TAG)
+        self.assertEqual(notify.cseq, (1, "NOTIFY"))
+        self.assertEqual(h.get("Event"), "ua-profile")
+        self.assertEqual(h.get("Subscription-State"), "terminated;reason=timeout")
+        self.assertEqual(h.get("Content-Type"), "application/url")
+        self.assertEqual(notify.body, URL.encode())
+        # Via names the socket it really came from (so the 200 OK finds it), not the listener's.
+        via = parse_via(h.get("Via"))
+        self.assertEqual((via.host, via.port), source)
+        self.assertEqual(source[0], "127.0.0.1")
+        self.assertNotEqual(source[1], 5060)
+        self.assertTrue(via.branch.startswith("z9hG4bK"))
+
+        self.assertEqual(self.statuses()[0]["status"], "sent")
+        self.assertEqual(status["status"], "accepted")
+        self.assertEqual((status["code"], status["attempts"], status["revision"]), (200, 1, 3))
+        self.assertEqual((status["url"], status["call_id"], status["kind"]), (URL, SUB_CALL_ID, "ua-profile"))
+        self.assertIsNotNone(status["rtt_ms"])
+        # Retained: whoever looks later sees how it went.
+        later = Probe(self.broker.url, f"pnp/devices/{MAC}/notify")
+        self.addCleanup(later.close)
+        retained = yield eventually(lambda: later.last(f"pnp/devices/{MAC}/notify"))
+        self.assertEqual(retained["status"], "accepted")
+
+    @defer.inlineCallbacks
+    def test_phone_that_answers_488_is_rejected(self):
+        phone = self.phone(status=488, reason="Not Acceptable Here")
+        yield self.start()
+        self.publish()
+        self.discover(phone)
+        status = yield eventually(self.final())
+        self.assertEqual(status["status"], "rejected")
+        self.assertEqual((status["code"], status["reason"]), (488, "Not Acceptable Here"))
+        yield self.quiet(0.2)
+        self.assertEqual(len(phone.requests), 1)  # a final answer stops the retransmissions
+
+    @defer.inlineCallbacks
+    def test_silent_phone_times_out_after_the_retransmissions(self):
+        phone = self.phone(status=None)
+        yield self.start()  # T1 = 10 ms, T2 = 80 ms: Timer F = 640 ms
+        self.publish()
+        self.discover(phone)
+        status = yield eventually(self.final(), timeout=5)
+        self.assertEqual(status["status"], "timeout")
+        self.assertIsNone(status["code"])
+        # 0, .01, .03, .07, then every .08 until .64: 11 transmissions of the same bytes.
+        self.assertEqual(status["attempts"], 11)
+        self.assertEqual(len(phone.requests), 11)
+        self.assertEqual({r.headers.get("Via") for r in phone.requests}, {phone.requests[0].headers.get("Via")})
+        gaps = [b[0] - a[0] for a, b in zip(phone.received, phone.received[1:])]
+        self.assertGreater(max(gaps), 0.06)  # doubled up to T2, not a fixed fast loop
+
+    @defer.inlineCallbacks
+    def test_five_subscribes_give_one_notify_and_a_new_revision_one_more(self):
+        phone = self.phone()
+        rt_component = yield self.start()
+        self.publish(revision=1)
+        for i in range(5):
+            self.discover(phone, cseq=20000 + i)  # the phone's SUBSCRIBE retransmissions
+        yield eventually(self.final())
+        yield self.quiet()
+        self.assertEqual(len(phone.requests), 1)
+
+        self.publish(revision=2)
+        yield eventually(lambda: len([s for s in self.statuses() if s["status"] == "accepted"]) == 2)
+        yield self.quiet()
+        self.assertEqual(len(phone.requests), 2)
+        second = phone.requests[1]
+        self.assertEqual(second.headers.get("Call-ID"), SUB_CALL_ID)
+        self.assertEqual(second.cseq, (2, "NOTIFY"))  # same dialog, next CSeq
+        self.assertEqual(self.statuses()[-1]["revision"], 2)
+
+        # A restart replays every retained message: nothing is sent twice.
+        yield self.runtimes[0].stop()
+        yield self.start()
+        yield self.quiet(0.5)
+        self.assertEqual(len(phone.requests), 2)
+        self.assertIsNotNone(rt_component)
+
+        # A new boot (new Call-ID) is notified again.
+        self.discover(phone, call_id="boot-2@127.0.0.2")
+        yield eventually(lambda: len(phone.requests) == 3)
+        self.assertEqual(phone.requests[2].headers.get("Call-ID"), "boot-2@127.0.0.2")
+        self.assertEqual(phone.requests[2].cseq, (1, "NOTIFY"))
+
+    @defer.inlineCallbacks
+    def test_provisioned_phone_gets_a_check_sync_when_its_config_changes(self):
+        phone = self.phone()
+        yield self.start(resync_reboot="true")
+        self.discover(phone)
+        self.publish(revision=1)
+        yield eventually(self.final())
+        yield self.quiet(0.05)
+        self.fetched(revision=1, provisioned=True)
+        yield self.quiet(0.2)
+        self.publish(revision=2)
+        yield eventually(lambda: len(phone.requests) == 2)
+        resync = phone.requests[1]
+        self.assertEqual(resync.headers.get("Event"), "check-sync;reboot=true")
+        self.assertEqual(resync.uri, f"sip:{phone.address[0]}:{phone.address[1]}")
+        self.assertNotEqual(resync.headers.get("Call-ID"), SUB_CALL_ID)
+        status = yield eventually(lambda: (self.statuses()[-1]["kind"] == "check-sync"
+                                           and self.statuses()[-1]["status"] == "accepted"
+                                           and self.statuses()[-1]))
+        self.assertEqual((status["revision"], status["code"]), (2, 200))
+        self.publish(revision=2)  # the same revision again: no second resync
+        yield self.quiet()
+        self.assertEqual(len(phone.requests), 2)
+
+    @defer.inlineCallbacks
+    def test_vendor_override_sends_out_of_dialog(self):
+        phone = self.phone()
+        yield self.start(notify_dialog="in-dialog,grandstream=out-of-dialog")
+        self.publish()
+        self.discover(phone)
+        yield eventually(self.final())
+        notify = phone.requests[0]
+        self.assertNotEqual(notify.headers.get("Call-ID"), SUB_CALL_ID)
+        self.assertIsNone(parse_name_addr(notify.headers.get("To")).tag)
+        self.assertEqual(self.final()()["call_id"], notify.headers.get("Call-ID"))
+
+    @defer.inlineCallbacks
+    def test_bad_payloads_are_counted_and_the_next_good_one_works(self):
+        phone = self.phone()
+        component = yield self.start()
+        self.probe.publish(f"pnp/devices/{MAC}/published", b"{nope")
+        self.probe.publish(f"pnp/devices/{MAC}/discovered", {"mac": MAC})
+        self.probe.publish("pnp/devices/NOTAMAC/discovered", {"mac": "x"})
+        yield eventually(lambda: self.runtimes[0].ctx.counters["bad_payloads"] == 2)
+        self.publish()
+        self.discover(phone)
+        status = yield eventually(self.final())
+        self.assertEqual(status["status"], "accepted")
+        self.assertIsNotNone(component)
+
+    @defer.inlineCallbacks
+    def test_stop_ends_retransmissions(self):
+        phone = self.phone(status=None)
+        yield self.start(sip_t1="0.05", sip_t2="0.05")
+        self.publish()
+        self.discover(phone)
+        yield eventually(lambda: len(phone.requests) >= 2)
+        yield self.runtimes[0].stop()
+        count = len(phone.requests)
+        yield self.quiet(0.4)
+        self.assertEqual(len(phone.requests), count)
+
+
+class EndpointOnClockTest(unittest.TestCase):
+    """The UDP endpoint on a real socket, its time from a task.Clock: RFC 3261's real timers
+    (T1 0.5 s, Timer F 32 s) without waiting 32 s."""
+
+    @defer.inlineCallbacks
+    def test_real_timers_on_a_fake_clock(self):
+        clock = task.Clock()
+        endpoint = NotifyEndpoint(clock, Timers())
+        port = reactor.listenUDP(0, endpoint, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        phone = Phone(status=None)
+        phone_port = reactor.listenUDP(0, phone, interface="127.0.0.3")
+        self.addCleanup(phone_port.stopListening)
+        d = Discovered(mac=MAC, vendor="Yealink", model="T54W", firmware="1", ip="127.0.0.3",
+                       port=phone_port.getHost().port, contact=f"<sip:127.0.0.3:{phone_port.getHost().port}>",
+                       user_agent="Yealink", call_id="c1", from_tag="f", to_tag="t", seen_at=now_iso())
+        request = build.ua_profile(d, URL, build.Local(*endpoint.local), "in-dialog", 1)
+        results = []
+        endpoint.send(request, build.destination(d), results.append)
+        sent_at = []
+        for step in [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]:  # to 31.5 s
+            clock.advance(step)
+            yield eventually(lambda n=len(sent_at): len(phone.requests) == n + 2)
+            sent_at.append(clock.seconds())
+        self.assertEqual(sent_at, [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5])
+        self.assertEqual(results, [])
+        clock.advance(0.5)  # 32 s: Timer F
+        self.assertEqual(results[0].outcome, Outcome.TIMEOUT)
+        self.assertEqual(results[0].attempts, 11)
+        clock.advance(100)
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(len(phone.requests), 11)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_late_and_duplicate_answers_on_the_wire(self):
+        clock = task.Clock()
+        counters = Counter()
+        endpoint = NotifyEndpoint(clock, Timers(), counters)
+        port = reactor.listenUDP(0, endpoint, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        phone = Phone(status=None)
+        phone_port = reactor.listenUDP(0, phone, interface="127.0.0.4")
+        self.addCleanup(phone_port.stopListening)
+        d = Discovered(mac=MAC, vendor="snom", model="D785", firmware="1", ip="127.0.0.4",
+                       port=phone_port.getHost().port, contact=f"<sip:127.0.0.4:{phone_port.getHost().port}>",
+                       user_agent="snom", call_id="c2", from_tag="f", to_tag="t", seen_at=now_iso())
+        request = build.ua_profile(d, URL, build.Local(*endpoint.local), "in-dialog", 1)
+        results = []
+        endpoint.send(request, build.destination(d), results.append)
+        yield eventually(lambda: phone.requests)
+        got, source = phone.requests[0], phone.received[0][2]
+        trying = build_response(got, 100, "Trying", received=source).to_bytes()
+        ok = build_response(got, 200, "OK", to_tag="x", received=source).to_bytes()
+        phone.transport.write(trying, source)
+        phone.transport.write(ok, source)
+        phone.transport.write(ok, source)  # a retransmitted 200
+        yield eventually(lambda: counters["sip_duplicate_responses"] == 1)
+        self.assertEqual([r.outcome for r in results], [Outcome.ACCEPTED])
+        self.assertEqual(results[0].attempts, 1)
+        clock.advance(5)  # Timer K
+        phone.transport.write(ok, source)  # far too late: no transaction left
+        yield eventually(lambda: counters["sip_stray_responses"] == 1)
+        phone.transport.write(b"garbage\r\n\r\n", source)
+        yield eventually(lambda: counters["sip_malformed"] == 1)
+        self.assertEqual(len(results), 1)

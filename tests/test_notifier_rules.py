@@ -1,0 +1,234 @@
+"""The notifier's parts without a network: when it sends (decide), what it remembers (state),
+what it sends and where (build)."""
+
+from __future__ import annotations
+
+import pytest
+
+from notifier import build, decide
+from notifier.settings import IN_DIALOG, OUT_OF_DIALOG, parse_dialog_policy
+from notifier.state import Provision, SentKey, Store, epoch
+from services.messages import Discovered, Published, PublishedFile
+from services.sip.message import parse, parse_name_addr, parse_via
+
+MAC = "000b82f55284"
+WINDOW = 600.0
+T0 = 1_800_000_000.0
+
+
+def discovered(call_id: str = "1848599395-5080-1@BJC.BGI.F.BHF", **changes) -> Discovered:
+    values = dict(
+        mac=MAC, vendor="Grandstream", model="GRP2614", firmware="1.0.0.31", ip="192.168.5.175",
+        port=5080, contact="<sip:192.168.5.175:5080>", user_agent="Grandstream GRP2614 1.0.0.31",
+        call_id=call_id, from_tag="1990948743", to_tag="ourtag77", seen_at="2027-01-15T08:00:00.000Z",
+        cseq=20000, request_uri="sip:MAC%3A000B82F55284@224.0.1.75",
+        from_uri="<sip:MAC%3A000B82F55284@224.0.1.75>;tag=1990948743",
+        to_uri="<sip:MAC%3A000B82F55284@224.0.1.75>", interface="192.168.5.110", boot=1,
+    )
+    values.update(changes)
+    return Discovered(**values)
+
+
+def published(revision: int = 3) -> Published:
+    url = "http://192.168.5.110:8080/p/tok/"
+    return Published(url=url, files=[PublishedFile(f"cfg{MAC}.xml", url + f"cfg{MAC}.xml", "ab")],
+                     revision=revision, mac=MAC, vendor="grandstream")
+
+
+# --- decide ----------------------------------------------------------------------------------
+
+
+def test_prestaged_phone_is_notified_once_per_call_id_and_revision():
+    store = Store()
+    store.put_published(MAC, published(3))
+    device = store.put_device(MAC, discovered(), T0)
+    plan = decide.after_discovery(MAC, device, store.published[MAC], None, store.sent, T0, WINDOW)
+    assert (plan.kind, plan.revision, plan.url) == ("ua-profile", 3, published().url)
+    store.mark_sent(plan.key, T0)
+    # The phone's SUBSCRIBE retransmissions and retained replays: the same dialog, nothing more.
+    for _ in range(5):
+        device = store.put_device(MAC, discovered(), T0 + 1)
+        assert decide.after_discovery(MAC, device, store.published[MAC], None, store.sent, T0 + 1, WINDOW) is None
+    # A new boot is a new Call-ID.
+    device = store.put_device(MAC, discovered("other-call"), T0 + 90)
+    plan = decide.after_discovery(MAC, device, store.published[MAC], None, store.sent, T0 + 90, WINDOW)
+    assert plan is not None and plan.key.call_id == "other-call"
+
+
+def test_no_files_no_notify_until_they_are_published_within_the_window():
+    store = Store()
+    device = store.put_device(MAC, discovered(), T0)
+    assert decide.after_discovery(MAC, device, None, None, store.sent, T0, WINDOW) is None
+    p = published(1)
+    plan = decide.after_publish(MAC, device, p, store.put_published(MAC, p), None, store.sent, T0 + 120, WINDOW)
+    assert plan.kind == "ua-profile" and plan.revision == 1
+    store.mark_sent(plan.key, T0 + 120)
+    # A newer revision still in the window: one more.
+    p2 = published(2)
+    plan = decide.after_publish(MAC, device, p2, store.put_published(MAC, p2), None, store.sent, T0 + 130, WINDOW)
+    assert plan.revision == 2
+
+
+def test_published_after_the_window_waits_for_the_next_boot():
+    store = Store()
+    device = store.put_device(MAC, discovered(), T0)
+    p = published(1)
+    assert decide.after_publish(MAC, device, p, None, None, store.sent, T0 + WINDOW + 1, WINDOW) is None
+
+
+def test_replay_of_an_old_discovery_does_not_notify():
+    store = Store()
+    store.put_published(MAC, published())
+    device = store.put_device(MAC, discovered(), T0)
+    assert decide.after_discovery(MAC, device, store.published[MAC], None, store.sent,
+                                  T0 + WINDOW + 5, WINDOW) is None
+
+
+def test_never_discovered_device_gets_nothing():
+    assert decide.after_publish(MAC, None, published(), None, None, set(), T0, WINDOW) is None
+
+
+def test_provisioned_phone_gets_one_check_sync_per_new_revision():
+    store = Store()
+    device = store.put_device(MAC, discovered(), T0)
+    store.put_published(MAC, published(3))
+    running = Provision(True, 3, T0 + 30)  # downloaded after its last boot
+    # The same revision replayed: nothing.
+    assert decide.after_publish(MAC, device, published(3), published(3), running, store.sent, T0 + 40, WINDOW) is None
+    plan = decide.after_publish(MAC, device, published(4), published(3), running, store.sent, T0 + 50, WINDOW)
+    assert (plan.kind, plan.revision) == ("check-sync", 4)
+    store.mark_sent(plan.key, T0 + 50)
+    assert decide.after_publish(MAC, device, published(4), published(4), running, store.sent, T0 + 60, WINDOW) is None
+    # Long after its boot it still gets resyncs: it is a working phone.
+    plan = decide.after_publish(MAC, device, published(5), published(4), running, store.sent, T0 + 10 * WINDOW, WINDOW)
+    assert plan.kind == "check-sync"
+
+
+def test_rebooted_phone_gets_ua_profile_and_replays_before_provisioning_are_quiet():
+    store = Store()
+    store.put_published(MAC, published(3))
+    provision = Provision(True, 3, T0)
+    booted = store.put_device(MAC, discovered("boot2"), T0 + 100)  # after the download: booting now
+    plan = decide.after_discovery(MAC, booted, store.published[MAC], provision, store.sent, T0 + 100, WINDOW)
+    assert plan.kind == "ua-profile"
+    old = store.put_device(MAC, discovered("boot1"), T0 - 10)  # before it: not booting now
+    assert decide.after_discovery(MAC, old, store.published[MAC], provision, store.sent, T0 + 1, WINDOW) is None
+
+
+# --- state -----------------------------------------------------------------------------------
+
+
+def test_state_survives_a_restart(tmp_path):
+    path = tmp_path / "notifier.db"
+    store = Store(path)
+    store.put_device(MAC, discovered(), T0)
+    assert store.next_cseq(MAC) == 1
+    assert store.next_cseq(MAC) == 2
+    store.put_published(MAC, published(7))
+    store.put_provision(MAC, Provision(True, 7, T0 + 5))
+    key = SentKey(MAC, "c", 7, "ua-profile")
+    assert store.mark_sent(key, T0)
+    assert not store.mark_sent(key, T0)
+    store.close()
+
+    again = Store(path)
+    assert again.db.journal_mode == "wal"
+    assert again.devices[MAC].discovered == discovered()
+    assert again.devices[MAC].cseq == 2
+    assert again.published[MAC].revision == 7
+    assert again.provisions[MAC] == Provision(True, 7, T0 + 5)
+    assert not again.mark_sent(key, T0)
+    # A new dialog starts its CSeq again; the same dialog keeps counting.
+    again.put_device(MAC, discovered(), T0 + 1)
+    assert again.next_cseq(MAC) == 3
+    again.put_device(MAC, discovered("new"), T0 + 2)
+    assert again.next_cseq(MAC) == 1
+    again.close()
+
+
+def test_epoch_reads_contract_times_and_falls_back():
+    assert epoch("2027-01-15T08:00:00.000Z", 0) == pytest.approx(1800000000.0)
+    assert epoch("yesterday", 42.0) == 42.0
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_dialog_policy_with_vendor_overrides():
+    policy = parse_dialog_policy("in-dialog, Grandstream=out-of-dialog")
+    assert policy.mode_for("grandstream") == OUT_OF_DIALOG
+    assert policy.mode_for("Yealink") == IN_DIALOG
+    assert parse_dialog_policy("out-of-dialog").mode_for("snom") == OUT_OF_DIALOG
+    assert str(policy) == "in-dialog,grandstream=out-of-dialog"
+    for bad in ["", "sideways", "snom=maybe", "=in-dialog"]:
+        with pytest.raises(ValueError):
+            parse_dialog_policy(bad)
+
+
+# --- build -----------------------------------------------------------------------------------
+
+LOCAL = build.Local("192.168.5.110", 40001)
+
+
+def test_in_dialog_notify_mirrors_the_subscribe():
+    d = discovered()
+    request = build.ua_profile(d, "http://192.168.5.110:8080/p/tok/", LOCAL, IN_DIALOG, cseq=1)
+    wire = parse(request.to_bytes())  # what the phone's parser sees
+    assert wire.method == "NOTIFY"
+    assert wire.uri == "sip:192.168.5.175:5080"
+    h = wire.headers
+    assert h.get("Call-ID") == d.call_id
+    to, frm = parse_name_addr(h.get("To")), parse_name_addr(h.get("From"))
+    assert (to.uri, to.tag) == ("sip:MAC%3A000B82F55284@224.0.1.75", "1990948743")
+    assert (frm.uri, frm.tag) == ("sip:MAC%3A000B82F55284@224.0.1.75", "ourtag77")
+    assert wire.cseq == (1, "NOTIFY")
+    via = parse_via(h.get("Via"))
+    assert (via.host, via.port) == ("192.168.5.110", 40001)
+    assert via.branch.startswith("z9hG4bK") and len(via.branch) > 7
+    assert h.get("Event") == "ua-profile"
+    assert h.get("Subscription-State") == "terminated;reason=timeout"
+    assert h.get("Content-Type") == "application/url"
+    assert wire.body == b"http://192.168.5.110:8080/p/tok/"
+    assert h.get("Content-Length") == str(len(wire.body))
+
+
+def test_in_dialog_without_tagged_from_uri_uses_the_tags():
+    d = discovered(from_uri="", to_uri="")
+    wire = parse(build.ua_profile(d, "http://x/", LOCAL, IN_DIALOG, cseq=4).to_bytes())
+    assert parse_name_addr(wire.headers.get("To")).tag == "1990948743"
+    assert parse_name_addr(wire.headers.get("From")).tag == "ourtag77"
+    with pytest.raises(build.BuildError):
+        build.ua_profile(discovered(to_tag=""), "http://x/", LOCAL, IN_DIALOG, cseq=1)
+
+
+def test_out_of_dialog_notify_is_the_guides_capture():
+    d = discovered()
+    wire = parse(build.ua_profile(d, "https://192.168.5.190:8089/zccgi/", LOCAL, OUT_OF_DIALOG, cseq=9).to_bytes())
+    h = wire.headers
+    assert h.get("Call-ID") != d.call_id
+    assert h.get("To") == "<sip:192.168.5.175:5080>"  # untagged
+    frm = parse_name_addr(h.get("From"))
+    assert frm.uri == "sip:192.168.5.110:40001" and frm.tag
+    assert wire.cseq == (1, "NOTIFY")
+    assert wire.body == b"https://192.168.5.190:8089/zccgi/"
+
+
+@pytest.mark.parametrize("reboot, event", [(False, "check-sync;reboot=false"), (True, "check-sync;reboot=true")])
+def test_check_sync(reboot, event):
+    wire = parse(build.check_sync(discovered(), LOCAL, reboot).to_bytes())
+    assert wire.uri == "sip:192.168.5.175:5080"
+    assert wire.headers.get("Event") == event
+    assert wire.body == b""
+
+
+def test_destination_contact_or_source():
+    # The phone speaks for itself: its Contact port, even when it sent from another port.
+    assert build.destination(discovered(port=33333)) == ("192.168.5.175", 5080)
+    assert build.destination(discovered(contact="<sip:192.168.5.175>")) == ("192.168.5.175", 5060)
+    # Behind a NAT the Contact's private address is unreachable: the observed source it is.
+    assert build.destination(discovered(ip="203.0.113.9", port=61000)) == ("203.0.113.9", 61000)
+    assert build.destination(discovered(contact="<sip:phone.local:5080>")) == ("192.168.5.175", 5080)
+    # No usable source: the Contact alone.
+    assert build.destination(discovered(ip="", port=0)) == ("192.168.5.175", 5080)
+    with pytest.raises(build.BuildError):
+        build.destination(discovered(ip="", port=0, contact="garbage"))
