@@ -84,7 +84,8 @@ class FileResource(resource.Resource):
 
     def _file(self, request: server.Request, route: paths.Route, client: str, now: float) -> bytes:
         policy = self.policy
-        ua = (request.getHeader(b"user-agent") or "")
+        raw_ua = request.getHeader(b"user-agent")
+        ua = raw_ua.decode("utf-8", "replace") if raw_ua else ""
         if policy.auth is not None:
             authorization = request.requestHeaders.getRawHeaders(b"authorization")
             header = authorization[0] if authorization else None
@@ -105,7 +106,7 @@ class FileResource(resource.Resource):
             return self._error(request, 403, b"this file is served only to the device's own address\n")
         inm = request.requestHeaders.getRawHeaders(b"if-none-match")
         headers = request.responseHeaders
-        if inm and none_match(inm, served.sha256):
+        if inm and none_match([v.decode("latin-1") for v in inm], served.sha256):
             request.setResponseCode(304)
             for name, value in served.headers[1:]:
                 if name != b"Repr-Digest":

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from OpenSSL import crypto
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -27,9 +28,9 @@ def context_factory(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
     if not blocks:
         raise TlsError(f"{cert_path}: no PEM certificate in it")
     try:
-        certs = [crypto.load_certificate(crypto.FILETYPE_PEM, b) for b in blocks]
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
-    except crypto.Error as exc:
+        certs = [x509.load_pem_x509_certificate(b) for b in blocks]
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
         raise TlsError(f"{cert_path} / {key_path}: not a usable PEM certificate and key ({exc})") from None
     options = ssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:])
     try:
