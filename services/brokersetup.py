@@ -3,8 +3,9 @@
 Reads .env.example, keeps every value an existing .env already has, fills each empty secret
 (MQTT_PASSWORD_<USER>, PNP_FILE_SECRET) with a random one, and writes .env (mode 0600). Then
 writes deploy/mosquitto/passwd with one mosquitto 2.0 hash ($7$, PBKDF2-SHA512) per broker user.
-Run it again after an upgrade: new keys are added, existing passwords stay. --rotate USER gives
-USER a new password (then restart or HUP the broker and restart that service).
+PNP_INSTANCE gets the host name when empty; --sip-interface (and --public-url, else derived from
+the interface's address) set where the phones are. Run it again after an upgrade: new keys are
+added, existing values stay. --rotate USER gives USER a new password.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ import hashlib
 import os
 import re
 import secrets
+import string
 import sys
 from pathlib import Path
+
+from services import netif
+from services import settings as s
 
 # mosquitto 2.0's password file format: $7$<iterations>$<base64 salt>$<base64 digest>
 HASH_ITERATIONS = 101
@@ -47,9 +52,13 @@ def verify_password(password: str, hashed: str) -> bool:
     return secrets.compare_digest(want, got)
 
 
-def new_secret() -> str:
-    # URL-safe: the password goes into PNP_MQTT_URL (mqtt://user:password@host) unquoted.
-    return secrets.token_urlsafe(24)
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_secret(length: int = 32) -> str:
+    # Letters and digits only (about 190 bits): the password goes unquoted into PNP_MQTT_URL,
+    # .env, YAML and command lines.
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -66,11 +75,13 @@ def read_env(path: Path) -> dict[str, str]:
     return values
 
 
-def render_env(example: str, current: dict[str, str], rotate: set[str]) -> tuple[str, dict[str, str]]:
-    """The example's lines with values from ``current``, empty secrets filled in. Keys only
-    ``current`` has (the operator's own additions) are kept at the end."""
+def render_env(example: str, current: dict[str, str], rotate: set[str] = frozenset(),
+               overrides: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The example's lines with values from ``current`` (``overrides`` win), empty secrets
+    filled in. Keys only ``current`` has (the operator's own additions) are kept at the end."""
     out: list[str] = []
     values: dict[str, str] = {}
+    current = {**current, **(overrides or {})}
     for line in example.splitlines():
         match = _LINE.fullmatch(line)
         if not match or line.lstrip().startswith("#"):
@@ -80,6 +91,8 @@ def render_env(example: str, current: dict[str, str], rotate: set[str]) -> tuple
         value = current.get(key, default)
         if _SECRET_KEYS.fullmatch(key) and (not value or key in rotate):
             value = new_secret()
+        elif key == s.INSTANCE.env and not value:
+            value = s.INSTANCE.default({})
         values[key] = value
         out.append(f"{key}={value}")
     extra = [k for k in current if k not in values]
@@ -114,6 +127,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the checkout holding compose.yaml and .env.example [default: .]")
     parser.add_argument("--rotate", action="append", default=[], metavar="USER",
                         help="give this broker user a new password (repeatable; 'all' for every user)")
+    parser.add_argument("--sip-interface", metavar="VALUE",
+                        help="set PNP_SIP_INTERFACE: the interface(s) or address(es) facing the phones")
+    parser.add_argument("--public-url", metavar="URL",
+                        help="set PNP_PUBLIC_URL [default with --sip-interface: "
+                        "http://<its address>:<PNP_HTTP_PORT>/]")
+
+
+def where_phones_are(args: argparse.Namespace, current: dict[str, str]) -> dict[str, str]:
+    """The .env values --sip-interface and --public-url set; SettingError for bad ones."""
+    changes: dict[str, str] = {}
+    if args.sip_interface:
+        interfaces = s.resolve([s.SIP_INTERFACE], {"sip_interface": args.sip_interface}, {}).sip_interface
+        changes[s.SIP_INTERFACE.env] = ",".join(interfaces)
+        if not args.public_url:
+            port = current.get(s.HTTP_PORT.env) or str(s.HTTP_PORT.default)
+            changes[s.PUBLIC_URL.env] = f"http://{netif.first_address(interfaces)}:{port}/"
+    if args.public_url:
+        changes[s.PUBLIC_URL.env] = s.resolve([s.PUBLIC_URL], {"public_url": args.public_url}, {}).public_url
+    return changes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"pnp setup: --rotate {user!r}: not a broker user ({', '.join(sorted(users))})",
                   file=sys.stderr)
             return 2
-    text, values = render_env(example, current, rotate)
+    text, values = render_env(example, current, rotate, where_phones_are(args, current))
     _write(env_path, text, 0o600)
     _write(passwd_path, render_passwd(broker_users(values)), 0o640 if os.geteuid() == 0 else 0o644)
     if os.geteuid() == 0:
@@ -147,6 +179,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {passwd_path} for {', '.join(sorted(broker_users(values)))}")
     if rotate:
         print("rotated: " + ", ".join(sorted(r[len(PASSWORD_PREFIX):].lower() for r in rotate))
-              + "; now `docker compose up -d` (recreates the services whose password changed) "
-              "and `docker compose kill -s HUP mosquitto`")
+              + "; now `docker compose kill -s HUP mosquitto` (reloads the password file), then "
+              "`docker compose up -d` (recreates the services whose password changed)")
     return 0

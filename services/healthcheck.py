@@ -3,7 +3,7 @@
 Healthy means the service's retained status on the broker (pnp/services/{service}/{instance})
 says online and was refreshed within --max-age seconds (default: three status intervals, plus
 slack). It logs in with PNP_MQTT_URL, the service's own credentials, which may read its own
-status topic. With --http URL (the fileserver's /healthz) that URL must answer 200 as well.
+status topic. With --healthz (the fileserver) its GET /healthz on this host must answer 200 too.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     s.add_arguments(parser, SETTINGS)
     parser.add_argument("--max-age", type=float, default=None, metavar="SECONDS",
                         help="oldest status still healthy [default: 3 x PNP_STATUS_INTERVAL + 5]")
-    parser.add_argument("--http", default=None, metavar="URL",
-                        help="also GET this URL (the fileserver's /healthz); healthy only on 200")
+    parser.add_argument("--healthz", action="store_true",
+                        help="also GET the fileserver's /healthz here (https when PNP_TLS_CERT is set, "
+                        "port PNP_HTTP_PORT); healthy only on 200")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="how long to wait for the broker and the URL [default: 5]")
 
@@ -97,6 +98,16 @@ def judge(status: ServiceStatus, max_age: float, now: datetime) -> str | None:
     return None
 
 
+def healthz_url(environ: dict[str, str] | None = None) -> str:
+    """The fileserver's /healthz on this host, from the fileserver's own settings."""
+    from fileserver import settings as fs
+
+    values = s.resolve([s.HTTP_PORT, fs.HTTP_BIND, fs.TLS_CERT], {}, environ)
+    host = "127.0.0.1" if values.http_bind == "0.0.0.0" else values.http_bind
+    scheme = "https" if values.tls_cert else "http"
+    return f"{scheme}://{host}:{values.http_port}/healthz"
+
+
 def check_http(url: str, timeout: float) -> str | None:
     # A liveness check on this host's own port: the certificate names the public host, not
     # 127.0.0.1, so it is not verified here.
@@ -113,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     max_age = args.max_age if args.max_age is not None else 3 * settings.status_interval + 5
     status = read_status(settings, args.service, args.timeout)
     problem = status if isinstance(status, str) else judge(status, max_age, datetime.now(timezone.utc))
-    if problem is None and args.http:
-        problem = check_http(args.http, args.timeout)
+    if problem is None and args.healthz:
+        problem = check_http(healthz_url(), args.timeout)
     if problem:
         print(f"{args.service} unhealthy: {problem}", file=sys.stderr)
         return 1

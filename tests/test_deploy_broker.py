@@ -1,0 +1,346 @@
+"""The repository's broker config, password file and ACL, loaded into a real mosquitto.
+
+Each user logs in with the password `pnp setup` generated and is checked against what it must
+and must not do. "audit" is added to the test copy of the ACL only, to see what the broker let
+through: a refused QoS 1 publish gets PUBACK 135 and must also reach nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from services import brokersetup
+from services.broker import answers, find_mosquitto, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+MOSQUITTO_DIR = REPO / "deploy" / "mosquitto"
+MAC = "000b82f55284"
+NOT_AUTHORIZED = 135
+
+SERVICE_USERS = ("listener", "generator", "fileserver", "notifier")
+
+
+class LockedBroker:
+    """mosquitto with the repository's mosquitto.conf and ACL; only the listener's port and the
+    file paths are rewritten for a private copy."""
+
+    def __init__(self, directory: Path, passwords: dict[str, str]) -> None:
+        self.directory = directory
+        self.passwords = dict(passwords)
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def write(self) -> Path:
+        d = self.directory
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "data").mkdir(exist_ok=True)
+        (d / "conf.d").mkdir(exist_ok=True)
+        acl = (MOSQUITTO_DIR / "acl").read_text() + "\nuser audit\ntopic read #\n"
+        (d / "acl").write_text(acl)
+        (d / "passwd").write_text(brokersetup.render_passwd(self.passwords))
+        conf = (MOSQUITTO_DIR / "mosquitto.conf").read_text()
+        replacements = {
+            r"^listener 1883$": f"listener {self.port} 127.0.0.1",
+            r"^password_file .*$": f"password_file {d / 'passwd'}",
+            r"^acl_file .*$": f"acl_file {d / 'acl'}",
+            r"^include_dir .*$": f"include_dir {d / 'conf.d'}",
+            r"^persistence_location .*$": f"persistence_location {d / 'data'}/",
+            r"^log_dest .*$": "log_dest stderr",
+        }
+        for pattern, new in replacements.items():
+            conf, n = re.subn(pattern, new, conf, flags=re.M)
+            assert n == 1, f"mosquitto.conf has no single line matching {pattern}"
+        # Running as root, mosquitto would switch to the "mosquitto" user, who cannot read the
+        # test's private directory.
+        conf += "\nuser root\n"
+        (d / "mosquitto.conf").write_text(conf)
+        return d / "mosquitto.conf"
+
+    def start(self) -> "LockedBroker":
+        conf = self.write()
+        self.process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not answers("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                out = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+                self.stop()
+                raise RuntimeError(f"mosquitto did not start with the repository config: {out}")
+            time.sleep(0.02)
+        return self
+
+    def url(self, user: str | None = None) -> str:
+        auth = f"{user}:{self.passwords[user]}@" if user else ""
+        return f"mqtt://{auth}127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def passwords_from_setup(root: Path) -> dict[str, str]:
+    """Run `pnp setup` on a copy of the repository's .env.example; the users and passwords it made."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".env.example").write_text((REPO / ".env.example").read_text())
+    result = subprocess.run([str(REPO / ".venv" / "bin" / "pnp"), "setup", "--dir", str(root)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return brokersetup.broker_users(brokersetup.read_env(root / ".env"))
+
+
+class Client:
+    """A blocking paho MQTT v5 client for one user."""
+
+    def __init__(self, broker: LockedBroker, user: str | None, password: str | None = None,
+                 will: tuple[str, bytes] | None = None) -> None:
+        self.received: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.reason: Any = None
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if user is not None:
+            self.client.username_pw_set(user, broker.passwords.get(user) if password is None else password)
+        if will:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.suback = threading.Event()
+        self.suback_reasons: list[Any] = []
+        self.client.on_subscribe = self._on_subscribe
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.connected.wait(5)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.reason = reason
+        self.connected.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.received.append((msg.topic, bytes(msg.payload)))
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
+        self.suback_reasons = list(reasons)
+        self.suback.set()
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is not None and not self.reason.is_failure
+
+    def publish(self, topic: str, payload: bytes = b"{}", retain: bool = True) -> int:
+        """The PUBACK's reason code (0 or 16 = accepted, 135 = not authorized)."""
+        rc: list[int] = []
+        done = threading.Event()
+
+        def on_publish(client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+            rc.append(reason.value)
+            done.set()
+
+        self.client.on_publish = on_publish
+        self.client.publish(topic, payload, qos=1, retain=retain)
+        assert done.wait(5), f"no PUBACK for {topic}"
+        return rc[0]
+
+    def subscribe(self, topic_filter: str) -> None:
+        self.suback.clear()
+        self.client.subscribe(topic_filter, qos=1)
+        assert self.suback.wait(5)
+
+    def topics(self) -> set[str]:
+        with self._lock:
+            return {t for t, _ in self.received}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    passwords = passwords_from_setup(root / "checkout")
+    passwords["audit"] = brokersetup.new_secret()
+    b = LockedBroker(root / "broker", passwords).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def audit(broker):
+    c = Client(broker, "audit")
+    c.subscribe("#")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def login(broker):
+    made: list[Client] = []
+
+    def login(user: str | None, password: str | None = None, **kw: Any) -> Client:
+        c = Client(broker, user, password, **kw)
+        made.append(c)
+        return c
+
+    yield login
+    for c in made:
+        c.close()
+
+
+def wait_for(predicate: Any, timeout: float = 3.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def settle(audit: Client, marker_user: Client, marker_topic: str) -> None:
+    """Wait until everything published before now has reached the audit client: a marker
+    published after it arrives last (one connection, QoS 1, in order)."""
+    payload = os.urandom(8).hex().encode()
+    assert marker_user.publish(marker_topic, payload, retain=False) in (0, 16)
+    assert wait_for(lambda: (marker_topic, payload) in audit.received), "marker never arrived"
+
+
+def test_setup_writes_a_password_per_service_and_other_systems():
+    passwords = passwords_from_setup(Path(os.getcwd()) / "checkout")
+    assert set(passwords) == {*SERVICE_USERS, "pbx", "operator"}
+    assert len(set(passwords.values())) == len(passwords), "passwords must differ"
+    assert all(len(p) >= 24 for p in passwords.values())
+
+
+def test_mosquitto_passwd_and_pnp_setup_agree_on_the_hash(tmp_path):
+    # mosquitto_passwd's own line verifies with ours ...
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "alice", "s3cret"], check=True,
+                   capture_output=True)
+    hashed = passwd.read_text().strip().split(":", 1)[1]
+    assert brokersetup.verify_password("s3cret", hashed)
+    assert not brokersetup.verify_password("s3cret!", hashed)
+    # ... and ours has the same shape (logins with it are checked against mosquitto below).
+    ours = brokersetup.hash_password("s3cret")
+    assert ours.split("$")[:3] == hashed.split("$")[:3]
+
+
+def test_anonymous_and_wrong_passwords_are_refused(login):
+    assert not login(None).accepted
+    assert not login("pbx", "not-the-password").accepted
+    assert not login("nobody", "whatever").accepted
+    for user in (*SERVICE_USERS, "pbx", "operator"):
+        assert login(user).accepted, f"{user} cannot log in with the password pnp setup made"
+
+
+# Every topic kind, with who must be able to write it (everyone else must be refused).
+WRITERS = {
+    f"pnp/devices/{MAC}/discovered": {"listener"},
+    f"pnp/devices/{MAC}/assignment": {"pbx"},
+    "pnp/profiles/default": {"pbx"},
+    f"pnp/devices/{MAC}/config": {"generator"},
+    f"pnp/devices/{MAC}/published": {"fileserver"},
+    f"pnp/devices/{MAC}/fetched": {"fileserver"},
+    f"pnp/devices/{MAC}/notify": {"notifier"},
+    f"pnp/devices/{MAC}/error": set(SERVICE_USERS),
+    **{f"pnp/services/{svc}/host1": {svc} for svc in SERVICE_USERS},
+}
+
+# What each user must be able to read (everything else must never reach it).
+READERS = {
+    "listener": {"discovered", "error", "services/listener"},
+    "generator": {"discovered", "assignment", "profiles", "config", "error", "services/generator"},
+    "fileserver": {"config", "discovered", "published", "fetched", "error", "services/fileserver"},
+    "notifier": {"discovered", "published", "fetched", "notify", "error", "services/notifier"},
+    "pbx": {"discovered", "assignment", "profiles", "published", "notify", "fetched", "error",
+            *(f"services/{s}" for s in SERVICE_USERS)},
+    "operator": {"discovered", "published", "notify", "fetched", "error",
+                 *(f"services/{s}" for s in SERVICE_USERS)},
+}
+
+
+def kind_of(topic: str) -> str:
+    parts = topic.split("/")
+    if parts[1] == "devices":
+        return parts[3]
+    return "profiles" if parts[1] == "profiles" else f"services/{parts[2]}"
+
+
+@pytest.mark.parametrize("user", [*SERVICE_USERS, "pbx", "operator"])
+def test_each_user_may_write_only_its_own_topics(user, login, audit):
+    client = login(user)
+    writes = {}
+    for topic, writers in WRITERS.items():
+        payload = f'{{"by": "{user}", "n": "{os.urandom(4).hex()}"}}'.encode()
+        writes[topic] = (payload, client.publish(topic, payload, retain=False))
+    settle(audit, login("pbx"), "pnp/profiles/marker")
+    for topic, writers in WRITERS.items():
+        payload, code = writes[topic]
+        arrived = (topic, payload) in audit.received
+        if user in writers:
+            assert code in (0, 16) and arrived, f"{user} must be able to publish {topic}"
+        else:
+            assert code == NOT_AUTHORIZED, f"{user} publishing {topic}: PUBACK {code}, not 135"
+            assert not arrived, f"{user}'s publish on {topic} reached a subscriber"
+
+
+def test_each_user_reads_only_what_it_needs(login, audit):
+    # One retained message on every topic, each by its rightful writer.
+    owners = {t: sorted(w)[0] for t, w in WRITERS.items()}
+    clients = {u: login(u) for u in set(owners.values())}
+    for topic, owner in owners.items():
+        assert clients[owner].publish(topic, b'{"seeded": true}') in (0, 16)
+    assert wait_for(lambda: set(WRITERS) <= audit.topics())
+    for user, may_read in READERS.items():
+        c = login(user)
+        # The widest filters a client could try: everything, and every device topic.
+        c.subscribe("pnp/#")
+        c.subscribe(f"pnp/devices/{MAC}/config")
+        expected = {t for t in WRITERS if kind_of(t) in may_read}
+        assert wait_for(lambda: expected <= c.topics()), \
+            f"{user} misses {sorted(expected - c.topics())}"
+        time.sleep(0.2)  # anything not allowed would have arrived by now with the rest
+        assert c.topics() == expected, f"{user} read {sorted(c.topics() - expected)}"
+    # and the rendered configs (SIP passwords) reach only the fileserver and the generator
+    assert {u for u, r in READERS.items() if "config" in r} == {"generator", "fileserver"}
+    for topic in WRITERS:
+        clients[owners[topic]].publish(topic, b"")  # clear the retained seeds
+
+
+def test_a_service_last_will_is_delivered_on_its_own_status_topic_only(login, audit):
+    status = "pnp/services/notifier/box7"
+    will = b'{"state": "offline"}'
+    c = login("notifier", will=(status, will))
+    assert c.accepted
+    c.client.socket().shutdown(socket.SHUT_RDWR)  # dies without DISCONNECT
+    assert wait_for(lambda: (status, will) in audit.received)
+    # a will on another service's topic is refused like any other publish
+    forged = login("listener", will=("pnp/services/notifier/box7", b'{"state": "forged"}'))
+    assert forged.accepted
+    forged.client.socket().shutdown(socket.SHUT_RDWR)
+    settle(audit, login("pbx"), "pnp/profiles/marker")
+    assert (status, b'{"state": "forged"}') not in audit.received
+    login("notifier").publish(status, b"")
+
+
+def test_the_broker_healthcheck_login_reads_uptime(broker):
+    result = subprocess.run(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-u", "operator",
+         "-P", broker.passwords["operator"], "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"],
+        capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0 and "seconds" in result.stdout, result.stderr
