@@ -89,9 +89,11 @@ def _from_user_agent(ua: str) -> tuple[str, str, str]:
 
 def identify(event: dict[str, str | None], user_agent: str, mac: str) -> Identity:
     """Vendor, model and firmware of a phone from its Event parameters, User-Agent and MAC."""
-    ua_vendor, ua_model, ua_firmware = _from_user_agent(user_agent) if user_agent else ("", "", "")
     said = _useful(event.get("vendor") or event.get("vender"))
+    model = _useful(event.get("model"))
+    firmware = _useful(event.get("version"))
+    if said and model and firmware:  # the common case: no User-Agent regexes per packet
+        return Identity(canonical_vendor(said), model, firmware)
+    ua_vendor, ua_model, ua_firmware = _from_user_agent(user_agent) if user_agent else ("", "", "")
     vendor = canonical_vendor(said) if said else (ua_vendor or OUI.get(mac[:6], ""))
-    model = _useful(event.get("model")) or ua_model
-    firmware = _useful(event.get("version")) or ua_firmware
-    return Identity(vendor or "unknown", model, firmware)
+    return Identity(vendor or "unknown", model or ua_model, firmware or ua_firmware)

@@ -215,3 +215,11 @@ def test_tracking_tables_are_bounded():
                            st.integers(0, 800), st.binary(max_size=20))))
 def test_no_datagram_makes_the_core_raise(data):
     core().handle(data, PHONE, IFACE, 0.0)
+
+
+def test_fast_discovery_encoding_is_the_payload_encoding():
+    from listener.service import encode_discovered
+
+    for data in SAMPLES.values():
+        d = core().handle(data, PHONE, IFACE, 0.0).discovered
+        assert encode_discovered(d) == d.to_json()

@@ -122,11 +122,13 @@ class Headers:
     the same.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_first")
 
     def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] | None = None) -> None:
         # [key, display name, value]
         self._items: list[tuple[str, str, str]] = []
+        # key -> first value, built on the first get(): a message is read far more than written
+        self._first: dict[str, str] | None = None
         if items is not None:
             pairs = items.items() if isinstance(items, Mapping) else items
             for name, value in pairs:
@@ -135,16 +137,22 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         key, display = _name_key(name)
         self._items.append((key, display, str(value)))
+        self._first = None
 
     def get(self, name: str) -> str | None:
         key = _name_key(name)[0]
-        for k, _, value in self._items:
-            if k == key:
-                if key in _LIST_HEADERS and "," in value:
-                    parts = _split_list(value)
-                    return parts[0] if parts else value
-                return value
-        return None
+        first = self._first
+        if first is None:
+            first = {}
+            for k, _, v in self._items:
+                if k not in first:
+                    first[k] = v
+            self._first = first
+        value = first.get(key)
+        if value is not None and key in _LIST_HEADERS and "," in value:
+            parts = _split_list(value)
+            return parts[0] if parts else value
+        return value
 
     def get_all(self, name: str) -> list[str]:
         key = _name_key(name)[0]
@@ -171,10 +179,12 @@ class Headers:
         if not placed:
             items.append((key, display, str(value)))
         self._items = items
+        self._first = None
 
     def remove(self, name: str) -> None:
         key = _name_key(name)[0]
         self._items = [item for item in self._items if item[0] != key]
+        self._first = None
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
@@ -197,6 +207,7 @@ class Headers:
     def copy(self) -> "Headers":
         h = Headers()
         h._items = list(self._items)
+        h._first = None
         return h
 
     def __repr__(self) -> str:
@@ -322,6 +333,7 @@ def _parse(data: bytes) -> Request | Response:
                 raise SipParseError("continuation line before any header")
             key, name, value = items[-1]
             items[-1] = (key, name, f"{value} {line.strip()}".strip())
+            headers._first = None
             continue
         name, colon, value = line.partition(":")
         if not colon:
@@ -380,6 +392,11 @@ def _split_semicolons(text: str) -> list[str]:
     """Split at ';' outside quoted strings; unterminated quotes raise SipParseError."""
     if '"' not in text:
         return text.split(";")
+    parts = text.split(";")
+    # Fast path: no backslash escapes and no piece with an odd number of quotes means no ';'
+    # sits inside a quoted string.
+    if "\\" not in text and all(part.count('"') % 2 == 0 for part in parts):
+        return parts
     parts = []
     start = 0
     quoted = escaped = False
@@ -473,6 +490,9 @@ class SipUri:
         return f"{self.scheme}:{user}{self.host}{port}{_format_params(self.params)}{headers}"
 
 
+_BAD_HOST = re.compile(r'[ \t<>"@;,?]')
+
+
 def _host_port(text: str) -> tuple[str, int | None]:
     text = text.strip()
     if text.startswith("["):
@@ -487,7 +507,7 @@ def _host_port(text: str) -> tuple[str, int | None]:
         host, colon, port_text = text.partition(":")
         if not colon:
             port_text = None
-    if not host or any(c in host for c in " \t<>\"@;,?"):
+    if not host or _BAD_HOST.search(host):
         raise SipParseError(f"bad host {text[:60]!r}")
     port = None
     if port_text is not None:
