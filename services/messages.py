@@ -7,6 +7,7 @@ and rejects missing or mistyped ones with :class:`PayloadError`, whose message n
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 import typing
@@ -65,10 +66,16 @@ class Payload:
         return _build(cls, data, "")
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    # Evaluating the string annotations costs ~0.5 ms a payload: do it once per class.
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise PayloadError(f"{where or 'payload'} must be a JSON object")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs = {}
     for f in fields(cls):
         name = f"{where}.{f.name}" if where else f.name
