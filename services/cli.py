@@ -25,6 +25,7 @@ TOOLS = {
     "setup": "services.brokersetup",
     "health": "services.healthcheck",
     "tls-cert": "fileserver.certs",
+    "simulate": "tools.simulate.command",
 }
 
 

@@ -1,0 +1,1 @@
+"""Operator and test tools of the pnp command: simulate, devices, monitor."""

@@ -1,0 +1,364 @@
+"""The phones' bodies: sockets, addresses, HTTP and time, around the sans-I/O :class:`Phone`.
+
+Each phone gets its own loopback address (127.0.0.2, 127.0.0.3, ...) and its vendor's port, one
+UDP socket bound there (multicast out through 127.0.0.1 with TTL 0, so nothing leaves the host),
+and HTTP connections made from that address, so every service sees what it would see on a LAN.
+Boots are spread over ``boot_over`` seconds (all at once when 0, in reactor-sized batches), and
+the whole run is bounded by ``timeout``: a phone still busy then fails where it stands.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import resource
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from twisted.internet import defer, error as terror, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers as HttpHeaders
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from tools.simulate.phone import Fetch, Phone, Send, State, Timing
+from tools.simulate.report import Report
+from tools.simulate.vendors import GROUP, Identity, VENDORS, find_model
+
+BOOT_BATCH = 200  # phones booted per reactor turn, so replies are read between batches
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+class PlanError(ValueError):
+    pass
+
+
+def plan(count: int, models: Sequence[str] = ("GRP2614",), address_start: str = "127.0.0.2",
+         mac_start: int = 1, phone_port: int | None = None) -> list[Identity]:
+    """The phones of a run: models taken in turn from ``models``, addresses counted up from
+    ``address_start`` (skipping .0 and .255, staying inside 127/8), MACs from each vendor's OUI
+    with the phone's number ``mac_start + i`` in the low 24 bits."""
+    if count < 1:
+        raise PlanError("count must be at least 1")
+    picks = [find_model(m) for m in models] or [find_model("GRP2614")]
+    try:
+        addr = int(ipaddress.IPv4Address(address_start))
+    except ValueError:
+        raise PlanError(f"not an IPv4 address: {address_start!r}") from None
+    if mac_start < 0 or mac_start + count > 1 << 24:
+        raise PlanError("mac_start + count must stay below 16777216")
+    out = []
+    for i in range(count):
+        while addr & 0xFF in (0, 255):
+            addr += 1
+        ip = ipaddress.IPv4Address(addr)
+        if ip not in LOOPBACK or ip == ipaddress.IPv4Address("127.0.0.1"):
+            raise PlanError(f"phone address {ip} is outside 127.0.0.2-127.255.255.254")
+        vendor, model = picks[i % len(picks)]
+        mac = f"{vendor.oui}{mac_start + i:06x}"
+        out.append(Identity(vendor, model, vendor.models[model], mac, str(ip), phone_port or vendor.sip_port))
+        addr += 1
+    return out
+
+
+def raise_file_limit(wanted: int) -> int:
+    """Raise the soft open-files limit towards ``wanted`` (capped by the hard limit); returns
+    the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted or soft == resource.RLIM_INFINITY:
+        return soft
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+@implementer(IAgentEndpointFactory)
+class _FromAddress:
+    """Connections from the phone's own address, as a real phone's would come."""
+
+    def __init__(self, reactor: Any, ip: str, trust: Certificate | None, timeout: float) -> None:
+        self.reactor, self.ip, self.trust, self.timeout = reactor, ip, trust, timeout
+
+    def endpointForURI(self, uri: Any) -> Any:
+        host = uri.host.decode("ascii")
+        endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port, timeout=self.timeout,
+                                      bindAddress=(self.ip, 0))
+        if uri.scheme == b"https":
+            options = optionsForClientTLS(host, trustRoot=self.trust) if self.trust else optionsForClientTLS(host)
+            endpoint = wrapClientTLS(options, endpoint)
+        return endpoint
+
+
+class _PhoneSocket(protocol.DatagramProtocol):
+    def __init__(self, fleet: "Fleet", phone: Phone) -> None:
+        self.fleet = fleet
+        self.phone = phone
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.fleet.counters["datagrams_in"] += 1
+        self.fleet._act(self.phone, self.phone.receive(data, (addr[0], addr[1]), self.fleet.now()))
+
+
+@dataclass
+class Progress:
+    total: int
+    booted: int = 0
+    answered: int = 0
+    notified: int = 0
+    provisioned: int = 0
+    failed: int = 0
+    elapsed: float = 0.0
+
+    def line(self) -> str:
+        return (f"[{self.elapsed:6.1f}s] booted {self.booted}/{self.total}  answered {self.answered}  "
+                f"notified {self.notified}  provisioned {self.provisioned}  failed {self.failed}")
+
+
+@dataclass
+class Fleet:
+    """Run ``identities`` against a PBX whose multicast group listens on ``sip_port``.
+
+    ``yield Fleet(...).run()`` gives a :class:`Report`; the Deferred never fails because of a
+    phone (phones fail in the report), only for a programming error.
+    """
+
+    identities: list[Identity]
+    sip_port: int
+    timing: Timing = field(default_factory=Timing)
+    boot_over: float = 0.0
+    timeout: float = 120.0
+    fetch_timeout: float = 10.0
+    group: str = GROUP
+    seed: int | None = None
+    trust: Certificate | None = None
+    reactor: Any = None
+    on_progress: Callable[[Progress], None] | None = None
+    progress_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            self.reactor = reactor
+        rng = random.Random(self.seed)
+        self.phones = [Phone(i, self.sip_port, self.timing, random.Random(rng.random()), self.group)
+                       for i in self.identities]
+        self.counters = {"datagrams_in": 0, "datagrams_out": 0, "send_errors": 0, "http_requests": 0}
+        self._ports: dict[int, Any] = {}
+        self._timers: dict[int, Any] = {}
+        self._pool = HTTPConnectionPool(self.reactor, persistent=False)
+        self._agents: dict[str, Agent] = {}
+        self._done: defer.Deferred = defer.Deferred()
+        self._done_phones: set[int] = set()
+        self._started = False
+        self._origin = 0.0
+        self._boot_queue: list[tuple[float, int]] = []
+        self._boot_call: Any = None
+        self._end_call: Any = None
+        self._progress_call: Any = None
+        self._finished = False
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    # --- the run ---
+    def run(self) -> defer.Deferred:
+        raise_file_limit(len(self.phones) * 2 + 256)
+        self._origin = self.now()
+        for phone in self.phones:
+            self._bind(phone)
+        n = len(self.phones)
+        spread = self.boot_over / n if self.boot_over > 0 else 0.0
+        self._boot_queue = [(self._origin + i * spread, i) for i in range(n) if not self.phones[i].done]
+        self._boot_queue.reverse()  # pop() from the end takes the earliest
+        self._started = True
+        self._boot_more()
+        self._end_call = self.reactor.callLater(self.boot_over + self.timeout, self._time_up)
+        if self.on_progress is not None:
+            self._progress_call = self.reactor.callLater(self.progress_interval, self._report_progress)
+        self._check_done()
+        return self._done
+
+    def progress(self) -> Progress:
+        p = Progress(len(self.phones), elapsed=self.now() - self._origin)
+        for phone in self.phones:
+            t = phone.times
+            p.booted += t.boot is not None
+            p.answered += t.answer is not None
+            p.notified += t.notify is not None
+            p.provisioned += phone.state == State.PROVISIONED
+            p.failed += phone.state == State.FAILED
+        return p
+
+    def _bind(self, phone: Phone) -> None:
+        ident = phone.ident
+        try:
+            port = self.reactor.listenUDP(ident.port, _PhoneSocket(self, phone), interface=ident.ip)
+            sock = port.getHandle()
+            # Network safety: multicast leaves through loopback only and never crosses a router.
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        except (terror.CannotListenError, OSError) as exc:
+            reason = getattr(exc, "socketError", exc)
+            phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {reason}")
+            self._phone_done(phone)
+            return
+        self._ports[id(phone)] = port
+
+    def _boot_more(self) -> None:
+        self._boot_call = None
+        now = self.now()
+        booted = 0
+        while self._boot_queue and booted < BOOT_BATCH:
+            at, index = self._boot_queue[-1]
+            if at > now:
+                break
+            self._boot_queue.pop()
+            phone = self.phones[index]
+            self._act(phone, phone.boot(self.now()))
+            booted += 1
+        if self._boot_queue and not self._finished:
+            delay = max(0.0, self._boot_queue[-1][0] - self.now())
+            self._boot_call = self.reactor.callLater(delay, self._boot_more)
+
+    def _act(self, phone: Phone, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(phone, action)
+            elif isinstance(action, Fetch):
+                self._fetch(phone, action)
+        self._schedule(phone)
+        if phone.done:
+            self._phone_done(phone)
+
+    def _send(self, phone: Phone, action: Send) -> None:
+        port = self._ports.get(id(phone))
+        if port is None:
+            return
+        try:
+            port.write(action.data, action.addr)
+            self.counters["datagrams_out"] += 1
+        except OSError:
+            # A full socket buffer drops the datagram, as a LAN would; the phone retransmits.
+            self.counters["send_errors"] += 1
+
+    def _schedule(self, phone: Phone) -> None:
+        key = id(phone)
+        call = self._timers.get(key)
+        wanted = phone.deadline
+        if call is not None and call.active():
+            if wanted is not None and abs(call.getTime() - wanted) < 1e-9:
+                return
+            call.cancel()
+        self._timers.pop(key, None)
+        if wanted is not None and not self._finished:
+            delay = max(0.0, wanted - self.now())
+            self._timers[key] = self.reactor.callLater(delay, self._tick, phone)
+
+    def _tick(self, phone: Phone) -> None:
+        self._timers.pop(id(phone), None)
+        now = self.now()
+        if phone.deadline is not None and now < phone.deadline:
+            self._schedule(phone)
+            return
+        self._act(phone, phone.tick(max(now, phone.deadline or now)))
+
+    # --- HTTP ---
+    def _agent(self, ip: str) -> Agent:
+        agent = self._agents.get(ip)
+        if agent is None:
+            agent = Agent.usingEndpointFactory(
+                self.reactor, _FromAddress(self.reactor, ip, self.trust, self.fetch_timeout), pool=self._pool)
+            self._agents[ip] = agent
+        return agent
+
+    def _fetch(self, phone: Phone, action: Fetch) -> None:
+        self.counters["http_requests"] += 1
+        headers = HttpHeaders({k.encode(): [v.encode()] for k, v in action.headers.items()})
+        headers.addRawHeader(b"Connection", b"close")
+        try:
+            d = self._agent(phone.ident.ip).request(b"GET", action.url.encode("utf-8"), headers)
+        except Exception as exc:  # a URL the client cannot even try
+            self.reactor.callLater(0, self._fetch_failed, phone, f"cannot request: {exc}")
+            return
+
+        def got(response: Any) -> defer.Deferred:
+            hdrs = {name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+                    for name, values in response.headers.getAllRawHeaders()}
+            body = readBody(response)
+            body.addCallback(lambda data: (response.code, hdrs, data))
+            return body
+
+        d.addCallback(got)
+        d.addTimeout(self.fetch_timeout, self.reactor)
+        d.addCallbacks(lambda r: self._act(phone, phone.http_response(r[0], r[1], r[2], self.now())),
+                       lambda f: self._fetch_failed(phone, _describe(f)))
+        d.addErrback(lambda f: None)
+
+    def _fetch_failed(self, phone: Phone, reason: str) -> None:
+        self._act(phone, phone.http_error(reason, self.now()))
+
+    # --- the end ---
+    def _phone_done(self, phone: Phone) -> None:
+        key = id(phone)
+        if key in self._done_phones:
+            return
+        self._done_phones.add(key)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if not self._finished and self._started and len(self._done_phones) == len(self.phones):
+            self._finish()
+
+    def _time_up(self) -> None:
+        self._end_call = None
+        now = self.now()
+        for phone in self.phones:
+            phone.give_up(now)
+        self._finish()
+
+    def _report_progress(self) -> None:
+        self._progress_call = None
+        if self._finished or self.on_progress is None:
+            return
+        self.on_progress(self.progress())
+        self._progress_call = self.reactor.callLater(self.progress_interval, self._report_progress)
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        end = self.now()
+        for call in [self._boot_call, self._end_call, self._progress_call, *self._timers.values()]:
+            if call is not None and call.active():
+                call.cancel()
+        self._timers.clear()
+        if self.on_progress is not None:
+            self.on_progress(self.progress())
+        stops = [defer.maybeDeferred(port.stopListening) for port in self._ports.values()]
+        self._ports.clear()
+        stops.append(self._pool.closeCachedConnections())
+        report = Report.of(self.phones, self._origin, end)
+        d = defer.DeferredList(stops, consumeErrors=True)
+        d.addCallback(lambda _: self._done.callback(report))
+
+
+def _describe(failure: Any) -> str:
+    exc = failure.value
+    if isinstance(exc, defer.TimeoutError) or failure.check(defer.CancelledError):
+        return "timed out"
+    if isinstance(exc, terror.ConnectionRefusedError):
+        return "connection refused"
+    reasons = getattr(exc, "reasons", None)  # ResponseFailed & co. wrap the real failures
+    if reasons:
+        return "; ".join(_describe(r) for r in reasons)
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+__all__ = ["Fleet", "Progress", "PlanError", "plan", "raise_file_limit", "VENDORS"]
