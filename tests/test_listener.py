@@ -184,7 +184,9 @@ class ListenerTest(unittest.TestCase):
         yield eventually(lambda: phone.replies)
         self.assertEqual(parse(phone.replies[0][0]).status, 200)
         self.assertLessEqual(len(flooder.replies), 41)
-        self.assertEqual(len(self.probe.on(rt.topics.device("000b82aaaaaa", "discovered"))), 1)
+        flood_topic = rt.topics.device("000b82aaaaaa", "discovered")
+        yield eventually(lambda: self.probe.on(flood_topic))
+        self.assertEqual(len(self.probe.on(flood_topic)), 1, "a flood of one phone is one discovery")
 
         # the counters go out in the service status
         rt.publish_status()
