@@ -176,4 +176,7 @@ def make_site(root: FileResource, timeout: float = 30.0) -> server.Site:
     site = server.Site(root, timeout=timeout)
     site.displayTracebacks = False
     site.noisy = False
+    # No access log: a line per download costs more than serving it; /metrics and the
+    # fetched topic say what was served.
+    site.log = lambda request: None
     return site

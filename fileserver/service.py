@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from services.bus import Incoming
-from services.messages import Fetched, now_iso
+from services.messages import Fetched, encode_json, now_iso
 from services.runner import Context
 from services.topics import is_mac
 from fileserver.abuse import NotFoundLimiter
@@ -148,10 +148,11 @@ class FileService:
             if outcome.provisioned:
                 log.info("{mac}: provisioned ({name} sha256 {sha} fetched again)", mac=device.mac,
                          name=served.name, sha=served.sha256[:12])
-        event = Fetched(file=served.name, sha256=served.sha256, status=status, client=client,
-                        user_agent=ua, provisioned=outcome.provisioned, at=now_iso(),
-                        revision=device.revision)
-        self.ctx.bus.publish(self.topics.device(device.mac, "fetched"), event.to_json(), retain=True)
+        # Fetched's fields, encoded without dataclasses.asdict: this runs once per download
+        event = {"file": served.name, "sha256": served.sha256, "status": status, "client": client,
+                 "user_agent": ua, "provisioned": outcome.provisioned, "at": now_iso(),
+                 "revision": device.revision, "v": Fetched.v}
+        self.ctx.bus.publish(self.topics.device(device.mac, "fetched"), encode_json(event), retain=True)
 
     # --- internals ---
     def _publish(self, mac: str) -> None:

@@ -1,0 +1,194 @@
+"""Config downloads per second and latency: the fileserver against nginx serving the same file.
+
+Starts a private mosquitto, `pnp fileserver` pinned to one CPU (taskset), publishes one
+Grandstream-sized config, then runs wrk with a new connection per request (phones do that:
+"Connection: close"), for a bounded time. The same file is then served by nginx (one worker,
+pinned to the same CPU, config in a temp dir) for comparison. Everything stays on 127.0.0.1
+and is stopped at the end.
+
+    .venv/bin/python bench/fileserver_bench.py [--seconds 10] [--connections 32] [--size 6000]
+
+Needs wrk (and nginx for the comparison): apt-get install -y wrk nginx-light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.broker import Mosquitto, free_port  # noqa: E402
+from tests.support import Probe, wait_until  # noqa: E402
+
+MAC = "000b82f55284"
+UA = f"Grandstream Model HW GRP2614 SW 1.0.0.31 DevId {MAC}"
+
+
+def config_text(size: int) -> str:
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', '<gs_provision version="1">', f"<mac>{MAC}</mac>",
+             "<config version=\"1\">"]
+    i = 0
+    while sum(len(x) + 1 for x in lines) < size - 40:
+        lines.append(f"<P{i}>value-{i:05d}</P{i}>")
+        i += 1
+    lines += ["</config>", "</gs_provision>"]
+    return "\n".join(lines) + "\n"
+
+
+def run_wrk(url: str, seconds: int, connections: int, cpu: str | None) -> dict:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+           "-H", "Connection: close", "-H", f"User-Agent: {UA}", url]
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.M))
+    errors = re.search(r"Socket errors:.*", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99"), "requests": int(total.group(1)),
+            "socket_errors": errors.group(0) if errors else "none",
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "raw": out}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--size", type=int, default=6000, help="config file size in bytes")
+    ap.add_argument("--server-cpu", default="0", help="CPU the servers are pinned to")
+    ap.add_argument("--client-cpu", default="1", help="CPU wrk is pinned to")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk not found: apt-get install -y wrk nginx-light", file=sys.stderr)
+        return 2
+    seconds = max(1, min(args.seconds, 60))  # bounded, whatever is asked
+    tmp = Path(tempfile.mkdtemp(prefix="pnp-fsbench-"))
+    tmp.chmod(0o755)
+    broker = Mosquitto(tmp / "broker").start()
+    procs: list[subprocess.Popen] = []
+    results = {}
+    try:
+        port = free_port()
+        env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp / "data"),
+               "PNP_HTTP_PORT": str(port), "PNP_HTTP_BIND": "127.0.0.1",
+               "PNP_PUBLIC_URL": f"http://127.0.0.1:{port}/", "PNP_INSTANCE": "bench",
+               "PNP_LOG_FORMAT": "text", "PNP_STATUS_INTERVAL": "1"}
+        command = os.environ.get("FSBENCH_SERVER", "-m services.cli fileserver").split()
+        server = subprocess.Popen(["taskset", "-c", args.server_cpu, sys.executable, *command], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=open(tmp / "fileserver.log", "w"))
+        procs.append(server)
+        probe = Probe(broker.url, f"pnp/devices/{MAC}/published")
+        text = config_text(args.size)
+        body = text.encode()
+        cfg = {"files": [{"name": f"cfg{MAC}.xml", "content_type": "application/xml", "content": text,
+                          "encoding": "utf-8", "sha256": hashlib.sha256(body).hexdigest(),
+                          "size": len(body)}],
+               "revision": 1, "template": "grandstream/grp26xx", "mac": MAC, "vendor": "grandstream",
+               "model": "GRP2614", "notify_path": ""}
+        probe.publish(f"pnp/devices/{MAC}/config", json.dumps(cfg), retain=True)
+        published = wait_until(lambda: probe.last(f"pnp/devices/{MAC}/published"), timeout=20)
+        url = published["files"][0]["url"]
+        assert urllib.request.urlopen(url).read() == body
+        probe.close()  # nothing else on the server's CPU while it is measured
+        results["fileserver"] = run_wrk(url, seconds, args.connections, args.client_cpu)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        results["fileserver"]["metrics"] = [line for line in metrics.splitlines()
+                                            if line.startswith("pnp_fileserver_requests_total")]
+        status = _status(broker.url)
+        results["fileserver"]["mqtt_published"] = status.get("counters", {}).get("mqtt_published")
+
+        if shutil.which("nginx"):
+            www = tmp / "www"
+            www.mkdir()
+            (www / f"cfg{MAC}.xml").write_bytes(body)
+            nport = free_port()
+            conf = tmp / "nginx.conf"
+            conf.write_text(f"""
+worker_processes 1;
+user root;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  types {{ application/xml xml; }}
+  client_body_temp_path {tmp}/nb; proxy_temp_path {tmp}/np; fastcgi_temp_path {tmp}/nf;
+  uwsgi_temp_path {tmp}/nu; scgi_temp_path {tmp}/ns;
+  server {{
+    listen 127.0.0.1:{nport};
+    root {www};
+    etag on;
+    add_header Cache-Control no-store;
+  }}
+}}
+""")
+            nginx = subprocess.Popen(["taskset", "-c", args.server_cpu, "nginx", "-c", str(conf),
+                                      "-p", str(tmp), "-e", str(tmp / "nginx-error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=open(tmp / "nginx.out", "w"))
+            procs.append(nginx)
+            nurl = f"http://127.0.0.1:{nport}/cfg{MAC}.xml"
+            try:
+                wait_until(lambda: _answers(nurl), timeout=10)
+            except AssertionError:
+                print((tmp / "nginx.out").read_text(), (tmp / "nginx-error.log").read_text(), file=sys.stderr)
+                raise
+            results["nginx"] = run_wrk(nurl, seconds, args.connections, args.client_cpu)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"file: {args.size} bytes; wrk -t2 -c{args.connections} -d{seconds}s, "
+          f"new connection per request; servers pinned to CPU {args.server_cpu}, wrk to CPU {args.client_cpu}")
+    print(f"{'server':<12}{'downloads/s':>12}{'p50':>10}{'p99':>10}{'requests':>10}{'non-2xx':>9}  socket errors")
+    for name, r in results.items():
+        print(f"{name:<12}{r['rps']:>12.0f}{r['p50']:>10}{r['p99']:>10}{r['requests']:>10}{r['non_2xx']:>9}  "
+              f"{r['socket_errors']}")
+    if "fileserver" in results:
+        print("fileserver /metrics after the run:", "; ".join(results["fileserver"]["metrics"]))
+        print("fileserver MQTT messages published (one fetched per download):",
+              results["fileserver"]["mqtt_published"])
+    return 0
+
+
+def _status(url: str) -> dict:
+    """The fileserver's status message, once it has refreshed (PNP_STATUS_INTERVAL=1)."""
+    probe = Probe(url, "pnp/services/fileserver/bench")
+    try:
+        time.sleep(1.5)
+        return probe.last("pnp/services/fileserver/bench") or {}
+    finally:
+        probe.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).read()
+        return True
+    except Exception:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
