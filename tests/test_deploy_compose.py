@@ -1,0 +1,312 @@
+"""compose.yaml, the Dockerfile and .env.example, checked without a Docker engine.
+
+`docker-compose config` (Debian's docker-compose, which `scripts/setup test` installs; it needs
+no engine) validates the file against the compose specification and resolves it with the .env
+that `pnp setup` writes. The resolved model is then checked against the project itself: every
+command is a real `pnp` subcommand, every variable a real setting that parses, and each
+service, run with exactly that environment and its own broker user, comes up healthy under the
+repository's ACL.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services import brokersetup
+from services import settings as s
+from services.broker import free_port
+from services.cli import SERVICES, TOOLS
+from tests.test_deploy_broker import REPO, LockedBroker
+
+COMPOSE = shutil.which("docker-compose")
+# docker-compose's own interpreter has PyYAML (a dependency of the Debian package); the
+# project's venv does not, and needs none.
+COMPOSE_PYTHON = "/usr/bin/python3"
+needs_compose = pytest.mark.skipif(
+    COMPOSE is None, reason="docker-compose not installed (scripts/setup test installs it)")
+PNP = str(REPO / ".venv" / "bin" / "pnp")
+
+
+def checkout(root: Path, setup: bool = True, *args: str) -> Path:
+    """The deployment files in a fresh directory, after `pnp setup` unless told otherwise."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("compose.yaml", ".env.example", "Dockerfile"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "deploy", root / "deploy", ignore=shutil.ignore_patterns("passwd", "*.pem"))
+    if setup:
+        result = subprocess.run([PNP, "setup", "--dir", str(root), *args], capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+def compose(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([COMPOSE, "--project-directory", str(root), "-f", str(root / "compose.yaml"),
+                           *args], capture_output=True, text=True, timeout=60, cwd=root)
+
+
+def resolved(root: Path) -> dict[str, Any]:
+    """The compose model after validation and interpolation, as `docker-compose config` prints it."""
+    result = compose(root, "config")
+    assert result.returncode == 0, result.stderr
+    as_json = subprocess.run(
+        [COMPOSE_PYTHON, "-c", "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"],
+        input=result.stdout, capture_output=True, text=True, timeout=30)
+    assert as_json.returncode == 0, as_json.stderr
+    return json.loads(as_json.stdout)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> dict[str, Any]:
+    if COMPOSE is None:
+        pytest.skip("docker-compose not installed (scripts/setup test installs it)")
+    root = checkout(tmp_path_factory.mktemp("compose") / "site", True, "--sip-interface", "127.0.0.1")
+    m = resolved(root)
+    m["_env"] = brokersetup.read_env(root / ".env")
+    return m
+
+
+def pnp_services(model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in model["services"].items() if svc.get("image", "").startswith("pnp")}
+
+
+def service_settings(command: str) -> list[s.Setting]:
+    module = importlib.import_module(SERVICES[command])
+    return s.COMMON + module.SETTINGS
+
+
+def image_data_dir() -> str:
+    match = re.search(r"PNP_DATA_DIR=(\S+)", (REPO / "Dockerfile").read_text())
+    assert match, "the Dockerfile sets PNP_DATA_DIR"
+    return match.group(1)
+
+
+@needs_compose
+def test_compose_file_is_valid_once_setup_has_run(tmp_path):
+    root = checkout(tmp_path / "site")
+    result = compose(root, "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+@needs_compose
+def test_compose_refuses_to_run_before_setup(tmp_path):
+    root = checkout(tmp_path / "site", setup=False)
+    result = compose(root, "config", "-q")
+    assert result.returncode != 0
+    assert "run pnp setup first" in result.stderr
+
+
+def test_the_four_services_and_the_broker_are_there(model):
+    assert set(model["services"]) == {"mosquitto", *SERVICES}
+    assert model["services"]["mosquitto"]["image"] == "eclipse-mosquitto:2"
+
+
+def test_every_command_is_a_real_pnp_subcommand_with_real_settings(model):
+    services = pnp_services(model)
+    assert set(services) == set(SERVICES)
+    for name, svc in services.items():
+        command = svc["command"]
+        assert command[0] in SERVICES and command[0] == name, f"{name} runs {command}"
+        known = {d.env for d in service_settings(command[0])}
+        env = svc.get("environment", {})
+        unknown = set(env) - known
+        assert not unknown, f"{name} sets {sorted(unknown)}, which `pnp {command[0]}` does not take"
+        # the values as .env makes them parse, as the service itself will parse them
+        s.resolve(service_settings(command[0]), {}, environ={k: str(v) for k, v in env.items()})
+
+
+def test_every_service_logs_in_as_itself(model):
+    for name, svc in pnp_services(model).items():
+        url = s.parse_mqtt_url(svc["environment"]["PNP_MQTT_URL"])
+        assert url.username == name
+        assert url.password == model["_env"][f"MQTT_PASSWORD_{name.upper()}"]
+
+
+def test_env_example_names_only_real_settings_and_compose_variables():
+    example = brokersetup.read_env(REPO / ".env.example")
+    text = (REPO / "compose.yaml").read_text()
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    all_settings = {d.env for cmd in SERVICES for d in service_settings(cmd)}
+    acl_users = set(re.findall(r"^user (\S+)$", (REPO / "deploy" / "mosquitto" / "acl").read_text(), re.M))
+    password_users = set(brokersetup.broker_users({k: "x" for k in example}))
+    assert password_users == acl_users, "one MQTT_PASSWORD_<USER> per user of the ACL"
+    for key in example:
+        # the pbx's password is for the other systems; compose uses all the rest
+        assert key in used or key == "MQTT_PASSWORD_PBX", f".env.example has {key}, which compose.yaml never uses"
+        if key.startswith("PNP_"):
+            assert key in all_settings, f".env.example: {key} is no setting of any service"
+    missing = used - set(example)
+    assert not missing, f"compose.yaml uses {sorted(missing)}, which .env.example lacks"
+
+
+def test_multicast_services_use_the_host_network_the_others_do_not(model):
+    services = model["services"]
+    for name in ("listener", "notifier"):
+        assert services[name].get("network_mode") == "host", f"{name} needs the host's network"
+    for name in ("generator", "fileserver"):
+        assert "network_mode" not in services[name]
+        # inside a bridge network the host's interface names do not exist
+        assert "PNP_SIP_INTERFACE" not in services[name].get("environment", {})
+        assert services[name]["environment"]["PNP_MQTT_URL"].endswith("@mosquitto:1883")
+    ports = services["fileserver"]["ports"]
+    http_port = int(services["fileserver"]["environment"]["PNP_HTTP_PORT"])
+    assert any(int(p["target"]) == http_port and int(p["published"]) == http_port for p in ports)
+
+
+def named_volumes(svc: dict[str, Any]) -> dict[str, str]:
+    """volume name -> mount point (docker-compose prints either the long or the short form)."""
+    found = {}
+    for v in svc.get("volumes", []):
+        if isinstance(v, dict):
+            if v["type"] == "volume":
+                found[v["source"]] = v["target"]
+        elif not v.startswith(("/", ".")):
+            source, target = v.split(":")[:2]
+            found[source] = target
+    return found
+
+
+def test_restart_volumes_and_startup_order(model):
+    data_dir = image_data_dir()
+    volumes_seen = set()
+    for name, svc in model["services"].items():
+        assert svc["restart"] == "unless-stopped", name
+        if name == "mosquitto":
+            continue
+        assert svc["depends_on"] == {"mosquitto": {"condition": "service_healthy"}}, name
+        named = named_volumes(svc)
+        assert list(named.values()) == [data_dir], f"{name}: one named volume at {data_dir}"
+        volumes_seen |= set(named)
+    assert len(volumes_seen) == 4, "each service keeps its database in a volume of its own"
+    assert volumes_seen <= set(model["volumes"])
+
+
+def test_healthchecks_are_pnp_health_for_each_service(model):
+    for name, svc in pnp_services(model).items():
+        test = svc["healthcheck"]["test"]
+        assert test[:4] == ["CMD", "pnp", "health", name], test
+        assert test[1] in ("pnp",) and "health" in TOOLS
+    assert pnp_services(model)["fileserver"]["healthcheck"]["test"][4:] == ["--healthz"]
+
+
+def test_the_broker_healthcheck_passes_on_the_repository_config(model, tmp_path):
+    passwords = brokersetup.broker_users(model["_env"])
+    broker = LockedBroker(tmp_path / "broker", passwords).start()
+    try:
+        argv = list(model["services"]["mosquitto"]["healthcheck"]["test"])
+        assert argv[0] == "CMD"
+        # `config` prints $$ still escaped, so that its output can be read again; the engine
+        # gets a single $.
+        argv = [a.replace("$$", "$") for a in argv[1:]]
+        argv[argv.index("-p") + 1] = str(broker.port)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+        assert result.returncode == 0, result.stderr
+    finally:
+        broker.stop()
+
+
+def test_image_runs_pnp_as_a_non_root_user():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r'^ENTRYPOINT \["pnp"\]$', dockerfile, re.M)
+
+
+@needs_compose
+def test_build_context_holds_the_packages_and_no_secrets(tmp_path):
+    """docker-py's own .dockerignore matcher (what docker-compose builds with), on a tree with
+    every package of the project and everything that must stay out."""
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [p.rstrip("*") for p in include]
+    keep = ["pyproject.toml", "README.md", *(f"{p}/__init__.py" for p in packages),
+            *(f"{p}/templates/phone.xml.j2" for p in packages)]
+    leave_out = [".env", "deploy/mosquitto/passwd", "deploy/tls/key.pem", ".git/config",
+                 ".venv/bin/python", "tests/test_x.py", "var/generator.db", "docs/DEPLOY.md",
+                 "services/__pycache__/cli.cpython-311.pyc", "pnp_provisioning.egg-info/PKG-INFO"]
+    for name in keep + leave_out:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    shutil.copy(REPO / ".dockerignore", tmp_path / ".dockerignore")
+    script = ("import json, sys; from docker.utils.build import exclude_paths; "
+              "root = sys.argv[1]; rules = open(root + '/.dockerignore').read().splitlines(); "
+              "json.dump(sorted(exclude_paths(root, rules)), sys.stdout)")
+    context = set(json.loads(subprocess.run([COMPOSE_PYTHON, "-c", script, str(tmp_path)], capture_output=True,
+                                            text=True, timeout=60, check=True).stdout))
+    assert set(keep) <= context, f"left out of the image: {sorted(set(keep) - context)}"
+    assert not set(leave_out) & context, f"sent to the build: {sorted(set(leave_out) & context)}"
+
+
+def run_service(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([PNP, name], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def health(name: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PNP, "health", name, *extra], env=env, capture_output=True, text=True, timeout=20)
+
+
+def test_each_service_with_its_compose_environment_comes_up_healthy_under_the_acl(model, tmp_path):
+    """The compose environment, as resolved, with only what a container changes replaced: the
+    broker's address (a private one with the repository's ACL), free ports, a data directory."""
+    broker = LockedBroker(tmp_path / "broker", brokersetup.broker_users(model["_env"])).start()
+    http_port = free_port()
+    procs: dict[str, subprocess.Popen] = {}
+    envs: dict[str, dict[str, str]] = {}
+    try:
+        for name, svc in pnp_services(model).items():
+            env = {k: str(v) for k, v in svc["environment"].items()}
+            url = s.parse_mqtt_url(env["PNP_MQTT_URL"])
+            env["PNP_MQTT_URL"] = f"mqtt://{url.username}:{url.password}@127.0.0.1:{broker.port}"
+            env["PNP_DATA_DIR"] = str(tmp_path / name)
+            env["PNP_STATUS_INTERVAL"] = "1"
+            if "PNP_SIP_PORT" in env:
+                env["PNP_SIP_PORT"] = str(free_port())  # loopback only, never 5060
+            if "PNP_HTTP_PORT" in env:
+                env["PNP_HTTP_PORT"] = str(http_port)
+                env["PNP_PUBLIC_URL"] = f"http://127.0.0.1:{http_port}/"
+            env.update(PATH=os.environ.get("PATH", ""), PNP_LOG_FORMAT="text")
+            envs[name] = env
+            procs[name] = run_service(name, env, tmp_path / f"{name}.log")
+        deadline = time.monotonic() + 20
+        pending = set(procs)
+        while pending and time.monotonic() < deadline:
+            for name in sorted(pending):
+                assert procs[name].poll() is None, (tmp_path / f"{name}.log").read_text()
+                extra = ("--healthz",) if name == "fileserver" else ()
+                if health(name, envs[name], "--timeout", "2", *extra).returncode == 0:
+                    pending.discard(name)
+            time.sleep(0.2)
+        assert not pending, {n: health(n, envs[n]).stderr for n in pending}
+        for name in procs:
+            log = (tmp_path / f"{name}.log").read_text()
+            assert "refused" not in log.lower(), f"{name} was refused something by the broker:\n{log}"
+        # and stopped, the same check says unhealthy (the last will or the clean offline status)
+        procs["generator"].send_signal(signal.SIGTERM)
+        procs["generator"].wait(10)
+        result = health("generator", envs["generator"])
+        assert result.returncode == 1 and "offline" in result.stderr
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        broker.stop()
