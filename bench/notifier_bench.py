@@ -1,0 +1,251 @@
+"""Notifier benchmarks, loopback only, bounded in count and time.
+
+``endpoint``: NOTIFY transactions per second through one notifier UDP socket (build, send,
+match the 200, report), with phones in another process that answer at once.
+``service``: the whole notifier on a private mosquitto: N pre-staged phones' discoveries
+published at once, until N ``accepted`` statuses; and the latency from one discovery's publish
+to its NOTIFY reaching the phone.
+
+    .venv/bin/python bench/notifier_bench.py [--count 20000] [--window 500] [--devices 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PHONE = r"""
+import socket, sys
+from services.sip.message import parse, build_response
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind((sys.argv[1], 0))
+s.settimeout(float(sys.argv[2]))
+print(s.getsockname()[1], flush=True)
+cache = {}
+try:
+    while True:
+        data, addr = s.recvfrom(65535)
+        req = parse(data)
+        s.sendto(build_response(req, 200, "OK", to_tag="ph", received=addr).to_bytes(), addr)
+except socket.timeout:
+    pass
+"""
+
+DEADLINE = 120.0  # no run goes on longer than this
+
+# --nodelay: what the MQTT hops cost without Nagle's algorithm. services/bus.py does not set
+# TCP_NODELAY (yet), so the notifier process gets it here by a patch at startup.
+NODELAY_NOTIFIER = r"""
+import socket, sys
+import services.bus as bus
+_open = bus.Bus._on_socket_open
+def _nodelay(self, client, userdata, sock):
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    _open(self, client, userdata, sock)
+bus.Bus._on_socket_open = _nodelay
+from services.cli import main
+sys.exit(main(["notifier"]))
+"""
+
+
+def start_phone(address: str, idle: float = 5.0) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", PHONE, address, str(idle)], stdout=subprocess.PIPE,
+                            cwd=str(ROOT), text=True)
+    port = int(proc.stdout.readline())
+    return proc, port
+
+
+def discovered(mac: str, ip: str, port: int, call_id: str) -> dict:
+    from services.messages import now_iso
+
+    return {"mac": mac, "vendor": "Grandstream", "model": "GRP2614", "firmware": "1.0.0.31",
+            "ip": ip, "port": port, "contact": f"<sip:{ip}:{port}>", "user_agent": "bench",
+            "call_id": call_id, "from_tag": "ft", "to_tag": "tt", "seen_at": now_iso(),
+            "from_uri": f"<sip:MAC%3A{mac}@224.0.1.75>;tag=ft", "to_uri": f"<sip:MAC%3A{mac}@224.0.1.75>",
+            "interface": "127.0.0.1", "v": 1}
+
+
+def bench_endpoint(count: int, window: int) -> dict:
+    from twisted.internet import reactor
+
+    from notifier import build
+    from notifier.protocol import NotifyEndpoint
+    from services.messages import Discovered
+    from services.sip.transaction import Outcome, Timers
+
+    phones = [start_phone(f"127.0.0.{i}") for i in (2, 3)]
+    counters: Counter = Counter()
+    endpoint = NotifyEndpoint(reactor, Timers(), counters)
+    port = reactor.listenUDP(0, endpoint, interface="127.0.0.1")
+    port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    local = build.Local(*endpoint.local)
+    targets = [Discovered.from_json(discovered("000b82f55284", f"127.0.0.{i}", p, "c"))
+               for i, (_, p) in zip((2, 3), phones)]
+    outcomes: Counter = Counter()
+    rtts: list[float] = []
+    state = {"sent": 0, "done": 0, "t0": 0.0, "t1": 0.0}
+
+    def send_one() -> None:
+        n = state["sent"]
+        state["sent"] += 1
+        d = targets[n % len(targets)]
+        request = build.ua_profile(d, "http://127.0.0.1:8080/p/x/", local, "in-dialog", n + 1)
+        endpoint.send(request, build.destination(d), finished)
+
+    def finished(result) -> None:
+        outcomes[result.outcome.value] += 1
+        if result.outcome is Outcome.ACCEPTED:
+            rtts.append(result.elapsed * 1000)
+        state["done"] += 1
+        if state["sent"] < count:
+            send_one()
+        elif state["done"] == count:
+            state["t1"] = time.perf_counter()
+            reactor.stop()
+
+    def go() -> None:
+        state["t0"] = time.perf_counter()
+        for _ in range(min(window, count)):
+            send_one()
+
+    reactor.callWhenRunning(go)
+    guard = reactor.callLater(DEADLINE, reactor.stop)
+    reactor.run()
+    if guard.active():
+        guard.cancel()
+    endpoint.stop()
+    for proc, _ in phones:
+        proc.kill()
+        proc.wait()
+    elapsed = (state["t1"] or time.perf_counter()) - state["t0"]
+    rtts.sort()
+    return {
+        "transactions": state["done"], "in_flight": window, "seconds": round(elapsed, 3),
+        "per_second": round(state["done"] / elapsed), "outcomes": dict(outcomes),
+        "retransmissions": counters["notify_retransmissions"],
+        "rtt_ms_p50": round(rtts[len(rtts) // 2], 2) if rtts else None,
+        "rtt_ms_p99": round(rtts[int(len(rtts) * 0.99)], 2) if rtts else None,
+    }
+
+
+def publisher(url: str, nodelay: bool):
+    """A paho client for the burst. paho allows 20 unacknowledged QoS 1 messages by default
+    (the Probe's limit): that, not the notifier, would set the pace."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(host, int(port))
+    if nodelay:
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.loop_start()
+    return client
+
+
+def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
+    """The notifier as a separate OS process, as in production; the bench drives the broker."""
+    from services.broker import Mosquitto
+    from tests.support import Probe, wait_until
+
+    tmp = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
+    broker = Mosquitto(tmp / "broker", extra_config="set_tcp_nodelay true" if nodelay else "").start()
+    phone, phone_port = start_phone("127.0.0.2", idle=30.0)
+    env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp / "data"),
+           "PNP_INSTANCE": "bench", "PNP_LOG_FORMAT": "text"}
+    command = ["-c", NODELAY_NOTIFIER] if nodelay else ["-m", "services.cli", "notifier"]
+    proc = subprocess.Popen([sys.executable, *command], env=env, cwd=str(ROOT),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = Probe(broker.url, ["pnp/devices/+/notify", "pnp/services/#"])
+    sender = publisher(broker.url, nodelay)
+    if nodelay:
+        probe.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        wait_until(lambda: (probe.last("pnp/services/notifier/bench") or {}).get("state") == "online", 20)
+        macs = [f"0000{i:08x}" for i in range(devices)]
+        for mac in macs:
+            sender.publish(f"pnp/devices/{mac}/published", json.dumps({
+                "url": f"http://127.0.0.1:8080/p/{mac}/", "files": [], "revision": 1, "v": 1}),
+                qos=1, retain=True)
+        time.sleep(1.0)  # let the notifier store them: pre-staged
+
+        def accepted() -> int:
+            with probe._lock:
+                return sum(1 for t, p, _ in probe.messages if t.endswith("/notify") and b'"accepted"' in p)
+
+        t0 = time.perf_counter()
+        infos = [sender.publish(f"pnp/devices/{mac}/discovered",
+                                      json.dumps(discovered(mac, "127.0.0.2", phone_port, f"call-{mac}")),
+                                      qos=1, retain=True) for mac in macs]
+        for info in infos:
+            info.wait_for_publish(30)
+        wait_until(lambda: accepted() >= devices, timeout=DEADLINE, interval=0.005)
+        burst = time.perf_counter() - t0
+
+        # Latency: one discovery at a time, publish -> the NOTIFY's 'sent' status seen by the
+        # probe, and -> 'accepted' (which includes the phone's answer).
+        lat_sent, lat_accepted = [], []
+        for i in range(latency_samples):
+            mac = macs[i]
+            before = len(probe.on(f"pnp/devices/{mac}/notify"))
+            t = time.perf_counter()
+            sender.publish(f"pnp/devices/{mac}/discovered",
+                                 json.dumps(discovered(mac, "127.0.0.2", phone_port, f"lat-{i}")), qos=1)
+            wait_until(lambda: len(probe.on(f"pnp/devices/{mac}/notify")) >= before + 1, 5, 0.0002)
+            lat_sent.append((time.perf_counter() - t) * 1000)
+            wait_until(lambda: len(probe.on(f"pnp/devices/{mac}/notify")) >= before + 2, 5, 0.0002)
+            lat_accepted.append((time.perf_counter() - t) * 1000)
+        return {"nodelay": nodelay, "devices": devices, "seconds": round(burst, 3), "per_second": round(devices / burst),
+                "discovery_to_sent_ms_p50": round(statistics.median(lat_sent), 2),
+                "discovery_to_accepted_ms_p50": round(statistics.median(lat_accepted), 2),
+                "discovery_to_accepted_ms_max": round(max(lat_accepted), 2)}
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+        probe.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        phone.kill()
+        phone.wait()
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=20000, help="endpoint: transactions")
+    parser.add_argument("--window", type=int, default=500, help="endpoint: in flight at once")
+    parser.add_argument("--devices", type=int, default=2000, help="service: pre-staged phones")
+    parser.add_argument("--latency-samples", type=int, default=50)
+    parser.add_argument("--only", choices=["endpoint", "service"])
+    parser.add_argument("--nodelay", action="store_true",
+                        help="service: TCP_NODELAY on every MQTT connection (broker and clients)")
+    args = parser.parse_args()
+    if args.only in (None, "service"):
+        print("service :", json.dumps(bench_service(min(args.devices, 20000), args.latency_samples, args.nodelay)), flush=True)
+    if args.only in (None, "endpoint"):
+        print("endpoint:", json.dumps(bench_endpoint(min(args.count, 200000), args.window)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
