@@ -22,7 +22,7 @@ from fileserver.metrics import Metrics
 from fileserver.resource import FileResource, Policy, make_site
 from fileserver.service import FileService, Fileserver
 from fileserver.store import Store
-from fileserver.tls import listen
+from fileserver.tls import TlsError, context_factory, listen
 from fileserver.tokens import load_or_create_secret
 
 SETTINGS = [s.HTTP_PORT, s.PUBLIC_URL, s.SIP_INTERFACE] + fs.ALL
@@ -30,9 +30,19 @@ SETTINGS = [s.HTTP_PORT, s.PUBLIC_URL, s.SIP_INTERFACE] + fs.ALL
 log = Logger(namespace="fileserver")
 
 
+def check_settings(cfg: s.Settings) -> None:
+    """Before anything starts: settings that only work together, and readable TLS files."""
+    fs.check(cfg)
+    if cfg.tls_cert is not None:
+        try:
+            context_factory(cfg.tls_cert, cfg.tls_key)
+        except TlsError as exc:
+            raise s.SettingError(fs.TLS_CERT, str(cfg.tls_cert), str(exc)) from None
+
+
 def start(ctx: Context) -> Fileserver:
     cfg = ctx.settings
-    fs.check(cfg)
+    check_settings(cfg)
     store = Store(ctx.database_path())
     secret = cfg.file_secret or load_or_create_secret(Path(cfg.data_dir) / "fileserver.secret")
     auth = Authenticator(cfg.http_auth, cfg.http_user, cfg.http_password) if cfg.http_auth != "off" else None

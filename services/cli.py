@@ -34,6 +34,10 @@ def _service_command(name: str, module: Any) -> Any:
         from services import runner
 
         settings = s.resolve(s.COMMON + module.SETTINGS, args)
+        # settings that are only wrong together (raises SettingError: exit 2, one line)
+        check = getattr(module, "check_settings", None)
+        if check is not None:
+            check(settings)
         return runner.run(name, settings, module.start)
 
     return run
