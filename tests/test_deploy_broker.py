@@ -344,3 +344,25 @@ def test_the_broker_healthcheck_login_reads_uptime(broker):
          "-P", broker.passwords["operator"], "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"],
         capture_output=True, text=True, timeout=10)
     assert result.returncode == 0 and "seconds" in result.stdout, result.stderr
+
+
+def test_shared_subscription_splits_discoveries_between_two_notifiers(login, broker):
+    """What several notifiers would stand on (docs/SCALING.md): an MQTT v5 shared subscription
+    hands each live discovery to exactly one member of the group, under the same ACL."""
+    group = "$share/notifiers/pnp/devices/+/discovered"
+    a, b = login("notifier"), login("notifier")
+    a.subscribe(group)
+    b.subscribe(group)
+    spy = login("pbx")  # may read discoveries, but not through a share of config
+    spy.subscribe("$share/notifiers/pnp/devices/+/config")
+    listener, generator = login("listener"), login("generator")
+    sent = [f"pnp/devices/0000000000{i:02x}/discovered" for i in range(60)]
+    for topic in sent:
+        assert listener.publish(topic, b"{}", retain=False) in (0, 16)
+        generator.publish(topic.replace("discovered", "config"), b"{}", retain=False)
+    assert wait_for(lambda: len(a.received) + len(b.received) >= len(sent))
+    time.sleep(0.2)
+    got_a, got_b = [t for t, _ in a.received], [t for t, _ in b.received]
+    assert sorted(got_a + got_b) == sorted(sent), "each discovery exactly once across the group"
+    assert got_a and got_b, "both members share the work"
+    assert spy.received == []
