@@ -61,6 +61,8 @@ class DeviceFiles:
 
 def decode_config(mac: str, raw: bytes | dict) -> DeviceFiles:
     """Check every file of a config payload against its sha256 and size."""
+    if not isinstance(raw, (dict, bytes, str)):
+        raise Rejected("payload", "payload must be a JSON object")
     try:
         config = Config.from_json(raw)
     except PayloadError as exc:

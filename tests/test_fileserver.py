@@ -186,6 +186,36 @@ class ServingTest(FileserverCase):
         self.assertEqual(status, 405)
 
     @defer.inlineCallbacks
+    def test_garbage_on_the_socket_does_not_stop_serving(self):
+        yield self.start()
+        published = yield self.assign(config())
+        url = published["files"][0]["url"]
+        path = urlsplit(url).path
+
+        def hostile():
+            import socket
+            answers = []
+            for junk in (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 100,
+                         b"GET " + path.encode() + b" HTTP/1.1\r\nUser-Agent: \xff\xfe DevId zz\r\n"
+                         b"If-None-Match: \xff\r\n\r\n",
+                         b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n",
+                         b"\r\n\r\n\r\n", b"GET\r\n\r\n"):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                    try:
+                        sock.sendall(junk)
+                        if not junk.endswith(b"\xff\r\n\r\n"):  # a whole request: wait for it
+                            sock.shutdown(socket.SHUT_WR)
+                        answers.append(sock.recv(100)[:12])
+                    except OSError:
+                        answers.append(b"reset")
+            return answers
+
+        answers = yield threads.deferToThread(hostile)
+        self.assertEqual(answers[1], b"HTTP/1.1 200")
+        status, _, body = yield fetch(url)
+        self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
     def test_user_agent_naming_another_mac_is_403(self):
         yield self.start()
         published = yield self.assign(config())
@@ -290,8 +320,14 @@ class StoreTest(FileserverCase):
         status, _, body = yield fetch(url)
         self.assertEqual(status, 200)
         self.assertIn(b"Alice", body)
-        self.probe.publish(self.topic("config"), b"{not json", retain=True)
-        yield eventually(lambda: (self.probe.last(self.topic("error")) or {}).get("code") == "payload")
+        for hostile in (b"{not json", b"null", b"[1]", json.dumps({"files": [{"name": "../../etc"}]}).encode()):
+            before = len(self.probe.on(self.topic("error")))
+            self.probe.publish(self.topic("config"), hostile, retain=True)
+            yield eventually(lambda: len(self.probe.on(self.topic("error"))) > before)
+            self.assertEqual(self.probe.last(self.topic("error"))["code"], "payload")
+        self.probe.publish("pnp/devices/not-a-mac/config", json.dumps(config()), retain=True)
+        status, _, body = yield fetch(url)
+        self.assertIn(b"Alice", body)
         # a good config again resolves the error
         yield self.assign(config(text="<gs_provision>P270=Alice2</gs_provision>\n", revision=3))
         yield eventually(lambda: self.probe.on(self.topic("error"))[-1] == b"")

@@ -153,6 +153,9 @@ def test_bad_configs_are_rejected_naming_the_field(over, field):
 
 
 def test_payload_errors_are_rejected_not_raised():
+    for bad in (None, 3, [1], "null"):
+        with pytest.raises(Rejected):
+            decode_config(MAC, bad)
     for bad in ({}, {"files": "x", "revision": 1, "template": "t"}, {"files": [], "revision": 1, "template": "t"},
                 {"files": [{"name": 1}], "revision": 1, "template": "t"}, [], "x"):
         with pytest.raises(Rejected):
