@@ -26,6 +26,8 @@ TOOLS = {
     "health": "services.healthcheck",
     "tls-cert": "fileserver.certs",
     "simulate": "tools.simulate.command",
+    "devices": "tools.devices",
+    "monitor": "tools.monitor",
 }
 
 
