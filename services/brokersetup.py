@@ -95,10 +95,13 @@ def render_env(example: str, current: dict[str, str], rotate: set[str] = frozens
             value = s.INSTANCE.default({})
         values[key] = value
         out.append(f"{key}={value}")
-    extra = [k for k in current if k not in values]
+    extra = {k: v for k, v in current.items() if k not in values}
     if extra:
-        out += ["", "# kept from the previous .env"] + [f"{k}={current[k]}" for k in extra]
-        values.update({k: current[k] for k in extra})
+        # e.g. a broker user added for another system: MQTT_PASSWORD_CRM= gets a password too
+        extra = {k: new_secret() if _SECRET_KEYS.fullmatch(k) and (not v or k in rotate) else v
+                 for k, v in extra.items()}
+        out += ["", "# kept from the previous .env"] + [f"{k}={v}" for k, v in extra.items()]
+        values.update(extra)
     return "\n".join(out) + "\n", values
 
 
@@ -158,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     example = example_path.read_text()
     current = read_env(env_path)
     known = {m.group(1) for m in map(_LINE.fullmatch, example.splitlines()) if m}
-    users = {k[len(PASSWORD_PREFIX):].lower() for k in known if k.startswith(PASSWORD_PREFIX)}
+    users = {k[len(PASSWORD_PREFIX):].lower() for k in {*known, *current} if k.startswith(PASSWORD_PREFIX)}
     rotate = set()
     for user in args.rotate:
         if user == "all":
