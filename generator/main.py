@@ -1,7 +1,18 @@
-"""Generator: renders configuration files once assignments arrive."""
+"""Generator: renders each phone's configuration files from its assignment (Jinja2 templates
+per vendor family), publishing them retained on pnp/devices/{mac}/config."""
 
-SETTINGS: list = []
+from __future__ import annotations
+
+from generator.engine import Engine
+from generator.render import Renderer
+from generator.service import GeneratorService
+from generator.settings import SETTINGS
+from generator.store import Store
+from services.runner import Context
+
+__all__ = ["SETTINGS", "start"]
 
 
-def start(ctx):
-    return None
+def start(ctx: Context) -> GeneratorService:
+    engine = Engine(Renderer(ctx.settings.template_dir), Store(ctx.database_path()))
+    return GeneratorService(ctx, engine, ctx.settings.generator_settle)

@@ -25,6 +25,7 @@ TOOLS = {
     "setup": "services.brokersetup",
     "health": "services.healthcheck",
     "tls-cert": "fileserver.certs",
+    "assign": "generator.assign",
     "simulate": "tools.simulate.command",
     "devices": "tools.devices",
     "monitor": "tools.monitor",

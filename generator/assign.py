@@ -1,0 +1,298 @@
+"""Publish assignments: one phone from flags, many from a CSV or JSON file, or --unassign.
+
+Every assignment is checked against the schema before anything is published; the summary says
+what was published and what was refused and why. Examples:
+
+  pnp assign --mac 000b82f55284 --sip-server pbx.example.com --user-id 1001 --password s3cret \\
+             --display-name Alice
+  pnp assign --mac 00:0B:82:F5:52:84 --json '{"accounts": [...], "profile": "office"}'
+  pnp assign --file phones.csv          # columns: mac, sip_server, user_id, password, ...
+  pnp assign --file phones.json         # {"000b82f55284": {...}, ...} or [{"mac": ..., ...}]
+  pnp assign --mac 000b82f55284 --unassign
+
+CSV columns: mac, profile, vendor, model, codecs (space, comma or ';' separated), time_zone,
+ntp_server, admin_password, unassign (yes/no); account 1 as sip_server, port, transport, user_id,
+auth_id, password, display_name, label, outbound_proxy, enabled; account N as accountN_<field>;
+key N as keyN_type, keyN_value, keyN_label, keyN_account. Exit status: 0 all published, 1 some
+refused or the broker unreachable, 2 a bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services import settings as s
+
+ACCOUNT_FIELDS = ("sip_server", "port", "transport", "user_id", "auth_id", "password", "display_name",
+                  "label", "outbound_proxy", "enabled")
+TOP_FIELDS = ("profile", "vendor", "model", "time_zone", "ntp_server", "admin_password")
+KEY_FIELDS = ("type", "value", "label", "account")
+INT_FIELDS = {"port", "account"}
+BOOL_FIELDS = {"enabled"}
+_ACCOUNT_COLUMN = re.compile(r"^account([0-9]{1,2})_([a-z_]+)$")
+_KEY_COLUMN = re.compile(r"^key([0-9]{1,3})_([a-z_]+)$")
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n", ""}
+
+
+class Refused(ValueError):
+    pass
+
+
+@dataclass
+class Item:
+    source: str  # "flags", "line 3", "entry 2"
+    mac: str
+    payload: dict | None  # None: unassign
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    s.add_arguments(parser, [s.MQTT_URL, s.TOPIC_PREFIX])
+    parser.add_argument("--mac", help="the phone's MAC (any common spelling)")
+    parser.add_argument("--unassign", action="store_true", help="clear the phone's assignment")
+    parser.add_argument("--file", help="a CSV or JSON file of assignments (by extension; '-' reads JSON from stdin)")
+    parser.add_argument("--json", dest="json_text", metavar="JSON", help="the whole assignment as JSON, for --mac")
+    parser.add_argument("--dry-run", action="store_true", help="check and show, publish nothing")
+    for name in ACCOUNT_FIELDS + TOP_FIELDS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=f"a_{name}", metavar="VALUE",
+                            help=f"account 1's {name}" if name in ACCOUNT_FIELDS else name)
+    parser.add_argument("--codecs", dest="a_codecs", metavar="LIST", help="e.g. g722,pcmu,pcma")
+
+
+def normalize_mac(text: str) -> str:
+    from generator.engine import spelled_mac
+
+    mac = spelled_mac(text.strip())
+    if mac is None:
+        raise Refused(f"{text!r} is not a MAC address")
+    return mac
+
+
+def _scalar(name: str, value: str) -> Any:
+    if name in INT_FIELDS:
+        if not re.fullmatch(r"[0-9]{1,6}", value):
+            raise Refused(f"{name} {value!r} is not a whole number")
+        return int(value)
+    if name in BOOL_FIELDS:
+        if value.lower() not in _TRUE | _FALSE:
+            raise Refused(f"{name} {value!r} is not yes or no")
+        return value.lower() in _TRUE
+    return value
+
+
+def _codecs(text: str) -> list[str]:
+    return [c.lower() for c in re.split(r"[\s,;|]+", text.strip()) if c]
+
+
+def from_fields(fields: dict[str, str]) -> dict:
+    """An assignment from flat names (CSV columns or flags); empty values are left out."""
+    doc: dict[str, Any] = {}
+    accounts: dict[int, dict] = {}
+    keys: dict[int, dict] = {}
+    for name, raw in fields.items():
+        value = (raw or "").strip()
+        if not value:
+            continue
+        if name in TOP_FIELDS:
+            doc[name] = value
+        elif name == "codecs":
+            doc["codecs"] = _codecs(value)
+        elif name in ACCOUNT_FIELDS:
+            accounts.setdefault(1, {})[name] = _scalar(name, value)
+        elif m := _ACCOUNT_COLUMN.match(name):
+            accounts.setdefault(int(m.group(1)), {})[m.group(2)] = _scalar(m.group(2), value)
+        elif m := _KEY_COLUMN.match(name):
+            keys.setdefault(int(m.group(1)), {})[m.group(2)] = _scalar(m.group(2), value)
+    if accounts:
+        if sorted(accounts) != list(range(1, len(accounts) + 1)):
+            raise Refused(f"accounts must be numbered 1, 2, ... without gaps (got {sorted(accounts)})")
+        doc["accounts"] = [accounts[n] for n in sorted(accounts)]
+    if keys:
+        last = max(keys)
+        doc["keys"] = [keys.get(n, {"type": "none"}) for n in range(1, last + 1)]
+    return doc
+
+
+def _known_column(name: str) -> bool:
+    if name in ("mac", "codecs", "unassign") or name in TOP_FIELDS or name in ACCOUNT_FIELDS:
+        return True
+    m = _ACCOUNT_COLUMN.match(name)
+    if m:
+        return m.group(2) in ACCOUNT_FIELDS
+    m = _KEY_COLUMN.match(name)
+    return bool(m) and m.group(2) in KEY_FIELDS
+
+
+def read_csv(text: str) -> tuple[list[Item], list[tuple[str, str]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+    if "mac" not in header:
+        raise Refused("the CSV has no 'mac' column")
+    unknown = [h for h in header if not _known_column(h)]
+    if unknown:
+        raise Refused(f"the CSV has unknown columns: {', '.join(unknown)}")
+    items, refused = [], []
+    for number, row in enumerate(reader, start=2):
+        source = f"line {number}"
+        fields = {(k or "").strip().lower(): v for k, v in row.items() if k is not None}
+        try:
+            mac = normalize_mac(fields.pop("mac", "") or "")
+            unassign = (fields.pop("unassign", "") or "").strip().lower() in _TRUE
+            items.append(Item(source, mac, None if unassign else from_fields(fields)))
+        except Refused as exc:
+            refused.append((source, str(exc)))
+    return items, refused
+
+
+def read_json(text: str) -> tuple[list[Item], list[tuple[str, str]]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Refused(f"the file is not JSON: {exc.msg} at line {exc.lineno}") from None
+    entries: list[tuple[str, Any, Any]] = []
+    if isinstance(data, dict):
+        entries = [(f"entry {k!r}", k, v) for k, v in data.items()]
+    elif isinstance(data, list):
+        for i, entry in enumerate(data, start=1):
+            if not isinstance(entry, dict) or "mac" not in entry:
+                entries.append((f"entry {i}", None, None))
+                continue
+            rest = {k: v for k, v in entry.items() if k != "mac"}
+            payload = rest.get("assignment", rest) if set(rest) <= {"assignment"} and rest else rest
+            if rest.get("unassign") is True:
+                payload = None
+            entries.append((f"entry {i}", entry["mac"], payload))
+    else:
+        raise Refused("the file must hold an object {mac: assignment} or a list of objects with a 'mac'")
+    items, refused = [], []
+    for source, mac, payload in entries:
+        try:
+            if not isinstance(mac, str):
+                raise Refused("an entry needs a 'mac'")
+            if payload is not None and not isinstance(payload, dict):
+                raise Refused("the assignment must be a JSON object (or null to unassign)")
+            items.append(Item(source, normalize_mac(mac), payload))
+        except Refused as exc:
+            refused.append((source, str(exc)))
+    return items, refused
+
+
+def check(item: Item) -> tuple[str | None, list[str]]:
+    """(reason to refuse, warnings) for one assignment."""
+    from generator import schema
+
+    if item.payload is None:
+        return None, []
+    found = schema.first_problem(item.payload, partial=True)
+    if found is not None:
+        return found.message, []
+    missing = [p.message for p in schema.problems(item.payload) if "is missing" in p.message]
+    return None, [f"{m} (fine if a profile supplies it)" for m in missing]
+
+
+def collect(args: argparse.Namespace) -> tuple[list[Item], list[tuple[str, str]]]:
+    flags = {k[2:]: v for k, v in vars(args).items() if k.startswith("a_") and v is not None}
+    if args.file:
+        if args.mac or flags or args.json_text or args.unassign:
+            raise Refused("--file cannot be combined with --mac, --json, --unassign or assignment flags")
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8-sig")
+        return read_csv(text) if args.file.lower().endswith(".csv") else read_json(text)
+    if not args.mac:
+        raise Refused("give --mac (with assignment flags, --json or --unassign) or --file")
+    mac = normalize_mac(args.mac)
+    if args.unassign:
+        if flags or args.json_text:
+            raise Refused("--unassign takes no assignment")
+        return [Item("flags", mac, None)], []
+    if args.json_text:
+        if flags:
+            raise Refused("--json cannot be combined with assignment flags")
+        try:
+            payload = json.loads(args.json_text)
+        except json.JSONDecodeError as exc:
+            raise Refused(f"--json is not JSON: {exc.msg}") from None
+        if not isinstance(payload, dict):
+            raise Refused("--json must be a JSON object")
+        return [Item("--json", mac, payload)], []
+    if not flags:
+        raise Refused("nothing to assign: give assignment flags (--sip-server, --user-id ...), --json or --unassign")
+    return [Item("flags", mac, from_fields(flags))], []
+
+
+def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0) -> None:
+    import ssl
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from services.messages import encode_json
+    from services.topics import Topics
+
+    topics = Topics(prefix)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set_context(ssl.create_default_context())
+    try:
+        client.connect(url.host, url.port)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionError(f"cannot reach the broker {url}: {exc}") from None
+    client.loop_start()
+    try:
+        infos = [client.publish(topics.device(item.mac, "assignment"),
+                                b"" if item.payload is None else encode_json(item.payload), qos=1, retain=True)
+                 for item in items]
+        for info in infos:
+            info.wait_for_publish(timeout)
+            if not info.is_published():
+                raise ConnectionError(f"the broker {url} did not acknowledge within {timeout:.0f} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = s.resolve([s.MQTT_URL, s.TOPIC_PREFIX], args)
+    out = sys.stdout
+    try:
+        items, refused = collect(args)
+    except (Refused, OSError) as exc:
+        print(f"pnp assign: {exc}", file=sys.stderr)
+        return 1
+    ok: list[Item] = []
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.mac in seen:
+            refused.append((item.source, f"{item.mac} appears again (first in {seen[item.mac]})"))
+            continue
+        seen[item.mac] = item.source
+        reason, warnings = check(item)
+        if reason is not None:
+            refused.append((f"{item.source} ({item.mac})", reason))
+            continue
+        for warning in warnings:
+            print(f"warning: {item.source} ({item.mac}): {warning}", file=out)
+        ok.append(item)
+    if ok and not args.dry_run:
+        try:
+            publish(settings.mqtt_url, settings.topic_prefix, ok)
+        except ConnectionError as exc:
+            print(f"pnp assign: {exc}; nothing more was published", file=sys.stderr)
+            return 1
+    verb = "would publish" if args.dry_run else "published"
+    for item in ok:
+        what = "unassign" if item.payload is None else "assignment"
+        print(f"{verb} {what} {item.mac} ({item.source})", file=out)
+    for source, reason in refused:
+        print(f"refused {source}: {reason}", file=out)
+    print(f"{len(ok)} {verb}, {len(refused)} refused", file=out)
+    return 1 if refused else 0

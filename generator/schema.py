@@ -1,0 +1,128 @@
+"""The assignment's JSON Schema, and what a violation says to an operator.
+
+The schema file (``assignment.schema.json``, next to this module) is the public API. A profile is
+checked against the same schema with every ``required`` dropped: it holds defaults, not devices.
+Messages name the field in the form ``accounts[0].transport`` and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+SCHEMA_PATH = Path(__file__).with_name("assignment.schema.json")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason an assignment cannot be used; ``field`` is None for the document itself."""
+
+    field: str | None
+    message: str
+    code: str = "schema"
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _without_required(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_required(v) for k, v in node.items() if k not in ("required", "minItems")}
+    if isinstance(node, list):
+        return [_without_required(v) for v in node]
+    return node
+
+
+SCHEMA = load_schema()
+_FULL = Draft202012Validator(SCHEMA)
+_PARTIAL = Draft202012Validator(_without_required(copy.deepcopy(SCHEMA)))
+
+
+def field_path(parts: Iterable[Any]) -> str:
+    """``["accounts", 0, "transport"]`` -> ``accounts[0].transport``."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problem(error: ValidationError) -> Problem:
+    path = list(error.absolute_path)
+    where = field_path(path)
+    rule = error.validator
+    if rule == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else "?"
+        name = field_path(path + [missing])
+        return Problem(name, f"{name} is missing (it is required)")
+    if rule == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        name = field_path(path + [extra[0]]) if extra else where
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return Problem(name, f"{name} is not a field of the assignment (allowed here: {allowed})")
+    label = where or "the assignment"
+    if rule == "type":
+        return Problem(where or None, f"{label} must be {_a(error.validator_value)}, not {_short(error.instance)}")
+    if rule == "enum":
+        allowed = ", ".join(str(v) for v in error.validator_value)
+        return Problem(where, f"{label}: {_short(error.instance)} is not one of {allowed}")
+    if rule == "pattern":
+        if "u0000" in str(error.validator_value) or "\\x00" in str(error.validator_value) or \
+                "\u0000" in str(error.validator_value):
+            return Problem(where, f"{label} contains a control character (a line break, tab, ...)")
+        return Problem(where, f"{label}: {_short(error.instance)} has characters that are not allowed "
+                              f"(must match {error.validator_value})")
+    if rule == "propertyNames":
+        return Problem(where, f"{label}: a name in it has characters that are not allowed ({error.message})")
+    if rule in ("minimum", "maximum"):
+        word = "at least" if rule == "minimum" else "at most"
+        return Problem(where, f"{label} must be {word} {error.validator_value}, not {_short(error.instance)}")
+    if rule in ("minLength", "maxLength"):
+        word = "at least" if rule == "minLength" else "at most"
+        return Problem(where, f"{label} must be {word} {error.validator_value} characters long")
+    if rule in ("minItems", "maxItems"):
+        word = "at least" if rule == "minItems" else "at most"
+        return Problem(where, f"{label} must have {word} {error.validator_value} entries")
+    if rule == "uniqueItems":
+        return Problem(where, f"{label} lists the same entry twice")
+    if rule == "anyOf":
+        return Problem(where, f"{label} must be text without control characters, a whole number, or true/false")
+    return Problem(where or None, f"{label}: {error.message}")
+
+
+def _a(kind: Any) -> str:
+    names = {"object": "an object", "array": "a list", "string": "text", "integer": "a whole number",
+             "boolean": "true or false", "number": "a number"}
+    if isinstance(kind, list):
+        return " or ".join(names.get(k, k) for k in kind)
+    return names.get(kind, str(kind))
+
+
+def _sort_key(error: ValidationError) -> tuple:
+    return (tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in error.absolute_path),
+            str(error.validator))
+
+
+def problems(document: Any, partial: bool = False) -> list[Problem]:
+    """Every violation of the schema, in a fixed order (the first is the one to report)."""
+    validator = _PARTIAL if partial else _FULL
+    return [_problem(e) for e in sorted(validator.iter_errors(document), key=_sort_key)]
+
+
+def first_problem(document: Any, partial: bool = False) -> Problem | None:
+    found = problems(document, partial)
+    return found[0] if found else None

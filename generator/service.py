@@ -1,0 +1,111 @@
+"""The MQTT side of the generator: retained inputs in, ``config`` and ``error`` out.
+
+Subscribes to discoveries, assignments and profiles; hands each message to the :class:`Engine`
+and carries out the effects. A changed profile re-renders its devices cooperatively, a slice at
+a time, so the reactor keeps serving other messages meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+from twisted.internet import task
+from twisted.logger import Logger
+
+from generator.engine import Clear, Effect, Engine, Error, Publish, Unpublish
+from services.bus import Incoming
+from services.runner import Context
+
+log = Logger(namespace="generator")
+
+
+class GeneratorService:
+    def __init__(self, ctx: Context, engine: Engine, settle: float) -> None:
+        self.ctx = ctx
+        self.engine = engine
+        self.topics = ctx.topics
+        self._settle = settle
+        self._ready_call: Any = None
+        self._cooperator = task.Cooperator(scheduler=lambda x: ctx.reactor.callLater(0, x))
+        bus = ctx.bus
+        bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
+        bus.subscribe(self.topics.devices("assignment"), self.on_assignment)
+        bus.subscribe(self.topics.profiles(), self.on_profile)
+        bus.when_subscribed().addCallback(self._subscribed)
+
+    def _subscribed(self, _: Any) -> None:
+        self._ready_call = self.ctx.reactor.callLater(self._settle, self._become_ready)
+
+    def _become_ready(self) -> None:
+        self._ready_call = None
+        self.engine.ready = True
+        macs = self.engine.assigned()
+        log.info("rendering {n} assigned devices", n=len(macs))
+        self.rerender(macs)
+
+    def stop(self) -> None:
+        if self._ready_call is not None and self._ready_call.active():
+            self._ready_call.cancel()
+        self._cooperator.stop()
+        self.engine.store.close()
+
+    # --- handlers ---
+    def on_discovered(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is None or info.mac is None:
+            return
+        self.apply(self.engine.discovered(info.mac, msg.data))
+
+    def on_assignment(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is None or info.mac is None:
+            return
+        self.ctx.counters["assignments"] += 1
+        self.apply(self.engine.assignment(info.mac, msg.raw, msg.data, msg.error))
+
+    def on_profile(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is None or info.name is None:
+            return
+        self.ctx.counters["profiles"] += 1
+        macs = self.engine.profile(info.name, msg.raw, msg.data, msg.error)
+        self.engine.store.commit()
+        if macs:
+            log.info("profile {name} changed: re-rendering {n} devices", name=info.name, n=len(macs))
+            self.rerender(macs)
+
+    def rerender(self, macs: list[str]) -> Any:
+        return self._cooperator.coiterate(self._rerender(macs))
+
+    def _rerender(self, macs: Iterable[str]) -> Iterator[None]:
+        for i, mac in enumerate(macs):
+            self.apply(self.engine.render(mac), commit=False)
+            if i % 200 == 199:
+                self.engine.store.commit()
+            yield None
+        self.engine.store.commit()
+
+    # --- effects ---
+    def apply(self, effects: list[Effect], commit: bool = True) -> None:
+        bus = self.ctx.bus
+        for effect in effects:
+            if isinstance(effect, Publish):
+                bus.publish(self.topics.device(effect.mac, "config"), effect.config.to_json(), retain=True)
+                self.ctx.counters["configs_published"] += 1
+            elif isinstance(effect, Unpublish):
+                bus.publish(self.topics.device(effect.mac, "config"), b"", retain=True)
+                self.ctx.counters["configs_removed"] += 1
+                log.info("{mac}: unassigned; its config is withdrawn", mac=effect.mac)
+            elif isinstance(effect, Error):
+                self.ctx.publish_error(effect.mac, effect.code, effect.message, effect.field)
+                self.ctx.counters["errors"] += 1
+                log.warn("{mac}: {message}", mac=effect.mac, message=effect.message)
+            elif isinstance(effect, Clear):
+                self.ctx.clear_error(effect.mac)
+        if commit:
+            self.engine.store.commit()
+
+    def counters(self) -> dict[str, int]:
+        s = self.engine.stats
+        return {"renders": s.renders, "renders_changed": s.changed, "render_errors": s.errors,
+                "devices": len(self.engine.devices)}

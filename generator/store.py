@@ -1,0 +1,100 @@
+"""The generator's own sqlite database: devices, assignments, profiles, and what it rendered.
+
+The broker's retained messages are the truth the generator rebuilds from; the database keeps what
+the broker does not: each device's revision and digest (so a restart does not bump revisions)
+and the history of every change of bytes. WAL journal, ``synchronous=NORMAL``; callers batch
+writes and call :meth:`commit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from services.messages import now_iso
+
+
+@dataclass
+class RenderRecord:
+    revision: int = 0
+    digest: str = ""
+    errored: bool = False
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.db = sqlite_utils.Database(str(path))
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._create()
+        self.conn = self.db.conn
+
+    def _create(self) -> None:
+        if "devices" not in self.db.table_names():
+            self.db["devices"].create({"mac": str, "vendor": str, "model": str, "firmware": str,
+                                       "updated_at": str}, pk="mac")
+        if "assignments" not in self.db.table_names():
+            self.db["assignments"].create({"mac": str, "payload": str, "updated_at": str}, pk="mac")
+        if "profiles" not in self.db.table_names():
+            self.db["profiles"].create({"name": str, "payload": str, "updated_at": str}, pk="name")
+        if "renders" not in self.db.table_names():
+            self.db["renders"].create({"mac": str, "revision": int, "digest": str, "template": str,
+                                       "vendor": str, "model": str, "errored": int, "updated_at": str},
+                                      pk="mac")
+        if "history" not in self.db.table_names():
+            self.db["history"].create({"id": int, "mac": str, "revision": int, "digest": str,
+                                       "template": str, "at": str}, pk="id")
+            self.db["history"].create_index(["mac", "revision"])
+
+    # --- inputs, as they arrived ---
+    def put_device(self, mac: str, vendor: str, model: str, firmware: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
+                          (mac, vendor, model, firmware, now_iso()))
+
+    def put_assignment(self, mac: str, payload: str | None) -> None:
+        if payload is None:
+            self.conn.execute("DELETE FROM assignments WHERE mac = ?", (mac,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO assignments VALUES (?, ?, ?)", (mac, payload, now_iso()))
+
+    def put_profile(self, name: str, payload: str | None) -> None:
+        if payload is None:
+            self.conn.execute("DELETE FROM profiles WHERE name = ?", (name,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)", (name, payload, now_iso()))
+
+    # --- what was rendered ---
+    def renders(self) -> dict[str, RenderRecord]:
+        rows = self.conn.execute("SELECT mac, revision, digest, errored FROM renders")
+        return {mac: RenderRecord(revision, digest, bool(errored)) for mac, revision, digest, errored in rows}
+
+    def save_render(self, mac: str, revision: int, digest: str, template: str, vendor: str, model: str,
+                    errored: bool) -> None:
+        at = now_iso()
+        self.conn.execute("INSERT OR REPLACE INTO renders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (mac, revision, digest, template, vendor, model, int(errored), at))
+        if digest:
+            self.conn.execute("INSERT INTO history (mac, revision, digest, template, at) VALUES (?, ?, ?, ?, ?)",
+                              (mac, revision, digest, template, at))
+
+    def set_errored(self, mac: str, errored: bool) -> None:
+        updated = self.conn.execute("UPDATE renders SET errored = ? WHERE mac = ?", (int(errored), mac))
+        if updated.rowcount == 0:
+            self.conn.execute("INSERT INTO renders VALUES (?, 0, '', '', '', '', ?, ?)",
+                              (mac, int(errored), now_iso()))
+
+    def forget_digest(self, mac: str) -> None:
+        self.conn.execute("UPDATE renders SET digest = '' WHERE mac = ?", (mac,))
+
+    def history(self, mac: str) -> list[dict]:
+        return list(self.db.query("SELECT revision, digest, template, at FROM history WHERE mac = ? "
+                                  "ORDER BY id", [mac]))
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.commit()
+        self.conn.close()

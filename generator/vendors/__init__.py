@@ -1,0 +1,100 @@
+"""Vendor families: which file names a phone reads, and how assignment fields map to settings.
+
+One package per vendor (``grandstream``, ``yealink``, ``snom``, ``fanvil``); in it, one template
+folder per family (``grandstream/grp26xx/cfg.xml.j2``) and a :class:`Family` value holding the
+model table, the file names and a ``context`` function that turns a validated assignment into
+what the templates print. Plain data and functions: a new family is a new value in ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+
+class RenderProblem(Exception):
+    """An assignment that is valid JSON Schema-wise but cannot be rendered for this phone."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    accounts: int
+    keys: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    role: str  # the template is "{role}.j2"
+    name: str  # file name pattern: {mac} lower-case MAC, {MAC} upper-case, other names from the context
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The phone a file is rendered for."""
+
+    mac: str
+    vendor: str
+    model: str  # canonical spelling from the family's table
+    firmware: str
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class Family:
+    vendor: str
+    name: str
+    models: Mapping[str, ModelInfo]
+    files: tuple[FileSpec, ...]
+    notify_path: str  # pattern like FileSpec.name; "" = the directory
+    context: Callable[[dict, Target], dict]
+    # model spellings phones send -> the table's key ("SIP-T46S" -> "T46S")
+    canonical: Callable[[str], str] = lambda model: model.upper()
+
+    def file_names(self, target: Target, context: Mapping[str, Any]) -> list[str]:
+        values = {"mac": target.mac, "MAC": target.mac.upper(), **context.get("names", {})}
+        return [spec.name.format(**values) for spec in self.files]
+
+    def notify(self, target: Target, context: Mapping[str, Any]) -> str:
+        values = {"mac": target.mac, "MAC": target.mac.upper(), **context.get("names", {})}
+        return self.notify_path.format(**values)
+
+
+def _families() -> list[Family]:
+    from generator.vendors import fanvil, grandstream, snom, yealink
+
+    return [grandstream.GRP26XX, yealink.FAMILY, snom.FAMILY, fanvil.FAMILY]
+
+
+FAMILIES: list[Family] = _families()
+
+_VENDOR_SPELLING = re.compile(r"[^a-z0-9]+")
+
+
+def vendor_key(vendor: str) -> str:
+    return _VENDOR_SPELLING.sub("", vendor.lower())
+
+
+def find(vendor: str, model: str) -> tuple[Family, str]:
+    """The family and canonical model for a phone, or RenderProblem('no_template')."""
+    wanted = vendor_key(vendor)
+    families = [f for f in FAMILIES if f.vendor == wanted]
+    for family in families:
+        canonical = family.canonical(model)
+        if canonical in family.models:
+            return family, canonical
+    if not families:
+        known = ", ".join(sorted({f.vendor for f in FAMILIES}))
+        raise RenderProblem("no_template", f"no template for vendor {vendor!r} (model {model!r}); "
+                            f"templates exist for {known}", "vendor")
+    models = ", ".join(m for f in families for m in f.models)
+    raise RenderProblem("no_template", f"no template for {vendor} model {model!r}; "
+                        f"known {vendor} models: {models}", "model")
