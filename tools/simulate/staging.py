@@ -32,7 +32,7 @@ def assignment(ident: Identity, index: int, sip_server: str = "pbx.example.com",
     password = hashlib.sha256(f"pnp-simulate:{ident.mac}".encode()).hexdigest()[:16]
     return {
         "vendor": ident.vendor.name,
-        "model": event_model(ident),
+        "model": ident.model,
         "accounts": [{"sip_server": sip_server, "user_id": user, "password": password,
                       "display_name": f"Sim {ident.vendor.name} {user}"}],
     }
