@@ -35,10 +35,14 @@ class LockedBroker:
     """mosquitto with the repository's mosquitto.conf and ACL; only the listener's port and the
     file paths are rewritten for a private copy."""
 
-    def __init__(self, directory: Path, passwords: dict[str, str]) -> None:
+    def __init__(self, directory: Path, passwords: dict[str, str],
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.directory = directory
         self.passwords = dict(passwords)
         self.port = free_port()
+        # (certificate, key): also load conf.d/tls.conf.example, as docs/DEPLOY.md says to
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.process: subprocess.Popen | None = None
 
     def write(self) -> Path:
@@ -61,6 +65,14 @@ class LockedBroker:
         for pattern, new in replacements.items():
             conf, n = re.subn(pattern, new, conf, flags=re.M)
             assert n == 1, f"mosquitto.conf has no single line matching {pattern}"
+        if self.tls:
+            tls_conf = (MOSQUITTO_DIR / "conf.d" / "tls.conf.example").read_text()
+            for pattern, new in {r"^listener 8883$": f"listener {self.tls_port} 127.0.0.1",
+                                 r"^certfile .*$": f"certfile {self.tls[0]}",
+                                 r"^keyfile .*$": f"keyfile {self.tls[1]}"}.items():
+                tls_conf, n = re.subn(pattern, new, tls_conf, flags=re.M)
+                assert n == 1, f"tls.conf.example has no single line matching {pattern}"
+            (d / "conf.d" / "tls.conf").write_text(tls_conf)
         # Running as root, mosquitto would switch to the "mosquitto" user, who cannot read the
         # test's private directory.
         conf += "\nuser root\n"
