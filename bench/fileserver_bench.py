@@ -48,9 +48,13 @@ def config_text(size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_wrk(url: str, seconds: int, connections: int, cpu: str | None) -> dict:
+def run_wrk(url: str, seconds: int, connections: int, cpu: str | None, revalidate: bool = False) -> dict:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
            "-H", "Connection: close", "-H", f"User-Agent: {UA}", url]
+    if revalidate:
+        # the phone's second download: it sends the tag it got, the server answers 304
+        tag = urllib.request.urlopen(url).headers["ETag"]
+        cmd[-1:-1] = ["-H", f"If-None-Match: {tag}"]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -71,6 +75,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=6000, help="config file size in bytes")
     ap.add_argument("--server-cpu", default="0", help="CPU the servers are pinned to")
     ap.add_argument("--client-cpu", default="1", help="CPU wrk is pinned to")
+    ap.add_argument("--revalidate", action="store_true",
+                    help="send If-None-Match with the server's ETag (measures 304s)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk not found: apt-get install -y wrk nginx-light", file=sys.stderr)
@@ -104,7 +110,7 @@ def main() -> int:
         url = published["files"][0]["url"]
         assert urllib.request.urlopen(url).read() == body
         probe.close()  # nothing else on the server's CPU while it is measured
-        results["fileserver"] = run_wrk(url, seconds, args.connections, args.client_cpu)
+        results["fileserver"] = run_wrk(url, seconds, args.connections, args.client_cpu, args.revalidate)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         results["fileserver"]["metrics"] = [line for line in metrics.splitlines()
                                             if line.startswith("pnp_fileserver_requests_total")]
@@ -147,7 +153,7 @@ http {{
             except AssertionError:
                 print((tmp / "nginx.out").read_text(), (tmp / "nginx-error.log").read_text(), file=sys.stderr)
                 raise
-            results["nginx"] = run_wrk(nurl, seconds, args.connections, args.client_cpu)
+            results["nginx"] = run_wrk(nurl, seconds, args.connections, args.client_cpu, args.revalidate)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -159,11 +165,11 @@ http {{
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"file: {args.size} bytes; wrk -t2 -c{args.connections} -d{seconds}s, "
+    print(f"file: {args.size} bytes{' (If-None-Match: 304s)' if args.revalidate else ''}; wrk -t2 -c{args.connections} -d{seconds}s, "
           f"new connection per request; servers pinned to CPU {args.server_cpu}, wrk to CPU {args.client_cpu}")
-    print(f"{'server':<12}{'downloads/s':>12}{'p50':>10}{'p99':>10}{'requests':>10}{'non-2xx':>9}  socket errors")
+    print(f"{'server':<12}{'downloads/s':>12}{'p50':>10}{'p99':>10}{'requests':>10}{'non-2xx/3xx':>12}  socket errors")
     for name, r in results.items():
-        print(f"{name:<12}{r['rps']:>12.0f}{r['p50']:>10}{r['p99']:>10}{r['requests']:>10}{r['non_2xx']:>9}  "
+        print(f"{name:<12}{r['rps']:>12.0f}{r['p50']:>10}{r['p99']:>10}{r['requests']:>10}{r['non_2xx']:>12}  "
               f"{r['socket_errors']}")
     if "fileserver" in results:
         print("fileserver /metrics after the run:", "; ".join(results["fileserver"]["metrics"]))
