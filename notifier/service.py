@@ -11,7 +11,9 @@ from twisted.logger import Logger
 
 from services import netif
 from services.bus import Incoming
-from services.messages import Discovered, Fetched, NotifyStatus, PayloadError, Published, now_iso
+from services.messages import (
+    Discovered, Fetched, NotifyStatus, PayloadError, Published, encode_json, now_iso,
+)
 from services.sip.transaction import Outcome, Result, Timers
 from services.topics import is_mac
 
@@ -104,7 +106,7 @@ class Notifier:
             self._bad(msg, str(exc))
             return
         now = self.wall()
-        device = self.store.put_device(mac, discovered, epoch(discovered.seen_at, now))
+        device = self.store.put_device(mac, discovered, epoch(discovered.seen_at, now), msg.raw)
         plan = decide.after_discovery(mac, device, self.store.published.get(mac),
                                       self.store.provisions.get(mac), self.store.sent, now,
                                       self.settings.notify_window)
@@ -210,4 +212,7 @@ class Notifier:
 
     def _status(self, plan: decide.Plan, status: NotifyStatus) -> None:
         if not self._stopped:
-            self.ctx.bus.publish_json(self.ctx.topics.device(plan.mac, "notify"), status, retain=True)
+            # NotifyStatus is flat: a shallow dict encodes the same bytes as to_json() without
+            # dataclasses.asdict's deep copy, which was a tenth of a NOTIFY's CPU time.
+            data = encode_json({**vars(status), "v": status.v})
+            self.ctx.bus.publish(self.ctx.topics.device(plan.mac, "notify"), data, retain=True)

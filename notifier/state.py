@@ -95,14 +95,15 @@ class Store:
             self.sent.add(SentKey(row["mac"], row["call_id"], row["revision"], row["kind"]))
 
     # --- writes (hot path: plain statements, no per-call schema introspection) ---
-    def put_device(self, mac: str, discovered: Discovered, seen: float) -> Device:
+    def put_device(self, mac: str, discovered: Discovered, seen: float, raw: bytes | None = None) -> Device:
+        """Store a discovery; ``raw`` is its JSON as received, which spares encoding it again."""
         old = self.devices.get(mac)
         # Our CSeq belongs to one dialog; a new Call-ID is a new dialog and starts again.
         cseq = old.cseq if old is not None and old.discovered.call_id == discovered.call_id else 0
         device = Device(discovered, seen, cseq)
         self.devices[mac] = device
         self.db.execute("INSERT OR REPLACE INTO devices (mac, payload, seen, cseq) VALUES (?, ?, ?, ?)",
-                        [mac, discovered.to_json().decode(), seen, cseq])
+                        [mac, (raw or discovered.to_json()).decode("utf-8"), seen, cseq])
         return device
 
     def drop_device(self, mac: str) -> None:
