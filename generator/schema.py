@@ -57,7 +57,7 @@ def field_path(parts: Iterable[Any]) -> str:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    text = repr(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -78,8 +78,7 @@ def _problem(error: ValidationError) -> Problem:
     if rule == "type":
         return Problem(where or None, f"{label} must be {_a(error.validator_value)}, not {_short(error.instance)}")
     if rule == "enum":
-        allowed = ", ".join(str(v) for v in error.validator_value)
-        return Problem(where, f"{label}: {_short(error.instance)} is not one of {allowed}")
+        return Problem(where, f"{label}: {_short(error.instance)} is not one of {error.validator_value!r}")
     if rule == "pattern":
         if "u0000" in str(error.validator_value) or "\\x00" in str(error.validator_value) or \
                 "\u0000" in str(error.validator_value):

@@ -75,6 +75,17 @@ def location(text: str, protocol: str | None) -> tuple[str, str]:
     return (protocol or "http"), text
 
 
+def protocol_of(prov: dict) -> str | None:
+    """The provisioning protocol: as given, else the scheme of the config (or firmware) server."""
+    if prov.get("protocol"):
+        return prov["protocol"]
+    for name in ("config_server", "firmware_server"):
+        m = _SCHEME.match(prov.get(name, ""))
+        if m:
+            return m.group(1).lower()
+    return None
+
+
 def url(text: str, protocol: str | None) -> str:
     scheme, rest = location(text, protocol)
     return f"{scheme}://{rest}"

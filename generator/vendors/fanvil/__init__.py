@@ -54,12 +54,13 @@ def context(a: dict, target: Target) -> dict[str, Any]:
             {"index": n % page + 1, "type": kind, "value": value, "title": key["label"]})
 
     prov = a.get("provisioning", {})
+    protocol = common.protocol_of(prov)
     provisioning = {}
     if "config_server" in prov:
-        protocol, _ = common.location(prov["config_server"], prov.get("protocol"))
-        provisioning = {"server": common.url(prov["config_server"], prov.get("protocol")),
+        protocol, _ = common.location(prov["config_server"], protocol)
+        provisioning = {"server": common.url(prov["config_server"], protocol),
                         "protocol": PROTOCOL.get(protocol, 4)}
-    firmware = common.url(prov["firmware_server"], prov.get("protocol")) if "firmware_server" in prov else ""
+    firmware = common.url(prov["firmware_server"], protocol) if "firmware_server" in prov else ""
 
     raw: dict[str, list[tuple[str, str]]] = {}
     for name, value in common.raw_settings(a, "fanvil"):

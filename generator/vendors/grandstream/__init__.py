@@ -121,16 +121,13 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(value_p, key["value"])
 
     prov = a.get("provisioning", {})
-    protocol = prov.get("protocol")
+    protocol = common.protocol_of(prov)
     if "config_server" in prov:
-        protocol, path = common.location(prov["config_server"], protocol)
-        put(237, path)
+        put(237, common.location(prov["config_server"], protocol)[1])
     if "firmware_server" in prov:
-        fw_protocol, path = common.location(prov["firmware_server"], protocol)
-        protocol = protocol or fw_protocol
-        put(192, path)
+        put(192, common.location(prov["firmware_server"], protocol)[1])
     if protocol:
-        put(212, UPGRADE_VIA[protocol] if protocol in UPGRADE_VIA else 1)
+        put(212, UPGRADE_VIA.get(protocol, 1))
     if "check_interval" in prov:
         put(194, 1 if prov["check_interval"] else 0)
         if prov["check_interval"]:

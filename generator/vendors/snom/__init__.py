@@ -73,10 +73,11 @@ def context(a: dict, target: Target) -> dict[str, Any]:
             put("codec_priority_list", ",".join(codecs), number)
 
     prov = a.get("provisioning", {})
+    protocol = common.protocol_of(prov)
     if "config_server" in prov:
-        put("setting_server", common.url(prov["config_server"], prov.get("protocol")))
+        put("setting_server", common.url(prov["config_server"], protocol))
     if "firmware_server" in prov:
-        put("firmware_status", common.url(prov["firmware_server"], prov.get("protocol")))
+        put("firmware_status", common.url(prov["firmware_server"], protocol))
     if "check_interval" in prov:
         put("settings_refresh_timer", prov["check_interval"] * 60)
     if "time_zone" in a:

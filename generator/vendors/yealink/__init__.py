@@ -75,13 +75,14 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(device, p + "label", key["label"])
 
     prov = a.get("provisioning", {})
+    protocol = common.protocol_of(prov)
     if "config_server" in prov:
-        server = common.url(prov["config_server"], prov.get("protocol"))
+        server = common.url(prov["config_server"], protocol)
         put(shared, "static.auto_provision.server.url", server)
         # The NOTIFY names only the per-phone file: it must also say where to look next time.
         put(device, "static.auto_provision.server.url", server)
     if "firmware_server" in prov:
-        put(shared, "static.firmware.url", common.url(prov["firmware_server"], prov.get("protocol")))
+        put(shared, "static.firmware.url", common.url(prov["firmware_server"], protocol))
     if "check_interval" in prov:
         put(shared, "static.auto_provision.repeat.enable", 1 if prov["check_interval"] else 0)
         if prov["check_interval"]:
