@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=6000, help="config file size in bytes")
     ap.add_argument("--server-cpu", default="0", help="CPU the servers are pinned to")
     ap.add_argument("--client-cpu", default="1", help="CPU wrk is pinned to")
+    ap.add_argument("--tls", action="store_true", help="HTTPS with a fresh self-signed certificate")
     ap.add_argument("--revalidate", action="store_true",
                     help="send If-None-Match with the server's ETag (measures 304s)")
     args = ap.parse_args()
@@ -89,9 +91,19 @@ def main() -> int:
     results = {}
     try:
         port = free_port()
-        env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp / "data"),
+        scheme = "https" if args.tls else "http"
+        tls_env = {}
+        if args.tls:
+            from fileserver.certs import make_pair
+            cert_pem, key_pem = make_pair(["127.0.0.1"])
+            (tmp / "cert.pem").write_bytes(cert_pem)
+            (tmp / "key.pem").write_bytes(key_pem)
+            tls_env = {"PNP_TLS_CERT": str(tmp / "cert.pem"), "PNP_TLS_KEY": str(tmp / "key.pem")}
+            # the bench's own checks trust the fresh certificate
+            ssl._create_default_https_context = lambda: ssl.create_default_context(cafile=str(tmp / "cert.pem"))
+        env = {**tls_env, **os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp / "data"),
                "PNP_HTTP_PORT": str(port), "PNP_HTTP_BIND": "127.0.0.1",
-               "PNP_PUBLIC_URL": f"http://127.0.0.1:{port}/", "PNP_INSTANCE": "bench",
+               "PNP_PUBLIC_URL": f"{scheme}://127.0.0.1:{port}/", "PNP_INSTANCE": "bench",
                "PNP_LOG_FORMAT": "text", "PNP_STATUS_INTERVAL": "1"}
         command = os.environ.get("FSBENCH_SERVER", "-m services.cli fileserver").split()
         server = subprocess.Popen(["taskset", "-c", args.server_cpu, sys.executable, *command], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -111,7 +123,7 @@ def main() -> int:
         assert urllib.request.urlopen(url).read() == body
         probe.close()  # nothing else on the server's CPU while it is measured
         results["fileserver"] = run_wrk(url, seconds, args.connections, args.client_cpu, args.revalidate)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        metrics = urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics").read().decode()
         results["fileserver"]["metrics"] = [line for line in metrics.splitlines()
                                             if line.startswith("pnp_fileserver_requests_total")]
         status = _status(broker.url)
@@ -136,7 +148,8 @@ http {{
   client_body_temp_path {tmp}/nb; proxy_temp_path {tmp}/np; fastcgi_temp_path {tmp}/nf;
   uwsgi_temp_path {tmp}/nu; scgi_temp_path {tmp}/ns;
   server {{
-    listen 127.0.0.1:{nport};
+    listen 127.0.0.1:{nport}{" ssl" if args.tls else ""};
+    {f"ssl_certificate {tmp}/cert.pem; ssl_certificate_key {tmp}/key.pem;" if args.tls else ""}
     root {www};
     etag on;
     add_header Cache-Control no-store;
@@ -147,7 +160,7 @@ http {{
                                       "-p", str(tmp), "-e", str(tmp / "nginx-error.log")],
                                      stdout=subprocess.DEVNULL, stderr=open(tmp / "nginx.out", "w"))
             procs.append(nginx)
-            nurl = f"http://127.0.0.1:{nport}/cfg{MAC}.xml"
+            nurl = f"{scheme}://127.0.0.1:{nport}/cfg{MAC}.xml"
             try:
                 wait_until(lambda: _answers(nurl), timeout=10)
             except AssertionError:
@@ -165,7 +178,7 @@ http {{
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"file: {args.size} bytes{' (If-None-Match: 304s)' if args.revalidate else ''}; wrk -t2 -c{args.connections} -d{seconds}s, "
+    print(f"{'HTTPS; ' if args.tls else ''}file: {args.size} bytes{' (If-None-Match: 304s)' if args.revalidate else ''}; wrk -t2 -c{args.connections} -d{seconds}s, "
           f"new connection per request; servers pinned to CPU {args.server_cpu}, wrk to CPU {args.client_cpu}")
     print(f"{'server':<12}{'downloads/s':>12}{'p50':>10}{'p99':>10}{'requests':>10}{'non-2xx/3xx':>12}  socket errors")
     for name, r in results.items():
