@@ -15,7 +15,6 @@ from services.messages import (
     Discovered, Fetched, NotifyStatus, PayloadError, Published, encode_json, now_iso,
 )
 from services.sip.transaction import Outcome, Result, Timers
-from services.topics import is_mac
 
 from notifier import build, decide
 from notifier.protocol import NotifyEndpoint
@@ -161,6 +160,9 @@ class Notifier:
             except Exception:
                 log.failure("could not open a NOTIFY socket on {address}", address=interface)
         self.counters_["notify_interface_fallback"] += 1
+        if interface:
+            log.warn("the SUBSCRIBE arrived on {address}, which PNP_SIP_INTERFACE does not name: "
+                     "sending from {default}", address=interface, default=self._default.local[0])
         return self._default
 
     def _execute(self, plan: decide.Plan) -> None:
