@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections import deque
 from typing import Any
 
 from twisted.internet import defer
@@ -10,13 +10,15 @@ from twisted.logger import Logger
 
 from listener.discovery import SubscribeCore
 from listener.multicast import GROUP, open_group_socket
-from listener.protocol import SubscribeProtocol
+from listener.protocol import AnswerTimes, SubscribeProtocol
 from services import netif
 from services.bus import Incoming
 from services.messages import Discovered, encode_json
 from services.runner import Context
 
 log = Logger(namespace="listener")
+
+LOG_PER_SECOND = 20
 
 
 def encode_discovered(d: Discovered) -> bytes:
@@ -43,6 +45,15 @@ class ListenerService:
         self.protocols: list[SubscribeProtocol] = []
         self.ports: list[Any] = []
         self.publish_dropped = 0
+        self.times = AnswerTimes()
+        # Discoveries wait here until the datagrams at hand are answered: in a burst, every
+        # phone's answer goes out before any MQTT work is done.
+        self._pending: deque[Discovered] = deque()
+        self._flush_call: Any = None
+        self._log_started = 0.0
+        self._log_count = 0
+        self._log_unlogged = 0
+        self._log_flush: Any = None
 
     def start(self) -> "ListenerService":
         ctx = self.ctx
@@ -51,7 +62,7 @@ class ListenerService:
         for address in self.interfaces:
             sock = open_group_socket(address, self.port)
             try:
-                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._publish)
+                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._enqueue, self.times)
                 self.ports.append(ctx.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol))
                 self.protocols.append(protocol)
             finally:
@@ -64,14 +75,45 @@ class ListenerService:
                      "its address, or 'all'")
         return self
 
+    def _enqueue(self, discovered: Discovered) -> None:
+        self._pending.append(discovered)
+        if self._flush_call is None:
+            self._flush_call = self.ctx.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        pending = self._pending
+        while pending:
+            self._publish(pending.popleft())
+
     def _publish(self, discovered: Discovered) -> None:
         topic = self.ctx.topics.device(discovered.mac, "discovered")
         if not self.ctx.bus.publish(topic, encode_discovered(discovered), retain=True):
             self.publish_dropped += 1
-        log.info("discovered {mac} {vendor} {model} {firmware} at {ip}:{port} (boot {boot})",
-                 mac=discovered.mac, vendor=discovered.vendor, model=discovered.model,
-                 firmware=discovered.firmware, ip=discovered.ip, port=discovered.port,
-                 boot=discovered.boot)
+        self._log_discovery(discovered)
+
+    def _log_discovery(self, d: Discovered) -> None:
+        # A line per phone, except in a boot storm: formatting a log line costs as much as
+        # answering the phone, so past LOG_PER_SECOND a summary line counts the rest.
+        now = self.ctx.reactor.seconds()
+        if now - self._log_started >= 1.0:
+            self._log_started = now
+            self._log_count = 0
+        self._log_count += 1
+        if self._log_count <= LOG_PER_SECOND:
+            log.info("discovered {mac} {vendor} {model} {firmware} at {ip}:{port} (boot {boot})",
+                     mac=d.mac, vendor=d.vendor, model=d.model, firmware=d.firmware, ip=d.ip,
+                     port=d.port, boot=d.boot)
+            return
+        self._log_unlogged += 1
+        if self._log_flush is None or not self._log_flush.active():
+            self._log_flush = self.ctx.reactor.callLater(5.0, self._log_summary)
+
+    def _log_summary(self) -> None:
+        count, self._log_unlogged = self._log_unlogged, 0
+        if count:
+            log.info("discovered {count} more phones in a burst (not logged one by one; "
+                     "pnp devices lists them)", count=count)
 
     def _retained(self, message: Incoming) -> None:
         if not message.retain or message.data is None:
@@ -86,8 +128,15 @@ class ListenerService:
         counters = dict(self.core.counters)
         counters["send_errors"] = sum(p.send_errors for p in self.protocols)
         counters["publish_dropped"] = self.publish_dropped
+        counters.update(self.times.percentiles_us())
         return counters
 
     def stop(self) -> defer.Deferred:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush()
+        if self._log_flush is not None and self._log_flush.active():
+            self._log_flush.cancel()
+        self._log_summary()
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

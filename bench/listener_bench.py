@@ -1,0 +1,300 @@
+"""Listener benchmark (not a test): SUBSCRIBEs answered per second, and answer latency.
+
+    .venv/bin/python bench/listener_bench.py [--requests 20000] [--rate 1000] [--seconds 5]
+
+Three measurements, all on loopback (NETWORK-SAFETY.md: the phones multicast with
+IP_MULTICAST_IF=127.0.0.1 and TTL 0; the listener joins on 127.0.0.1 only):
+
+1. the sans-I/O core alone, in this process: new phones (parse, answer, discovery encoded)
+   and retransmissions per second;
+2. ``pnp listener`` as its own process pinned to one CPU, with a private mosquitto, driven by
+   simulated phones on their own addresses 127.1.x.y (pinned to another CPU): closed-loop
+   throughput with a window of outstanding SUBSCRIBEs, every one a new phone booting (so each
+   is answered AND published as a discovery);
+3. the same, open loop at ``--rate`` SUBSCRIBEs per second: p50/p99/max of the time from the
+   phone's send to the answer's arrival. That includes both kernels' UDP paths and this
+   generator's own loop, so it bounds the listener's packet-in-to-answer-out time from above.
+
+Everything it starts it stops; the run is bounded by the request counts and timeouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from listener.discovery import SubscribeCore  # noqa: E402
+from listener.multicast import GROUP  # noqa: E402
+from listener.service import encode_discovered  # noqa: E402
+from services.broker import Mosquitto, free_port  # noqa: E402
+
+TEMPLATE = (
+    "SUBSCRIBE sip:MAC%3A{mac}@224.0.1.75 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP {ip}:{port};branch=z9hG4bK{n};rport\r\n"
+    "From: <sip:MAC%3A{mac}@224.0.1.75>;tag={n}\r\n"
+    "To: <sip:MAC%3A{mac}@224.0.1.75>\r\n"
+    "Call-ID: {n}-{port}-1@bench\r\n"
+    "CSeq: 20000 SUBSCRIBE\r\n"
+    "Contact: <sip:{ip}:{port}>\r\n"
+    "X-Grandstream-PBX: true\r\n"
+    "Max-Forwards: 70\r\n"
+    "User-Agent: Grandstream GRP2614 1.0.0.31\r\n"
+    "Expires: 0\r\n"
+    "Supported: replaces, path\r\n"
+    'Event: ua-profile;profile-type="device";vendor="Grandstream";model="GRP2614";version="1.0.0.31"\r\n'
+    "Accept: application/url\r\n"
+    "Allow: INVITE, ACK, OPTIONS, CANCEL, BYE, SUBSCRIBE, NOTIFY, INFO, REFER, UPDATE, MESSAGE\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+def subscribe(n: int, ip: str, port: int) -> bytes:
+    return TEMPLATE.format(mac=f"000B82{n:06X}", ip=ip, port=port, n=n).encode()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+# --- 1. the core ---------------------------------------------------------------------------
+
+
+def bench_core(count: int) -> tuple[float, float]:
+    packets = [subscribe(i, "10.0.0.1", 5080) for i in range(count)]
+    best_new = best_retx = 0.0
+    for _ in range(3):
+        core = SubscribeCore(rate=1e9, burst=1e9)
+        start = time.perf_counter()
+        for p in packets:
+            out = core.handle(p, ("10.0.0.1", 5080), "127.0.0.1", start)
+            encode_discovered(out.discovered)
+        best_new = max(best_new, count / (time.perf_counter() - start))
+        start = time.perf_counter()
+        for p in packets:
+            core.handle(p, ("10.0.0.1", 5080), "127.0.0.1", start)
+        best_retx = max(best_retx, count / (time.perf_counter() - start))
+    return best_new, best_retx
+
+
+# --- 2./3. the service ---------------------------------------------------------------------
+
+
+class Phones:
+    """Many phones, each a socket on its own loopback address, driven by one epoll loop."""
+
+    def __init__(self, count: int, sip_port: int) -> None:
+        self.sip_port = sip_port
+        self.socks: list[socket.socket] = []
+        self.sel = selectors.DefaultSelector()
+        for i in range(count):
+            ip = f"127.1.{i // 250}.{i % 250 + 1}"
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((ip, 0))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.setblocking(False)
+            self.sel.register(s, selectors.EVENT_READ)
+            self.socks.append(s)
+        self.sent: dict[bytes, float] = {}
+        self.rtts: list[float] = []
+        self.n = 0
+
+    def send_one(self, base: int) -> None:
+        s = self.socks[self.n % len(self.socks)]
+        ip, port = s.getsockname()
+        n = base + self.n
+        self.n += 1
+        self.sent[f"{n}-{port}-1@bench".encode()] = time.perf_counter()
+        s.sendto(subscribe(n, ip, port), (GROUP, self.sip_port))
+
+    def poll(self, timeout: float) -> int:
+        got = 0
+        for key, _ in self.sel.select(timeout):
+            s = key.fileobj
+            while True:
+                try:
+                    data = s.recv(65535)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    break
+                now = time.perf_counter()
+                i = data.find(b"Call-ID: ")
+                call_id = data[i + 9:data.find(b"\r\n", i)]
+                sent = self.sent.pop(call_id, None)
+                if sent is not None:
+                    self.rtts.append(now - sent)
+                    got += 1
+        return got
+
+    def close(self) -> None:
+        for s in self.socks:
+            self.sel.unregister(s)
+            s.close()
+
+
+def closed_loop(phones: Phones, total: int, window: int, base: int) -> tuple[float, int]:
+    """Keep ``window`` SUBSCRIBEs outstanding; returns (answered per second, lost)."""
+    phones.sent.clear()
+    phones.n = 0
+    answered = 0
+    start = time.perf_counter()
+    last_progress = start
+    while answered < total:
+        while phones.n < total and len(phones.sent) < window:
+            phones.send_one(base)
+        got = phones.poll(0.05)
+        answered += got
+        now = time.perf_counter()
+        if got:
+            last_progress = now
+        elif now - last_progress > 1.0:  # whatever is still outstanding was lost
+            if phones.n >= total:
+                break
+            phones.sent.clear()
+            last_progress = now
+    elapsed = time.perf_counter() - start
+    return answered / elapsed, total - answered
+
+
+def open_loop(phones: Phones, rate: float, seconds: float, base: int) -> tuple[list[float], int]:
+    phones.sent.clear()
+    phones.rtts.clear()
+    phones.n = 0
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    while phones.n < total:
+        due = start + phones.n / rate
+        now = time.perf_counter()
+        if now >= due:
+            phones.send_one(base)
+            continue
+        phones.poll(max(0.0, due - now))
+    deadline = time.perf_counter() + 2.0
+    while phones.sent and time.perf_counter() < deadline:
+        phones.poll(0.05)
+    return list(phones.rtts), len(phones.sent)
+
+
+def wait_answering(phones: Phones, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        phones.sent.clear()
+        phones.n = 0
+        phones.send_one(16_000_000)
+        if phones.poll(0.3):
+            return
+    raise SystemExit("the listener did not answer")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_counters(broker_url: str, instance: str) -> dict:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: dict = {}
+    host, port = broker_url.rsplit("//", 1)[1].rsplit(":", 1)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.on_connect = lambda cl, *_: cl.subscribe(f"pnp/services/listener/{instance}", 1)
+    c.on_message = lambda cl, u, m: got.update(json.loads(m.payload).get("counters", {}))
+    c.connect(host, int(port))
+    c.loop_start()
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.loop_stop()
+    c.disconnect()
+    return got
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=20000, help="SUBSCRIBEs in the throughput run")
+    parser.add_argument("--window", type=int, default=256, help="outstanding SUBSCRIBEs (closed loop)")
+    parser.add_argument("--rate", type=float, default=1000, help="SUBSCRIBEs/s in the latency run")
+    parser.add_argument("--seconds", type=float, default=5, help="length of the latency run")
+    parser.add_argument("--phones", type=int, default=1000, help="simulated phone addresses")
+    parser.add_argument("--profile", metavar="FILE", help="run the listener under cProfile, stats to FILE")
+    args = parser.parse_args()
+
+    cpus = sorted(os.sched_getaffinity(0))
+    listener_cpu, generator_cpu = cpus[0], cpus[-1]
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+          f"listener on CPU {listener_cpu}, phones on CPU {generator_cpu}")
+
+    new, retx = bench_core(args.requests // 2)
+    print(f"core only (parse + answer + discovery), new phones:  {new:8.0f} /s")
+    print(f"core only, retransmissions (cached answer):          {retx:8.0f} /s")
+
+    tmp = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
+    broker = Mosquitto(tmp / "broker", persistence=False).start()
+    sip_port = free_port()
+    env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_SIP_PORT": str(sip_port),
+           "PNP_SIP_INTERFACE": "127.0.0.1", "PNP_DATA_DIR": str(tmp / "var"),
+           "PNP_INSTANCE": "bench", "PNP_LOG_FORMAT": "json", "PNP_STATUS_INTERVAL": "1"}
+    log = open(tmp / "listener.log", "wb")
+    command = [str(ROOT / ".venv/bin/pnp"), "listener"]
+    if args.profile:
+        command = [sys.executable, "-m", "cProfile", "-o", args.profile, *command]
+    proc = subprocess.Popen(command, env=env, stdout=log,
+                            stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {listener_cpu}))
+    os.sched_setaffinity(0, {generator_cpu})
+    phones = Phones(args.phones, sip_port)
+    try:
+        wait_answering(phones)
+        cpu = cpu_seconds(proc.pid)
+        rate, lost = closed_loop(phones, args.requests, args.window, base=0)
+        time.sleep(0.5)  # let the listener finish publishing what it answered
+        cpu = cpu_seconds(proc.pid) - cpu
+        print(f"pnp listener, new phones booting, closed loop (window {args.window}): "
+              f"{rate:8.0f} answered/s ({args.requests} SUBSCRIBEs, {lost} unanswered)")
+        print(f"  listener CPU time: {cpu:.2f} s = {(args.requests - lost) / cpu:8.0f} "
+              f"SUBSCRIBEs answered and published per CPU-second")
+        rtts, lost = open_loop(phones, args.rate, args.seconds, base=10_000_000)
+        ms = [r * 1000 for r in rtts]
+        print(f"pnp listener at {args.rate:.0f} SUBSCRIBEs/s for {args.seconds:.0f} s, send -> answer: "
+              f"p50 {percentile(ms, 50):.3f} ms, p99 {percentile(ms, 99):.3f} ms, "
+              f"max {max(ms):.3f} ms ({len(ms)} answered, {lost} unanswered)")
+        time.sleep(1.5)
+        counters = status_counters(broker.url, "bench")
+        keys = ("received", "answered", "published", "duplicates", "rate_limited", "malformed",
+                "mqtt_published", "mqtt_queue_overflow")
+        print(f"  inside the listener (last 4096 answers of the {args.rate:.0f}/s run), datagram in -> "
+              f"answer written: p50 {counters.get('answer_us_p50')} us, "
+              f"p99 {counters.get('answer_us_p99')} us, max {counters.get('answer_us_max')} us")
+        print("listener counters: " + ", ".join(f"{k} {counters.get(k)}" for k in keys))
+    finally:
+        phones.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
