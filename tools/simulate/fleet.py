@@ -9,15 +9,17 @@ the whole run is bounded by ``timeout``: a phone still busy then fails where it 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import random
 import resource
 import socket
-import time
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from twisted.internet import defer, error as terror, protocol
+from twisted.internet import defer, error as terror, protocol, udp
+from twisted.python import log as twisted_log
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -98,9 +100,46 @@ class _PhoneSocket(protocol.DatagramProtocol):
         self.fleet = fleet
         self.phone = phone
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
+    def datagramReceived(self, data: bytes, addr: Any, at: float | None = None) -> None:
         self.fleet.counters["datagrams_in"] += 1
-        self.fleet._act(self.phone, self.phone.receive(data, (addr[0], addr[1]), self.fleet.now()))
+        now = self.fleet.now()
+        # The kernel's arrival time, when we have it: a busy simulator must not make the PBX
+        # look slow. It is never later than now (the clocks are the same: wall time).
+        when = at if at is not None and at <= now else now
+        self.fleet._act(self.phone, self.phone.receive(data, (addr[0], addr[1]), when))
+
+
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_READ_IGNORE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED, errno.EHOSTUNREACH,
+                errno.ENETUNREACH, errno.ECONNRESET}
+
+
+class _StampedPort(udp.Port):
+    """A UDP port that hands each datagram over with its kernel receive time (SO_TIMESTAMPNS)."""
+
+    def startListening(self) -> None:
+        super().startListening()
+        self.socket.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+
+    def doRead(self) -> None:
+        read = 0
+        while read < self.maxThroughput:
+            try:
+                data, ancillary, _flags, addr = self.socket.recvmsg(self.maxPacketSize, 64)
+            except OSError as exc:
+                if exc.errno in _READ_IGNORE:
+                    return
+                raise
+            read += len(data)
+            at = None
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack("qq", value[:16])
+                    at = sec + nsec / 1e9
+            try:
+                self.protocol.datagramReceived(data, addr, at)
+            except BaseException:
+                twisted_log.err()
 
 
 @dataclass
@@ -138,6 +177,7 @@ class Fleet:
     reactor: Any = None
     on_progress: Callable[[Progress], None] | None = None
     progress_interval: float = 0.5
+    stamped: bool = True  # kernel receive times (needs the real reactor's clock: wall time)
 
     def __post_init__(self) -> None:
         if self.reactor is None:
@@ -197,7 +237,11 @@ class Fleet:
     def _bind(self, phone: Phone) -> None:
         ident = phone.ident
         try:
-            port = self.reactor.listenUDP(ident.port, _PhoneSocket(self, phone), interface=ident.ip)
+            if self.stamped and hasattr(socket.socket, "recvmsg"):
+                port = _StampedPort(ident.port, _PhoneSocket(self, phone), ident.ip, reactor=self.reactor)
+                port.startListening()
+            else:
+                port = self.reactor.listenUDP(ident.port, _PhoneSocket(self, phone), interface=ident.ip)
             sock = port.getHandle()
             # Network safety: multicast leaves through loopback only and never crosses a router.
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
