@@ -145,7 +145,8 @@ class FileResource(resource.Resource):
         # Walk X-Forwarded-For from the right, past our own proxies, to the first stranger.
         forwarded = []
         for value in request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []:
-            forwarded += [v.strip() for v in value.split(",") if v.strip()]
+            text = value.decode("latin-1")
+            forwarded += [v.strip() for v in text.split(",") if v.strip()]
         for candidate in reversed(forwarded + [host]):
             try:
                 addr = ipaddress.ip_address(candidate)

@@ -293,6 +293,25 @@ class ServingTest(FileserverCase):
         self.assertNotIn(b"Alice", body)
         status, _, _ = yield fetch(url, source="127.0.0.2")
         self.assertEqual(status, 200)
+        # X-Forwarded-For is not trusted by default: it cannot borrow the phone's address
+        status, _, _ = yield fetch(url, source="127.0.0.3", headers={"X-Forwarded-For": "127.0.0.2"})
+        self.assertEqual(status, 403)
+
+    @defer.inlineCallbacks
+    def test_a_trusted_proxy_names_the_client(self):
+        yield self.start(pin_ip="true", trusted_proxies="127.0.0.5")
+        self.probe.publish(self.topic("discovered"), json.dumps({"mac": MAC, "ip": "10.1.2.3"}), retain=True)
+        published = yield self.assign(config())
+        url = published["files"][0]["url"]
+        rt = self.runtimes[0]
+        yield eventually(lambda: rt.component.service.policy.discovered_ip.get(MAC) == "10.1.2.3")
+        status, _, _ = yield fetch(url, source="127.0.0.5", headers={"X-Forwarded-For": "10.9.9.9, 10.1.2.3"})
+        self.assertEqual(status, 200)
+        event = yield eventually(lambda: self.probe.last(self.topic("fetched")))
+        self.assertEqual(event["client"], "10.1.2.3")
+        # the same header from anyone else is ignored
+        status, _, _ = yield fetch(url, source="127.0.0.6", headers={"X-Forwarded-For": "10.1.2.3"})
+        self.assertEqual(status, 403)
 
 
 class StoreTest(FileserverCase):
