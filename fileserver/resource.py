@@ -57,6 +57,8 @@ class FileResource(resource.Resource):
 
     # --- the request path ---
     def render(self, request: server.Request) -> bytes:
+        # Twisted's default names its version; an attacker gains nothing from ours.
+        request.setHeader(b"server", b"pnp")
         now = self.clock.seconds()
         client = self.client_address(request)
         wait = self.limiter.refused(client, now)

@@ -14,7 +14,6 @@ from twisted.logger import Logger
 from services.bus import Incoming
 from services.messages import Fetched, encode_json, now_iso
 from services.runner import Context
-from services.topics import is_mac
 from fileserver.abuse import NotFoundLimiter
 from fileserver.catalog import Catalog
 from fileserver.files import DeviceFiles, Rejected, ServedFile, decode_config
