@@ -118,6 +118,17 @@ class _Notifier(protocol.DatagramProtocol):
         h.add("Content-Type", "application/url")
         self.transport.write(sip.Request("NOTIFY", f"sip:{to[0]}:{to[1]}", h, url.encode()).to_bytes(), to)
 
+    def check_sync(self, to: tuple[str, int]) -> None:
+        port = self.transport.getHost().port
+        h = sip.Headers()
+        h.add("Via", f"SIP/2.0/UDP 127.0.0.1:{port};branch={sip.new_branch()};rport")
+        h.add("From", f"<sip:127.0.0.1:{port}>;tag=cs")
+        h.add("To", f"<sip:{to[0]}:{to[1]}>")
+        h.add("Call-ID", sip.new_call_id("127.0.0.1"))
+        h.add("CSeq", "1 NOTIFY")
+        h.add("Event", "check-sync;reboot=true")
+        self.transport.write(sip.Request("NOTIFY", f"sip:{to[0]}:{to[1]}", h).to_bytes(), to)
+
     def datagramReceived(self, data, addr):
         msg = sip.parse(data)
         if isinstance(msg, sip.Response):
@@ -244,6 +255,24 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(report.failed[0].step, "notify")
         self.assertIn("when the run ended", report.failed[0].reason)
         self.assertLess(report.duration, 2)
+
+    @defer.inlineCallbacks
+    def test_lingering_phones_answer_a_resync_and_take_the_new_file(self):
+        from tests.support import eventually
+
+        (ident,) = idents = plan(1, ["T46S"], _addresses())
+        self.serve(idents)
+        fleet = Fleet(idents, self.sip_port, FAST, timeout=10, linger=1.5)
+        done = fleet.run()
+        yield eventually(lambda: fleet.progress().provisioned == 1)
+        path = f"/p/{ident.mac}/{ident.mac}.cfg"
+        self.files.files[path] = b"<config version='2'/>"
+        self.pbx.notifier.check_sync((ident.ip, ident.port))
+        report = yield done
+        self.assertTrue(report.ok, report.text())
+        self.assertEqual(report.phones[0].resyncs, 1)
+        self.assertIsNotNone(report.phones[0].times["resynced"])
+        self.assertEqual([s for _, _, p, s in self.files.requests if p == path], [200, 304, 200, 304])
 
     @defer.inlineCallbacks
     def test_the_command_line_prints_json_and_exits_by_outcome(self):

@@ -203,6 +203,25 @@ def test_provisioned_after_reboot_with_304_and_times_recorded():
     assert phone.times.span("notify", "file") == pytest.approx(0.01)
 
 
+def test_check_sync_makes_a_provisioned_phone_fetch_flash_and_check_again():
+    phone = make()
+    _to_fetching(phone)
+    phone.http_response(200, file_headers(b"v1"), b"v1", 0.02)
+    phone.tick(0.22)
+    phone.http_response(304, {}, b"", 0.23)
+    h = sip.Headers([("Via", "SIP/2.0/UDP 127.0.0.1:6060;branch=z9hG4bKcs;rport"),
+                     ("From", "<sip:127.0.0.1:6060>;tag=s"), ("To", "<sip:127.0.0.7:5080>"),
+                     ("Call-ID", "cs1"), ("CSeq", "1 NOTIFY"), ("Event", "check-sync;reboot=true")])
+    out = phone.receive(sip.Request("NOTIFY", "sip:127.0.0.7:5080", h).to_bytes(), ("127.0.0.1", 6060), 5.0)
+    assert sip.parse(out[0].data).status == 200
+    assert out[1].url.endswith("cfg000b82000001.xml") and "If-None-Match" not in out[1].headers
+    phone.http_response(200, file_headers(b"v2"), b"v2", 5.01)  # the new configuration
+    phone.tick(5.21)
+    phone.http_response(304, {}, b"", 5.22)
+    assert phone.state == State.PROVISIONED and phone.resyncs == 1
+    assert (phone.times.provisioned, phone.times.resynced) == (0.23, 5.22)
+
+
 def test_same_bytes_after_reboot_also_provision():
     phone = make()
     _to_fetching(phone)

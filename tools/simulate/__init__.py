@@ -29,10 +29,11 @@ def simulate(count: int = 1, models: Sequence[str] = ("GRP2614",), *, sip_port: 
              address_start: str = "127.0.0.2", mac_start: int = 1, phone_port: int | None = None,
              assign_url: Any = None, topic_prefix: str = "pnp", sip_server: str = "pbx.example.com",
              wait_published: float = 30.0, seed: int | None = None, reactor: Any = None,
-             on_progress: Any = None) -> Any:
+             on_progress: Any = None, linger: float = 0.0) -> Any:
     """Boot ``count`` phones against the multicast group on ``sip_port`` and fire with the
     :class:`Report`. With ``assign_url`` (an MqttUrl or ``mqtt://`` string) every phone is first
-    pre-staged with an assignment (vendor, model, one account) on that broker."""
+    pre-staged with an assignment (vendor, model, one account) on that broker. ``linger`` keeps
+    the phones up that long after the last one is done, answering check-sync resyncs."""
     idents = plan(count, models, address_start, mac_start, phone_port)
     if assign_url is not None:
         from services.settings import parse_mqtt_url
@@ -42,6 +43,6 @@ def simulate(count: int = 1, models: Sequence[str] = ("GRP2614",), *, sip_port: 
         yield stage(idents, url, topic_prefix, sip_server=sip_server,
                     wait_published=wait_published, reactor=reactor)
     fleet = Fleet(idents, sip_port, timing or Timing(), boot_over=boot_over, timeout=timeout,
-                  seed=seed, reactor=reactor, on_progress=on_progress)
+                  seed=seed, reactor=reactor, on_progress=on_progress, linger=linger)
     report = yield fleet.run()
     return report

@@ -70,6 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how long a phone waits for the NOTIFY after the answer [default: 30]")
     parser.add_argument("--reboot-delay", type=_seconds, default=0.2, metavar="SECONDS",
                         help="how long a phone takes to reboot after its first download [default: 0.2]")
+    parser.add_argument("--linger", type=_seconds, default=0.0, metavar="SECONDS",
+                        help="keep the phones up this long after the last is done, answering check-sync "
+                             "resyncs (fetch, reboot, check again) [default: 0]")
     parser.add_argument("--fetch-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                         help="HTTP connect+response timeout [default: 10]")
     parser.add_argument("--address-start", default="127.0.0.2", metavar="IP",
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             timing = Timing(notify_timeout=args.notify_timeout, reboot_delay=args.reboot_delay)
             fleet = Fleet(idents, settings.sip_port, timing, boot_over=args.boot_over,
                           timeout=args.timeout, fetch_timeout=args.fetch_timeout, seed=args.seed,
-                          trust=trust, on_progress=progress)
+                          trust=trust, on_progress=progress, linger=args.linger)
             outcome["fleet"] = fleet
             outcome["report"] = yield fleet.run()
         except Exception as exc:  # report, never hang the reactor

@@ -177,6 +177,7 @@ class Fleet:
     reactor: Any = None
     on_progress: Callable[[Progress], None] | None = None
     progress_interval: float = 0.5
+    linger: float = 0.0  # keep the phones up this long after the last one is done (resyncs)
     stamped: bool = True  # kernel receive times (needs the real reactor's clock: wall time)
 
     def __post_init__(self) -> None:
@@ -201,6 +202,7 @@ class Fleet:
         self._end_call: Any = None
         self._progress_call: Any = None
         self._finished = False
+        self._linger_call: Any = None
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -356,8 +358,13 @@ class Fleet:
         self._check_done()
 
     def _check_done(self) -> None:
-        if not self._finished and self._started and len(self._done_phones) == len(self.phones):
-            self._finish()
+        if self._finished or not self._started or len(self._done_phones) < len(self.phones):
+            return
+        if self.linger > 0:
+            if self._linger_call is None:
+                self._linger_call = self.reactor.callLater(self.linger, self._finish)
+            return
+        self._finish()
 
     def _time_up(self) -> None:
         self._end_call = None
@@ -378,7 +385,10 @@ class Fleet:
             return
         self._finished = True
         end = self.now()
-        for call in [self._boot_call, self._end_call, self._progress_call, *self._timers.values()]:
+        for phone in self.phones:  # a resync still in flight when the linger ends
+            phone.give_up(end)
+        for call in [self._boot_call, self._end_call, self._progress_call, self._linger_call,
+                     *self._timers.values()]:
             if call is not None and call.active():
                 call.cancel()
         self._timers.clear()

@@ -11,7 +11,9 @@ So every rule of the guide is testable with plain values:
   response goes where RFC 3261 §18.2.2 / RFC 3581 say (source IP; source port with ``rport``,
   else the Via's port);
 - fetch the file(s) with the vendor's User-Agent and check ``Repr-Digest``/``ETag`` against the
-  body's sha256; "reboot"; fetch again expecting the same sha256 or a 304: then provisioned.
+  body's sha256; "reboot"; fetch again expecting the same sha256 or a 304: then provisioned;
+- once provisioned, a ``check-sync`` NOTIFY (resync) is answered 200 and the phone goes through
+  download, reboot and check again.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Times:
     notify: float | None = None  # first NOTIFY carrying a URL
     file: float | None = None  # first file received (200, checked)
     provisioned: float | None = None
+    resynced: float | None = None  # provisioned again after the last check-sync
 
     def span(self, start: str, end: str) -> float | None:
         a, b = getattr(self, start), getattr(self, end)
@@ -119,6 +122,7 @@ class Phone:
         self.notifies = 0  # NOTIFY requests received (retransmissions included)
         self.rejected_notifies = 0
         self.garbage = 0  # datagrams that were not SIP
+        self.resyncs = 0  # check-sync NOTIFYs received
         self.fetches: list[tuple[str, int]] = []  # (url, status) of every response
         self._dialog: Dialog | None = None
         self._sent_cseqs: set[int] = set()
@@ -267,6 +271,15 @@ class Phone:
         accepted = False
         if req.method != "NOTIFY":
             status, reason = 501, "Not Implemented"
+        elif _event(req) == "check-sync":
+            # A resync: fetch the configuration again from where it came, flash what changed.
+            status, reason = 200, "OK"
+            self.resyncs += 1
+            if self.state == State.PROVISIONED and self._urls:
+                self.state = State.FETCHING
+                self._next = 0
+                self._checked.clear()
+                accepted = True
         else:
             self.notifies += 1
             status, reason, url = self._judge_notify(req)
@@ -342,7 +355,10 @@ class Phone:
             self.deadline = now + self.timing.reboot_delay
             return []
         self.state = State.PROVISIONED
-        self.times.provisioned = now
+        if self.times.provisioned is None:
+            self.times.provisioned = now
+        else:
+            self.times.resynced = now
         self.deadline = None
         return []
 
@@ -351,6 +367,13 @@ class Phone:
         self.step = step
         self.reason = reason
         self.deadline = None
+
+
+def _event(req: sip.Request) -> str:
+    try:
+        return sip.parse_value(req.headers.get("event") or "")[0].strip().lower()
+    except sip.SipParseError:
+        return ""
 
 
 def is_url(text: str) -> bool:

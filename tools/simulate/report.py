@@ -70,6 +70,7 @@ class PhoneResult:
     notify_in_dialog: bool | None
     rejected_notifies: int
     times: dict[str, float | None]  # seconds since the run started
+    resyncs: int = 0
 
     @classmethod
     def of(cls, phone: Phone, origin: float) -> "PhoneResult":
@@ -78,7 +79,7 @@ class PhoneResult:
         return cls(p.mac, p.vendor.name, p.model, p.ip, p.port, phone.state.value,
                    phone.state == State.PROVISIONED, phone.step, phone.reason, phone.attempts,
                    list(phone.answers), phone.notify_url, phone.notify_in_dialog,
-                   phone.rejected_notifies, times)
+                   phone.rejected_notifies, times, phone.resyncs)
 
 
 @dataclass
