@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from twisted.logger import Logger
 from twisted.web import resource, server
 
 from fileserver import paths
@@ -20,6 +21,8 @@ from fileserver.catalog import Catalog
 from fileserver.etag import none_match
 from fileserver.files import DeviceFiles, ServedFile
 from fileserver.metrics import Metrics
+
+log = Logger(namespace="fileserver")
 
 FetchCallback = Callable[[DeviceFiles, ServedFile, int, str, str], Any]
 
@@ -94,7 +97,7 @@ class FileResource(resource.Resource):
             if not policy.auth.check(header, request.method, request.uri, client):
                 if header is not None:
                     # wrong credentials count like misses: guessing them is guessing paths
-                    self.limiter.not_found(client, now)
+                    self._miss(client, now)
                 request.setHeader(b"www-authenticate", policy.auth.challenge(client).encode("utf-8"))
                 return self._error(request, 401, b"credentials required\n")
         device, served = self._find(route, ua)
@@ -102,7 +105,7 @@ class FileResource(resource.Resource):
             return self._not_found(request, client, now)
         ua_mac = user_agent_mac(ua) if ua else None
         if ua_mac is not None and ua_mac != device.mac:
-            self.limiter.not_found(client, now)
+            self._miss(client, now)
             return self._error(request, 403, b"this file belongs to another device\n")
         if policy.pin_ip and policy.discovered_ip.get(device.mac) != client:
             return self._error(request, 403, b"this file is served only to the device's own address\n")
@@ -158,8 +161,14 @@ class FileResource(resource.Resource):
                 return candidate
         return forwarded[0] if forwarded else host
 
+    def _miss(self, client: str, now: float) -> None:
+        if self.limiter.not_found(client, now):
+            log.warn("refusing {client} for {seconds:.0f}s: {limit} misses within {window:.0f}s "
+                     "(MAC enumeration?)", client=client, seconds=self.limiter.ban,
+                     limit=self.limiter.limit, window=self.limiter.window)
+
     def _not_found(self, request: server.Request, client: str, now: float) -> bytes:
-        self.limiter.not_found(client, now)
+        self._miss(client, now)
         return self._error(request, 404, b"not found\n")
 
     def _error(self, request: server.Request, status: int, body: bytes) -> bytes:
