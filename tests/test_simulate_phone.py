@@ -318,3 +318,27 @@ def test_report_counts_failures_by_step_and_throughput():
     assert data["latency_ms"]["boot_to_provisioned"]["p50"] == 250.0
     assert "FAILED 001565000001 yealink T46S" in report.text()
     assert not report.ok
+
+
+def test_a_401_is_answered_once_with_basic_or_digest():
+    from fileserver.auth import Authenticator
+
+    for scheme in ("basic", "digest"):
+        auth = Authenticator(scheme, "phone", "pw")
+        phone = Phone(plan(1, ["GRP2614"], "127.0.0.7")[0], PORT, FAST, random.Random(1),
+                      credentials=("phone", "pw"))
+        first = _to_fetching(phone)
+        assert "Authorization" not in first.headers
+        (retry,) = phone.http_response(401, {"www-authenticate": auth.challenge("127.0.0.7")}, b"", 0.02)
+        path = b"/p/tok/cfg000b82000001.xml"
+        assert auth.check(retry.headers["Authorization"].encode(), b"GET", path, "127.0.0.7"), scheme
+        phone.http_response(401, {"www-authenticate": auth.challenge("127.0.0.7")}, b"", 0.03)
+        assert (phone.step, phone.reason) == ("fetch", "GET cfg000b82000001.xml: HTTP 401")
+
+
+def test_credentials_in_the_notify_url_are_used_for_the_challenge_not_sent_in_it():
+    phone = make()
+    phone.boot(0.0)
+    out = phone.receive(notify(phone, b"http://ph%40ne:s3c@127.0.0.1:8080/p/tok/"), ("127.0.0.1", 1), 0.01)
+    assert out[1].url == "http://127.0.0.1:8080/p/tok/cfg000b82000001.xml"
+    assert phone.credentials == ("ph@ne", "s3c")

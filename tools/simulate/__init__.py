@@ -29,7 +29,8 @@ def simulate(count: int = 1, models: Sequence[str] = ("GRP2614",), *, sip_port: 
              address_start: str = "127.0.0.2", mac_start: int = 1, phone_port: int | None = None,
              assign_url: Any = None, topic_prefix: str = "pnp", sip_server: str = "pbx.example.com",
              wait_published: float = 30.0, seed: int | None = None, reactor: Any = None,
-             on_progress: Any = None, linger: float = 0.0) -> Any:
+             on_progress: Any = None, linger: float = 0.0,
+             credentials: tuple[str, str] | None = None) -> Any:
     """Boot ``count`` phones against the multicast group on ``sip_port`` and fire with the
     :class:`Report`. With ``assign_url`` (an MqttUrl or ``mqtt://`` string) every phone is first
     pre-staged with an assignment (vendor, model, one account) on that broker. ``linger`` keeps
@@ -43,6 +44,7 @@ def simulate(count: int = 1, models: Sequence[str] = ("GRP2614",), *, sip_port: 
         yield stage(idents, url, topic_prefix, sip_server=sip_server,
                     wait_published=wait_published, reactor=reactor)
     fleet = Fleet(idents, sip_port, timing or Timing(), boot_over=boot_over, timeout=timeout,
-                  seed=seed, reactor=reactor, on_progress=on_progress, linger=linger)
+                  seed=seed, reactor=reactor, on_progress=on_progress, linger=linger,
+                  credentials=credentials)
     report = yield fleet.run()
     return report

@@ -22,12 +22,14 @@ import json
 import sys
 from typing import Any
 
+from fileserver import settings as fs
 from services import settings as s
 from tools.simulate.fleet import Fleet, PlanError, Progress, plan
 from tools.simulate.phone import Timing
 from tools.simulate.vendors import VENDORS, UnknownModel
 
-SETTINGS = [s.SIP_PORT, s.MQTT_URL, s.TOPIC_PREFIX]
+# The phones answer the fileserver's 401 with the credentials it is configured with.
+SETTINGS = [s.SIP_PORT, s.MQTT_URL, s.TOPIC_PREFIX, fs.HTTP_USER, fs.HTTP_PASSWORD]
 
 
 def _positive_int(text: str) -> int:
@@ -100,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
                       args.address_start, args.mac_start, args.phone_port)
     except (PlanError, UnknownModel) as exc:
         return _error(str(exc))
+    credentials = None
+    if settings.http_user and settings.http_password:
+        credentials = (settings.http_user, settings.http_password)
     trust = None
     if args.ca_cert:
         from twisted.internet.ssl import Certificate
@@ -154,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
             timing = Timing(notify_timeout=args.notify_timeout, reboot_delay=args.reboot_delay)
             fleet = Fleet(idents, settings.sip_port, timing, boot_over=args.boot_over,
                           timeout=args.timeout, fetch_timeout=args.fetch_timeout, seed=args.seed,
-                          trust=trust, on_progress=progress, linger=args.linger)
+                          trust=trust, on_progress=progress, linger=args.linger,
+                          credentials=credentials)
             outcome["fleet"] = fleet
             outcome["report"] = yield fleet.run()
         except Exception as exc:  # report, never hang the reactor

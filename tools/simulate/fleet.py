@@ -177,6 +177,7 @@ class Fleet:
     reactor: Any = None
     on_progress: Callable[[Progress], None] | None = None
     progress_interval: float = 0.5
+    credentials: tuple[str, str] | None = None  # answer HTTP 401 challenges (Basic, Digest)
     linger: float = 0.0  # keep the phones up this long after the last one is done (resyncs)
     stamped: bool = True  # kernel receive times (needs the real reactor's clock: wall time)
 
@@ -186,8 +187,8 @@ class Fleet:
 
             self.reactor = reactor
         rng = random.Random(self.seed)
-        self.phones = [Phone(i, self.sip_port, self.timing, random.Random(rng.random()), self.group)
-                       for i in self.identities]
+        self.phones = [Phone(i, self.sip_port, self.timing, random.Random(rng.random()), self.group,
+                             self.credentials) for i in self.identities]
         self.counters = {"datagrams_in": 0, "datagrams_out": 0, "send_errors": 0, "http_requests": 0}
         self._ports: dict[int, Any] = {}
         self._timers: dict[int, Any] = {}

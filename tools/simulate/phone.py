@@ -24,7 +24,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from services.sip import message as sip
 from tools.simulate.vendors import GROUP, Dialog, Identity, file_names, new_dialog
@@ -104,7 +104,8 @@ _CT_URL = "application/url"
 
 class Phone:
     def __init__(self, ident: Identity, target_port: int, timing: Timing | None = None,
-                 rng: random.Random | None = None, group: str = GROUP) -> None:
+                 rng: random.Random | None = None, group: str = GROUP,
+                 credentials: tuple[str, str] | None = None) -> None:
         self.ident = ident
         self.vendor = ident.vendor
         self.target = (group, target_port)
@@ -130,6 +131,8 @@ class Phone:
         self._urls: list[str] = []
         self._next = 0  # index into _urls of the file being fetched
         self._checked: dict[str, tuple[str, str | None]] = {}  # url -> (sha256, etag)
+        self.credentials = credentials  # for a 401; the NOTIFY URL's user:password wins
+        self._authorization: str | None = None  # answer to the current file's challenge
 
     # --- properties ---
     @property
@@ -186,6 +189,13 @@ class Phone:
         self.fetches.append((url, status))
         name = url.rsplit("/", 1)[-1]
         again = self.state == State.REFETCHING
+        if status == 401 and self.credentials and self._authorization is None:
+            answer = authorization(headers.get("www-authenticate", ""), url, *self.credentials,
+                                   cnonce=f"{self.rng.getrandbits(64):016x}")
+            if answer is not None:
+                self._authorization = answer
+                return [self._fetch()]
+        self._authorization = None
         if status == 304 and again and url in self._checked:
             return self._file_ok(now)
         if status != 200:
@@ -318,6 +328,12 @@ class Phone:
     def _accept(self, req: sip.Request, url: str, now: float) -> None:
         self.times.notify = now
         self.notify_url = url
+        parts = urlsplit(url)
+        if parts.username is not None:
+            # http://user:pass@host/...: the credentials for the challenge, not for the URL.
+            self.credentials = (unquote(parts.username), unquote(parts.password or ""))
+            host = parts.hostname + (f":{parts.port}" if parts.port else "")
+            url = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
         self.notify_in_dialog = bool(self._dialog and req.call_id == self._dialog.call_id)
         self._urls = (
             [url + name for name in file_names(self.vendor, self.mac)] if url.endswith("/") else [url]
@@ -340,6 +356,8 @@ class Phone:
     def _fetch(self) -> Fetch:
         url = self._urls[self._next]
         headers = {"User-Agent": self.vendor.user_agent(self.ident), "Accept": "*/*"}
+        if self._authorization:
+            headers["Authorization"] = self._authorization
         if self.state == State.REFETCHING:
             etag = self._checked.get(url, (None, None))[1]
             if etag:
@@ -367,6 +385,43 @@ class Phone:
         self.step = step
         self.reason = reason
         self.deadline = None
+
+
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def authorization(challenge: str, url: str, user: str, password: str, cnonce: str = "0a4f113b") -> str | None:
+    """The Authorization value answering a WWW-Authenticate ``challenge`` (Basic, or Digest with
+    MD5 and qop=auth, RFC 7616) for a GET of ``url``; None for a scheme we do not speak."""
+    scheme, _, rest = challenge.strip().partition(" ")
+    if scheme.lower() == "basic":
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    if scheme.lower() != "digest":
+        return None
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _CHALLENGE_PARAM.finditer(rest)}
+    if params.get("algorithm", "MD5").upper() != "MD5" or "nonce" not in params:
+        return None
+    parts = urlsplit(url)
+    uri = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    realm, nonce = params.get("realm", ""), params["nonce"]
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"GET:{uri}")
+    qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
+    fields = [f'username="{user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"', "algorithm=MD5"]
+    if "auth" in qops:
+        nc = "00000001"
+        response = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+        fields += ["qop=auth", f"nc={nc}", f'cnonce="{cnonce}"']
+    else:
+        response = md5(f"{ha1}:{nonce}:{ha2}")
+    fields.append(f'response="{response}"')
+    if "opaque" in params:
+        fields.append(f'opaque="{params["opaque"]}"')
+    return "Digest " + ", ".join(fields)
 
 
 def _event(req: sip.Request) -> str:
