@@ -36,6 +36,7 @@ class ServedFile:
     sha256: str
     # response headers of a 200, as raw bytes, computed once per file
     headers: tuple[tuple[bytes, bytes], ...] = field(repr=False, default=())
+    length: bytes = field(repr=False, default=b"0")
 
     @classmethod
     def make(cls, name: str, content_type: str, body: bytes, sha256: str) -> "ServedFile":
@@ -45,7 +46,7 @@ class ServedFile:
             (b"Repr-Digest", etag.repr_digest(sha256).encode("ascii")),
             (b"Cache-Control", b"no-store"),
         )
-        return cls(name, content_type, body, sha256, headers)
+        return cls(name, content_type, body, sha256, headers, b"%d" % len(body))
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ class FileResource(resource.Resource):
                                self.metrics.render(self.gauges()))
         return self._not_found(request, client, now)
 
-    def _file(self, request: server.Request, route: paths.Route, client: str, now: float) -> bytes:
+    def _file(self, request: server.Request, route: paths.Route, client: str, now: float) -> Any:
         policy = self.policy
         raw_ua = request.getHeader(b"user-agent")
         ua = raw_ua.decode("utf-8", "replace") if raw_ua else ""
@@ -111,21 +111,29 @@ class FileResource(resource.Resource):
             return self._error(request, 403, b"this file is served only to the device's own address\n")
         inm = request.requestHeaders.getRawHeaders(b"if-none-match")
         headers = request.responseHeaders
+        get = request.method == _GET
+        # Written here rather than returned: Twisted would add "Content-Length: 0" to a 304
+        # (RFC 9110 forbids a length other than the 200's) and log a warning on every HEAD.
         if inm and none_match([v.decode("latin-1") for v in inm], served.sha256):
             request.setResponseCode(304)
             for name, value in served.headers[1:]:
                 if name != b"Repr-Digest":
                     headers.setRawHeaders(name, [value])
             self.metrics.observe(304, 0)
-            if request.method == _GET:
+            request.write(b"")
+            request.finish()
+            if get:
                 self.on_fetch(device, served, 304, client, ua)
-            return b""
+            return server.NOT_DONE_YET
         for name, value in served.headers:
             headers.setRawHeaders(name, [value])
-        self.metrics.observe(200, len(served.body) if request.method == _GET else 0)
-        if request.method == _GET:
+        headers.setRawHeaders(b"content-length", [served.length])
+        self.metrics.observe(200, len(served.body) if get else 0)
+        request.write(served.body if get else b"")
+        request.finish()
+        if get:
             self.on_fetch(device, served, 200, client, ua)
-        return served.body
+        return server.NOT_DONE_YET
 
     def _find(self, route: paths.Route, ua: str) -> tuple[Any, ServedFile | None]:
         if route.kind == "device":

@@ -150,6 +150,9 @@ class ServingTest(FileserverCase):
             status, headers, body = yield fetch(url, headers={"If-None-Match": value})
             self.assertEqual((status, body), (304, b""), value)
             self.assertEqual(headers["etag"], f'"{sha}"')
+            self.assertEqual(headers["cache-control"], "no-store")
+            # RFC 9110: a 304 carries no Content-Length unless it is the 200's
+            self.assertNotIn(headers.get("content-length"), ("0",))
         for value in ('"other"', f'W/"{sha[:-1]}"', ""):
             status, _, body = yield fetch(url, headers={"If-None-Match": value})
             self.assertEqual(status, 200, value)
