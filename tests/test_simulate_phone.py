@@ -252,10 +252,29 @@ def test_bad_checksums_and_changed_files_fail_with_the_step():
     phone.http_response(404, {}, b"", 0.02)
     assert (phone.step, phone.reason) == ("fetch", "GET cfg000b82000001.xml: HTTP 404")
 
+
+
+def test_connection_failures_and_5xx_are_retried_then_reported():
+    phone = make()
+    _to_fetching(phone)
+    assert phone.http_error("connection refused", 0.02) == []
+    assert phone.deadline == pytest.approx(2.02)  # retry after 2 s, then 4 s
+    (again,) = phone.tick(2.02)
+    assert again.url.endswith("cfg000b82000001.xml")
+    phone.http_response(503, {}, b"", 2.1)
+    assert phone.deadline == pytest.approx(6.1)
+    phone.tick(6.1)
+    phone.http_error("timed out", 6.2)
+    assert (phone.step, phone.reason) == ("fetch", "GET cfg000b82000001.xml: timed out (after 2 retries)")
+    assert phone.fetch_errors == ["connection refused", "timed out"]
+
     phone = make()
     _to_fetching(phone)
     phone.http_error("connection refused", 0.02)
-    assert (phone.step, phone.reason) == ("fetch", "GET cfg000b82000001.xml: connection refused")
+    phone.tick(2.02)
+    body = b"ok"
+    phone.http_response(200, file_headers(body), body, 2.05)  # the retry worked
+    assert phone.state == State.REBOOTING
 
 
 def test_check_digests():

@@ -77,6 +77,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "resyncs (fetch, reboot, check again) [default: 0]")
     parser.add_argument("--fetch-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                         help="HTTP connect+response timeout [default: 10]")
+    parser.add_argument("--fetch-retries", type=int, default=2, metavar="N",
+                        help="retries of a download after a connection failure, timeout or 5xx "
+                             "(2 s, 4 s, ... apart) [default: 2]")
     parser.add_argument("--address-start", default="127.0.0.2", metavar="IP",
                         help="first phone's loopback address, counted up [default: 127.0.0.2]")
     parser.add_argument("--mac-start", type=int, default=1, metavar="N",
@@ -156,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
                 if live:
                     end = "\n" if tty else ""
                     print(f"{end}staged {len(idents)} assignments; files published for {n}", file=sys.stderr)
-            timing = Timing(notify_timeout=args.notify_timeout, reboot_delay=args.reboot_delay)
+            timing = Timing(notify_timeout=args.notify_timeout, reboot_delay=args.reboot_delay,
+                            fetch_retries=max(0, args.fetch_retries))
             fleet = Fleet(idents, settings.sip_port, timing, boot_over=args.boot_over,
                           timeout=args.timeout, fetch_timeout=args.fetch_timeout, seed=args.seed,
                           trust=trust, on_progress=progress, linger=args.linger,

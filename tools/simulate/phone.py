@@ -80,6 +80,8 @@ class Timing:
     t1: float = 0.5  # first SUBSCRIBE retry interval, doubled each time
     notify_timeout: float = 30.0  # wait for the NOTIFY after the answer (or the last attempt)
     reboot_delay: float = 0.2
+    fetch_retries: int = 2  # after a connection failure, timeout or 5xx, as firmware retries
+    fetch_retry_delay: float = 2.0  # doubled each time
 
 
 @dataclass
@@ -133,6 +135,8 @@ class Phone:
         self._checked: dict[str, tuple[str, str | None]] = {}  # url -> (sha256, etag)
         self.credentials = credentials  # for a 401; the NOTIFY URL's user:password wins
         self._authorization: str | None = None  # answer to the current file's challenge
+        self._retries = 0  # of the current file
+        self.fetch_errors: list[str] = []  # every connection failure, retried or not
 
     # --- properties ---
     @property
@@ -168,6 +172,8 @@ class Phone:
             self.state = State.REFETCHING
             self._next = 0
             return [self._fetch()]
+        if self.state in (State.FETCHING, State.REFETCHING):  # a retry is due
+            return [self._fetch()]
         return []
 
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> list[Action]:
@@ -196,10 +202,13 @@ class Phone:
                 self._authorization = answer
                 return [self._fetch()]
         self._authorization = None
+        if status >= 500 and self._retry(now):
+            return []
         if status == 304 and again and url in self._checked:
             return self._file_ok(now)
         if status != 200:
-            self._fail(now, self.state_step, f"GET {name}: HTTP {status}")
+            tries = f" (after {self._retries} retries)" if self._retries else ""
+            self._fail(now, self.state_step, f"GET {name}: HTTP {status}{tries}")
             return []
         digest = hashlib.sha256(body).hexdigest()
         problem = check_digests(headers, digest)
@@ -219,9 +228,21 @@ class Phone:
 
     def http_error(self, reason: str, now: float) -> list[Action]:
         if self.state in (State.FETCHING, State.REFETCHING):
+            self.fetch_errors.append(reason)
+            if self._retry(now):
+                return []
             name = self._urls[self._next].rsplit("/", 1)[-1]
-            self._fail(now, self.state_step, f"GET {name}: {reason}")
+            tries = f" (after {self._retries} retries)" if self._retries else ""
+            self._fail(now, self.state_step, f"GET {name}: {reason}{tries}")
         return []
+
+    def _retry(self, now: float) -> bool:
+        """Schedule the same GET again, if retries are left for this file."""
+        if self._retries >= self.timing.fetch_retries:
+            return False
+        self.deadline = now + self.timing.fetch_retry_delay * (2 ** self._retries)
+        self._retries += 1
+        return True
 
     def fail(self, now: float, step: str, reason: str) -> None:
         """The driver gives up on the phone (socket trouble, the run's time limit)."""
@@ -366,6 +387,7 @@ class Phone:
 
     def _file_ok(self, now: float) -> list[Action]:
         self._next += 1
+        self._retries = 0
         if self._next < len(self._urls):
             return [self._fetch()]
         if self.state == State.FETCHING:

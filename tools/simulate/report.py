@@ -71,6 +71,7 @@ class PhoneResult:
     rejected_notifies: int
     times: dict[str, float | None]  # seconds since the run started
     resyncs: int = 0
+    fetch_errors: list[str] = field(default_factory=list)  # connection failures, retried or not
 
     @classmethod
     def of(cls, phone: Phone, origin: float) -> "PhoneResult":
@@ -79,7 +80,7 @@ class PhoneResult:
         return cls(p.mac, p.vendor.name, p.model, p.ip, p.port, phone.state.value,
                    phone.state == State.PROVISIONED, phone.step, phone.reason, phone.attempts,
                    list(phone.answers), phone.notify_url, phone.notify_in_dialog,
-                   phone.rejected_notifies, times, phone.resyncs)
+                   phone.rejected_notifies, times, phone.resyncs, list(phone.fetch_errors))
 
 
 @dataclass
