@@ -189,6 +189,10 @@ class FileResource(resource.Resource):
         if no_store:
             request.setHeader(b"cache-control", b"no-store")
         self.metrics.observe(status, 0)
+        if request.method == _HEAD:
+            # the length a GET would get, and no body (Twisted warns about a HEAD body)
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
         return body
 
 

@@ -132,6 +132,8 @@ class ServingTest(FileserverCase):
         self.assertEqual((status, head_body), (200, b""))
         self.assertEqual(head_headers["etag"], headers["etag"])
         self.assertEqual(head_headers["content-length"], str(len(body)))
+        status, _, head_body = yield fetch(published["url"] + "nothing.xml", "HEAD")
+        self.assertEqual((status, head_body), (404, b""))
 
     @defer.inlineCallbacks
     def test_other_vendors_get_the_files_own_url(self):
