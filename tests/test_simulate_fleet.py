@@ -248,6 +248,21 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(steps[idents[1].mac][0], "bind")
 
     @defer.inlineCallbacks
+    def test_refused_and_silent_servers_are_retried_then_reported(self):
+        silent = reactor.listenTCP(0, protocol.Factory.forProtocol(protocol.Protocol), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        closed = free_port()
+        idents = plan(2, ["T46S"], _addresses())
+        urls = {idents[0].mac: f"http://127.0.0.1:{closed}/x.cfg",
+                idents[1].mac: f"http://127.0.0.1:{silent.getHost().port}/x.cfg"}
+        self.pbx.url_for = lambda mac, vendor: urls[mac]
+        timing = Timing(t1=0.1, notify_timeout=1, fetch_retries=1, fetch_retry_delay=0.1)
+        report = yield Fleet(idents, self.sip_port, timing, timeout=10, fetch_timeout=0.3).run()
+        reasons = {p.mac: p.reason for p in report.failed}
+        self.assertEqual(reasons[idents[0].mac], "GET x.cfg: connection refused (after 1 retries)")
+        self.assertEqual(reasons[idents[1].mac], "GET x.cfg: timed out (after 1 retries)")
+
+    @defer.inlineCallbacks
     def test_the_run_is_bounded(self):
         self.pbx.notify = False
         idents = plan(1, ["GRP2614"], _addresses())

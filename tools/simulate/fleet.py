@@ -20,13 +20,9 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet import defer, error as terror, protocol, udp
 from twisted.python import log as twisted_log
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
-from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from twisted.web.http_headers import Headers as HttpHeaders
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
+from twisted.internet.ssl import Certificate
 
+from tools.simulate import http
 from tools.simulate.phone import Fetch, Phone, Send, State, Timing
 from tools.simulate.report import Report
 from tools.simulate.vendors import GROUP, Identity, VENDORS, find_model
@@ -76,23 +72,6 @@ def raise_file_limit(wanted: int) -> int:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return target
-
-
-@implementer(IAgentEndpointFactory)
-class _FromAddress:
-    """Connections from the phone's own address, as a real phone's would come."""
-
-    def __init__(self, reactor: Any, ip: str, trust: Certificate | None, timeout: float) -> None:
-        self.reactor, self.ip, self.trust, self.timeout = reactor, ip, trust, timeout
-
-    def endpointForURI(self, uri: Any) -> Any:
-        host = uri.host.decode("ascii")
-        endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port, timeout=self.timeout,
-                                      bindAddress=(self.ip, 0))
-        if uri.scheme == b"https":
-            options = optionsForClientTLS(host, trustRoot=self.trust) if self.trust else optionsForClientTLS(host)
-            endpoint = wrapClientTLS(options, endpoint)
-        return endpoint
 
 
 class _PhoneSocket(protocol.DatagramProtocol):
@@ -192,8 +171,6 @@ class Fleet:
         self.counters = {"datagrams_in": 0, "datagrams_out": 0, "send_errors": 0, "http_requests": 0}
         self._ports: dict[int, Any] = {}
         self._timers: dict[int, Any] = {}
-        self._pool = HTTPConnectionPool(self.reactor, persistent=False)
-        self._agents: dict[str, Agent] = {}
         self._done: defer.Deferred = defer.Deferred()
         self._done_phones: set[int] = set()
         self._started = False
@@ -316,39 +293,18 @@ class Fleet:
         self._act(phone, phone.tick(max(now, phone.deadline or now)))
 
     # --- HTTP ---
-    def _agent(self, ip: str) -> Agent:
-        agent = self._agents.get(ip)
-        if agent is None:
-            agent = Agent.usingEndpointFactory(
-                self.reactor, _FromAddress(self.reactor, ip, self.trust, self.fetch_timeout), pool=self._pool)
-            self._agents[ip] = agent
-        return agent
-
     def _fetch(self, phone: Phone, action: Fetch) -> None:
         self.counters["http_requests"] += 1
-        headers = HttpHeaders({k.encode(): [v.encode()] for k, v in action.headers.items()})
-        headers.addRawHeader(b"Connection", b"close")
-        try:
-            d = self._agent(phone.ident.ip).request(b"GET", action.url.encode("utf-8"), headers)
-        except Exception as exc:  # a URL the client cannot even try
-            self.reactor.callLater(0, self._fetch_failed, phone, f"cannot request: {exc}")
-            return
 
-        def got(response: Any) -> defer.Deferred:
-            hdrs = {name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-                    for name, values in response.headers.getAllRawHeaders()}
-            body = readBody(response)
-            body.addCallback(lambda data: (response.code, hdrs, data))
-            return body
+        def done(response: http.HttpResponse | None, error: str | None) -> None:
+            if response is None:
+                self._act(phone, phone.http_error(error or "failed", self.now()))
+            else:
+                self._act(phone, phone.http_response(response.status, response.headers, response.body,
+                                                     self.now()))
 
-        d.addCallback(got)
-        d.addTimeout(self.fetch_timeout, self.reactor)
-        d.addCallbacks(lambda r: self._act(phone, phone.http_response(r[0], r[1], r[2], self.now())),
-                       lambda f: self._fetch_failed(phone, _describe(f)))
-        d.addErrback(lambda f: None)
-
-    def _fetch_failed(self, phone: Phone, reason: str) -> None:
-        self._act(phone, phone.http_error(reason, self.now()))
+        http.get(self.reactor, action.url, action.headers, phone.ident.ip, self.fetch_timeout, done,
+                 self.trust)
 
     # --- the end ---
     def _phone_done(self, phone: Phone) -> None:
@@ -397,23 +353,9 @@ class Fleet:
             self.on_progress(self.progress())
         stops = [defer.maybeDeferred(port.stopListening) for port in self._ports.values()]
         self._ports.clear()
-        stops.append(self._pool.closeCachedConnections())
         report = Report.of(self.phones, self._origin, end)
         d = defer.DeferredList(stops, consumeErrors=True)
         d.addCallback(lambda _: self._done.callback(report))
-
-
-def _describe(failure: Any) -> str:
-    exc = failure.value
-    if isinstance(exc, defer.TimeoutError) or failure.check(defer.CancelledError):
-        return "timed out"
-    if isinstance(exc, terror.ConnectionRefusedError):
-        return "connection refused"
-    reasons = getattr(exc, "reasons", None)  # ResponseFailed & co. wrap the real failures
-    if reasons:
-        return "; ".join(_describe(r) for r in reasons)
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 __all__ = ["Fleet", "Progress", "PlanError", "plan", "raise_file_limit", "VENDORS"]

@@ -1,0 +1,32 @@
+"""The phones' HTTP/1.1 response reader: every framing a server may use, and broken answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.simulate.http import HttpError, build_request, parse_response
+
+
+def test_request_is_one_get_with_host_and_close():
+    raw = build_request("http://127.0.0.1:8080/p/tok/cfg.xml?x=1", {"User-Agent": "Grandstream", "If-None-Match": '"ab"'})
+    assert raw == (b"GET /p/tok/cfg.xml?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: Grandstream\r\n"
+                   b'If-None-Match: "ab"\r\nConnection: close\r\n\r\n')
+    assert b"Host: example.com\r\n" in build_request("https://example.com:443/", {})
+
+
+def test_content_length_chunked_and_close_delimited_bodies():
+    r = parse_response(b'HTTP/1.1 200 OK\r\nETag: "ab"\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello')
+    assert (r.status, r.body, r.headers["etag"], r.headers["x-a"]) == (200, b"hello", '"ab"', "1, 2")
+    r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    assert r.body == b"hello world"
+    assert parse_response(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close").body == b"until close"
+    assert parse_response(b'HTTP/1.1 304 Not Modified\r\nETag: "ab"\r\n\r\n').body == b""
+
+
+@pytest.mark.parametrize("raw", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n", b"garbage\r\n\r\n",
+                                 b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+                                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                                 b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", b"HTTP/1.1 200 OK\r\nNoColon\r\n\r\n"])
+def test_broken_responses_raise_http_error_only(raw):
+    with pytest.raises(HttpError):
+        parse_response(raw)

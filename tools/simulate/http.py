@@ -1,0 +1,191 @@
+"""A phone's HTTP client: one GET per TCP connection, from the phone's own address.
+
+Phones open a new connection per download and the server closes it after the answer
+(``Connection: close``), so the whole response is what arrived before the close: the parser
+(:func:`parse_response`, sans-I/O) reads it once, with Content-Length, chunked or close-delimited
+framing. Far lighter than twisted.web's Agent, which matters when ten thousand phones share a
+CPU with the PBX they are measuring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from twisted.internet import error as terror, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+
+MAX_RESPONSE = 4 * 1024 * 1024
+
+
+class HttpError(Exception):
+    """A response we cannot read; the message says why."""
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]  # lower-case names; repeated fields joined with ", "
+    body: bytes
+
+
+def build_request(url: str, headers: dict[str, str]) -> bytes:
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = parts.hostname or ""
+    default = 443 if parts.scheme == "https" else 80
+    if parts.port and parts.port != default:
+        host = f"{host}:{parts.port}"
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def parse_response(data: bytes) -> HttpResponse:
+    """The response in ``data``, everything the server sent before closing."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise HttpError("connection closed before the end of the headers" if data else "empty response")
+    head, rest = data[:end].decode("latin-1"), data[end + 4:]
+    lines = head.split("\r\n")
+    status_line = lines[0].split(" ", 2)
+    if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
+        raise HttpError(f"bad status line {lines[0][:60]!r}")
+    status = int(status_line[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise HttpError(f"bad header line {line[:60]!r}")
+        key = name.strip().lower()
+        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    if status in (204, 304) or 100 <= status < 200:
+        return HttpResponse(status, headers, b"")
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return HttpResponse(status, headers, _dechunk(rest))
+    if "content-length" in headers:
+        try:
+            length = int(headers["content-length"])
+        except ValueError:
+            raise HttpError(f"bad Content-Length {headers['content-length'][:20]!r}") from None
+        if len(rest) < length:
+            raise HttpError(f"body cut short: {len(rest)} of {length} bytes")
+        return HttpResponse(status, headers, rest[:length])
+    return HttpResponse(status, headers, rest)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            raise HttpError("chunked body cut short")
+        size_text = data[pos:eol].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise HttpError(f"bad chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            return bytes(out)
+        start = eol + 2
+        if len(data) < start + size + 2:
+            raise HttpError("chunked body cut short")
+        out += data[start:start + size]
+        pos = start + size + 2
+
+
+class _Get(protocol.Protocol):
+    def __init__(self, request: bytes, done: Callable[[HttpResponse | None, str | None], None]) -> None:
+        self.request = request
+        self.done = done
+        self.buffer = bytearray()
+        self.finished = False
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > MAX_RESPONSE:
+            self._finish(None, f"response larger than {MAX_RESPONSE} bytes")
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.finished:
+            return
+        try:
+            self._finish(parse_response(bytes(self.buffer)), None)
+        except HttpError as exc:
+            self._finish(None, str(exc))
+
+    def _finish(self, response: HttpResponse | None, error: str | None) -> None:
+        if not self.finished:
+            self.finished = True
+            self.done(response, error)
+
+
+class _Factory(protocol.ClientFactory):
+    def __init__(self, request: bytes, done: Callable) -> None:
+        self.request = request
+        self.done = done
+
+    def buildProtocol(self, addr: Any) -> _Get:
+        return _Get(self.request, self.done)
+
+
+def get(reactor: Any, url: str, headers: dict[str, str], bind_ip: str, timeout: float,
+        done: Callable[[HttpResponse | None, str | None], None], trust: Any = None) -> None:
+    """GET ``url`` over a new connection from ``bind_ip``; ``done(response, None)`` or
+    ``done(None, reason)`` is called exactly once, within ``timeout`` seconds."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        reactor.callLater(0, done, None, f"cannot fetch {url!r}")
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    endpoint: Any = TCP4ClientEndpoint(reactor, parts.hostname, port, timeout=timeout, bindAddress=(bind_ip, 0))
+    if parts.scheme == "https":
+        options = optionsForClientTLS(parts.hostname, trustRoot=trust) if trust else optionsForClientTLS(parts.hostname)
+        endpoint = wrapClientTLS(options, endpoint)
+    state: dict[str, Any] = {"finished": False}
+
+    def finish(response: HttpResponse | None, error: str | None) -> None:
+        if state["finished"]:
+            return
+        state["finished"] = True
+        call = state.get("timer")
+        if call is not None and call.active():
+            call.cancel()
+        done(response, error)
+
+    def timed_out() -> None:
+        proto = state.get("proto")
+        finish(None, "timed out")
+        if proto is not None and proto.transport is not None:
+            proto.transport.abortConnection()
+        connecting = state.get("connecting")
+        if connecting is not None:
+            connecting.cancel()
+
+    state["timer"] = reactor.callLater(timeout, timed_out)
+    d = endpoint.connect(_Factory(build_request(url, headers), finish))
+
+    def connected(proto: _Get) -> None:
+        state["connecting"] = None
+        state["proto"] = proto
+
+    def failed(failure: Any) -> None:
+        state["connecting"] = None
+        if failure.check(terror.ConnectionRefusedError):
+            finish(None, "connection refused")
+        elif failure.check(terror.TimeoutError, terror.UserError) or "timeout" in str(failure.value).lower():
+            finish(None, "connect timed out")
+        elif failure.check(Exception):
+            text = str(failure.value).strip() or failure.type.__name__
+            finish(None, text.splitlines()[0][:200])
+
+    state["connecting"] = d
+    d.addCallbacks(connected, failed)
