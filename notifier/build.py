@@ -58,17 +58,19 @@ def destination(discovered: Discovered) -> tuple[str, int]:
     unreachable from us and only the observed address and port are: use those, as RFC 3581
     does for responses.
     """
+    problem = ""
     try:
         contact = parse_uri(contact_uri(discovered))
-    except (BuildError, SipParseError):
-        contact = None
+    except (BuildError, SipParseError) as exc:
+        contact, problem = None, f"{exc}; "
     source_ok = _is_ipv4(discovered.ip) and 0 < discovered.port < 65536
     if contact is not None and (contact.host == discovered.ip or not source_ok):
         if not _is_ipv4(contact.host):
             raise BuildError(f"Contact host {contact.host!r} is not an IPv4 address")
         return contact.host, contact.port or DEFAULT_SIP_PORT
     if not source_ok:
-        raise BuildError(f"no usable address: ip {discovered.ip!r}, port {discovered.port!r}")
+        raise BuildError(f"{problem}no usable source address either: ip {discovered.ip!r}, "
+                         f"port {discovered.port!r}")
     return discovered.ip, discovered.port
 
 

@@ -78,9 +78,10 @@ class NotifierTest(unittest.TestCase):
         return component
 
     def discover(self, phone: Phone, call_id: str = SUB_CALL_ID, cseq: int = 20000,
-                 vendor: str = "Grandstream", mac: str = MAC) -> None:
+                 vendor: str = "Grandstream", mac: str = MAC, interface: str = "127.0.0.1",
+                 **changes) -> None:
         ip, port = phone.address
-        self.probe.publish(f"pnp/devices/{mac}/discovered", {
+        self.probe.publish(f"pnp/devices/{mac}/discovered", {**{
             "mac": mac, "vendor": vendor, "model": "GRP2614", "firmware": "1.0.0.31",
             "ip": ip, "port": port, "contact": f"<sip:{ip}:{port}>",
             "user_agent": "Grandstream GRP2614 1.0.0.31", "call_id": call_id,
@@ -88,9 +89,9 @@ class NotifierTest(unittest.TestCase):
             "request_uri": f"sip:MAC%3A{mac.upper()}@224.0.1.75",
             "from_uri": f"<sip:MAC%3A{mac.upper()}@224.0.1.75>;tag={PHONE_TAG}",
             "to_uri": f"<sip:MAC%3A{mac.upper()}@224.0.1.75>",
-            "event": {"profile-type": "device", "vendor": vendor}, "interface": "127.0.0.1",
+            "event": {"profile-type": "device", "vendor": vendor}, "interface": interface,
             "boot": 1, "v": 1,
-        }, retain=True)
+        }, **changes}, retain=True)
 
     def publish(self, revision: int = 1, mac: str = MAC, url: str = URL) -> None:
         self.probe.publish(f"pnp/devices/{mac}/published", {
@@ -269,6 +270,30 @@ class NotifierTest(unittest.TestCase):
         status = yield eventually(self.final())
         self.assertEqual(status["status"], "accepted")
         self.assertIsNotNone(component)
+
+    @defer.inlineCallbacks
+    def test_sent_from_the_interface_the_subscribe_arrived_on(self):
+        phone = self.phone("127.0.0.6")
+        component = yield self.start(sip_interface="127.0.0.1,127.0.0.9")
+        self.publish()
+        self.discover(phone, interface="127.0.0.9")
+        yield eventually(self.final())
+        _, notify, source = phone.received[0]
+        self.assertEqual(source, component.endpoints["127.0.0.9"].local)
+        via = parse_via(notify.headers.get("Via"))
+        self.assertEqual((via.host, via.port), source)
+
+    @defer.inlineCallbacks
+    def test_discovery_without_a_usable_address_is_reported_not_sent(self):
+        phone = self.phone()
+        yield self.start()
+        self.publish()
+        self.discover(phone, contact="<mailto:x@y>", ip="", port=0)
+        report = yield eventually(lambda: self.probe.last(f"pnp/devices/{MAC}/error"))
+        self.assertEqual(report["service"], "notifier")
+        self.assertIn("Contact", report["message"])
+        self.assertEqual(self.statuses(), [])
+        self.assertEqual(phone.requests, [])
 
     @defer.inlineCallbacks
     def test_stop_ends_retransmissions(self):
