@@ -51,6 +51,8 @@ class Notifier:
                              "no IPv4 address to send NOTIFYs from")
         self._default = next(iter(self.endpoints.values()))
         topics = ctx.topics
+        # Retained messages come back per subscription, in this order: what is published and
+        # fetched is known before the discoveries are replayed and judged.
         ctx.bus.subscribe(topics.devices("published"), self._on_published)
         ctx.bus.subscribe(topics.devices("fetched"), self._on_fetched)
         ctx.bus.subscribe(topics.devices("discovered"), self._on_discovered)
@@ -58,7 +60,7 @@ class Notifier:
             log.info("sending NOTIFYs from {host}:{port}", host=address, port=endpoint.local[1])
 
     # --- life ---
-    def _open(self, address: str) -> NotifyEndpoint | None:
+    def _open(self, address: str) -> NotifyEndpoint:
         endpoint = NotifyEndpoint(self.clock, self.timers, self.counters_)
         port = self.reactor.listenUDP(self.settings.notify_port, endpoint, interface=address)
         self._ports.append(port)
@@ -156,7 +158,7 @@ class Notifier:
             # An address that came up after we started; the listener already hears on it.
             try:
                 if interface in netif.resolve(("all",)):
-                    return self._open(interface) or self._default
+                    return self._open(interface)
             except Exception:
                 log.failure("could not open a NOTIFY socket on {address}", address=interface)
         self.counters_["notify_interface_fallback"] += 1
