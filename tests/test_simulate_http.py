@@ -30,3 +30,16 @@ def test_content_length_chunked_and_close_delimited_bodies():
 def test_broken_responses_raise_http_error_only(raw):
     with pytest.raises(HttpError):
         parse_response(raw)
+
+
+def test_only_loopback_literals_are_fetched():
+    from twisted.internet.task import Clock
+
+    from tools.simulate.http import get, on_loopback
+
+    assert on_loopback("127.0.0.1") and on_loopback("127.45.3.2")
+    assert not on_loopback("10.0.0.1") and not on_loopback("localhost") and not on_loopback("pbx.example.com")
+    clock, got = Clock(), []
+    get(clock, "http://192.168.5.110:8080/p/x/", {}, "127.0.0.2", 1.0, lambda r, e: got.append((r, e)))
+    clock.advance(0)
+    assert got == [(None, "refusing to fetch from 192.168.5.110: not a 127.0.0.0/8 address")]

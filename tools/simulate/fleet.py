@@ -165,6 +165,10 @@ class Fleet:
             from twisted.internet import reactor
 
             self.reactor = reactor
+        target = ipaddress.IPv4Address(self.group)
+        if not (target.is_multicast or target in LOOPBACK):
+            # NETWORK-SAFETY.md: multicast (pinned to loopback, TTL 0) or this host, nothing else.
+            raise PlanError(f"SUBSCRIBE target {self.group} is neither multicast nor in 127.0.0.0/8")
         rng = random.Random(self.seed)
         self.phones = [Phone(i, self.sip_port, self.timing, random.Random(rng.random()), self.group,
                              self.credentials) for i in self.identities]
@@ -222,12 +226,19 @@ class Fleet:
                 port.startListening()
             else:
                 port = self.reactor.listenUDP(ident.port, _PhoneSocket(self, phone), interface=ident.ip)
+        except (terror.CannotListenError, OSError) as exc:
+            reason = getattr(exc, "socketError", exc)
+            phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {reason}")
+            self._phone_done(phone)
+            return
+        try:
             sock = port.getHandle()
             # Network safety: multicast leaves through loopback only and never crosses a router.
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-        except (terror.CannotListenError, OSError) as exc:
+        except OSError as exc:  # never send from a socket we could not pin to loopback
+            port.stopListening()
             reason = getattr(exc, "socketError", exc)
             phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {reason}")
             self._phone_done(phone)

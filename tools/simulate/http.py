@@ -9,6 +9,7 @@ CPU with the PBX they are measuring.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -29,6 +30,14 @@ class HttpResponse:
     status: int
     headers: dict[str, str]  # lower-case names; repeated fields joined with ", "
     body: bytes
+
+
+def on_loopback(host: str) -> bool:
+    """True for an IPv4 literal inside 127.0.0.0/8 (names are not resolved: no DNS, no surprise)."""
+    try:
+        return ipaddress.IPv4Address(host) in ipaddress.IPv4Network("127.0.0.0/8")
+    except ValueError:
+        return False
 
 
 def build_request(url: str, headers: dict[str, str]) -> bytes:
@@ -144,6 +153,10 @@ def get(reactor: Any, url: str, headers: dict[str, str], bind_ip: str, timeout: 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         reactor.callLater(0, done, None, f"cannot fetch {url!r}")
+        return
+    if not on_loopback(parts.hostname):
+        # NETWORK-SAFETY.md: simulated phones talk to this host only.
+        reactor.callLater(0, done, None, f"refusing to fetch from {parts.hostname}: not a 127.0.0.0/8 address")
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     endpoint: Any = TCP4ClientEndpoint(reactor, parts.hostname, port, timeout=timeout, bindAddress=(bind_ip, 0))
