@@ -244,7 +244,7 @@ def main() -> int:
     print(f"core only (parse + answer + discovery), new phones:  {new:8.0f} /s")
     print(f"core only, retransmissions (cached answer):          {retx:8.0f} /s")
 
-    tmp = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="pnp-listener-bench-"))
     broker = Mosquitto(tmp / "broker", persistence=False).start()
     sip_port = free_port()
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_SIP_PORT": str(sip_port),

@@ -34,13 +34,13 @@ def free_udp_port() -> int:
 class Phone(DatagramProtocol):
     """A phone's firmware, as far as PnP goes: multicast a SUBSCRIBE, collect the answers."""
 
-    def __init__(self, address: str, mac: str) -> None:
+    def __init__(self, address: str, mac: str, multicast_if: str = "127.0.0.1") -> None:
         self.address = address
         self.mac = mac
         self.replies: list[tuple[bytes, tuple[str, int]]] = []
         self.port = reactor.listenUDP(0, self, interface=address)
         sock = self.port.socket
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(multicast_if))
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
         self.local_port = self.port.getHost().port
 
