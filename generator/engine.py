@@ -146,9 +146,15 @@ class Engine:
             device.problem = Error(segment, "schema", "the assignment must be a JSON object, "
                                    f"not {type(data).__name__}")
         else:
-            device.problem = None
-            device.assignment = data
-            self.store.put_assignment(segment, raw.decode("utf-8", "replace"))
+            # Checked once as it arrives; a merge of valid parts can then only lack required
+            # fields, which render() checks cheaply (a profile change re-renders thousands).
+            found = schema.first_problem(data, partial=True)
+            if found is not None:
+                device.problem = Error(segment, found.code, found.message, found.field)
+            else:
+                device.problem = None
+                device.assignment = data
+                self.store.put_assignment(segment, raw.decode("utf-8", "replace"))
         if not self.ready:
             return []
         if device.problem is not None:
@@ -190,7 +196,7 @@ class Engine:
             merged = self._merged(device)
         except RenderProblem as exc:
             return self._fail(mac, Error(mac, exc.code, exc.message, exc.field))
-        found = schema.first_problem(merged)
+        found = schema.missing(merged)
         if found is not None:
             return self._fail(mac, Error(mac, found.code, found.message, found.field))
         vendor = device.vendor or str(merged.get("vendor", ""))

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from generator.fastcheck import compile_schema
+
 SCHEMA_PATH = Path(__file__).with_name("assignment.schema.json")
 
 
@@ -41,8 +43,11 @@ def _without_required(node: Any) -> Any:
 
 
 SCHEMA = load_schema()
+_PARTIAL_SCHEMA = _without_required(copy.deepcopy(SCHEMA))
 _FULL = Draft202012Validator(SCHEMA)
-_PARTIAL = Draft202012Validator(_without_required(copy.deepcopy(SCHEMA)))
+_PARTIAL = Draft202012Validator(_PARTIAL_SCHEMA)
+_FAST_FULL = compile_schema(SCHEMA)
+_FAST_PARTIAL = compile_schema(_PARTIAL_SCHEMA)
 
 
 def field_path(parts: Iterable[Any]) -> str:
@@ -122,6 +127,38 @@ def problems(document: Any, partial: bool = False) -> list[Problem]:
     return [_problem(e) for e in sorted(validator.iter_errors(document), key=_sort_key)]
 
 
+def missing(document: Any, node: dict | None = None, path: tuple = ()) -> Problem | None:
+    """The first ``required`` field (or ``minItems`` entry) missing from a document whose parts
+    each passed the partial schema: what merging valid layers can still leave wrong. Walks the
+    schema alongside the document, with no regular expressions, so re-rendering stays cheap."""
+    node = SCHEMA if node is None else node
+    if "$ref" in node:
+        node = SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    if isinstance(document, dict):
+        for name in node.get("required", ()):
+            if name not in document:
+                where = field_path(path + (name,))
+                return Problem(where, f"{where} is missing (it is required)")
+        for name, sub in node.get("properties", {}).items():
+            if name in document:
+                found = missing(document[name], sub, path + (name,))
+                if found is not None:
+                    return found
+    elif isinstance(document, list):
+        if len(document) < node.get("minItems", 0):
+            where = field_path(path)
+            return Problem(where, f"{where} must have at least {node['minItems']} entries")
+        items = node.get("items")
+        if isinstance(items, dict):
+            for i, item in enumerate(document):
+                found = missing(item, items, path + (i,))
+                if found is not None:
+                    return found
+    return None
+
+
 def first_problem(document: Any, partial: bool = False) -> Problem | None:
+    if (_FAST_PARTIAL if partial else _FAST_FULL)(document):
+        return None
     found = problems(document, partial)
     return found[0] if found else None

@@ -7,6 +7,7 @@ a time, so the reactor keeps serving other messages meanwhile.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Iterable, Iterator
 
 from twisted.internet import task
@@ -18,6 +19,8 @@ from services.runner import Context
 
 log = Logger(namespace="generator")
 
+COMMIT_AFTER = 0.1  # seconds
+
 
 class GeneratorService:
     def __init__(self, ctx: Context, engine: Engine, settle: float) -> None:
@@ -26,12 +29,27 @@ class GeneratorService:
         self.topics = ctx.topics
         self._settle = settle
         self._ready_call: Any = None
+        self._commit_call: Any = None
         self._cooperator = task.Cooperator(scheduler=lambda x: ctx.reactor.callLater(0, x))
         bus = ctx.bus
         bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
         bus.subscribe(self.topics.devices("assignment"), self.on_assignment)
         bus.subscribe(self.topics.profiles(), self.on_profile)
         bus.when_subscribed().addCallback(self._subscribed)
+        bus.on_connect(self._no_delay)
+        if bus.connected:
+            self._no_delay()
+
+    def _no_delay(self) -> None:
+        # paho leaves Nagle's algorithm on: a config published right after the PUBACK of its
+        # assignment then waits for the broker's delayed ACK (~40 ms). Pre-staging promises
+        # milliseconds. (services/bus.py could do this for every service.)
+        sock = self.ctx.bus._client.socket()
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
 
     def _subscribed(self, _: Any) -> None:
         self._ready_call = self.ctx.reactor.callLater(self._settle, self._become_ready)
@@ -44,10 +62,20 @@ class GeneratorService:
         self.rerender(macs)
 
     def stop(self) -> None:
-        if self._ready_call is not None and self._ready_call.active():
-            self._ready_call.cancel()
+        for call in (self._ready_call, self._commit_call):
+            if call is not None and call.active():
+                call.cancel()
         self._cooperator.stop()
         self.engine.store.close()
+
+    def _commit_soon(self) -> None:
+        # One commit per burst, not per message: a commit costs more than a rendering.
+        if self._commit_call is None or not self._commit_call.active():
+            self._commit_call = self.ctx.reactor.callLater(COMMIT_AFTER, self._commit)
+
+    def _commit(self) -> None:
+        self._commit_call = None
+        self.engine.store.commit()
 
     # --- handlers ---
     def on_discovered(self, msg: Incoming) -> None:
@@ -69,7 +97,7 @@ class GeneratorService:
             return
         self.ctx.counters["profiles"] += 1
         macs = self.engine.profile(info.name, msg.raw, msg.data, msg.error)
-        self.engine.store.commit()
+        self._commit_soon()
         if macs:
             log.info("profile {name} changed: re-rendering {n} devices", name=info.name, n=len(macs))
             self.rerender(macs)
@@ -78,15 +106,12 @@ class GeneratorService:
         return self._cooperator.coiterate(self._rerender(macs))
 
     def _rerender(self, macs: Iterable[str]) -> Iterator[None]:
-        for i, mac in enumerate(macs):
-            self.apply(self.engine.render(mac), commit=False)
-            if i % 200 == 199:
-                self.engine.store.commit()
+        for mac in macs:
+            self.apply(self.engine.render(mac))
             yield None
-        self.engine.store.commit()
 
     # --- effects ---
-    def apply(self, effects: list[Effect], commit: bool = True) -> None:
+    def apply(self, effects: list[Effect]) -> None:
         bus = self.ctx.bus
         for effect in effects:
             if isinstance(effect, Publish):
@@ -102,8 +127,7 @@ class GeneratorService:
                 log.warn("{mac}: {message}", mac=effect.mac, message=effect.message)
             elif isinstance(effect, Clear):
                 self.ctx.clear_error(effect.mac)
-        if commit:
-            self.engine.store.commit()
+        self._commit_soon()
 
     def counters(self) -> dict[str, int]:
         s = self.engine.stats
