@@ -85,6 +85,8 @@ class Mosquitto:
             f"persistence_location {self.directory.resolve()}/",
             "autosave_interval 5",
             "max_queued_messages 100000",
+            # without it every hop of the discovery -> NOTIFY path can wait 40 ms for Nagle
+            "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -283,6 +283,11 @@ class Bus:
     # --- paho callbacks ---
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         self._drop_reader()
+        # Nagle holds small publishes back for up to 40 ms: every hop of a NOTIFY path is one.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
         self._reader = _SocketReader(self, sock)
         self.reactor.addReader(self._reader)
 
