@@ -120,6 +120,10 @@ class SubscribeCore:
         if call_id:
             self._call_ids.put(call_id, mac, now)
 
+    def boots(self, mac: str) -> int:
+        """How many boots of ``mac`` were published (as far as this process knows)."""
+        return self._boots.get(mac, 0)
+
     def to_tag(self, call_id: str, from_tag: str) -> str:
         digest = hashlib.blake2s(f"{call_id}\0{from_tag}".encode("utf-8", "surrogatepass"),
                                  key=self._secret, digest_size=6)
@@ -168,8 +172,9 @@ class SubscribeCore:
         from_value = headers.get("from") or ""
         from_tag = parse_name_addr(from_value).tag or ""
         to_value = headers.get("to") or ""
-        parse_name_addr(to_value)  # a To we cannot echo is not a dialog we can answer
-        to_tag = self.to_tag(call_id, from_tag)
+        # A To we cannot parse is not a dialog we can answer; a To that has a tag already
+        # (a refresh inside a dialog) keeps it, and that is the dialog's tag to publish.
+        to_tag = parse_name_addr(to_value).tag or self.to_tag(call_id, from_tag)
         event_value = headers.get("event") or ""
         event, event_params = parse_value(event_value) if event_value else ("", {})
 

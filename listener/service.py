@@ -60,7 +60,13 @@ class ListenerService:
         # Rebuild which boots were published already from our own retained discoveries.
         ctx.bus.subscribe(ctx.topics.devices("discovered"), self._retained)
         for address in self.interfaces:
-            sock = open_group_socket(address, self.port)
+            try:
+                sock = open_group_socket(address, self.port)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot join {GROUP}:{self.port} on {address}: {exc.strerror or exc} (does a "
+                    f"program hold UDP port {self.port} without SO_REUSEPORT? see docs/LISTENER.md)"
+                ) from None
             try:
                 protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._enqueue, self.times)
                 self.ports.append(ctx.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol))
@@ -116,13 +122,19 @@ class ListenerService:
                      "pnp devices lists them)", count=count)
 
     def _retained(self, message: Incoming) -> None:
-        if not message.retain or message.data is None:
-            return  # our own live publications come back too; only the stored state teaches
-        try:
-            d = Discovered.from_json(message.data)
-        except Exception:
+        # Our own live publications come back too; only the stored state teaches anything.
+        # Read the two fields by hand: after a reconnect the whole retained set arrives at
+        # once, and full payload validation of ten thousand phones would stall the answers.
+        data = message.data
+        if not message.retain or not isinstance(data, dict):
             return
-        self.core.remember(d.mac, d.call_id, d.boot, self.ctx.reactor.seconds())
+        info = self.ctx.topics.parse(message.topic)
+        call_id, boot = data.get("call_id"), data.get("boot")
+        if info is None or not info.mac_ok or not isinstance(call_id, str):
+            return
+        if not isinstance(boot, int) or isinstance(boot, bool):
+            boot = 1
+        self.core.remember(info.mac, call_id, boot, self.ctx.reactor.seconds())
 
     def counters(self) -> dict[str, int]:
         counters = dict(self.core.counters)

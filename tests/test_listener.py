@@ -220,6 +220,26 @@ class ListenerTest(unittest.TestCase):
         self.assertEqual(json.loads(probe.on(topic)[0])["to_tag"], tag)
 
     @defer.inlineCallbacks
+    def test_a_restarted_listener_remembers_the_boots_it_published(self):
+        rt = yield self.start_listener()
+        phone = self.phone("127.0.0.14", "000b82eeeeee")
+        topic = rt.topics.device(phone.mac, "discovered")
+        phone.send(phone.subscribe_bytes("z9hG4bKr1"), self.sip_port)
+        yield eventually(lambda: self.probe.on(topic))
+        yield rt.stop()
+
+        rt = yield self.start_listener()
+        yield eventually(lambda: rt.component.core.boots(phone.mac) == 1)
+        # a late SUBSCRIBE of the boot already published: answered, not published again
+        phone.send(phone.subscribe_bytes("z9hG4bKr2"), self.sip_port)
+        yield eventually(lambda: len(phone.replies) == 2)
+        # the next boot is boot 2
+        phone.send(phone.subscribe_bytes("z9hG4bKr3", call_id="second-boot@127.0.0.14"), self.sip_port)
+        yield eventually(lambda: len(self.probe.on(topic)) == 2)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual([d["boot"] for d in self.probe.json_on(topic)], [1, 2])
+
+    @defer.inlineCallbacks
     def test_202_when_set(self):
         yield self.start_listener(subscribe_response="202")
         phone = self.phone("127.0.0.13", "000b82dddddd")

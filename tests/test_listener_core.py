@@ -223,3 +223,11 @@ def test_fast_discovery_encoding_is_the_payload_encoding():
     for data in SAMPLES.values():
         d = core().handle(data, PHONE, IFACE, 0.0).discovered
         assert encode_discovered(d) == d.to_json()
+
+
+def test_subscribe_inside_a_dialog_keeps_and_publishes_its_to_tag():
+    data = GRANDSTREAM.replace(b"To: <sip:MAC%3A000B82F55284@224.0.1.75>",
+                               b"To: <sip:MAC%3A000B82F55284@224.0.1.75>;tag=dialog1")
+    out = core().handle(data, PHONE, IFACE, 0.0)
+    assert parse_name_addr(parse(out.reply).headers.get("To")).tag == "dialog1"
+    assert out.discovered.to_tag == "dialog1"
