@@ -36,6 +36,8 @@ class AnswerTimes:
 class SubscribeProtocol(DatagramProtocol):
     """One per interface socket. ``interface`` is the local address the socket joined on."""
 
+    noisy = False  # the service logs its group memberships itself
+
     def __init__(self, core: SubscribeCore, interface: str, clock: Any,
                  on_discovered: Callable[[Discovered], Any], times: AnswerTimes | None = None) -> None:
         self.core = core
