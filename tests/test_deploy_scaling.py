@@ -98,8 +98,9 @@ def discovered(mac: str, address: tuple[str, int]) -> dict[str, Any]:
     }
 
 
-def config(mac: str) -> tuple[bytes, str]:
-    body = f'<?xml version="1.0"?><gs_provision version="1"><mac>{mac}</mac></gs_provision>\n'.encode()
+def config(mac: str, padding: int = 0) -> tuple[bytes, str]:
+    comment = f"<!-- {'x' * padding} -->" if padding else ""
+    body = f'<?xml version="1.0"?><gs_provision version="1">{comment}<mac>{mac}</mac></gs_provision>\n'.encode()
     digest = hashlib.sha256(body).hexdigest()
     payload = Config(files=[ConfigFile(name=f"cfg{mac}.xml", content_type="application/xml",
                                        content=body.decode(), encoding="utf-8", sha256=digest,
