@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from twisted.internet import defer
@@ -10,6 +9,7 @@ from twisted.logger import Logger
 
 from listener.discovery import SubscribeCore
 from listener.multicast import GROUP, open_group_socket
+from listener.outbox import Outbox
 from listener.protocol import AnswerTimes, SubscribeProtocol
 from services import netif
 from services.bus import Incoming
@@ -44,12 +44,10 @@ class ListenerService:
         )
         self.protocols: list[SubscribeProtocol] = []
         self.ports: list[Any] = []
-        self.publish_dropped = 0
         self.times = AnswerTimes()
-        # Discoveries wait here until the datagrams at hand are answered: in a burst, every
+        # Discoveries wait there until the datagrams at hand are answered: in a burst, every
         # phone's answer goes out before any MQTT work is done.
-        self._pending: deque[Discovered] = deque()
-        self._flush_call: Any = None
+        self.outbox = Outbox(ctx.bus, ctx.reactor)
         self._log_started = 0.0
         self._log_count = 0
         self._log_unlogged = 0
@@ -68,7 +66,7 @@ class ListenerService:
                     f"program hold UDP port {self.port} without SO_REUSEPORT? see docs/LISTENER.md)"
                 ) from None
             try:
-                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._enqueue, self.times)
+                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._publish, self.times)
                 self.ports.append(ctx.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol))
                 self.protocols.append(protocol)
             finally:
@@ -81,21 +79,9 @@ class ListenerService:
                      "its address, or 'all'")
         return self
 
-    def _enqueue(self, discovered: Discovered) -> None:
-        self._pending.append(discovered)
-        if self._flush_call is None:
-            self._flush_call = self.ctx.reactor.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        self._flush_call = None
-        pending = self._pending
-        while pending:
-            self._publish(pending.popleft())
-
     def _publish(self, discovered: Discovered) -> None:
         topic = self.ctx.topics.device(discovered.mac, "discovered")
-        if not self.ctx.bus.publish(topic, encode_discovered(discovered), retain=True):
-            self.publish_dropped += 1
+        self.outbox.put(topic, encode_discovered(discovered))
         self._log_discovery(discovered)
 
     def _log_discovery(self, d: Discovered) -> None:
@@ -139,14 +125,13 @@ class ListenerService:
     def counters(self) -> dict[str, int]:
         counters = dict(self.core.counters)
         counters["send_errors"] = sum(p.send_errors for p in self.protocols)
-        counters["publish_dropped"] = self.publish_dropped
+        counters["publish_dropped"] = self.outbox.dropped
+        counters["publish_pending"] = len(self.outbox)
         counters.update(self.times.percentiles_us())
         return counters
 
     def stop(self) -> defer.Deferred:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush()
+        self.outbox.flush_all()
         if self._log_flush is not None and self._log_flush.active():
             self._log_flush.cancel()
         self._log_summary()

@@ -1,0 +1,80 @@
+"""Discoveries on their way to the broker: bounded, coalesced per topic, fed in small windows.
+
+Why not hand every discovery to the bus at once: paho walks its whole list of unacknowledged
+messages on every PUBACK, so ten thousand discoveries queued in a boot storm cost quadratic
+time on the very thread that answers the phones. The outbox keeps at most ``window`` messages
+in flight and the rest here, where a newer discovery of the same phone replaces an older one
+(the topic is retained: only the last one matters). While the broker is away everything waits
+here, up to ``max_pending`` phones; past that, new discoveries are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+
+class Outbox:
+    def __init__(self, bus: Any, reactor: Any, window: int = 64, max_pending: int = 100_000,
+                 retry: float = 0.002) -> None:
+        self.bus = bus
+        self.reactor = reactor
+        self.window = window
+        self.max_pending = max_pending
+        self.retry = retry
+        self.dropped = 0
+        self.coalesced = 0
+        self._pending: OrderedDict[str, bytes] = OrderedDict()
+        self._call: Any = None
+        bus.on_connect(self.kick)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def put(self, topic: str, payload: bytes) -> None:
+        pending = self._pending
+        if topic in pending:
+            self.coalesced += 1
+            del pending[topic]
+        elif len(pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        pending[topic] = payload
+        self.kick()
+
+    def kick(self) -> None:
+        """Send what the window allows on the next reactor turn (after the datagrams at hand
+        are answered)."""
+        if self._call is None and self._pending:
+            self._call = self.reactor.callLater(0, self.drain)
+
+    def drain(self) -> None:
+        self._call = None
+        pending = self._pending
+        bus = self.bus
+        if bus.connected:
+            room = self.window - bus.queued
+            while pending and room > 0:
+                topic, payload = pending.popitem(last=False)
+                if not bus.publish(topic, payload, retain=True):
+                    self.dropped += 1
+                room -= 1
+        if pending and self._call is None:
+            # Acks free the window; the broker's return (on_connect) kicks us at once.
+            delay = self.retry if bus.connected else 1.0
+            self._call = self.reactor.callLater(delay, self.drain)
+
+    def flush_all(self) -> None:
+        """At stop: hand everything to the bus, which flushes what it can."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        while self._pending:
+            topic, payload = self._pending.popitem(last=False)
+            if not self.bus.publish(topic, payload, retain=True):
+                self.dropped += 1
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
