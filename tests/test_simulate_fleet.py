@@ -24,7 +24,7 @@ from tools.simulate import Fleet, Timing, plan, simulate
 from tools.simulate.vendors import file_names
 
 GROUP = "224.0.1.75"
-FAST = Timing(t1=0.1, notify_timeout=1.0, reboot_delay=0.05)
+FAST = Timing(t1=0.1, notify_timeout=1.0, reboot_delay=0.05, jitter=0.0)
 
 
 def _addresses() -> str:

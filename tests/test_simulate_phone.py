@@ -15,7 +15,7 @@ from tools.simulate.report import Report, percentile
 from tools.simulate.vendors import UnknownModel, find_model
 
 PORT = 45060
-FAST = Timing(t1=0.5, notify_timeout=3.0, reboot_delay=0.2)
+FAST = Timing(t1=0.5, notify_timeout=3.0, reboot_delay=0.2, jitter=0.0)
 
 
 def make(model: str = "GRP2614", timing: Timing = FAST) -> Phone:
@@ -122,6 +122,17 @@ def test_five_subscribes_with_doubling_gaps_then_gives_up():
     assert times == [0.0, 0.5, 1.5, 3.5, 7.5]
     assert phone.state == State.FAILED and phone.step == "subscribe"
     assert "no 2xx to 5 SUBSCRIBEs" in phone.reason
+
+
+def test_retransmissions_of_phones_booted_together_drift_apart():
+    timing = Timing(t1=0.5, notify_timeout=3.0, jitter=0.1)
+    seconds = []
+    for seed in range(20):
+        phone = Phone(plan(1, ["GRP2614"], "127.0.0.7")[0], PORT, timing, random.Random(seed))
+        phone.boot(0.0)
+        seconds.append(phone.deadline)
+    assert all(0.45 <= s <= 0.55 for s in seconds)
+    assert len(set(seconds)) == 20
 
 
 def test_4xx_is_ignored_and_500_stops():

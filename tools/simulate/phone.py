@@ -82,6 +82,9 @@ class Timing:
     reboot_delay: float = 0.2
     fetch_retries: int = 2  # after a connection failure, timeout or 5xx, as firmware retries
     fetch_retry_delay: float = 2.0  # doubled each time
+    # Each phone's timers run on its own clock: a wait is stretched or shrunk by up to this
+    # fraction, so phones booted together do not retransmit in lockstep for ever.
+    jitter: float = 0.1
 
 
 @dataclass
@@ -240,7 +243,7 @@ class Phone:
         """Schedule the same GET again, if retries are left for this file."""
         if self._retries >= self.timing.fetch_retries:
             return False
-        self.deadline = now + self.timing.fetch_retry_delay * (2 ** self._retries)
+        self.deadline = now + self._jittered(self.timing.fetch_retry_delay * (2 ** self._retries))
         self._retries += 1
         return True
 
@@ -267,11 +270,15 @@ class Phone:
             self.times.subscribe = now
         self.attempts += 1
         if self.attempts < self.timing.attempts:
-            self.deadline = now + self.timing.t1 * (2 ** (self.attempts - 1))
+            self.deadline = now + self._jittered(self.timing.t1 * (2 ** (self.attempts - 1)))
         else:
             # The last one: a NOTIFY may still come for a SUBSCRIBE whose answer was lost.
             self.deadline = now + self.timing.notify_timeout
         return [Send(request.to_bytes(), self.target)]
+
+    def _jittered(self, wait: float) -> float:
+        j = self.timing.jitter
+        return wait * (1 + self.rng.uniform(-j, j)) if j > 0 else wait
 
     def _response(self, msg: sip.Response, now: float) -> None:
         if self._dialog is None or msg.call_id != self._dialog.call_id:
