@@ -36,9 +36,11 @@ class LockedBroker:
     file paths are rewritten for a private copy."""
 
     def __init__(self, directory: Path, passwords: dict[str, str],
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, passwd: str | None = None) -> None:
         self.directory = directory
         self.passwords = dict(passwords)
+        # the password file as `pnp setup` wrote it (else one made from ``passwords``)
+        self.passwd = passwd
         self.port = free_port()
         # (certificate, key): also load conf.d/tls.conf.example, as docs/DEPLOY.md says to
         self.tls = tls
@@ -52,7 +54,8 @@ class LockedBroker:
         (d / "conf.d").mkdir(exist_ok=True)
         acl = (MOSQUITTO_DIR / "acl").read_text() + "\nuser audit\ntopic read #\n"
         (d / "acl").write_text(acl)
-        (d / "passwd").write_text(brokersetup.render_passwd(self.passwords))
+        (d / "passwd").write_text(self.passwd if self.passwd is not None
+                                  else brokersetup.render_passwd(self.passwords))
         conf = (MOSQUITTO_DIR / "mosquitto.conf").read_text()
         replacements = {
             r"^listener 1883$": f"listener {self.port} 127.0.0.1",
@@ -107,7 +110,8 @@ class LockedBroker:
 
 
 def passwords_from_setup(root: Path) -> dict[str, str]:
-    """Run `pnp setup` on a copy of the repository's .env.example; the users and passwords it made."""
+    """Run `pnp setup` on a copy of the repository's .env.example; the users and passwords it
+    put in .env (its password file is in root/deploy/mosquitto/passwd)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / ".env.example").write_text((REPO / ".env.example").read_text())
     result = subprocess.run([str(REPO / ".venv" / "bin" / "pnp"), "setup", "--dir", str(root)],
@@ -188,7 +192,10 @@ def broker(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     passwords = passwords_from_setup(root / "checkout")
     passwords["audit"] = brokersetup.new_secret()
-    b = LockedBroker(root / "broker", passwords).start()
+    # the very file `pnp setup` wrote, plus the test's own audit user
+    passwd = (root / "checkout" / "deploy" / "mosquitto" / "passwd").read_text()
+    passwd += brokersetup.render_passwd({"audit": passwords["audit"]})
+    b = LockedBroker(root / "broker", passwords, passwd=passwd).start()
     yield b
     b.stop()
 
