@@ -188,10 +188,11 @@ def read_json(text: str) -> tuple[list[Item], list[tuple[str, str]]]:
 def check(item: Item) -> tuple[str | None, list[str]]:
     """(reason to refuse, warnings) for one assignment."""
     from generator import schema
+    from generator.merge import strip_nulls
 
     if item.payload is None:
         return None, []
-    found = schema.first_problem(item.payload, partial=True)
+    found = schema.first_problem(strip_nulls(item.payload), partial=True)
     if found is not None:
         return found.message, []
     missing = [p.message for p in schema.problems(item.payload) if "is missing" in p.message]

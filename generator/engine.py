@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from generator import schema
-from generator.merge import merge_all
+from generator.merge import merge_all, strip_nulls
 from generator.render import Rendered, Renderer
 from generator.store import RenderRecord, Store
 from generator.vendors import RenderProblem
@@ -148,7 +148,7 @@ class Engine:
         else:
             # Checked once as it arrives; a merge of valid parts can then only lack required
             # fields, which render() checks cheaply (a profile change re-renders thousands).
-            found = schema.first_problem(data, partial=True)
+            found = schema.first_problem(strip_nulls(data), partial=True)
             if found is not None:
                 device.problem = Error(segment, found.code, found.message, found.field)
             else:
@@ -171,7 +171,7 @@ class Engine:
         elif not isinstance(data, dict):
             self.profiles[name] = Profile(None, "it must be a JSON object")
         else:
-            found = schema.first_problem(data, partial=True)
+            found = schema.first_problem(strip_nulls(data), partial=True)
             self.profiles[name] = Profile(data, found.message if found else None)
             self.store.put_profile(name, raw.decode("utf-8", "replace"))
         if not self.ready:

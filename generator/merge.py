@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def _strip_nulls(value: Any) -> Any:
+def strip_nulls(value: Any) -> Any:
+    """The value without null members (what validation sees of a layer)."""
     if isinstance(value, dict):
-        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
+        return {k: strip_nulls(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_strip_nulls(v) for v in value]
+        return [strip_nulls(v) for v in value]
     return value
 
 
@@ -33,7 +34,7 @@ def merge(base: Any, over: Any) -> Any:
             elif key in out:
                 out[key] = merge(out[key], value)
             else:
-                out[key] = _strip_nulls(value)
+                out[key] = strip_nulls(value)
         return out
     if isinstance(base, list) and isinstance(over, list) and over and _objects(base) and _objects(over):
         length = max(len(base), len(over))
@@ -42,11 +43,11 @@ def merge(base: Any, over: Any) -> Any:
             if i >= len(over):
                 merged.append(base[i])
             elif i >= len(base):
-                merged.append(_strip_nulls(over[i]))
+                merged.append(strip_nulls(over[i]))
             else:
                 merged.append(merge(base[i], over[i]))
         return merged
-    return _strip_nulls(over)
+    return strip_nulls(over)
 
 
 def merge_all(*layers: Any) -> Any:

@@ -103,7 +103,10 @@ class GeneratorService:
             self.rerender(macs)
 
     def rerender(self, macs: list[str]) -> Any:
-        return self._cooperator.coiterate(self._rerender(macs))
+        d = self._cooperator.coiterate(self._rerender(macs))
+        # Stopping the service stops an unfinished re-render; that is not a failure.
+        d.addErrback(lambda failure: failure.trap(task.SchedulerStopped))
+        return d
 
     def _rerender(self, macs: Iterable[str]) -> Iterator[None]:
         for mac in macs:

@@ -126,6 +126,11 @@ class GeneratorServiceTest(unittest.TestCase):
         # MAC2's own codecs win, so its bytes did not change: nothing new; MAC3 does not use "office"
         self.assertEqual(len(self.configs(MAC2)), 2)
         self.assertEqual(len(self.configs(MAC3)), 1)
+        # null in an assignment removes the profile's value
+        self.assign(MAC3, {**PRESTAGED, "ntp_server": None})
+        yield eventually(lambda: len(self.configs(MAC3)) == 2)
+        self.assertNotIn("<P30>", self.configs(MAC3)[-1].files[0].content)
+        self.assertIsNone(self.last_error(MAC3))
 
     @defer.inlineCallbacks
     def test_unassign_withdraws_the_config(self) -> Any:
