@@ -29,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services import brokersetup  # noqa: E402
 from services.broker import free_port  # noqa: E402
-from tests.test_deploy_broker import REPO, Client, LockedBroker, wait_for  # noqa: E402
+from tests.test_deploy_broker import PNP, Client, LockedBroker, wait_for  # noqa: E402
 from tests.test_deploy_scaling import config  # noqa: E402
 
-PNP = str(REPO / ".venv" / "bin" / "pnp")
 
 
 def mac(i: int) -> str:
@@ -105,7 +104,7 @@ def replay(broker: LockedBroker, k: int, root: Path) -> None:
                    "PNP_PUBLIC_URL": f"http://127.0.0.1:{ports['a']}/",
                    # the polling below would otherwise get this client refused for its 404s
                    "PNP_404_LIMIT": "1000000"}
-            p = subprocess.Popen([PNP, "fileserver"], env=env, stdout=subprocess.DEVNULL,
+            p = subprocess.Popen([*PNP, "fileserver"], env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL, start_new_session=True)
             procs.append(p)
             return p

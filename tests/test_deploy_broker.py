@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from services.broker import answers, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MOSQUITTO_DIR = REPO / "deploy" / "mosquitto"
+# the `pnp` command, from whichever environment runs the tests
+PNP = [sys.executable, "-m", "services.cli"]
 MAC = "000b82f55284"
 NOT_AUTHORIZED = 135
 
@@ -114,7 +117,7 @@ def passwords_from_setup(root: Path) -> dict[str, str]:
     put in .env (its password file is in root/deploy/mosquitto/passwd)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / ".env.example").write_text((REPO / ".env.example").read_text())
-    result = subprocess.run([str(REPO / ".venv" / "bin" / "pnp"), "setup", "--dir", str(root)],
+    result = subprocess.run([*PNP, "setup", "--dir", str(root)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return brokersetup.broker_users(brokersetup.read_env(root / ".env"))

@@ -29,7 +29,7 @@ from services import brokersetup
 from services import settings as s
 from services.broker import free_port
 from services.cli import SERVICES, TOOLS
-from tests.test_deploy_broker import REPO, LockedBroker
+from tests.test_deploy_broker import LockedBroker, PNP, REPO
 
 COMPOSE = shutil.which("docker-compose")
 # docker-compose's own interpreter has PyYAML (a dependency of the Debian package); the
@@ -37,7 +37,6 @@ COMPOSE = shutil.which("docker-compose")
 COMPOSE_PYTHON = "/usr/bin/python3"
 needs_compose = pytest.mark.skipif(
     COMPOSE is None, reason="docker-compose not installed (scripts/setup test installs it)")
-PNP = str(REPO / ".venv" / "bin" / "pnp")
 
 
 def checkout(root: Path, setup: bool = True, *args: str) -> Path:
@@ -47,7 +46,7 @@ def checkout(root: Path, setup: bool = True, *args: str) -> Path:
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "deploy", root / "deploy", ignore=shutil.ignore_patterns("passwd", "*.pem"))
     if setup:
-        result = subprocess.run([PNP, "setup", "--dir", str(root), *args], capture_output=True,
+        result = subprocess.run([*PNP, "setup", "--dir", str(root), *args], capture_output=True,
                                 text=True, timeout=30)
         assert result.returncode == 0, result.stderr
     return root
@@ -252,12 +251,12 @@ def test_build_context_holds_the_packages_and_no_secrets(tmp_path):
 
 
 def run_service(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([PNP, name], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    return subprocess.Popen([*PNP, name], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
 def health(name: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PNP, "health", name, *extra], env=env, capture_output=True, text=True, timeout=20)
+    return subprocess.run([*PNP, "health", name, *extra], env=env, capture_output=True, text=True, timeout=20)
 
 
 def test_each_service_with_its_compose_environment_comes_up_healthy_under_the_acl(model, tmp_path):

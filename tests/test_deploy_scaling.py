@@ -28,9 +28,8 @@ from services import brokersetup
 from services.broker import free_port
 from services.messages import Config, ConfigFile, now_iso
 from services.sip.message import build_response, parse
-from tests.test_deploy_broker import REPO, Client, LockedBroker, wait_for
+from tests.test_deploy_broker import PNP, Client, LockedBroker, wait_for
 
-PNP = str(REPO / ".venv" / "bin" / "pnp")
 PHONES = 8
 INSTANCES = ("a", "b")
 
@@ -146,7 +145,7 @@ def site(tmp_path_factory):
             "PNP_DATA_DIR": str(root / f"notifier-{i}"), "PNP_SIP_INTERFACE": "127.0.0.1",
             "PNP_SIP_PORT": str(sip_port),
         }
-    procs = {name: subprocess.Popen([PNP, name.split("-")[0]], env=env, stdout=(root / f"{name}.log").open("wb"),
+    procs = {name: subprocess.Popen([*PNP, name.split("-")[0]], env=env, stdout=(root / f"{name}.log").open("wb"),
                                     stderr=subprocess.STDOUT, start_new_session=True)
              for name, env in envs.items()}
     phones = Phones(PHONES)
@@ -156,7 +155,7 @@ def site(tmp_path_factory):
             service = name.split("-")[0]
             extra = ["--healthz"] if service == "fileserver" else []
             assert wait_for(lambda: subprocess.run(
-                [PNP, "health", service, "--timeout", "2", *extra], env=env, capture_output=True,
+                [*PNP, "health", service, "--timeout", "2", *extra], env=env, capture_output=True,
                 timeout=20).returncode == 0 or procs[name].poll() is not None, timeout=20), name
             assert procs[name].poll() is None, (root / f"{name}.log").read_text()
         audit = Client(broker, "audit")

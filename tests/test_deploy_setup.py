@@ -10,13 +10,12 @@ from pathlib import Path
 from services import brokersetup
 from services.healthcheck import healthz_url, judge
 from services.messages import ServiceStatus
-from tests.test_deploy_broker import REPO
+from tests.test_deploy_broker import PNP, REPO
 
-PNP = str(REPO / ".venv" / "bin" / "pnp")
 
 
 def setup(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PNP, "setup", "--dir", str(root), *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run([*PNP, "setup", "--dir", str(root), *args], capture_output=True, text=True, timeout=30)
 
 
 def site(tmp_path: Path) -> Path:

@@ -9,14 +9,13 @@ import subprocess
 import time
 
 from services import brokersetup
-from tests.test_deploy_broker import REPO, LockedBroker
+from tests.test_deploy_broker import PNP, LockedBroker
 
-PNP = str(REPO / ".venv" / "bin" / "pnp")
 
 
 def test_a_service_logs_in_over_tls_and_only_with_the_certificate_trusted(tmp_path):
     cert, key = tmp_path / "certs" / "server.crt", tmp_path / "certs" / "server.key"
-    made = subprocess.run([PNP, "tls-cert", "--host", "mosquitto", "--host", "127.0.0.1",
+    made = subprocess.run([*PNP, "tls-cert", "--host", "mosquitto", "--host", "127.0.0.1",
                            "--cert", str(cert), "--key", str(key)], capture_output=True, text=True, timeout=30)
     assert made.returncode == 0, made.stderr
     passwords = {"generator": brokersetup.new_secret()}
@@ -26,12 +25,12 @@ def test_a_service_logs_in_over_tls_and_only_with_the_certificate_trusted(tmp_pa
            "PNP_MQTT_URL": f"mqtts://generator:{passwords['generator']}@127.0.0.1:{broker.tls_port}"}
     trusted = {**env, "SSL_CERT_FILE": str(cert)}
     log = (tmp_path / "generator.log").open("wb")
-    service = subprocess.Popen([PNP, "generator"], env=trusted, stdout=log, stderr=subprocess.STDOUT,
+    service = subprocess.Popen([*PNP, "generator"], env=trusted, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
         deadline = time.monotonic() + 15
         while True:
-            ok = subprocess.run([PNP, "health", "generator", "--timeout", "2"], env=trusted,
+            ok = subprocess.run([*PNP, "health", "generator", "--timeout", "2"], env=trusted,
                                 capture_output=True, text=True, timeout=20)
             if ok.returncode == 0:
                 break
@@ -39,7 +38,7 @@ def test_a_service_logs_in_over_tls_and_only_with_the_certificate_trusted(tmp_pa
                 ok.stderr + (tmp_path / "generator.log").read_text()
             time.sleep(0.2)
         # the same login without the certificate trusted is refused by the client itself
-        untrusted = subprocess.run([PNP, "health", "generator", "--timeout", "2"], env=env,
+        untrusted = subprocess.run([*PNP, "health", "generator", "--timeout", "2"], env=env,
                                    capture_output=True, text=True, timeout=20)
         assert untrusted.returncode == 1
         assert "certificate" in untrusted.stderr.lower()
