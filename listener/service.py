@@ -19,6 +19,8 @@ from services.runner import Context
 log = Logger(namespace="listener")
 
 LOG_PER_SECOND = 20
+# Retained discoveries come in one burst after subscribing; this long without one ends it.
+RETAINED_QUIET = 2.0
 
 
 def encode_discovered(d: Discovered) -> bytes:
@@ -48,6 +50,11 @@ class ListenerService:
         # Discoveries wait there until the datagrams at hand are answered: in a burst, every
         # phone's answer goes out before any MQTT work is done.
         self.outbox = Outbox(ctx.bus, ctx.reactor)
+        self._learn_filter = ctx.topics.devices("discovered")
+        self.learning = True
+        self._learned = 0
+        self._last_learned = 0.0
+        self._learn_call: Any = None
         self._log_started = 0.0
         self._log_count = 0
         self._log_unlogged = 0
@@ -55,8 +62,10 @@ class ListenerService:
 
     def start(self) -> "ListenerService":
         ctx = self.ctx
-        # Rebuild which boots were published already from our own retained discoveries.
-        ctx.bus.subscribe(ctx.topics.devices("discovered"), self._retained)
+        # Rebuild which boots were published already from our own retained discoveries, then
+        # stop listening: otherwise every discovery we publish comes back to be decoded.
+        ctx.bus.subscribe(self._learn_filter, self._retained)
+        ctx.bus.when_subscribed().addCallback(self._subscribed)
         for address in self.interfaces:
             try:
                 sock = open_group_socket(address, self.port)
@@ -107,12 +116,41 @@ class ListenerService:
             log.info("discovered {count} more phones in a burst (not logged one by one; "
                      "pnp devices lists them)", count=count)
 
+    def _subscribed(self, _: Any) -> None:
+        # the retained burst follows the SUBACK: count the quiet time from here
+        self._last_learned = self.ctx.reactor.seconds()
+        if self.learning and self._learn_call is None:
+            self._learn_call = self.ctx.reactor.callLater(RETAINED_QUIET, self._check_learned)
+
+    def _check_learned(self) -> None:
+        self._learn_call = None
+        if not self.learning:
+            return
+        if self.ctx.reactor.seconds() - self._last_learned < RETAINED_QUIET:
+            self._learn_call = self.ctx.reactor.callLater(RETAINED_QUIET, self._check_learned)
+            return
+        self._done_learning()
+
+    def _done_learning(self) -> None:
+        self.learning = False
+        if self._learn_call is not None and self._learn_call.active():
+            self._learn_call.cancel()
+        self._learn_call = None
+        self.ctx.bus.unsubscribe(self._learn_filter)
+        log.info("learned {count} published boots from the retained discoveries", count=self._learned)
+
     def _retained(self, message: Incoming) -> None:
-        # Our own live publications come back too; only the stored state teaches anything.
-        # Read the two fields by hand: after a reconnect the whole retained set arrives at
-        # once, and full payload validation of ten thousand phones would stall the answers.
+        # Read the two fields by hand: the whole retained set arrives at once, and full
+        # payload validation of ten thousand phones would stall the answers.
+        if not self.learning:
+            return
+        if not message.retain:
+            # a live message (our own echo): the broker has sent everything it stored
+            self._done_learning()
+            return
+        self._last_learned = self.ctx.reactor.seconds()
         data = message.data
-        if not message.retain or not isinstance(data, dict):
+        if not isinstance(data, dict):
             return
         info = self.ctx.topics.parse(message.topic)
         call_id, boot = data.get("call_id"), data.get("boot")
@@ -121,6 +159,7 @@ class ListenerService:
         if not isinstance(boot, int) or isinstance(boot, bool):
             boot = 1
         self.core.remember(info.mac, call_id, boot, self.ctx.reactor.seconds())
+        self._learned += 1
 
     def counters(self) -> dict[str, int]:
         counters = dict(self.core.counters)
@@ -131,6 +170,9 @@ class ListenerService:
         return counters
 
     def stop(self) -> defer.Deferred:
+        self.learning = False
+        if self._learn_call is not None and self._learn_call.active():
+            self._learn_call.cancel()
         self.outbox.flush_all()
         if self._log_flush is not None and self._log_flush.active():
             self._log_flush.cancel()

@@ -238,6 +238,14 @@ class ListenerTest(unittest.TestCase):
         yield eventually(lambda: len(self.probe.on(topic)) == 2)
         yield task.deferLater(reactor, 0.2, lambda: None)
         self.assertEqual([d["boot"] for d in self.probe.json_on(topic)], [1, 2])
+        # done learning, it no longer hears its own discoveries: a storm costs no decoding
+        yield eventually(lambda: not rt.component.learning)
+        received = rt.bus.counters["mqtt_received"]
+        other = self.phone("127.0.0.15", "000b82ffffff")
+        other.send(other.subscribe_bytes("z9hG4bKr4"), self.sip_port)
+        yield eventually(lambda: self.probe.on(rt.topics.device(other.mac, "discovered")))
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(rt.bus.counters["mqtt_received"], received)
 
     @defer.inlineCallbacks
     def test_202_when_set(self):
