@@ -9,6 +9,7 @@ what was published and what was refused and why. Examples:
   pnp assign --file phones.csv          # columns: mac, sip_server, user_id, password, ...
   pnp assign --file phones.json         # {"000b82f55284": {...}, ...} or [{"mac": ..., ...}]
   pnp assign --mac 000b82f55284 --unassign
+  pnp assign --mac 000b82f55284 --json '{...}' --wait 5   # show the generator's answer
 
 CSV columns: mac, profile, vendor, model, codecs (space, comma or ';' separated), time_zone,
 ntp_server, admin_password, unassign (yes/no); account 1 as sip_server, port, transport, user_id,
@@ -61,6 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", help="a CSV or JSON file of assignments (by extension; '-' reads JSON from stdin)")
     parser.add_argument("--json", dest="json_text", metavar="JSON", help="the whole assignment as JSON, for --mac")
     parser.add_argument("--dry-run", action="store_true", help="check and show, publish nothing")
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="wait up to SECONDS for the generator's answer (config or error) and show it")
     for name in ACCOUNT_FIELDS + TOP_FIELDS:
         parser.add_argument("--" + name.replace("_", "-"), dest=f"a_{name}", metavar="VALUE",
                             help=f"account 1's {name}" if name in ACCOUNT_FIELDS else name)
@@ -228,8 +231,12 @@ def collect(args: argparse.Namespace) -> tuple[list[Item], list[tuple[str, str]]
     return [Item("flags", mac, from_fields(flags))], []
 
 
-def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0) -> None:
+def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0,
+            wait: float = 0.0) -> dict[str, str]:
+    """Publish retained, QoS 1; with ``wait``, return what the generator answered per MAC."""
     import ssl
+    import threading
+    import time
 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -238,7 +245,22 @@ def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0) -> 
     from services.topics import Topics
 
     topics = Topics(prefix)
+    answers: dict[str, str] = {}
+    lock = threading.Lock()
+    subscribed = threading.Event()
+    watched = {topics.device(item.mac, kind): (item.mac, kind) for item in items for kind in ("config", "error")}
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        # Retained messages are the state before this publish; only live ones answer it.
+        if msg.retain or msg.topic not in watched:
+            return
+        mac, kind = watched[msg.topic]
+        with lock:
+            answers[mac] = _answer(kind, bytes(msg.payload))
+
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
     if url.username:
         client.username_pw_set(url.username, url.password)
     if url.tls:
@@ -249,6 +271,9 @@ def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0) -> 
         raise ConnectionError(f"cannot reach the broker {url}: {exc}") from None
     client.loop_start()
     try:
+        if wait > 0:
+            client.subscribe([(t, 1) for t in sorted(watched)])
+            subscribed.wait(timeout)
         infos = [client.publish(topics.device(item.mac, "assignment"),
                                 b"" if item.payload is None else encode_json(item.payload), qos=1, retain=True)
                  for item in items]
@@ -256,9 +281,32 @@ def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0) -> 
             info.wait_for_publish(timeout)
             if not info.is_published():
                 raise ConnectionError(f"the broker {url} did not acknowledge within {timeout:.0f} s")
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with lock:
+                if len(answers) == len(items):
+                    break
+            time.sleep(0.02)
     finally:
         client.disconnect()
         client.loop_stop()
+    with lock:
+        return dict(answers)
+
+
+def _answer(kind: str, payload: bytes) -> str:
+    try:
+        data = json.loads(payload) if payload else None
+    except ValueError:
+        data = None
+    if kind == "config":
+        if data is None:
+            return "config withdrawn"
+        names = ", ".join(f.get("name", "?") for f in data.get("files", []) if isinstance(f, dict))
+        return f"config revision {data.get('revision')} ({names})"
+    if data is None:
+        return "error cleared"
+    return f"error {data.get('code')}: {data.get('message')}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -283,16 +331,21 @@ def run(args: argparse.Namespace) -> int:
         for warning in warnings:
             print(f"warning: {item.source} ({item.mac}): {warning}", file=out)
         ok.append(item)
+    answers: dict[str, str] = {}
     if ok and not args.dry_run:
         try:
-            publish(settings.mqtt_url, settings.topic_prefix, ok)
+            answers = publish(settings.mqtt_url, settings.topic_prefix, ok, wait=args.wait)
         except ConnectionError as exc:
             print(f"pnp assign: {exc}; nothing more was published", file=sys.stderr)
             return 1
     verb = "would publish" if args.dry_run else "published"
     for item in ok:
         what = "unassign" if item.payload is None else "assignment"
-        print(f"{verb} {what} {item.mac} ({item.source})", file=out)
+        line = f"{verb} {what} {item.mac} ({item.source})"
+        if args.wait and not args.dry_run:
+            line += ": " + answers.get(item.mac, f"no answer within {args.wait:g} s (bytes unchanged, "
+                                       "or waiting for the phone's discovery)")
+        print(line, file=out)
     for source, reason in refused:
         print(f"refused {source}: {reason}", file=out)
     print(f"{len(ok)} {verb}, {len(refused)} refused", file=out)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 from services.cli import main
-from tests.support import wait_until
+from tests.support import Probe, wait_until
 
 MAC = "000b82f55284"
 
@@ -109,3 +113,31 @@ def test_unreachable_broker_and_bad_settings(capsys) -> None:
     assert main(["assign", "--mqtt-url", "http://x", "--mac", MAC, "--unassign"]) == 2
     assert main(["assign", "--mqtt-url", f"mqtt://127.0.0.1:{port}"]) == 1
     assert "give --mac" in capsys.readouterr().err
+
+
+def test_wait_shows_the_generators_answer(broker, capsys, tmp_path) -> None:
+    # the generator runs as its own process, as in production
+    env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp_path / "data"),
+           "PNP_INSTANCE": "test", "PNP_LOG_FORMAT": "text"}
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "generator"], env=env,
+                            cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        watcher = Probe(broker.url, "pnp/services/generator/+")
+        try:
+            wait_until(lambda: any(json.loads(p or b"{}").get("state") == "online"
+                                   for p in watcher.on("pnp/services/generator/test")), timeout=15)
+        finally:
+            watcher.close()
+        status = main(["assign", "--mqtt-url", broker.url, "--mac", MAC, "--sip-server", "pbx", "--user-id", "1",
+                       "--vendor", "grandstream", "--model", "GRP2612", "--wait", "10"])
+        out = capsys.readouterr().out
+        assert status == 0, out
+        assert f"published assignment {MAC} (flags): config revision 1 (cfg{MAC}.xml)" in out
+        status = main(["assign", "--mqtt-url", broker.url, "--mac", MAC, "--json",
+                       '{"vendor": "grandstream", "model": "GRP2612", "accounts": [{"sip_server": "pbx", '
+                       '"user_id": "1"}], "keys": [' + ",".join(['{"type": "blf"}'] * 17) + "]}", "--wait", "10"])
+        out = capsys.readouterr().out
+        assert "error model_limit: GRP2612 has 16 programmable keys" in out, out
+    finally:
+        proc.terminate()
+        proc.wait(10)
