@@ -250,6 +250,36 @@ def test_build_context_holds_the_packages_and_no_secrets(tmp_path):
     assert not set(leave_out) & context, f"sent to the build: {sorted(set(leave_out) & context)}"
 
 
+@needs_compose
+def test_the_image_install_has_every_template_and_schema_and_the_pnp_command(tmp_path):
+    """What `pip install /src` in the Dockerfile builds: a wheel from exactly the build context
+    (the repository through .dockerignore), which must carry every non-Python file the
+    packages load (templates, schemas) and the `pnp` entry point."""
+    script = ("import json, sys; from docker.utils.build import exclude_paths; "
+              "root = sys.argv[1]; rules = open(root + '/.dockerignore').read().splitlines(); "
+              "json.dump(sorted(exclude_paths(root, rules)), sys.stdout)")
+    context = json.loads(subprocess.run([COMPOSE_PYTHON, "-c", script, str(REPO)], capture_output=True,
+                                        text=True, timeout=60, check=True).stdout)
+    src = tmp_path / "src"
+    for name in context:
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / name, src / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "--disable-pip-version-check", str(src), "-w", str(tmp_path / "wheel")],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    import zipfile
+
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = {n for n in context if n.endswith((".j2", ".json")) and "/" in n}
+    assert data, "the packages ship templates and schemas"
+    assert data <= names, f"missing from the image: {sorted(data - names)}"
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "pnp = services.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
 def run_service(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([*PNP, name], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
