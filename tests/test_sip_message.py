@@ -413,3 +413,9 @@ def test_random_bytes_only_raise_the_parse_error(data):
 @given(_mutations())
 def test_mutated_subscribes_only_raise_the_parse_error(data):
     _exercise(data)
+
+
+def test_a_bad_name_added_by_code_does_not_open_the_parser_to_it():
+    Headers([("Max Forwards", "70")])
+    with pytest.raises(SipParseError):
+        parse(GRANDSTREAM.replace(b"Max-Forwards: 70", b"Max Forwards: 70"))

@@ -81,7 +81,8 @@ def _name_key(name: str) -> tuple[str, str]:
     lower = name.lower()
     key = _COMPACT.get(lower, lower) if len(lower) == 1 else lower
     result = (key, _CANONICAL.get(key, name))
-    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+    # only valid names go in: the parser skips its syntax check for names found here
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX and _TOKEN_RE.match(name):
         _NAME_CACHE[name] = result
     return result
 
@@ -339,9 +340,12 @@ def _parse(data: bytes) -> Request | Response:
         if not colon:
             raise SipParseError(f"header line without ':': {line[:40]!r}")
         name = name.rstrip(" \t")
-        if not _TOKEN_RE.match(name):
-            raise SipParseError(f"bad header name {name[:40]!r}")
-        key, display = _name_key(name)
+        known = _NAME_CACHE.get(name)  # names in the cache were checked when they went in
+        if known is None:
+            if not _TOKEN_RE.match(name):
+                raise SipParseError(f"bad header name {name[:40]!r}")
+            known = _name_key(name)
+        key, display = known
         items.append((key, display, value.strip(" \t")))
 
     present = {k for k, _, _ in items}
@@ -558,6 +562,9 @@ class NameAddr:
         return f"{display}<{self.uri}>{_format_params(self.params)}"
 
 
+_BAD_URI = re.compile(r"[ \t<>]")
+
+
 def parse_name_addr(value: str) -> NameAddr:
     """``"Name" <sip:u@h>;tag=x``, ``Name <sip:u@h>``, or the bare ``sip:u@h;tag=x``, whose
     ';' parameters are header parameters (RFC 3261 §20.10)."""
@@ -594,7 +601,7 @@ def parse_name_addr(value: str) -> NameAddr:
         uri, _, rest = text.partition(";")
         uri = uri.strip()
         rest = ";" + rest if rest else ""
-    if not uri or ":" not in uri or any(c in uri for c in " \t<>"):
+    if not uri or ":" not in uri or _BAD_URI.search(uri):
         raise SipParseError(f"bad URI {uri[:60]!r}")
     rest = rest.strip()
     if rest and not rest.startswith(";"):
