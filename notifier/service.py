@@ -40,6 +40,7 @@ class Notifier:
             raise ValueError(f"PNP_NOTIFY_PORT {self.settings.notify_port} is the listener's port: "
                              "the phones' 200 OK would land in the listener")
         self.timers = Timers(t1=self.settings.sip_t1, t2=self.settings.sip_t2)
+        self.shard = self.settings.notifier_shard
         self.store = store if store is not None else Store(ctx.database_path())
         self.endpoints: dict[str, NotifyEndpoint] = {}
         self._ports: list[Any] = []
@@ -58,6 +59,9 @@ class Notifier:
         ctx.bus.subscribe(topics.devices("discovered"), self._on_discovered)
         for address, endpoint in self.endpoints.items():
             log.info("sending NOTIFYs from {host}:{port}", host=address, port=endpoint.local[1])
+        if self.shard.count > 1:
+            log.info("shard {shard}: NOTIFYs only for the MACs with crc32(mac) mod {n} = {i}",
+                     shard=str(self.shard), n=self.shard.count, i=self.shard.index - 1)
 
     # --- life ---
     def _open(self, address: str) -> NotifyEndpoint:
@@ -168,6 +172,11 @@ class Notifier:
         return self._default
 
     def _execute(self, plan: decide.Plan) -> None:
+        if not self.shard.owns(plan.mac):
+            # Another instance's phone: it decides the same from the same retained state, and
+            # its own sent log (not ours) keeps its restarts from sending twice.
+            self.counters_["notify_other_shard"] += 1
+            return
         device = self.store.devices[plan.mac]
         d = device.discovered
         endpoint = self._endpoint_for(d.interface)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 
 from services.settings import Setting, parse_bool, parse_positive_float
@@ -57,6 +58,35 @@ def parse_port_or_zero(text: str) -> int:
     return port
 
 
+MAX_SHARDS = 1024
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This notifier's part of the phones: the MACs whose CRC-32 modulo ``count`` is
+    ``index - 1``. CRC-32, not ``hash()``: Python salts string hashes per process, and every
+    instance, before and after a restart, must draw the same lines."""
+
+    index: int = 1
+    count: int = 1
+
+    def owns(self, mac: str) -> bool:
+        return self.count == 1 or zlib.crc32(mac.lower().encode("ascii", "replace")) % self.count == self.index - 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    match = re.fullmatch(r"\s*([0-9]{1,4})\s*/\s*([0-9]{1,4})\s*", text)
+    if not match:
+        raise ValueError
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 1 <= index <= count <= MAX_SHARDS:
+        raise ValueError
+    return Shard(index, count)
+
+
 NOTIFY_WINDOW = Setting(
     "notify_window", "PNP_NOTIFY_WINDOW",
     "seconds after a discovery in which the phone still gets a NOTIFY (new boot or new files)",
@@ -89,4 +119,11 @@ SIP_T2 = Setting(
     parse_positive_float, "a number of seconds > 0 (and >= T1)", 4.0,
 )
 
-ALL = [NOTIFY_WINDOW, NOTIFY_DIALOG, RESYNC_REBOOT, NOTIFY_PORT, SIP_T1, SIP_T2]
+NOTIFIER_SHARD = Setting(
+    "notifier_shard", "PNP_NOTIFIER_SHARD",
+    "k/n: this notifier sends only for the MACs of shard k of n (crc32(mac) mod n = k-1); "
+    "run n notifiers with 1/n ... n/n on one broker",
+    parse_shard, f"k/n with 1 <= k <= n <= {MAX_SHARDS}, e.g. 1/2", Shard(),
+)
+
+ALL = [NOTIFY_WINDOW, NOTIFY_DIALOG, RESYNC_REBOOT, NOTIFY_PORT, SIP_T1, SIP_T2, NOTIFIER_SHARD]

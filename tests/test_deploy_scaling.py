@@ -144,6 +144,8 @@ def site(tmp_path_factory):
             **base, "PNP_MQTT_URL": url("notifier"), "PNP_INSTANCE": i,
             "PNP_DATA_DIR": str(root / f"notifier-{i}"), "PNP_SIP_INTERFACE": "127.0.0.1",
             "PNP_SIP_PORT": str(sip_port),
+            # each sends only for its MACs (crc32 mod 2), so each phone gets one NOTIFY
+            "PNP_NOTIFIER_SHARD": f"{INSTANCES.index(i) + 1}/{len(INSTANCES)}",
         }
     procs = {name: subprocess.Popen([*PNP, name.split("-")[0]], env=env, stdout=(root / f"{name}.log").open("wb"),
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -228,11 +230,7 @@ def test_every_file_is_served_by_both_fileservers(site):
             assert hashlib.sha256(body).hexdigest() == site["digests"][mac], f"{mac} from {instance}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "each notifier subscribes to pnp/devices/+/discovered on its own, so both notify every "
-    "phone; the change it needs (a shared subscription on discovered, acting only for the boots "
-    "it received through it) is in "
-    "docs/SCALING.md"))
 def test_each_phone_gets_one_notify_from_two_notifiers(site):
+    """PNP_NOTIFIER_SHARD 1/2 and 2/2: every phone is notified, by one of them, once."""
     counts = {ip: len(site["phones"].transactions(ip)) for ip in site["macs"].values()}
     assert counts == {ip: 1 for ip in site["macs"].values()}, counts

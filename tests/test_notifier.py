@@ -4,6 +4,7 @@ NOTIFY and answer (or not); the retained ``notify`` status says how it went."""
 from __future__ import annotations
 
 import time
+import zlib
 from collections import Counter
 
 from twisted.internet import defer, reactor, task
@@ -66,10 +67,11 @@ class NotifierTest(unittest.TestCase):
         return phone
 
     @defer.inlineCallbacks
-    def start(self, **values: str):
+    def start(self, data_dir: str | None = None, **values: str):
         values.setdefault("sip_t1", "0.01")
         values.setdefault("sip_t2", "0.08")
-        settings = make_settings(self.broker, self.data_dir, extra=notifier.main.SETTINGS, **values)
+        settings = make_settings(self.broker, data_dir or self.data_dir, extra=notifier.main.SETTINGS,
+                                 **values)
         rt = Runtime("notifier", settings, notifier.main.start, reactor)
         self.runtimes.append(rt)
         self.addCleanup(rt.stop)
@@ -220,6 +222,58 @@ class NotifierTest(unittest.TestCase):
         yield eventually(lambda: len(phone.requests) == 3)
         self.assertEqual(phone.requests[2].headers.get("Call-ID"), "boot-2@127.0.0.2")
         self.assertEqual(phone.requests[2].cseq, (1, "NOTIFY"))
+
+    @defer.inlineCallbacks
+    def test_two_shards_send_each_phone_exactly_one_notify_across_restarts(self):
+        phones = {f"000b82f5{i:04x}": self.phone(f"127.0.0.{i + 2}") for i in range(8)}
+        owner = {mac: 1 + zlib.crc32(mac.encode()) % 2 for mac in phones}
+        self.assertEqual(set(owner.values()), {1, 2})  # both instances have work
+        dirs = {k: self.mktemp() for k in (1, 2)}
+
+        @defer.inlineCallbacks
+        def start_both():
+            started = []
+            for k in (1, 2):
+                started.append((yield self.start(dirs[k], notifier_shard=f"{k}/2", instance=f"n{k}")))
+            return started
+
+        def notifies(mac: str) -> list:
+            """The phone's NOTIFY transactions, in order: a retransmission is not a second one."""
+            seen: dict[str, object] = {}
+            for r in phones[mac].requests:
+                if r.method == "NOTIFY":
+                    seen.setdefault(parse_via(r.headers.get_all("Via")[0]).branch, r)
+            return list(seen.values())
+
+        for mac in phones:
+            self.publish(mac=mac)
+        first = yield start_both()
+        for mac, phone in phones.items():
+            self.discover(phone, mac=mac, call_id=f"boot-1-{mac}")
+        yield eventually(lambda: all(any(s["status"] == "accepted" for s in self.statuses(mac))
+                                     for mac in phones))
+        yield self.quiet(0.5)  # the other instance's NOTIFY, if it sent one, is here by now
+        self.assertEqual({mac: len(notifies(mac)) for mac in phones}, {mac: 1 for mac in phones})
+        for k, component in zip((1, 2), first):
+            mine = sum(o == k for o in owner.values())
+            self.assertEqual(component.counters_["notify_sent"], mine)
+            self.assertEqual(component.counters_["notify_other_shard"], len(phones) - mine)
+
+        # Both restart: the retained discoveries and publications are replayed to each, within
+        # the window, and each one's own sent log keeps it quiet.
+        for rt in self.runtimes:
+            yield rt.stop()
+        yield start_both()
+        yield self.quiet(0.5)
+        self.assertEqual({mac: len(notifies(mac)) for mac in phones}, {mac: 1 for mac in phones})
+
+        # A new boot of every phone: one more NOTIFY each, from its owner only.
+        for mac, phone in phones.items():
+            self.discover(phone, mac=mac, call_id=f"boot-2-{mac}")
+        yield eventually(lambda: all(len(notifies(mac)) >= 2 for mac in phones))
+        yield self.quiet(0.5)
+        self.assertEqual({mac: [r.headers.get("Call-ID") for r in notifies(mac)] for mac in phones},
+                         {mac: [f"boot-1-{mac}", f"boot-2-{mac}"] for mac in phones})
 
     @defer.inlineCallbacks
     def test_provisioned_phone_gets_a_check_sync_when_its_config_changes(self):

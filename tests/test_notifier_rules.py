@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from notifier import build, decide
-from notifier.settings import IN_DIALOG, OUT_OF_DIALOG, parse_dialog_policy
+from notifier.settings import ALL, IN_DIALOG, OUT_OF_DIALOG, Shard, parse_dialog_policy
+from services.settings import COMMON, CONTRACT, SettingError, resolve
 from notifier.state import Provision, SentKey, Store, epoch
 from services.messages import Discovered, Published, PublishedFile
 from services.sip.message import parse, parse_name_addr, parse_via
@@ -163,6 +164,27 @@ def test_dialog_policy_with_vendor_overrides():
     for bad in ["", "sideways", "snom=maybe", "=in-dialog"]:
         with pytest.raises(ValueError):
             parse_dialog_policy(bad)
+
+
+def test_shards_split_every_mac_exactly_once_and_bad_values_are_one_line_errors():
+    macs = [f"000b82{i:06x}" for i in range(3000)]
+    for n in (1, 2, 3, 7):
+        owners = [[k for k in range(1, n + 1) if Shard(k, n).owns(mac)] for mac in macs]
+        assert all(len(o) == 1 for o in owners), n
+        counts = [sum(o == [k] for o in owners) for k in range(1, n + 1)]
+        assert min(counts) > len(macs) / n * 0.8, counts  # a spread, not one busy instance
+    # The same line in every process: a stable CRC, whatever the case of the MAC.
+    assert Shard(1, 2).owns("000b82f55284") is Shard(1, 2).owns("000B82F55284") is True
+
+    def shard(raw: str) -> Shard:
+        return resolve(COMMON + CONTRACT + ALL, {"notifier_shard": raw}, environ={}).notifier_shard
+
+    assert shard("2/3") == Shard(2, 3) and str(shard(" 1 / 1 ")) == "1/1"
+    assert resolve(COMMON + CONTRACT + ALL, {}, environ={}).notifier_shard == Shard(1, 1)
+    for bad in ["0/2", "3/2", "1/0", "1/1025", "2", "1/2/3", "a/b", "-1/2", "1/2x"]:
+        with pytest.raises(SettingError) as error:
+            shard(bad)
+        assert "PNP_NOTIFIER_SHARD" in str(error.value) and "\n" not in str(error.value)
 
 
 # --- build -----------------------------------------------------------------------------------
