@@ -121,6 +121,30 @@ class System:
         return json.loads(done.stdout), done.returncode
 
 
+def kernel_drops() -> dict[str, int]:
+    """Machine-wide counters that explain lost packets: UDP datagrams dropped on full receive
+    buffers (SUBSCRIBEs a listener did not read in time), TCP connections dropped on a full
+    listen queue (downloads a fileserver did not accept in time)."""
+    wanted = {("Udp", "RcvbufErrors"): "udp_rcvbuf_drops", ("TcpExt", "ListenDrops"): "tcp_listen_drops"}
+    found: dict[str, int] = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for names, values in zip(lines[::2], lines[1::2]):
+            proto, _, keys = names.partition(":")
+            for key, value in zip(keys.split(), values.partition(":")[2].split()):
+                if (proto, key) in wanted:
+                    found[wanted[(proto, key)]] = int(value)
+    return found
+
+
+def drops_line(before: dict[str, int], after: dict[str, int]) -> str:
+    parts = [f"{k} +{after[k] - before.get(k, 0)}" for k in sorted(after)]
+    return "kernel (whole machine, during the run): " + ", ".join(parts) if parts else ""
+
+
 def summary(name: str, data: dict) -> str:
     lat = data["latency_ms"]
     lines = [f"### {name}",
@@ -165,10 +189,14 @@ def main() -> int:
     for size in [int(x) for x in args.sizes.split(",") if x.strip()]:
         with System(Path(args.log)) as system:
             started = time.monotonic()
+            before = kernel_drops()
             data, code = system.simulate(size, args.models, boot_over=0, timeout=args.timeout)
+            after = kernel_drops()
             wall = time.monotonic() - started
+        data["kernel"] = {k: after[k] - before.get(k, 0) for k in after}
         results[f"storm_{size}"] = data
         print(summary(f"storm of {size} (wall {wall:.1f} s incl. staging)", data), flush=True)
+        print(drops_line(before, after), flush=True)
         p99 = data["latency_ms"]["subscribe_to_answer"]["p99"]
         t = data["provisioning_time_s"]
         print(f"aim: all {size} provisioned within 60 s, none lost: "
