@@ -12,8 +12,11 @@ IP_MULTICAST_IF=127.0.0.1 and TTL 0; the listener joins on 127.0.0.1 only):
    throughput with a window of outstanding SUBSCRIBEs, every one a new phone booting (so each
    is answered AND published as a discovery);
 3. the same, open loop at ``--rate`` SUBSCRIBEs per second: p50/p99/max of the time from the
-   phone's send to the answer's arrival. That includes both kernels' UDP paths and this
-   generator's own loop, so it bounds the listener's packet-in-to-answer-out time from above.
+   phone's send to the kernel's receive timestamp of the answer (SO_TIMESTAMPNS, so this
+   generator's own wake-up delay is not counted). It includes the UDP path both ways and any
+   time the SUBSCRIBE waits in the listener's socket, so it bounds the listener's
+   packet-in-to-answer-out time from above; the listener's own view of it (datagram read ->
+   answer written) comes from its status counters.
 
 Everything it starts it stops; the run is bounded by the request counts and timeouts.
 """
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import selectors
+import struct
 import shutil
 import signal
 import socket
@@ -59,6 +63,11 @@ TEMPLATE = (
     "Allow: INVITE, ACK, OPTIONS, CANCEL, BYE, SUBSCRIBE, NOTIFY, INFO, REFER, UPDATE, MESSAGE\r\n"
     "Content-Length: 0\r\n\r\n"
 )
+
+
+# Linux: the kernel stamps each received datagram (CLOCK_REALTIME), so the answer's arrival
+# time does not include this process's own wake-up delay. Missing from the socket module.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 def subscribe(n: int, ip: str, port: int) -> bytes:
@@ -107,6 +116,7 @@ class Phones:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             s.setblocking(False)
             self.sel.register(s, selectors.EVENT_READ)
             self.socks.append(s)
@@ -119,8 +129,9 @@ class Phones:
         ip, port = s.getsockname()
         n = base + self.n
         self.n += 1
-        self.sent[f"{n}-{port}-1@bench".encode()] = time.perf_counter()
-        s.sendto(subscribe(n, ip, port), (GROUP, self.sip_port))
+        data = subscribe(n, ip, port)
+        self.sent[f"{n}-{port}-1@bench".encode()] = time.time_ns()
+        s.sendto(data, (GROUP, self.sip_port))
 
     def poll(self, timeout: float) -> int:
         got = 0
@@ -128,15 +139,19 @@ class Phones:
             s = key.fileobj
             while True:
                 try:
-                    data = s.recv(65535)  # type: ignore[union-attr]
+                    data, ancillary, _, _ = s.recvmsg(65535, 64)  # type: ignore[union-attr]
                 except BlockingIOError:
                     break
-                now = time.perf_counter()
+                now = time.time_ns()
+                for level, kind, value in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                        sec, nsec = struct.unpack("qq", value[:16])
+                        now = sec * 1_000_000_000 + nsec
                 i = data.find(b"Call-ID: ")
                 call_id = data[i + 9:data.find(b"\r\n", i)]
                 sent = self.sent.pop(call_id, None)
                 if sent is not None:
-                    self.rtts.append(now - sent)
+                    self.rtts.append((now - sent) / 1e9)
                     got += 1
         return got
 

@@ -16,10 +16,12 @@ from typing import Any
 
 class Outbox:
     def __init__(self, bus: Any, reactor: Any, window: int = 64, max_pending: int = 100_000,
-                 retry: float = 0.002) -> None:
+                 retry: float = 0.002, batch: int = 16) -> None:
         self.bus = bus
         self.reactor = reactor
         self.window = window
+        # publishes per reactor turn: datagrams that arrive meanwhile wait at most this many
+        self.batch = batch
         self.max_pending = max_pending
         self.retry = retry
         self.dropped = 0
@@ -52,16 +54,20 @@ class Outbox:
         self._call = None
         pending = self._pending
         bus = self.bus
+        room = 0
         if bus.connected:
             room = self.window - bus.queued
-            while pending and room > 0:
+            for _ in range(min(room, self.batch)):
+                if not pending:
+                    break
                 topic, payload = pending.popitem(last=False)
                 if not bus.publish(topic, payload, retain=True):
                     self.dropped += 1
                 room -= 1
         if pending and self._call is None:
-            # Acks free the window; the broker's return (on_connect) kicks us at once.
-            delay = self.retry if bus.connected else 1.0
+            # Room left: the next batch on the next turn. Window full: acks free it soon.
+            # Broker away: its return (on_connect) kicks us at once.
+            delay = 0 if room > 0 else self.retry if bus.connected else 1.0
             self._call = self.reactor.callLater(delay, self.drain)
 
     def flush_all(self) -> None:
