@@ -9,9 +9,8 @@ rises only when the bytes change.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from generator import schema
 from generator.merge import merge_all, strip_nulls
@@ -213,20 +212,22 @@ class Engine:
 
     def _merged(self, device: Device) -> dict:
         assert device.assignment is not None
+        names = [DEFAULT_PROFILE]
+        named = device.assignment.get("profile")
+        if isinstance(named, str) and named != DEFAULT_PROFILE:
+            names.append(named)
         layers: list[Any] = []
-        for name in (DEFAULT_PROFILE, device.assignment.get("profile")):
-            if not isinstance(name, str) or (name in [l[0] for l in layers]):
-                continue
+        for name in names:
             profile = self.profiles.get(name)
             if profile is None:
-                if name == DEFAULT_PROFILE:
+                if name == DEFAULT_PROFILE:  # optional: applies only when it exists
                     continue
                 raise RenderProblem("profile", f"profile {name!r} does not exist (nothing is retained on "
                                     f"its topic)", "profile")
             if profile.problem is not None:
                 raise RenderProblem("profile", f"profile {name!r} cannot be used: {profile.problem}", "profile")
-            layers.append((name, profile.data))
-        return merge_all(*[data for _, data in layers], device.assignment)
+            layers.append(profile.data)
+        return merge_all(*layers, device.assignment)
 
     def _succeed(self, device: Device, rendered: Rendered) -> list[Effect]:
         mac = device.mac
@@ -267,6 +268,3 @@ def config_of(mac: str, rendered: Rendered, revision: int) -> Config:
     return Config(files=files, revision=revision, template=rendered.template, mac=mac,
                   vendor=rendered.vendor, model=rendered.model, notify_path=rendered.notify_path)
 
-
-def describe(effects: Iterable[Effect]) -> str:
-    return json.dumps([type(e).__name__ for e in effects])

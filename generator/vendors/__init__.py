@@ -69,6 +69,7 @@ class Family:
 
 
 def _families() -> list[Family]:
+    # Imported here: the vendor packages import the classes above from this module.
     from generator.vendors import fanvil, grandstream, snom, yealink
 
     return [grandstream.GRP26XX, yealink.FAMILY, snom.FAMILY, fanvil.FAMILY]

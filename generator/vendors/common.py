@@ -126,17 +126,14 @@ def utc_offset_minutes(posix: str) -> int:
     return minutes if m.group(1) == "-" else -minutes
 
 
-def raw_settings(a: dict, vendor: str) -> list[tuple[str, Any]]:
+def raw_settings(a: dict, vendor: str) -> list[tuple[str, str]]:
     """The assignment's pass-through settings for this vendor, in name order."""
     raw = a.get("vendor_settings", {}).get(vendor, {})
-    return [(name, _text(value)) for name, value in sorted(raw.items())]
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return str(value)
+    return [(name, text(value)) for name, value in sorted(raw.items())]
 
 
 def text(value: Any) -> str:
-    return _text(value)
+    """A setting's value as the file writes it (true/false as 1/0)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
