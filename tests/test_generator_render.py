@@ -254,3 +254,12 @@ def test_profile_merge() -> None:
     assert schema.first_problem(merged) is None
     assert schema.first_problem({"codecs": ["g722"]}, partial=True) is None
     assert schema.first_problem({"codecs": ["mp3"]}, partial=True) is not None
+
+
+def test_whole_numbers_written_as_floats_are_written_as_integers() -> None:
+    # JSON Schema counts 5070.0 as an integer; a phone would not understand "5070.0"
+    doc = {"accounts": [{"sip_server": "pbx", "user_id": "1", "port": 5070.0}],
+           "provisioning": {"check_interval": 60.0}, "vendor_settings": {"grandstream": {"P1362": 2.0}}}
+    assert schema.first_problem(doc) is None
+    p = _p_values(render("grandstream", "GRP2614", doc).files[0].body)
+    assert (p["P47"], p["P193"], p["P1362"]) == ("pbx:5070", "60", "2")

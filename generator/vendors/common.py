@@ -28,7 +28,8 @@ def accounts(a: dict, target: Target) -> list[dict]:
             "number": i + 1,
             "enabled": acc.get("enabled", True),
             "sip_server": acc["sip_server"],
-            "port": acc.get("port", DEFAULT_PORTS[transport]),
+            # JSON Schema counts 5060.0 as an integer; the file must say 5060
+            "port": int(acc.get("port", DEFAULT_PORTS[transport])),
             "transport": transport,
             "user_id": acc["user_id"],
             "auth_id": acc.get("auth_id") or acc["user_id"],
@@ -51,7 +52,7 @@ def keys(a: dict, target: Target, supported: set[str] | None = None) -> list[dic
     count = len(a.get("accounts", []))
     out = []
     for i, key in enumerate(items):
-        account = key.get("account", 1)
+        account = int(key.get("account", 1))
         if account > count:
             raise RenderProblem("schema", f"keys[{i}].account is {account}, but the assignment has "
                                 f"{count} account(s)", f"keys[{i}].account")
@@ -73,6 +74,10 @@ def location(text: str, protocol: str | None) -> tuple[str, str]:
     if m:
         return (protocol or m.group(1).lower()), text[m.end():]
     return (protocol or "http"), text
+
+
+def check_interval(prov: dict) -> int | None:
+    return int(prov["check_interval"]) if "check_interval" in prov else None
 
 
 def protocol_of(prov: dict) -> str | None:
@@ -136,4 +141,6 @@ def text(value: Any) -> str:
     """A setting's value as the file writes it (true/false as 1/0)."""
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)

@@ -128,10 +128,11 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(192, common.location(prov["firmware_server"], protocol)[1])
     if protocol:
         put(212, UPGRADE_VIA.get(protocol, 1))
-    if "check_interval" in prov:
-        put(194, 1 if prov["check_interval"] else 0)
-        if prov["check_interval"]:
-            put(193, prov["check_interval"])
+    interval = common.check_interval(prov)
+    if interval is not None:
+        put(194, 1 if interval else 0)
+        if interval:
+            put(193, interval)
     if "time_zone" in a:
         put(64, common.posix_tz(a["time_zone"]))
     if "ntp_server" in a:

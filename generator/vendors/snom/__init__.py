@@ -78,8 +78,9 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put("setting_server", common.url(prov["config_server"], protocol))
     if "firmware_server" in prov:
         put("firmware_status", common.url(prov["firmware_server"], protocol))
-    if "check_interval" in prov:
-        put("settings_refresh_timer", prov["check_interval"] * 60)
+    interval = common.check_interval(prov)
+    if interval is not None:
+        put("settings_refresh_timer", interval * 60)
     if "time_zone" in a:
         put("utc_offset", common.utc_offset_minutes(common.posix_tz(a["time_zone"])) * 60)
     if "ntp_server" in a:

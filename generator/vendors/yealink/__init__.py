@@ -83,10 +83,11 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(device, "static.auto_provision.server.url", server)
     if "firmware_server" in prov:
         put(shared, "static.firmware.url", common.url(prov["firmware_server"], protocol))
-    if "check_interval" in prov:
-        put(shared, "static.auto_provision.repeat.enable", 1 if prov["check_interval"] else 0)
-        if prov["check_interval"]:
-            put(shared, "static.auto_provision.repeat.minutes", prov["check_interval"])
+    interval = common.check_interval(prov)
+    if interval is not None:
+        put(shared, "static.auto_provision.repeat.enable", 1 if interval else 0)
+        if interval:
+            put(shared, "static.auto_provision.repeat.minutes", interval)
     if "time_zone" in a:
         put(shared, "local_time.time_zone", _offset(common.utc_offset_minutes(common.posix_tz(a["time_zone"]))))
     if "ntp_server" in a:
