@@ -198,8 +198,7 @@ class Engine:
         found = schema.missing(merged)
         if found is not None:
             return self._fail(mac, Error(mac, found.code, found.message, found.field))
-        vendor = device.vendor or str(merged.get("vendor", ""))
-        model = device.model if device.vendor else str(merged.get("model", ""))
+        vendor, model = self._identity(device, merged)
         if not vendor or not model:
             self.stats.waiting += 1
             return []
@@ -209,6 +208,17 @@ class Engine:
             return self._fail(mac, Error(mac, exc.code, exc.message, exc.field))
         self.stats.renders += 1
         return self._succeed(device, rendered)
+
+    @staticmethod
+    def _identity(device: Device, merged: dict) -> tuple[str, str]:
+        """The discovered vendor and model when the listener could name both, else pre-staged."""
+        discovered = (device.vendor, device.model)
+        staged = (str(merged.get("vendor", "")), str(merged.get("model", "")))
+        if device.vendor and device.vendor != "unknown" and device.model:
+            return discovered
+        if all(staged):
+            return staged
+        return discovered
 
     def _merged(self, device: Device) -> dict:
         assert device.assignment is not None

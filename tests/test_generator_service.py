@@ -196,6 +196,19 @@ class GeneratorServiceTest(unittest.TestCase):
         self.assertEqual(self.configs(MAC), [])
 
     @defer.inlineCallbacks
+    def test_discovered_model_wins_over_prestaging_unless_the_listener_could_not_name_it(self) -> Any:
+        yield self.start()
+        self.probe.publish(topic(MAC, "discovered"), {"mac": MAC, "vendor": "unknown", "model": "",
+                                                      "firmware": ""}, retain=True)
+        self.assign(MAC, PRESTAGED)
+        yield eventually(lambda: self.configs(MAC))
+        self.assertEqual(self.configs(MAC)[-1].model, "GRP2614")
+        self.probe.publish(topic(MAC, "discovered"), {"mac": MAC, "vendor": "grandstream", "model": "GRP2612",
+                                                      "firmware": "1.0.0.31"}, retain=True)
+        yield eventually(lambda: len(self.configs(MAC)) == 2)
+        self.assertEqual((self.configs(MAC)[-1].model, self.configs(MAC)[-1].revision), ("GRP2612", 2))
+
+    @defer.inlineCallbacks
     def test_a_phone_without_a_template_gets_an_error_naming_vendor_and_model(self) -> Any:
         yield self.start()
         self.probe.publish(topic(MAC, "discovered"), {"mac": MAC, "vendor": "polycom", "model": "VVX411",
