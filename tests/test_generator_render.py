@@ -45,7 +45,8 @@ FULL = {
 }
 
 CASES = [("grandstream", m) for m in sorted(GS_MODELS)] + [
-    ("yealink", "T46S"), ("yealink", "T54W"), ("snom", "D785"), ("fanvil", "X4U")]
+    ("yealink", "T46S"), ("yealink", "T48S"), ("yealink", "T54W"), ("yealink", "T57W"), ("yealink", "T33G"),
+    ("snom", "D785"), ("snom", "D735"), ("fanvil", "X4U"), ("fanvil", "X6U")]
 
 
 def render(vendor: str, model: str, assignment: dict = FULL, renderer: Renderer | None = None):
@@ -184,6 +185,12 @@ def test_key_types_a_family_cannot_show_are_errors() -> None:
     with pytest.raises(RenderProblem) as caught:
         render("fanvil", "X4U", {**FULL, "keys": [{"type": "intercom", "value": "1"}]})
     assert caught.value.field == "keys[0].type"
+    # GRP2612: two accounts, so line keys only on VPK 1-2
+    p = _p_values(render("grandstream", "GRP2612", {**FULL, "keys": [{"type": "line"}, {"type": "line"}]}).files[0].body)
+    assert (p["P1363"], p["P1365"]) == ("31", "31")
+    with pytest.raises(RenderProblem) as caught:
+        render("grandstream", "GRP2612", {**FULL, "keys": [{"type": "none"}] * 2 + [{"type": "line"}]})
+    assert caught.value.field == "keys[2].type"
 
 
 def test_template_dir_overrides_model_then_family(tmp_path: Path) -> None:

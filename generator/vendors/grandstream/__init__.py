@@ -108,6 +108,10 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     for key in common.keys(a, target):
         n = key["number"]
         if n <= vpks:
+            # Only the first VPKs are line keys ("fixed"); the template allows mode 31 only there.
+            if key["type"] == "line" and n > target.info.accounts:
+                raise RenderProblem("unsupported", f"keys[{n - 1}]: a line key must be one of the first "
+                                    f"{target.info.accounts} keys of the {target.model}", f"keys[{n - 1}].type")
             mode_p, account_p_, label_p, value_p = vpk_p(n)
         else:
             if key["type"] == "line":
