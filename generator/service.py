@@ -30,6 +30,7 @@ class GeneratorService:
         self._settle = settle
         self._ready_call: Any = None
         self._commit_call: Any = None
+        self._stopped = False
         self._cooperator = task.Cooperator(scheduler=lambda x: ctx.reactor.callLater(0, x))
         bus = ctx.bus
         bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
@@ -62,6 +63,7 @@ class GeneratorService:
         self.rerender(macs)
 
     def stop(self) -> None:
+        self._stopped = True
         for call in (self._ready_call, self._commit_call):
             if call is not None and call.active():
                 call.cancel()
@@ -80,20 +82,20 @@ class GeneratorService:
     # --- handlers ---
     def on_discovered(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
-        if info is None or info.mac is None:
+        if self._stopped or info is None or info.mac is None:
             return
         self.apply(self.engine.discovered(info.mac, msg.data))
 
     def on_assignment(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
-        if info is None or info.mac is None:
+        if self._stopped or info is None or info.mac is None:
             return
         self.ctx.counters["assignments"] += 1
         self.apply(self.engine.assignment(info.mac, msg.raw, msg.data, msg.error))
 
     def on_profile(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
-        if info is None or info.name is None:
+        if self._stopped or info is None or info.name is None:
             return
         self.ctx.counters["profiles"] += 1
         macs = self.engine.profile(info.name, msg.raw, msg.data, msg.error)
