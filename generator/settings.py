@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from services.settings import Setting, parse_path, parse_positive_float
+
+
+def parse_directory(text: str) -> Path:
+    path = parse_path(text)
+    if not path.is_dir():
+        raise ValueError
+    return path
+
 
 TEMPLATE_DIR = Setting(
     "template_dir", "PNP_TEMPLATE_DIR",
     "directory of templates that add to or override the built-in ones ({vendor}/{model|family}/{role}.j2)",
-    parse_path, "a directory path", None,
+    parse_directory, "an existing directory", None,
 )
 SETTLE = Setting(
     "generator_settle", "PNP_GENERATOR_SETTLE",
