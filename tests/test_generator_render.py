@@ -270,3 +270,13 @@ def test_whole_numbers_written_as_floats_are_written_as_integers() -> None:
     assert schema.first_problem(doc) is None
     p = _p_values(render("grandstream", "GRP2614", doc).files[0].body)
     assert (p["P47"], p["P193"], p["P1362"]) == ("pbx:5070", "60", "2")
+
+
+def test_template_dir_setting_must_exist(tmp_path: Path) -> None:
+    from generator.settings import SETTINGS
+    from services import settings as s
+
+    assert s.resolve(SETTINGS, {"template_dir": str(tmp_path)}, environ={}).template_dir == tmp_path
+    with pytest.raises(s.SettingError) as caught:
+        s.resolve(SETTINGS, {}, environ={"PNP_TEMPLATE_DIR": str(tmp_path / "missing")})
+    assert "PNP_TEMPLATE_DIR" in str(caught.value) and "an existing directory" in str(caught.value)
