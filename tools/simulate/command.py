@@ -82,8 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(2 s, 4 s, ... apart) [default: 2]")
     parser.add_argument("--address-start", default="127.0.0.2", metavar="IP",
                         help="first phone's loopback address, counted up [default: 127.0.0.2]")
-    parser.add_argument("--mac-start", type=int, default=1, metavar="N",
-                        help="first phone's number in the low 24 bits of its MAC [default: 1]")
+    parser.add_argument("--mac-start", type=lambda x: int(x, 0), default=1, metavar="N",
+                        help="first phone's number in the low 24 bits of its MAC, decimal or 0x hex "
+                             "(--mac-start 0x500 with Yealink: 001565000500) [default: 1]")
     parser.add_argument("--phone-port", type=int, default=None, metavar="PORT",
                         help="bind every phone to this port instead of its vendor's (5080 Grandstream, "
                              "5059 Yealink, 5060 snom/Fanvil)")
