@@ -45,7 +45,8 @@ class StagingError(Exception):
 @defer.inlineCallbacks
 def stage(identities: Iterable[Identity], url: MqttUrl, prefix: str = "pnp", *,
           sip_server: str = "pbx.example.com", first_user: int = 1001, wait_published: float = 60.0,
-          reactor: Any = None, on_progress: Callable[[int, int], None] | None = None) -> Any:
+          reactor: Any = None, on_progress: Callable[[int, int], None] | None = None,
+          connect_timeout: float = 10.0) -> Any:
     """Publish the assignments; fires with the number of phones whose files got published
     within ``wait_published`` seconds (0 = do not wait). Raises StagingError when the broker
     cannot be reached."""
@@ -69,11 +70,11 @@ def stage(identities: Iterable[Identity], url: MqttUrl, prefix: str = "pnp", *,
     bus.start()
     try:
         connected = bus.when_connected()
-        connected.addTimeout(10, reactor)
+        connected.addTimeout(connect_timeout, reactor)
         try:
             yield connected
         except defer.TimeoutError:
-            raise StagingError(f"broker {url} not reachable within 10s") from None
+            raise StagingError(f"broker {url} not reachable within {connect_timeout:g}s") from None
         yield bus.when_subscribed()
         for index, ident in enumerate(idents):
             bus.publish_json(topics.device(ident.mac, "assignment"),
