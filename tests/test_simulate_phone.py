@@ -185,6 +185,15 @@ def test_notify_answer_goes_to_rport_or_via_port_and_the_fetch_follows():
     assert [type(a) for a in again] == [Send] and again[0].data == response.data
 
 
+def test_a_notify_that_overtakes_the_answer_is_taken_and_the_answer_still_timed():
+    phone = make()
+    req = sent(phone.boot(0.0))[0]
+    out = phone.receive(notify(phone, b"http://127.0.0.1:8080/p/tok/"), ("127.0.0.1", 40000), 0.003)
+    assert isinstance(out[1], Fetch) and phone.deadline is None  # no more SUBSCRIBEs
+    phone.receive(answer(req, 200), ("127.0.0.1", PORT), 0.004)
+    assert phone.state == State.FETCHING and phone.times.answer == 0.004
+
+
 def test_yealink_fetches_the_url_itself_and_rport_answer_goes_to_the_source():
     phone = make("T46S")
     phone.boot(0.0)

@@ -290,11 +290,11 @@ class Phone:
         if method != "SUBSCRIBE" or number not in self._sent_cseqs or msg.status < 200:
             return
         self.answers.append(msg.status)
+        if 200 <= msg.status < 300 and self.times.answer is None:
+            self.times.answer = now  # even when the NOTIFY overtook it
         if self.state != State.SUBSCRIBING:
             return
         if 200 <= msg.status < 300:
-            if self.times.answer is None:
-                self.times.answer = now
             self.state = State.WAITING_NOTIFY
             self.deadline = now + self.timing.notify_timeout
         elif msg.status == 500:
