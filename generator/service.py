@@ -7,7 +7,6 @@ a time, so the reactor keeps serving other messages meanwhile.
 
 from __future__ import annotations
 
-import socket
 from typing import Any, Iterable, Iterator
 
 from twisted.internet import task
@@ -37,20 +36,6 @@ class GeneratorService:
         bus.subscribe(self.topics.devices("assignment"), self.on_assignment)
         bus.subscribe(self.topics.profiles(), self.on_profile)
         bus.when_subscribed().addCallback(self._subscribed)
-        bus.on_connect(self._no_delay)
-        if bus.connected:
-            self._no_delay()
-
-    def _no_delay(self) -> None:
-        # paho leaves Nagle's algorithm on: a config published right after the PUBACK of its
-        # assignment then waits for the broker's delayed ACK (~40 ms). Pre-staging promises
-        # milliseconds. (services/bus.py could do this for every service.)
-        sock = self.ctx.bus._client.socket()
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
 
     def _subscribed(self, _: Any) -> None:
         self._ready_call = self.ctx.reactor.callLater(self._settle, self._become_ready)
