@@ -263,6 +263,34 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(reasons[idents[1].mac], "GET x.cfg: timed out (after 1 retries)")
 
     @defer.inlineCallbacks
+    def test_https_with_a_trusted_self_signed_certificate(self):
+        from pathlib import Path
+
+        from twisted.internet.ssl import Certificate
+
+        from fileserver.certs import make_pair
+        from fileserver.tls import listen
+
+        cert, key = make_pair(["127.0.0.1"])
+        d = Path(self.mktemp())
+        d.mkdir()
+        (d / "c.pem").write_bytes(cert)
+        (d / "k.pem").write_bytes(key)
+        tls = listen(reactor, server.Site(self.files), 0, "127.0.0.1", d / "c.pem", d / "k.pem")
+        self.addCleanup(tls.stopListening)
+        self.pbx.base_url = f"https://127.0.0.1:{tls.getHost().port}"
+        idents = plan(2, ["GRP2614", "D785"], _addresses())
+        self.serve(idents)
+        report = yield Fleet(idents, self.sip_port, FAST, timeout=10, trust=Certificate.loadPEM(cert)).run()
+        self.assertTrue(report.ok, report.text())
+        # without trusting it, the phones refuse the server, as real ones do
+        idents = plan(1, ["GRP2614"], _addresses())
+        self.serve(idents)
+        timing = Timing(t1=0.1, notify_timeout=1, reboot_delay=0.05, fetch_retries=0)
+        report = yield Fleet(idents, self.sip_port, timing, timeout=10).run()
+        self.assertEqual(report.failed[0].step, "fetch")
+
+    @defer.inlineCallbacks
     def test_the_run_is_bounded(self):
         self.pbx.notify = False
         idents = plan(1, ["GRP2614"], _addresses())
