@@ -40,6 +40,8 @@ class Phones:
     def __init__(self, count: int) -> None:
         self.sockets: dict[str, socket.socket] = {}
         self.received: dict[str, list[Any]] = {}
+        # where each NOTIFY came from: each notifier sends from a socket of its own
+        self.senders: dict[str, list[tuple[str, int]]] = {}
         self._selector = selectors.DefaultSelector()
         for i in range(count):
             ip = f"127.0.0.{i + 2}"
@@ -48,6 +50,7 @@ class Phones:
             s.setblocking(False)
             self.sockets[ip] = s
             self.received[ip] = []
+            self.senders[ip] = []
             self._selector.register(s, selectors.EVENT_READ, ip)
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -62,6 +65,7 @@ class Phones:
                 data, addr = key.fileobj.recvfrom(65535)
                 request = parse(data)
                 self.received[key.data].append(request)
+                self.senders[key.data].append(addr)
                 answer = build_response(request, 200, "OK", to_tag="phonetag", received=addr)
                 key.fileobj.sendto(answer.to_bytes(), addr)
 
@@ -234,3 +238,5 @@ def test_each_phone_gets_one_notify_from_two_notifiers(site):
     """PNP_NOTIFIER_SHARD 1/2 and 2/2: every phone is notified, by one of them, once."""
     counts = {ip: len(site["phones"].transactions(ip)) for ip in site["macs"].values()}
     assert counts == {ip: 1 for ip in site["macs"].values()}, counts
+    senders = {addr for ip in site["macs"].values() for addr in site["phones"].senders[ip]}
+    assert len(senders) == 2, f"both notifiers share the phones, not one of them: {senders}"
