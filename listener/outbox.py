@@ -15,8 +15,8 @@ from typing import Any
 
 
 class Outbox:
-    def __init__(self, bus: Any, reactor: Any, window: int = 64, max_pending: int = 100_000,
-                 retry: float = 0.002, batch: int = 16) -> None:
+    def __init__(self, bus: Any, reactor: Any, window: int = 16, max_pending: int = 100_000,
+                 retry: float = 0.002, batch: int = 8) -> None:
         self.bus = bus
         self.reactor = reactor
         self.window = window

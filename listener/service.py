@@ -49,7 +49,7 @@ class ListenerService:
         self.times = AnswerTimes()
         # Discoveries wait there until the datagrams at hand are answered: in a burst, every
         # phone's answer goes out before any MQTT work is done.
-        self.outbox = Outbox(ctx.bus, ctx.reactor)
+        self.outbox = Outbox(ctx.bus, ctx.reactor, window=settings.publish_window)
         self._learn_filter = ctx.topics.devices("discovered")
         self.learning = True
         self._learned = 0

@@ -28,4 +28,19 @@ SIP_BURST = Setting(
     parse_positive_float, "a number > 0", 40.0,
 )
 
-LISTENER = [SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST]
+
+
+def _parse_window(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise ValueError
+    return value
+
+
+PUBLISH_WINDOW = Setting(
+    "publish_window", "PNP_PUBLISH_WINDOW",
+    "discoveries sent to the broker and not yet acknowledged, at most (raise it for a distant broker)",
+    _parse_window, "a whole number 1-10000", 16,
+)
+
+LISTENER = [SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST, PUBLISH_WINDOW]
