@@ -71,8 +71,22 @@ def read_env(path: Path) -> dict[str, str]:
             continue
         match = _LINE.fullmatch(line)
         if match:
-            values[match.group(1)] = match.group(2).strip()
+            value = match.group(2).strip()
+            # compose takes KEY="value" and KEY='value' as value; so must the password file
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[match.group(1)] = value
     return values
+
+
+def _filled(key: str, value: str, rotate: set[str]) -> str:
+    """``value``, or a new secret for an empty (or rotated) secret key, or the host name for an
+    empty PNP_INSTANCE."""
+    if _SECRET_KEYS.fullmatch(key) and (not value or key in rotate):
+        return new_secret()
+    if key == s.INSTANCE.env and not value:
+        return s.INSTANCE.default({})
+    return value
 
 
 def render_env(example: str, current: dict[str, str], rotate: set[str] = frozenset(),
@@ -88,18 +102,11 @@ def render_env(example: str, current: dict[str, str], rotate: set[str] = frozens
             out.append(line)
             continue
         key, default = match.group(1), match.group(2).strip()
-        value = current.get(key, default)
-        if _SECRET_KEYS.fullmatch(key) and (not value or key in rotate):
-            value = new_secret()
-        elif key == s.INSTANCE.env and not value:
-            value = s.INSTANCE.default({})
-        values[key] = value
-        out.append(f"{key}={value}")
-    extra = {k: v for k, v in current.items() if k not in values}
+        values[key] = _filled(key, current.get(key, default), rotate)
+        out.append(f"{key}={values[key]}")
+    # e.g. a broker user added for another system: MQTT_PASSWORD_CRM= gets a password too
+    extra = {k: _filled(k, v, rotate) for k, v in current.items() if k not in values}
     if extra:
-        # e.g. a broker user added for another system: MQTT_PASSWORD_CRM= gets a password too
-        extra = {k: new_secret() if _SECRET_KEYS.fullmatch(k) and (not v or k in rotate) else v
-                 for k, v in extra.items()}
         out += ["", "# kept from the previous .env"] + [f"{k}={v}" for k, v in extra.items()]
         values.update(extra)
     return "\n".join(out) + "\n", values
