@@ -225,6 +225,7 @@ def status_counters(broker_url: str, instance: str) -> dict:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    """The listener's latest status counters, once its outbox has drained (or after 10 s)."""
     got: dict = {}
     host, port = broker_url.rsplit("//", 1)[1].rsplit(":", 1)
     c = mqtt.Client(CallbackAPIVersion.VERSION2)
@@ -232,8 +233,8 @@ def status_counters(broker_url: str, instance: str) -> dict:
     c.on_message = lambda cl, u, m: got.update(json.loads(m.payload).get("counters", {}))
     c.connect(host, int(port))
     c.loop_start()
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    while (not got or got.get("publish_pending")) and time.monotonic() < deadline:
         time.sleep(0.05)
     c.loop_stop()
     c.disconnect()
@@ -295,7 +296,7 @@ def main() -> int:
         time.sleep(1.5)
         counters = status_counters(broker.url, "bench")
         keys = ("received", "answered", "published", "duplicates", "rate_limited", "malformed",
-                "mqtt_published", "mqtt_queue_overflow")
+                "publish_pending", "mqtt_published", "mqtt_queue_overflow")
         print(f"  inside the listener (last 4096 answers of the {args.rate:.0f}/s run), datagram in -> "
               f"answer written: p50 {counters.get('answer_us_p50')} us, "
               f"p99 {counters.get('answer_us_p99')} us, max {counters.get('answer_us_max')} us")
