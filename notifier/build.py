@@ -105,8 +105,10 @@ def ua_profile(discovered: Discovered, url: str, local: Local, mode: str, cseq: 
     h = Headers()
     _common(h, local, branch)
     if mode == IN_DIALOG:
-        if not discovered.call_id or not discovered.from_tag or not discovered.to_tag:
-            raise BuildError("an in-dialog NOTIFY needs the SUBSCRIBE's Call-ID and both tags")
+        # A phone's From without a tag (Fanvil's PnP SUBSCRIBE) is RFC 2543 style: its dialog's
+        # remote tag is null (RFC 3261 §12.1.2), so our To carries none. Our tag must exist.
+        if not discovered.call_id or not discovered.to_tag:
+            raise BuildError("an in-dialog NOTIFY needs the SUBSCRIBE's Call-ID and our To-tag")
         fallback = discovered.request_uri or target
         ours = _dialog_party(discovered.to_uri, discovered.to_tag, fallback)
         theirs = _dialog_party(discovered.from_uri, discovered.from_tag, fallback)

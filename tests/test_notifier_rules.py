@@ -223,6 +223,16 @@ def test_in_dialog_without_tagged_from_uri_uses_the_tags():
         build.ua_profile(discovered(to_tag=""), "http://x/", LOCAL, IN_DIALOG, cseq=1)
 
 
+def test_in_dialog_for_a_phone_whose_from_has_no_tag():
+    # Fanvil's PnP SUBSCRIBE: From without a tag. The dialog's remote tag is null, not an error.
+    d = discovered(from_tag="", from_uri="<sip:MAC=0c383e000001@224.0.1.75>")
+    wire = parse(build.ua_profile(d, "http://x/0c383e000001.cfg", LOCAL, IN_DIALOG, cseq=1).to_bytes())
+    to = parse_name_addr(wire.headers.get("To"))
+    assert (to.uri, to.tag) == ("sip:MAC=0c383e000001@224.0.1.75", None)
+    assert parse_name_addr(wire.headers.get("From")).tag == "ourtag77"
+    assert wire.headers.get("Call-ID") == d.call_id
+
+
 def test_out_of_dialog_notify_is_the_guides_capture():
     d = discovered()
     wire = parse(build.ua_profile(d, "https://192.168.5.190:8089/zccgi/", LOCAL, OUT_OF_DIALOG, cseq=9).to_bytes())
