@@ -289,11 +289,13 @@ def health(name: str, env: dict[str, str], *extra: str) -> subprocess.CompletedP
     return subprocess.run([*PNP, "health", name, *extra], env=env, capture_output=True, text=True, timeout=20)
 
 
-def test_each_service_with_its_compose_environment_comes_up_healthy_under_the_acl(model, tmp_path):
+def test_the_compose_services_come_up_healthy_and_provision_phones_under_the_acl(model, tmp_path):
     """The compose environment, as resolved, with only what a container changes replaced: the
-    broker's address (a private one with the repository's ACL), free ports, a data directory."""
+    broker's address (a private one with the repository's ACL), free ports, a data directory.
+    Then simulated phones on loopback, assigned with the pbx login, go all the way through."""
     broker = LockedBroker(tmp_path / "broker", brokersetup.broker_users(model["_env"])).start()
     http_port = free_port()
+    sip_port = free_port()  # the listener's and the notifier's; loopback only, never 5060
     procs: dict[str, subprocess.Popen] = {}
     envs: dict[str, dict[str, str]] = {}
     try:
@@ -304,7 +306,7 @@ def test_each_service_with_its_compose_environment_comes_up_healthy_under_the_ac
             env["PNP_DATA_DIR"] = str(tmp_path / name)
             env["PNP_STATUS_INTERVAL"] = "1"
             if "PNP_SIP_PORT" in env:
-                env["PNP_SIP_PORT"] = str(free_port())  # loopback only, never 5060
+                env["PNP_SIP_PORT"] = str(sip_port)
             if "PNP_HTTP_PORT" in env:
                 env["PNP_HTTP_PORT"] = str(http_port)
                 env["PNP_PUBLIC_URL"] = f"http://127.0.0.1:{http_port}/"
@@ -321,8 +323,18 @@ def test_each_service_with_its_compose_environment_comes_up_healthy_under_the_ac
                     pending.discard(name)
             time.sleep(0.2)
         assert not pending, {n: health(n, envs[n]).stderr for n in pending}
-        for name in procs:
-            log = (tmp_path / f"{name}.log").read_text()
+        # Your PBX assigns three phones of three vendors; they boot, are notified, fetch,
+        # reboot and fetch the same file again.
+        pbx = f"mqtt://pbx:{model['_env']['MQTT_PASSWORD_PBX']}@127.0.0.1:{broker.port}"
+        phones = subprocess.run(
+            [*PNP, "simulate", "--count", "3", "--models", "GRP2614,T46S,D785", "--assign",
+             "--address-start", "127.0.9.2", "--sip-port", str(sip_port), "--mqtt-url", pbx,
+             "--timeout", "20", "--wait-published", "10", "--notify-timeout", "10", "--quiet"],
+            env={"PATH": os.environ.get("PATH", "")}, capture_output=True, text=True, timeout=90)
+        logs = {n: (tmp_path / f"{n}.log").read_text() for n in procs}
+        assert phones.returncode == 0, phones.stdout + phones.stderr + "\n".join(logs.values())
+        assert "provisioned: 3" in phones.stdout
+        for name, log in logs.items():
             assert "refused" not in log.lower(), f"{name} was refused something by the broker:\n{log}"
         # and stopped, the same check says unhealthy (the last will or the clean offline status)
         procs["generator"].send_signal(signal.SIGTERM)
