@@ -290,7 +290,7 @@ def main() -> int:
               f"SUBSCRIBEs answered and published per CPU-second")
         rtts, lost = open_loop(phones, args.rate, args.seconds, base=10_000_000)
         ms = [r * 1000 for r in rtts]
-        print(f"pnp listener at {args.rate:.0f} SUBSCRIBEs/s for {args.seconds:.0f} s, send -> answer: "
+        print(f"pnp listener at {args.rate:.0f} SUBSCRIBEs/s for {args.seconds:g} s, send -> answer: "
               f"p50 {percentile(ms, 50):.3f} ms, p99 {percentile(ms, 99):.3f} ms, "
               f"max {max(ms):.3f} ms ({len(ms)} answered, {lost} unanswered)")
         time.sleep(1.5)

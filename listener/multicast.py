@@ -10,7 +10,10 @@ GROUP = "224.0.1.75"  # sip.mcast.net (RFC 3261 §10.2.6; RFC 6080 PnP)
 # Linux: deliver only the groups this socket joined, on the interface it joined them on, so
 # each socket knows which interface a SUBSCRIBE came in on. Missing from the socket module.
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
-RECEIVE_BUFFER = 4 * 1024 * 1024
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+# A boot storm of 10,000 phones lands within a second or two; each queued SUBSCRIBE costs the
+# kernel about 2 KiB. Past net.core.rmem_max only with CAP_NET_ADMIN (SO_RCVBUFFORCE).
+RECEIVE_BUFFER = 16 * 1024 * 1024
 
 
 def open_group_socket(interface: str, port: int, group: str = GROUP) -> socket.socket:
@@ -32,9 +35,12 @@ def open_group_socket(interface: str, port: int, group: str = GROUP) -> socket.s
         except OSError:
             pass  # not Linux: a socket per interface then also hears the others' traffic
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
         except OSError:
-            pass
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            except OSError:
+                pass  # the kernel's default then; the log shows what we got
         # Never send multicast from here, and if anything ever does, keep it on this host.
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))

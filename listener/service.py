@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet import defer
@@ -74,14 +75,15 @@ class ListenerService:
                     f"cannot join {GROUP}:{self.port} on {address}: {exc.strerror or exc} (does a "
                     f"program hold UDP port {self.port} without SO_REUSEPORT? see docs/LISTENER.md)"
                 ) from None
+            buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             try:
                 protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._publish, self.times)
                 self.ports.append(ctx.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol))
                 self.protocols.append(protocol)
             finally:
                 sock.close()  # the reactor holds its own duplicate of the descriptor
-            log.info("joined {group} on {interface}, port {port}", group=GROUP, interface=address,
-                     port=self.port)
+            log.info("joined {group} on {interface}, port {port} (receive buffer {mib:.1f} MiB)",
+                     group=GROUP, interface=address, port=self.port, mib=buffer / 2**20)
         if all(a.startswith("127.") for a in self.interfaces):
             log.info("listening on loopback only: no phone on the LAN can reach this listener; "
                      "to serve a LAN set PNP_SIP_INTERFACE to its interface (e.g. eth0), "
