@@ -40,8 +40,15 @@ def context_factory(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
     return options
 
 
+# Twisted's default backlog of 50 overflows when a boot storm's phones all fetch at once: the
+# kernel then drops their SYNs and each phone waits seconds for a retransmission. The kernel
+# caps it at net.core.somaxconn.
+BACKLOG = 4096
+
+
 def listen(reactor: Any, site: Any, port: int, interface: str,
            cert: Path | None = None, key: Path | None = None) -> Any:
     if cert is not None and key is not None:
-        return reactor.listenSSL(port, site, context_factory(cert, key), interface=interface)
-    return reactor.listenTCP(port, site, interface=interface)
+        return reactor.listenSSL(port, site, context_factory(cert, key), backlog=BACKLOG,
+                                 interface=interface)
+    return reactor.listenTCP(port, site, backlog=BACKLOG, interface=interface)
