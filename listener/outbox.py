@@ -11,13 +11,17 @@ here, up to ``max_pending`` phones; past that, new discoveries are dropped and c
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 
 class Outbox:
     def __init__(self, bus: Any, reactor: Any, window: int = 16, max_pending: int = 100_000,
-                 retry: float = 0.002, batch: int = 8) -> None:
+                 retry: float = 0.002, batch: int = 8,
+                 encode: Callable[[Any], bytes] | None = None) -> None:
         self.bus = bus
+        # Items are encoded when they leave, not when they come: in a burst, that work waits
+        # until every datagram at hand is answered.
+        self.encode = encode or (lambda item: item)
         self.reactor = reactor
         self.window = window
         # publishes per reactor turn: datagrams that arrive meanwhile wait at most this many
@@ -26,14 +30,14 @@ class Outbox:
         self.retry = retry
         self.dropped = 0
         self.coalesced = 0
-        self._pending: OrderedDict[str, bytes] = OrderedDict()
+        self._pending: OrderedDict[str, Any] = OrderedDict()
         self._call: Any = None
         bus.on_connect(self.kick)
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def put(self, topic: str, payload: bytes) -> None:
+    def put(self, topic: str, payload: Any) -> None:
         pending = self._pending
         if topic in pending:
             self.coalesced += 1
@@ -60,8 +64,8 @@ class Outbox:
             for _ in range(min(room, self.batch)):
                 if not pending:
                     break
-                topic, payload = pending.popitem(last=False)
-                if not bus.publish(topic, payload, retain=True):
+                topic, item = pending.popitem(last=False)
+                if not bus.publish(topic, self.encode(item), retain=True):
                     self.dropped += 1
                 room -= 1
         if pending and self._call is None:
@@ -76,8 +80,8 @@ class Outbox:
             self._call.cancel()
         self._call = None
         while self._pending:
-            topic, payload = self._pending.popitem(last=False)
-            if not self.bus.publish(topic, payload, retain=True):
+            topic, item = self._pending.popitem(last=False)
+            if not self.bus.publish(topic, self.encode(item), retain=True):
                 self.dropped += 1
 
     def cancel(self) -> None:

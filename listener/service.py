@@ -50,7 +50,8 @@ class ListenerService:
         self.times = AnswerTimes()
         # Discoveries wait there until the datagrams at hand are answered: in a burst, every
         # phone's answer goes out before any MQTT work is done.
-        self.outbox = Outbox(ctx.bus, ctx.reactor, window=settings.publish_window)
+        self.outbox = Outbox(ctx.bus, ctx.reactor, window=settings.publish_window,
+                             encode=encode_discovered)
         self._learn_filter = ctx.topics.devices("discovered")
         self.learning = True
         self._learned = 0
@@ -92,7 +93,7 @@ class ListenerService:
 
     def _publish(self, discovered: Discovered) -> None:
         topic = self.ctx.topics.device(discovered.mac, "discovered")
-        self.outbox.put(topic, encode_discovered(discovered))
+        self.outbox.put(topic, discovered)
         self._log_discovery(discovered)
 
     def _log_discovery(self, d: Discovered) -> None:
