@@ -19,7 +19,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
