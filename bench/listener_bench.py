@@ -241,6 +241,10 @@ def status_counters(broker_url: str, instance: str) -> dict:
     return got
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000, help="SUBSCRIBEs in the throughput run")
@@ -263,22 +267,27 @@ def main() -> int:
     print(f"core only, retransmissions (cached answer):          {retx:8.0f} /s")
 
     tmp = Path(tempfile.mkdtemp(prefix="pnp-listener-bench-"))
-    broker = Mosquitto(tmp / "broker", persistence=False).start()
-    sip_port = free_port()
-    env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_SIP_PORT": str(sip_port),
-           "PNP_SIP_INTERFACE": "127.0.0.1", "PNP_DATA_DIR": str(tmp / "var"),
-           "PNP_INSTANCE": "bench", "PNP_LOG_FORMAT": "json", "PNP_STATUS_INTERVAL": "1"}
+    broker = Mosquitto(tmp / "broker", persistence=False)
+    proc: subprocess.Popen | None = None
+    phones: Phones | None = None
     log = open(tmp / "listener.log", "wb")
-    command = [str(ROOT / ".venv/bin/pnp"), "listener"]
-    if args.profile:
-        command = [sys.executable, "-m", "cProfile", "-o", args.profile, *command]
-    proc = subprocess.Popen(command, env=env, stdout=log,
-                            stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: (os.sched_setaffinity(0, {listener_cpu}), os.nice(args.nice)))
-    os.sched_setaffinity(0, {generator_cpu})
-    os.nice(args.nice)
-    phones = Phones(args.phones, sip_port)
+    # SIGTERM (a timeout) unwinds like Ctrl-C, so the finally below stops what was started.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        broker.start()
+        sip_port = free_port()
+        env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_SIP_PORT": str(sip_port),
+               "PNP_SIP_INTERFACE": "127.0.0.1", "PNP_DATA_DIR": str(tmp / "var"),
+               "PNP_INSTANCE": "bench", "PNP_LOG_FORMAT": "json", "PNP_STATUS_INTERVAL": "1"}
+        command = [str(ROOT / ".venv/bin/pnp"), "listener"]
+        if args.profile:
+            command = [sys.executable, "-m", "cProfile", "-o", args.profile, *command]
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: (os.sched_setaffinity(0, {listener_cpu}),
+                                                    os.nice(args.nice)))
+        os.sched_setaffinity(0, {generator_cpu})
+        os.nice(args.nice)
+        phones = Phones(args.phones, sip_port)
         wait_answering(phones)
         cpu = cpu_seconds(proc.pid)
         rate, lost = closed_loop(phones, args.requests, args.window, base=0)
@@ -302,13 +311,15 @@ def main() -> int:
               f"p99 {counters.get('answer_us_p99')} us, max {counters.get('answer_us_max')} us")
         print("listener counters: " + ", ".join(f"{k} {counters.get(k)}" for k in keys))
     finally:
-        phones.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if phones is not None:
+            phones.close()
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
