@@ -17,6 +17,7 @@ from services.messages import (
 from services.sip.transaction import Outcome, Result, Timers
 
 from notifier import build, decide
+from notifier.burstlog import BurstLog
 from notifier.protocol import NotifyEndpoint
 from notifier.settings import IN_DIALOG
 from notifier.state import Provision, Store, epoch
@@ -41,7 +42,13 @@ class Notifier:
                              "the phones' 200 OK would land in the listener")
         self.timers = Timers(t1=self.settings.sip_t1, t2=self.settings.sip_t2)
         self.shard = self.settings.notifier_shard
-        self.store = store if store is not None else Store(ctx.database_path())
+        self._log_sent = BurstLog(self.reactor, lambda count: log.info(
+            "sent {count} more NOTIFYs in a burst (not logged one by one; each phone's outcome is "
+            "on its devices/{{mac}}/notify)", count=count))
+        # One commit per reactor turn, however many messages that turn read: the sent log is on
+        # disk before the next turn (a crash in between may repeat those NOTIFYs, never lose one).
+        self.store = store if store is not None else Store(
+            ctx.database_path(), later=lambda commit: self.reactor.callLater(0, commit))
         self.endpoints: dict[str, NotifyEndpoint] = {}
         self._ports: list[Any] = []
         self._stopped = False
@@ -73,6 +80,7 @@ class Notifier:
 
     def stop(self) -> Any:
         self._stopped = True
+        self._log_sent.flush()
         cut = sum(endpoint.stop() for endpoint in self.endpoints.values())
         if cut:
             log.info("stopped with {count} NOTIFY transactions unfinished", count=cut)
@@ -130,7 +138,7 @@ class Notifier:
         except PayloadError as exc:
             self._bad(msg, str(exc))
             return
-        previous = self.store.put_published(mac, published)
+        previous = self.store.put_published(mac, published, msg.raw)
         plan = decide.after_publish(mac, self.store.devices.get(mac), published, previous,
                                     self.store.provisions.get(mac), self.store.sent, self.wall(),
                                     self.settings.notify_window)
@@ -207,8 +215,9 @@ class Notifier:
         self._status(plan, NotifyStatus(
             status="sent", code=None, attempts=1, url=plan.url, revision=plan.revision,
             call_id=call_id, at=now_iso(), kind=plan.kind))
-        log.info("NOTIFY {kind} rev {revision} to {mac} at {host}:{port}", kind=plan.kind,
-                 revision=plan.revision, mac=plan.mac, host=address[0], port=address[1])
+        self._log_sent(lambda: log.info("NOTIFY {kind} rev {revision} to {mac} at {host}:{port}",
+                                        kind=plan.kind, revision=plan.revision, mac=plan.mac,
+                                        host=address[0], port=address[1]))
 
     def _finished(self, plan: decide.Plan, call_id: str, result: Result) -> None:
         status = result.outcome.value

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Callable
 
 import sqlite_utils
 
@@ -55,11 +56,19 @@ def epoch(iso: str, default: float) -> float:
 
 
 class Store:
-    def __init__(self, path: Path | str | None = None) -> None:
+    """``later``, when given, batches writes: the first write opens a transaction and asks
+    ``later`` to call :meth:`commit` (the notifier passes "at the next reactor turn"), so a burst
+    of messages read in one turn costs one commit, not three per NOTIFY. Without it every write
+    commits at once."""
+
+    def __init__(self, path: Path | str | None = None,
+                 later: Callable[[Callable[[], None]], Any] | None = None) -> None:
         self.db = sqlite_utils.Database(memory=True) if path is None else sqlite_utils.Database(path)
         if path is not None:
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
+        self._later = later
+        self._conn = self.db.conn
         self._create()
         self.devices: dict[str, Device] = {}
         self.published: dict[str, Published] = {}
@@ -102,49 +111,62 @@ class Store:
         cseq = old.cseq if old is not None and old.discovered.call_id == discovered.call_id else 0
         device = Device(discovered, seen, cseq)
         self.devices[mac] = device
-        self.db.execute("INSERT OR REPLACE INTO devices (mac, payload, seen, cseq) VALUES (?, ?, ?, ?)",
-                        [mac, (raw or discovered.to_json()).decode("utf-8"), seen, cseq])
+        self._write("INSERT OR REPLACE INTO devices (mac, payload, seen, cseq) VALUES (?, ?, ?, ?)",
+                    (mac, (raw or discovered.to_json()).decode("utf-8"), seen, cseq))
         return device
 
     def drop_device(self, mac: str) -> None:
         if self.devices.pop(mac, None) is not None:
-            self.db.execute("DELETE FROM devices WHERE mac = ?", [mac])
+            self._write("DELETE FROM devices WHERE mac = ?", (mac,))
 
     def next_cseq(self, mac: str) -> int:
         device = self.devices[mac]
         device.cseq += 1
-        self.db.execute("UPDATE devices SET cseq = ? WHERE mac = ?", [device.cseq, mac])
+        self._write("UPDATE devices SET cseq = ? WHERE mac = ?", (device.cseq, mac))
         return device.cseq
 
-    def put_published(self, mac: str, published: Published) -> Published | None:
-        """Store; returns what was published before."""
+    def put_published(self, mac: str, published: Published, raw: bytes | None = None) -> Published | None:
+        """Store; returns what was published before. ``raw``: its JSON as received."""
         old = self.published.get(mac)
         self.published[mac] = published
-        self.db.execute("INSERT OR REPLACE INTO published (mac, payload) VALUES (?, ?)",
-                        [mac, published.to_json().decode()])
+        self._write("INSERT OR REPLACE INTO published (mac, payload) VALUES (?, ?)",
+                    (mac, (raw or published.to_json()).decode("utf-8")))
         return old
 
     def drop_published(self, mac: str) -> None:
         if self.published.pop(mac, None) is not None:
-            self.db.execute("DELETE FROM published WHERE mac = ?", [mac])
+            self._write("DELETE FROM published WHERE mac = ?", (mac,))
 
     def put_provision(self, mac: str, provision: Provision) -> None:
         self.provisions[mac] = provision
-        self.db.execute(
+        self._write(
             "INSERT OR REPLACE INTO provisions (mac, provisioned, revision, at) VALUES (?, ?, ?, ?)",
-            [mac, int(provision.provisioned), provision.revision, provision.at])
+            (mac, int(provision.provisioned), provision.revision, provision.at))
 
     def mark_sent(self, key: SentKey, at: float) -> bool:
         """Record a NOTIFY about to go out; False when that one was already sent."""
         if key in self.sent:
             return False
         self.sent.add(key)
-        self.db.execute(
+        self._write(
             "INSERT OR IGNORE INTO sent (mac, call_id, revision, kind, at) VALUES (?, ?, ?, ?, ?)",
-            [key.mac, key.call_id, key.revision, key.kind, at])
+            (key.mac, key.call_id, key.revision, key.kind, at))
         return True
 
+    def _write(self, sql: str, params: tuple) -> None:
+        if self._later is not None and not self._conn.in_transaction:
+            self._conn.execute("BEGIN")
+            self._later(self.commit)
+        self._conn.execute(sql, params)
+        if self._later is None:
+            self._conn.commit()
+
+    def commit(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.commit()
+
     def close(self) -> None:
+        self.commit()
         self.db.close()
 
     def summary(self) -> dict[str, int]:

@@ -49,6 +49,24 @@ class _Subscription:
     filter: str
     qos: int
     handlers: list[Handler] = field(default_factory=list)
+    levels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(self.filter.split("/"))
+
+    def matches(self, topic: str) -> bool:
+        """MQTT topic matching, as paho's ``topic_matches_sub`` (which builds a matcher tree
+        on every call: a few percent of a busy service's CPU)."""
+        levels = self.levels
+        if topic[:1] == "$" and levels[0] in ("+", "#"):
+            return False  # wildcards never match $SYS and the like (MQTT 4.7.2)
+        parts = topic.split("/")
+        for i, level in enumerate(levels):
+            if level == "#":
+                return True
+            if i >= len(parts) or (level != "+" and level != parts[i]):
+                return False
+        return len(parts) == len(levels)
 
 
 class _SocketReader:
@@ -63,7 +81,13 @@ class _SocketReader:
         return self._fileno
 
     def doRead(self) -> None:
-        self.bus._client.loop_read()
+        client = self.bus._client
+        client.loop_read()
+        # What the handlers published and the PUBACKs of what was read go out now, not after
+        # another turn of the reactor: the broker sends a client only a few unacknowledged
+        # messages at a time, so a late PUBACK stalls the next ones.
+        if client.want_write():
+            client.loop_write()
 
     def doWrite(self) -> None:
         self.bus._client.loop_write()
@@ -127,7 +151,10 @@ class Bus:
             protocol=mqtt.MQTTv5,
         )
         self._client.max_queued_messages_set(max_queued)
-        self._client.max_inflight_messages_set(1000)
+        # No paho-side cap on QoS 1 messages in flight: with one, paho rescans every unacked
+        # message on each PUBACK (quadratic in a burst); the bounded queue above still limits
+        # what waits, and mosquitto acknowledges QoS 1 at once, whatever its receive maximum.
+        self._client.max_inflight_messages_set(0)
         self._client.connect_timeout = connect_timeout
         self._keepalive = keepalive
         if url.username:
@@ -360,7 +387,7 @@ class Bus:
             except PayloadError as exc:
                 incoming.error = str(exc)
         for sub in list(self._subs.values()):
-            if mqtt.topic_matches_sub(sub.filter, msg.topic):
+            if sub.matches(msg.topic):
                 for handler in list(sub.handlers):
                     self._safely(handler, msg.topic, incoming)
 

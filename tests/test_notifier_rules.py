@@ -264,3 +264,25 @@ def test_destination_contact_or_source():
     assert build.destination(discovered(ip="", port=0)) == ("192.168.5.175", 5080)
     with pytest.raises(build.BuildError):
         build.destination(discovered(ip="", port=0, contact="garbage"))
+
+
+def test_burst_log_lines_one_by_one_then_a_count():
+    from twisted.internet import task
+
+    from notifier.burstlog import BurstLog
+
+    clock, lines, summaries = task.Clock(), [], []
+    burst = BurstLog(clock, summaries.append, per_second=3, summary_after=5.0)
+    for i in range(10):
+        burst(lambda i=i: lines.append(i))
+    assert lines == [0, 1, 2] and summaries == []
+    clock.advance(1.0)
+    burst(lambda: lines.append("next second"))  # a new second logs again
+    assert lines[-1] == "next second"
+    clock.advance(4.0)
+    assert summaries == [7]  # the seven that were only counted, in one line
+    clock.advance(10.0)
+    assert summaries == [7]
+    burst(lambda: lines.append("quiet"))
+    burst.flush()  # on stop: nothing pending, no line
+    assert summaries == [7] and lines[-1] == "quiet"
