@@ -51,8 +51,12 @@ class Outbox:
     def kick(self) -> None:
         """Send what the window allows on the next reactor turn (after the datagrams at hand
         are answered)."""
-        if self._call is None and self._pending:
+        if not self._pending:
+            return
+        if self._call is None:
             self._call = self.reactor.callLater(0, self.drain)
+        elif self._call.active() and self._call.getTime() > self.reactor.seconds():
+            self._call.reset(0)  # e.g. the broker is back: do not wait out the slow retry
 
     def drain(self) -> None:
         self._call = None
