@@ -43,7 +43,7 @@ def check_settings(cfg: s.Settings) -> None:
 def start(ctx: Context) -> Fileserver:
     cfg = ctx.settings
     check_settings(cfg)
-    store = Store(ctx.database_path())
+    store = Store(ctx.database_path(), clock=ctx.reactor)
     secret = cfg.file_secret or load_or_create_secret(Path(cfg.data_dir) / "fileserver.secret")
     auth = Authenticator(cfg.http_auth, cfg.http_user, cfg.http_password) if cfg.http_auth != "off" else None
     policy = Policy(prefix=urlsplit(cfg.public_url).path or "/", plain_paths=cfg.plain_paths,
