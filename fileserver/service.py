@@ -56,6 +56,9 @@ class FileService:
         # published first: its retained messages arrive before the configs that are compared to it
         bus.subscribe(self.topics.devices("published"), self.on_published)
         bus.subscribe(self.topics.devices("config"), self.on_config)
+        # Behind a load balancer a phone's two downloads may land on different instances:
+        # what the others served counts toward the reboot-and-compare here too.
+        bus.subscribe(self.topics.devices("fetched"), self.on_fetched)
         if self.policy.pin_ip:
             bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
         bus.on_connect(self._connected)
@@ -92,6 +95,21 @@ class FileService:
             self.broker_published.pop(info.mac, None)
         else:
             self.broker_published[info.mac] = msg.raw
+
+    def on_fetched(self, msg: Incoming) -> None:
+        data = msg.data
+        if not isinstance(data, dict) or data.get("server") in (None, "", self.ctx.settings.instance):
+            return  # ours (or from a fileserver too old to say): already counted when served
+        info = self.topics.parse(msg.topic)
+        name, sha, status = data.get("file"), data.get("sha256"), data.get("status")
+        if (info is None or not info.mac_ok or not isinstance(name, str) or not isinstance(sha, str)
+                or status not in (200, 304)):
+            return
+        outcome = self.tracker.record(info.mac, name, status, sha)
+        if data.get("provisioned") is True and not outcome.provisioned:
+            outcome = self.tracker.record(info.mac, name, 304, sha)
+        if outcome.changed:
+            self.store.set_fetch_state(info.mac, name, outcome.served, outcome.provisioned_sha)
 
     def on_config(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
@@ -150,7 +168,7 @@ class FileService:
         # Fetched's fields, encoded without dataclasses.asdict: this runs once per download
         event = {"file": served.name, "sha256": served.sha256, "status": status, "client": client,
                  "user_agent": ua, "provisioned": outcome.provisioned, "at": now_iso(),
-                 "revision": device.revision, "v": Fetched.v}
+                 "revision": device.revision, "server": self.ctx.settings.instance, "v": Fetched.v}
         self.ctx.bus.publish(self.topics.device(device.mac, "fetched"), encode_json(event), retain=True)
 
     # --- internals ---

@@ -233,6 +233,7 @@ class Fetched(Payload):
     provisioned: bool
     at: str
     revision: int | None = None
+    server: str = ""  # the fileserver instance that served it (several may serve one site)
 
 
 @dataclass

@@ -215,13 +215,12 @@ def test_phone_whose_fetches_stay_on_one_fileserver_is_provisioned(site):
     assert provisioned_after(site, mac, 2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "each fileserver tracks the reboot-and-compare on its own; the second download, on the other "
-    "instance, looks like a first one. Until fileservers read each other's fetched (the ACL "
-    "allows it), the load balancer needs source-IP affinity (docs/SCALING.md)"))
 def test_phone_whose_fetches_land_on_different_fileservers_is_provisioned(site):
     mac = sorted(site["macs"])[1]
     fetch(site, mac, "a")
+    topic = f"pnp/devices/{mac}/fetched"
+    assert wait_for(lambda: any(t == topic for t, _ in site["audit"].received))
+    time.sleep(0.5)  # the phone flashes and reboots (tens of seconds for a real one)
     fetch(site, mac, "b")
     assert provisioned_after(site, mac, 2)
 
