@@ -43,6 +43,8 @@ class Incoming:
 
 Handler = Callable[[Incoming], Any]
 
+READ_BATCH = 64  # MQTT packets handled per turn of the reactor
+
 
 @dataclass
 class _Subscription:
@@ -76,18 +78,48 @@ class _SocketReader:
         self.bus = bus
         self.sock = sock
         self._fileno = sock.fileno()
+        self._again: Any = None
 
     def fileno(self) -> int:
         return self._fileno
 
     def doRead(self) -> None:
         client = self.bus._client
-        client.loop_read()
+        self._read_some(client)
         # What the handlers published and the PUBACKs of what was read go out now, not after
         # another turn of the reactor: the broker sends a client only a few unacknowledged
         # messages at a time, so a late PUBACK stalls the next ones.
         if client.want_write():
             client.loop_write()
+
+    def _read_some(self, client: Any) -> None:
+        """At most READ_BATCH packets, then back to the reactor. paho's ``loop_read`` reads as
+        many packets as messages await a PUBACK, and every handler that publishes adds one: in
+        a burst one call grew to thousands of messages and seconds, while timers and other
+        sockets (the notifier's 200 OKs, then retransmitted) waited. Same steps as loop_read."""
+        read_packet = getattr(client, "_packet_read", None)
+        handle_rc = getattr(client, "_loop_rc_handle", None)
+        if read_packet is None or handle_rc is None:
+            client.loop_read()
+            return
+        for _ in range(READ_BATCH):
+            if client.socket() is None:
+                return
+            rc = read_packet()
+            if rc > 0:
+                handle_rc(rc)
+                return
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return
+        # More may be waiting; with TLS it may sit decrypted in the SSL object, where epoll
+        # does not see it, so come back next turn rather than wait for the socket.
+        if self._again is None:
+            self._again = self.bus.reactor.callLater(0, self._more)
+
+    def _more(self) -> None:
+        self._again = None
+        if self.bus._reader is self:
+            self.doRead()
 
     def doWrite(self) -> None:
         self.bus._client.loop_write()

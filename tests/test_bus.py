@@ -41,6 +41,43 @@ class BusTest(unittest.TestCase):
         self.assertTrue(got[0].retain)
 
     @defer.inlineCallbacks
+    def test_a_burst_is_handled_a_batch_per_reactor_turn(self) -> None:
+        """A handler that publishes (as the notifier does) must not keep the reactor in one
+        read for the whole burst: timers and other sockets get a turn every READ_BATCH."""
+        from collections import Counter
+
+        from services.bus import READ_BATCH
+
+        turn = [0]
+        per_turn: Counter = Counter()
+        got: list[str] = []
+
+        def tick() -> None:
+            turn[0] += 1
+            if len(got) < 1500:
+                reactor.callLater(0, tick)
+
+        receiver = self.bus("receiver")
+
+        def handle(msg) -> None:
+            got.append(msg.topic)
+            per_turn[turn[0]] += 1
+            receiver.publish(f"done/{msg.topic}", b"1")
+
+        receiver.subscribe("burst/#", handle)
+        yield receiver.when_subscribed()
+        sender = self.bus("sender")
+        yield sender.when_connected()
+        tick()
+        for i in range(1500):
+            sender.publish(f"burst/{i}", b"x")
+        yield eventually(lambda: len(got) == 1500, timeout=20)
+        self.assertEqual(got, [f"burst/{i}" for i in range(1500)])
+        # one batch when the socket is readable, one carried over from the turn before
+        self.assertLessEqual(max(per_turn.values()), 2 * READ_BATCH, per_turn.most_common(3))
+        self.assertGreater(len(per_turn), 1500 / (2 * READ_BATCH))
+
+    @defer.inlineCallbacks
     def test_bad_json_reaches_handler_with_error(self) -> None:
         got = []
         b = self.bus()
