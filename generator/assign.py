@@ -63,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_text", metavar="JSON", help="the whole assignment as JSON, for --mac")
     parser.add_argument("--dry-run", action="store_true", help="check and show, publish nothing")
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="wait up to SECONDS for the generator's answer (config or error) and show it")
+                        help="wait up to SECONDS for the answer (config, published or error) and show it")
     for name in ACCOUNT_FIELDS + TOP_FIELDS:
         parser.add_argument("--" + name.replace("_", "-"), dest=f"a_{name}", metavar="VALUE",
                             help=f"account 1's {name}" if name in ACCOUNT_FIELDS else name)
@@ -248,7 +248,7 @@ def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0,
     answers: dict[str, str] = {}
     lock = threading.Lock()
     subscribed = threading.Event()
-    watched = {topics.device(item.mac, kind): (item.mac, kind) for item in items for kind in ("config", "error")}
+    watched = {topics.device(item.mac, kind): (item.mac, kind) for item in items for kind in ("config", "published", "error")}
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
         # Retained messages are the state before this publish; only live ones answer it.
@@ -304,6 +304,11 @@ def _answer(kind: str, payload: bytes) -> str:
             return "config withdrawn"
         names = ", ".join(f.get("name", "?") for f in data.get("files", []) if isinstance(f, dict))
         return f"config revision {data.get('revision')} ({names})"
+    if kind == "published":
+        # What a PBX login sees: under the deployment's ACL it may not read config.
+        if data is None:
+            return "files withdrawn"
+        return f"published revision {data.get('revision')} at {data.get('url')}"
     if data is None:
         return "error cleared"
     return f"error {data.get('code')}: {data.get('message')}"

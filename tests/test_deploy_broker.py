@@ -388,3 +388,25 @@ def test_shared_subscription_splits_discoveries_between_two_notifiers(login, bro
     assert sorted(got_a + got_b) == sorted(sent), "each discovery exactly once across the group"
     assert got_a and got_b, "both members share the work"
     assert spy.received == []
+
+
+def test_pnp_assign_wait_with_the_pbx_login_shows_the_published_answer(broker, login, audit):
+    # Under the ACL the pbx login may not read config; --wait must still show an answer.
+    mac = "000b82aa0042"
+    url = f"mqtt://pbx:{broker.passwords['pbx']}@127.0.0.1:{broker.port}"
+    proc = subprocess.Popen([*PNP, "assign", "--mac", mac, "--sip-server", "pbx.example.com",
+                             "--user-id", "1042", "--password", "pw", "--wait", "10"],
+                            env={**os.environ, "PNP_MQTT_URL": url},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        topic = f"pnp/devices/{mac}/assignment"
+        assert wait_for(lambda: any(t == topic for t, _ in audit.received), timeout=10)
+        fileserver = login("fileserver")
+        fileserver.publish(f"pnp/devices/{mac}/published",
+                           b'{"url":"http://127.0.0.1:8080/p/tok/","files":[],"revision":1,"v":1}',
+                           retain=False)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "published revision 1 at http://127.0.0.1:8080/p/tok/" in out
