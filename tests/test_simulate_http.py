@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from twisted.internet import defer, protocol as tprotocol, reactor as _reactor, task
+from twisted.trial import unittest as trial
 
 from tools.simulate.http import HttpError, build_request, parse_response
 
@@ -43,3 +45,48 @@ def test_only_loopback_literals_are_fetched():
     get(clock, "http://192.168.5.110:8080/p/x/", {}, "127.0.0.2", 1.0, lambda r, e: got.append((r, e)))
     clock.advance(0)
     assert got == [(None, "refusing to fetch from 192.168.5.110: not a 127.0.0.0/8 address")]
+
+
+class _Answer(tprotocol.Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            self.transport.loseConnection()
+
+
+class GetTest(trial.TestCase):
+    """One GET per connection from the phone's address: an answer, a refusal, a silent server."""
+
+    def _get(self, port: int, timeout: float = 5.0) -> defer.Deferred:
+        from tools.simulate.http import get
+
+        d: defer.Deferred = defer.Deferred()
+        get(_reactor, f"http://127.0.0.1:{port}/cfg.xml", {"User-Agent": "t"}, "127.0.0.2", timeout,
+            lambda r, e: d.callback((r, e)))
+        return d
+
+    def _listen(self, proto: type) -> int:
+        factory = tprotocol.Factory.forProtocol(proto)
+        port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_answer_refusal_and_silence(self):
+        response, error = yield self._get(self._listen(_Answer))
+        assert error is None and (response.status, response.body) == (200, b"ok")
+        closed = _reactor.listenTCP(0, tprotocol.Factory.forProtocol(tprotocol.Protocol), interface="127.0.0.1")
+        free = closed.getHost().port
+        yield closed.stopListening()
+        assert (yield self._get(free)) == (None, "connection refused")
+        silent: list = []
+
+        class Silent(tprotocol.Protocol):
+            def connectionMade(self) -> None:
+                silent.append(self)
+
+        response, error = yield self._get(self._listen(Silent), timeout=0.3)
+        assert (response, error) == (None, "timed out")
+        yield task.deferLater(_reactor, 0.1, lambda: None)
+        assert silent and not silent[0].transport.connected  # the phone hung up
+
