@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from services.bus import Incoming
+from services.burstlog import BurstLog
 from services.messages import Fetched, encode_json, now_iso
 from services.runner import Context
 from fileserver.abuse import NotFoundLimiter
@@ -45,6 +46,11 @@ class FileService:
         self.broker_published: dict[str, bytes] = {}
         self._seen_config: set[str] = set()
         self._reconcile_call: Any = None
+        # a line per stored config and per provisioned phone, except in a storm of them
+        self._log_stored = BurstLog(ctx.reactor, lambda n: log.info(
+            "stored {count} more configs (not logged one by one)", count=n))
+        self._log_provisioned = BurstLog(ctx.reactor, lambda n: log.info(
+            "{count} more phones provisioned (not logged one by one)", count=n))
         self.policy.discovered_ip = store.discovered_ips()
         for device in store.load():
             self.catalog.set(device)
@@ -68,6 +74,8 @@ class FileService:
     def stop(self) -> None:
         if self._reconcile_call is not None and self._reconcile_call.active():
             self._reconcile_call.cancel()
+        self._log_stored.flush()
+        self._log_provisioned.flush()
 
     # --- MQTT handlers ---
     def _connected(self) -> None:
@@ -137,8 +145,8 @@ class FileService:
             self.store.put(device)
             self.catalog.set(device)
             self.ctx.counters["configs_stored"] += 1
-            log.info("{mac}: stored revision {revision} ({n} files)", mac=mac,
-                     revision=device.revision, n=len(device.files))
+            self._log_stored(lambda: log.info("{mac}: stored revision {revision} ({n} files)", mac=mac,
+                                              revision=device.revision, n=len(device.files)))
         self._resolve_error(mac)
         self._publish(mac)
 
@@ -163,8 +171,9 @@ class FileService:
         if outcome.changed:
             self.store.set_fetch_state(device.mac, served.name, outcome.served, outcome.provisioned_sha)
             if outcome.provisioned:
-                log.info("{mac}: provisioned ({name} sha256 {sha} fetched again)", mac=device.mac,
-                         name=served.name, sha=served.sha256[:12])
+                self._log_provisioned(lambda: log.info(
+                    "{mac}: provisioned ({name} sha256 {sha} fetched again)", mac=device.mac,
+                    name=served.name, sha=served.sha256[:12]))
         # Fetched's fields, encoded without dataclasses.asdict: this runs once per download
         event = {"file": served.name, "sha256": served.sha256, "status": status, "client": client,
                  "user_agent": ua, "provisioned": outcome.provisioned, "at": now_iso(),
