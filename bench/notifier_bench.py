@@ -46,8 +46,8 @@ except socket.timeout:
 
 DEADLINE = 120.0  # no run goes on longer than this
 
-# --nodelay: what the MQTT hops cost without Nagle's algorithm. services/bus.py does not set
-# TCP_NODELAY (yet), so the notifier process gets it here by a patch at startup.
+# --nodelay: from the time services/bus.py and the private broker did not set TCP_NODELAY; both
+# do now, so this only adds it to the bench's own clients (and patches what is already set).
 NODELAY_NOTIFIER = r"""
 import socket, sys
 import services.bus as bus
