@@ -69,6 +69,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
         self._later = later
         self._conn = self.db.conn
+        self._closed = False
         self._create()
         self.devices: dict[str, Device] = {}
         self.published: dict[str, Published] = {}
@@ -162,11 +163,12 @@ class Store:
             self._conn.commit()
 
     def commit(self) -> None:
-        if self._conn.in_transaction:
+        if not self._closed and self._conn.in_transaction:
             self._conn.commit()
 
     def close(self) -> None:
         self.commit()
+        self._closed = True  # a commit still scheduled finds nothing to do
         self.db.close()
 
     def summary(self) -> dict[str, int]:

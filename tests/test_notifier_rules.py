@@ -286,3 +286,25 @@ def test_burst_log_lines_one_by_one_then_a_count():
     burst(lambda: lines.append("quiet"))
     burst.flush()  # on stop: nothing pending, no line
     assert summaries == [7] and lines[-1] == "quiet"
+
+
+def test_store_batches_writes_until_the_commit_and_a_late_commit_after_close_is_harmless(tmp_path):
+    pending: list = []
+    store = Store(tmp_path / "n.db", later=pending.append)
+    key = SentKey("000b82f55284", "c1", 1, "ua-profile")
+    assert store.mark_sent(key, 1.0)
+    assert store.mark_sent(SentKey("000b82f55285", "c1", 1, "ua-profile"), 1.0)
+    assert len(pending) == 1  # one commit asked for the whole batch
+    reader = Store(tmp_path / "n.db")
+    assert key not in reader.sent  # not committed yet
+    reader.close()
+    pending.pop()()
+    reader = Store(tmp_path / "n.db")
+    assert key in reader.sent and len(reader.sent) == 2
+    reader.close()
+    assert store.mark_sent(SentKey("000b82f55286", "c2", 1, "ua-profile"), 2.0)
+    store.close()  # commits what is pending
+    pending.pop()()  # the scheduled commit, after close: nothing to do, no error
+    reader = Store(tmp_path / "n.db")
+    assert len(reader.sent) == 3
+    reader.close()
