@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                             fetch_retries=max(0, args.fetch_retries))
             fleet = Fleet(idents, settings.sip_port, timing, boot_over=args.boot_over,
                           timeout=args.timeout, fetch_timeout=args.fetch_timeout, seed=args.seed,
-                          trust=trust, on_progress=progress, linger=args.linger,
+                          trust=trust, on_progress=progress if live else None, linger=args.linger,
                           credentials=credentials)
             outcome["fleet"] = fleet
             outcome["report"] = yield fleet.run()

@@ -75,6 +75,8 @@ def raise_file_limit(wanted: int) -> int:
 
 
 class _PhoneSocket(protocol.DatagramProtocol):
+    noisy = False  # no start/stop log line per phone socket
+
     def __init__(self, fleet: "Fleet", phone: Phone) -> None:
         self.fleet = fleet
         self.phone = phone

@@ -141,6 +141,8 @@ class _Get(protocol.Protocol):
 
 
 class _Factory(protocol.ClientFactory):
+    noisy = False  # no "Starting factory" line per download
+
     def __init__(self, request: bytes, done: Callable, failed: Callable[[Any], None] | None = None) -> None:
         self.request = request
         self.done = done
