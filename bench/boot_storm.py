@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -121,6 +122,35 @@ class System:
         return json.loads(done.stdout), done.returncode
 
 
+def process_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process under ``root`` (pnp up: the broker
+    and the four services), by name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) != root:  # ppid
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        name = "mosquitto" if any("mosquitto" in w for w in words[:1]) else words[-1] if words else entry.name
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_line(before: dict[str, float], after: dict[str, float], simulate: float, wall: float) -> str:
+    used = {k: after[k] - before.get(k, 0.0) for k in after}
+    used["simulate"] = simulate
+    parts = [f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1])]
+    return (f"CPU seconds during the run (staging included; {wall:.1f} s wall x {os.cpu_count()} CPUs): "
+            + ", ".join(parts) + f"; total {sum(used.values()):.1f}")
+
+
 def kernel_drops() -> dict[str, int]:
     """Machine-wide counters that explain lost packets: UDP datagrams dropped on full receive
     buffers (SUBSCRIBEs a listener did not read in time), TCP connections dropped on a full
@@ -190,13 +220,21 @@ def main() -> int:
         with System(Path(args.log)) as system:
             started = time.monotonic()
             before = kernel_drops()
+            cpu_before = process_cpu(system.proc.pid)
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
             data, code = system.simulate(size, args.models, boot_over=0, timeout=args.timeout)
             after = kernel_drops()
+            cpu_after = process_cpu(system.proc.pid)
+            done = resource.getrusage(resource.RUSAGE_CHILDREN)
             wall = time.monotonic() - started
+        simulate_cpu = done.ru_utime + done.ru_stime - children.ru_utime - children.ru_stime
+        data["cpu_s"] = {**{k: round(cpu_after[k] - cpu_before.get(k, 0.0), 2) for k in cpu_after},
+                         "simulate": round(simulate_cpu, 2)}
         data["kernel"] = {k: after[k] - before.get(k, 0) for k in after}
         results[f"storm_{size}"] = data
         print(summary(f"storm of {size} (wall {wall:.1f} s incl. staging)", data), flush=True)
         print(drops_line(before, after), flush=True)
+        print(cpu_line(cpu_before, cpu_after, simulate_cpu, wall), flush=True)
         p99 = data["latency_ms"]["subscribe_to_answer"]["p99"]
         t = data["provisioning_time_s"]
         print(f"aim: all {size} provisioned within 60 s, none lost: "
