@@ -175,7 +175,9 @@ class Bus:
             "mqtt_received": 0,
             "mqtt_queue_overflow": 0,
             "mqtt_handler_errors": 0,
+            "mqtt_publish_refused": 0,
         }
+        self._refusal_logged_at = float("-inf")
 
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -202,6 +204,7 @@ class Bus:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
         # paho swallows callback exceptions only when told to; ours are caught per handler.
         c.suppress_exceptions = True
 
@@ -383,6 +386,20 @@ class Bus:
         rc, mid = self._client.subscribe(sub.filter, sub.qos)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
             self._pending_subacks.add(mid)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        # A broker's ACL refuses a QoS 1 publish only by the PUBACK's reason code (135 "not
+        # authorized"): without this a wrong login looks like success.
+        if reason is None or not getattr(reason, "is_failure", False):
+            return
+        self.counters["mqtt_publish_refused"] += 1
+        now = self.reactor.seconds()
+        if now - self._refusal_logged_at >= 10.0:
+            self._refusal_logged_at = now
+            message = self._client._out_messages.get(mid)
+            log.error("broker refused a publish to {topic}: {reason} ({count} refused so far)",
+                      topic=getattr(message, "topic", "?"), reason=str(reason),
+                      count=self.counters["mqtt_publish_refused"])
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         self._pending_subacks.discard(mid)

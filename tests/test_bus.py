@@ -160,3 +160,31 @@ def test_subscription_matching_is_paho_s():
               "/", "//", "pnp/devices/000b82f55284/discovered", "pnp/devices/x/published"]
     for f, topic in itertools.product(filters, topics):
         assert _Subscription(f, 1).matches(topic) == mqtt.topic_matches_sub(f, topic), (f, topic)
+
+
+class RefusedPublishTest(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_publish_the_broker_refuses_is_counted_not_taken_for_success(self):
+        from pathlib import Path
+
+        from services.broker import Mosquitto
+
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        acl = directory / "acl"
+        acl.write_text("topic readwrite allowed/#\n")  # the anonymous login's only topics
+        # run as root (as the tests are) so the broker can read the test's private directory
+        broker = Mosquitto(directory, extra_config=f"acl_file {acl}\nuser root").start()
+        self.addCleanup(broker.stop)
+        b = Bus(parse_mqtt_url(broker.url), "test-refused", reactor)
+        self.addCleanup(b.stop)
+        got = []
+        b.subscribe("allowed/#", got.append)
+        b.start()
+        yield b.when_subscribed()
+        b.publish("forbidden/x", b"1")
+        b.publish("allowed/x", b"2")
+        yield eventually(lambda: got)
+        yield b.flush()
+        self.assertEqual(b.counters["mqtt_publish_refused"], 1)
+        self.assertEqual([m.raw for m in got], [b"2"])
