@@ -3,6 +3,7 @@ wire, and their outcome back on ``devices/{mac}/notify``."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable
 
@@ -10,6 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from services import netif
+from services.burstlog import BurstLog
 from services.bus import Incoming
 from services.messages import (
     Discovered, Fetched, NotifyStatus, PayloadError, Published, encode_json, now_iso,
@@ -17,12 +19,16 @@ from services.messages import (
 from services.sip.transaction import Outcome, Result, Timers
 
 from notifier import build, decide
-from notifier.burstlog import BurstLog
 from notifier.protocol import NotifyEndpoint
 from notifier.settings import IN_DIALOG
 from notifier.state import Provision, Store, epoch
 
 log = Logger(namespace="notifier")
+
+# A ``fetched`` that says a phone runs our config, as the fileserver (or any JSON encoder) writes
+# it. Half the messages of a boot storm are first downloads, ``provisioned`` false: this spares
+# them the topic, JSON and payload parsing (a phone's escaped key would only be missed).
+_PROVISIONED = re.compile(rb'"provisioned"\s*:\s*true')
 
 
 class Notifier:
@@ -146,6 +152,9 @@ class Notifier:
             self._execute(plan)
 
     def _on_fetched(self, msg: Incoming) -> None:
+        if _PROVISIONED.search(msg.raw) is None and not self._keeps_provision(msg.topic):
+            # Not a running phone, and none before: its Provision would decide nothing.
+            return
         mac = self._mac(msg)
         if mac is None or msg.empty:
             return
@@ -160,6 +169,14 @@ class Notifier:
         provisioned = fetched.provisioned or (old is not None and old.provisioned)
         revision = fetched.revision if fetched.revision is not None else (old.revision if old else None)
         self.store.put_provision(mac, Provision(provisioned, revision, epoch(fetched.at, self.wall())))
+
+    def _keeps_provision(self, topic: str) -> bool:
+        """A phone known as provisioned: its later downloads still move its revision and time."""
+        if not self.store.provisions:
+            return False
+        info = self.ctx.topics.parse(topic)
+        old = self.store.provisions.get(info.mac) if info is not None else None
+        return old is not None and old.provisioned
 
     # --- output ---
     def _endpoint_for(self, interface: str) -> NotifyEndpoint:

@@ -56,10 +56,10 @@ def epoch(iso: str, default: float) -> float:
 
 
 class Store:
-    """``later``, when given, batches writes: the first write opens a transaction and asks
-    ``later`` to call :meth:`commit` (the notifier passes "at the next reactor turn"), so a burst
-    of messages read in one turn costs one commit, not three per NOTIFY. Without it every write
-    commits at once."""
+    """``later``, when given, batches writes: the first write is queued and asks ``later`` to call
+    :meth:`commit` (the notifier passes "at the next reactor turn"), which runs the queue in one
+    transaction, so a burst of messages read in one turn costs one commit, not three per NOTIFY.
+    Without it every write commits at once."""
 
     def __init__(self, path: Path | str | None = None,
                  later: Callable[[Callable[[], None]], Any] | None = None) -> None:
@@ -68,6 +68,7 @@ class Store:
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
         self._later = later
+        self._pending: list[tuple[str, tuple]] = []
         self._conn = self.db.conn
         self._closed = False
         self._create()
@@ -155,15 +156,30 @@ class Store:
         return True
 
     def _write(self, sql: str, params: tuple) -> None:
-        if self._later is not None and not self._conn.in_transaction:
-            self._conn.execute("BEGIN")
-            self._later(self.commit)
-        self._conn.execute(sql, params)
         if self._later is None:
+            self._conn.execute(sql, params)
             self._conn.commit()
+            return
+        # Batched: not even executed until the commit, so a message that sends a NOTIFY puts it
+        # on the wire before any sqlite work (the commit runs at the same time either way).
+        if not self._pending:
+            self._later(self.commit)
+        self._pending.append((sql, params))
 
     def commit(self) -> None:
-        if not self._closed and self._conn.in_transaction:
+        if self._closed:
+            return
+        pending, self._pending = self._pending, []
+        if pending:
+            conn = self._conn
+            conn.execute("BEGIN")
+            # Runs of one statement (a burst of sent records) go to sqlite as one executemany.
+            start = 0
+            for i in range(1, len(pending) + 1):
+                if i == len(pending) or pending[i][0] != pending[start][0]:
+                    conn.executemany(pending[start][0], [params for _, params in pending[start:i]])
+                    start = i
+        if self._conn.in_transaction:
             self._conn.commit()
 
     def close(self) -> None:

@@ -269,7 +269,7 @@ def test_destination_contact_or_source():
 def test_burst_log_lines_one_by_one_then_a_count():
     from twisted.internet import task
 
-    from notifier.burstlog import BurstLog
+    from services.burstlog import BurstLog
 
     clock, lines, summaries = task.Clock(), [], []
     burst = BurstLog(clock, summaries.append, per_second=3, summary_after=5.0)
@@ -308,3 +308,33 @@ def test_store_batches_writes_until_the_commit_and_a_late_commit_after_close_is_
     reader = Store(tmp_path / "n.db")
     assert len(reader.sent) == 3
     reader.close()
+
+
+def test_store_runs_queued_writes_in_order_at_the_commit(tmp_path):
+    pending: list = []
+    store = Store(tmp_path / "n.db", later=pending.append)
+    store.put_device(MAC, discovered(), T0)
+    assert store.next_cseq(MAC) == 1 and store.next_cseq(MAC) == 2
+    store.put_provision(MAC, Provision(True, 4, T0 + 1))
+    assert len(pending) == 1
+    assert store.db.execute("SELECT count(*) FROM devices").fetchone()[0] == 0  # queued, not run
+    pending.pop()()
+    store.close()
+    again = Store(tmp_path / "n.db")
+    assert again.devices[MAC].cseq == 2  # the UPDATEs ran after the INSERT they follow
+    assert again.provisions[MAC] == Provision(True, 4, T0 + 1)
+    again.close()
+
+
+@pytest.mark.parametrize("raw, says", [
+    (b'{"at":"x","provisioned":true,"revision":2}', True),
+    (b'{"provisioned": true}', True),
+    (b'{"provisioned" :\n true}', True),
+    (b'{"at":"x","provisioned":false,"revision":2}', False),
+    (b'{"user_agent":"provisioned true"}', False),
+    (b"", False),
+])
+def test_fetched_byte_check_finds_provisioned_true_however_spaced(raw, says):
+    from notifier.service import _PROVISIONED
+
+    assert (_PROVISIONED.search(raw) is not None) is says
