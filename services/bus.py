@@ -125,6 +125,57 @@ class _Subscription:
         return len(parts) == len(levels)
 
 
+_PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0
+COALESCE_MAX = 64 * 1024  # bytes joined into one send
+
+
+def _coalesce(client: Any) -> None:
+    """Join the packets paho queued in one reactor turn into few buffers: paho sends each one
+    with its own ``send`` (a syscall per PUBACK and per publish, a tenth of a busy notifier's
+    CPU). Only packets whose end paho ignores are joined (QoS 1 publishes, PUBACKs,
+    subscriptions...); a QoS 0 publish (paho reports its sending) or a DISCONNECT (paho closes
+    after it) stays whole. A joined buffer is marked as a PUBACK, which paho forgets once sent;
+    a lost connection drops it like the packets it holds, and paho resends QoS 1 from its own
+    store on reconnect."""
+    queue = getattr(client, "_out_packet", None)
+    if queue is None or len(queue) < 2:
+        return
+    out: list[dict] = []
+    run: list[dict] = []
+    size = 0
+
+    def close_run() -> None:
+        nonlocal size
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(_packet(b"".join(p["packet"] for p in run)))
+        run.clear()
+        size = 0
+
+    for packet in queue:
+        command = packet["command"] & 0xF0
+        plain = (packet["pos"] == 0 and command != _DISCONNECT
+                 and not (command == _PUBLISH and packet["qos"] == 0))
+        if not plain:
+            close_run()
+            out.append(packet)
+            continue
+        if size + packet["to_process"] > COALESCE_MAX:
+            close_run()
+        run.append(packet)
+        size += packet["to_process"]
+    close_run()
+    if len(out) < len(queue):
+        queue.clear()
+        queue.extend(out)
+
+
+def _packet(data: bytes) -> dict:
+    return {"command": _PUBACK, "mid": 0, "qos": 1, "pos": 0, "to_process": len(data),
+            "packet": data, "info": None}
+
+
 class _SocketReader:
     """Adapts paho's socket to the reactor's IReadDescriptor/IWriteDescriptor."""
 
@@ -144,6 +195,7 @@ class _SocketReader:
         # another turn of the reactor: the broker sends a client only a few unacknowledged
         # messages at a time, so a late PUBACK stalls the next ones.
         if client.want_write():
+            _coalesce(client)
             client.loop_write()
 
     def _read_some(self, client: Any) -> None:
@@ -176,6 +228,7 @@ class _SocketReader:
             self.doRead()
 
     def doWrite(self) -> None:
+        _coalesce(self.bus._client)
         self.bus._client.loop_write()
 
     def connectionLost(self, reason: Any) -> None:

@@ -203,3 +203,30 @@ def test_incoming_parses_its_payload_only_when_asked_and_keeps_given_values():
     assert given.data == {"b": 2} and given.error is None
     given.error = "why"
     assert given.error == "why" and given == Incoming("x/4", b"ignored", False, {"b": 2}, "why")
+
+
+def test_packets_of_one_turn_go_out_joined_except_those_paho_must_see_finish():
+    from collections import deque
+
+    from services.bus import _coalesce
+
+    class Client:
+        _out_packet: deque = deque()
+
+    def packet(command: int, data: bytes, qos: int = 1, pos: int = 0) -> dict:
+        return {"command": command, "mid": 1, "qos": qos, "pos": pos, "to_process": len(data) - pos,
+                "packet": data, "info": None}
+
+    client = Client()
+    partly_sent = packet(0x32, b"half-sent", pos=4)
+    qos0 = packet(0x30, b"qos0", qos=0)
+    client._out_packet = deque([partly_sent, packet(0x40, b"ack1"), packet(0x32, b"pub1"),
+                                packet(0x40, b"ack2"), qos0, packet(0x40, b"ack3"),
+                                packet(0xE0, b"bye")])
+    _coalesce(client)
+    sent = list(client._out_packet)
+    assert sent[0] is partly_sent and sent[2] is qos0 and sent[3]["packet"] == b"ack3"
+    assert sent[1]["packet"] == b"ack1pub1ack2" and sent[1]["to_process"] == 12
+    assert sent[4]["packet"] == b"bye" and len(sent) == 5
+    # the bytes on the wire, in order, are the same
+    assert b"".join(p["packet"][p["pos"]:] for p in sent) == b"-sentack1pub1ack2qos0ack3bye"
