@@ -18,6 +18,7 @@ from services.sip.message import build_response, parse, parse_name_addr, parse_v
 from services.sip.transaction import Outcome, Timers
 from notifier import build
 from notifier.protocol import NotifyEndpoint
+from notifier.state import Provision
 from tests.support import Probe, eventually, make_settings, start_broker
 
 MAC = "000b82f55284"
@@ -302,6 +303,25 @@ class NotifierTest(unittest.TestCase):
         self.publish(revision=2)  # the same revision again: no second resync
         yield self.quiet()
         self.assertEqual(len(phone.requests), 2)
+
+    @defer.inlineCallbacks
+    def test_first_downloads_cost_nothing_but_a_running_phones_still_move_its_revision(self):
+        phone = self.phone()
+        component = yield self.start(resync_reboot="true")
+        self.fetched(revision=1, provisioned=False, mac="000b82f55299")  # a phone never provisioned
+        self.discover(phone)
+        self.publish(revision=1)
+        yield eventually(self.final())
+        yield self.quiet(0.05)
+        self.fetched(revision=1, provisioned=True)
+        # The running phone got revision 2 by itself (a periodic check): a first download, not
+        # provisioned until its reboot, yet the notifier must know it has it.
+        self.fetched(revision=2, provisioned=False)
+        yield eventually(lambda: (component.store.provisions.get(MAC) or Provision(False, 0, 0)).revision == 2)
+        self.publish(revision=2)
+        yield self.quiet(0.3)
+        self.assertEqual(len(phone.requests), 1)  # no check-sync for what it already runs
+        self.assertNotIn("000b82f55299", component.store.provisions)
 
     @defer.inlineCallbacks
     def test_vendor_override_sends_out_of_dialog(self):
