@@ -129,7 +129,24 @@ _PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0
 COALESCE_MAX = 64 * 1024  # bytes joined into one send
 
 
+_coalescing = True
+
+
 def _coalesce(client: Any) -> None:
+    """:func:`_join_packets`, switched off for good (and said once) if paho's private send
+    queue ever changes shape: then every packet simply goes out on its own, as paho sends it."""
+    global _coalescing
+    if not _coalescing:
+        return
+    try:
+        _join_packets(client)
+    except (KeyError, TypeError, AttributeError) as exc:
+        _coalescing = False
+        log.warn("paho's send queue is not what this bus knows ({error}); sending packets one "
+                 "by one", error=repr(exc))
+
+
+def _join_packets(client: Any) -> None:
     """Join the packets paho queued in one reactor turn into few buffers: paho sends each one
     with its own ``send`` (a syscall per PUBACK and per publish, a tenth of a busy notifier's
     CPU). Only packets whose end paho ignores are joined (QoS 1 publishes, PUBACKs,

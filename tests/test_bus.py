@@ -230,3 +230,19 @@ def test_packets_of_one_turn_go_out_joined_except_those_paho_must_see_finish():
     assert sent[4]["packet"] == b"bye" and len(sent) == 5
     # the bytes on the wire, in order, are the same
     assert b"".join(p["packet"][p["pos"]:] for p in sent) == b"-sentack1pub1ack2qos0ack3bye"
+
+
+def test_an_unknown_paho_send_queue_turns_joining_off_instead_of_breaking_writes(monkeypatch):
+    from collections import deque
+
+    from services import bus as bus_module
+
+    monkeypatch.setattr(bus_module, "_coalescing", True)
+
+    class Client:
+        _out_packet = deque([{"cmd": 0x40, "data": b"a"}, {"cmd": 0x40, "data": b"b"}])
+
+    client = Client()
+    bus_module._coalesce(client)  # must not raise: the write that follows still happens
+    assert list(client._out_packet) == [{"cmd": 0x40, "data": b"a"}, {"cmd": 0x40, "data": b"b"}]
+    assert bus_module._coalescing is False
