@@ -3,6 +3,10 @@
 Subscribes to discoveries, assignments and profiles; hands each message to the :class:`Engine`
 and carries out the effects. A changed profile re-renders its devices cooperatively, a slice at
 a time, so the reactor keeps serving other messages meanwhile.
+
+With ``PNP_GENERATOR_SHARD=k/n`` it drops the discoveries and assignments of other shards'
+MACs before the engine sees them: the engine then knows only its own devices, so everything it
+publishes (config, error, their clearing, a profile's re-render) stays within the shard.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class GeneratorService:
         self.engine = engine
         self.topics = ctx.topics
         self._settle = settle
+        self.shard = ctx.settings.generator_shard
         self._ready_call: Any = None
         self._commit_call: Any = None
         self._stopped = False
@@ -36,6 +41,9 @@ class GeneratorService:
         bus.subscribe(self.topics.devices("assignment"), self.on_assignment)
         bus.subscribe(self.topics.profiles(), self.on_profile)
         bus.when_subscribed().addCallback(self._subscribed)
+        if self.shard.count > 1:
+            log.info("shard {shard}: rendering only the MACs with crc32(mac) mod {n} = {i}",
+                     shard=str(self.shard), n=self.shard.count, i=self.shard.index - 1)
 
     def _subscribed(self, _: Any) -> None:
         self._ready_call = self.ctx.reactor.callLater(self._settle, self._become_ready)
@@ -65,15 +73,23 @@ class GeneratorService:
         self.engine.store.commit()
 
     # --- handlers ---
+    def _mine(self, segment: str) -> bool:
+        # The raw topic segment, not a corrected spelling: the answer to a badly spelled MAC goes
+        # on that segment's error topic, and its clearing must come from the same instance.
+        if self.shard.owns(segment):
+            return True
+        self.ctx.counters["other_shard_skipped"] += 1
+        return False
+
     def on_discovered(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
-        if self._stopped or info is None or info.mac is None:
+        if self._stopped or info is None or info.mac is None or not self._mine(info.mac):
             return
         self.apply(self.engine.discovered(info.mac, msg.data))
 
     def on_assignment(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
-        if self._stopped or info is None or info.mac is None:
+        if self._stopped or info is None or info.mac is None or not self._mine(info.mac):
             return
         self.ctx.counters["assignments"] += 1
         self.apply(self.engine.assignment(info.mac, msg.raw, msg.data, msg.error))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.settings import Setting, parse_path, parse_positive_float
+from services.shard import MAX_SHARDS, Shard, parse_shard
 
 
 def parse_directory(text: str) -> Path:
@@ -25,4 +26,11 @@ SETTLE = Setting(
     parse_positive_float, "a number of seconds > 0", 0.3,
 )
 
-SETTINGS = [TEMPLATE_DIR, SETTLE]
+GENERATOR_SHARD = Setting(
+    "generator_shard", "PNP_GENERATOR_SHARD",
+    "k/n: this generator renders only the MACs of shard k of n (crc32(mac) mod n = k-1); "
+    "run n generators with 1/n ... n/n on one broker",
+    parse_shard, f"k/n with 1 <= k <= n <= {MAX_SHARDS}, e.g. 1/2", Shard(),
+)
+
+SETTINGS = [TEMPLATE_DIR, SETTLE, GENERATOR_SHARD]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import zlib
 from dataclasses import dataclass, field
 
 from services.settings import Setting, parse_bool, parse_positive_float
+from services.shard import MAX_SHARDS, Shard, parse_shard
 
 IN_DIALOG = "in-dialog"
 OUT_OF_DIALOG = "out-of-dialog"
@@ -56,35 +56,6 @@ def parse_port_or_zero(text: str) -> int:
     if not 0 <= port < 65536:
         raise ValueError
     return port
-
-
-MAX_SHARDS = 1024
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This notifier's part of the phones: the MACs whose CRC-32 modulo ``count`` is
-    ``index - 1``. CRC-32, not ``hash()``: Python salts string hashes per process, and every
-    instance, before and after a restart, must draw the same lines."""
-
-    index: int = 1
-    count: int = 1
-
-    def owns(self, mac: str) -> bool:
-        return self.count == 1 or zlib.crc32(mac.lower().encode("ascii", "replace")) % self.count == self.index - 1
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def parse_shard(text: str) -> Shard:
-    match = re.fullmatch(r"\s*([0-9]{1,4})\s*/\s*([0-9]{1,4})\s*", text)
-    if not match:
-        raise ValueError
-    index, count = int(match.group(1)), int(match.group(2))
-    if not 1 <= index <= count <= MAX_SHARDS:
-        raise ValueError
-    return Shard(index, count)
 
 
 NOTIFY_WINDOW = Setting(

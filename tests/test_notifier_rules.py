@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from notifier import build, decide
-from notifier.settings import ALL, IN_DIALOG, OUT_OF_DIALOG, Shard, parse_dialog_policy
+from notifier.settings import ALL, IN_DIALOG, OUT_OF_DIALOG, parse_dialog_policy
 from services.settings import COMMON, CONTRACT, SettingError, resolve
+from services.shard import Shard
 from notifier.state import Provision, SentKey, Store, epoch
 from services.messages import Discovered, Published, PublishedFile
 from services.sip.message import parse, parse_name_addr, parse_via
