@@ -9,6 +9,8 @@ published while the broker is away wait in paho's bounded queue and go out on re
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from twisted.internet import defer, task
+from twisted.internet.error import DNSLookupError
 from twisted.logger import Logger
 
 from services.messages import PayloadError, decode_json
@@ -193,6 +196,69 @@ def _packet(data: bytes) -> dict:
             "packet": data, "info": None}
 
 
+class _Client(mqtt.Client):
+    """paho's client, handed a TCP connection the reactor made without blocking: paho's own
+    ``connect`` waits in ``socket.create_connection``, and the reactor with it (a listener would
+    stop answering phones for as long as an unreachable broker takes to time out)."""
+
+    _ready_sock: socket.socket | None = None
+
+    def _create_socket_connection(self) -> socket.socket:
+        sock, self._ready_sock = self._ready_sock, None
+        if sock is None:
+            return super()._create_socket_connection()
+        sock.setblocking(True)  # as paho expects it (TLS handshake); it sets non-blocking after
+        return sock
+
+
+class _Connecting:
+    """One non-blocking TCP connect, watched by the reactor until writable (done) or timed out."""
+
+    def __init__(self, reactor: Any, address: tuple[str, int], timeout: float) -> None:
+        self.reactor = reactor
+        self.done: defer.Deferred = defer.Deferred()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        error = self.sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS):
+            self._finish(OSError(error, os.strerror(error)))
+            return
+        self._timer = reactor.callLater(timeout, self._timed_out)
+        reactor.addWriter(self)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doWrite(self) -> None:
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._finish(OSError(error, os.strerror(error)) if error else None)
+
+    def _timed_out(self) -> None:
+        self._finish(socket.timeout("timed out"))
+
+    def _finish(self, error: Exception | None) -> None:
+        if self.done.called:
+            return
+        timer = getattr(self, "_timer", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.reactor.removeWriter(self)
+        if error is None:
+            self.done.callback(self.sock)
+        else:
+            self.sock.close()
+            self.done.errback(error)
+
+    def cancel(self) -> None:
+        self._finish(ConnectionAbortedError("stopped"))
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "mqtt-connect"
+
+
 class _SocketReader:
     """Adapts paho's socket to the reactor's IReadDescriptor/IWriteDescriptor."""
 
@@ -303,7 +369,8 @@ class Bus:
         }
         self._refusal_logged_at = float("-inf")
 
-        self._client = mqtt.Client(
+        self._connecting: _Connecting | None = None
+        self._client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
@@ -420,6 +487,8 @@ class Bus:
         self._stopping = True
         if self._reconnect_call is not None and self._reconnect_call.active():
             self._reconnect_call.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._misc.running:
             self._misc.stop()
         if self.connected:
@@ -429,21 +498,47 @@ class Bus:
         self.connected = False
 
     # --- connection management ---
-    def _attempt(self) -> None:
+    @defer.inlineCallbacks
+    def _attempt(self) -> Any:
         self._reconnect_call = None
-        if self._stopping:
+        if self._stopping or self._connecting is not None:
             return
         try:
-            if self._client._host:
-                self._client.reconnect()
-            else:
-                self._client.connect(self.url.host, self.url.port, keepalive=self._keepalive,
-                                     clean_start=True)
-        except (OSError, socket.timeout, ssl.SSLError, ValueError) as exc:
+            if not self._client._host:
+                # paho's settings for the connection; no network yet
+                self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive,
+                                           clean_start=True)
+            address = yield self._resolve(self.url.host)
+            self._connecting = _Connecting(self.reactor, (address, self.url.port),
+                                           self._client.connect_timeout)
+            try:
+                self._client._ready_sock = yield self._connecting.done
+            finally:
+                self._connecting = None
+            if self._stopping:
+                self._client._ready_sock.close()
+                self._client._ready_sock = None
+                return
+            self._client.reconnect()
+        except (OSError, socket.timeout, ssl.SSLError, ValueError, DNSLookupError) as exc:
+            if self._stopping:
+                return
             log.warn("broker {url} not reachable ({error}); retrying in {delay:.2f}s",
                      url=str(self.url), error=str(exc) or type(exc).__name__, delay=self._backoff)
             self._drop_reader()
             self._schedule_reconnect()
+        except Exception:
+            # whatever went wrong, a service keeps trying rather than going quiet for good
+            log.failure("connecting to the broker {url} failed", url=str(self.url))
+            self._drop_reader()
+            self._schedule_reconnect()
+
+    def _resolve(self, host: str) -> defer.Deferred:
+        try:
+            socket.inet_aton(host)
+            return defer.succeed(host)
+        except OSError:
+            return self.reactor.resolve(host)
 
     def _schedule_reconnect(self) -> None:
         if self._stopping or (self._reconnect_call is not None and self._reconnect_call.active()):
