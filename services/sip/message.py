@@ -87,14 +87,13 @@ def _name_key(name: str) -> tuple[str, str]:
     return result
 
 
-def _split_list(value: str) -> list[str]:
-    """Split at commas outside quoted strings and <...>."""
-    if "," not in value:
-        return [value.strip()]
-    items: list[str] = []
+def _split_outside_quotes(text: str, sep: str, angles: bool) -> tuple[list[str], bool]:
+    """Split at ``sep`` outside quoted strings (and outside <...> when ``angles``).
+    Returns the pieces and whether a quoted string was left open."""
+    parts: list[str] = []
     start = 0
     quoted = angle = escaped = False
-    for i, ch in enumerate(value):
+    for i, ch in enumerate(text):
         if escaped:
             escaped = False
         elif quoted:
@@ -104,15 +103,23 @@ def _split_list(value: str) -> list[str]:
                 quoted = False
         elif ch == '"':
             quoted = True
-        elif ch == "<":
+        elif angles and ch == "<":
             angle = True
-        elif ch == ">":
+        elif angles and ch == ">":
             angle = False
-        elif ch == "," and not angle:
-            items.append(value[start:i].strip())
+        elif ch == sep and not angle:
+            parts.append(text[start:i])
             start = i + 1
-    items.append(value[start:].strip())
-    return [item for item in items if item]
+    parts.append(text[start:])
+    return parts, quoted
+
+
+def _split_list(value: str) -> list[str]:
+    """Split at commas outside quoted strings and <...>."""
+    if "," not in value:
+        return [value.strip()]
+    items, _ = _split_outside_quotes(value, ",", angles=True)
+    return [item.strip() for item in items if item.strip()]
 
 
 class Headers:
@@ -401,25 +408,9 @@ def _split_semicolons(text: str) -> list[str]:
     # sits inside a quoted string.
     if "\\" not in text and all(part.count('"') % 2 == 0 for part in parts):
         return parts
-    parts = []
-    start = 0
-    quoted = escaped = False
-    for i, ch in enumerate(text):
-        if escaped:
-            escaped = False
-        elif quoted:
-            if ch == "\\":
-                escaped = True
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == ";":
-            parts.append(text[start:i])
-            start = i + 1
+    parts, quoted = _split_outside_quotes(text, ";", angles=False)
     if quoted:
         raise SipParseError("unterminated quoted string")
-    parts.append(text[start:])
     return parts
 
 
