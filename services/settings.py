@@ -294,6 +294,9 @@ def resolve(
         if raw is None or raw == "":
             if callable(s.default):
                 deferred.append(s)
+            elif isinstance(s.default, str):
+                # a default written as text means what the same text means in a flag
+                values[s.name] = s.parse(s.default)
             else:
                 values[s.name] = s.default
             continue
