@@ -24,7 +24,8 @@ log = Logger(namespace="notifier")
 
 RECEIVE_BUFFER = 4 << 20  # asked for; the kernel caps it at net.core.rmem_max
 
-OnResult = Callable[[Result], Any]
+# The result, and the final response when there was one (a 401/407's challenge is in it).
+OnResult = Callable[[Result, "Response | None"], Any]
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Outgoing:
     data: bytes
     address: tuple[str, int]
     on_result: OnResult
+    response: Response | None = None  # the final response, once it arrived
 
 
 class NotifyEndpoint(DatagramProtocol):
@@ -56,7 +58,7 @@ class NotifyEndpoint(DatagramProtocol):
 
     def send(self, request: Request, address: tuple[str, int], on_result: OnResult) -> Key:
         """Send ``request`` (its top Via's branch and CSeq identify it) and run its transaction;
-        ``on_result`` gets the :class:`Result` once."""
+        ``on_result`` gets the :class:`Result` once, with the final response (None on a timeout)."""
         if self._stopped:
             raise RuntimeError("endpoint stopped")
         branch = parse_via(request.headers.get_all("Via")[0]).branch
@@ -104,6 +106,8 @@ class NotifyEndpoint(DatagramProtocol):
         if event is None:
             self.counters["sip_stray_responses"] += 1
             return
+        if event.action is Action.FINAL:
+            event.entry.request.response = message
         self._handle([event])
 
     # --- internals ---
@@ -124,7 +128,7 @@ class NotifyEndpoint(DatagramProtocol):
             elif event.action is Action.FINAL:
                 result = event.entry.transaction.result
                 try:
-                    out.on_result(result)
+                    out.on_result(result, out.response)
                 except Exception:
                     log.failure("result handler failed")
             elif event.action is Action.ABSORBED:

@@ -404,7 +404,7 @@ class EndpointOnClockTest(unittest.TestCase):
                        user_agent="Yealink", call_id="c1", from_tag="f", to_tag="t", seen_at=now_iso())
         request = build.ua_profile(d, URL, build.Local(*endpoint.local), "in-dialog", 1)
         results = []
-        endpoint.send(request, build.destination(d), results.append)
+        endpoint.send(request, build.destination(d), lambda result, _: results.append(result))
         sent_at = []
         for step in [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]:  # to 31.5 s
             clock.advance(step)
@@ -435,7 +435,7 @@ class EndpointOnClockTest(unittest.TestCase):
                        user_agent="snom", call_id="c2", from_tag="f", to_tag="t", seen_at=now_iso())
         request = build.ua_profile(d, URL, build.Local(*endpoint.local), "in-dialog", 1)
         results = []
-        endpoint.send(request, build.destination(d), results.append)
+        endpoint.send(request, build.destination(d), lambda result, _: results.append(result))
         yield eventually(lambda: phone.requests)
         got, source = phone.requests[0], phone.received[0][2]
         trying = build_response(got, 100, "Trying", received=source).to_bytes()
