@@ -135,7 +135,8 @@ def test_stale_and_userhash():
     ('Digest realm="x", nonce="y", algorithm=SHA-1', "unsupported algorithm"),
     ('Digest realm="x", nonce="y", qop="auth-conf"', "no qop"),
     ('Digest realm="x", realm="y", nonce="z"', "twice"),
-    ('Digest realm="x, nonce="y"', "bad challenge"),
+    ('Digest realm="x, nonce="y"', "bad parameter"),
+    ("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==", "not a Digest"),
     ('Digest realm="x", nonce="y"' + ", a=b" * 1000, "too long"),
 ])
 def test_unusable_challenges_are_clear_errors(value, problem):
@@ -161,3 +162,17 @@ def test_credentials_that_would_break_the_header_are_refused():
     # quotes and backslashes are escaped, not refused
     f = fields(digest.authorization(c, 'a"b\\c', "p", "NOTIFY", "sip:a", "cn"))
     assert f["username"] == 'a\\"b\\\\c'
+
+
+def test_a_standard_server_accepts_our_answer_and_refuses_a_wrong_password():
+    # twisted.cred's server side, written independently of ours (the fileserver uses it too).
+    from twisted.cred.credentials import DigestCredentialFactory
+
+    factory = DigestCredentialFactory(b"md5", b"pnp")
+    offered = factory.getChallenge(b"127.0.0.1")
+    value = "Digest " + ", ".join(f'{k}="{v.decode()}"' for k, v in offered.items())
+    c = parse_challenge(value)
+    for password, accepted in (("s3cret", True), ("wrong", False)):
+        answer = digest.authorization(c, "phone", password, "NOTIFY", "sip:127.0.0.7:5060", cnonce="ab12")
+        creds = factory.decode(answer[len("Digest "):].encode(), b"NOTIFY", b"127.0.0.1")
+        assert creds.checkPassword(b"s3cret") is accepted

@@ -19,7 +19,7 @@ from typing import Callable
 from services.sip.message import Headers, Request, Response, SipParseError, Via, parse_via
 
 __all__ = [
-    "DigestError", "Challenge", "parse_challenge", "challenges", "choose", "digest_response",
+    "DigestError", "Challenge", "parse_fields", "parse_challenge", "challenges", "choose", "digest_response",
     "authorization", "retry_request", "ALGORITHMS",
 ]
 
@@ -64,27 +64,34 @@ class Challenge:
 _PARAM = re.compile(r'\s*([A-Za-z0-9!#$%&\'*+.^_`|~-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(,|\Z)', re.S)
 
 
-def parse_challenge(value: str, proxy: bool = False) -> Challenge:
-    """A ``Digest realm=..., nonce=...`` header value; DigestError when it is not a Digest
-    challenge we can answer (another scheme, no nonce, an unknown algorithm, bad syntax)."""
+def parse_fields(value: str) -> tuple[str, dict[str, str]]:
+    """``Digest a=b, c="d"`` -> ("Digest", {"a": "b", "c": "d"}): a challenge's or an answer's
+    scheme and parameters (names lower-cased, quoted strings unquoted); DigestError on bad syntax."""
     if len(value) > MAX_CHALLENGE:
-        raise DigestError(f"challenge of {len(value)} characters is too long")
-    text = value.strip()
-    scheme, _, rest = text.partition(" ")
-    if scheme.lower() != "digest":
-        raise DigestError(f"not a Digest challenge: scheme {scheme[:20]!r}")
+        raise DigestError(f"header value of {len(value)} characters is too long")
+    scheme, _, rest = value.strip().partition(" ")
     params: dict[str, str] = {}
     pos, rest = 0, rest.strip()
     while pos < len(rest):
         m = _PARAM.match(rest, pos)
         if not m or m.end() == pos:
-            raise DigestError(f"bad challenge parameter at {rest[pos:pos + 30]!r}")
+            raise DigestError(f"bad parameter at {rest[pos:pos + 30]!r}")
         name = m.group(1).lower()
         if name in params:
             raise DigestError(f"parameter {name} given twice")
         quoted = m.group(2)
         params[name] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else m.group(3)
         pos = m.end()
+    return scheme, params
+
+
+def parse_challenge(value: str, proxy: bool = False) -> Challenge:
+    """A ``Digest realm=..., nonce=...`` header value; DigestError when it is not a Digest
+    challenge we can answer (another scheme, no nonce, an unknown algorithm, bad syntax)."""
+    scheme = value.strip().partition(" ")[0]
+    if scheme.lower() != "digest":  # before the syntax: Basic's token68 is no auth-param list
+        raise DigestError(f"not a Digest challenge: scheme {scheme[:20]!r}")
+    _, params = parse_fields(value)
     if "nonce" not in params:
         raise DigestError("challenge has no nonce")
     if "realm" not in params:
