@@ -20,11 +20,11 @@ from services.messages import (
     now_iso,
 )
 from services.sip.digest import DigestError, challenges, choose, retry_request
-from services.sip.message import Request, Response, new_branch
+from services.sip.message import Request, new_branch
 from services.sip.transaction import Outcome, Result, Timers
 
 from notifier import build, decide
-from notifier.protocol import NotifyEndpoint
+from notifier.protocol import Answer, NotifyEndpoint
 from notifier.settings import IN_DIALOG
 from notifier.state import Provision, Store, epoch
 
@@ -276,12 +276,12 @@ class Notifier:
                                         host=address[0], port=address[1]))
 
     def _send(self, attempt: Attempt) -> None:
-        def finished(result: Result, response: Response | None) -> None:
-            self._finished(attempt, result, response)
+        def finished(result: Result, answer: Answer | None) -> None:
+            self._finished(attempt, result, answer)
 
         attempt.endpoint.send(attempt.request, attempt.address, finished)
 
-    def _finished(self, attempt: Attempt, result: Result, response: Response | None) -> None:
+    def _finished(self, attempt: Attempt, result: Result, answer: Answer | None) -> None:
         if self._stopped:
             return
         plan = attempt.plan
@@ -289,9 +289,9 @@ class Notifier:
             attempt.started_at = result.started_at
         attempt.attempts += result.attempts
         why = ""
-        if result.status in (401, 407) and response is not None:
+        if result.status in (401, 407) and answer is not None:
             self.counters_["notify_challenged"] += 1
-            again, why = self._authenticate(attempt, response)
+            again, why = self._authenticate(attempt, answer)
             if again is not None:
                 attempt.request = again
                 attempt.authenticated += 1
@@ -318,9 +318,16 @@ class Notifier:
                      kind=plan.kind, mac=plan.mac, status=status, code=result.status,
                      reason=result.reason, attempts=attempt.attempts, why=f"; {why}" if why else "")
 
-    def _authenticate(self, attempt: Attempt, response: Response) -> tuple[Request | None, str]:
+    def _authenticate(self, attempt: Attempt, answer: Answer) -> tuple[Request | None, str]:
         """The NOTIFY again with credentials for the phone's challenge, or None and why not."""
         mac = attempt.plan.mac
+        response = answer.response
+        if answer.source[0] != attempt.address[0]:
+            # Anyone who saw the NOTIFY can answer it; our Digest answer is an offline guessing
+            # target for the phone's password, so only the address we sent to gets one.
+            self.counters_["notify_challenge_elsewhere"] += 1
+            return None, (f"the challenge came from {answer.source[0]}, not from the phone's "
+                          f"{attempt.address[0]}: not answered")
         try:
             challenge = choose(challenges(response))
         except DigestError as exc:

@@ -460,7 +460,7 @@ class EndpointOnClockTest(unittest.TestCase):
                        user_agent="Yealink", call_id="c1", from_tag="f", to_tag="t", seen_at=now_iso())
         request = build.ua_profile(d, URL, build.Local(*endpoint.local), "in-dialog", 1)
         results = []
-        endpoint.send(request, build.destination(d), lambda result, _: results.append(result))
+        endpoint.send(request, build.destination(d), lambda result, _answer: results.append(result))
         sent_at = []
         for step in [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]:  # to 31.5 s
             clock.advance(step)
@@ -491,7 +491,7 @@ class EndpointOnClockTest(unittest.TestCase):
                        user_agent="snom", call_id="c2", from_tag="f", to_tag="t", seen_at=now_iso())
         request = build.ua_profile(d, URL, build.Local(*endpoint.local), "in-dialog", 1)
         results = []
-        endpoint.send(request, build.destination(d), lambda result, _: results.append(result))
+        endpoint.send(request, build.destination(d), lambda result, _answer: results.append(result))
         yield eventually(lambda: phone.requests)
         got, source = phone.requests[0], phone.received[0][2]
         trying = build_response(got, 100, "Trying", received=source).to_bytes()
@@ -603,3 +603,29 @@ class ChallengeTest(NotifierBase):
         self.assertEqual(component.counters_["bad_payloads"], 1)
         self.probe.publish(f"pnp/devices/{MAC}/resync", b"", retain=True)
         yield eventually(lambda: MAC not in component.store.credentials)
+
+    @defer.inlineCallbacks
+    def test_a_challenge_from_another_address_gets_no_credentials(self):
+        # Someone on the LAN who saw the NOTIFY answers it first with a 401 of their own: our
+        # Digest answer would let them guess the phone's password offline.
+        phone = self.phone()
+        attacker = self.phone("127.0.0.3", status=None)
+        self.credentials(1, "s3cret")
+        component = yield self.running(phone)
+
+        def spoof(data: bytes, addr) -> None:
+            request = parse(data)
+            phone.received.append((time.monotonic(), request, addr))
+            challenge = build_response(request, 401, "Unauthorized", to_tag="x", headers=[
+                ("WWW-Authenticate", 'Digest realm="evil", nonce="n", algorithm=MD5')])
+            attacker.transport.write(challenge.to_bytes(), addr)
+
+        phone.datagramReceived = spoof
+        self.publish(revision=2)
+        status = yield eventually(self.check_sync_final())
+        self.assertEqual((status["status"], status["code"], status["challenged"]), ("rejected", 401, False))
+        self.assertEqual(len(phone.transactions), 1)
+        self.assertIsNone(phone.requests[0].headers.get("Authorization"))
+        self.assertEqual(component.counters_["notify_challenge_elsewhere"], 1)
+        error = yield eventually(lambda: self.probe.last(f"pnp/devices/{MAC}/error"))
+        self.assertIn("127.0.0.3", error["message"])
