@@ -4,8 +4,9 @@ generator, fileserver and notifier in this process, and simulated GRP phones on 
 
 The phones boot, are provisioned by Plug and Play, then their assignment changes: the notifier's
 check-sync NOTIFY is challenged (401, as a factory GRP does with P4428=0), answered with account
-1's credentials from the notifier-only ``resync`` topic, and the phone fetches its new file. A
-phone that holds another password refuses the answer too: rejected with its code, and an error.
+1's credentials from the notifier-only ``resync`` topic, and the phone fetches its new file. The
+phones take their account from the file they fetched, as a GRP does; one whose password was then
+changed on the phone refuses the answer: rejected with its code, and an error.
 """
 
 from __future__ import annotations
@@ -79,8 +80,6 @@ class ResyncChallengeTest(unittest.TestCase):
         self.assign(wrong.mac, assignment("1002", "new-password", "Bob"))
         fleet = Fleet(idents, self.sip_port, FAST, timeout=50, linger=50)
         good, bad = fleet.phones
-        good.notify_auth = ("1001", "s3cret")  # what its file says (P36/P34)
-        bad.notify_auth = ("1002", "old-password")  # set on the phone by hand, say
         report = fleet.run()
         self.addCleanup(lambda: fleet.stop() if not report.called else None)
         # Plug and Play first: a factory phone does not challenge the ua-profile NOTIFY.
@@ -89,6 +88,9 @@ class ResyncChallengeTest(unittest.TestCase):
                                      for m in (right.mac, wrong.mac)
                                      if self.probe.json_on(f"pnp/devices/{m}/fetched")), timeout=10)
         self.assertEqual((good.challenges, bad.challenges), (0, 0))
+        # each learned its account from its file (P35/P36, P34), as a GRP does
+        self.assertEqual((good.notify_auth, bad.notify_auth), (("1001", "s3cret"), ("1002", "new-password")))
+        bad.notify_auth = ("1002", "old-password")  # someone changed it on the phone's web page
 
         # The PBX renames both users: revision 2, a check-sync each.
         self.assign(right.mac, assignment("1001", "s3cret", "Alice Liddell"))

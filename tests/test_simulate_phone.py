@@ -435,3 +435,28 @@ def test_a_replayed_answer_to_an_old_challenge_is_refused():
     replay = sip.Request(answer.method, answer.uri, answer.headers.copy(), b"")
     replay.headers.set("CSeq", "9 NOTIFY")
     assert sip.parse(phone.receive(replay.to_bytes(), ("127.0.0.1", 6060), 5.2)[0].data).status == 401
+
+
+def test_a_grp_takes_its_notify_credentials_from_the_file_it_fetched():
+    from tools.simulate.phone import grandstream_notify_auth
+
+    gs = (b'<?xml version="1.0" encoding="UTF-8"?><gs_provision version="1"><mac>000b82000001</mac>'
+          b"<config version=\"1\"><P35>1001</P35><P36>auth1001</P36><P34>s3&amp;cret</P34></config></gs_provision>")
+    assert grandstream_notify_auth(gs) == ("auth1001", "s3&cret")
+    assert grandstream_notify_auth(gs.replace(b"<P36>auth1001</P36>", b"")) == ("1001", "s3&cret")
+    assert grandstream_notify_auth(gs.replace(b"</config>", b"<P4428>1</P4428></config>")) is None
+    assert grandstream_notify_auth(b"<gs_provision><config/></gs_provision>") is None
+    assert grandstream_notify_auth(b"not xml <") is None
+    # a factory GRP knows no account; once provisioned it challenges a resync with the file's
+    phone = make()
+    assert phone.notify_auth is None
+    _to_fetching(phone)
+    phone.http_response(200, file_headers(gs), gs, 0.02)
+    assert phone.notify_auth == ("auth1001", "s3&cret")
+    phone.tick(0.22)
+    phone.http_response(304, {}, b"", 0.23)
+    out = phone.receive(_check_sync(1).to_bytes(), ("127.0.0.1", 6060), 5.0)
+    assert sip.parse(out[0].data).status == 401
+    # other vendors do not challenge
+    yealink = make("T46S")
+    assert not yealink.learns_notify_auth

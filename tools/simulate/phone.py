@@ -16,7 +16,8 @@ So every rule of the guide is testable with plain values:
   download, reboot and check again. With ``notify_auth`` it first challenges the NOTIFY, as a
   factory Grandstream does ("Disable SIP NOTIFY Authentication", P4428, is 0 by default): a 401
   with a Digest challenge (MD5, qop=auth), then 200 only for an answer made with its SIP
-  account's authentication name and password, 401 again for any other.
+  account's authentication name and password, 401 again for any other. A Grandstream phone
+  learns ``notify_auth`` from the file it fetched (P36, else P35, and P34; none if P4428 is 1).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import hmac
 import random
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -148,6 +150,8 @@ class Phone:
         self.fetch_errors: list[str] = []  # every connection failure, retried or not
         # (auth id, password) of its SIP account: challenge check-sync NOTIFYs with it
         self.notify_auth = notify_auth
+        # a GRP takes it from its file, unless the test gave it one
+        self.learns_notify_auth = notify_auth is None and ident.vendor.name == "grandstream"
         self.notify_realm = "pnp-sim"
         self._nonce: str | None = None  # of the last challenge; each one answers once
         self.challenges = 0  # 401s sent to check-sync NOTIFYs
@@ -239,6 +243,8 @@ class Phone:
             self._checked[url] = (digest, headers.get("etag"))
             if self.times.file is None:
                 self.times.file = now
+            if self.learns_notify_auth:
+                self.notify_auth = grandstream_notify_auth(body)
         return self._file_ok(now)
 
     def http_error(self, reason: str, now: float) -> list[Action]:
@@ -471,6 +477,21 @@ def authorization(challenge: str, url: str, user: str, password: str, cnonce: st
         return digest.authorization(parsed, user, password, "GET", uri, cnonce)
     except digest.DigestError:
         return None
+
+
+def grandstream_notify_auth(body: bytes) -> tuple[str, str] | None:
+    """What a GRP checks a challenged NOTIFY against, from its ``<gs_provision>`` file: account
+    1's Authenticate ID (P36, else the SIP User ID P35) and password (P34); None when the file
+    turns the challenge off (P4428 = 1), names no account, or is not such a file."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    values = {el.tag: (el.text or "").strip() for el in root.iter() if re.fullmatch(r"P[0-9]+", el.tag)}
+    user = values.get("P36") or values.get("P35")
+    if values.get("P4428") == "1" or not user:
+        return None
+    return user, values.get("P34", "")
 
 
 def _event(req: sip.Request) -> str:
