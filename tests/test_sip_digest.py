@@ -134,6 +134,7 @@ def test_stale_and_userhash():
     ('Digest nonce="x"', "no realm"),
     ('Digest realm="x", nonce="y", algorithm=SHA-1', "unsupported algorithm"),
     ('Digest realm="x", nonce="y", qop="auth-conf"', "no qop"),
+    ('Digest realm="x", nonce="y", algorithm=MD5-sess', "without qop"),
     ('Digest realm="x", realm="y", nonce="z"', "twice"),
     ('Digest realm="x, nonce="y"', "bad parameter"),
     ("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==", "not a Digest"),

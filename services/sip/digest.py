@@ -100,6 +100,9 @@ def parse_challenge(value: str, proxy: bool = False) -> Challenge:
     qop = tuple(q.strip().lower() for q in params.get("qop", "").split(",") if q.strip())
     if qop and not {"auth", "auth-int"} & set(qop):
         raise DigestError(f"no qop we support in {params['qop']!r} (auth, auth-int)")
+    if algorithm.endswith("-sess") and not qop:
+        # H(A1) then covers a cnonce, which only a qop answer carries (RFC 2617 §3.2.2).
+        raise DigestError(f"{algorithm} without qop cannot be answered")
     return Challenge(
         realm=params["realm"], nonce=params["nonce"], algorithm=algorithm, qop=qop,
         opaque=params.get("opaque"), stale=params.get("stale", "").lower() == "true",
