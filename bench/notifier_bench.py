@@ -108,7 +108,7 @@ def bench_endpoint(count: int, window: int) -> dict:
         request = build.ua_profile(d, "http://127.0.0.1:8080/p/x/", local, "in-dialog", n + 1)
         endpoint.send(request, build.destination(d), finished)
 
-    def finished(result) -> None:
+    def finished(result, answer=None) -> None:
         outcomes[result.outcome.value] += 1
         if result.outcome is Outcome.ACCEPTED:
             rtts.append(result.elapsed * 1000)

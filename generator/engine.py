@@ -17,7 +17,7 @@ from generator.merge import merge_all, strip_nulls
 from generator.render import Rendered, Renderer
 from generator.store import RenderRecord, Store
 from generator.vendors import RenderProblem
-from services.messages import Config, ConfigFile
+from services.messages import Config, ConfigFile, ResyncCredentials
 from services.topics import is_mac
 
 
@@ -45,7 +45,16 @@ class Clear:
     mac: str
 
 
-Effect = Publish | Unpublish | Error | Clear
+@dataclass(frozen=True)
+class Credentials:
+    """The notifier-only ``resync`` topic: what the phone checks when it challenges a NOTIFY.
+    None clears it."""
+
+    mac: str
+    credentials: ResyncCredentials | None
+
+
+Effect = Publish | Unpublish | Error | Clear | Credentials
 
 DEFAULT_PROFILE = "default"
 
@@ -129,7 +138,7 @@ class Engine:
             self.store.put_assignment(segment, None)
             device.assignment, device.problem, device.published = None, None, ""
             record = self.records.get(segment)
-            effects: list[Effect] = [Unpublish(segment)]
+            effects: list[Effect] = [Unpublish(segment), Credentials(segment, None)]
             if record is not None:
                 # A later assignment counts as new, even with the same bytes.
                 record.digest = ""
@@ -207,7 +216,13 @@ class Engine:
         except RenderProblem as exc:
             return self._fail(mac, Error(mac, exc.code, exc.message, exc.field))
         self.stats.renders += 1
-        return self._succeed(device, rendered)
+        effects = self._succeed(device, rendered)
+        for effect in effects:
+            if isinstance(effect, Publish):
+                # With every config, so the notifier knows the password of each revision.
+                effects.append(Credentials(mac, resync_credentials(mac, merged, effect.config.revision)))
+                break
+        return effects
 
     @staticmethod
     def _identity(device: Device, merged: dict) -> tuple[str, str]:
@@ -270,6 +285,17 @@ class Engine:
             record.errored = True
             self.store.set_errored(mac, True)
         return [error]
+
+
+def resync_credentials(mac: str, merged: dict, revision: int) -> ResyncCredentials | None:
+    """Account 1's authentication name and password: what a Grandstream or snom phone checks a
+    challenged NOTIFY against (docs/NOTIFIER.md, "Phones that challenge"). None without one."""
+    accounts = merged.get("accounts") or []
+    if not accounts or not isinstance(accounts[0], dict) or not accounts[0].get("user_id"):
+        return None
+    first = accounts[0]
+    return ResyncCredentials(revision=revision, username=str(first.get("auth_id") or first["user_id"]),
+                             password=str(first.get("password") or ""), mac=mac)
 
 
 def config_of(mac: str, rendered: Rendered, revision: int) -> Config:

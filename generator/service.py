@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 from twisted.internet import task
 from twisted.logger import Logger
 
-from generator.engine import Clear, Effect, Engine, Error, Publish, Unpublish
+from generator.engine import Clear, Credentials, Effect, Engine, Error, Publish, Unpublish
 from services.bus import Incoming
 from services.runner import Context
 
@@ -133,6 +133,10 @@ class GeneratorService:
                 log.warn("{mac}: {message}", mac=effect.mac, message=effect.message)
             elif isinstance(effect, Clear):
                 self.ctx.clear_error(effect.mac)
+            elif isinstance(effect, Credentials):
+                # Notifier-only topic (deploy/mosquitto/acl): never on config, which others read.
+                payload = effect.credentials.to_json() if effect.credentials is not None else b""
+                bus.publish(self.topics.device(effect.mac, "resync"), payload, retain=True)
         self._commit_soon()
 
     def counters(self) -> dict[str, int]:

@@ -24,7 +24,16 @@ log = Logger(namespace="notifier")
 
 RECEIVE_BUFFER = 4 << 20  # asked for; the kernel caps it at net.core.rmem_max
 
-OnResult = Callable[[Result], Any]
+@dataclass(frozen=True)
+class Answer:
+    """The final response (a 401/407's challenge is in it) and where it came from."""
+
+    response: Response
+    source: tuple[str, int]
+
+
+# The result, and the final answer when there was one (None on a timeout).
+OnResult = Callable[[Result, "Answer | None"], Any]
 
 
 @dataclass
@@ -32,6 +41,7 @@ class Outgoing:
     data: bytes
     address: tuple[str, int]
     on_result: OnResult
+    answer: Answer | None = None  # the final response, once it arrived
 
 
 class NotifyEndpoint(DatagramProtocol):
@@ -56,7 +66,8 @@ class NotifyEndpoint(DatagramProtocol):
 
     def send(self, request: Request, address: tuple[str, int], on_result: OnResult) -> Key:
         """Send ``request`` (its top Via's branch and CSeq identify it) and run its transaction;
-        ``on_result`` gets the :class:`Result` once."""
+        ``on_result`` gets the :class:`Result` once, with the final :class:`Answer` (None on a
+        timeout)."""
         if self._stopped:
             raise RuntimeError("endpoint stopped")
         branch = parse_via(request.headers.get_all("Via")[0]).branch
@@ -104,6 +115,8 @@ class NotifyEndpoint(DatagramProtocol):
         if event is None:
             self.counters["sip_stray_responses"] += 1
             return
+        if event.action is Action.FINAL:
+            event.entry.request.answer = Answer(message, (addr[0], addr[1]))
         self._handle([event])
 
     # --- internals ---
@@ -124,7 +137,7 @@ class NotifyEndpoint(DatagramProtocol):
             elif event.action is Action.FINAL:
                 result = event.entry.transaction.result
                 try:
-                    out.on_result(result)
+                    out.on_result(result, out.answer)
                 except Exception:
                     log.failure("result handler failed")
             elif event.action is Action.ABSORBED:

@@ -4,7 +4,9 @@ wire, and their outcome back on ``devices/{mac}/notify``."""
 from __future__ import annotations
 
 import re
+import secrets
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -14,12 +16,15 @@ from services import netif
 from services.burstlog import BurstLog
 from services.bus import Incoming
 from services.messages import (
-    Discovered, Fetched, NotifyStatus, PayloadError, Published, encode_json, now_iso,
+    Discovered, Fetched, NotifyStatus, PayloadError, Published, ResyncCredentials, encode_json,
+    now_iso,
 )
+from services.sip.digest import DigestError, challenges, choose, retry_request
+from services.sip.message import Request, new_branch
 from services.sip.transaction import Outcome, Result, Timers
 
 from notifier import build, decide
-from notifier.protocol import NotifyEndpoint
+from notifier.protocol import Answer, NotifyEndpoint
 from notifier.settings import IN_DIALOG
 from notifier.state import Provision, Store, epoch
 
@@ -29,6 +34,25 @@ log = Logger(namespace="notifier")
 # it. Half the messages of a boot storm are first downloads, ``provisioned`` false: this spares
 # them the topic, JSON and payload parsing (a phone's escaped key would only be missed).
 _PROVISIONED = re.compile(rb'"provisioned"\s*:\s*true')
+
+# Requests sent with credentials per NOTIFY: one, and a second only when the phone says the
+# first one's nonce was stale (RFC 7616 §3.3: the password was right). Never a loop.
+MAX_AUTHENTICATED = 2
+
+
+@dataclass
+class Attempt:
+    """One NOTIFY, across the transactions a challenge adds (RFC 3261 §22.2)."""
+
+    plan: decide.Plan
+    request: Request
+    address: tuple[str, int]
+    endpoint: NotifyEndpoint
+    in_dialog: bool
+    call_id: str
+    attempts: int = 0  # transmissions of the earlier requests
+    started_at: float | None = None  # of the first transaction
+    authenticated: int = 0  # requests sent with credentials
 
 
 class Notifier:
@@ -56,6 +80,7 @@ class Notifier:
         self.store = store if store is not None else Store(
             ctx.database_path(), later=lambda commit: self.reactor.callLater(0, commit))
         self.endpoints: dict[str, NotifyEndpoint] = {}
+        self._errored: set[str] = set()  # MACs whose error topic holds a refusal we reported
         self._ports: list[Any] = []
         self._stopped = False
         for address in netif.resolve(self.settings.sip_interface):
@@ -67,6 +92,7 @@ class Notifier:
         topics = ctx.topics
         # Retained messages come back per subscription, in this order: what is published and
         # fetched is known before the discoveries are replayed and judged.
+        ctx.bus.subscribe(topics.devices("resync"), self._on_resync)
         ctx.bus.subscribe(topics.devices("published"), self._on_published)
         ctx.bus.subscribe(topics.devices("fetched"), self._on_fetched)
         ctx.bus.subscribe(topics.devices("discovered"), self._on_discovered)
@@ -170,6 +196,20 @@ class Notifier:
         revision = fetched.revision if fetched.revision is not None else (old.revision if old else None)
         self.store.put_provision(mac, Provision(provisioned, revision, epoch(fetched.at, self.wall())))
 
+    def _on_resync(self, msg: Incoming) -> None:
+        mac = self._mac(msg)
+        if mac is None:
+            return
+        if msg.empty:
+            self.store.drop_credentials(mac)
+            return
+        try:
+            credentials = ResyncCredentials.from_json(msg.data)
+        except PayloadError as exc:
+            self._bad(msg, str(exc))
+            return
+        self.store.put_credentials(mac, credentials)
+
     def _keeps_provision(self, topic: str) -> bool:
         """A phone known as provisioned: its later downloads still move its revision and time."""
         if not self.store.provisions:
@@ -208,11 +248,13 @@ class Notifier:
         local = build.Local(*endpoint.local)
         published = self.store.published.get(plan.mac)
         vendor = d.vendor or (published.vendor if published else "")
+        in_dialog = False
         try:
             address = build.destination(d)
             if plan.kind == decide.UA_PROFILE:
                 mode = self.settings.notify_dialog.mode_for(vendor)
-                cseq = self.store.next_cseq(plan.mac) if mode == IN_DIALOG else 1
+                in_dialog = mode == IN_DIALOG
+                cseq = self.store.next_cseq(plan.mac) if in_dialog else 1
                 request = build.ua_profile(d, plan.url, local, mode, cseq)
             else:
                 request = build.check_sync(d, local, self.settings.resync_reboot)
@@ -223,11 +265,8 @@ class Notifier:
         if not self.store.mark_sent(plan.key, self.wall()):
             return
         call_id = request.call_id or ""
-
-        def finished(result: Result) -> None:
-            self._finished(plan, call_id, result)
-
-        endpoint.send(request, address, finished)
+        attempt = Attempt(plan, request, address, endpoint, in_dialog, call_id)
+        self._send(attempt)
         self.counters_["notify_sent"] += 1
         self._status(plan, NotifyStatus(
             status="sent", code=None, attempts=1, url=plan.url, revision=plan.revision,
@@ -236,18 +275,84 @@ class Notifier:
                                         kind=plan.kind, revision=plan.revision, mac=plan.mac,
                                         host=address[0], port=address[1]))
 
-    def _finished(self, plan: decide.Plan, call_id: str, result: Result) -> None:
+    def _send(self, attempt: Attempt) -> None:
+        def finished(result: Result, answer: Answer | None) -> None:
+            self._finished(attempt, result, answer)
+
+        attempt.endpoint.send(attempt.request, attempt.address, finished)
+
+    def _finished(self, attempt: Attempt, result: Result, answer: Answer | None) -> None:
+        if self._stopped:
+            return
+        plan = attempt.plan
+        if attempt.started_at is None:
+            attempt.started_at = result.started_at
+        attempt.attempts += result.attempts
+        why = ""
+        if result.status in (401, 407) and answer is not None:
+            self.counters_["notify_challenged"] += 1
+            again, why = self._authenticate(attempt, answer)
+            if again is not None:
+                attempt.request = again
+                attempt.authenticated += 1
+                self.counters_["notify_authenticated"] += 1
+                self._send(attempt)
+                return
         status = result.outcome.value
         self.counters_[f"notify_{status}"] += 1
         self._status(plan, NotifyStatus(
-            status=status, code=result.status, attempts=result.attempts, url=plan.url,
-            revision=plan.revision, call_id=call_id, at=now_iso(), reason=result.reason,
-            rtt_ms=round(result.elapsed * 1000, 3) if result.outcome is not Outcome.TIMEOUT else None,
-            kind=plan.kind))
+            status=status, code=result.status, attempts=attempt.attempts, url=plan.url,
+            revision=plan.revision, call_id=attempt.call_id, at=now_iso(), reason=result.reason,
+            rtt_ms=(round((result.ended_at - attempt.started_at) * 1000, 3)
+                    if result.outcome is not Outcome.TIMEOUT else None),
+            kind=plan.kind, challenged=attempt.authenticated > 0))
+        if result.outcome is Outcome.REJECTED:
+            message = f"the phone refused the {plan.kind} NOTIFY: {result.status} {result.reason}".rstrip()
+            self.ctx.publish_error(plan.mac, "notify", f"{message} ({why})" if why else message)
+            self._errored.add(plan.mac)
+        elif result.outcome is Outcome.ACCEPTED and plan.mac in self._errored:
+            self._errored.discard(plan.mac)
+            self.ctx.clear_error(plan.mac)
         if result.outcome is not Outcome.ACCEPTED:
-            log.warn("NOTIFY {kind} to {mac}: {status} {code} {reason} after {attempts} attempts",
+            log.warn("NOTIFY {kind} to {mac}: {status} {code} {reason} after {attempts} attempts{why}",
                      kind=plan.kind, mac=plan.mac, status=status, code=result.status,
-                     reason=result.reason, attempts=result.attempts)
+                     reason=result.reason, attempts=attempt.attempts, why=f"; {why}" if why else "")
+
+    def _authenticate(self, attempt: Attempt, answer: Answer) -> tuple[Request | None, str]:
+        """The NOTIFY again with credentials for the phone's challenge, or None and why not."""
+        mac = attempt.plan.mac
+        response = answer.response
+        if answer.source[0] != attempt.address[0]:
+            # Anyone who saw the NOTIFY can answer it; our Digest answer is an offline guessing
+            # target for the phone's password, so only the address we sent to gets one.
+            self.counters_["notify_challenge_elsewhere"] += 1
+            return None, (f"the challenge came from {answer.source[0]}, not from the phone's "
+                          f"{attempt.address[0]}: not answered")
+        try:
+            challenge = choose(challenges(response))
+        except DigestError as exc:
+            return None, f"cannot answer its challenge: {exc}"
+        if attempt.authenticated and not (challenge.stale and attempt.authenticated < MAX_AUTHENTICATED):
+            self.counters_["notify_credentials_refused"] += 1
+            return None, "it refused account 1's credentials; does the phone have another password?"
+        provision = self.store.provisions.get(mac)
+        credentials = self.store.credentials_for(mac, provision.revision if provision else None)
+        if credentials is None:
+            self.counters_["notify_no_credentials"] += 1
+            return None, ("it asks for credentials and none are known: the generator publishes "
+                          f"account 1's on {self.ctx.topics.device(mac, 'resync')} once the phone "
+                          "is assigned")
+        number, _ = attempt.request.cseq
+        device = self.store.devices.get(mac)
+        same_dialog = device is not None and device.discovered.call_id == attempt.call_id
+        # In the SUBSCRIBE's dialog our CSeq is the dialog's (stored); out of it, the next one.
+        cseq = self.store.next_cseq(mac) if attempt.in_dialog and same_dialog else number + 1
+        try:
+            again = retry_request(attempt.request, response, credentials.username,
+                                  credentials.password, cseq, new_branch(), secrets.token_hex(8))
+        except DigestError as exc:
+            return None, f"cannot answer its challenge: {exc}"
+        return again, ""
 
     def _status(self, plan: decide.Plan, status: NotifyStatus) -> None:
         if not self._stopped:

@@ -16,7 +16,11 @@ from typing import Any, Callable
 
 import sqlite_utils
 
-from services.messages import Discovered, Published
+from services.messages import Discovered, Published, ResyncCredentials
+
+# Credentials kept per phone: the newest few revisions. A phone challenging a resync still has
+# the password of the config it runs, which may be older than the newest one.
+CREDENTIALS_KEPT = 4
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Store:
         self.published: dict[str, Published] = {}
         self.provisions: dict[str, Provision] = {}
         self.sent: set[SentKey] = set()
+        self.credentials: dict[str, dict[int, ResyncCredentials]] = {}
         self._load()
 
     def _create(self) -> None:
@@ -87,6 +92,9 @@ class Store:
         self.db["sent"].create(
             {"mac": str, "call_id": str, "revision": int, "kind": str, "at": float},
             pk=("mac", "call_id", "revision", "kind"), if_not_exists=True)
+        self.db["credentials"].create(
+            {"mac": str, "revision": int, "username": str, "password": str},
+            pk=("mac", "revision"), if_not_exists=True)
 
     def _load(self) -> None:
         for row in self.db["devices"].rows:
@@ -104,6 +112,9 @@ class Store:
             self.provisions[row["mac"]] = Provision(bool(row["provisioned"]), row["revision"], row["at"])
         for row in self.db["sent"].rows:
             self.sent.add(SentKey(row["mac"], row["call_id"], row["revision"], row["kind"]))
+        for row in self.db["credentials"].rows:
+            self.credentials.setdefault(row["mac"], {})[row["revision"]] = ResyncCredentials(
+                row["revision"], row["username"], row["password"], row["mac"])
 
     # --- writes (hot path: plain statements, no per-call schema introspection) ---
     def put_device(self, mac: str, discovered: Discovered, seen: float, raw: bytes | None = None) -> Device:
@@ -155,6 +166,37 @@ class Store:
             (key.mac, key.call_id, key.revision, key.kind, at))
         return True
 
+    def put_credentials(self, mac: str, credentials: ResyncCredentials) -> None:
+        """Keep a revision's credentials, and only the newest :data:`CREDENTIALS_KEPT`."""
+        kept = self.credentials.setdefault(mac, {})
+        if kept.get(credentials.revision) == credentials:
+            return  # the retained replay after a restart
+        kept[credentials.revision] = credentials
+        self._write("INSERT OR REPLACE INTO credentials (mac, revision, username, password) "
+                    "VALUES (?, ?, ?, ?)", (mac, credentials.revision, credentials.username,
+                                            credentials.password))
+        for old in sorted(kept)[:-CREDENTIALS_KEPT]:
+            del kept[old]
+            self._write("DELETE FROM credentials WHERE mac = ? AND revision = ?", (mac, old))
+
+    def drop_credentials(self, mac: str) -> None:
+        if self.credentials.pop(mac, None) is not None:
+            self._write("DELETE FROM credentials WHERE mac = ?", (mac,))
+
+    def credentials_for(self, mac: str, running: int | None) -> ResyncCredentials | None:
+        """What the phone most likely checks a challenge against: the credentials of the
+        revision it runs; else the newest not newer than that; else the newest known."""
+        kept = self.credentials.get(mac)
+        if not kept:
+            return None
+        if running is not None:
+            if running in kept:
+                return kept[running]
+            older = [r for r in kept if r < running]
+            if older:
+                return kept[max(older)]
+        return kept[max(kept)]
+
     def _write(self, sql: str, params: tuple) -> None:
         if self._later is None:
             self._conn.execute(sql, params)
@@ -189,5 +231,5 @@ class Store:
 
     def summary(self) -> dict[str, int]:
         return {"devices": len(self.devices), "published": len(self.published),
-                "notifies_recorded": len(self.sent)}
+                "notifies_recorded": len(self.sent), "credentials": len(self.credentials)}
 

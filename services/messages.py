@@ -219,6 +219,19 @@ class NotifyStatus(Payload):
     reason: str = ""
     rtt_ms: float | None = None
     kind: str = "ua-profile"  # or "check-sync" for a resync
+    challenged: bool = False  # the phone asked for credentials (401/407) and got them
+
+
+@dataclass
+class ResyncCredentials(Payload):
+    """``devices/{mac}/resync`` (generator to notifier only): what a phone that challenges our
+    NOTIFY (RFC 3261 §22) checks the answer against, for the config of ``revision``: account 1's
+    authentication name (``auth_id``, else ``user_id``) and password."""
+
+    revision: int
+    username: str
+    password: str
+    mac: str = ""
 
 
 @dataclass

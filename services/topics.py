@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-DEVICE_KINDS = ("discovered", "assignment", "config", "published", "notify", "fetched", "error")
+DEVICE_KINDS = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
+                "resync")
 SERVICES = ("listener", "generator", "fileserver", "notifier")
 
 _MAC = re.compile(r"[0-9a-f]{12}")

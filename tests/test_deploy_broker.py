@@ -276,6 +276,7 @@ WRITERS = {
     f"pnp/devices/{MAC}/assignment": {"pbx"},
     "pnp/profiles/default": {"pbx"},
     f"pnp/devices/{MAC}/config": {"generator"},
+    f"pnp/devices/{MAC}/resync": {"generator"},
     f"pnp/devices/{MAC}/published": {"fileserver"},
     f"pnp/devices/{MAC}/fetched": {"fileserver"},
     f"pnp/devices/{MAC}/notify": {"notifier"},
@@ -288,7 +289,8 @@ READERS = {
     "listener": {"discovered", "error", "services/listener"},
     "generator": {"discovered", "assignment", "profiles", "config", "error", "services/generator"},
     "fileserver": {"config", "discovered", "published", "fetched", "error", "services/fileserver"},
-    "notifier": {"discovered", "published", "fetched", "notify", "error", "services/notifier"},
+    "notifier": {"discovered", "published", "fetched", "notify", "error", "resync",
+                 "services/notifier"},
     "pbx": {"discovered", "assignment", "profiles", "published", "notify", "fetched", "error",
             *(f"services/{s}" for s in SERVICE_USERS)},
     "operator": {"discovered", "published", "notify", "fetched", "error",
@@ -333,6 +335,7 @@ def test_each_user_reads_only_what_it_needs(login, audit):
         # The widest filters a client could try: everything, and every device topic.
         c.subscribe("pnp/#")
         c.subscribe(f"pnp/devices/{MAC}/config")
+        c.subscribe(f"pnp/devices/{MAC}/resync")
         expected = {t for t in WRITERS if kind_of(t) in may_read}
         assert wait_for(lambda: expected <= c.topics()), \
             f"{user} misses {sorted(expected - c.topics())}"
@@ -340,6 +343,8 @@ def test_each_user_reads_only_what_it_needs(login, audit):
         assert c.topics() == expected, f"{user} read {sorted(c.topics() - expected)}"
     # and the rendered configs (SIP passwords) reach only the fileserver and the generator
     assert {u for u, r in READERS.items() if "config" in r} == {"generator", "fileserver"}
+    # and the credentials a challenged resync needs (account 1's password) only the notifier
+    assert {u for u, r in READERS.items() if "resync" in r} == {"notifier"}
     for topic in WRITERS:
         clients[owners[topic]].publish(topic, b"")  # clear the retained seeds
 

@@ -132,6 +132,27 @@ class GeneratorServiceTest(unittest.TestCase):
         self.assertNotIn("<P30>", self.configs(MAC3)[-1].files[0].content)
         self.assertIsNone(self.last_error(MAC3))
 
+    def resync(self, mac: str) -> list[Any]:
+        return [json.loads(p) if p else None for p in self.probe.on(topic(mac, "resync"))]
+
+    @defer.inlineCallbacks
+    def test_account_1_credentials_go_with_each_revision_on_the_resync_topic(self) -> Any:
+        yield self.start()
+        self.assign(MAC, {**PRESTAGED, "accounts": [
+            {**SMALLEST["accounts"][0], "auth_id": "auth1001"},
+            {"sip_server": "pbx.example.com", "user_id": "2002", "password": "other"}]})
+        yield eventually(lambda: self.resync(MAC))
+        first = self.resync(MAC)[-1]
+        self.assertEqual((first["username"], first["password"], first["revision"], first["mac"]),
+                         ("auth1001", "s3cret", 1, MAC))
+        # a new password is a new revision, and its credentials come with it
+        self.assign(MAC, {**PRESTAGED, "accounts": [{**SMALLEST["accounts"][0], "password": "n3w"}]})
+        yield eventually(lambda: self.resync(MAC)[-1]["revision"] == 2)
+        self.assertEqual((self.resync(MAC)[-1]["username"], self.resync(MAC)[-1]["password"]), ("1001", "n3w"))
+        self.assertEqual(self.configs(MAC)[-1].revision, 2)
+        self.assign(MAC, b"")
+        yield eventually(lambda: self.resync(MAC)[-1] is None)
+
     @defer.inlineCallbacks
     def test_unassign_withdraws_the_config(self) -> Any:
         yield self.start()
@@ -267,3 +288,4 @@ class GeneratorServiceTest(unittest.TestCase):
         self.assign(MAC3, PRESTAGED)
         yield eventually(lambda: self.configs(MAC3))
         self.assertTrue(rt.bus.connected)
+

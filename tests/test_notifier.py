@@ -14,6 +14,7 @@ from twisted.trial import unittest
 import notifier.main
 from services.messages import Discovered, now_iso
 from services.runner import Runtime
+from services.sip import digest
 from services.sip.message import build_response, parse, parse_name_addr, parse_via
 from services.sip.transaction import Outcome, Timers
 from notifier import build
@@ -58,7 +59,45 @@ class Phone(DatagramProtocol):
         return list(seen.values())
 
 
-class NotifierTest(unittest.TestCase):
+class ChallengingPhone(Phone):
+    """A phone that asks every NOTIFY for credentials (``status`` 401 or 407) and accepts only an
+    answer made with ``user`` and ``password``; ``stale`` answers even a right one with a new
+    challenge marked stale=true (an expired nonce)."""
+
+    def __init__(self, user: str = "1001", password: str = "s3cret", status: int = 401,
+                 stale: bool = False) -> None:
+        super().__init__(None)
+        self.user, self.password, self.challenge, self.stale = user, password, status, stale
+        self.nonces: list[str] = []
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        request = parse(data)
+        self.received.append((time.monotonic(), request, addr))
+        asked = "Proxy-Authorization" if self.challenge == 407 else "Authorization"
+        answer = request.headers.get(asked)
+        if answer and self.nonces and self._valid(request, answer) and not self.stale:
+            status, reason, extra = 200, "OK", []
+        else:
+            self.nonces.append(f"n{len(self.nonces)}")
+            header = "Proxy-Authenticate" if self.challenge == 407 else "WWW-Authenticate"
+            stale = ", stale=true" if self.stale and answer else ""
+            status, reason = self.challenge, "Unauthorized"
+            extra = [(header, f'Digest realm="grp", nonce="{self.nonces[-1]}", qop="auth"{stale}')]
+        response = build_response(request, status, reason, to_tag="phonetag9", received=addr,
+                                  headers=extra)
+        self.transport.write(response.to_bytes(), addr)
+
+    def _valid(self, request, answer: str) -> bool:
+        _, f = digest.parse_fields(answer)
+        challenge = digest.Challenge(realm="grp", nonce=self.nonces[-1], qop=("auth",))
+        expected = digest.digest_response(challenge, self.user, self.password, request.method,
+                                          request.uri, f["cnonce"], int(f["nc"], 16))
+        return f["nonce"] == self.nonces[-1] and f["username"] == self.user and f["response"] == expected
+
+
+class NotifierBase(unittest.TestCase):
+    """A broker, a probe, and helpers to run the notifier against phones on 127.0.0.x."""
+
     timeout = 30
 
     def setUp(self) -> None:
@@ -69,8 +108,9 @@ class NotifierTest(unittest.TestCase):
         self.data_dir = self.mktemp()
         self.runtimes: list[Runtime] = []
 
-    def phone(self, address: str = "127.0.0.2", status: int | None = 200, reason: str = "OK") -> Phone:
-        phone = Phone(status, reason)
+    def phone(self, address: str = "127.0.0.2", status: int | None = 200, reason: str = "OK",
+              phone: Phone | None = None) -> Phone:
+        phone = phone or Phone(status, reason)
         port = reactor.listenUDP(0, phone, interface=address)
         self.addCleanup(port.stopListening)
         phone.address = (address, port.getHost().port)
@@ -118,6 +158,21 @@ class NotifierTest(unittest.TestCase):
             "revision": revision, "v": 1,
         }, retain=True)
 
+    def credentials(self, revision: int, password: str, user: str = "1001", mac: str = MAC) -> None:
+        self.probe.publish(f"pnp/devices/{mac}/resync", {
+            "revision": revision, "username": user, "password": password, "mac": mac, "v": 1,
+        }, retain=True)
+
+    @defer.inlineCallbacks
+    def running(self, phone: Phone, revision: int = 1, **start: str):
+        """A phone provisioned with ``revision`` (its Plug and Play NOTIFY answered by hand)."""
+        component = yield self.start(**start)
+        self.discover(phone)
+        yield self.quiet(0.1)
+        self.fetched(revision=revision, provisioned=True)
+        yield eventually(lambda: MAC in component.store.provisions)
+        return component
+
     def statuses(self, mac: str = MAC) -> list[dict]:
         return [s for s in self.probe.json_on(f"pnp/devices/{mac}/notify") if s]
 
@@ -128,7 +183,8 @@ class NotifierTest(unittest.TestCase):
     def quiet(self, seconds: float = 0.3):
         yield task.deferLater(reactor, seconds, lambda: None)
 
-    # --- the tests ---
+
+class NotifierTest(NotifierBase):
 
     @defer.inlineCallbacks
     def test_prestaged_phone_gets_in_dialog_notify_matching_its_subscribe_and_is_accepted(self):
@@ -404,7 +460,7 @@ class EndpointOnClockTest(unittest.TestCase):
                        user_agent="Yealink", call_id="c1", from_tag="f", to_tag="t", seen_at=now_iso())
         request = build.ua_profile(d, URL, build.Local(*endpoint.local), "in-dialog", 1)
         results = []
-        endpoint.send(request, build.destination(d), results.append)
+        endpoint.send(request, build.destination(d), lambda result, _answer: results.append(result))
         sent_at = []
         for step in [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]:  # to 31.5 s
             clock.advance(step)
@@ -435,7 +491,7 @@ class EndpointOnClockTest(unittest.TestCase):
                        user_agent="snom", call_id="c2", from_tag="f", to_tag="t", seen_at=now_iso())
         request = build.ua_profile(d, URL, build.Local(*endpoint.local), "in-dialog", 1)
         results = []
-        endpoint.send(request, build.destination(d), results.append)
+        endpoint.send(request, build.destination(d), lambda result, _answer: results.append(result))
         yield eventually(lambda: phone.requests)
         got, source = phone.requests[0], phone.received[0][2]
         trying = build_response(got, 100, "Trying", received=source).to_bytes()
@@ -452,3 +508,124 @@ class EndpointOnClockTest(unittest.TestCase):
         phone.transport.write(b"garbage\r\n\r\n", source)
         yield eventually(lambda: counters["sip_malformed"] == 1)
         self.assertEqual(len(results), 1)
+
+
+class ChallengeTest(NotifierBase):
+    """A phone that challenges the NOTIFY (RFC 3261 §22): one answer with credentials, never a
+    loop, and every refusal reported."""
+
+    def check_sync_final(self):
+        return lambda: next((s for s in self.statuses() if s["kind"] == "check-sync"
+                             and s["status"] != "sent"), None)
+
+    @defer.inlineCallbacks
+    def test_407_is_answered_with_the_password_of_the_revision_the_phone_runs(self):
+        phone = self.phone(phone=ChallengingPhone(password="old", status=407))
+        self.credentials(1, "old")
+        component = yield self.running(phone, revision=1)
+        self.credentials(2, "new")  # the new config changes the password; the phone has revision 1
+        yield eventually(lambda: 2 in component.store.credentials.get(MAC, {}))
+        self.publish(revision=2)
+        status = yield eventually(self.check_sync_final())
+        self.assertEqual((status["status"], status["code"], status["challenged"], status["revision"]),
+                         ("accepted", 200, True, 2))
+        first, second = phone.transactions
+        self.assertIsNone(first.headers.get("Proxy-Authorization"))
+        self.assertIn('username="1001"', second.headers.get("Proxy-Authorization"))
+        # §22.2: the same Call-ID and From tag, the next CSeq, a new transaction
+        self.assertEqual(second.call_id, first.call_id)
+        self.assertEqual(second.headers.get("From"), first.headers.get("From"))
+        self.assertEqual((first.cseq, second.cseq), ((1, "NOTIFY"), (2, "NOTIFY")))
+        self.assertNotEqual(parse_via(first.headers.get("Via")).branch, parse_via(second.headers.get("Via")).branch)
+        self.assertEqual(status["call_id"], first.call_id)
+        self.assertIsNone(self.probe.last(f"pnp/devices/{MAC}/error"))
+
+    @defer.inlineCallbacks
+    def test_a_stale_nonce_gets_one_more_answer_and_then_the_refusal_is_reported(self):
+        phone = self.phone(phone=ChallengingPhone(stale=True))
+        self.credentials(1, "s3cret")
+        component = yield self.running(phone)
+        self.publish(revision=2)
+        status = yield eventually(self.check_sync_final())
+        yield self.quiet(0.2)
+        self.assertEqual((status["status"], status["code"], status["challenged"]), ("rejected", 401, True))
+        self.assertEqual(len(phone.transactions), 3)  # the first, and two answers: no loop
+        error = yield eventually(lambda: self.probe.last(f"pnp/devices/{MAC}/error"))
+        self.assertEqual(error["service"], "notifier")
+        self.assertIn("refused", error["message"])
+        self.assertEqual(component.counters_["notify_credentials_refused"], 1)
+
+    @defer.inlineCallbacks
+    def test_without_credentials_the_challenge_is_reported_with_what_is_missing(self):
+        phone = self.phone(phone=ChallengingPhone())
+        yield self.running(phone)
+        self.publish(revision=2)
+        status = yield eventually(self.check_sync_final())
+        yield self.quiet(0.2)
+        self.assertEqual((status["status"], status["code"], status["challenged"]), ("rejected", 401, False))
+        self.assertEqual(len(phone.transactions), 1)
+        error = yield eventually(lambda: self.probe.last(f"pnp/devices/{MAC}/error"))
+        self.assertIn(f"pnp/devices/{MAC}/resync", error["message"])
+
+    @defer.inlineCallbacks
+    def test_a_refusal_is_cleared_by_the_next_accepted_notify(self):
+        phone = self.phone(phone=ChallengingPhone(password="right"))
+        self.credentials(1, "wrong")
+        component = yield self.running(phone)
+        self.publish(revision=2)
+        yield eventually(lambda: self.probe.last(f"pnp/devices/{MAC}/error"))
+        self.credentials(3, "right")
+        component.store.provisions[MAC] = Provision(True, 3, time.time())
+        self.publish(revision=4)
+        yield eventually(lambda: any(s["status"] == "accepted" and s["revision"] == 4 for s in self.statuses()))
+        yield eventually(lambda: self.probe.on(f"pnp/devices/{MAC}/error")[-1] == b"")
+
+    @defer.inlineCallbacks
+    def test_an_in_dialog_notify_answers_with_the_dialogs_next_cseq(self):
+        phone = self.phone(phone=ChallengingPhone())
+        self.credentials(1, "s3cret")
+        yield self.start()
+        self.publish(revision=1)
+        self.discover(phone)
+        status = yield eventually(self.final())
+        self.assertEqual((status["status"], status["kind"], status["challenged"]), ("accepted", "ua-profile", True))
+        first, second = phone.transactions
+        self.assertEqual((first.call_id, second.call_id), (SUB_CALL_ID, SUB_CALL_ID))
+        self.assertEqual(parse_name_addr(second.headers.get("From")).tag, OUR_TAG)
+        self.assertEqual((first.cseq[0] + 1, "NOTIFY"), second.cseq)
+
+    @defer.inlineCallbacks
+    def test_a_bad_resync_payload_is_counted_and_changes_nothing(self):
+        component = yield self.start()
+        self.probe.publish(f"pnp/devices/{MAC}/resync", b'{"revision": "x"}', retain=True)
+        self.credentials(1, "s3cret")
+        yield eventually(lambda: MAC in component.store.credentials)
+        self.assertEqual(component.counters_["bad_payloads"], 1)
+        self.probe.publish(f"pnp/devices/{MAC}/resync", b"", retain=True)
+        yield eventually(lambda: MAC not in component.store.credentials)
+
+    @defer.inlineCallbacks
+    def test_a_challenge_from_another_address_gets_no_credentials(self):
+        # Someone on the LAN who saw the NOTIFY answers it first with a 401 of their own: our
+        # Digest answer would let them guess the phone's password offline.
+        phone = self.phone()
+        attacker = self.phone("127.0.0.3", status=None)
+        self.credentials(1, "s3cret")
+        component = yield self.running(phone)
+
+        def spoof(data: bytes, addr) -> None:
+            request = parse(data)
+            phone.received.append((time.monotonic(), request, addr))
+            challenge = build_response(request, 401, "Unauthorized", to_tag="x", headers=[
+                ("WWW-Authenticate", 'Digest realm="evil", nonce="n", algorithm=MD5')])
+            attacker.transport.write(challenge.to_bytes(), addr)
+
+        phone.datagramReceived = spoof
+        self.publish(revision=2)
+        status = yield eventually(self.check_sync_final())
+        self.assertEqual((status["status"], status["code"], status["challenged"]), ("rejected", 401, False))
+        self.assertEqual(len(phone.transactions), 1)
+        self.assertIsNone(phone.requests[0].headers.get("Authorization"))
+        self.assertEqual(component.counters_["notify_challenge_elsewhere"], 1)
+        error = yield eventually(lambda: self.probe.last(f"pnp/devices/{MAC}/error"))
+        self.assertIn("127.0.0.3", error["message"])

@@ -339,3 +339,27 @@ def test_fetched_byte_check_finds_provisioned_true_however_spaced(raw, says):
     from notifier.service import _PROVISIONED
 
     assert (_PROVISIONED.search(raw) is not None) is says
+
+
+# --- credentials for a challenged NOTIFY -----------------------------------------------------
+
+def test_credentials_survive_a_restart_and_only_the_newest_are_kept(tmp_path):
+    from notifier.state import CREDENTIALS_KEPT
+    from services.messages import ResyncCredentials
+
+    store = Store(tmp_path / "n.db")
+    for revision in range(1, CREDENTIALS_KEPT + 3):
+        store.put_credentials(MAC, ResyncCredentials(revision, "1001", f"pw{revision}", MAC))
+    store.close()
+    again = Store(tmp_path / "n.db")
+    kept = again.credentials[MAC]
+    assert sorted(kept) == list(range(3, CREDENTIALS_KEPT + 3))
+    # the revision the phone runs; else the newest older one; else the newest of all
+    assert again.credentials_for(MAC, 4).password == "pw4"
+    assert again.credentials_for(MAC, 99).password == f"pw{CREDENTIALS_KEPT + 2}"
+    assert again.credentials_for(MAC, 1).password == f"pw{CREDENTIALS_KEPT + 2}"
+    assert again.credentials_for(MAC, None).password == f"pw{CREDENTIALS_KEPT + 2}"
+    assert again.credentials_for("000b82000000", 4) is None
+    again.drop_credentials(MAC)
+    again.close()
+    assert Store(tmp_path / "n.db").credentials == {}

@@ -381,3 +381,82 @@ def test_credentials_in_the_notify_url_are_used_for_the_challenge_not_sent_in_it
     out = phone.receive(notify(phone, b"http://ph%40ne:s3c@127.0.0.1:8080/p/tok/"), ("127.0.0.1", 1), 0.01)
     assert out[1].url == "http://127.0.0.1:8080/p/tok/cfg000b82000001.xml"
     assert phone.credentials == ("ph@ne", "s3c")
+
+
+def _provisioned(notify_auth=None) -> Phone:
+    ident = plan(1, ["GRP2614"], "127.0.0.7")[0]
+    phone = Phone(ident, PORT, FAST, random.Random(7), notify_auth=notify_auth)
+    _to_fetching(phone)
+    phone.http_response(200, file_headers(b"v1"), b"v1", 0.02)
+    phone.tick(0.22)
+    phone.http_response(304, {}, b"", 0.23)
+    assert phone.state == State.PROVISIONED
+    return phone
+
+
+def _check_sync(cseq: int, authorization: str | None = None) -> sip.Request:
+    h = sip.Headers([("Via", f"SIP/2.0/UDP 127.0.0.1:6060;branch=z9hG4bKcs{cseq};rport"),
+                     ("From", "<sip:127.0.0.1:6060>;tag=s"), ("To", "<sip:127.0.0.7:5080>"),
+                     ("Call-ID", "cs1"), ("CSeq", f"{cseq} NOTIFY"), ("Event", "check-sync;reboot=false")])
+    if authorization:
+        h.add("Authorization", authorization)
+    return sip.Request("NOTIFY", "sip:127.0.0.7:5080", h)
+
+
+def test_a_phone_with_notify_auth_challenges_a_resync_and_takes_only_its_own_password():
+    from services.sip import digest
+
+    phone = _provisioned(notify_auth=("1001", "s3cret"))
+    first = sip.parse(phone.receive(_check_sync(1).to_bytes(), ("127.0.0.1", 6060), 5.0)[0].data)
+    assert first.status == 401 and phone.state == State.PROVISIONED and phone.resyncs == 0
+    # a wrong password: challenged again, nothing fetched
+    wrong = digest.retry_request(_check_sync(1), first, "1001", "guess", 2, "z9hG4bKw", "c1")
+    out = phone.receive(wrong.to_bytes(), ("127.0.0.1", 6060), 5.1)
+    second = sip.parse(out[0].data)
+    assert second.status == 401 and len(out) == 1 and phone.auth_failures == 1
+    # the account's credentials, answering the newest challenge: 200 and the resync starts
+    right = digest.retry_request(_check_sync(2), second, "1001", "s3cret", 3, "z9hG4bKr", "c2")
+    out = phone.receive(right.to_bytes(), ("127.0.0.1", 6060), 5.2)
+    assert sip.parse(out[0].data).status == 200 and isinstance(out[1], Fetch)
+    assert (phone.resyncs, phone.challenges) == (1, 2)
+    # the same answer again is a retransmission (same CSeq): the same 200, no second resync
+    again = phone.receive(right.to_bytes(), ("127.0.0.1", 6060), 5.3)
+    assert sip.parse(again[0].data).status == 200 and phone.resyncs == 1
+
+
+def test_a_replayed_answer_to_an_old_challenge_is_refused():
+    from services.sip import digest
+
+    phone = _provisioned(notify_auth=("1001", "s3cret"))
+    challenge = sip.parse(phone.receive(_check_sync(1).to_bytes(), ("127.0.0.1", 6060), 5.0)[0].data)
+    answer = digest.retry_request(_check_sync(1), challenge, "1001", "s3cret", 2, "z9hG4bKa", "c")
+    assert sip.parse(phone.receive(answer.to_bytes(), ("127.0.0.1", 6060), 5.1)[0].data).status == 200
+    # an eavesdropper replays it with a new CSeq: the nonce was used, so a new challenge
+    replay = sip.Request(answer.method, answer.uri, answer.headers.copy(), b"")
+    replay.headers.set("CSeq", "9 NOTIFY")
+    assert sip.parse(phone.receive(replay.to_bytes(), ("127.0.0.1", 6060), 5.2)[0].data).status == 401
+
+
+def test_a_grp_takes_its_notify_credentials_from_the_file_it_fetched():
+    from tools.simulate.phone import grandstream_notify_auth
+
+    gs = (b'<?xml version="1.0" encoding="UTF-8"?><gs_provision version="1"><mac>000b82000001</mac>'
+          b"<config version=\"1\"><P35>1001</P35><P36>auth1001</P36><P34>s3&amp;cret</P34></config></gs_provision>")
+    assert grandstream_notify_auth(gs) == ("auth1001", "s3&cret")
+    assert grandstream_notify_auth(gs.replace(b"<P36>auth1001</P36>", b"")) == ("1001", "s3&cret")
+    assert grandstream_notify_auth(gs.replace(b"</config>", b"<P4428>1</P4428></config>")) is None
+    assert grandstream_notify_auth(b"<gs_provision><config/></gs_provision>") is None
+    assert grandstream_notify_auth(b"not xml <") is None
+    # a factory GRP knows no account; once provisioned it challenges a resync with the file's
+    phone = make()
+    assert phone.notify_auth is None
+    _to_fetching(phone)
+    phone.http_response(200, file_headers(gs), gs, 0.02)
+    assert phone.notify_auth == ("auth1001", "s3&cret")
+    phone.tick(0.22)
+    phone.http_response(304, {}, b"", 0.23)
+    out = phone.receive(_check_sync(1).to_bytes(), ("127.0.0.1", 6060), 5.0)
+    assert sip.parse(out[0].data).status == 401
+    # other vendors do not challenge
+    yealink = make("T46S")
+    assert not yealink.learns_notify_auth

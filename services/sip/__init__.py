@@ -1,5 +1,16 @@
-"""A sans-I/O SIP core: messages (``message``) and transactions (``transaction``).
+"""A sans-I/O SIP core: messages (``message``), transactions (``transaction``) and Digest
+authentication (``digest``).
 
 Nothing here opens a socket or touches a reactor; callers feed bytes and time in and get bytes
 and decisions out, the way h11 does HTTP.
 """
+
+from services.sip.digest import (
+    Challenge, DigestError, authorization, challenges, choose, digest_response, parse_challenge,
+    retry_request,
+)
+
+__all__ = [
+    "Challenge", "DigestError", "authorization", "challenges", "choose", "digest_response",
+    "parse_challenge", "retry_request",
+]

@@ -209,6 +209,11 @@ class Fleet:
         self._check_done()
         return self._done
 
+    def stop(self) -> None:
+        """End the run now (a lingering fleet once the test saw what it waited for): phones not
+        done fail with "when the run ended", and the report is delivered as usual."""
+        self._finish()
+
     def progress(self) -> Progress:
         p = Progress(len(self.phones), elapsed=self.now() - self._origin)
         for phone in self.phones:

@@ -13,19 +13,26 @@ So every rule of the guide is testable with plain values:
 - fetch the file(s) with the vendor's User-Agent and check ``Repr-Digest``/``ETag`` against the
   body's sha256; "reboot"; fetch again expecting the same sha256 or a 304: then provisioned;
 - once provisioned, a ``check-sync`` NOTIFY (resync) is answered 200 and the phone goes through
-  download, reboot and check again.
+  download, reboot and check again. With ``notify_auth`` it first challenges the NOTIFY, as a
+  factory Grandstream does ("Disable SIP NOTIFY Authentication", P4428, is 0 by default): a 401
+  with a Digest challenge (MD5, qop=auth), then 200 only for an answer made with its SIP
+  account's authentication name and password, 401 again for any other. A Grandstream phone
+  learns ``notify_auth`` from the file it fetched (P36, else P35, and P34; none if P4428 is 1).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import random
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from services.sip import digest
 from services.sip import message as sip
 from tools.simulate.vendors import GROUP, Dialog, Identity, file_names, new_dialog
 
@@ -110,7 +117,8 @@ _CT_URL = "application/url"
 class Phone:
     def __init__(self, ident: Identity, target_port: int, timing: Timing | None = None,
                  rng: random.Random | None = None, group: str = GROUP,
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None,
+                 notify_auth: tuple[str, str] | None = None) -> None:
         self.ident = ident
         self.vendor = ident.vendor
         self.target = (group, target_port)
@@ -140,6 +148,14 @@ class Phone:
         self._authorization: str | None = None  # answer to the current file's challenge
         self._retries = 0  # of the current file
         self.fetch_errors: list[str] = []  # every connection failure, retried or not
+        # (auth id, password) of its SIP account: challenge check-sync NOTIFYs with it
+        self.notify_auth = notify_auth
+        # a GRP takes it from its file, unless the test gave it one
+        self.learns_notify_auth = notify_auth is None and ident.vendor.name == "grandstream"
+        self.notify_realm = "pnp-sim"
+        self._nonce: str | None = None  # of the last challenge; each one answers once
+        self.challenges = 0  # 401s sent to check-sync NOTIFYs
+        self.auth_failures = 0  # answers to a challenge that did not match the account
 
     # --- properties ---
     @property
@@ -227,6 +243,8 @@ class Phone:
             self._checked[url] = (digest, headers.get("etag"))
             if self.times.file is None:
                 self.times.file = now
+            if self.learns_notify_auth:
+                self.notify_auth = grandstream_notify_auth(body)
         return self._file_ok(now)
 
     def http_error(self, reason: str, now: float) -> list[Action]:
@@ -307,8 +325,15 @@ class Phone:
         if key in self._answered:  # a retransmission: same answer again
             return [Send(self._answered[key], self._reply_address(req, source))]
         accepted = False
+        extra: list[tuple[str, str]] = []
         if req.method != "NOTIFY":
             status, reason = 501, "Not Implemented"
+        elif _event(req) == "check-sync" and self.notify_auth and not self._authorized(req):
+            status, reason = 401, "Unauthorized"
+            self._nonce = f"{self.rng.getrandbits(96):024x}"
+            self.challenges += 1
+            extra.append(("WWW-Authenticate", f'Digest realm="{self.notify_realm}", '
+                          f'nonce="{self._nonce}", qop="auth", algorithm=MD5'))
         elif _event(req) == "check-sync":
             # A resync: fetch the configuration again from where it came, flash what changed.
             status, reason = 200, "OK"
@@ -330,7 +355,8 @@ class Phone:
         try:
             if sip.parse_name_addr(req.headers.get("to") or "").tag is None:
                 to_tag = (self._dialog.from_tag if self._dialog else None) or sip.new_tag()
-            response = sip.build_response(req, status, reason, to_tag=to_tag, received=source)
+            response = sip.build_response(req, status, reason, to_tag=to_tag, received=source,
+                                          headers=extra)
         except sip.SipParseError:
             self.garbage += 1
             return []
@@ -340,6 +366,28 @@ class Phone:
         if accepted:  # answer first, then fetch: the order a phone's log shows
             actions.append(self._fetch())
         return actions
+
+    def _authorized(self, req: sip.Request) -> bool:
+        """Whether ``req`` answers our last challenge with the account's credentials."""
+        nonce, self._nonce = self._nonce, None  # one answer per challenge
+        value = req.headers.get("authorization")
+        if nonce is None or not value or self.notify_auth is None:
+            return False
+        user, password = self.notify_auth
+        try:
+            scheme, f = digest.parse_fields(value)
+            nc = int(f.get("nc", "0"), 16)
+        except (digest.DigestError, ValueError):
+            self.auth_failures += 1
+            return False
+        challenge = digest.Challenge(realm=self.notify_realm, nonce=nonce, qop=("auth",))
+        expected = digest.digest_response(challenge, user, password, req.method, req.uri,
+                                          f.get("cnonce", ""), nc)
+        ok = (scheme.lower() == "digest" and f.get("nonce") == nonce and f.get("username") == user
+              and f.get("uri") == req.uri and f.get("qop") == "auth"
+              and hmac.compare_digest(expected, f.get("response", "")))
+        self.auth_failures += not ok
+        return ok
 
     def _judge_notify(self, req: sip.Request) -> tuple[int, str, str | None]:
         ctype = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
@@ -416,41 +464,34 @@ class Phone:
         self.deadline = None
 
 
-_CHALLENGE_PARAM = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
 def authorization(challenge: str, url: str, user: str, password: str, cnonce: str = "0a4f113b") -> str | None:
-    """The Authorization value answering a WWW-Authenticate ``challenge`` (Basic, or Digest with
-    MD5 and qop=auth, RFC 7616) for a GET of ``url``; None for a scheme we do not speak."""
-    scheme, _, rest = challenge.strip().partition(" ")
+    """The Authorization value answering a WWW-Authenticate ``challenge`` (Basic, or Digest as
+    services.sip.digest speaks it, RFC 7616) for a GET of ``url``; None for one we cannot answer."""
+    scheme = challenge.strip().partition(" ")[0]
     if scheme.lower() == "basic":
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    if scheme.lower() != "digest":
+    try:
+        parsed = digest.parse_challenge(challenge)
+        parts = urlsplit(url)
+        uri = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return digest.authorization(parsed, user, password, "GET", uri, cnonce)
+    except digest.DigestError:
         return None
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _CHALLENGE_PARAM.finditer(rest)}
-    if params.get("algorithm", "MD5").upper() != "MD5" or "nonce" not in params:
+
+
+def grandstream_notify_auth(body: bytes) -> tuple[str, str] | None:
+    """What a GRP checks a challenged NOTIFY against, from its ``<gs_provision>`` file: account
+    1's Authenticate ID (P36, else the SIP User ID P35) and password (P34); None when the file
+    turns the challenge off (P4428 = 1), names no account, or is not such a file."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
         return None
-    parts = urlsplit(url)
-    uri = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    realm, nonce = params.get("realm", ""), params["nonce"]
-
-    def md5(text: str) -> str:
-        return hashlib.md5(text.encode()).hexdigest()
-
-    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"GET:{uri}")
-    qops = [q.strip() for q in params.get("qop", "").split(",") if q.strip()]
-    fields = [f'username="{user}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"', "algorithm=MD5"]
-    if "auth" in qops:
-        nc = "00000001"
-        response = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
-        fields += ["qop=auth", f"nc={nc}", f'cnonce="{cnonce}"']
-    else:
-        response = md5(f"{ha1}:{nonce}:{ha2}")
-    fields.append(f'response="{response}"')
-    if "opaque" in params:
-        fields.append(f'opaque="{params["opaque"]}"')
-    return "Digest " + ", ".join(fields)
+    values = {el.tag: (el.text or "").strip() for el in root.iter() if re.fullmatch(r"P[0-9]+", el.tag)}
+    user = values.get("P36") or values.get("P35")
+    if values.get("P4428") == "1" or not user:
+        return None
+    return user, values.get("P34", "")
 
 
 def _event(req: sip.Request) -> str:
