@@ -14,5 +14,6 @@ __all__ = ["SETTINGS", "start"]
 
 
 def start(ctx: Context) -> GeneratorService:
-    engine = Engine(Renderer(ctx.settings.template_dir), Store(ctx.database_path()))
+    engine = Engine(Renderer(ctx.settings.template_dir),
+                    Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health))
     return GeneratorService(ctx, engine, ctx.settings.generator_settle)
