@@ -88,11 +88,16 @@ def open_database(path: Path | str, health: HealthLike | None = None) -> Opened:
     private_dir(path.parent)
     for name in (path, *(_side(path, s) for s in SIDE_FILES)):
         private_file(name)
+    kept = _keep_sides(path)
     try:
-        return Opened(_connect(path))
-    except Broken as exc:
-        why = str(exc)
-    moved = _move_aside(path)
+        try:
+            return Opened(_connect(path))
+        except Broken as exc:
+            why = str(exc)
+        moved = _move_aside(path, kept)
+    finally:
+        for link in kept.values():
+            link.unlink(missing_ok=True)
     db = _connect(path)
     text = (f"{path.name} could not be used ({why}): moved to {moved.name}; a fresh one is "
             "refilled from the broker's retained messages")
@@ -107,34 +112,64 @@ def _side(path: Path, suffix: str) -> Path:
 
 
 def _connect(path: Path) -> sqlite_utils.Database:
-    if path.exists() and not path.is_file():
-        raise Broken("it is not a file")
-    if path.exists() and path.stat().st_size == 0 and not _side(path, "-wal").exists():
-        # sqlite takes an empty file for a new database: here it is a truncated old one
-        raise Broken("it is empty (0 bytes)")
-    if not path.exists():
+    if path.exists():
+        _check(path)
+    else:
         # created owner-only before sqlite opens it; its -wal and -shm then get the same mode
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     conn = sqlite3.connect(str(path), check_same_thread=False)
-    try:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
-        if rows != [("ok",)]:
-            raise Broken(f"quick_check: {'; '.join(str(r[0]) for r in rows[:3])}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF in _BROKEN:
-            raise Broken(f"{exc}, {_BROKEN[code & 0xFF]}") from None
-        raise
-    except Broken:
-        conn.close()
-        raise
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
     return sqlite_utils.Database(conn)
 
 
-def _move_aside(path: Path) -> Path:
+def _check(path: Path) -> None:
+    """Raise :class:`Broken` unless ``path`` is a sound database. Read-only, so that sqlite
+    neither replays nor deletes a -wal that belongs with a broken file: it is moved aside too."""
+    if not path.is_file():
+        raise Broken("it is not a file")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as exc:
+        raise _broken(exc)
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise _broken(exc)
+    finally:
+        conn.close()
+    if rows != [("ok",)]:
+        raise Broken(f"quick_check: {'; '.join(str(r[0]) for r in rows[:3])}")
+    if not tables:
+        # sqlite takes an empty file for a new database; ours always hold tables, so this is a
+        # truncated one (or one whose first start died at once: moving it aside costs nothing)
+        raise Broken(f"it holds no tables ({path.stat().st_size} bytes)")
+
+
+def _broken(exc: sqlite3.DatabaseError) -> Exception:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _BROKEN:
+        return Broken(f"{exc}, {_BROKEN[code & 0xFF]}")
+    return exc  # not the file's fault (locked, no space...): raised as it is
+
+
+def _keep_sides(path: Path) -> dict[str, Path]:
+    """Hard links to the -wal and -shm as they are before sqlite looks: it may delete a -wal
+    that does not fit a broken file, and that -wal is part of what is moved aside."""
+    kept = {}
+    for suffix in SIDE_FILES:
+        side, link = _side(path, suffix), _side(path, suffix + ".keep")
+        try:
+            link.unlink(missing_ok=True)
+            os.link(side, link)
+        except OSError:
+            continue
+        kept[suffix] = link
+    return kept
+
+
+def _move_aside(path: Path, kept: dict[str, Path]) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
@@ -143,9 +178,10 @@ def _move_aside(path: Path) -> Path:
         target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     # the side files first: a -wal left behind next to a fresh database would be replayed into it
     for suffix in SIDE_FILES:
-        side = _side(path, suffix)
+        side = kept.get(suffix) or _side(path, suffix)
         if side.exists():
             side.rename(_side(target, suffix))
+        _side(path, suffix).unlink(missing_ok=True)
     if path.exists():
         path.rename(target)
     return target
