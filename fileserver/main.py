@@ -19,6 +19,7 @@ from fileserver.abuse import NotFoundLimiter
 from fileserver.auth import Authenticator
 from fileserver.catalog import Catalog
 from fileserver.metrics import Metrics
+from fileserver.refill import Refill
 from fileserver.resource import FileResource, Policy, make_site
 from fileserver.service import FileService, Fileserver
 from fileserver.store import Store
@@ -58,6 +59,8 @@ def start(ctx: Context) -> Fileserver:
     limiter = NotFoundLimiter(cfg.not_found_limit, cfg.not_found_window, cfg.ban_seconds)
     metrics = Metrics()
     service = FileService(ctx, store, Catalog(secret, cfg.public_url), policy, limiter, metrics)
+    if store.rebuilt:
+        Refill(ctx, service).start()
     root = FileResource(service.catalog, policy, limiter, metrics, service.fetched, ctx.reactor,
                         service.health, service.gauges)
     try:

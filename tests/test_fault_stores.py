@@ -244,24 +244,33 @@ def rows(path: Path, sql: str) -> int:
 
 def test_corrupt_stores_are_rebuilt_from_the_broker_and_devices_stay_served(services):
     """Item 5: each store damaged a different way while stopped; each service starts, moves it
-    aside, says so, refills it, and every device is served the same bytes at the same revision."""
+    aside, says so, refills it, and every device is served the same bytes at the same revision;
+    what only the old stores knew (revisions, provisioned phones, errors) comes back too."""
     macs = MACS[:3]
+    bad_assignment, bad_config = MACS[3], MACS[4]
     services.start()
     services.assign(macs, "Alice")
+    services.probe.publish(f"pnp/devices/{bad_assignment}/assignment", {"accounts": "none"}, retain=True)
+    services.probe.publish(f"pnp/devices/{bad_config}/config", {"files": "none"}, retain=True)
     wait_until(lambda: all(services.served(m) for m in macs), timeout=15)
     services.assign(macs, "Bob")  # revision 2: a rebuilt store must not start again at 1
     wait_until(lambda: all((services.probe.last(f"pnp/devices/{m}/config") or {}).get("revision") == 2
                            for m in macs), timeout=15)
     wait_until(lambda: all(services.served(m) for m in macs)
                and all(len(services.urls(m)) for m in macs), timeout=15)
-    before = {m: services.served(m) for m in macs}
+    before = {m: services.served(m) for m in macs}  # fetched twice by now: provisioned
+    wait_until(lambda: services.status("fileserver").get("counters", {}).get("provisioned") == 3)
     wait_until(lambda: rows(services.data / "notifier.db", "SELECT count(*) FROM published") == 3)
+    errors = {m: (services.probe.last(f"pnp/devices/{m}/error") or {}).get("service")
+              for m in (bad_assignment, bad_config)}
+    assert errors == {bad_assignment: "generator", bad_config: "fileserver"}
     services.stop()
 
     data = services.data
     _overwrite(data / "generator.db", 0)                                          # not a database
     os.truncate(data / "fileserver.db", (data / "fileserver.db").stat().st_size // 2)  # truncated
     _overwrite(data / "notifier.db", 2 * 4096)                                    # a bad page
+    services.assign([bad_assignment])  # put right while the generator is away
     services.start()
     for name in STORES:
         wait_until(lambda: services.status(name).get("counters", {}).get("store_rebuilt") == 1,
@@ -272,12 +281,19 @@ def test_corrupt_stores_are_rebuilt_from_the_broker_and_devices_stay_served(serv
         moved = [p for p in data.glob(f"{name}.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
         assert len(moved) == 1 and moved[0].stat().st_size > 0
         assert "could not be used" in services.log(name)
+    # still provisioned, before any new download
+    wait_until(lambda: services.status("fileserver").get("counters", {}).get("provisioned") == 3)
     wait_until(lambda: all(services.served(m) == before[m] for m in macs), timeout=15)
     for mac in macs:
         assert services.probe.last(f"pnp/devices/{mac}/config")["revision"] == 2
-    wait_until(lambda: rows(data / "fileserver.db", "SELECT count(*) FROM devices") == 3)
+    # the stores hold them again (and the device put right meanwhile)
+    wait_until(lambda: rows(data / "fileserver.db", "SELECT count(*) FROM devices") == 4)
     wait_until(lambda: rows(data / "generator.db", "SELECT count(*) FROM renders WHERE revision = 2") == 3)
-    wait_until(lambda: rows(data / "notifier.db", "SELECT count(*) FROM published") == 3)
+    wait_until(lambda: rows(data / "notifier.db", "SELECT count(*) FROM published") == 4)
+    # the errors the old stores knew of are cleared once resolved
+    services.probe.publish(f"pnp/devices/{bad_config}/config", b"", retain=True)
+    for mac in (bad_assignment, bad_config):
+        wait_until(lambda: services.probe.on(f"pnp/devices/{mac}/error")[-1] == b"", timeout=10)
     # and `pnp devices` lists them all
     listed = subprocess.run([*PNP, "devices", "--json"], env=services.env, capture_output=True,
                             text=True, timeout=30, cwd=ROOT)
