@@ -221,6 +221,10 @@ class Services:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
+    def health(self, name: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*PNP, "health", name, "--timeout", "3"], env=self.env,
+                              capture_output=True, text=True, timeout=30, cwd=ROOT)
+
     def close(self) -> None:
         self.stop()
         self.probe.close()
@@ -428,6 +432,8 @@ def test_inside_full_disk_degrades_then_loses_nothing(tmp_path):
             assert "cannot be written" in rig.status(name)["reasons"]["store"]
         status, health = rig.healthz()
         assert status == 503 and "cannot be written" in health["reasons"]["store"]
+        check = rig.health("generator")
+        assert check.returncode == 1 and "degraded" in check.stderr, check.stderr
         assert "cannot be written" in rig.log("generator")
         # served meanwhile, from memory
         wait_until(lambda: all(rig.served(m) for m in MACS), timeout=20)
@@ -435,6 +441,8 @@ def test_inside_full_disk_degrades_then_loses_nothing(tmp_path):
         for name in STORES:
             wait_until(lambda: rig.status(name).get("health") == "ok", timeout=25)
         assert rig.healthz()[0] == 200
+        check = rig.health("generator")
+        assert check.returncode == 0, check.stderr
         rig.stop()
         # on disk, after a clean stop: all 48 in every store
         assert rows(data / "generator.db", "SELECT count(*) FROM assignments") == 48
