@@ -99,8 +99,9 @@ def open_database(path: Path | str, health: HealthLike | None = None) -> Opened:
         for link in kept.values():
             link.unlink(missing_ok=True)
     db = _connect(path)
-    text = (f"{path.name} could not be used ({why}): moved to {moved.name}; a fresh one is "
-            "refilled from the broker's retained messages")
+    where = f"moved to {moved.name}" if moved else "removed it (nothing in it to keep)"
+    text = (f"{path.name} could not be used ({why}): {where}; a fresh one is refilled from the "
+            "broker's retained messages")
     log.error("{text}", text=text)
     if health is not None:
         health.notice("store_rebuilt", text)
@@ -169,7 +170,11 @@ def _keep_sides(path: Path) -> dict[str, Path]:
     return kept
 
 
-def _move_aside(path: Path, kept: dict[str, Path]) -> Path:
+def _move_aside(path: Path, kept: dict[str, Path]) -> Path | None:
+    if not kept and path.is_file() and path.stat().st_size == 0:
+        # an empty file alone (a first start that died at once, on a full disk say): no litter
+        path.unlink()
+        return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1

@@ -136,6 +136,14 @@ def test_a_damaged_store_is_moved_aside_with_its_wal_and_a_fresh_one_made(tmp_pa
     assert mode(path) == 0o600
 
 
+def test_a_lone_empty_store_is_replaced_without_litter(tmp_path):
+    (tmp_path / "x.db").write_bytes(b"")
+    health = Health()
+    opened = open_database(tmp_path / "x.db", health)
+    assert "nothing in it to keep" in opened.rebuilt and health.counters["store_rebuilt"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("x.db.")) == []
+
+
 def test_a_healthy_store_opens_as_it_is(tmp_path):
     path = tmp_path / "x.db"
     _healthy(path)
