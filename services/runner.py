@@ -112,9 +112,11 @@ class Runtime:
 
     def _broker_back(self) -> None:
         self._cancel_broker_timer()
-        self.ctx.health.clear("mqtt")
-        # Online again after every reconnect: the broker may have published our will meanwhile.
-        self.publish_status()
+        if "mqtt" in self.ctx.health.faults:
+            self.ctx.health.clear("mqtt")  # which publishes the status
+        else:
+            # Online again after every reconnect: the broker may have published our will meanwhile.
+            self.publish_status()
 
     def _broker_gone(self) -> None:
         if not self._stopped and (self._broker_timer is None or not self._broker_timer.active()):
