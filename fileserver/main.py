@@ -19,6 +19,7 @@ from fileserver.abuse import NotFoundLimiter
 from fileserver.auth import Authenticator
 from fileserver.catalog import Catalog
 from fileserver.metrics import Metrics
+from fileserver.refill import Refill
 from fileserver.resource import FileResource, Policy, make_site
 from fileserver.service import FileService, Fileserver
 from fileserver.store import Store
@@ -30,9 +31,16 @@ SETTINGS = [s.HTTP_PORT, s.PUBLIC_URL, s.SIP_INTERFACE] + fs.ALL
 log = Logger(namespace="fileserver")
 
 
+def secret_path(cfg: s.Settings) -> Path:
+    return Path(cfg.data_dir) / "fileserver.secret"
+
+
 def check_settings(cfg: s.Settings) -> None:
     """Before anything starts: settings that only work together, and readable TLS files."""
     fs.check(cfg)
+    if cfg.file_secret is None:
+        # read (or made) before anything starts: a damaged one stops here with exit status 2
+        load_or_create_secret(secret_path(cfg))
     if cfg.tls_cert is not None:
         try:
             context_factory(cfg.tls_cert, cfg.tls_key)
@@ -43,14 +51,16 @@ def check_settings(cfg: s.Settings) -> None:
 def start(ctx: Context) -> Fileserver:
     cfg = ctx.settings
     check_settings(cfg)
-    store = Store(ctx.database_path(), clock=ctx.reactor)
-    secret = cfg.file_secret or load_or_create_secret(Path(cfg.data_dir) / "fileserver.secret")
+    store = Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health)
+    secret = cfg.file_secret or load_or_create_secret(secret_path(cfg))
     auth = Authenticator(cfg.http_auth, cfg.http_user, cfg.http_password) if cfg.http_auth != "off" else None
     policy = Policy(prefix=urlsplit(cfg.public_url).path or "/", plain_paths=cfg.plain_paths,
                     auth=auth, pin_ip=cfg.pin_ip, trusted_proxies=cfg.trusted_proxies)
     limiter = NotFoundLimiter(cfg.not_found_limit, cfg.not_found_window, cfg.ban_seconds)
     metrics = Metrics()
     service = FileService(ctx, store, Catalog(secret, cfg.public_url), policy, limiter, metrics)
+    if store.rebuilt:
+        Refill(ctx, service).start()
     root = FileResource(service.catalog, policy, limiter, metrics, service.fetched, ctx.reactor,
                         service.health, service.gauges)
     try:

@@ -80,8 +80,9 @@ class FileResource(resource.Resource):
         if kind == "device" or (kind == "plain" and self.policy.plain_paths):
             return self._file(request, route, client, now)
         if kind == "health":
-            return self._small(request, 200, b"application/json",
-                               json.dumps(self.health(), sort_keys=True).encode() + b"\n")
+            health = self.health()
+            return self._small(request, 200 if health.get("status") == "ok" else 503,
+                               b"application/json", json.dumps(health, sort_keys=True).encode() + b"\n")
         if kind == "metrics":
             return self._small(request, 200, b"text/plain; version=0.0.4; charset=utf-8",
                                self.metrics.render(self.gauges()))

@@ -224,8 +224,10 @@ class FileService:
         }
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "devices": len(self.catalog.devices), "files": self.catalog.file_count,
-                "mqtt_connected": self.ctx.bus.connected}
+        # "degraded" (and /healthz 503) while the broker is away past its grace or the store
+        # cannot be written; files are still served from memory meanwhile
+        return {**self.ctx.health.summary(), "devices": len(self.catalog.devices),
+                "files": self.catalog.file_count, "mqtt_connected": self.ctx.bus.connected}
 
     def counters(self) -> dict[str, int]:
         out = self.metrics.counters()

@@ -5,6 +5,8 @@ Writes are plain SQL queued and committed together once per reactor turn when a 
 given: in a boot storm a commit per download (each a WAL sync) was half the fileserver's time,
 and sqlite-utils' upsert re-reads the table's schema on every call. Reads happen at startup only,
 after which the in-memory catalog and tracker are the truth and the database follows them.
+A commit that fails (disk full) keeps its writes and retries (services/store.py); a store that
+cannot be opened is moved aside and refilled from the retained configs.
 """
 
 from __future__ import annotations
@@ -12,22 +14,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from fileserver.files import DeviceFiles, ServedFile
+from services.store import HealthLike, Writes, open_database
 
 
 class Store:
-    def __init__(self, path: Path | str, clock: Any = None) -> None:
-        self.db = sqlite_utils.Database(str(path))
-        self.db.enable_wal()
+    def __init__(self, path: Path | str, clock: Any = None, health: HealthLike | None = None) -> None:
         # WAL with NORMAL: a commit survives the process dying; only a power cut can lose the
         # last ones, and the broker's retained configs bring those back.
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        opened = open_database(path, health)
+        self.db = opened.db
+        self.rebuilt = opened.rebuilt
         self._ensure()
         self.clock = clock
-        self._pending: list[tuple[str, Any]] = []
-        self._flush_call: Any = None
+        later = None if clock is None else (lambda commit: clock.callLater(0, commit))
+        self.writes = Writes(self.db.conn, Path(path).name, later, clock, health)
 
     def _ensure(self) -> None:
         db = self.db
@@ -102,27 +103,14 @@ class Store:
 
     # --- writing ---
     def _write(self, sql: str, params: Any) -> None:
-        self._pending.append((sql, params))
-        if self.clock is None:
-            self.flush()
-        elif self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
+        self.writes.add(sql, params)
 
-    def flush(self) -> None:
-        """Commit every queued write in one transaction."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        conn = self.db.conn
-        with conn:
-            for sql, params in pending:
-                conn.execute(sql, params)
+    def flush(self) -> bool:
+        """Commit every queued write in one transaction; False when they are kept for a retry."""
+        return self.writes.commit()
 
     def close(self) -> None:
-        self.flush()
+        self.writes.close()
         self.db.close()
 
 

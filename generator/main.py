@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from generator.engine import Engine
 from generator.render import Renderer
+from generator.reseed import Reseed
 from generator.service import GeneratorService
 from generator.settings import SETTINGS
 from generator.store import Store
@@ -14,5 +15,8 @@ __all__ = ["SETTINGS", "start"]
 
 
 def start(ctx: Context) -> GeneratorService:
-    engine = Engine(Renderer(ctx.settings.template_dir), Store(ctx.database_path()))
+    store = Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health)
+    engine = Engine(Renderer(ctx.settings.template_dir), store)
+    if store.rebuilt:
+        Reseed(ctx, engine).start()
     return GeneratorService(ctx, engine, ctx.settings.generator_settle)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -44,10 +44,15 @@ class Rendered:
     @property
     def digest(self) -> str:
         """One checksum over every file's name and bytes: equal digests mean identical output."""
-        h = hashlib.sha256()
-        for f in self.files:
-            h.update(f.name.encode() + b"\0" + f.sha256.encode() + b"\n")
-        return h.hexdigest()
+        return files_digest((f.name, f.sha256) for f in self.files)
+
+
+def files_digest(files: Iterable[tuple[str, str]]) -> str:
+    """The digest of files given as (name, sha256) pairs, in order."""
+    h = hashlib.sha256()
+    for name, sha256 in files:
+        h.update(name.encode() + b"\0" + sha256.encode() + b"\n")
+    return h.hexdigest()
 
 
 def _autoescape(name: str | None) -> bool:

@@ -2,8 +2,9 @@
 
 The broker's retained messages are the truth the generator rebuilds from; the database keeps what
 the broker does not: each device's revision and digest (so a restart does not bump revisions)
-and the history of every change of bytes. WAL journal, ``synchronous=NORMAL``; callers batch
-writes and call :meth:`commit`.
+and the history of every change of bytes. WAL journal, ``synchronous=NORMAL``; writes are
+queued until :meth:`commit`, and a commit that fails (disk full) keeps them and retries
+(services/store.py). A store that cannot be opened is moved aside and a fresh one made.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
+from typing import Any
 
 from services.messages import now_iso
+from services.store import HealthLike, Writes, open_database
 
 
 @dataclass
@@ -24,12 +26,15 @@ class RenderRecord:
 
 
 class Store:
-    def __init__(self, path: Path | str) -> None:
-        self.db = sqlite_utils.Database(str(path))
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+    def __init__(self, path: Path | str, clock: Any = None, health: HealthLike | None = None) -> None:
+        opened = open_database(path, health)
+        self.db = opened.db
+        self.rebuilt = opened.rebuilt
         self._create()
         self.conn = self.db.conn
+        # committed when the service says so (once per burst); ``clock`` times the retries
+        self.writes = Writes(self.conn, Path(path).name, lambda commit: None, clock, health)
+        self._write = self.writes.add
 
     def _create(self) -> None:
         if "devices" not in self.db.table_names():
@@ -50,20 +55,20 @@ class Store:
 
     # --- inputs, as they arrived ---
     def put_device(self, mac: str, vendor: str, model: str, firmware: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
-                          (mac, vendor, model, firmware, now_iso()))
+        self._write("INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
+                    (mac, vendor, model, firmware, now_iso()))
 
     def put_assignment(self, mac: str, payload: str | None) -> None:
         if payload is None:
-            self.conn.execute("DELETE FROM assignments WHERE mac = ?", (mac,))
+            self._write("DELETE FROM assignments WHERE mac = ?", (mac,))
         else:
-            self.conn.execute("INSERT OR REPLACE INTO assignments VALUES (?, ?, ?)", (mac, payload, now_iso()))
+            self._write("INSERT OR REPLACE INTO assignments VALUES (?, ?, ?)", (mac, payload, now_iso()))
 
     def put_profile(self, name: str, payload: str | None) -> None:
         if payload is None:
-            self.conn.execute("DELETE FROM profiles WHERE name = ?", (name,))
+            self._write("DELETE FROM profiles WHERE name = ?", (name,))
         else:
-            self.conn.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)", (name, payload, now_iso()))
+            self._write("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)", (name, payload, now_iso()))
 
     # --- what was rendered ---
     def renders(self) -> dict[str, RenderRecord]:
@@ -73,28 +78,29 @@ class Store:
     def save_render(self, mac: str, revision: int, digest: str, template: str, vendor: str, model: str,
                     errored: bool) -> None:
         at = now_iso()
-        self.conn.execute("INSERT OR REPLACE INTO renders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          (mac, revision, digest, template, vendor, model, int(errored), at))
+        self._write("INSERT OR REPLACE INTO renders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (mac, revision, digest, template, vendor, model, int(errored), at))
         if digest:
-            self.conn.execute("INSERT INTO history (mac, revision, digest, template, at) VALUES (?, ?, ?, ?, ?)",
-                              (mac, revision, digest, template, at))
+            self._write("INSERT INTO history (mac, revision, digest, template, at) VALUES (?, ?, ?, ?, ?)",
+                        (mac, revision, digest, template, at))
 
     def set_errored(self, mac: str, errored: bool) -> None:
-        updated = self.conn.execute("UPDATE renders SET errored = ? WHERE mac = ?", (int(errored), mac))
-        if updated.rowcount == 0:
-            self.conn.execute("INSERT INTO renders VALUES (?, 0, '', '', '', '', ?, ?)",
-                              (mac, int(errored), now_iso()))
+        self._write("INSERT INTO renders VALUES (?, 0, '', '', '', '', ?, ?) "
+                    "ON CONFLICT (mac) DO UPDATE SET errored = excluded.errored",
+                    (mac, int(errored), now_iso()))
 
     def forget_digest(self, mac: str) -> None:
-        self.conn.execute("UPDATE renders SET digest = '' WHERE mac = ?", (mac,))
+        self._write("UPDATE renders SET digest = '' WHERE mac = ?", (mac,))
 
     def history(self, mac: str) -> list[dict]:
+        self.writes.commit()  # what was queued is part of the history asked for
         return list(self.db.query("SELECT revision, digest, template, at FROM history WHERE mac = ? "
                                   "ORDER BY id", [mac]))
 
-    def commit(self) -> None:
-        self.conn.commit()
+    def commit(self) -> bool:
+        """Commit what was queued; False when it is kept for a retry."""
+        return self.writes.commit()
 
     def close(self) -> None:
-        self.conn.commit()
+        self.writes.close()
         self.conn.close()

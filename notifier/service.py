@@ -78,7 +78,8 @@ class Notifier:
         # One commit per reactor turn, however many messages that turn read: the sent log is on
         # disk before the next turn (a crash in between may repeat those NOTIFYs, never lose one).
         self.store = store if store is not None else Store(
-            ctx.database_path(), later=lambda commit: self.reactor.callLater(0, commit))
+            ctx.database_path(), later=lambda commit: self.reactor.callLater(0, commit),
+            clock=self.reactor, health=ctx.health)
         self.endpoints: dict[str, NotifyEndpoint] = {}
         self._errored: set[str] = set()  # MACs whose error topic holds a refusal we reported
         self._ports: list[Any] = []

@@ -4,7 +4,10 @@ Everything but the sent-NOTIFY log can be rebuilt from the broker's retained mes
 cannot, and it is what keeps a restart (and the retained replay that follows it) from notifying
 a phone a second time. So all of it lives in a sqlite-utils database, mirrored in memory so that
 deciding never waits on a query. WAL with ``synchronous=NORMAL``: a commit does not fsync, and a
-power cut loses at most the last few records, never the file.
+power cut loses at most the last few records, never the file. A commit that fails (disk full)
+keeps its records and retries (services/store.py). A store that cannot be opened is moved aside
+and a fresh one made: the retained messages refill it, and the notify window keeps the replayed
+old discoveries from being notified again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Callable
 import sqlite_utils
 
 from services.messages import Discovered, Published, ResyncCredentials
+from services.store import HealthLike, Writes, open_database
 
 # Credentials kept per phone: the newest few revisions. A phone challenging a resync still has
 # the password of the config it runs, which may be older than the newest one.
@@ -66,15 +70,20 @@ class Store:
     Without it every write commits at once."""
 
     def __init__(self, path: Path | str | None = None,
-                 later: Callable[[Callable[[], None]], Any] | None = None) -> None:
-        self.db = sqlite_utils.Database(memory=True) if path is None else sqlite_utils.Database(path)
-        if path is not None:
-            self.db.enable_wal()
-            self.db.execute("PRAGMA synchronous=NORMAL")
-        self._later = later
-        self._pending: list[tuple[str, tuple]] = []
+                 later: Callable[[Callable[[], None]], Any] | None = None, clock: Any = None,
+                 health: HealthLike | None = None) -> None:
+        self.rebuilt: str | None = None
+        if path is None:
+            self.db = sqlite_utils.Database(memory=True)
+        else:
+            opened = open_database(path, health)
+            self.db, self.rebuilt = opened.db, opened.rebuilt
         self._conn = self.db.conn
-        self._closed = False
+        # Batched: not even executed until the commit, so a message that sends a NOTIFY puts it
+        # on the wire before any sqlite work (the commit runs at the same time either way).
+        self.writes = Writes(self._conn, Path(path).name if path is not None else "notifier store",
+                             later, clock, health)
+        self._write = self.writes.add
         self._create()
         self.devices: dict[str, Device] = {}
         self.published: dict[str, Published] = {}
@@ -197,36 +206,12 @@ class Store:
                 return kept[max(older)]
         return kept[max(kept)]
 
-    def _write(self, sql: str, params: tuple) -> None:
-        if self._later is None:
-            self._conn.execute(sql, params)
-            self._conn.commit()
-            return
-        # Batched: not even executed until the commit, so a message that sends a NOTIFY puts it
-        # on the wire before any sqlite work (the commit runs at the same time either way).
-        if not self._pending:
-            self._later(self.commit)
-        self._pending.append((sql, params))
-
-    def commit(self) -> None:
-        if self._closed:
-            return
-        pending, self._pending = self._pending, []
-        if pending:
-            conn = self._conn
-            conn.execute("BEGIN")
-            # Runs of one statement (a burst of sent records) go to sqlite as one executemany.
-            start = 0
-            for i in range(1, len(pending) + 1):
-                if i == len(pending) or pending[i][0] != pending[start][0]:
-                    conn.executemany(pending[start][0], [params for _, params in pending[start:i]])
-                    start = i
-        if self._conn.in_transaction:
-            self._conn.commit()
+    def commit(self) -> bool:
+        """Commit what was queued; False when it is kept for a retry."""
+        return self.writes.commit()
 
     def close(self) -> None:
-        self.commit()
-        self._closed = True  # a commit still scheduled finds nothing to do
+        self.writes.close()  # a commit still scheduled then finds nothing to do
         self.db.close()
 
     def summary(self) -> dict[str, int]:

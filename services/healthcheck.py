@@ -1,8 +1,8 @@
 """Exit 0 when a service is healthy, 1 when not: the containers' healthcheck.
 
 Healthy means the service's retained status on the broker (pnp/services/{service}/{instance})
-says online and was refreshed within --max-age seconds (default: three status intervals, plus
-slack). It logs in with PNP_MQTT_URL, the service's own credentials, which may read its own
+says online, not degraded (its store written, its broker reachable), and was refreshed within
+--max-age seconds (default: three status intervals, plus slack). It logs in with PNP_MQTT_URL, the service's own credentials, which may read its own
 status topic. With --healthz (the fileserver) its GET /healthz on this host must answer 200 too.
 """
 
@@ -88,6 +88,9 @@ def judge(status: ServiceStatus, max_age: float, now: datetime) -> str | None:
     """Why ``status`` is unhealthy, or None."""
     if status.state != "online":
         return f"state is {status.state!r}"
+    if status.health != "ok":
+        reasons = "; ".join(status.reasons.values()) or "no reason given"
+        return f"{status.health}: {reasons}"
     try:
         at = datetime.fromisoformat(status.at or status.started_at)
     except ValueError:
@@ -129,5 +132,6 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"{args.service} unhealthy: {problem}", file=sys.stderr)
         return 1
-    print(f"{args.service} healthy")
+    notices = "" if isinstance(status, str) else "; ".join(status.notices.values())
+    print(f"{args.service} healthy" + (f" (earlier: {notices})" if notices else ""))
     return 0

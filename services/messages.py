@@ -262,7 +262,7 @@ class ErrorReport(Payload):
 
 @dataclass
 class ServiceStatus(Payload):
-    """``services/{service}/{instance}``: online, or offline by last will."""
+    """``services/{service}/{instance}``: online (healthy or degraded), or offline by last will."""
 
     state: str
     version: str
@@ -271,3 +271,8 @@ class ServiceStatus(Payload):
     instance: str = ""
     counters: dict[str, int] = field(default_factory=dict)
     at: str = ""
+    # ``ok``, or ``degraded`` with ``reasons`` (what is wrong now, by key); ``notices`` are
+    # faults that healed by themselves (a store rebuilt), kept so an operator can see them
+    health: str = "ok"
+    reasons: dict[str, str] = field(default_factory=dict)
+    notices: dict[str, str] = field(default_factory=dict)

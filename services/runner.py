@@ -19,14 +19,19 @@ from twisted.logger import Logger
 
 from services import __version__
 from services.bus import Bus
+from services.health import Health
 from services.log import start_logging
 from services.messages import ErrorReport, ServiceStatus, now_iso
 from services.settings import Settings
+from services.store import private_dir
 from services.topics import Topics
 
 log = Logger(namespace="runner")
 
 STOP_TIMEOUT = 4.0
+# A broker away for a reconnect or two is normal (a restart, a network blip); longer, and the
+# service says it is degraded.
+MQTT_GRACE = 10.0
 
 
 @dataclass
@@ -40,12 +45,11 @@ class Context:
     reactor: Any
     started_at: str
     counters: Counter = field(default_factory=Counter)
+    health: Health = field(default_factory=Health)
 
     def database_path(self) -> Path:
-        """Where this service keeps its sqlite database (its directory is created)."""
-        directory = Path(self.settings.data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory / f"{self.name}.db"
+        """Where this service keeps its sqlite database (its directory is created, owner-only)."""
+        return private_dir(Path(self.settings.data_dir)) / f"{self.name}.db"
 
     def publish_error(self, mac: str, code: str, message: str, field: str | None = None) -> None:
         """Retained ``devices/{mac}/error`` naming this service, for operators."""
@@ -62,7 +66,8 @@ Start = Callable[[Context], Any]
 class Runtime:
     """One running service, usable inside a test reactor as well as from :func:`run`."""
 
-    def __init__(self, name: str, settings: Settings, start: Start, reactor: Any = None) -> None:
+    def __init__(self, name: str, settings: Settings, start: Start, reactor: Any = None,
+                 mqtt_grace: float = MQTT_GRACE) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -80,6 +85,8 @@ class Runtime:
         self._status_loop = task.LoopingCall(self.publish_status)
         self._status_loop.clock = reactor
         self._stopped = False
+        self.mqtt_grace = mqtt_grace
+        self._broker_timer: Any = None
 
     def status(self, state: str = "online") -> ServiceStatus:
         counters = dict(self.ctx.counters)
@@ -87,19 +94,52 @@ class Runtime:
         extra = getattr(self.component, "counters", None)
         if callable(extra):
             counters.update(extra())
+        health = self.ctx.health
+        counters.update(health.counters)
         return ServiceStatus(
             state=state, version=__version__, started_at=self.started_at, service=self.name,
             instance=self.settings.instance, counters=counters, at=now_iso(),
+            health=health.status, reasons=dict(health.faults), notices=dict(health.notices),
         )
 
     def publish_status(self, state: str = "online") -> None:
         self.bus.publish(self.status_topic, self.status(state).to_json(), retain=True)
 
+    def _health_changed(self) -> None:
+        # At once, not at the next interval; while the broker is away the next connect says it.
+        if self.bus.connected and not self._stopped:
+            self.publish_status()
+
+    def _broker_back(self) -> None:
+        self._cancel_broker_timer()
+        if "mqtt" in self.ctx.health.faults:
+            self.ctx.health.clear("mqtt")  # which publishes the status
+        else:
+            # Online again after every reconnect: the broker may have published our will meanwhile.
+            self.publish_status()
+
+    def _broker_gone(self) -> None:
+        if not self._stopped and (self._broker_timer is None or not self._broker_timer.active()):
+            self._broker_timer = self.reactor.callLater(self.mqtt_grace, self._broker_late)
+
+    def _broker_late(self) -> None:
+        self._broker_timer = None
+        if not self.bus.connected and not self._stopped:
+            self.ctx.health.fault("mqtt", f"the broker {self.settings.mqtt_url} has been unreachable "
+                                  f"for more than {self.mqtt_grace:g}s")
+
+    def _cancel_broker_timer(self) -> None:
+        if self._broker_timer is not None and self._broker_timer.active():
+            self._broker_timer.cancel()
+        self._broker_timer = None
+
     @defer.inlineCallbacks
     def start(self) -> Any:
         self.bus.will_set(self.status_topic, self.status("offline").to_json(), retain=True)
-        # Online again after every reconnect: the broker may have published our will meanwhile.
-        self.bus.on_connect(self.publish_status)
+        self.ctx.health.on_change = self._health_changed
+        self.bus.on_connect(self._broker_back)
+        self.bus.on_disconnect(self._broker_gone)
+        self._broker_gone()  # not connected yet: the grace period starts now
         self.bus.start()
         self.component = yield defer.maybeDeferred(self._start, self.ctx)
         self._status_loop.start(self.settings.status_interval, now=False)
@@ -112,6 +152,7 @@ class Runtime:
         if self._stopped:
             return
         self._stopped = True
+        self._cancel_broker_timer()
         if self._status_loop.running:
             self._status_loop.stop()
         stop = getattr(self.component, "stop", None)

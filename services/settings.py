@@ -28,6 +28,14 @@ class SettingError(Exception):
         super().__init__(f"{setting.env} ({setting.flag}): {value!r} is not allowed: {allowed}")
 
 
+class UnusableFile(SettingError):
+    """A file the settings lead to (a secret) exists but cannot be used: like a bad setting,
+    one line naming it and exit status 2, before anything starts."""
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
+
+
 @dataclass(frozen=True)
 class MqttUrl:
     scheme: str
