@@ -6,10 +6,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
+from twisted.internet import defer, threads
 from twisted.logger import LogLevel
+
+from tests import test_fileserver
 
 from services.log import LineObserver
 from services.textsafe import json_safe, printable
@@ -76,3 +84,161 @@ def test_pnp_devices_prints_hostile_discoveries_escaped(broker, probe) -> None:
     assert len(lines) == 2 and lines[1].startswith(MAC), result.stdout  # header + one device row
     assert _clean(result.stdout.replace("\n", "")), repr(result.stdout)
     assert "GRP\\x1b[2J\\x1b[H\\r\\nFAKE" in lines[1] and "1\\x1b[31m" in lines[1]
+
+
+# --- item 8: the fileserver refuses bodies unread and bounds the time a head may take --------
+
+def _fds_under(directory: str) -> list[str]:
+    """Open files of this process (the fileserver runs in it) whose path is under ``directory``;
+    an unlinked temp file still shows, as "<dir>/#123 (deleted)"."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(directory + "/"):
+            out.append(target)
+    return out
+
+
+def _connect(port: int, source: str = "127.0.0.2") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
+    return sock
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """The status line and headers of the answer, read up to the blank line."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _until_closed(sock: socket.socket) -> bool:
+    """True once the server closed (EOF or reset), reading and discarding what it sends."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+class BodyAndHeadTest(test_fileserver.FileserverCase):
+    @defer.inlineCallbacks
+    def test_a_120_mb_post_is_refused_unread_and_no_temp_file_is_made(self):
+        scratch = Path(self.mktemp()).resolve()
+        scratch.mkdir()
+        # where Twisted would put the body (tempfile.TemporaryFile): a folder of this test's own
+        self.patch(tempfile, "tempdir", str(scratch))
+        yield self.start()
+        result = yield threads.deferToThread(self._big_post, self.port, str(scratch))
+        head, open_during, closed = result
+        self.assertTrue(head.startswith(b"HTTP/1.1 405 "), head)
+        self.assertIn(b"allow: get, head", head.lower())
+        self.assertEqual(open_during, [])
+        self.assertTrue(closed)
+        self.assertEqual(list(scratch.iterdir()), [])
+
+        # a GET or HEAD with a body (a length, or chunked) is refused the same way, with 413;
+        # Expect: 100-continue gets no 100 (that would invite the body)
+        for head in (b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 120000000\r\n\r\n",
+                     b"GET /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                     b"HEAD /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+                     b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 9999999\r\n\r\n"):
+            answer = yield threads.deferToThread(self._send_head, self.port, head)
+            expected = b"HTTP/1.1 405 " if head.startswith(b"PUT") else b"HTTP/1.1 413 "
+            self.assertTrue(answer.startswith(expected), (head, answer))
+        self.assertEqual(_fds_under(str(scratch)), [])
+        # the refusals are counted where an operator looks
+        status, _, metrics = yield test_fileserver.fetch(self.base() + "/metrics")
+        self.assertIn(b'pnp_fileserver_requests_total{code="413"} 3', metrics)
+        self.assertIn(b'pnp_fileserver_requests_total{code="405"} 2', metrics)
+
+    @staticmethod
+    def _send_head(port: int, head: bytes) -> bytes:
+        with _connect(port) as sock:
+            sock.sendall(head)
+            return _read_answer(sock)
+
+    @staticmethod
+    def _big_post(port: int, scratch: str) -> tuple[bytes, list[str], bool]:
+        size = 120 * 1024 * 1024
+        with _connect(port) as sock:
+            sock.sendall(b"POST /p/anything/cfg.xml HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % size)
+            sock.sendall(b"\0" * 1024 * 1024)  # the start of the body: the server has it in hand
+            head = _read_answer(sock)  # answered before the other 119 MB were sent
+            open_during = _fds_under(scratch)
+            sent = 1024 * 1024
+            try:
+                while sent < size:
+                    sent += sock.send(b"\0" * 1024 * 1024)
+            except OSError:
+                pass  # closed under us once its linger was over: the body was never wanted
+            return head, open_during, _until_closed(sock)
+
+    @defer.inlineCallbacks
+    def test_slow_request_heads_are_closed_at_the_deadline(self):
+        yield self.start(http_head_timeout="2")
+        published = yield self.assign(test_fileserver.config())
+        url = published["files"][0]["url"]
+        closed = yield threads.deferToThread(self._slowloris, self.port, 60)
+        self.assertEqual(len(closed), 60)
+        # each was closed, with a 408, while it was still sending its head a byte at a time (every
+        # 0.5 s, so an idle timeout that each byte restarts would never have fired)
+        for answer, bytes_sent, head_length in closed:
+            self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer)
+            self.assertLess(bytes_sent, head_length)
+        # a phone that sends its head at once is served as before
+        status, _, body = yield test_fileserver.fetch(url)
+        self.assertEqual(status, 200)
+
+    @staticmethod
+    def _slowloris(port: int, count: int) -> list[tuple[bytes, int, int]]:
+        head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 60 + b"\r\n\r\n"
+        started = time.monotonic()
+        socks = {}
+        for i in range(count):
+            sock = _connect(port, f"127.0.0.{2 + i % 50}")
+            sock.setblocking(False)
+            socks[sock] = [b"", 0]  # answer so far, bytes of the head sent
+        done: list[tuple[bytes, int, int]] = []
+        closed_at = []
+        try:
+            while socks and socks_left_sending(socks, head):
+                ready, _, _ = select.select(list(socks), [], [], 0.5)
+                for sock in ready:
+                    try:
+                        chunk = sock.recv(65536)
+                    except ConnectionResetError:
+                        chunk = b""
+                    if chunk:
+                        socks[sock][0] += chunk
+                        continue
+                    answer, sent = socks.pop(sock)
+                    closed_at.append(time.monotonic() - started)
+                    done.append((answer, sent, len(head)))
+                    sock.close()
+                if not ready:
+                    for sock, state in socks.items():
+                        try:
+                            sock.send(head[state[1]:state[1] + 1])
+                            state[1] += 1
+                        except OSError:
+                            pass
+        finally:
+            for sock in socks:
+                sock.close()
+        if closed_at:
+            print(f"\n{len(closed_at)} slow heads closed after {min(closed_at):.2f}-{max(closed_at):.2f} s "
+                  f"(head deadline 2 s)")
+        return done
+
+
+def socks_left_sending(socks: dict, head: bytes) -> bool:
+    return any(state[1] < len(head) for state in socks.values())
