@@ -18,6 +18,10 @@ from twisted.internet import defer, reactor, threads
 from twisted.logger import LogLevel
 from twisted.trial import unittest
 
+from generator import schema
+from generator.engine import Engine, Error as GenError
+from generator.render import Renderer
+from generator.store import Store as GeneratorStore
 from listener import main as listener_main
 from listener.discovery import SubscribeCore
 from services.runner import Runtime
@@ -334,3 +338,72 @@ class ListenerInputTest(unittest.TestCase):
         discovered = yield eventually(lambda: self.probe.json_on(rt.topics.device(phone.mac, "discovered")))
         self.assertEqual([d["call_id"] for d in discovered], ["ok@127.0.0.3"])
         self.assertEqual(rt.component.counters()["malformed"], 0)
+
+
+# --- item 10: control characters are refused in every text field, for every vendor format ----
+
+CONTROLS = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\x9b", "\u2028", "\u2029"]
+# every line-based format the generator writes, and a raw setting name each one takes
+FORMATS = {("grandstream", "GRP2614"): "P34", ("yealink", "T46S"): "lang.gui",
+           ("snom", "D785"): "language", ("fanvil", "X4U"): "phone.MenuPassword"}
+
+
+def _assignment(vendor: str, model: str, setting: str) -> dict:
+    return {"vendor": vendor, "model": model,
+            "accounts": [{"sip_server": "pbx.example.com", "user_id": "1001", "auth_id": "a1001",
+                          "password": "s3cret", "display_name": "Alice", "label": "Desk",
+                          "outbound_proxy": "sbc.example.com"}],
+            "keys": [{"type": "blf", "value": "1002", "label": "Carol"}],
+            "provisioning": {"config_server": "https://prov.example.com/cfg"},
+            "time_zone": "Europe/Berlin", "ntp_server": "ntp.example.com", "admin_password": "adm",
+            "vendor_settings": {vendor: {setting: "x"}}}
+
+
+# where each bad character goes: a path into the assignment, and the field the error must name
+PLACES = [(("accounts", 0, field), f"accounts[0].{field}")
+          for field in ("sip_server", "user_id", "auth_id", "password", "display_name", "label",
+                        "outbound_proxy")] + [
+    (("keys", 0, "value"), "keys[0].value"), (("keys", 0, "label"), "keys[0].label"),
+    (("provisioning", "config_server"), "provisioning.config_server"), (("time_zone",), "time_zone"),
+    (("ntp_server",), "ntp_server"), (("admin_password",), "admin_password")]
+
+
+def _with(document: dict, path: tuple, char: str) -> dict:
+    document = json.loads(json.dumps(document))
+    node = document
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = node[path[-1]] + char
+    return document
+
+
+def test_every_vendor_format_refuses_control_characters_naming_the_field(tmp_path: Path) -> None:
+    engine = Engine(Renderer(), GeneratorStore(tmp_path / "generator.db"))
+    engine.ready = True
+    macs = iter(f"000b82{i:06x}" for i in range(100000))
+    for (vendor, model), setting in FORMATS.items():
+        clean = _assignment(vendor, model, setting)
+        effects = engine.assignment(next(macs), json.dumps(clean).encode(), clean, None)
+        assert [type(e).__name__ for e in effects] == ["Publish"], (vendor, effects)  # the control
+        cases = [(_with(clean, path, char), field) for path, field in PLACES for char in CONTROLS]
+        for char in CONTROLS:
+            # the setting's value, and its name ("P34\n"), in the vendor's own section
+            cases.append(({**clean, "vendor_settings": {vendor: {setting: "x" + char}}},
+                          f"vendor_settings.{vendor}.{setting}"))
+            cases.append(({**clean, "vendor_settings": {vendor: {setting + char: "x"}}},
+                          f"vendor_settings.{vendor}"))
+        for document, field in cases:
+            effects = engine.assignment(next(macs), json.dumps(document).encode(), document, None)
+            assert len(effects) == 1 and isinstance(effects[0], GenError), (vendor, field, effects)
+            assert effects[0].field == field and field in effects[0].message, (vendor, field, effects[0])
+
+
+def test_the_fast_check_agrees_on_every_control_character() -> None:
+    for code in list(range(0x20)) + list(range(0x7f, 0xa0)) + [0x2028, 0x2029]:
+        for text in (chr(code), f"a{chr(code)}", f"{chr(code)}a"):
+            doc = {"accounts": [{"sip_server": "pbx", "user_id": "1", "display_name": text}]}
+            assert schema.first_problem(doc) is not None, hex(code)
+            assert schema._FAST_FULL(doc) is False, hex(code)
+    for text in ("Müller", "日本語", "a b", "\u00a0", "x" * 256):
+        doc = {"accounts": [{"sip_server": "pbx", "user_id": "1", "display_name": text}]}
+        assert schema.first_problem(doc) is None and schema._FAST_FULL(doc) is True, text
