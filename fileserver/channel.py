@@ -99,8 +99,9 @@ class BoundedChannel(http.HTTPChannel):
         self._refused = True
         self.transport.write(_TIMEOUT)
         self.loseConnection()
-        # a client that does not read our answer cannot keep the connection by that either
-        self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        # A client that does not read our answer (or never finished a TLS handshake, so the
+        # answer cannot even be sent) cannot keep the connection by that either.
+        self._abortingCall = self.callLater(LINGER, self._abort)
 
     def _refuse(self, status: int, answer: bytes) -> None:
         self.factory.refused(status)
@@ -111,7 +112,12 @@ class BoundedChannel(http.HTTPChannel):
 
     def _close_after_linger(self) -> None:
         self.loseConnection()
-        self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self._abortingCall = self.callLater(LINGER, self._abort)
+
+    def _abort(self) -> None:
+        # Twisted's forceAbortClient would log a line per connection: an attacker's to write
+        self._abortingCall = None
+        self.transport.abortConnection()
 
 
 class FileSite(server.Site):

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.logger import LogLevel
 from twisted.trial import unittest
 
+from fileserver.certs import make_pair
 from generator import schema
 from generator.engine import Engine, Error as GenError
 from generator.render import Renderer
@@ -202,12 +204,28 @@ class BodyAndHeadTest(test_fileserver.FileserverCase):
         closed = yield threads.deferToThread(self._slowloris, self.port, 60)
         self.assertEqual(len(closed), 60)
         # each was closed, with a 408, while it was still sending its head a byte at a time (every
-        # 0.5 s, so an idle timeout that each byte restarts would never have fired)
+        # 0.5 s, so an idle timeout that each byte restarts would never have fired), or silent
         for answer, bytes_sent, head_length in closed:
             self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer)
             self.assertLess(bytes_sent, head_length)
         # a phone that sends its head at once is served as before
         status, _, body = yield test_fileserver.fetch(url)
+        self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_the_deadline_covers_a_tls_handshake_that_never_comes(self):
+        cert_pem, key_pem = make_pair(["127.0.0.1"])
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "cert.pem").write_bytes(cert_pem)
+        (directory / "key.pem").write_bytes(key_pem)
+        yield self.start(tls_cert=str(directory / "cert.pem"), tls_key=str(directory / "key.pem"),
+                         http_head_timeout="1")
+        closed = yield threads.deferToThread(lambda: _until_closed(_connect(self.port)))
+        self.assertTrue(closed)
+        # a phone that does its handshake and sends its head is served
+        context = ssl.create_default_context(cafile=str(directory / "cert.pem"))
+        status, _, _ = yield test_fileserver.fetch(f"https://127.0.0.1:{self.port}/healthz", context=context)
         self.assertEqual(status, 200)
 
     @staticmethod
@@ -218,11 +236,11 @@ class BodyAndHeadTest(test_fileserver.FileserverCase):
         for i in range(count):
             sock = _connect(port, f"127.0.0.{2 + i % 50}")
             sock.setblocking(False)
-            socks[sock] = [b"", 0]  # answer so far, bytes of the head sent
+            socks[sock] = [b"", 0, i % 3 == 0]  # answer so far, bytes of the head sent, silent
         done: list[tuple[bytes, int, int]] = []
         closed_at = []
         try:
-            while socks and socks_left_sending(socks, head):
+            while socks and any(not silent and sent < len(head) for _, sent, silent in socks.values()):
                 ready, _, _ = select.select(list(socks), [], [], 0.5)
                 for sock in ready:
                     try:
@@ -232,12 +250,14 @@ class BodyAndHeadTest(test_fileserver.FileserverCase):
                     if chunk:
                         socks[sock][0] += chunk
                         continue
-                    answer, sent = socks.pop(sock)
+                    answer, sent, _ = socks.pop(sock)
                     closed_at.append(time.monotonic() - started)
                     done.append((answer, sent, len(head)))
                     sock.close()
                 if not ready:
                     for sock, state in socks.items():
+                        if state[2]:
+                            continue  # connects and never sends: the deadline runs from the connect
                         try:
                             sock.send(head[state[1]:state[1] + 1])
                             state[1] += 1
@@ -251,9 +271,6 @@ class BodyAndHeadTest(test_fileserver.FileserverCase):
                   f"(head deadline 2 s)")
         return done
 
-
-def socks_left_sending(socks: dict, head: bytes) -> bool:
-    return any(state[1] < len(head) for state in socks.values())
 
 
 # --- items 9 and 11: the listener reads whole datagrams and echoes no line breaks ------------
