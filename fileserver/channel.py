@@ -47,8 +47,8 @@ class BoundedChannel(http.HTTPChannel):
         self._arm_head_deadline()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._refused:
-            return  # the lingering rest of a refused body: dropped unread
+        if self._refused or self.transport.disconnecting:
+            return  # the lingering rest of a refused body, or bytes behind a 400: dropped unread
         if self._head_call is None and not self._handlingRequest:
             self._arm_head_deadline()  # the first byte of the next request on a kept-alive connection
         super().dataReceived(data)
@@ -95,8 +95,11 @@ class BoundedChannel(http.HTTPChannel):
 
     def _head_timed_out(self) -> None:
         self._head_call = None
+        if self.transport.disconnecting:
+            return  # closing already: Twisted refused a malformed head itself
         self.factory.refused(408)
         self._refused = True
+        self.setTimeout(None)
         self.transport.write(_TIMEOUT)
         self.loseConnection()
         # A client that does not read our answer (or never finished a TLS handshake, so the
