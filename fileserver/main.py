@@ -64,7 +64,7 @@ def start(ctx: Context) -> Fileserver:
     root = FileResource(service.catalog, policy, limiter, metrics, service.fetched, ctx.reactor,
                         service.health, service.gauges)
     try:
-        port = listen(ctx.reactor, make_site(root), cfg.http_port, cfg.http_bind, cfg.tls_cert, cfg.tls_key)
+        port = listen(ctx.reactor, make_site(root, cfg.http_head_timeout), cfg.http_port, cfg.http_bind, cfg.tls_cert, cfg.tls_key)
     except Exception:
         store.close()
         raise

@@ -18,6 +18,7 @@ from fileserver import paths
 from fileserver.abuse import NotFoundLimiter, user_agent_mac
 from fileserver.auth import Authenticator
 from fileserver.catalog import Catalog
+from fileserver.channel import FileSite
 from fileserver.etag import none_match
 from fileserver.files import DeviceFiles, ServedFile
 from fileserver.metrics import Metrics
@@ -197,8 +198,9 @@ class FileResource(resource.Resource):
         return body
 
 
-def make_site(root: FileResource, timeout: float = 30.0) -> server.Site:
-    site = server.Site(root, timeout=timeout)
+def make_site(root: FileResource, head_timeout: float = 10.0, timeout: float = 30.0) -> server.Site:
+    """The site phones talk to; ``head_timeout`` bounds how long a request head may take."""
+    site = FileSite(root, head_timeout, lambda status: root.metrics.observe(status, 0), timeout=timeout)
     site.displayTracebacks = False
     site.noisy = False
     # No access log: a line per download costs more than serving it; /metrics and the

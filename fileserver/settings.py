@@ -106,9 +106,15 @@ TRUSTED_PROXIES = s.Setting(
     "proxies whose X-Forwarded-For names the client (comma-separated addresses or networks); none by default",
     parse_networks, "IP addresses or networks, comma-separated", (),
 )
+HTTP_HEAD_TIMEOUT = s.Setting(
+    "http_head_timeout", "PNP_HTTP_HEAD_TIMEOUT",
+    "seconds a connection may take to send a request's head (request line and headers, TLS "
+    "handshake included) before it is closed",
+    s.parse_positive_float, "a number of seconds > 0", 10.0,
+)
 
 ALL = [FILE_SECRET, HTTP_BIND, TLS_CERT, TLS_KEY, HTTP_AUTH, HTTP_USER, HTTP_PASSWORD, PLAIN_PATHS,
-       PIN_IP, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES]
+       PIN_IP, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES, HTTP_HEAD_TIMEOUT]
 
 
 def check(values: s.Settings) -> None:

@@ -10,6 +10,7 @@ assignment, and the generator aims at thousands per second.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Callable
 
 Check = Callable[[Any], bool]
@@ -22,6 +23,37 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "boolean": lambda v: isinstance(v, bool),
 }
+
+
+@lru_cache(maxsize=None)
+def compile_pattern(pattern: str) -> re.Pattern:
+    """A schema ``pattern`` as JSON Schema means it (ECMA-262, where ``$`` is the end of the text)
+    for Python's ``re``, where ``$`` also matches before a final newline: ``"P34\\n"`` would pass
+    ``^[A-Za-z0-9]+$``. So every ``$`` outside a character class becomes ``\\Z``; the schema file
+    itself keeps ``$``, which every other JSON Schema implementation reads right."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            # Python reads a ] right after [ or [^ as a literal, not as the class's end
+            opening = "[^]" if pattern.startswith("[^]", i) else "[]" if pattern.startswith("[]", i) else ""
+            if opening:
+                out.append(opening)
+                i += len(opening)
+                continue
+        elif char == "$":
+            char = "\\Z"
+        out.append(char)
+        i += 1
+    return re.compile("".join(out))
 
 
 def compile_schema(schema: dict, root: dict | None = None) -> Check:
@@ -58,7 +90,7 @@ def _keyword(keyword: str, value: Any, node: dict, root: dict) -> Check:
             raise ValueError("only enums of strings are implemented")
         return lambda v: isinstance(v, str) and v in options
     if keyword == "pattern":
-        search = re.compile(value).search
+        search = compile_pattern(value).search
         return lambda v: not isinstance(v, str) or search(v) is not None
     if keyword in ("minimum", "maximum"):
         low = keyword == "minimum"

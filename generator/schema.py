@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
-from generator.fastcheck import compile_schema
+from generator.fastcheck import compile_pattern, compile_schema
 
 SCHEMA_PATH = Path(__file__).with_name("assignment.schema.json")
 
@@ -42,10 +42,19 @@ def _without_required(node: Any) -> Any:
     return node
 
 
+def _pattern(validator: Any, pattern: str, instance: Any, node: dict) -> Iterable[ValidationError]:
+    # jsonschema's own uses re.search, whose $ lets "Alice\n" through a pattern ending in $
+    if validator.is_type(instance, "string") and compile_pattern(pattern).search(instance) is None:
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# Draft 2020-12 with JSON Schema's meaning of "pattern" (the same one fastcheck applies)
+Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
+
 SCHEMA = load_schema()
 _PARTIAL_SCHEMA = _without_required(copy.deepcopy(SCHEMA))
-_FULL = Draft202012Validator(SCHEMA)
-_PARTIAL = Draft202012Validator(_PARTIAL_SCHEMA)
+_FULL = Validator(SCHEMA)
+_PARTIAL = Validator(_PARTIAL_SCHEMA)
 _FAST_FULL = compile_schema(SCHEMA)
 _FAST_PARTIAL = compile_schema(_PARTIAL_SCHEMA)
 

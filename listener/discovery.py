@@ -30,7 +30,8 @@ from listener.ratelimit import RateLimiter
 from listener.vendors import identify
 from services.messages import Discovered, now_iso
 from services.sip.message import (
-    Request, SipParseError, build_response, parse, parse_name_addr, parse_value, parse_via,
+    Request, SipParseError, SipTooLarge, build_response, parse, parse_name_addr, parse_value,
+    parse_via, unsafe_header,
 )
 
 EVENT = "ua-profile"
@@ -39,8 +40,8 @@ TRANSACTION_TTL = 32.0
 # How long a Call-ID counts as "this boot already published".
 CALL_ID_TTL = 3600.0
 
-COUNTERS = ("received", "answered", "published", "malformed", "rate_limited", "duplicates",
-            "retransmissions", "bad_event", "ignored", "no_mac")
+COUNTERS = ("received", "answered", "published", "malformed", "too_large", "unsafe_header",
+            "rate_limited", "duplicates", "retransmissions", "bad_event", "ignored", "no_mac")
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,19 @@ class SubscribeCore:
             return Outcome("rate_limited")
         try:
             message = parse(data)
+        except SipTooLarge:
+            counters["too_large"] += 1
+            return Outcome("too_large")
         except SipParseError:
             counters["malformed"] += 1
             return Outcome("malformed")
         if not isinstance(message, Request) or message.method != "SUBSCRIBE":
             counters["ignored"] += 1
             return Outcome("ignored")
+        if unsafe_header(message) is not None:
+            # its values would go back out in the answer and into the discovery: no answer at all
+            counters["unsafe_header"] += 1
+            return Outcome("unsafe_header")
         try:
             return self._subscribe(message, source, interface, now)
         except SipParseError:

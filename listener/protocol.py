@@ -33,6 +33,11 @@ class AnswerTimes:
         }
 
 
+# UDP's own limit: a datagram is read whole, and the SIP parser's limit decides what is too large.
+# (Twisted's default of 8,192 cut longer ones short, which then read as malformed.)
+MAX_DATAGRAM = 65535
+
+
 class SubscribeProtocol(DatagramProtocol):
     """One per interface socket. ``interface`` is the local address the socket joined on."""
 

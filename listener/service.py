@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from listener.discovery import SubscribeCore
 from listener.multicast import GROUP, open_group_socket
 from listener.outbox import Outbox
-from listener.protocol import AnswerTimes, SubscribeProtocol
+from listener.protocol import MAX_DATAGRAM, AnswerTimes, SubscribeProtocol
 from services import netif
 from services.bus import Incoming
 from services.messages import Discovered, encode_json
@@ -79,7 +79,8 @@ class ListenerService:
             buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             try:
                 protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._publish, self.times)
-                self.ports.append(ctx.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol))
+                self.ports.append(ctx.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol,
+                                                                maxPacketSize=MAX_DATAGRAM))
                 self.protocols.append(protocol)
             finally:
                 sock.close()  # the reactor holds its own duplicate of the descriptor

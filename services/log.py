@@ -15,6 +15,8 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
+from services.textsafe import json_safe, printable
+
 _RESERVED = {"log_format", "log_level", "log_namespace", "log_source", "log_time", "log_logger",
              "log_failure", "log_io", "log_text", "log_system", "log_trace", "format", "message",
              "time", "system", "isError", "log_flattened", "failure", "why"}
@@ -32,7 +34,9 @@ class LineObserver:
         level = event.get("log_level", LogLevel.info)
         level_name = getattr(level, "name", str(level))
         when = datetime.fromtimestamp(event.get("log_time", 0), timezone.utc)
-        text = formatEvent(event)
+        # Events carry network text (a phone's model, a User-Agent): escaped, it cannot forge a
+        # line or drive the terminal. A traceback's own line breaks are ours and stay.
+        text = printable(formatEvent(event))
         failure = event.get("log_failure")
         if failure is not None:
             text = f"{text}\n{failure.getTraceback()}" if not self.as_json else text
@@ -50,9 +54,10 @@ class LineObserver:
             if failure is not None:
                 record["error"] = failure.getErrorMessage()
                 record["traceback"] = failure.getTraceback()
-            line = json.dumps(record, ensure_ascii=False, default=str)
+            line = json_safe(json.dumps(record, ensure_ascii=False, default=str))
         else:
-            line = f"{when:%H:%M:%S}.{when.microsecond // 1000:03d} {level_name:<5} {event.get('log_namespace', '')}: {text}"
+            namespace = printable(str(event.get("log_namespace", "")))
+            line = f"{when:%H:%M:%S}.{when.microsecond // 1000:03d} {level_name:<5} {namespace}: {text}"
         try:
             self.stream.write(line + "\n")
             self.stream.flush()

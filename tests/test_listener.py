@@ -202,6 +202,43 @@ class ListenerTest(unittest.TestCase):
         self.assertEqual(status["counters"]["malformed"], 4)
 
     @defer.inlineCallbacks
+    def test_a_60_kb_subscribe_is_read_whole_and_answered(self):
+        rt = yield self.start_listener()
+        phone = self.phone("127.0.0.2", "000b82f55284")
+        data = phone.subscribe_bytes("z9hG4bKbig").replace(
+            b"Expires: 0\r\n", b"Expires: 0\r\nX-Pad: " + b"p" * 60000 + b"\r\n")
+        self.assertGreater(len(data), 60000)
+        phone.send(data, self.sip_port)
+        yield eventually(lambda: phone.replies)
+        self.assertEqual(parse(phone.replies[0][0]).status, 200)
+        counters = rt.component.counters()
+        self.assertEqual((counters["received"], counters["answered"], counters["malformed"]), (1, 1, 0))
+        yield eventually(lambda: self.probe.on(rt.topics.device(phone.mac, "discovered")))
+
+    @defer.inlineCallbacks
+    def test_a_subscribe_with_a_bare_cr_in_a_header_is_dropped_unanswered(self):
+        rt = yield self.start_listener()
+        phone = self.phone("127.0.0.3", "000b82f55285")
+        good = phone.subscribe_bytes("z9hG4bKok", call_id="ok@127.0.0.3")
+        hostile = [
+            phone.subscribe_bytes("z9hG4bKcr1", call_id="x\rSIP/2.0 200 OK"),  # the case
+            good.replace(b"From: <sip:", b"From: \"\rEvil\" <sip:").replace(b"z9hG4bKok", b"z9hG4bKcr2"),
+            good.replace(b"branch=z9hG4bKok", b"branch=z9hG4bKcr3\rX: y"),
+            good.replace(b"Content-Length: 0", b"User-Agent: a\rb\r\nContent-Length: 0"),
+        ]
+        for data in hostile:
+            phone.send(data, self.sip_port)
+        yield eventually(lambda: rt.component.counters()["unsafe_header"] == len(hostile))
+        # the same phone, a clean SUBSCRIBE after them: its answer is the only one
+        phone.send(good, self.sip_port)
+        yield eventually(lambda: phone.replies)
+        self.assertEqual(len(phone.replies), 1)
+        self.assertEqual(parse(phone.replies[0][0]).call_id, "ok@127.0.0.3")
+        discovered = yield eventually(lambda: self.probe.json_on(rt.topics.device(phone.mac, "discovered")))
+        self.assertEqual([d["call_id"] for d in discovered], ["ok@127.0.0.3"])
+        self.assertEqual(rt.component.counters()["malformed"], 0)
+
+    @defer.inlineCallbacks
     def test_answers_while_the_broker_is_away_and_publishes_on_reconnect(self):
         rt = yield self.start_listener()
         self.broker.stop()

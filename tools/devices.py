@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from services import settings as s
+from services.textsafe import printable
 from services.topics import Topics, is_mac
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX]
@@ -150,7 +151,9 @@ def select(devices: Iterable[Device], stages: set[str] | None = None, vendor: st
 
 def table(devices: list[Device]) -> str:
     cols = ("MAC", "VENDOR", "MODEL", "FIRMWARE", "IP", "STAGE", "DETAIL")
-    rows = [(d.mac, d.vendor or "-", d.model or "-", d.firmware or "-", d.ip or "-", d.stage, d.detail)
+    # Every cell but the stage comes from the network (a phone's Event header, a service's error)
+    rows = [tuple(printable(v) for v in (d.mac, d.vendor or "-", d.model or "-", d.firmware or "-",
+                                         d.ip or "-", d.stage, d.detail))
             for d in devices]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols[:-1])]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols[:-1], widths)) + "  " + cols[-1]]

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, TextIO
 
 from services import settings as s
+from services.textsafe import json_safe, printable
 from services.topics import DEVICE_KINDS, Topics
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX]
@@ -166,7 +167,7 @@ class Formatter:
                 out["size"] = len(raw)
             else:
                 out["data"] = redact(data, kind)
-            return json.dumps(out, ensure_ascii=False, sort_keys=True)
+            return json_safe(json.dumps(out, ensure_ascii=False, sort_keys=True))
         if error:
             facts = f"unreadable payload ({error}, {len(raw)} bytes)"
         elif kind == "service":
@@ -178,7 +179,8 @@ class Formatter:
         else:
             facts = describe(kind, data)
         mark = " (retained)" if retain else ""
-        return f"{at}  {who:<12}  {kind:<10}  {_clip(facts, 200)}{mark}"
+        # topics and payloads are anyone's text: no escape sequence reaches the terminal
+        return printable(f"{at}  {who:<12}  {kind:<10}  {_clip(facts, 200)}{mark}")
 
 
 def watch(url: s.MqttUrl, formatter: Formatter, out: Callable[[str], None], reactor: Any = None) -> Any:
@@ -197,7 +199,7 @@ def watch(url: s.MqttUrl, formatter: Formatter, out: Callable[[str], None], reac
         try:
             text = formatter.line(msg.topic, msg.raw, msg.retain)
         except Exception as exc:  # the monitor outlives any payload
-            text = f"{_now()}  -  ?  {msg.topic}: could not format ({type(exc).__name__})"
+            text = printable(f"{_now()}  -  ?  {msg.topic}: could not format ({type(exc).__name__})")
         if text is not None:
             out(text)
 

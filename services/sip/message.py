@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 __all__ = [
-    "SipParseError", "Headers", "Request", "Response", "NameAddr", "Via", "SipUri",
+    "SipParseError", "SipTooLarge", "Headers", "Request", "Response", "NameAddr", "Via", "SipUri",
     "parse", "parse_name_addr", "parse_via", "parse_params", "parse_uri", "parse_value",
-    "build_response", "new_branch", "new_tag", "new_call_id", "MAGIC_COOKIE",
+    "build_response", "new_branch", "new_tag", "new_call_id", "MAGIC_COOKIE", "unsafe_header",
 ]
 
 MAGIC_COOKIE = "z9hG4bK"
@@ -30,6 +30,10 @@ MAX_MESSAGE = 256 * 1024
 
 class SipParseError(ValueError):
     """Bytes that are not a SIP message we can use; the message says why."""
+
+
+class SipTooLarge(SipParseError):
+    """A message over MAX_MESSAGE bytes: refused before anything of it is parsed."""
 
 
 # --- header names ----------------------------------------------------------------------------
@@ -302,7 +306,7 @@ def _parse(data: bytes) -> Request | Response:
         raise SipParseError("not bytes")
     data = bytes(data)
     if len(data) > MAX_MESSAGE:
-        raise SipParseError(f"message of {len(data)} bytes is too large")
+        raise SipTooLarge(f"message of {len(data)} bytes is too large (at most {MAX_MESSAGE})")
     # RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")
@@ -629,6 +633,23 @@ def parse_via(value: str) -> Via:
     sent_by, _, params = m.group(2).partition(";")
     host, port = _host_port(sent_by)
     return Via(m.group(1).upper(), host, port, parse_params(params) if params else {})
+
+
+# --- values that must not be echoed --------------------------------------------------------
+
+
+def unsafe_header(message: Request | Response) -> str | None:
+    """The name of the first header whose value holds CR, LF or NUL, or None if none does.
+
+    The parser ends lines only at LF (and CRLF), so a bare CR stays inside a value; a value
+    copied into an answer (Via, From, To, Call-ID are) would then end a line where the sender
+    chose, and a terminal or log showing it would jump back over its line. No valid header
+    value holds one (RFC 3261 §25.1: CR and LF only as line folding, which the parser undoes).
+    """
+    for _, name, value in message.headers._items:  # runs for every SUBSCRIBE: no regex
+        if "\r" in value or "\n" in value or "\0" in value:
+            return name
+    return None
 
 
 # --- building --------------------------------------------------------------------------------
