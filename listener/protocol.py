@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from listener.discovery import SubscribeCore
 from services.messages import Discovered
+from services.sip.message import MAX_DATAGRAM
 
 log = Logger(namespace="listener")
 
@@ -33,9 +34,6 @@ class AnswerTimes:
         }
 
 
-# UDP's own limit: a datagram is read whole, and the SIP parser's limit decides what is too large.
-# (Twisted's default of 8,192 cut longer ones short, which then read as malformed.)
-MAX_DATAGRAM = 65535
 
 
 class SubscribeProtocol(DatagramProtocol):

@@ -11,7 +11,8 @@ from twisted.logger import Logger
 from listener.discovery import SubscribeCore
 from listener.multicast import GROUP, open_group_socket
 from listener.outbox import Outbox
-from listener.protocol import MAX_DATAGRAM, AnswerTimes, SubscribeProtocol
+from listener.protocol import AnswerTimes, SubscribeProtocol
+from services.sip.message import MAX_DATAGRAM
 from services import netif
 from services.bus import Incoming
 from services.messages import Discovered, encode_json

@@ -20,7 +20,7 @@ from services.messages import (
     now_iso,
 )
 from services.sip.digest import DigestError, challenges, choose, retry_request
-from services.sip.message import Request, new_branch
+from services.sip.message import MAX_DATAGRAM, Request, new_branch
 from services.sip.transaction import Outcome, Result, Timers
 
 from notifier import build, decide
@@ -106,7 +106,9 @@ class Notifier:
     # --- life ---
     def _open(self, address: str) -> NotifyEndpoint:
         endpoint = NotifyEndpoint(self.clock, self.timers, self.counters_)
-        port = self.reactor.listenUDP(self.settings.notify_port, endpoint, interface=address)
+        # answers (200 OK, 401 with a long challenge) are read whole, like the listener's SUBSCRIBEs
+        port = self.reactor.listenUDP(self.settings.notify_port, endpoint, interface=address,
+                                      maxPacketSize=MAX_DATAGRAM)
         self._ports.append(port)
         self.endpoints[address] = endpoint
         return endpoint

@@ -331,7 +331,7 @@ def test_every_vendor_format_refuses_control_characters_naming_the_field(tmp_pat
     for (vendor, model), setting in FORMATS.items():
         clean = _assignment(vendor, model, setting)
         effects = engine.assignment(next(macs), json.dumps(clean).encode(), clean, None)
-        assert [type(e).__name__ for e in effects] == ["Publish"], (vendor, effects)  # the control
+        assert "Publish" in [type(e).__name__ for e in effects], (vendor, effects)  # the control
         cases = [(_with(clean, path, char), field) for path, field in PLACES for char in CONTROLS]
         for char in CONTROLS:
             # the setting's value, and its name ("P34\n"), in the vendor's own section
@@ -341,7 +341,7 @@ def test_every_vendor_format_refuses_control_characters_naming_the_field(tmp_pat
                           f"vendor_settings.{vendor}"))
         for document, field in cases:
             effects = engine.assignment(next(macs), json.dumps(document).encode(), document, None)
-            assert len(effects) == 1 and isinstance(effects[0], GenError), (vendor, field, effects)
+            assert [type(e) for e in effects] == [GenError], (vendor, field, effects)
             assert effects[0].field == field and field in effects[0].message, (vendor, field, effects[0])
 
 

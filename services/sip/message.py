@@ -26,6 +26,9 @@ MAGIC_COOKIE = "z9hG4bK"
 # More than any real message carries; the cap keeps hostile datagrams cheap to refuse.
 MAX_HEADERS = 256
 MAX_MESSAGE = 256 * 1024
+# UDP's own limit: a socket reads each datagram whole, and MAX_MESSAGE decides what is too large.
+# (Twisted's default of 8,192 cut longer ones short, which then read as malformed.)
+MAX_DATAGRAM = 65535
 
 
 class SipParseError(ValueError):
