@@ -235,3 +235,22 @@ def test_inside_kill_9_of_the_broker(up):
     up.simulate(2, 0x3100, "127.0.5.2")
     up.stop()
     assert not [pid for pid in children_of(up.proc.pid) if alive(pid)]
+
+
+def test_a_test_broker_that_logs_a_lot_keeps_serving(tmp_path):
+    """Item 2 for the tests' own brokers (tests/support.py): their stderr is read too."""
+    from services.broker import Mosquitto
+
+    broker = Mosquitto(tmp_path / "broker", persistence=False, extra_config="log_type all").start()
+    probe = Probe(broker.url, "flood/#")
+    try:
+        # Each message is a few debug lines of ~100 bytes: well past a 64 KiB pipe.
+        for i in range(3000):
+            probe.client.publish(f"flood/{i % 10}", b"x" * 50, qos=1)
+        probe.publish("flood/last", b"done")
+        wait_until(lambda: probe.on("flood/last"), timeout=30)
+        assert broker.process.poll() is None
+        assert any("flood/last" in line for line in broker.output)
+    finally:
+        probe.close()
+        broker.stop()
