@@ -109,6 +109,10 @@ class Supervisor:
         if self.broker is None:
             self._start_services()
             return
+        if not port_is_free(self.broker.port, self.broker.host):
+            # Checked first: a foreign listener would answer for a broker that never started.
+            return self._fail(f"port {self.broker.port} on {self.broker.host} is taken; set "
+                              f"PNP_BROKER_PORT to a free port, or PNP_MQTT_URL to use that broker")
         self.spawn(BROKER)
         deadline = self.reactor.seconds() + BROKER_START_TIMEOUT
         self.reactor.callLater(0, self._await_broker, deadline)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,3 +122,21 @@ def test_up_says_how_to_install_mosquitto_when_missing(tmp_path):
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1
     assert "apt-get install" in done.stderr
+
+
+def test_up_refuses_a_broker_port_that_is_taken(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {**os.environ, "PNP_DATA_DIR": str(tmp_path), "PNP_BROKER_PORT": str(port)}
+    env.pop("PNP_MQTT_URL", None)
+    try:
+        done = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=env,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is taken" in done.stdout
+    # no service was started against it
+    assert not [line for line in done.stdout.splitlines() if line.startswith(SERVICES)]
