@@ -42,6 +42,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 LINE_MAX = 65536
 BROKER = "broker"
 BROKER_START_TIMEOUT = 10.0
+# Runs the broker so that it gets SIGTERM (and saves its database) when `pnp up` dies, even by
+# kill -9: the services notice that by themselves (PNP_PARENT_PID), mosquitto cannot. A broker
+# left behind would keep the port, and the next `pnp up` would start a second one on the same
+# persistence directory, each overwriting the other's database. prctl(PR_SET_PDEATHSIG) outlives
+# the exec; the getppid check covers a parent that died before it was set.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 class _Child(protocol.ProcessProtocol):
@@ -154,6 +165,8 @@ class Supervisor:
                 if not self.broker_answered:
                     return self._fail("the broker cannot start")
                 return self._restart_later(name, self.reactor.seconds(), "status 1")
+            if sys.platform.startswith("linux"):
+                argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
         else:
             argv = [sys.executable, "-m", "services.cli", name]
         child = _Child(self, name)

@@ -142,10 +142,14 @@ class Up:
         if self.probe is not None:
             self.probe.close()
         if self.proc is not None and self.proc.poll() is None:
+            left = children_of(self.proc.pid)  # before they are orphaned and lose their parent
             self.proc.kill()
             self.proc.wait()
-            for pid in children_of(self.proc.pid):
-                os.kill(pid, signal.SIGKILL)
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 @pytest.fixture

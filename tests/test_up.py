@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from services.broker import free_port
+from services.broker import free_port, port_is_free
 from tests.support import Probe, wait_until
 
 SERVICES = ("listener", "generator", "fileserver", "notifier")
@@ -50,11 +50,15 @@ def up(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     yield proc, f"mqtt://127.0.0.1:{port}"
+    left = children_of(proc.pid)  # before they are orphaned and lose their parent
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    for pid in children_of(proc.pid):
-        os.kill(pid, signal.SIGKILL)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def service_pids(up_pid: int) -> dict[str, int]:
@@ -140,3 +144,24 @@ def test_up_refuses_a_broker_port_that_is_taken(tmp_path):
     assert f"port {port} on 127.0.0.1 is taken" in done.stdout
     # no service was started against it
     assert not [line for line in done.stdout.splitlines() if line.startswith(SERVICES)]
+
+
+def test_up_killed_leaves_no_broker_behind(up):
+    proc, url = up
+    _wait_broker(url)
+    wait_until(lambda: any(_is_broker(pid) for pid in children_of(proc.pid)), timeout=10)
+    everything = set(children_of(proc.pid))
+    proc.kill()
+    proc.wait()
+    # The broker got SIGTERM from the kernel and the services saw their parent go.
+    wait_until(lambda: not any(alive(p) for p in everything), timeout=15)
+    host, port = url.rsplit("//", 1)[1].split(":")
+    assert port_is_free(int(port))
+
+
+def _is_broker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].endswith(b"mosquitto")
+    except OSError:
+        return False
