@@ -36,7 +36,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind ``port``: as mosquitto does, with SO_REUSEADDR, so that the
+    closed connections of a broker that just stopped (TIME_WAIT) do not count as taken."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

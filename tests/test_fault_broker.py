@@ -69,8 +69,11 @@ class Up:
         self.directory = directory
         common = {"PNP_DATA_DIR": str(directory), "PNP_INSTANCE": "fault",
                   "PNP_STATUS_INTERVAL": "1", "PNP_LOG_FORMAT": "json"}
-        self.up_env = {**os.environ, **common, "PNP_BROKER_PORT": "1883"}
+        # No PNP_BROKER_PORT: `pnp up` takes 1883 when it is free, again after a restart (the
+        # stopped broker's closed connections in TIME_WAIT must not make it look taken).
+        self.up_env = {**os.environ, **common}
         self.up_env.pop("PNP_MQTT_URL", None)
+        self.up_env.pop("PNP_BROKER_PORT", None)
         self.env = {**os.environ, **common, "PNP_MQTT_URL": URL}
         self.runs = 0
         self.proc: subprocess.Popen | None = None
