@@ -164,7 +164,7 @@ class Supervisor:
                 self.emit("pnp", f"cannot start the broker: {exc}")
                 if not self.broker_answered:
                     return self._fail("the broker cannot start")
-                return self._restart_later(name, self.reactor.seconds(), "status 1")
+                return self._restart_later(name, self.reactor.seconds(), "could not start")
             if sys.platform.startswith("linux"):
                 argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
         else:
@@ -181,14 +181,14 @@ class Supervisor:
             return
         if child.name == BROKER and not self.broker_answered:
             return  # _await_broker reports it
-        self._restart_later(child.name, child.started, how)
+        self._restart_later(child.name, child.started, f"exited with {how}")
 
-    def _restart_later(self, name: str, started: float, how: str) -> None:
+    def _restart_later(self, name: str, started: float, what: str) -> None:
         if self.reactor.seconds() - started > STABLE_AFTER:
             self.backoff[name] = 1.0
         delay = self.backoff[name]
         self.backoff[name] = min(delay * 2, BACKOFF_MAX)
-        self.emit("pnp", f"{name} exited with {how}; restarting in {delay:.0f}s")
+        self.emit("pnp", f"{name} {what}; restarting in {delay:.0f}s")
         self.pending[name] = self.reactor.callLater(delay, self.spawn, name)
 
     def stop(self) -> defer.Deferred:
