@@ -185,8 +185,12 @@ def test_inside_restart_keeps_every_assignment(up):
     up.stop()
 
     broker_dir = up.directory / "broker"
-    assert (broker_dir / "mosquitto.db").stat().st_size > 0
+    db = (broker_dir / "mosquitto.db").stat()
+    assert db.st_size > 0
+    # retained configs hold SIP passwords: the broker's files are the owner's alone
     assert stat.S_IMODE(broker_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(db.st_mode) == 0o600
+    assert stat.S_IMODE((broker_dir / "mosquitto.conf").stat().st_mode) == 0o600
     assert "Permission denied" not in up.log()
 
     up.start()
