@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import os
-import pwd
 import re
 import shutil
 import socket
@@ -117,15 +116,15 @@ class Mosquitto:
             "log_type warning",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         ]
-        if not re.search(r"^\s*user\s", self.extra_config, re.MULTILINE):
+        if os.geteuid() == 0 and not re.search(r"^\s*user\s", self.extra_config, re.MULTILINE):
             # Started as root, mosquitto would drop to user `mosquitto`, which can neither write
             # a persistence directory that is private to us (0700) nor even reach one under a
             # root-only parent (/root, a 0700 PNP_DATA_DIR): it then saves nothing, and a
-            # restart loses every retained assignment. So it runs as whoever runs `pnp up`, as
-            # the four services next to it do; it listens on loopback only, and the services
-            # (which face the LAN) already hold that user's rights. For a non-root user the
-            # setting changes nothing. Mosquitto warns once at start when that user is root.
-            lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+            # restart loses every retained assignment. So it stays root, like the four services
+            # that `pnp up` runs next to it: it listens on loopback only, and the services
+            # (which face the LAN) already hold root's rights. Mosquitto warns once at start.
+            # A non-root user needs nothing: mosquitto then simply runs as that user.
+            lines.append("user root")
         if self.conf_d.is_dir():
             lines.append(f"include_dir {self.conf_d.resolve()}")
         lines.append(self.extra_config)

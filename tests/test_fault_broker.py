@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -24,12 +23,12 @@ from pathlib import Path
 import pytest
 
 from services.broker import answers
-from tests.support import Probe, wait_until
+from tests.support import Probe, loopback_multicast, rerun_in_network_namespace, wait_until
 from tests.test_system import finished, provisioned_macs
 from tests.test_up import alive, children_of
 
-INSIDE = os.environ.get("PNP_TEST_FAULT_BROKER_NETNS") == "1"
-ROOT = Path(__file__).resolve().parent.parent
+FLAG = "PNP_TEST_FAULT_BROKER_NETNS"
+INSIDE = os.environ.get(FLAG) == "1"
 SERVICES = ("listener", "generator", "fileserver", "notifier")
 MIX = "GRP2614,T46S,D785,X4U"
 URL = "mqtt://127.0.0.1:1883"
@@ -39,19 +38,7 @@ URL = "mqtt://127.0.0.1:1883"
 def test_fault_broker_in_a_network_namespace(inner):
     if INSIDE:
         pytest.skip("this is the namespace already")
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        pytest.skip("needs root, unshare and ip to make a network namespace (CI has them)")
-    check = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    if check.returncode != 0:
-        pytest.skip(f"cannot make a network namespace here: {check.stderr.decode().strip()}")
-    result = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         str(Path(__file__)), "-k", f"inside_{inner}"],
-        cwd=ROOT, env={**os.environ, "PNP_TEST_FAULT_BROKER_NETNS": "1"}, capture_output=True,
-        text=True, timeout=180,
-    )
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
-    assert "1 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    rerun_in_network_namespace(__file__, f"inside_{inner}", FLAG)
 
 
 # --- inside the namespace ----------------------------------------------------------------------
@@ -63,9 +50,7 @@ class Up:
     """`pnp up` with its own broker on a data directory that outlives one run of it."""
 
     def __init__(self, directory: Path) -> None:
-        for command in ("ip link set lo up", "ip link set lo multicast on",
-                        "ip route replace 224.0.0.0/4 dev lo"):
-            subprocess.run(command.split(), check=True)
+        loopback_multicast()
         self.directory = directory
         common = {"PNP_DATA_DIR": str(directory), "PNP_INSTANCE": "fault",
                   "PNP_STATUS_INTERVAL": "1", "PNP_LOG_FORMAT": "json"}
