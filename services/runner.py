@@ -224,8 +224,10 @@ def install_stop_signals(reactor: Any, interrupt: bool = True, hangup: bool = Fa
 def _watch_parent(reactor: Any) -> bool:
     """Under ``pnp up``, stop when the supervisor is gone, so no process is left behind."""
     parent = os.environ.get("PNP_PARENT_PID")
-    if not parent or not parent.isdigit() or os.getppid() != int(parent):
+    if not parent or not parent.isdigit():
         return False
+    # A supervisor that died while this process was starting is gone already (getppid differs
+    # from the start): the check below then stops at once instead of never watching.
 
     def check() -> None:
         if os.getppid() != int(parent):

@@ -4,6 +4,10 @@ client that watches the broker from outside the service under test."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,3 +107,36 @@ def eventually(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
             return value
         yield task.deferLater(reactor, interval, lambda: None)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+# NETWORK-SAFETY.md rule 3: inside a namespace of the test's own, multicast stays on lo.
+LOOPBACK_MULTICAST = ["ip link set lo up", "ip link set lo multicast on",
+                      "ip route replace 224.0.0.0/4 dev lo"]
+
+
+def loopback_multicast() -> None:
+    """Inside a fresh network namespace: lo up, with the multicast route on it."""
+    for command in LOOPBACK_MULTICAST:
+        subprocess.run(command.split(), check=True)
+
+
+def rerun_in_network_namespace(test_file: Path | str, selector: str, flag: str,
+                               timeout: float = 180) -> None:
+    """Re-run the tests ``selector`` (a ``-k`` expression) of ``test_file`` under ``unshare -n``
+    with ``flag=1`` in their environment; skips where no namespace can be made (not root), and
+    fails with their output unless every selected test passed."""
+    import pytest
+
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("needs root, unshare and ip to make a network namespace (CI has them)")
+    check = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if check.returncode != 0:
+        pytest.skip(f"cannot make a network namespace here: {check.stderr.decode().strip()}")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         str(test_file), "-k", selector],
+        cwd=root, env={**os.environ, flag: "1"}, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from services.broker import free_port
+from services.broker import free_port, port_is_free
 from tests.support import Probe, wait_until
 
 SERVICES = ("listener", "generator", "fileserver", "notifier")
@@ -49,11 +50,15 @@ def up(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     yield proc, f"mqtt://127.0.0.1:{port}"
+    left = children_of(proc.pid)  # before they are orphaned and lose their parent
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    for pid in children_of(proc.pid):
-        os.kill(pid, signal.SIGKILL)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def service_pids(up_pid: int) -> dict[str, int]:
@@ -121,3 +126,42 @@ def test_up_says_how_to_install_mosquitto_when_missing(tmp_path):
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1
     assert "apt-get install" in done.stderr
+
+
+def test_up_refuses_a_broker_port_that_is_taken(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {**os.environ, "PNP_DATA_DIR": str(tmp_path), "PNP_BROKER_PORT": str(port)}
+    env.pop("PNP_MQTT_URL", None)
+    try:
+        done = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=env,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is taken" in done.stdout
+    # no service was started against it
+    assert not [line for line in done.stdout.splitlines() if line.startswith(SERVICES)]
+
+
+def test_up_killed_leaves_no_broker_behind(up):
+    proc, url = up
+    _wait_broker(url)
+    wait_until(lambda: any(_is_broker(pid) for pid in children_of(proc.pid)), timeout=10)
+    everything = set(children_of(proc.pid))
+    proc.kill()
+    proc.wait()
+    # The broker got SIGTERM from the kernel and the services saw their parent go.
+    wait_until(lambda: not any(alive(p) for p in everything), timeout=15)
+    host, port = url.rsplit("//", 1)[1].split(":")
+    assert port_is_free(int(port))
+
+
+def _is_broker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].endswith(b"mosquitto")
+    except OSError:
+        return False
