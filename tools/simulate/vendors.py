@@ -240,15 +240,20 @@ class FileRefused(ValueError):
     """What a phone's firmware would refuse in a file, worded for the run's report."""
 
 
-def check_file(vendor: Vendor, model: str, mac: str, name: str, body: bytes) -> list[tuple[str, str]]:
-    """The (setting, value) pairs the phone applies from one file; FileRefused when it would not."""
+def check_file(vendor: Vendor, model: str, mac: str, name: str, body: bytes,
+               known: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The (setting, value) pairs the phone applies from one file; FileRefused when it would not.
+
+    A simulated GRP knows the P-values of its record (the ones checked against Grandstream's
+    template) plus ``known`` (say, an assignment's ``vendor_settings``): a real one knows its whole
+    template, which this project does not carry."""
     parse = _PARSERS[vendor.name]
     pairs = parse(vendor, model, mac, name, body)
     from generator.vendors import RECORDS
 
     if vendor.name == "grandstream":
         # The GRP applies P-values from its own template only, each within its documented range.
-        problems = RECORDS["grandstream"].problems(pairs)
+        problems = RECORDS["grandstream"].problems([(k, v) for k, v in pairs if k not in known])
         if problems:
             raise FileRefused(problems[0])
     return pairs
