@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from markupsafe import escape
+
 from generator.vendors import RenderProblem, Target
 
 if TYPE_CHECKING:
@@ -118,3 +120,11 @@ def text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+_XML_SPECIAL = re.compile(r"[&<>\"']")
+
+
+def xml_text(value: str) -> str:
+    """A value escaped exactly as the templates' autoescape writes it (``"`` as ``&#34;``)."""
+    return str(escape(value)) if _XML_SPECIAL.search(value) else value

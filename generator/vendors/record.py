@@ -11,6 +11,7 @@ each key written is documented and its value allowed, so an undocumented key can
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -26,10 +27,21 @@ class Setting:
     source: str  # where the key and its values were checked ("none: ..." when nothing was found)
 
     def matches(self, name: str) -> bool:
-        return re.fullmatch(self.key, name) is not None
+        return _pattern(self.key).fullmatch(name) is not None
 
     def allows(self, value: str) -> bool:
-        return re.fullmatch(self.values, value, re.S) is not None
+        return _allowed(self.values, value)
+
+
+@functools.lru_cache(maxsize=None)
+def _pattern(regex: str) -> re.Pattern:
+    return re.compile(regex, re.S)
+
+
+# Files repeat the same few values ("0", "none", ""): rendering checks thousands of pairs a second.
+@functools.lru_cache(maxsize=65536)
+def _allowed(regex: str, value: str) -> bool:
+    return _pattern(regex).fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -71,21 +83,27 @@ class Record:
     languages: dict[str, str]  # BCP 47 tag (lower case) -> the vendor's value
     languages_source: str
     unconfirmed: tuple[str, ...]  # what could not be checked, and why
+    _by_name: dict = field(default_factory=dict, compare=False, repr=False)  # name -> Setting or None
 
     def setting(self, name: str) -> Setting | None:
-        for s in self.settings:
-            if s.matches(name):
-                return s
-        return None
+        try:
+            return self._by_name[name]
+        except KeyError:
+            pass
+        found = next((s for s in self.settings if s.matches(name)), None)
+        if len(self._by_name) < 100000:  # names come from our own code, plus checked parsers' input
+            self._by_name[name] = found
+        return found
 
     def problems(self, pairs: list[tuple[str, str]]) -> list[str]:
         """Every (name, value) written that the record does not document or allow."""
         out = []
+        by_name = self._by_name
         for name, value in pairs:
-            s = self.setting(name)
+            s = by_name[name] if name in by_name else self.setting(name)
             if s is None:
                 out.append(f"{name}: not a documented {self.vendor} setting")
-            elif not s.allows(value):
+            elif not _allowed(s.values, value):
                 out.append(f"{name} = {value!r}: not an allowed value ({s.values})")
         return out
 

@@ -128,7 +128,13 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     settings = [s for s in settings if s[0] not in names or s[1]]
     for name, value in raw:
         put(name, value)
-    return {"settings": settings, "fkeys": fkeys}
+    # Printed as they are by the built-in template (one join is far faster than a template loop).
+    x = common.xml_text
+    setting_lines = "\n".join(
+        f'    <{n} idx="{i}" perm="">{x(v)}</{n}>' if i else f'    <{n} perm="">{x(v)}</{n}>' for n, i, v in settings)
+    fkey_lines = "\n".join(f'    <fkey idx="{k["idx"]}" context="{x(k["context"])}" label="{x(k["label"])}" '
+                           f'perm="">{x(k["value"])}</fkey>' for k in fkeys)
+    return {"settings": settings, "fkeys": fkeys, "setting_lines": setting_lines, "fkey_lines": fkey_lines}
 
 
 FAMILY = Family(

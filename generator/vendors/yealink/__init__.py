@@ -119,6 +119,9 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     for name, value in common.raw_settings(a, "yealink"):
         device[name] = value
     return {"settings": list(device.items()), "common_settings": list(shared.items()),
+            # printed as they are by the built-in templates (one join beats a template loop)
+            "setting_lines": "".join(f"{n} = {v}\n" for n, v in device.items()),
+            "common_lines": "".join(f"{n} = {v}\n" for n, v in shared.items()),
             "names": {"hw": f"{target.info.extra['hw']:03d}"}}
 
 
