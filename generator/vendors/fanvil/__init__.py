@@ -130,9 +130,15 @@ def context(a: dict, target: Target) -> dict[str, Any]:
                                 "section.Element, such as phone.MenuPassword", f"vendor_settings.fanvil.{name}")
         section, element = name.split(".")
         raw.setdefault(section, []).append((element, value))
+    # Raw elements of a section the file already has go inside it: a second <phone> would be a
+    # document the phone may read either way.
+    inside = {name: raw.pop(name) for name in _SECTIONS if name in raw}
     return {"lines": lines, "side": side, "pages": pages, "provisioning": provisioning, "firmware": firmware,
             "date": date, "language": lang, "admin_password": a.get("admin_password", ""),
-            "raw": sorted(raw.items()), "dsskey_lines": _dsskey_lines(side, pages)}
+            "raw": sorted(raw.items()), "raw_in": inside, "dsskey_lines": _dsskey_lines(side, pages)}
+
+
+_SECTIONS = ("ap", "fwCheck", "phone", "web", "sip", "dsskey")
 
 
 def _fkeys(keys: list[dict]) -> list[str]:
