@@ -14,5 +14,5 @@ __all__ = ["SETTINGS", "start"]
 
 
 def start(ctx: Context) -> GeneratorService:
-    engine = Engine(Renderer(ctx.settings.template_dir), Store(ctx.database_path()))
+    engine = Engine(Renderer(ctx.settings.template_dir, ctx.settings.notify_body), Store(ctx.database_path()))
     return GeneratorService(ctx, engine, ctx.settings.generator_settle)

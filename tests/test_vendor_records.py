@@ -365,3 +365,18 @@ def test_snom_phone_refuses_a_directory_as_setting_server() -> None:
     body = render("snom", "D785", full("snom")).files[0].body
     with pytest.raises(FileRefused, match="setting_server"):
         check_file(VENDORS["snom"], "D785", MAC, "x", body.replace(f"/cfg/{MAC}.xml".encode(), b"/cfg/"))
+
+
+def test_notify_body_follows_the_record_unless_a_setting_overrides_it() -> None:
+    from generator.settings import parse_notify_body
+
+    a = {"accounts": ACCOUNTS}
+    assert render("grandstream", "GRP2614", a).notify_path == ""  # the guide: the directory
+    assert render("yealink", "T46S", a).notify_path == f"{MAC}.cfg"
+    renderer = Renderer(notify_body=parse_notify_body("vendor,yealink=directory,grandstream=file"))
+    assert renderer.render(MAC, "yealink", "T46S", "1", a).notify_path == ""
+    assert renderer.render(MAC, "grandstream", "GRP2614", "1", a).notify_path == f"cfg{MAC}.xml"
+    assert renderer.render(MAC, "snom", "D785", "1", a).notify_path == f"{MAC}.xml"
+    for bad in ("", "yealink", "yealink=folder", "vendor,=file"):
+        with pytest.raises(ValueError):
+            parse_notify_body(bad)

@@ -67,17 +67,18 @@ class Family:
     def models(self) -> Mapping[str, "Model"]:
         return self.record.models
 
-    @property
-    def notify_path(self) -> str:
-        return "" if self.record.notify.body == "directory" else self.notify_file
 
     def file_names(self, target: Target, context: Mapping[str, Any]) -> list[str]:
         values = {"mac": target.mac, "MAC": target.mac.upper(), **context.get("names", {})}
         return [spec.name.format(**values) for spec in self.files]
 
-    def notify(self, target: Target, context: Mapping[str, Any]) -> str:
+    def notify(self, target: Target, context: Mapping[str, Any], body: str | None = None) -> str:
+        """What the NOTIFY's URL appends to the phone's directory: "" (the directory itself) or the
+        per-phone file, as ``body`` (default: the record's) says."""
+        if (body or self.record.notify.body) == "directory":
+            return ""
         values = {"mac": target.mac, "MAC": target.mac.upper(), **context.get("names", {})}
-        return self.notify_path.format(**values)
+        return self.notify_file.format(**values)
 
 
 def _families() -> list[Family]:

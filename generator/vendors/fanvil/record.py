@@ -93,7 +93,7 @@ RECORD = Record(
     notify=Notify(IN_DIALOG, "application/url", "file",
                   "no stored Fanvil source describes its Plug and Play NOTIFY (fusionpbx only shows the "
                   "<pnp> settings: 224.0.1.75, port 5060): in-dialog and the file URL are this project's "
-                  "choice; PNP_NOTIFY_DIALOG overrides the dialog form", False),
+                  "choice; PNP_NOTIFY_DIALOG and PNP_NOTIFY_BODY override both", False),
     resync=Resync("check-sync", "nothing written (fusionpbx sets <sip><NotifyReboot>1, whose meaning is not "
                   "given)", FPBX),
     settings=SETTINGS,

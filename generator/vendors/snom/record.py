@@ -80,7 +80,7 @@ RECORD = Record(
     files={"{mac}.xml": f"<settings><phone-settings e=\"2\"> indexed settings, <functionKeys>; {FPBX}"},
     notify=Notify(IN_DIALOG, "application/url", "file",
                   "no stored snom source describes its Plug and Play NOTIFY: in-dialog and the file URL are "
-                  "this project's choice; PNP_NOTIFY_DIALOG overrides the dialog form", False),
+                  "this project's choice; PNP_NOTIFY_DIALOG and PNP_NOTIFY_BODY override both", False),
     resync=Resync("check-sync", "nothing written; whether the phone challenges the NOTIFY is not in a stored source",
                   "none"),
     settings=SETTINGS,

@@ -103,7 +103,7 @@ RECORD = Record(
     notify=Notify(IN_DIALOG, "application/url", "file",
                   "no stored Yealink source describes its Plug and Play NOTIFY: in-dialog and the per-phone "
                   "file URL are this project's choice (the per-phone file also carries the server URL, so the "
-                  "common file is fetched at the next check); PNP_NOTIFY_DIALOG overrides the dialog form",
+                  "common file is fetched at the next check); PNP_NOTIFY_DIALOG and PNP_NOTIFY_BODY override both",
                   False),
     resync=Resync("check-sync", "nothing written: whether the phone authenticates the NOTIFY or needs "
                   "sip.notify_reboot_enable (a key in FPBX, without values) is not in a stored source",
