@@ -5,6 +5,7 @@ and a per-phone ``{mac}.cfg``, both ``key = value`` text that starts with the ma
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from generator.vendors import Family, FileSpec, RenderProblem, Target
@@ -34,6 +35,29 @@ def time_zone(name: str) -> list[tuple[str, str]]:
                   ("local_time.offset_time", str(zone.save // 60))]
 
 
+_SUPPORTED = set(KEY_TYPE)
+
+
+@functools.lru_cache(maxsize=32)
+def _unused_account(number: int) -> dict[str, str]:
+    """An account dropped from the assignment: disabled and back to its factory values."""
+    p = f"account.{number}."
+    return {p + "enable": "0", **{p + name: NULL for name in (
+        "label", "display_name", "auth_name", "user_name", "password", "sip_server.1.address",
+        "sip_server.1.port", "sip_server.1.transport_type")}}
+
+
+@functools.lru_cache(maxsize=32)
+def _unused_keys(count: int) -> dict[str, str]:
+    """Line keys 1..count as they are when the assignment leaves them out (factory values)."""
+    out = {}
+    for n in range(1, count + 1):
+        out[f"linekey.{n}.type"] = str(KEY_TYPE["none"])
+        for name in ("line", "value", "label"):
+            out[f"linekey.{n}.{name}"] = NULL
+    return out
+
+
 def context(a: dict, target: Target) -> dict[str, Any]:
     device: dict[str, str] = {}
     shared: dict[str, str] = {}
@@ -46,11 +70,7 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     for number in range(1, target.info.accounts + 1):
         p = f"account.{number}."
         if number > len(accounts):
-            # An account dropped from the assignment goes back to its factory values.
-            put(device, p + "enable", 0)
-            for name in ("label", "display_name", "auth_name", "user_name", "password",
-                         "sip_server.1.address", "sip_server.1.port", "sip_server.1.transport_type"):
-                put(device, p + name, NULL)
+            device.update(_unused_account(number))
             continue
         acc = accounts[number - 1]
         put(device, p + "enable", 1 if acc["enabled"] else 0)
@@ -70,16 +90,11 @@ def context(a: dict, target: Target) -> dict[str, Any]:
                 put(device, p + f"codec.{codec}.enable", 1 if chosen else 0)
                 put(device, p + f"codec.{codec}.priority", codecs.index(codec) + 1 if chosen else 0)
 
-    given = {k["number"]: k for k in common.keys(a, target, set(KEY_TYPE))}
+    given = {k["number"]: k for k in common.keys(a, target, _SUPPORTED)}
     # Every line key is written, so one dropped from the assignment is reset on the phone.
-    for n in range(1, target.info.keys + 1):
+    device.update(_unused_keys(target.info.keys))
+    for n, key in given.items():
         p = f"linekey.{n}."
-        key = given.get(n)
-        if key is None:
-            put(device, p + "type", KEY_TYPE["none"])
-            for name in ("line", "value", "label"):
-                put(device, p + name, NULL)
-            continue
         put(device, p + "type", KEY_TYPE[key["type"]])
         put(device, p + "line", key["account"])
         put(device, p + "value", key["value"])
