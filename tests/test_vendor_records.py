@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -314,6 +315,12 @@ def test_records_are_complete_and_used() -> None:
         for setting in record.settings:
             assert setting.source and setting.meaning, setting.key
         assert record.notify.dialog in ("in-dialog", "out-of-dialog")
+        # every source tag a fact names is a listed source
+        texts = [m.source for m in record.models.values()] + [s.source for s in record.settings] + [
+            record.notify.source, record.resync.source, record.languages_source, *record.ouis.values(),
+            *record.files.values()]
+        tags = {tag for text in texts for tag in re.findall(r"\[([A-Z0-9_]+)\]", text)}
+        assert tags and tags <= set(record.sources), tags - set(record.sources)
     assert RECORDS["grandstream"].notify.dialog == "out-of-dialog"
     assert RECORDS["grandstream"].notify.body == "directory"
 

@@ -17,7 +17,8 @@ def _cell(text: str) -> str:
 
 
 def _record(r: Record) -> list[str]:
-    lines = [f"## {r.vendor} ({r.family})", ""]
+    lines = [f"## {r.vendor} ({r.family})", "", "Sources (the tags below refer to them):", ""]
+    lines += [f"- [{tag}] {_cell(ref)}" for tag, ref in r.sources.items()] + [""]
     lines += ["| model | accounts | keys | source |", "|---|---|---|---|"]
     for name, m in r.models.items():
         extra = ", ".join(f"{k} {v}" for k, v in m.extra.items())

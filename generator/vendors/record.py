@@ -83,6 +83,7 @@ class Record:
     languages: dict[str, str]  # BCP 47 tag (lower case) -> the vendor's value
     languages_source: str
     unconfirmed: tuple[str, ...]  # what could not be checked, and why
+    sources: dict[str, str] = field(default_factory=dict)  # tag used in the sources above -> reference
     _by_name: dict = field(default_factory=dict, compare=False, repr=False)  # name -> Setting or None
 
     def setting(self, name: str) -> Setting | None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from generator.vendors.record import BOOL01, HOST, IN_DIALOG, TEXT, Model, Notify, Record, Resync, Setting
 
-FPBX = "fusionpbx resources/templates/provision/fanvil/<model>/{$mac}.cfg"
-WAZO = "wazo-provd-plugins plugins/wazo_fanvil (common/templates/base-new.tpl, common/common.py, serie_x/entry.py)"
-DHCP = "wazo-provd-plugins dhcp/dhcp/dhcpd_update/fanvil.conf"
+FPBX = "[FPBX]"
+WAZO = "[WAZO]"
+DHCP = "[DHCP]"
 
 # accounts (FPBX line count); keys = side keys (WAZO, one side page as FPBX writes) + memory keys
 # (FPBX: 5 internal pages of `page` keys).
@@ -85,6 +85,11 @@ SETTINGS = (
 )
 
 RECORD = Record(
+    sources={
+        "FPBX": "fusionpbx/fusionpbx resources/templates/provision/fanvil/<x4u|x5u|x6u>/{$mac}.cfg",
+        "WAZO": "wazo-platform/wazo-provd-plugins plugins/wazo_fanvil/common/templates/base-new.tpl, common/common.py and serie_x/entry.py",
+        "DHCP": "wazo-platform/wazo-provd-plugins dhcp/dhcp/dhcpd_update/fanvil.conf",
+    },
     vendor="fanvil",
     family="xseries",
     ouis={"00a859": DHCP, "0c383e": DHCP},

@@ -19,10 +19,10 @@ from generator.vendors.record import (
     BOOL01, HOST, OUT_OF_DIALOG, TEXT, Model, Notify, Record, Resync, Setting,
 )
 
-TPL = "GRP261x config template 1.0.5.15 (wazo-provd-plugins grp261x_config_1.0.5.15.txt @36197dbd)"
-GUIDE = "GRP26XX Plug and Play guide"
-WAZO_GS = "wazo-provd-plugins plugins/wazo_grandstream/common (common.py, templates/base.tpl)"
-DHCP = "wazo-provd-plugins dhcp/dhcp/dhcpd_update/grandstream.conf"
+TPL = "[TPL]"
+GUIDE = "[GUIDE]"
+WAZO_GS = "[WAZO_GS]"
+DHCP = "[DHCP]"
 
 # accounts; VPKs (virtual keys on the screen), of which the first `fixed` are the fixed ones
 # (line keys); MPKs (physical keys beside the second screen). TPL lines 8530-13170: one VPK block
@@ -187,6 +187,12 @@ SETTINGS = (
 )
 
 RECORD = Record(
+    sources={
+        "TPL": "Grandstream's configuration template for the GRP261x, firmware 1.0.5.15: wazo-platform/wazo-provd-plugins plugins/wazo-grandstream/docs/config-template/grp261x_config_1.0.5.15.txt (commit 36197dbd)",
+        "GUIDE": "Grandstream, GRP26XX Auto-configuration Plug and Play Guide (/work/shared/seed/grp26xx-plug-and-play-guide.txt), Figures 1 and 2",
+        "WAZO_GS": "wazo-platform/wazo-provd-plugins plugins/wazo_grandstream/common/common.py and common/templates/base.tpl",
+        "DHCP": "wazo-platform/wazo-provd-plugins dhcp/dhcp/dhcpd_update/grandstream.conf",
+    },
     vendor="grandstream",
     family="grp26xx",
     ouis={"000b82": DHCP, "c074ad": DHCP, "ec74d7": DHCP},

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from generator.vendors.record import HOST, IN_DIALOG, TEXT, Model, Notify, Record, Resync, Setting
 
-FPBX = "fusionpbx resources/templates/provision/snom/<model>/{$mac}.xml"
-WAZO = "wazo-provd-plugins plugins/wazo_snom/common (common.py, templates/base.tpl, 300.tpl)"
-WAZO_FW = "wazo-provd-plugins plugins/wazo_snom/common/templates/common/snom-model.xml.tpl.btpl"
-XIVO_TZ = "wazo-provd-plugins plugins/xivo-snom/common/common.py @e9bbe983 (_format_tzinfo)"
-DHCP = "wazo-provd-plugins dhcp/dhcp/dhcpd_update/snom.conf"
+FPBX = "[FPBX]"
+WAZO = "[WAZO]"
+WAZO_FW = "[WAZO_FW]"
+XIVO_TZ = "[XIVO_TZ]"
+DHCP = "[DHCP]"
 
 MODELS = {
     "D715": Model(4, 57, f"{FPBX}: 4 lines, maxKeys 57 (function keys incl. expansion modules)"),
@@ -73,6 +73,13 @@ SETTINGS = (
 )
 
 RECORD = Record(
+    sources={
+        "FPBX": "fusionpbx/fusionpbx resources/templates/provision/snom/<D715|D717|D735|D765|D785>/{$mac}.xml",
+        "WAZO": "wazo-platform/wazo-provd-plugins plugins/wazo_snom/common/common.py, common/templates/base.tpl and 300.tpl",
+        "WAZO_FW": "wazo-platform/wazo-provd-plugins plugins/wazo_snom/common/templates/common/snom-model.xml.tpl.btpl and snom-model-firmware.xml.tpl.btpl",
+        "XIVO_TZ": "wazo-platform/wazo-provd-plugins plugins/xivo-snom/common/common.py (commit e9bbe983), _format_tzinfo",
+        "DHCP": "wazo-platform/wazo-provd-plugins dhcp/dhcp/dhcpd_update/snom.conf",
+    },
     vendor="snom",
     family="dseries",
     ouis={"000413": DHCP, "00087b": DHCP},
@@ -91,6 +98,9 @@ RECORD = Record(
         "function key counts include expansion-module keys (fusionpbx's maxKeys); the physical count "
         "per model is not in a source",
         "Opus: not in fusionpbx's codec list, so left out of codec_priority_list",
+        "timezone codes (GER+1, USA-5, ...): their daylight-saving rules are in no stored source and public "
+        "IANA-to-code tables disagree (Australia/Sydney: AUS+10 in one, NCL+11 in another), so the zone is "
+        "written as utc_offset + dst from the tz database, as the xivo-snom plugin did, with timezone empty",
         "park, intercom, DTMF and voicemail keys: no fkey syntax in a stored source (refused)",
     ),
 )

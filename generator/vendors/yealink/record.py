@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from generator.vendors.record import BOOL01, HOST, IN_DIALOG, TEXT, Model, Notify, Record, Resync, Setting
 
-V86 = "wazo-provd-plugins plugins/wazo_yealink/v86 (templates/base.tpl, common.py)"
-YL_COMMON = "wazo-provd-plugins plugins/wazo_yealink/common/common.py"
-V81 = "wazo-provd-plugins plugins/xivo-yealink/v81/entry.py @a748577b"
-V84 = "wazo-provd-plugins plugins/wazo_yealink/v84/entry.py @921a5e69"
-V85 = "wazo-provd-plugins plugins/xivo-yealink/v85/entry.py @fded2183"
-FPBX = "fusionpbx resources/templates/provision/yealink/t54w ({$mac}.cfg, y000000000096.cfg)"
-DHCP = "wazo-provd-plugins dhcp/dhcp/dhcpd_update/yealink.conf"
+V86 = "[V86]"
+YL_COMMON = "[YL_COMMON]"
+V81 = "[V81]"
+V84 = "[V84]"
+V85 = "[V85]"
+FPBX = "[FPBX]"
+DHCP = "[DHCP]"
 
 # accounts, line keys (V86 _NB_SIP_ACCOUNTS, _NB_LINEKEY); common file id (V81/V84/V85).
 MODELS = {
@@ -92,6 +92,15 @@ SETTINGS = (
 )
 
 RECORD = Record(
+    sources={
+        "V86": "wazo-platform/wazo-provd-plugins plugins/wazo_yealink/v86/templates/base.tpl and v86/common.py (commit 2321a3f3)",
+        "YL_COMMON": "wazo-platform/wazo-provd-plugins plugins/wazo_yealink/common/common.py",
+        "V81": "wazo-platform/wazo-provd-plugins plugins/xivo-yealink/v81/entry.py (commit a748577b)",
+        "V84": "wazo-platform/wazo-provd-plugins plugins/wazo_yealink/v84/entry.py (commit 921a5e69)",
+        "V85": "wazo-platform/wazo-provd-plugins plugins/xivo-yealink/v85/entry.py (commit fded2183)",
+        "FPBX": "fusionpbx/fusionpbx resources/templates/provision/yealink/t54w/{$mac}.cfg and y000000000096.cfg",
+        "DHCP": "wazo-platform/wazo-provd-plugins dhcp/dhcp/dhcpd_update/yealink.conf",
+    },
     vendor="yealink",
     family="tseries",
     ouis={"001565": DHCP, "e434d7": DHCP, "805ec0": DHCP, "805e0c": DHCP, "249ad8": DHCP, "44dbd2": DHCP,
