@@ -99,7 +99,8 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     pairs: list[tuple[str, str]] = []
     for line in lines:
         if not line["enabled"]:
-            pairs.append(("sip/line/EnableReg", "0"))
+            pairs += [(f"sip/line/{n}", "") for n in ("PhoneNumber", "DisplayName", "RegisterAddr", "RegisterUser",
+                                                       "RegisterPswd")] + [("sip/line/EnableReg", "0")]
             continue
         pairs += [("sip/line/PhoneNumber", line["user_id"]), ("sip/line/DisplayName", line["display_name"]),
                   ("sip/line/RegisterAddr", line["sip_server"]), ("sip/line/RegisterPort", str(line["port"])),

@@ -113,7 +113,10 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     codes = [VOCODER[c] for c in a.get("codecs", [])]
     for number in range(1, target.info.accounts + 1):
         if number > len(accounts):
+            # Switched off and emptied: no credentials of a removed account stay on the phone.
             put(account_p(number, "active"), 0)
+            for what in ("name", "server", "proxy", "user_id", "auth_id", "password", "display_name"):
+                put(account_p(number, what), "")
             continue
         acc = accounts[number - 1]
         put(account_p(number, "active"), 1 if acc["enabled"] else 0)

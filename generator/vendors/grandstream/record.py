@@ -133,7 +133,8 @@ _KEY_ACCOUNT = "[0-5]"
 SETTINGS = (
     Setting(_ps(_account("active")), "account active", BOOL01, f"{TPL}: P271, P401, P501, P601, P1701, P1801"),
     Setting(_ps(_account("name")), "account name", TEXT, f"{TPL}: P270, P417, P517, P617, P1717, P1817"),
-    Setting(_ps(_account("server")), "SIP server (host or host:port)", r"[A-Za-z0-9_.:\[\]-]+",
+    Setting(_ps(_account("server")), "SIP server (host or host:port; empty on an account not used)",
+            r"[A-Za-z0-9_.:\[\]-]*",
             f"{TPL}: P47, P402 ..."),
     Setting(_ps(_account("proxy")), "outbound proxy", HOST, f"{TPL}: P48, P403 ..."),
     Setting(_ps(_account("user_id")), "SIP user ID", TEXT, f"{TPL}: P35, P404 ..."),

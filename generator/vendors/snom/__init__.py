@@ -60,7 +60,10 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     codecs = [CODECS[c] for c in a.get("codecs", []) if c in CODECS]
     for number in range(1, target.info.accounts + 1):
         if number > len(accounts):
+            # Switched off and emptied: no credentials of a removed account stay on the phone.
             put("user_active", "off", number)
+            for name in ("user_realname", "user_name", "user_pname", "user_pass", "user_host", "user_idle_text"):
+                put(name, "", number)
             continue
         acc = accounts[number - 1]
         put("user_active", "on" if acc["enabled"] else "off", number)
