@@ -16,7 +16,7 @@ __all__ = ["SETTINGS", "start"]
 
 def start(ctx: Context) -> GeneratorService:
     store = Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health)
-    engine = Engine(Renderer(ctx.settings.template_dir), store)
+    engine = Engine(Renderer(ctx.settings.template_dir, ctx.settings.notify_body), store)
     if store.rebuilt:
         Reseed(ctx, engine).start()
     return GeneratorService(ctx, engine, ctx.settings.generator_settle)

@@ -60,7 +60,9 @@ def _autoescape(name: str | None) -> bool:
 
 
 class Renderer:
-    def __init__(self, template_dir: Path | None = None) -> None:
+    def __init__(self, template_dir: Path | None = None, notify_body: dict[str, str] | None = None) -> None:
+        # vendor -> "directory" or "file": overrides the record's NOTIFY body (PNP_NOTIFY_BODY)
+        self.notify_body = dict(notify_body or {})
         loaders: list[jinja2.BaseLoader] = []
         if template_dir is not None:
             loaders.append(jinja2.FileSystemLoader(str(template_dir)))
@@ -121,4 +123,5 @@ class Renderer:
             if not text.endswith("\n"):
                 text += "\n"
             files.append(File(name, spec.content_type, text.encode("utf-8")))
-        return Rendered(tuple(files), first, family.vendor, canonical, family.notify(target, context))
+        body = self.notify_body.get(family.vendor, family.record.notify.body)
+        return Rendered(tuple(files), first, family.vendor, canonical, family.notify(target, context, body))

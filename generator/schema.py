@@ -112,6 +112,9 @@ def _problem(error: ValidationError) -> Problem:
     if rule == "uniqueItems":
         return Problem(where, f"{label} lists the same entry twice")
     if rule == "anyOf":
+        if error.schema.get("description"):
+            return Problem(where, f"{label}: {_short(error.instance)} is not allowed; it must be "
+                                  f"{error.schema['description']}")
         return Problem(where, f"{label} must be text without control characters, a whole number, or true/false")
     return Problem(where or None, f"{label}: {error.message}")
 

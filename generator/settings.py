@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from services.settings import Setting, parse_path, parse_positive_float
@@ -33,4 +34,34 @@ GENERATOR_SHARD = Setting(
     parse_shard, f"k/n with 1 <= k <= n <= {MAX_SHARDS}, e.g. 1/2", Shard(),
 )
 
-SETTINGS = [TEMPLATE_DIR, SETTLE, GENERATOR_SHARD]
+_BODIES = ("directory", "file")
+
+
+def parse_notify_body(text: str) -> dict[str, str]:
+    """``vendor`` (each vendor's record), then optional ``vendor=directory|file`` overrides:
+    ``vendor,yealink=directory``."""
+    items = [item.strip().lower() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError
+    out: dict[str, str] = {}
+    for item in items:
+        vendor, eq, body = item.partition("=")
+        if not eq:
+            if vendor != "vendor":
+                raise ValueError
+            continue
+        if body.strip() not in _BODIES or not re.fullmatch(r"[a-z0-9][a-z0-9_.\-]*", vendor.strip()):
+            raise ValueError
+        out[vendor.strip()] = body.strip()
+    return out
+
+
+NOTIFY_BODY = Setting(
+    "notify_body", "PNP_NOTIFY_BODY",
+    "what the Plug and Play NOTIFY carries (notify_path): vendor (each vendor's record: Grandstream the "
+    "directory, as its guide shows; the others their per-phone file, unconfirmed), with vendor=directory "
+    "or vendor=file overrides, e.g. vendor,yealink=directory",
+    parse_notify_body, "vendor, then optional vendor=directory|file items, comma-separated", {},
+)
+
+SETTINGS = [TEMPLATE_DIR, SETTLE, GENERATOR_SHARD, NOTIFY_BODY]

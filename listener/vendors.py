@@ -21,14 +21,11 @@ _KEYWORDS = [
 _KEYWORD_RE = re.compile("|".join(re.escape(k) for k, _ in _KEYWORDS), re.I)
 _KEYWORD_NAME = dict(_KEYWORDS)
 
-# OUIs registered to phone makers (IEEE registry), the ones seen provisioning by PnP.
-OUI = {
-    "000b82": "grandstream", "c074ad": "grandstream", "ec74d7": "grandstream",
-    "001565": "yealink", "805ec0": "yealink", "805e0c": "yealink", "249ad8": "yealink",
-    "44dbd2": "yealink",
-    "000413": "snom",
+# MAC prefixes (OUIs, or longer for a sub-range) of the vendors we provision come from their
+# records (generator/vendors/<vendor>/record.py, each with its source); the others are the IEEE
+# registry's entries for makers whose phones we only name.
+_OTHER_OUIS = {
     "0004f2": "polycom", "64167f": "polycom",
-    "0c383e": "fanvil",
     "7c2f80": "gigaset",
     "001fc1": "htek",
     "001ae8": "unify",
@@ -36,6 +33,30 @@ OUI = {
     "00085d": "mitel",
     "00908f": "audiocodes",
 }
+
+
+def _prefixes() -> dict[str, str]:
+    from generator.vendors import RECORDS
+
+    out = dict(_OTHER_OUIS)
+    for record in RECORDS.values():
+        for prefix in record.ouis:
+            out[prefix.lower()] = record.vendor
+    return out
+
+
+OUI = _prefixes()
+_PREFIX_LENGTHS = sorted({len(p) for p in OUI}, reverse=True)
+
+
+def oui_vendor(mac: str) -> str:
+    """The maker a MAC's prefix is registered to (longest prefix first: sub-ranges win), or ""."""
+    for length in _PREFIX_LENGTHS:
+        found = OUI.get(mac[:length])
+        if found:
+            return found
+    return ""
+
 
 # Values that say nothing about who made the phone.
 _UNINFORMATIVE = {"", "oem", "unknown", "generic", "none", "null", "n/a", "-", "default"}
@@ -95,5 +116,5 @@ def identify(event: dict[str, str | None], user_agent: str, mac: str) -> Identit
     if said and model and firmware:  # the common case: no User-Agent regexes per packet
         return Identity(canonical_vendor(said), model, firmware)
     ua_vendor, ua_model, ua_firmware = _from_user_agent(user_agent) if user_agent else ("", "", "")
-    vendor = canonical_vendor(said) if said else (ua_vendor or OUI.get(mac[:6], ""))
+    vendor = canonical_vendor(said) if said else (ua_vendor or oui_vendor(mac))
     return Identity(vendor or "unknown", model or ua_model, firmware or ua_firmware)

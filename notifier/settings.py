@@ -13,24 +13,38 @@ OUT_OF_DIALOG = "out-of-dialog"
 _MODES = (IN_DIALOG, OUT_OF_DIALOG)
 
 
+BY_VENDOR = "vendor"
+
+
+def _record_mode(vendor: str) -> str:
+    """The NOTIFY form the vendor's record gives (generator/vendors/<vendor>/record.py)."""
+    from generator.vendors import RECORDS
+
+    record = RECORDS.get(vendor.strip().lower())
+    return record.notify.dialog if record is not None else IN_DIALOG
+
+
 @dataclass(frozen=True)
 class DialogPolicy:
-    """Which NOTIFY form each vendor gets: a default and per-vendor overrides."""
+    """Which NOTIFY form each vendor gets: per-vendor overrides, else a default, else (default
+    None, spelled ``vendor``) the form the vendor's record gives (Grandstream: out-of-dialog, as
+    its guide's capture shows), else in-dialog."""
 
-    default: str = IN_DIALOG
+    default: str | None = None
     vendors: dict[str, str] = field(default_factory=dict)
 
     def mode_for(self, vendor: str) -> str:
-        return self.vendors.get(vendor.strip().lower(), self.default)
+        chosen = self.vendors.get(vendor.strip().lower(), self.default)
+        return chosen if chosen is not None else _record_mode(vendor)
 
     def __str__(self) -> str:
-        return ",".join([self.default, *(f"{v}={m}" for v, m in sorted(self.vendors.items()))])
+        return ",".join([self.default or BY_VENDOR, *(f"{v}={m}" for v, m in sorted(self.vendors.items()))])
 
 
 def parse_dialog_policy(text: str) -> DialogPolicy:
-    """``in-dialog`` or ``out-of-dialog``, optionally followed by ``vendor=mode`` overrides:
-    ``in-dialog,grandstream=out-of-dialog``."""
-    default = IN_DIALOG
+    """``vendor`` (each vendor's record), ``in-dialog`` or ``out-of-dialog``, optionally followed
+    by ``vendor=mode`` overrides: ``vendor,snom=out-of-dialog``."""
+    default: str | None = None
     vendors: dict[str, str] = {}
     items = [item.strip().lower() for item in text.split(",") if item.strip()]
     if not items:
@@ -38,6 +52,9 @@ def parse_dialog_policy(text: str) -> DialogPolicy:
     for item in items:
         vendor, eq, mode = item.partition("=")
         if not eq:
+            if vendor == BY_VENDOR:
+                default = None
+                continue
             if vendor not in _MODES:
                 raise ValueError
             default = vendor
@@ -65,9 +82,10 @@ NOTIFY_WINDOW = Setting(
 )
 NOTIFY_DIALOG = Setting(
     "notify_dialog", "PNP_NOTIFY_DIALOG",
-    "NOTIFY form: in-dialog (RFC 6665) or out-of-dialog (the guide's capture), "
-    "with vendor=mode overrides, e.g. in-dialog,grandstream=out-of-dialog",
-    parse_dialog_policy, "in-dialog or out-of-dialog, then optional vendor=mode items, comma-separated",
+    "NOTIFY form: vendor (the form each vendor's record gives: Grandstream out-of-dialog as its "
+    "guide's capture, the others in-dialog), in-dialog (RFC 6665) or out-of-dialog, with vendor=mode "
+    "overrides, e.g. vendor,snom=out-of-dialog",
+    parse_dialog_policy, "vendor, in-dialog or out-of-dialog, then optional vendor=mode items, comma-separated",
     DialogPolicy(),
 )
 RESYNC_REBOOT = Setting(

@@ -35,11 +35,10 @@ FULL = {
         {"type": "blf", "value": "1002", "label": "Carol"},
         {"type": "speed_dial", "value": "+4930123", "label": "Office", "account": 2},
     ],
-    "provisioning": {"config_server": "https://prov.example.com/cfg", "firmware_server": "fw.example.com/fw",
-                     "check_interval": 1440},
+    "provisioning": {"config_server": "https://prov.example.com/cfg", "check_interval": 1440},
     "time_zone": "Europe/Berlin",
     "ntp_server": "ntp.example.com",
-    "admin_password": "adm<in>",
+    "admin_password": "adm1n",
     "vendor_settings": {"grandstream": {"P1362": "de"}, "yealink": {"lang.gui": "German"},
                         "snom": {"language": "Deutsch"}, "fanvil": {"phone.MenuPassword": "123"}},
 }
@@ -94,13 +93,19 @@ def test_grandstream_every_p_value_the_assignment_sets() -> None:
         # vocoders in order, the last one repeated
         "P57": "9", "P58": "8", "P59": "123", "P60": "123", "P61": "123", "P62": "123", "P46": "123",
         "P98": "123",
-        # keys: BLF, speed dial on account 2, call park
+        # resync allowed on both accounts
+        "P26015": "1", "P26115": "1",
+        # keys: BLF, speed dial on account 2, call park; fixed VPK 4 (no account 4) none
         "P1363": "1", "P1364": "0", "P1465": "Carol", "P1466": "1002",
         "P1365": "0", "P1366": "1", "P1467": "Office", "P1468": "+4930123",
         "P1367": "9", "P1368": "0", "P1469": "Park", "P1470": "700",
-        # provisioning, time, admin
-        "P237": "prov.example.com/cfg", "P192": "fw.example.com/fw", "P212": "2", "P194": "1", "P193": "1440",
-        "P64": "CET-1CEST,M3.5.0,M10.5.0/3", "P30": "ntp.example.com", "P2": "adm<in>",
+        "P1369": "-1",
+        # dynamic VPKs 5-16 written as none (a skipped one would delete the later ones), MPKs none
+        "P1371": "none", "P1373": "none", "P23800": "none", "P23836": "none", "P323": "-1", "P1460": "-1",
+        # provisioning, DHCP not overriding it, time (the template's own list value), admin
+        "P237": "prov.example.com/cfg", "P145": "0", "P212": "2", "P194": "1", "P193": "1440",
+        "P64": "CET-1CEST-2,M3.5.0/02:00:00,M10.5.0/03:00:00", "P143": "0", "P30": "ntp.example.com",
+        "P2": "adm1n", "P4428": "0",
         # pass-through
         "P1362": "de",
     }
@@ -167,14 +172,16 @@ def test_yealink_common_and_per_mac_files() -> None:
     assert settings["linekey.2.line"] == "2" and settings["linekey.1.type"] == "16"
     assert settings["lang.gui"] == "German"
     common = rendered.files[0].body.decode()
-    assert "local_time.time_zone = +1\n" in common and "static.firmware.url = https://fw.example.com/fw\n" in common
+    assert "local_time.time_zone = +1\n" in common and "local_time.start_time = 3/5/1/2\n" in common
 
 
 def test_snom_and_fanvil_are_well_formed_xml_with_the_accounts() -> None:
     snom = ET.fromstring(render("snom", "D785").files[0].body)
-    hosts = {e.get("idx"): e.text for e in snom.iter("user_host")}
-    assert hosts == {"1": "pbx.example.com:5071;transport=tls", "2": "pbx2.example.com"}
-    assert [e.text for e in snom.iter("fkey")][0] == "blf sip:1002@pbx.example.com"
+    hosts = {e.get("idx"): e.text for e in snom.iter("user_host") if e.text}  # unused identities: empty
+    assert hosts == {"1": "pbx.example.com:5071", "2": "pbx2.example.com"}
+    outbound = {e.get("idx"): e.text for e in snom.iter("user_outbound")}
+    assert outbound == {"1": "sbc.example.com:5071;transport=tls", "2": "pbx2.example.com:5060;transport=udp"}
+    assert [e.text for e in snom.iter("fkey")][0] == "blf 1002"
     fanvil = ET.fromstring(render("fanvil", "X4U").files[0].body)
     line = fanvil.find("sip/line[@index='1']")
     assert line is not None and line.findtext("DisplayName") == 'Bob & <Alice> "B"'
@@ -185,12 +192,12 @@ def test_key_types_a_family_cannot_show_are_errors() -> None:
     with pytest.raises(RenderProblem) as caught:
         render("fanvil", "X4U", {**FULL, "keys": [{"type": "intercom", "value": "1"}]})
     assert caught.value.field == "keys[0].type"
-    # GRP2612: two accounts, so line keys only on VPK 1-2
+    # GRP2612: four fixed VPKs, so line keys only on VPK 1-4
     p = _p_values(render("grandstream", "GRP2612", {**FULL, "keys": [{"type": "line"}, {"type": "line"}]}).files[0].body)
     assert (p["P1363"], p["P1365"]) == ("31", "31")
     with pytest.raises(RenderProblem) as caught:
-        render("grandstream", "GRP2612", {**FULL, "keys": [{"type": "none"}] * 2 + [{"type": "line"}]})
-    assert caught.value.field == "keys[2].type"
+        render("grandstream", "GRP2612", {**FULL, "keys": [{"type": "none"}] * 4 + [{"type": "line"}]})
+    assert caught.value.field == "keys[4].type"
 
 
 def test_template_dir_overrides_model_then_family(tmp_path: Path) -> None:

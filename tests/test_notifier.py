@@ -120,6 +120,9 @@ class NotifierBase(unittest.TestCase):
     def start(self, data_dir: str | None = None, **values: str):
         values.setdefault("sip_t1", "0.01")
         values.setdefault("sip_t2", "0.08")
+        # These phones answer as Grandstream, whose record says out-of-dialog; the tests here check
+        # the dialog bookkeeping of the in-dialog form (the vendor default: test_vendor_records).
+        values.setdefault("notify_dialog", "in-dialog")
         settings = make_settings(self.broker, data_dir or self.data_dir, extra=notifier.main.SETTINGS,
                                  **values)
         rt = Runtime("notifier", settings, notifier.main.start, reactor)

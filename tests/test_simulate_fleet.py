@@ -79,7 +79,7 @@ class MockPbx(protocol.DatagramProtocol):
     def url_for(self, mac: str, vendor: str) -> str:
         if vendor == "grandstream":
             return f"{self.base_url}/p/{mac}/"
-        return f"{self.base_url}/p/{mac}/{file_names(_vendor(vendor), mac)[0]}"
+        return f"{self.base_url}/p/{mac}/{file_names(_vendor(vendor), mac)[-1]}"
 
     def datagramReceived(self, data, addr):
         try:
@@ -164,9 +164,15 @@ class FleetTest(unittest.TestCase):
         return d
 
     def serve(self, idents) -> None:
+        # Real generated files: the simulated phones read them as their firmware would.
+        from generator.render import Renderer
+
+        renderer = Renderer()
         for ident in idents:
-            for name in file_names(ident.vendor, ident.mac):
-                self.files.files[f"/p/{ident.mac}/{name}"] = f"<config mac='{ident.mac}'/>".encode()
+            rendered = renderer.render(ident.mac, ident.vendor.name, ident.model, ident.firmware,
+                                       {"accounts": [{"sip_server": "pbx.example.com", "user_id": "1001"}]})
+            for f in rendered.files:
+                self.files.files[f"/p/{ident.mac}/{f.name}"] = f.body
 
     @defer.inlineCallbacks
     def test_a_mixed_fleet_is_provisioned_from_its_own_addresses(self):
@@ -187,7 +193,7 @@ class FleetTest(unittest.TestCase):
             got = by_client[ident.ip]
             self.assertEqual([s for _, _, s in got], [200, 304])
             self.assertEqual({ua for ua, _, _ in got}, {ident.vendor.user_agent(ident)})
-            self.assertTrue(got[0][1].endswith(file_names(ident.vendor, ident.mac)[0]))
+            self.assertTrue(got[0][1].endswith(file_names(ident.vendor, ident.mac)[-1]))
         lat = report.to_dict()["latency_ms"]
         for name in ("subscribe_to_answer", "subscribe_to_notify", "notify_to_file", "boot_to_provisioned"):
             self.assertEqual(lat[name]["n"], 8, name)
@@ -309,7 +315,11 @@ class FleetTest(unittest.TestCase):
         done = fleet.run()
         yield eventually(lambda: fleet.progress().provisioned == 1)
         path = f"/p/{ident.mac}/{ident.mac}.cfg"
-        self.files.files[path] = b"<config version='2'/>"
+        from generator.render import Renderer
+
+        changed = Renderer().render(ident.mac, "yealink", "T46S", ident.firmware,
+                                    {"accounts": [{"sip_server": "pbx.example.com", "user_id": "1002"}]})
+        self.files.files[path] = changed.files[1].body
         self.pbx.notifier.check_sync((ident.ip, ident.port))
         report = yield done
         self.assertTrue(report.ok, report.text())

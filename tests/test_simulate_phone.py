@@ -18,9 +18,10 @@ PORT = 45060
 FAST = Timing(t1=0.5, notify_timeout=3.0, reboot_delay=0.2, jitter=0.0)
 
 
-def make(model: str = "GRP2614", timing: Timing = FAST) -> Phone:
+def make(model: str = "GRP2614", timing: Timing = FAST, check_files: bool = False) -> Phone:
+    # Protocol tests serve placeholder bodies; reading real files is tested on its own below.
     ident = plan(1, [model], "127.0.0.7")[0]
-    return Phone(ident, PORT, timing, random.Random(7))
+    return Phone(ident, PORT, timing, random.Random(7), check_files=check_files)
 
 
 def sent(actions: list) -> list[sip.Request | sip.Response]:
@@ -385,7 +386,7 @@ def test_credentials_in_the_notify_url_are_used_for_the_challenge_not_sent_in_it
 
 def _provisioned(notify_auth=None) -> Phone:
     ident = plan(1, ["GRP2614"], "127.0.0.7")[0]
-    phone = Phone(ident, PORT, FAST, random.Random(7), notify_auth=notify_auth)
+    phone = Phone(ident, PORT, FAST, random.Random(7), notify_auth=notify_auth, check_files=False)
     _to_fetching(phone)
     phone.http_response(200, file_headers(b"v1"), b"v1", 0.02)
     phone.tick(0.22)
@@ -460,3 +461,39 @@ def test_a_grp_takes_its_notify_credentials_from_the_file_it_fetched():
     # other vendors do not challenge
     yealink = make("T46S")
     assert not yealink.learns_notify_auth
+
+
+def _notify_url(phone: Phone, url: str) -> None:
+    phone.boot(0.0)
+    (sub,) = sent(phone.tick(phone.deadline))
+    phone.receive(answer(sub, 200), ("127.0.0.1", PORT), 0.01)
+    h = sip.Headers()
+    for name, value in (("Via", "SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKx"), ("From", "<sip:a@b>;tag=1"),
+                        ("To", f"<sip:{phone.mac}@127.0.0.7>"), ("Call-ID", "c1"), ("CSeq", "1 NOTIFY"),
+                        ("Event", "ua-profile"), ("Content-Type", "application/url")):
+        h.add(name, value)
+    phone.receive(sip.Request("NOTIFY", "sip:x", h, url.encode()).to_bytes(), ("127.0.0.1", 5999), 0.02)
+
+
+def test_phone_applies_a_generated_file_and_refuses_a_broken_one():
+    from generator.render import Renderer
+
+    good = make("GRP2614", check_files=True)
+    _notify_url(good, "http://127.0.0.1:8080/p/")
+    body = Renderer().render(good.mac, "grandstream", "GRP2614", "1", {
+        "accounts": [{"sip_server": "pbx", "user_id": "1"}],
+        "keys": [{"type": "blf", "value": "2"}]}).files[0].body
+    assert good.state == State.FETCHING
+    good.http_response(200, file_headers(body), body, 0.03)
+    assert good.state == State.REBOOTING and ("P1363", "1") in good.applied[f"cfg{good.mac}.xml"]
+    bad = make("GRP2614", check_files=True)
+    _notify_url(bad, "http://127.0.0.1:8080/p/")
+    broken = body.replace(b"<P323>-1<", b"<P323>40<")  # MPK 1 mode out of the template's range
+    bad.http_response(200, file_headers(broken), broken, 0.03)
+    assert bad.state == State.FAILED and bad.step == "apply" and "P323" in bad.reason
+
+
+def test_yealink_phone_fetches_its_models_common_file_from_a_directory_url():
+    phone = make("T48S", check_files=True)
+    _notify_url(phone, "http://127.0.0.1:8080/p/")
+    assert [u.rsplit("/", 1)[1] for u in phone._urls] == ["y000000000065.cfg", f"{phone.mac}.cfg"]

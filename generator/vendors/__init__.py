@@ -1,16 +1,21 @@
 """Vendor families: which file names a phone reads, and how assignment fields map to settings.
 
-One package per vendor (``grandstream``, ``yealink``, ``snom``, ``fanvil``); in it, one template
-folder per family (``grandstream/grp26xx/cfg.xml.j2``) and a :class:`Family` value holding the
-model table, the file names and a ``context`` function that turns a validated assignment into
-what the templates print. Plain data and functions: a new family is a new value in ``FAMILIES``.
+One package per vendor (``grandstream``, ``yealink``, ``snom``, ``fanvil``); in it the family's
+record (``record.py``: models, OUIs, file names, NOTIFY form, every setting with its source; see
+``generator/vendors/record.py``), one template folder per family
+(``grandstream/grp26xx/cfg.xml.j2``) and a :class:`Family` value holding the record, the file
+names and a ``context`` function that turns a validated assignment into what the templates
+print. Plain data and functions: a new family is a new value in ``FAMILIES``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from generator.vendors.record import Model, Record
 
 
 class RenderProblem(Exception):
@@ -21,13 +26,6 @@ class RenderProblem(Exception):
         self.code = code
         self.message = message
         self.field = field
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    accounts: int
-    keys: int
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -45,37 +43,53 @@ class Target:
     vendor: str
     model: str  # canonical spelling from the family's table
     firmware: str
-    info: ModelInfo
+    info: "Model"
 
 
 @dataclass(frozen=True)
 class Family:
-    vendor: str
-    name: str
-    models: Mapping[str, ModelInfo]
+    record: "Record"
     files: tuple[FileSpec, ...]
-    notify_path: str  # pattern like FileSpec.name; "" = the directory
+    notify_file: str  # pattern like FileSpec.name: the file a NOTIFY names when the record says "file"
     context: Callable[[dict, Target], dict]
     # model spellings phones send -> the table's key ("SIP-T46S" -> "T46S")
     canonical: Callable[[str], str] = lambda model: model.upper()
+
+    @property
+    def vendor(self) -> str:
+        return self.record.vendor
+
+    @property
+    def name(self) -> str:
+        return self.record.family
+
+    @property
+    def models(self) -> Mapping[str, "Model"]:
+        return self.record.models
+
 
     def file_names(self, target: Target, context: Mapping[str, Any]) -> list[str]:
         values = {"mac": target.mac, "MAC": target.mac.upper(), **context.get("names", {})}
         return [spec.name.format(**values) for spec in self.files]
 
-    def notify(self, target: Target, context: Mapping[str, Any]) -> str:
+    def notify(self, target: Target, context: Mapping[str, Any], body: str | None = None) -> str:
+        """What the NOTIFY's URL appends to the phone's directory: "" (the directory itself) or the
+        per-phone file, as ``body`` (default: the record's) says."""
+        if (body or self.record.notify.body) == "directory":
+            return ""
         values = {"mac": target.mac, "MAC": target.mac.upper(), **context.get("names", {})}
-        return self.notify_path.format(**values)
+        return self.notify_file.format(**values)
 
 
 def _families() -> list[Family]:
     # Imported here: the vendor packages import the classes above from this module.
     from generator.vendors import fanvil, grandstream, snom, yealink
 
-    return [grandstream.GRP26XX, yealink.FAMILY, snom.FAMILY, fanvil.FAMILY]
+    return [grandstream.FAMILY, yealink.FAMILY, snom.FAMILY, fanvil.FAMILY]
 
 
 FAMILIES: list[Family] = _families()
+RECORDS: dict[str, "Record"] = {f.vendor: f.record for f in FAMILIES}
 
 _VENDOR_SPELLING = re.compile(r"[^a-z0-9]+")
 

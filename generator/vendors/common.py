@@ -1,14 +1,17 @@
 """What every vendor family needs from an assignment: defaults filled, model limits checked,
-server locations split, time zones as POSIX strings."""
+server locations split, settings checked against the family's record."""
 
 from __future__ import annotations
 
-import functools
 import re
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from markupsafe import escape
 
 from generator.vendors import RenderProblem, Target
+
+if TYPE_CHECKING:
+    from generator.vendors.record import Record
 
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
@@ -96,39 +99,12 @@ def url(text: str, protocol: str | None) -> str:
     return f"{scheme}://{rest}"
 
 
-_POSIX = re.compile(r"^[A-Za-z<>+\-0-9]{3,}[+-]?[0-9]{1,2}(:[0-9]{2}){0,2}([A-Za-z<>+\-0-9]{3,}.*)?$")
-
-
-@functools.lru_cache(maxsize=512)
-def posix_tz(value: str) -> str:
-    """A POSIX TZ string for an IANA name (from the system's tzdata footer) or the string itself."""
-    if "/" in value or value in ("UTC", "GMT"):
-        for base in ("/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo"):
-            path = Path(base) / value
-            try:
-                if path.resolve().is_relative_to(Path(base).resolve()) and path.is_file():
-                    footer = path.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("ascii")
-                    if footer:
-                        return footer
-            except (OSError, UnicodeDecodeError, ValueError):
-                continue
-        raise RenderProblem("schema", f"time_zone {value!r} is not a known time zone name", "time_zone")
-    if _POSIX.match(value):
-        return value
-    raise RenderProblem("schema", f"time_zone {value!r} is neither a time zone name (Europe/Berlin) "
-                        "nor a POSIX TZ string (CET-1CEST,M3.5.0,M10.5.0/3)", "time_zone")
-
-
-_OFFSET = re.compile(r"^(?:<[^>]+>|[A-Za-z]+)([+-]?)([0-9]{1,2})(?::([0-9]{2}))?")
-
-
-def utc_offset_minutes(posix: str) -> int:
-    """Standard-time offset east of UTC (POSIX writes it west: CET-1 is UTC+1)."""
-    m = _OFFSET.match(posix)
-    if not m:
-        return 0
-    minutes = int(m.group(2)) * 60 + int(m.group(3) or 0)
-    return minutes if m.group(1) == "-" else -minutes
+def checked(record: "Record", settings: list[tuple[str, str]], raw: set[str] = frozenset()) -> None:
+    """Refuse to write a setting the family's record does not document, or a value it does not
+    allow (``raw``: names from ``vendor_settings``, written as given)."""
+    found = record.problems([(n, v) for n, v in settings if n not in raw])
+    if found:
+        raise RenderProblem("unsupported", f"{record.vendor}: {found[0]}")
 
 
 def raw_settings(a: dict, vendor: str) -> list[tuple[str, str]]:
@@ -144,3 +120,11 @@ def text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+_XML_SPECIAL = re.compile(r"[&<>\"']")
+
+
+def xml_text(value: str) -> str:
+    """A value escaped exactly as the templates' autoescape writes it (``"`` as ``&#34;``)."""
+    return str(escape(value)) if _XML_SPECIAL.search(value) else value

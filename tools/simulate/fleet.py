@@ -161,6 +161,7 @@ class Fleet:
     credentials: tuple[str, str] | None = None  # answer HTTP 401 challenges (Basic, Digest)
     linger: float = 0.0  # keep the phones up this long after the last one is done (resyncs)
     stamped: bool = True  # kernel receive times (needs the real reactor's clock: wall time)
+    check_files: bool = True  # phones read each file as their vendor's firmware does
 
     def __post_init__(self) -> None:
         if self.reactor is None:
@@ -173,7 +174,7 @@ class Fleet:
             raise PlanError(f"SUBSCRIBE target {self.group} is neither multicast nor in 127.0.0.0/8")
         rng = random.Random(self.seed)
         self.phones = [Phone(i, self.sip_port, self.timing, random.Random(rng.random()), self.group,
-                             self.credentials) for i in self.identities]
+                             self.credentials, self.check_files) for i in self.identities]
         self.counters = {"datagrams_in": 0, "datagrams_out": 0, "send_errors": 0, "http_requests": 0}
         self._ports: dict[int, Any] = {}
         self._timers: dict[int, Any] = {}

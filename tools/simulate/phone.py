@@ -11,7 +11,10 @@ So every rule of the guide is testable with plain values:
   response goes where RFC 3261 §18.2.2 / RFC 3581 say (source IP; source port with ``rport``,
   else the Via's port);
 - fetch the file(s) with the vendor's User-Agent and check ``Repr-Digest``/``ETag`` against the
-  body's sha256; "reboot"; fetch again expecting the same sha256 or a 304: then provisioned;
+  body's sha256; read each file the way the vendor's firmware does (``vendors.check_file``: a GRP
+  refuses a P-value its template does not have, a Yealink a common file named for another model,
+  a snom a ``setting_server`` that is a directory) and fail at step ``apply`` when it would not
+  take it; "reboot"; fetch again expecting the same sha256 or a 304: then provisioned;
 - once provisioned, a ``check-sync`` NOTIFY (resync) is answered 200 and the phone goes through
   download, reboot and check again. With ``notify_auth`` it first challenges the NOTIFY, as a
   factory Grandstream does ("Disable SIP NOTIFY Authentication", P4428, is 0 by default): a 401
@@ -34,7 +37,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from services.sip import digest
 from services.sip import message as sip
-from tools.simulate.vendors import GROUP, Dialog, Identity, file_names, new_dialog
+from tools.simulate.vendors import GROUP, Dialog, FileRefused, Identity, check_file, file_names, new_dialog
 
 
 class State(str, Enum):
@@ -118,8 +121,10 @@ class Phone:
     def __init__(self, ident: Identity, target_port: int, timing: Timing | None = None,
                  rng: random.Random | None = None, group: str = GROUP,
                  credentials: tuple[str, str] | None = None,
-                 notify_auth: tuple[str, str] | None = None) -> None:
+                 notify_auth: tuple[str, str] | None = None, check_files: bool = True) -> None:
         self.ident = ident
+        self.check_files = check_files
+        self.applied: dict[str, list[tuple[str, str]]] = {}  # file name -> the settings it applied
         self.vendor = ident.vendor
         self.target = (group, target_port)
         self.timing = timing or Timing()
@@ -240,6 +245,12 @@ class Phone:
                 self._fail(now, "refetch", f"{name}: sha256 changed after reboot ({before} -> {digest})")
                 return []
         else:
+            if self.check_files:
+                try:
+                    self.applied[name] = check_file(self.vendor, self.ident.model, self.mac, name, body)
+                except FileRefused as exc:
+                    self._fail(now, "apply", f"{name}: {exc}")
+                    return []
             self._checked[url] = (digest, headers.get("etag"))
             if self.times.file is None:
                 self.times.file = now
@@ -412,7 +423,8 @@ class Phone:
             url = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
         self.notify_in_dialog = bool(self._dialog and req.call_id == self._dialog.call_id)
         self._urls = (
-            [url + name for name in file_names(self.vendor, self.mac)] if url.endswith("/") else [url]
+            [url + name for name in file_names(self.vendor, self.mac, self.ident.model)]
+            if url.endswith("/") else [url]
         )
         self._next = 0
         self.state = State.FETCHING

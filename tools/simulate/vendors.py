@@ -12,13 +12,23 @@ copes with tidy messages fails in the field:
 - Fanvil: the Fanvil-family manual's shape: ``MAC=`` + lower-case MAC and a From without a tag.
 
 What the phone fetches: when the NOTIFY URL ends in ``/`` the phone appends its vendor's file
-names; otherwise the URL is the file itself. The User-Agent of the HTTP requests is the one the
-vendor's firmware sends (Grandstream's carries ``DevId <mac>``, Yealink's the colon MAC).
+names (a Yealink its model's common file ``y000000000xxx.cfg``, then ``{mac}.cfg``); otherwise
+the URL is the file itself. The User-Agent of the HTTP requests is the one the vendor's firmware
+sends (Grandstream's carries ``DevId <mac>``, Yealink's the colon MAC).
+
+How a phone reads a file (:func:`check_file`), from the vendor facts in
+``generator/vendors/<vendor>/record.py``: a GRP applies ``<gs_provision>`` P-values and refuses a
+file with a P-value or value its template does not document (an MPK mode out of range, say); a
+Yealink wants the ``#!version:1.0.0.1`` line, ``key = value`` lines and, for a common file, the
+name its model reads; a snom refuses a ``setting_server`` that is not the URL of a file; a Fanvil
+wants a ``<sysConf>`` document. Every parser returns the (setting, value) pairs it applied.
 """
 
 from __future__ import annotations
 
 import random
+import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -164,8 +174,7 @@ VENDORS: dict[str, Vendor] = {v.name: v for v in (
     Vendor(
         "grandstream", "000b82", 5080,
         {"GRP2614": "1.0.0.31", "GRP2612": "1.0.0.31", "GRP2613": "1.0.0.31", "GRP2615": "1.0.0.31",
-         "GRP2616": "1.0.0.31", "GRP2601": "1.0.1.18", "GRP2602": "1.0.1.18", "GRP2603": "1.0.1.18",
-         "GRP2604": "1.0.1.18", "GRP2624": "1.0.5.48", "GRP2634": "1.0.5.48"},
+         "GRP2616": "1.0.0.31"},
         ("cfg{mac}.xml",),
         lambda p: f"Grandstream Model HW {p.model} SW {p.firmware} DevId {p.mac}",
         _grandstream,
@@ -174,7 +183,7 @@ VENDORS: dict[str, Vendor] = {v.name: v for v in (
         "yealink", "001565", 5059,
         {"T46S": "66.86.0.15", "T48S": "66.86.0.15", "T54W": "96.86.0.70", "T57W": "97.86.0.70",
          "T33G": "124.86.0.40"},
-        ("{mac}.cfg",),
+        ("y000000000{hw}.cfg", "{mac}.cfg"),
         lambda p: f"Yealink SIP-{p.model} {p.firmware} {_colon_mac(p.mac)}",
         _yealink,
     ),
@@ -214,5 +223,119 @@ def find_model(name: str) -> tuple[Vendor, str]:
     raise UnknownModel(f"unknown model {name!r}; known: {known} (or a vendor name: {', '.join(VENDORS)})")
 
 
-def file_names(vendor: Vendor, mac: str) -> list[str]:
-    return [f.format(mac=mac) for f in vendor.files]
+def _hw(vendor: Vendor, model: str) -> str:
+    from generator.vendors import RECORDS
+
+    info = RECORDS[vendor.name].models.get(model)
+    return f"{info.extra['hw']:03d}" if info is not None and "hw" in info.extra else "000"
+
+
+def file_names(vendor: Vendor, mac: str, model: str = "") -> list[str]:
+    """The files a phone fetches from a directory URL, in order."""
+    hw = _hw(vendor, model) if vendor.name == "yealink" else ""
+    return [f.format(mac=mac, hw=hw) for f in vendor.files]
+
+
+class FileRefused(ValueError):
+    """What a phone's firmware would refuse in a file, worded for the run's report."""
+
+
+def check_file(vendor: Vendor, model: str, mac: str, name: str, body: bytes,
+               known: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The (setting, value) pairs the phone applies from one file; FileRefused when it would not.
+
+    A simulated GRP knows the P-values of its record (the ones checked against Grandstream's
+    template) plus ``known`` (say, an assignment's ``vendor_settings``): a real one knows its whole
+    template, which this project does not carry."""
+    parse = _PARSERS[vendor.name]
+    pairs = parse(vendor, model, mac, name, body)
+    from generator.vendors import RECORDS
+
+    if vendor.name == "grandstream":
+        # The GRP applies P-values from its own template only, each within its documented range.
+        problems = RECORDS["grandstream"].problems([(k, v) for k, v in pairs if k not in known])
+        if problems:
+            raise FileRefused(problems[0])
+    return pairs
+
+
+def _xml(body: bytes, root: str) -> ET.Element:
+    try:
+        doc = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise FileRefused(f"not well-formed XML: {exc}") from None
+    if doc.tag != root:
+        raise FileRefused(f"root element <{doc.tag}>, not <{root}>")
+    return doc
+
+
+def parse_grandstream(vendor: Vendor, model: str, mac: str, name: str, body: bytes) -> list[tuple[str, str]]:
+    doc = _xml(body, "gs_provision")
+    if doc.get("version") != "1":
+        raise FileRefused("<gs_provision> without version=\"1\"")
+    if (doc.findtext("mac") or "").lower() != mac:
+        raise FileRefused(f"<mac> is {doc.findtext('mac')!r}, not this phone's {mac}")
+    config = doc.find("config")
+    if config is None:
+        raise FileRefused("no <config> element")
+    return [(child.tag, child.text or "") for child in config]
+
+
+_YEALINK_LINE = re.compile(r"^([A-Za-z0-9_.]+)\s*=\s?(.*)$")
+
+
+def parse_yealink(vendor: Vendor, model: str, mac: str, name: str, body: bytes) -> list[tuple[str, str]]:
+    if name.startswith("y0") and name != file_names(vendor, mac, model)[0]:
+        raise FileRefused(f"{name} is not the common file a {model} reads ({file_names(vendor, mac, model)[0]})")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FileRefused("not UTF-8 text") from None
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "#!version:1.0.0.1":
+        raise FileRefused("the first line is not #!version:1.0.0.1")
+    pairs = []
+    for number, line in enumerate(lines[1:], 2):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _YEALINK_LINE.match(line)
+        if not m:
+            raise FileRefused(f"line {number} is not key = value: {line[:60]!r}")
+        pairs.append((m.group(1), m.group(2)))
+    return pairs
+
+
+def parse_snom(vendor: Vendor, model: str, mac: str, name: str, body: bytes) -> list[tuple[str, str]]:
+    doc = _xml(body, "settings")
+    pairs = []
+    for section in doc:
+        if section.tag == "phone-settings":
+            pairs += [(child.tag, child.text or "") for child in section]
+        elif section.tag == "functionKeys":
+            for key in section:
+                pairs += [("fkey", key.text or ""), ("fkey@context", key.get("context", "")),
+                          ("fkey@label", key.get("label", ""))]
+    for setting, value in pairs:
+        if setting == "setting_server" and (not re.match(r"^(?:https?|tftp|ftp)://", value) or value.endswith("/")):
+            raise FileRefused(f"setting_server {value!r} is not the URL of a settings file")
+    return pairs
+
+
+def parse_fanvil(vendor: Vendor, model: str, mac: str, name: str, body: bytes) -> list[tuple[str, str]]:
+    doc = _xml(body, "sysConf")
+    pairs: list[tuple[str, str]] = []
+
+    def walk(node: ET.Element, path: str) -> None:
+        for child in node:
+            where = f"{path}/{child.tag}" if path else child.tag
+            if len(child):
+                walk(child, where)
+            else:
+                pairs.append((where, child.text or ""))
+
+    walk(doc, "")
+    return [(k, v) for k, v in pairs if k != "Version"]
+
+
+_PARSERS = {"grandstream": parse_grandstream, "yealink": parse_yealink, "snom": parse_snom,
+            "fanvil": parse_fanvil}

@@ -1,47 +1,24 @@
-"""Grandstream GRP26xx: ``cfg{mac}.xml`` in the ``<gs_provision version="1">`` P-value format.
+"""Grandstream GRP261x: ``cfg{mac}.xml`` in the ``<gs_provision version="1">`` P-value format.
 
-Every number here is a P-value of Grandstream's GRP261x configuration template (see
-docs/GENERATOR.md for what was checked where). The context is one ordered list of
-(P-value, text) pairs; the template only prints it.
+Every P-value, its meaning, allowed values and source are in ``record.py``; the context is one
+ordered list of (P-value, text) pairs, checked against the record, that the template only prints.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
-from generator.vendors import Family, FileSpec, ModelInfo, RenderProblem, Target
-from generator.vendors import common
+from generator.vendors import Family, FileSpec, RenderProblem, Target
+from generator.vendors import common, tz
+from generator.vendors.grandstream.record import (
+    ACCOUNT_1, ACCOUNT_1_VOCODERS, ACCOUNT_BASE, ACCOUNT_N, ACCOUNT_N_VOCODERS, DYNAMIC_NONE, KEY_MODE,
+    MODELS, P246_MAX, RECORD, SIP_RESET, TIME_ZONES, TRANSPORT, UPGRADE_VIA, VOCODER, mpk_p, vpk_p,
+)
+from generator.vendors.record import language
 
-# accounts, VPKs (virtual keys on the main screen), MPKs (keys beside a second screen)
-MODELS = {
-    "GRP2601": ModelInfo(2, 2, {"vpk": 2, "mpk": 0}),
-    "GRP2602": ModelInfo(4, 4, {"vpk": 4, "mpk": 0}),
-    "GRP2603": ModelInfo(6, 6, {"vpk": 6, "mpk": 0}),
-    "GRP2604": ModelInfo(6, 10, {"vpk": 10, "mpk": 0}),
-    "GRP2612": ModelInfo(2, 16, {"vpk": 16, "mpk": 0}),
-    "GRP2613": ModelInfo(3, 24, {"vpk": 24, "mpk": 0}),
-    "GRP2614": ModelInfo(4, 40, {"vpk": 16, "mpk": 24}),
-    "GRP2615": ModelInfo(5, 40, {"vpk": 40, "mpk": 0}),
-    "GRP2616": ModelInfo(6, 40, {"vpk": 16, "mpk": 24}),
-    "GRP2624": ModelInfo(6, 48, {"vpk": 48, "mpk": 0}),
-    "GRP2634": ModelInfo(6, 48, {"vpk": 48, "mpk": 0}),
-}
-
-TRANSPORT = {"udp": 0, "tcp": 1, "tls": 2}
-VOCODER = {"pcmu": 0, "pcma": 8, "g722": 9, "g729": 18, "opus": 123}
-UPGRADE_VIA = {"tftp": 0, "http": 1, "https": 2}
-KEY_MODE = {"none": -1, "speed_dial": 0, "blf": 1, "dtmf": 5, "voicemail": 6, "transfer": 8,
-            "park": 9, "intercom": 10, "line": 31}
-
-# Account 1 has its own numbers; account n > 1 counts from a base (account 2: P401 ...).
-ACCOUNT_1 = {"active": 271, "name": 270, "server": 47, "proxy": 48, "user_id": 35, "auth_id": 36,
-             "password": 34, "display_name": 3, "transport": 130}
-ACCOUNT_1_VOCODERS = (57, 58, 59, 60, 61, 62, 46, 98)
-ACCOUNT_BASE = {2: 400, 3: 500, 4: 600, 5: 1700, 6: 1800}
-ACCOUNT_N = {"active": 1, "name": 17, "server": 2, "proxy": 3, "user_id": 4, "auth_id": 5,
-             "password": 6, "display_name": 7, "transport": 48}
-ACCOUNT_N_VOCODERS = tuple(range(51, 59))
+__all__ = ["FAMILY", "MODELS", "mpk_p", "vpk_p", "time_zone"]
 
 
 def account_p(number: int, what: str) -> int:
@@ -56,25 +33,74 @@ def vocoder_p(number: int) -> tuple[int, ...]:
     return tuple(ACCOUNT_BASE[number] + n for n in ACCOUNT_N_VOCODERS)
 
 
-def vpk_p(n: int) -> tuple[int, int, int, int]:
-    """(mode, account, description, value) of VPK n: 1-6 have fixed numbers, 7+ count from P23800."""
-    if n <= 6:
-        return 1363 + 2 * (n - 1), 1364 + 2 * (n - 1), 1465 + 2 * (n - 1), 1466 + 2 * (n - 1)
-    base = 23800 + 4 * (n - 7)
-    return base, base + 1, base + 2, base + 3
-
-
-def mpk_p(n: int) -> tuple[int, int, int, int]:
-    base = 23000 + 5 * (n - 1)
-    return base, base + 1, base + 2, base + 3
-
-
 _P = re.compile(r"^P[0-9]{1,5}$")
+_ADMIN = re.compile(r"^[a-zA-Z0-9]*$")
 
 
 def _server(acc: dict) -> str:
     default = common.DEFAULT_PORTS[acc["transport"]]
     return acc["sip_server"] if acc["port"] == default else f"{acc['sip_server']}:{acc['port']}"
+
+
+def _listed() -> list[tuple[str, tz.Zone]]:
+    out = []
+    for minutes, value in TIME_ZONES:
+        try:
+            zone = tz.parse_posix(value)
+        except RenderProblem:
+            continue  # daylight saving without rules: what the firmware assumes is unknown
+        # An entry whose POSIX meaning disagrees with its own label is never chosen.
+        if zone.std_offset == minutes * 60:
+            out.append((value, zone))
+    return out
+
+
+_LISTED = _listed()
+
+
+def time_zone(name: str) -> tuple[str, str | None]:
+    """(P64, P246): the template's list value with the zone's rule, else customize + the rule."""
+    zone = tz.zone(name)
+    for value, listed in _LISTED:
+        if tz.same_rule(zone, listed):
+            return value, None
+    if len(zone.posix) > P246_MAX:
+        raise tz.unsupported(zone, "grandstream", f"its rule {zone.posix!r} is longer than the "
+                             f"{P246_MAX} characters P246 takes")
+    return "customize", zone.posix
+
+
+def _key(put, mode: Any, account: int, label: str, value: str, p: tuple[int, int, int, int]) -> None:
+    put(p[0], mode)
+    put(p[1], account)
+    put(p[2], label)
+    put(p[3], value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _xml_line(name: str, value: str) -> str:
+    return f"    <{name}>{common.xml_text(value)}</{name}>"
+
+
+@functools.lru_cache(maxsize=64)
+def _unused_keys(model: str, accounts: int) -> dict[str, str]:
+    """Every key of the model as it is when the assignment leaves it out, in key order: a fixed
+    VPK the account's line (or none, beyond the accounts), a dynamic VPK "none", an MPK -1."""
+    extra = MODELS[model].extra
+    out: dict[str, str] = {}
+
+    def put(p: int, value: Any) -> None:
+        out[f"P{p}"] = common.text(value)
+
+    for n in range(1, extra["vpk"] + extra["mpk"] + 1):
+        if n > extra["vpk"]:
+            _key(put, KEY_MODE["none"], 0, "", "", mpk_p(n - extra["vpk"]))
+        elif n <= extra["fixed"]:
+            line = n <= accounts
+            _key(put, KEY_MODE["line"] if line else KEY_MODE["none"], n - 1 if line else 0, "", "", vpk_p(n))
+        else:
+            _key(put, DYNAMIC_NONE, 0, "", "", vpk_p(n))
+    return out
 
 
 def context(a: dict, target: Target) -> dict[str, Any]:
@@ -87,7 +113,10 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     codes = [VOCODER[c] for c in a.get("codecs", [])]
     for number in range(1, target.info.accounts + 1):
         if number > len(accounts):
+            # Switched off and emptied: no credentials of a removed account stay on the phone.
             put(account_p(number, "active"), 0)
+            for what in ("name", "server", "proxy", "user_id", "auth_id", "password", "display_name"):
+                put(account_p(number, what), "")
             continue
         acc = accounts[number - 1]
         put(account_p(number, "active"), 1 if acc["enabled"] else 0)
@@ -99,65 +128,92 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(account_p(number, "password"), acc["password"])
         put(account_p(number, "display_name"), acc["display_name"])
         put(account_p(number, "transport"), TRANSPORT[acc["transport"]])
+        # A resync (check-sync NOTIFY) is refused unless the account allows a SIP reset.
+        put(SIP_RESET[number], 1)
         if codes:
             # Every choice slot needs a value; repeating the last choice adds nothing new.
             for slot, p in enumerate(vocoder_p(number)):
                 put(p, codes[min(slot, len(codes) - 1)])
 
-    vpks = target.info.extra["vpk"]
-    for key in common.keys(a, target):
-        n = key["number"]
+    extra = target.info.extra
+    vpks, fixed, mpks = extra["vpk"], extra["fixed"], extra["mpk"]
+    given = {k["number"]: k for k in common.keys(a, target)}
+    # Every key the model has is written: a key dropped from the assignment is reset on the
+    # phone, and a skipped dynamic VPK would delete every VPK after it.
+    settings.update(_unused_keys(target.model, len(accounts)))
+    for n, key in given.items():
+        where = f"keys[{n - 1}]"
         if n <= vpks:
-            # Only the first VPKs are line keys ("fixed"); the template allows mode 31 only there.
-            if key["type"] == "line" and n > target.info.accounts:
-                raise RenderProblem("unsupported", f"keys[{n - 1}]: a line key must be one of the first "
-                                    f"{target.info.accounts} keys of the {target.model}", f"keys[{n - 1}].type")
-            mode_p, account_p_, label_p, value_p = vpk_p(n)
+            p = vpk_p(n)
+            if key["type"] == "line" and n > fixed:
+                raise RenderProblem("unsupported", f"{where}: a line key must be one of the first {fixed} keys "
+                                    f"(the fixed VPKs) of the {target.model}", f"{where}.type")
+            if n <= fixed and (len(key["label"]) > 32 or len(key["value"]) > 64):
+                raise RenderProblem("unsupported", f"{where}: on a fixed VPK of the {target.model} the label "
+                                    "takes at most 32 characters and the value 64", where)
+            mode = KEY_MODE[key["type"]]
+            if n > fixed and key["type"] == "none":
+                mode = DYNAMIC_NONE
         else:
+            p = mpk_p(n - vpks)
             if key["type"] == "line":
-                raise RenderProblem("unsupported", f"keys[{n - 1}] is MPK {n - vpks} of the {target.model}; "
-                                    "a line key must be one of its first "
-                                    f"{vpks} keys (VPKs)", f"keys[{n - 1}].type")
-            mode_p, account_p_, label_p, value_p = mpk_p(n - vpks)
-        put(mode_p, KEY_MODE[key["type"]])
-        put(account_p_, key["account"] - 1)
-        put(label_p, key["label"])
-        put(value_p, key["value"])
+                raise RenderProblem("unsupported", f"{where} is MPK {n - vpks} of the {target.model}; a line "
+                                    f"key must be one of its first {fixed} keys (the fixed VPKs)", f"{where}.type")
+            mode = KEY_MODE[key["type"]]
+        _key(put, mode, key["account"] - 1, key["label"], key["value"], p)
 
     prov = a.get("provisioning", {})
     protocol = common.protocol_of(prov)
     if "config_server" in prov:
         put(237, common.location(prov["config_server"], protocol)[1])
+        # Otherwise a DHCP server's option 66/43 replaces the config server written here.
+        put(145, 0)
     if "firmware_server" in prov:
         put(192, common.location(prov["firmware_server"], protocol)[1])
     if protocol:
         put(212, UPGRADE_VIA.get(protocol, 1))
+        if "firmware_server" in prov:
+            put(6767, UPGRADE_VIA.get(protocol, 1))
     interval = common.check_interval(prov)
     if interval is not None:
         put(194, 1 if interval else 0)
         if interval:
             put(193, interval)
     if "time_zone" in a:
-        put(64, common.posix_tz(a["time_zone"]))
+        listed, custom = time_zone(a["time_zone"])
+        put(64, listed)
+        if custom is not None:
+            put(246, custom)
+        # Otherwise DHCP option 2 (a bare UTC offset) replaces the zone and its daylight saving.
+        put(143, 0)
     if "ntp_server" in a:
         put(30, a["ntp_server"])
     if "admin_password" in a:
+        if not _ADMIN.match(a["admin_password"]):
+            raise RenderProblem("unsupported", "admin_password: Grandstream phones take only letters a-z, "
+                                "A-Z and digits 0-9 (P2)", "admin_password")
         put(2, a["admin_password"])
+    if "language" in a:
+        put(1362, language(RECORD, a["language"]))
+    # The phone challenges a NOTIFY (P4428 = 0); said explicitly, as the resync relies on it.
+    put(4428, 0)
+    common.checked(RECORD, list(settings.items()))
     for name, value in common.raw_settings(a, "grandstream"):
         if not _P.match(name):
             raise RenderProblem("schema", f"vendor_settings.grandstream.{name}: Grandstream settings are "
                                 "P-values such as P1362", f"vendor_settings.grandstream.{name}")
         settings[name] = value
-    return {"settings": list(settings.items())}
+    # The built-in template prints these lines as they are: a few hundred P-values per file are
+    # rendered far faster in one join than by a template loop.
+    lines = "\n".join(_xml_line(name, value) for name, value in settings.items())
+    return {"settings": list(settings.items()), "config_lines": lines}
 
 
-GRP26XX = Family(
-    vendor="grandstream",
-    name="grp26xx",
-    models=MODELS,
+FAMILY = Family(
+    record=RECORD,
     files=(FileSpec("cfg.xml", "cfg{mac}.xml", "application/xml"),),
-    # The NOTIFY carries the directory: the phone appends cfg<mac>.xml itself.
-    notify_path="",
+    notify_file="cfg{mac}.xml",
     context=context,
     canonical=lambda model: model.strip().upper().removeprefix("GRANDSTREAM").strip(" -_"),
 )
+GRP26XX = FAMILY

@@ -1,51 +1,53 @@
 """snom D-series: one XML settings file ``{mac}.xml`` (``<settings><phone-settings>`` with
-indexed identity settings, ``<functionKeys>`` with ``<fkey>``). snom phones fetch the URL the
-NOTIFY carries as it is, so the file is named in the NOTIFY.
+indexed identity settings, ``<functionKeys>`` with ``<fkey>``). Every setting, its values and
+its source are in ``record.py``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-import re
+from generator.vendors import Family, FileSpec, RenderProblem, Target
+from generator.vendors import common, tz
+from generator.vendors.record import language
+from generator.vendors.snom.record import CODECS, MODELS, RECORD, SUPPORTED_KEYS
 
-from generator.vendors import Family, FileSpec, ModelInfo, RenderProblem, Target
-from generator.vendors import common
+__all__ = ["FAMILY", "MODELS", "time_zone"]
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
-MODELS = {
-    "D715": ModelInfo(4, 5),
-    "D717": ModelInfo(6, 6),
-    "D735": ModelInfo(12, 32),
-    "D765": ModelInfo(12, 16),
-    "D785": ModelInfo(12, 24),
-}
 
-SUPPORTED_KEYS = {"none", "line", "blf", "speed_dial", "dtmf", "transfer"}
+def _change(zone: tz.Zone, change: tz.Change) -> str:
+    if not 0 <= change.time < 24 * 3600:
+        raise tz.unsupported(zone, "snom", "its daylight-saving switch is outside 00:00-23:59")
+    weekday = (change.weekday + 6) % 7 + 1  # snom: 1 = Monday ... 7 = Sunday; POSIX: 0 = Sunday
+    h, rest = divmod(change.time, 3600)
+    return f"{change.month:02d}.{change.week:02d}.{weekday:02d} {h:02d}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def _host(acc: dict) -> str:
-    host = acc["sip_server"]
-    if acc["port"] != common.DEFAULT_PORTS[acc["transport"]]:
-        host += f":{acc['port']}"
-    if acc["transport"] != "udp":
-        host += f";transport={acc['transport']}"
-    return host
+def time_zone(name: str) -> list[tuple[str, str]]:
+    zone = tz.zone(name)
+    dst = ""
+    if zone.has_dst:
+        assert zone.start and zone.end
+        dst = f"{zone.save} {_change(zone, zone.start)} {_change(zone, zone.end)}"
+    return [("timezone", ""), ("utc_offset", f"{zone.std_offset:+d}"), ("dst", dst)]
 
 
-def _fkey(key: dict, accounts: list[dict]) -> str:
+def _fkey(key: dict) -> str:
     kind, value = key["type"], key["value"]
-    if kind == "none":
-        return "none"
-    if kind == "line":
-        return "line"
-    if kind == "blf":
-        target = value if "@" in value else f"{value}@{accounts[key['account'] - 1]['sip_server']}"
-        return f"blf sip:{target}"
-    if kind == "speed_dial":
-        return f"speed {value}"
-    return f"{kind} {value}"
+    if kind in ("none", "line"):
+        return kind
+    if kind == "transfer":
+        if value:
+            raise RenderProblem("unsupported", f"keys[{key['number'] - 1}]: a snom transfer key takes no value",
+                                f"keys[{key['number'] - 1}].value")
+        return "transfer"
+    if not value:
+        raise RenderProblem("schema", f"keys[{key['number'] - 1}]: a {kind} key needs a value",
+                            f"keys[{key['number'] - 1}].value")
+    return f"{'speed' if kind == 'speed_dial' else 'blf'} {value}"
 
 
 def context(a: dict, target: Target) -> dict[str, Any]:
@@ -55,10 +57,13 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         settings.append((name, str(idx), common.text(value)))
 
     accounts = common.accounts(a, target)
-    codecs = a.get("codecs")
+    codecs = [CODECS[c] for c in a.get("codecs", []) if c in CODECS]
     for number in range(1, target.info.accounts + 1):
         if number > len(accounts):
+            # Switched off and emptied: no credentials of a removed account stay on the phone.
             put("user_active", "off", number)
+            for name in ("user_realname", "user_name", "user_pname", "user_pass", "user_host", "user_idle_text"):
+                put(name, "", number)
             continue
         acc = accounts[number - 1]
         put("user_active", "on" if acc["enabled"] else "off", number)
@@ -66,29 +71,57 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put("user_name", acc["user_id"], number)
         put("user_pname", acc["auth_id"], number)
         put("user_pass", acc["password"], number)
-        put("user_host", _host(acc), number)
-        put("user_outbound", acc["outbound_proxy"], number)
+        default = common.DEFAULT_PORTS[acc["transport"]]
+        put("user_host", acc["sip_server"] + ("" if acc["port"] == default else f":{acc['port']}"), number)
+        put("user_outbound", f"{acc['outbound_proxy'] or acc['sip_server']}:{acc['port']};"
+            f"transport={acc['transport']}", number)
         put("user_idle_text", acc["label"], number)
-        if codecs:
-            put("codec_priority_list", ",".join(codecs), number)
+        if "codecs" in a:
+            put("codec_priority_list", ",".join(codecs + ["telephone-event"]), number)
 
     prov = a.get("provisioning", {})
     protocol = common.protocol_of(prov)
     if "config_server" in prov:
-        put("setting_server", common.url(prov["config_server"], protocol))
+        # The phone fetches exactly this URL: its own file, not the directory.
+        put("setting_server", common.url(prov["config_server"], protocol).rstrip("/") + f"/{target.mac}.xml")
     if "firmware_server" in prov:
-        put("firmware_status", common.url(prov["firmware_server"], protocol))
+        firmware = common.url(prov["firmware_server"], protocol)
+        if firmware.endswith(".xml"):
+            put("firmware_status", firmware)
+        elif firmware.endswith(".bin"):
+            put("firmware", firmware)
+        else:
+            raise RenderProblem("unsupported", "provisioning.firmware_server: a snom phone needs the URL of a "
+                                "<firmware-settings> file (.xml) or of the firmware file itself (.bin), not a "
+                                "directory", "provisioning.firmware_server")
     interval = common.check_interval(prov)
     if interval is not None:
         put("settings_refresh_timer", interval * 60)
     if "time_zone" in a:
-        put("utc_offset", common.utc_offset_minutes(common.posix_tz(a["time_zone"])) * 60)
+        for name, value in time_zone(a["time_zone"]):
+            put(name, value)
     if "ntp_server" in a:
         put("ntp_server", a["ntp_server"])
+    if "language" in a:
+        lang = language(RECORD, a["language"])
+        put("language", lang)
+        put("web_language", lang)
     if "admin_password" in a:
         put("admin_mode_password", a["admin_password"])
         put("http_user", "admin")
         put("http_pass", a["admin_password"])
+    given = {k["number"]: k for k in common.keys(a, target, SUPPORTED_KEYS)}
+    # Every function key is written, so one dropped from the assignment is reset on the phone.
+    fkeys = []
+    for n in range(1, target.info.keys + 1):
+        key = given.get(n)
+        if key is None:
+            fkeys.append({"idx": n - 1, "context": "active", "label": "", "value": "none"})
+        else:
+            fkeys.append({"idx": n - 1, "context": str(key["account"]), "label": key["label"], "value": _fkey(key)})
+    common.checked(RECORD, [(s[0], s[2]) for s in settings]
+                   + [(f"fkey{part}", f[field]) for f in fkeys
+                      for part, field in (("", "value"), ("@context", "context"), ("@label", "label"))])
     raw = common.raw_settings(a, "snom")
     for name, _ in raw:
         if not _NAME.match(name):
@@ -98,18 +131,19 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     settings = [s for s in settings if s[0] not in names or s[1]]
     for name, value in raw:
         put(name, value)
-    fkeys = [{"idx": key["number"] - 1, "context": key["account"], "label": key["label"],
-              "value": _fkey(key, accounts)}
-             for key in common.keys(a, target, SUPPORTED_KEYS)]
-    return {"settings": settings, "fkeys": fkeys}
+    # Printed as they are by the built-in template (one join is far faster than a template loop).
+    x = common.xml_text
+    setting_lines = "\n".join(
+        f'    <{n} idx="{i}" perm="">{x(v)}</{n}>' if i else f'    <{n} perm="">{x(v)}</{n}>' for n, i, v in settings)
+    fkey_lines = "\n".join(f'    <fkey idx="{k["idx"]}" context="{x(k["context"])}" label="{x(k["label"])}" '
+                           f'perm="">{x(k["value"])}</fkey>' for k in fkeys)
+    return {"settings": settings, "fkeys": fkeys, "setting_lines": setting_lines, "fkey_lines": fkey_lines}
 
 
 FAMILY = Family(
-    vendor="snom",
-    name="dseries",
-    models=MODELS,
+    record=RECORD,
     files=(FileSpec("settings.xml", "{mac}.xml", "application/xml"),),
-    notify_path="{mac}.xml",
+    notify_file="{mac}.xml",
     context=context,
     canonical=lambda model: model.strip().upper().removeprefix("SNOM").strip(" -_"),
 )

@@ -1,38 +1,61 @@
-"""Yealink T-series: a common file ``y0000000000xx.cfg`` (xx: the model's hardware id, the first
-number of its firmware version) and a per-phone ``{mac}.cfg``, both ``key = value`` text that
-starts with the mandatory ``#!version:1.0.0.1`` line. The per-phone file is what the NOTIFY names.
+"""Yealink T-series: a common file ``y000000000xxx.cfg`` (xxx: the model's id in ``record.py``)
+and a per-phone ``{mac}.cfg``, both ``key = value`` text that starts with the mandatory
+``#!version:1.0.0.1`` line. Every key, its values and its source are in ``record.py``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from generator.vendors import Family, FileSpec, ModelInfo, Target
-from generator.vendors import common
+from generator.vendors import Family, FileSpec, RenderProblem, Target
+from generator.vendors import common, tz
+from generator.vendors.record import language
+from generator.vendors.yealink.record import CODECS, KEY_TYPE, MODELS, NULL, RECORD, TRANSPORT
 
-# accounts, line keys (DSS keys over all pages), hardware id
-MODELS = {
-    "T33G": ModelInfo(4, 4, {"hw": 124}),
-    "T41S": ModelInfo(6, 15, {"hw": 66}),
-    "T42S": ModelInfo(12, 15, {"hw": 66}),
-    "T46S": ModelInfo(16, 27, {"hw": 66}),
-    "T48S": ModelInfo(16, 29, {"hw": 66}),
-    "T53": ModelInfo(12, 21, {"hw": 95}),
-    "T53W": ModelInfo(12, 21, {"hw": 95}),
-    "T54W": ModelInfo(16, 27, {"hw": 96}),
-    "T57W": ModelInfo(16, 29, {"hw": 97}),
-}
-
-TRANSPORT = {"udp": 0, "tcp": 1, "tls": 2}
-CODECS = ("pcmu", "pcma", "g722", "g729", "opus")
-KEY_TYPE = {"none": 0, "transfer": 3, "park": 10, "dtmf": 11, "voicemail": 12, "speed_dial": 13,
-            "intercom": 14, "line": 15, "blf": 16}
+__all__ = ["FAMILY", "MODELS", "time_zone"]
 
 
-def _offset(minutes: int) -> str:
-    sign = "+" if minutes >= 0 else "-"
-    hours, rest = divmod(abs(minutes), 60)
-    return f"{sign}{hours}" if not rest else f"{sign}{hours}:{rest:02d}"
+def _change(zone: tz.Zone, change: tz.Change) -> str:
+    if not change.whole_hour:
+        raise tz.unsupported(zone, "yealink", "its daylight-saving switch is not on a whole hour")
+    # Yealink counts weekdays from 1 = Sunday (POSIX: 0 = Sunday).
+    return f"{change.month}/{change.week}/{change.weekday + 1}/{change.time // 3600}"
+
+
+def time_zone(name: str) -> list[tuple[str, str]]:
+    zone = tz.zone(name)
+    out = [("local_time.time_zone", tz.hours_text(zone.std_offset))]
+    if not zone.has_dst:
+        return out + [("local_time.summer_time", "0")]
+    assert zone.start and zone.end
+    return out + [("local_time.summer_time", "1"), ("local_time.dst_time_type", "1"),
+                  ("local_time.start_time", _change(zone, zone.start)),
+                  ("local_time.end_time", _change(zone, zone.end)),
+                  ("local_time.offset_time", str(zone.save // 60))]
+
+
+_SUPPORTED = set(KEY_TYPE)
+
+
+@functools.lru_cache(maxsize=32)
+def _unused_account(number: int) -> dict[str, str]:
+    """An account dropped from the assignment: disabled and back to its factory values."""
+    p = f"account.{number}."
+    return {p + "enable": "0", **{p + name: NULL for name in (
+        "label", "display_name", "auth_name", "user_name", "password", "sip_server.1.address",
+        "sip_server.1.port", "sip_server.1.transport_type")}}
+
+
+@functools.lru_cache(maxsize=32)
+def _unused_keys(count: int) -> dict[str, str]:
+    """Line keys 1..count as they are when the assignment leaves them out (factory values)."""
+    out = {}
+    for n in range(1, count + 1):
+        out[f"linekey.{n}.type"] = str(KEY_TYPE["none"])
+        for name in ("line", "value", "label"):
+            out[f"linekey.{n}.{name}"] = NULL
+    return out
 
 
 def context(a: dict, target: Target) -> dict[str, Any]:
@@ -47,7 +70,7 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     for number in range(1, target.info.accounts + 1):
         p = f"account.{number}."
         if number > len(accounts):
-            put(device, p + "enable", 0)
+            device.update(_unused_account(number))
             continue
         acc = accounts[number - 1]
         put(device, p + "enable", 1 if acc["enabled"] else 0)
@@ -67,8 +90,11 @@ def context(a: dict, target: Target) -> dict[str, Any]:
                 put(device, p + f"codec.{codec}.enable", 1 if chosen else 0)
                 put(device, p + f"codec.{codec}.priority", codecs.index(codec) + 1 if chosen else 0)
 
-    for key in common.keys(a, target):
-        p = f"linekey.{key['number']}."
+    given = {k["number"]: k for k in common.keys(a, target, _SUPPORTED)}
+    # Every line key is written, so one dropped from the assignment is reset on the phone.
+    device.update(_unused_keys(target.info.keys))
+    for n, key in given.items():
+        p = f"linekey.{n}."
         put(device, p + "type", KEY_TYPE[key["type"]])
         put(device, p + "line", key["account"])
         put(device, p + "value", key["value"])
@@ -82,31 +108,43 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         # The NOTIFY names only the per-phone file: it must also say where to look next time.
         put(device, "static.auto_provision.server.url", server)
     if "firmware_server" in prov:
-        put(shared, "static.firmware.url", common.url(prov["firmware_server"], protocol))
+        firmware = common.url(prov["firmware_server"], protocol)
+        if not firmware.endswith(".rom"):
+            raise RenderProblem("unsupported", "provisioning.firmware_server: a Yealink phone needs the URL of "
+                                "the firmware file itself (ending in .rom), not a directory; give it for "
+                                "Yealink models in their own profile", "provisioning.firmware_server")
+        put(shared, "static.firmware.url", firmware)
     interval = common.check_interval(prov)
     if interval is not None:
         put(shared, "static.auto_provision.repeat.enable", 1 if interval else 0)
         if interval:
             put(shared, "static.auto_provision.repeat.minutes", interval)
     if "time_zone" in a:
-        put(shared, "local_time.time_zone", _offset(common.utc_offset_minutes(common.posix_tz(a["time_zone"]))))
+        for name, value in time_zone(a["time_zone"]):
+            put(shared, name, value)
     if "ntp_server" in a:
         put(shared, "local_time.ntp_server1", a["ntp_server"])
+    if "language" in a:
+        lang = language(RECORD, a["language"])
+        put(shared, "lang.gui", lang)
+        put(shared, "lang.wui", lang)
     if "admin_password" in a:
         put(device, "static.security.user_password", f"admin:{a['admin_password']}")
+    common.checked(RECORD, list(device.items()) + list(shared.items()))
     for name, value in common.raw_settings(a, "yealink"):
         device[name] = value
     return {"settings": list(device.items()), "common_settings": list(shared.items()),
-            "names": {"hw": f"{target.info.extra['hw']:012d}"}}
+            # printed as they are by the built-in templates (one join beats a template loop)
+            "setting_lines": "".join(f"{n} = {v}\n" for n, v in device.items()),
+            "common_lines": "".join(f"{n} = {v}\n" for n, v in shared.items()),
+            "names": {"hw": f"{target.info.extra['hw']:03d}"}}
 
 
 FAMILY = Family(
-    vendor="yealink",
-    name="tseries",
-    models=MODELS,
-    files=(FileSpec("common.cfg", "y{hw}.cfg", "text/plain; charset=utf-8"),
+    record=RECORD,
+    files=(FileSpec("common.cfg", "y000000000{hw}.cfg", "text/plain; charset=utf-8"),
            FileSpec("mac.cfg", "{mac}.cfg", "text/plain; charset=utf-8")),
-    notify_path="{mac}.cfg",
+    notify_file="{mac}.cfg",
     context=context,
     canonical=lambda model: model.strip().upper().removeprefix("YEALINK").strip(" -_").removeprefix("SIP-"),
 )
