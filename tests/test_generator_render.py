@@ -94,7 +94,7 @@ def test_grandstream_every_p_value_the_assignment_sets() -> None:
         "P57": "9", "P58": "8", "P59": "123", "P60": "123", "P61": "123", "P62": "123", "P46": "123",
         "P98": "123",
         # resync allowed on both accounts
-        "P26015": "1", "P26115": "1",
+        "P26015": "0", "P26115": "0",  # no factory reset by NOTIFY
         # keys: BLF, speed dial on account 2, call park; fixed VPK 4 (no account 4) none
         "P1363": "1", "P1364": "0", "P1465": "Carol", "P1466": "1002",
         "P1365": "0", "P1366": "1", "P1467": "Office", "P1468": "+4930123",

@@ -260,7 +260,8 @@ def test_grandstream_firmware_protocol_dhcp_and_resync_settings() -> None:
     p = dict(check_file(VENDORS["grandstream"], "GRP2612", MAC, f"cfg{MAC}.xml",
                         render("grandstream", "GRP2612", full("grandstream")).files[0].body, frozenset({"P8"})))
     assert (p["P212"], p["P6767"], p["P145"], p["P143"]) == ("2", "2", "0", "0")
-    assert (p["P26015"], p["P26115"], p["P4428"]) == ("1", "1", "0")
+    # no factory reset by NOTIFY (Event: reset) for anyone on the LAN; check-sync needs none
+    assert (p["P26015"], p["P26115"], p["P4428"]) == ("0", "0", "0")
     with pytest.raises(RenderProblem) as caught:
         render("grandstream", "GRP2612", {**full("grandstream"), "admin_password": "adm<in>"})
     assert caught.value.field == "admin_password"

@@ -174,7 +174,7 @@ class Fleet:
             raise PlanError(f"SUBSCRIBE target {self.group} is neither multicast nor in 127.0.0.0/8")
         rng = random.Random(self.seed)
         self.phones = [Phone(i, self.sip_port, self.timing, random.Random(rng.random()), self.group,
-                             self.credentials, self.check_files) for i in self.identities]
+                             self.credentials, check_files=self.check_files) for i in self.identities]
         self.counters = {"datagrams_in": 0, "datagrams_out": 0, "send_errors": 0, "http_requests": 0}
         self._ports: dict[int, Any] = {}
         self._timers: dict[int, Any] = {}

@@ -120,7 +120,7 @@ _CT_URL = "application/url"
 class Phone:
     def __init__(self, ident: Identity, target_port: int, timing: Timing | None = None,
                  rng: random.Random | None = None, group: str = GROUP,
-                 credentials: tuple[str, str] | None = None,
+                 credentials: tuple[str, str] | None = None, *,
                  notify_auth: tuple[str, str] | None = None, check_files: bool = True) -> None:
         self.ident = ident
         self.check_files = check_files

@@ -128,8 +128,9 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(account_p(number, "password"), acc["password"])
         put(account_p(number, "display_name"), acc["display_name"])
         put(account_p(number, "transport"), TRANSPORT[acc["transport"]])
-        # A resync (check-sync NOTIFY) is refused unless the account allows a SIP reset.
-        put(SIP_RESET[number], 1)
+        # "Allow SIP Reset" lets a NOTIFY (Event: reset) factory-reset the phone; a check-sync
+        # needs no such thing, so it is written off: nobody on the LAN gets a reset switch.
+        put(SIP_RESET[number], 0)
         if codes:
             # Every choice slot needs a value; repeating the last choice adds nothing new.
             for slot, p in enumerate(vocoder_p(number)):

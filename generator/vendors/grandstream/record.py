@@ -48,7 +48,9 @@ ACCOUNT_BASE = {2: 400, 3: 500, 4: 600, 5: 1700, 6: 1800}
 ACCOUNT_N = {"active": 1, "name": 17, "server": 2, "proxy": 3, "user_id": 4, "auth_id": 5,
              "password": 6, "display_name": 7, "transport": 48}
 ACCOUNT_N_VOCODERS = tuple(range(51, 59))
-# "Allow SIP Reset" (check-sync NOTIFY accepted): P26015, P26115 ... P26515 (TPL line 249 ff.).
+# "Allow SIP Reset": P26015, P26115 ... P26515 (TPL line 249 ff., default 0). Grandstream's HT81x
+# (1.0.15.4, "Reset using SIP NOTIFY") and GXV34x0 admin guides: it lets a NOTIFY with
+# "Event: reset" factory-reset the device; it has nothing to do with check-sync. Written 0.
 SIP_RESET = {n: 26015 + 100 * (n - 1) for n in range(1, 7)}
 
 TRANSPORT = {"udp": 0, "tcp": 1, "tls": 2}  # TPL P130: 0 UDP, 1 TCP, 2 TLS/TCP
@@ -146,8 +148,8 @@ SETTINGS = (
     Setting(_ps(list(ACCOUNT_1_VOCODERS) + [b + n for b in ACCOUNT_BASE.values() for n in ACCOUNT_N_VOCODERS]),
             "preferred vocoder, choices 1-8: 0 PCMU, 8 PCMA, 9 G.722, 18 G.729A/B, 123 OPUS", "0|8|9|18|123",
             f"{TPL}: P57-P62, P46, P98; account n base+51..58"),
-    Setting(_ps(SIP_RESET.values()), "allow SIP reset (accept a check-sync NOTIFY): 0 no, 1 yes", BOOL01,
-            f"{TPL}: 'Allow SIP Reset' P26015, P26115 ... P26515"),
+    Setting(_ps(SIP_RESET.values()), "allow SIP reset (a NOTIFY 'Event: reset' factory-resets the phone): 0 no (written), 1 yes", "0",
+            f"{TPL}: 'Allow SIP Reset' P26015, P26115 ... P26515; HT81x admin guide 1.0.15.4 'Reset using SIP NOTIFY'"),
     Setting(_ps(p[0] for p in _ALL_VPK[:6]), "VPK 1-6 key mode: fixed on the model (its first `fixed` VPKs): "
             "-1 none ... 31 default (line); dynamic: 0-30 or none",
             "none|-1|0|1|5|6|8|9|10|31", f"{TPL}: fixed VPK 'Number: -1 - 32', dynamic 'Number: 0 - 30' (the "
@@ -203,10 +205,9 @@ RECORD = Record(
                   f"{GUIDE} Figure 2: out-of-dialog NOTIFY (fresh Call-ID, untagged To), Content-Type "
                   "application/url, body a directory URL ending in /", True),
     resync=Resync("check-sync",
-                  "the account's 'Allow SIP Reset' on (P26015 ...: written 1 for every account used); the "
-                  "phone challenges the NOTIFY with 401 unless P4428 = 1, which is kept 0: the notifier "
-                  "answers with the account's credentials",
-                  f"{TPL}: P26015, P4428"),
+                  "nothing to switch on; the phone challenges the NOTIFY with 401 unless P4428 = 1, "
+                  "which is kept 0: the notifier answers with account 1's credentials (P36 or P35, P34)",
+                  f"{TPL}: P4428; HT81x admin guide 1.0.15.4 'Reset using SIP NOTIFY'"),
     settings=SETTINGS,
     languages=LANGUAGES,
     languages_source=f"{TPL}: P1362 values (cz for Czech, se for Swedish, zh-tw)",
