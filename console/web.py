@@ -494,8 +494,34 @@ def _describe_assignment(assignment: Any) -> str:
     return describe("assignment", assignment) if assignment else ""
 
 
+class LimitedRequest(server.Request):
+    """A request whose body may not exceed MAX_BODY: refused as it arrives, never spooled."""
+
+    too_large = False
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length is not None and length > MAX_BODY:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        if self.content.tell() + len(data) > MAX_BODY:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self.too_large = True
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                        b"Content-Length: 35\r\n\r\nthe upload is too large (4 MiB max)")
+        transport.loseConnection()
+
+
 def make_site(root: Console) -> server.Site:
-    site = server.Site(root)
+    site = server.Site(root, requestFactory=LimitedRequest)
     site.displayTracebacks = False
     return site
 
