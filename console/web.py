@@ -8,6 +8,7 @@ What a viewer is sent never holds a password or a working download URL.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,9 @@ class Console(resource.Resource):
             request.setHeader(b"Content-Type", STATIC[parts[1]])
             request.setHeader(b"Cache-Control", b"no-cache")
             return self.static[parts[1]]
+        if parts == ["favicon.ico"]:
+            request.setResponseCode(204)
+            return b""
         if parts == ["login"]:
             return self.login_post(request) if method == "POST" else self.login_page(request)
         session = self.sessions.get(self._cookie(request, COOKIE), self.reactor.seconds())
@@ -140,6 +144,8 @@ class Console(resource.Resource):
         if parts == ["services"] and get:
             return self.services_page(request, session)
         if parts == ["import"]:
+            if not session.admin:
+                raise Page(403, "error.html", session=session, message="only admins may import assignments")
             return self.import_post(request, session) if not get else self._render(request, "import.html", session)
         if parts[:1] == ["profiles"]:
             return self.profiles(request, session, parts[1:], get)
@@ -196,7 +202,11 @@ class Console(resource.Resource):
 
     # --- login ---
     def login_page(self, request: server.Request, error: str = "", code: int = 200) -> bytes:
-        token = secrets.token_urlsafe(24)
+        # One token per browser, kept across loads: another tab (or the favicon's redirect) must
+        # not invalidate the form already shown.
+        token = self._cookie(request, LOGIN_COOKIE) or ""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{32}", token):
+            token = secrets.token_urlsafe(24)
         self._set_cookie(request, LOGIN_COOKIE, token.encode())
         nxt = self._arg(request, "next") or "/"
         return self._render(request, "login.html", None, code, login_csrf=token, next=_local(nxt), error=error,
@@ -477,8 +487,6 @@ def _local(target: str) -> str:
 
 
 def _profile_name(name: str) -> bool:
-    import re
-
     return bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name))
 
 
