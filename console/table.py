@@ -40,22 +40,44 @@ STAGES: tuple[str, ...] = tuple(DEVICE_STAGES) + tuple(k for k in STAGE_LABELS i
 _PRIORITY = {"awaiting-assignment": 0, "error": 1}
 
 
-@dataclass(frozen=True)
 class Event:
-    at: str  # the payload's own time when it has one, else when the console received it
-    kind: str  # discovered, assignment, config, published, notify, fetched, error
-    text: str
-    retained: bool  # part of the state the console found at start, not seen happen
-    sha256: str = ""
+    """One message in a device's timeline. Its words are worked out when someone looks: in a
+    boot storm most events are never shown."""
+
+    __slots__ = ("at", "kind", "data", "retained")
+
+    def __init__(self, at: str, kind: str, data: Any, retained: bool) -> None:
+        self.at = at  # the payload's own time when it has one, else when the console received it
+        self.kind = kind  # discovered, assignment, config, published, notify, fetched, error
+        self.data = data
+        self.retained = retained  # part of the state the console found at start, not seen happen
+
+    @property
+    def text(self) -> str:
+        return describe(self.kind, self.data)
+
+    @property
+    def sha256(self) -> str:
+        if self.kind == "fetched" and isinstance(self.data, dict) and isinstance(self.data.get("sha256"), str):
+            return self.data["sha256"]
+        return ""
 
 
 @dataclass
 class Entry:
     mac: str
     payloads: dict[str, Any] = field(default_factory=dict)
-    device: Device | None = None
     timeline: deque = field(default_factory=lambda: deque(maxlen=TIMELINE_LENGTH))
     first_seen: str = ""
+    # Folded when read, not per message: a row that changes four times between two looks is
+    # folded once.
+    _device: Device | None = None
+
+    @property
+    def device(self) -> Device:
+        if self._device is None:
+            self._device = fold(self.mac, self.payloads)
+        return self._device
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,7 @@ class DeviceTable:
         self.devices: dict[str, Entry] = {}
         self.profiles: dict[str, Any] = {}
         self.services: dict[tuple[str, str], Any] = {}
+        self.profiles_version = 0  # what a row shows may depend on the profiles (masking)
 
     # --- input ---
     def on_device(self, mac: str, kind: str, data: Any, retained: bool, now: str) -> bool:
@@ -103,18 +126,15 @@ class DeviceTable:
             entry.payloads.pop(kind, None)
         else:
             entry.payloads[kind] = data
-        at = _time_of(kind, data) or now
-        sha = ""
-        if kind == "fetched" and isinstance(data, dict) and isinstance(data.get("sha256"), str):
-            sha = data["sha256"]
-        entry.timeline.append(Event(at, kind, describe(kind, data), retained, sha))
+        entry.timeline.append(Event(_time_of(kind, data) or now, kind, data, retained))
         if not entry.payloads:
             del self.devices[mac]
             return True
-        entry.device = fold(mac, entry.payloads)
+        entry._device = None
         return True
 
     def on_profile(self, name: str, data: Any) -> None:
+        self.profiles_version += 1
         if data is None:
             self.profiles.pop(name, None)
         else:
@@ -133,19 +153,18 @@ class DeviceTable:
 
     def rows(self, where: Filter = Filter()) -> list[Device]:
         """Devices to list: waiting ones first, then errors, then the rest; newest first in each."""
-        found = [e.device for e in self.devices.values() if e.device is not None and where.matches(e.device)]
+        found = [e.device for e in self.devices.values() if where.matches(e.device)]
         found.sort(key=lambda d: (d.updated_at, d.mac), reverse=True)
         found.sort(key=lambda d: _PRIORITY.get(d.stage, 2))
         return found
 
     def vendors(self) -> list[str]:
-        return sorted({e.device.vendor for e in self.devices.values() if e.device and e.device.vendor})
+        return sorted({e.device.vendor for e in self.devices.values() if e.device.vendor})
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for e in self.devices.values():
-            if e.device is not None:
-                out[e.device.stage] = out.get(e.device.stage, 0) + 1
+            out[e.device.stage] = out.get(e.device.stage, 0) + 1
         return out
 
     def timeline(self, mac: str) -> list[Event]:
