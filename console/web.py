@@ -310,6 +310,8 @@ class Console(resource.Resource):
         mac = self._arg(request, "mac")
         if mac is not None and not is_mac(mac):
             raise Page(404, "notfound.html", session=session, what=f"device {mac}")
+        if len(self.service.hub.clients) >= MAX_STREAMS:
+            raise Page(503, "error.html", session=session, message="too many open live views; close some tabs")
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"X-Accel-Buffering", b"no")
         client = _stream_client(request, session.admin, mac, self._arg(request, "rows") != "0")
@@ -483,12 +485,27 @@ class Console(resource.Resource):
         return self._render(request, "services.html", session, rows=rows)
 
 
+MAX_STREAMS = 200  # open event streams, all users together
+MAX_BUFFERED = 8 * 1024 * 1024  # bytes a stream may have unsent before it is dropped
+
+
+def _buffered(request: server.Request) -> int:
+    transport = getattr(request.channel, "transport", None)
+    return len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+
+
 def _stream_client(request: server.Request, admin: bool, mac: str | None, rows: bool) -> Any:
     from console.service import Client
 
     def write(data: bytes) -> None:
-        if not request.finished and not getattr(request, "_disconnected", False):
-            request.write(data)
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        # A browser that stops reading must not make the console hold a storm's worth of events.
+        if _buffered(request) > MAX_BUFFERED:
+            log.warn("dropping an event stream that stopped reading")
+            request.channel.transport.loseConnection()
+            return
+        request.write(data)
 
     return Client(write, admin, mac, rows)
 

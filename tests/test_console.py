@@ -509,3 +509,80 @@ def test_hostile_requests_get_clear_answers(console):
                                                                       "Content-Type": "text/plain"})
     assert status == 413
     assert console.proc.poll() is None
+
+
+def test_the_hub_sends_a_storm_of_changes_in_batches_and_each_role_its_own_view():
+    from twisted.internet.task import Clock
+
+    from console.service import FLUSH_EVERY, Client, Hub
+
+    clock = Clock()
+    t = DeviceTable()
+    rendered: list[tuple[list[str], bool]] = []
+
+    def rows(macs: list[str], admin: bool) -> list[dict]:
+        rendered.append((macs, admin))
+        return [{"mac": m, "detail": PUBLISHED["url"] if admin else cut_urls(PUBLISHED["url"])} for m in macs]
+
+    hub = Hub(clock, rows, lambda mac, n, admin: [e.kind for e in t.timeline(mac)[-n:]])
+    seen: dict[str, list[bytes]] = {"admin": [], "viewer": [], "device": []}
+    hub.clients |= {Client(seen["admin"].append, True, None), Client(seen["viewer"].append, False, None),
+                    Client(seen["device"].append, False, MAC)}
+    for kind, payload in (("discovered", discovered()), ("assignment", ASSIGNMENT), ("config", CONFIG),
+                          ("published", PUBLISHED)):
+        t.on_device(MAC, kind, payload, False, "x")
+        hub.changed(MAC)
+    hub.changed("000b82000001")
+    assert all(not v for v in seen.values())  # nothing before the batch is due
+    clock.advance(FLUSH_EVERY)
+    assert sorted(rendered) == [([MAC, "000b82000001"][::-1], False), ([MAC, "000b82000001"][::-1], True)]
+    admin, viewer = b"".join(seen["admin"]), b"".join(seen["viewer"])
+    assert admin.count(b"event: rows") == 1 and b"SECRETPATHTOKEN" in admin
+    assert viewer.count(b"event: rows") == 1 and b"SECRETPATHTOKEN" not in viewer
+    assert b"event: timeline" not in viewer
+    device = b"".join(seen["device"])
+    assert b'event: timeline\ndata: ["discovered","assignment","config","published"]' in device
+    clock.advance(10)
+    assert admin == b"".join(seen["admin"])  # quiet: nothing more sent
+
+
+def test_over_https_the_session_cookie_is_secure(broker, tmp_path):
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([sys.executable, "-m", "services.cli", "tls-cert", "--host", "127.0.0.1", "--cert", str(cert),
+                    "--key", str(key)], check=True, capture_output=True, timeout=60)
+    c = ConsoleProcess.__new__(ConsoleProcess)
+    c.port = free_port()
+    c.log_path = tmp_path / "console.log"
+    env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_CONSOLE_PORT": str(c.port), "PNP_CONSOLE_USERS": users_env(),
+           "PNP_DATA_DIR": str(tmp_path), "PNP_TLS_CERT": str(cert), "PNP_TLS_KEY": str(key), "PNP_LOG_FORMAT": "text"}
+    c.log = open(c.log_path, "wb")
+    c.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "console"], env=env, stdout=c.log,
+                              stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+
+        def get_login() -> tuple:
+            assert c.proc.poll() is None, c.log_path.read_text()
+            try:
+                conn = http.client.HTTPSConnection("127.0.0.1", c.port, timeout=5, context=context)
+                conn.request("GET", "/login")
+                r = conn.getresponse()
+                return r.status, r.msg.get_all("Set-Cookie"), r.read().decode()
+            except OSError:
+                return None
+
+        status, cookies, html = wait_until(get_login, timeout=20, interval=0.1)
+        token = csrf_in(html)
+        conn = http.client.HTTPSConnection("127.0.0.1", c.port, timeout=5, context=context)
+        conn.request("POST", "/login", body=urlencode({"csrf": token, "username": "alice", "password": ADMIN_PW}),
+                     headers={"Content-Type": "application/x-www-form-urlencoded",
+                              "Cookie": cookies[0].split(";", 1)[0]})
+        r = conn.getresponse()
+        assert r.status == 303
+        session = next(x for x in r.msg.get_all("Set-Cookie") if x.startswith("pnp_console="))
+        assert "Secure" in session and "HttpOnly" in session
+    finally:
+        c.close()
