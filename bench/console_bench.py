@@ -172,6 +172,8 @@ def main() -> int:
             assert status == 200 and rows_in(html) == n
         print(f"list: GET / with {n} rows: first {first * 1000:.0f} ms (every row folded and built), then median {statistics.median(times) * 1000:.0f} ms, "
               f"max {max(times) * 1000:.0f} ms, {size / 1e6:.1f} MB")
+        rss = next(line.split()[1] for line in open(f"/proc/{console.proc.pid}/status") if line.startswith("VmRSS"))
+        print(f"memory: console resident {int(rss) / 1024:.0f} MiB with {n} devices")
         t = time.monotonic()
         console.get("/?stage=error")
         print(f"filtered: GET /?stage=error: {(time.monotonic() - t) * 1000:.0f} ms")

@@ -586,3 +586,27 @@ def test_over_https_the_session_cookie_is_secure(broker, tmp_path):
         assert "Secure" in session and "HttpOnly" in session
     finally:
         c.close()
+
+
+def test_killed_and_restarted_it_shows_everything_again_and_asks_to_log_in(broker, probe, tmp_path):
+    seed(probe)
+    c = ConsoleProcess(broker.url, tmp_path)
+    try:
+        jar = c.login("alice", ADMIN_PW)
+        wait_until(lambda: f'data-mac="{MAC}"' in c.request("GET", "/", cookies=jar)[2], timeout=5)
+        c.proc.send_signal(signal.SIGKILL)
+        c.proc.wait(5)
+    finally:
+        c.close()
+    again = ConsoleProcess(broker.url, tmp_path)
+    try:
+        status, headers, _ = again.request("GET", "/", cookies=jar)
+        assert status == 303 and headers["location"].startswith("/login")  # sessions lived in memory
+        jar = again.login("alice", ADMIN_PW)
+        wait_until(lambda: f'data-mac="{MAC}"' in again.request("GET", "/", cookies=jar)[2], timeout=5)
+        assert "published" in again.request("GET", "/", cookies=jar)[2]
+        # its status topic says offline by last will, then online again
+        wait_until(lambda: (probe.last("pnp/services/console/test") or {}).get("state") == "online", timeout=5)
+        assert any((p or {}).get("state") == "offline" for p in probe.json_on("pnp/services/console/test"))
+    finally:
+        again.close()
