@@ -16,7 +16,7 @@ from console.service import ConsoleService, Hub
 from console.sessions import Sessions
 from console.table import DeviceTable
 from console.users import User, hash_password
-from console.web import Console, make_site
+from console.web import Console, load_assets, make_site
 from fileserver.tls import TlsError, context_factory, listen
 from services import settings as s
 from services.runner import Context
@@ -57,11 +57,11 @@ def start(ctx: Context) -> Running:
     check_settings(cfg)
     users = users_of(cfg)
     table = DeviceTable()
-    holder: dict[str, Console] = {}
-    hub = Hub(ctx.reactor, lambda macs, admin: holder["web"].rows_for(macs, admin),
-              lambda mac, n, admin: holder["web"].timeline_for(mac, n, admin))
+    # The hub renders rows through the web side, built next (the lambdas look it up when called).
+    hub = Hub(ctx.reactor, lambda macs, admin: web.rows_for(macs, admin),
+              lambda mac, n, admin: web.timeline_for(mac, n, admin))
     service = ConsoleService(ctx, table, hub)
-    web = holder["web"] = Console(table, service, users, Sessions(), ctx.reactor, secure=cfg.tls_cert is not None)
+    web = Console(table, service, users, Sessions(), load_assets(), ctx.reactor, secure=cfg.tls_cert is not None)
     port = listen(ctx.reactor, make_site(web), cfg.console_port, cfg.console_bind, cfg.tls_cert, cfg.tls_key)
     service.start()
     web.start()

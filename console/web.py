@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
-from twisted.internet import defer, task, threads
+from twisted.internet import task, threads
 from twisted.logger import Logger
 from twisted.web import resource, server
 
@@ -64,32 +65,48 @@ class Redirect(Exception):
         self.location = location
 
 
+@dataclass(frozen=True)
+class Assets:
+    """What the pages are made of, read once at start."""
+
+    env: Environment
+    static: dict[str, bytes]
+    schema_json: bytes
+
+
+def load_assets() -> Assets:
+    env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(stage_label=stage_label, STAGES=STAGES, MASK=MASK)
+    return Assets(env, {name: (HERE / "static" / name).read_bytes() for name in STATIC},
+                  schema.SCHEMA_PATH.read_bytes())
+
+
 class Console(resource.Resource):
     isLeaf = True
 
     def __init__(self, table: DeviceTable, service: ConsoleService, users: dict[str, User],
-                 sessions: Sessions, reactor: Any, secure: bool) -> None:
+                 sessions: Sessions, assets: Assets, reactor: Any, secure: bool) -> None:
         super().__init__()
         self.table = table
         self.service = service
         self.users = users
         self.sessions = sessions
+        self.env = assets.env
+        self.static = assets.static
+        self.schema_json = assets.schema_json
         self.reactor = reactor
         self.secure = secure
-        self.env = Environment(loader=FileSystemLoader(str(HERE / "templates")),
-                               autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
-        self.env.globals.update(stage_label=stage_label, STAGES=STAGES, MASK=MASK)
-        self.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
-        self.schema_json = schema.SCHEMA_PATH.read_bytes()
         self._rows: dict[tuple[str, bool], tuple[Any, int, str]] = {}
-        self._keepalive = task.LoopingCall(lambda: self.service.hub.keepalive())
-        self._keepalive.clock = reactor
+        self._keepalive: Any = None
 
     def start(self) -> None:
+        self._keepalive = task.LoopingCall(self.service.hub.keepalive)
+        self._keepalive.clock = self.reactor
         self._keepalive.start(KEEPALIVE_EVERY, now=False)
 
     def stop(self) -> None:
-        if self._keepalive.running:
+        if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
 
     # --- dispatch ---
