@@ -610,3 +610,19 @@ def test_killed_and_restarted_it_shows_everything_again_and_asks_to_log_in(broke
         assert any((p or {}).get("state") == "offline" for p in probe.json_on("pnp/services/console/test"))
     finally:
         again.close()
+
+
+def test_bulk_import_of_an_uploaded_json_file(console, probe):
+    jar = console.login("alice", ADMIN_PW)
+    csrf = csrf_in(console.request("GET", "/import", cookies=jar)[2])
+    document = json.dumps({"000b82000011": ASSIGNMENT, "000b82000012": {"accounts": [{"transport": "sctp"}]}})
+    boundary = "pnpboundary42"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"phones.json\"\r\n"
+            f"Content-Type: application/json\r\n\r\n{document}\r\n--{boundary}--\r\n").encode()
+    status, _, html = console.request("POST", "/import", body, jar,
+                                      {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200, html
+    assert "Published 1" in html and "refused 1" in html and "sctp" in html
+    wait_until(lambda: probe.last("pnp/devices/000b82000011/assignment") == ASSIGNMENT, timeout=5)
+    assert probe.on("pnp/devices/000b82000012/assignment") == []
