@@ -231,6 +231,33 @@ def collect(args: argparse.Namespace) -> tuple[list[Item], list[tuple[str, str]]
     return [Item("flags", mac, from_fields(flags))], []
 
 
+def message(topics: Any, item: Item) -> tuple[str, bytes]:
+    """The retained message that publishes ``item``: its topic and payload (empty: unassign)."""
+    from services.messages import encode_json
+
+    return topics.device(item.mac, "assignment"), b"" if item.payload is None else encode_json(item.payload)
+
+
+def vet(items: list[Item], refused: list[tuple[str, str]]) -> tuple[list[Item], list[str]]:
+    """The items fit to publish (a MAC's first one only, each passing :func:`check`) and the
+    warnings; the rest is added to ``refused`` with the reason."""
+    ok: list[Item] = []
+    warned: list[str] = []
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.mac in seen:
+            refused.append((item.source, f"{item.mac} appears again (first in {seen[item.mac]})"))
+            continue
+        seen[item.mac] = item.source
+        reason, warnings = check(item)
+        if reason is not None:
+            refused.append((f"{item.source} ({item.mac})", reason))
+            continue
+        warned += [f"{item.source} ({item.mac}): {warning}" for warning in warnings]
+        ok.append(item)
+    return ok, warned
+
+
 def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0,
             wait: float = 0.0) -> dict[str, str]:
     """Publish retained, QoS 1; with ``wait``, return what the generator answered per MAC."""
@@ -241,7 +268,6 @@ def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0,
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from services.messages import encode_json
     from services.topics import Topics
 
     topics = Topics(prefix)
@@ -274,9 +300,7 @@ def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0,
         if wait > 0:
             client.subscribe([(t, 1) for t in sorted(watched)])
             subscribed.wait(timeout)
-        infos = [client.publish(topics.device(item.mac, "assignment"),
-                                b"" if item.payload is None else encode_json(item.payload), qos=1, retain=True)
-                 for item in items]
+        infos = [client.publish(*message(topics, item), qos=1, retain=True) for item in items]
         for info in infos:
             info.wait_for_publish(timeout)
             if not info.is_published():
@@ -322,20 +346,9 @@ def run(args: argparse.Namespace) -> int:
     except (Refused, OSError) as exc:
         print(f"pnp assign: {exc}", file=sys.stderr)
         return 1
-    ok: list[Item] = []
-    seen: dict[str, str] = {}
-    for item in items:
-        if item.mac in seen:
-            refused.append((item.source, f"{item.mac} appears again (first in {seen[item.mac]})"))
-            continue
-        seen[item.mac] = item.source
-        reason, warnings = check(item)
-        if reason is not None:
-            refused.append((f"{item.source} ({item.mac})", reason))
-            continue
-        for warning in warnings:
-            print(f"warning: {item.source} ({item.mac}): {warning}", file=out)
-        ok.append(item)
+    ok, warnings = vet(items, refused)
+    for warning in warnings:
+        print(f"warning: {warning}", file=out)
     answers: dict[str, str] = {}
     if ok and not args.dry_run:
         try:

@@ -1,7 +1,7 @@
 """Prepare a compose deployment: .env with random passwords, and the broker's password file.
 
 Reads .env.example, keeps every value an existing .env already has, fills each empty secret
-(MQTT_PASSWORD_<USER>, PNP_FILE_SECRET) with a random one, and writes .env (mode 0600). Then
+(MQTT_PASSWORD_<USER>, PNP_FILE_SECRET, PNP_CONSOLE_ADMIN_PASSWORD) with a random one, and writes .env (mode 0600). Then
 writes deploy/mosquitto/passwd with one mosquitto 2.0 hash ($7$, PBKDF2-SHA512) per broker user.
 PNP_INSTANCE gets the host name when empty; --sip-interface (and --public-url, else derived from
 the interface's address) set where the phones are. Run it again after an upgrade: new keys are
@@ -29,7 +29,7 @@ SALT_BYTES = 12
 PASSWORD_PREFIX = "MQTT_PASSWORD_"
 # The uid/gid the eclipse-mosquitto image runs as; it must be able to read the password file.
 MOSQUITTO_UID = 1883
-_SECRET_KEYS = re.compile(rf"{PASSWORD_PREFIX}[A-Z0-9_]+|PNP_FILE_SECRET")
+_SECRET_KEYS = re.compile(rf"{PASSWORD_PREFIX}[A-Z0-9_]+|PNP_FILE_SECRET|PNP_CONSOLE_ADMIN_PASSWORD")
 _LINE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
 
 

@@ -16,6 +16,7 @@ SERVICES = {
     "generator": "generator.main",
     "fileserver": "fileserver.main",
     "notifier": "notifier.main",
+    "console": "console.main",
 }
 
 # Each tool module has configure(parser) and run(args) -> int, and a docstring whose first
@@ -29,6 +30,7 @@ TOOLS = {
     "simulate": "tools.simulate.command",
     "devices": "tools.devices",
     "monitor": "tools.monitor",
+    "console-user": "console.adduser",
 }
 
 

@@ -1,4 +1,4 @@
-"""Run everything on one machine: a broker and the four services, each its own OS process.
+"""Run everything on one machine: a broker and the five services, each its own OS process.
 
 Without PNP_MQTT_URL a private mosquitto is started on loopback (port 1883 when free, else a
 free port) with persistence under PNP_DATA_DIR/broker, as one more child. Output is one stream,
@@ -21,7 +21,7 @@ from services import settings as s
 from services.runner import install_stop_signals
 from services.broker import BrokerError, Mosquitto, answers, find_mosquitto, free_port, port_is_free
 
-SERVICE_NAMES = ("listener", "generator", "fileserver", "notifier")
+SERVICE_NAMES = ("listener", "generator", "fileserver", "notifier", "console")
 BROKER_PORT = s.Setting(
     "broker_port", "PNP_BROKER_PORT", "port of the broker that `pnp up` starts",
     s.parse_port, "a port number 1-65535", None,
@@ -35,7 +35,7 @@ STOP_GRACE = 5.0
 def configure(parser: argparse.ArgumentParser) -> None:
     s.add_arguments(parser, SETTINGS + [BROKER_PORT])
     parser.add_argument("--services", default=",".join(SERVICE_NAMES), metavar="NAMES",
-                        help="which services to run, comma-separated [default: all four]")
+                        help="which services to run, comma-separated [default: all five]")
 
 
 # A line longer than this (a child writing without newlines) is passed on in pieces.

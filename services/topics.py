@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 DEVICE_KINDS = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
                 "resync")
-SERVICES = ("listener", "generator", "fileserver", "notifier")
+SERVICES = ("listener", "generator", "fileserver", "notifier", "console")
 
 _MAC = re.compile(r"[0-9a-f]{12}")
 _SEGMENT = re.compile(r"[^/+#\0]+")

@@ -32,6 +32,9 @@ MAC = "000b82f55284"
 NOT_AUTHORIZED = 135
 
 SERVICE_USERS = ("listener", "generator", "fileserver", "notifier")
+# the console logs in as itself, assigns like the pbx and reads the configs (for its admins)
+USERS = (*SERVICE_USERS, "console", "pbx", "operator")
+STATUS = (*SERVICE_USERS, "console")
 
 
 class LockedBroker:
@@ -244,7 +247,7 @@ def settle(audit: Client, marker_user: Client, marker_topic: str) -> None:
 
 def test_setup_writes_a_password_per_service_and_other_systems():
     passwords = passwords_from_setup(Path(os.getcwd()) / "checkout")
-    assert set(passwords) == {*SERVICE_USERS, "pbx", "operator"}
+    assert set(passwords) == set(USERS)
     assert len(set(passwords.values())) == len(passwords), "passwords must differ"
     assert all(len(p) >= 24 for p in passwords.values())
 
@@ -266,22 +269,22 @@ def test_anonymous_and_wrong_passwords_are_refused(login):
     assert not login(None).accepted
     assert not login("pbx", "not-the-password").accepted
     assert not login("nobody", "whatever").accepted
-    for user in (*SERVICE_USERS, "pbx", "operator"):
+    for user in USERS:
         assert login(user).accepted, f"{user} cannot log in with the password pnp setup made"
 
 
 # Every topic kind, with who must be able to write it (everyone else must be refused).
 WRITERS = {
     f"pnp/devices/{MAC}/discovered": {"listener"},
-    f"pnp/devices/{MAC}/assignment": {"pbx"},
-    "pnp/profiles/default": {"pbx"},
+    f"pnp/devices/{MAC}/assignment": {"pbx", "console"},
+    "pnp/profiles/default": {"pbx", "console"},
     f"pnp/devices/{MAC}/config": {"generator"},
     f"pnp/devices/{MAC}/resync": {"generator"},
     f"pnp/devices/{MAC}/published": {"fileserver"},
     f"pnp/devices/{MAC}/fetched": {"fileserver"},
     f"pnp/devices/{MAC}/notify": {"notifier"},
     f"pnp/devices/{MAC}/error": set(SERVICE_USERS),
-    **{f"pnp/services/{svc}/host1": {svc} for svc in SERVICE_USERS},
+    **{f"pnp/services/{svc}/host1": {svc} for svc in STATUS},
 }
 
 # What each user must be able to read (everything else must never reach it).
@@ -292,9 +295,11 @@ READERS = {
     "notifier": {"discovered", "published", "fetched", "notify", "error", "resync",
                  "services/notifier"},
     "pbx": {"discovered", "assignment", "profiles", "published", "notify", "fetched", "error",
-            *(f"services/{s}" for s in SERVICE_USERS)},
+            *(f"services/{s}" for s in STATUS)},
     "operator": {"discovered", "published", "notify", "fetched", "error",
-                 *(f"services/{s}" for s in SERVICE_USERS)},
+                 *(f"services/{s}" for s in STATUS)},
+    "console": {"discovered", "assignment", "profiles", "config", "published", "notify", "fetched", "error",
+                *(f"services/{s}" for s in STATUS)},
 }
 
 
@@ -305,7 +310,7 @@ def kind_of(topic: str) -> str:
     return "profiles" if parts[1] == "profiles" else f"services/{parts[2]}"
 
 
-@pytest.mark.parametrize("user", [*SERVICE_USERS, "pbx", "operator"])
+@pytest.mark.parametrize("user", USERS)
 def test_each_user_may_write_only_its_own_topics(user, login, audit):
     client = login(user)
     writes = {}
@@ -342,7 +347,7 @@ def test_each_user_reads_only_what_it_needs(login, audit):
         time.sleep(0.2)  # anything not allowed would have arrived by now with the rest
         assert c.topics() == expected, f"{user} read {sorted(c.topics() - expected)}"
     # and the rendered configs (SIP passwords) reach only the fileserver and the generator
-    assert {u for u, r in READERS.items() if "config" in r} == {"generator", "fileserver"}
+    assert {u for u, r in READERS.items() if "config" in r} == {"generator", "fileserver", "console"}
     # and the credentials a challenged resync needs (account 1's password) only the notifier
     assert {u for u, r in READERS.items() if "resync" in r} == {"notifier"}
     for topic in WRITERS:

@@ -191,7 +191,7 @@ def test_restart_volumes_and_startup_order(model):
         named = named_volumes(svc)
         assert list(named.values()) == [data_dir], f"{name}: one named volume at {data_dir}"
         volumes_seen |= set(named)
-    assert len(volumes_seen) == 4, "each service keeps its database in a volume of its own"
+    assert len(volumes_seen) == len(SERVICES), "each service keeps its database in a volume of its own"
     assert volumes_seen <= set(model["volumes"])
 
 
@@ -312,6 +312,9 @@ def test_the_compose_services_come_up_healthy_and_provision_phones_under_the_acl
             if "PNP_HTTP_PORT" in env:
                 env["PNP_HTTP_PORT"] = str(http_port)
                 env["PNP_PUBLIC_URL"] = f"http://127.0.0.1:{http_port}/"
+            if "PNP_CONSOLE_PORT" in env:  # the container's 0.0.0.0 is this host's loopback here
+                env["PNP_CONSOLE_PORT"] = str(free_port())
+                env["PNP_CONSOLE_BIND"] = "127.0.0.1"
             env.update(PATH=os.environ.get("PATH", ""), PNP_LOG_FORMAT="text")
             envs[name] = env
             procs[name] = run_service(name, env, tmp_path / f"{name}.log")

@@ -1,0 +1,1 @@
+"""The device manager console: a browser view of every phone, with assigning."""

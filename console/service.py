@@ -1,0 +1,165 @@
+"""The MQTT side of the console: every retained device, profile and status topic into the
+:class:`DeviceTable`; assignments and profiles out, as ``pnp assign`` publishes them.
+
+Changes are pushed to the browsers through the :class:`Hub` (Server-Sent Events), coalesced:
+during a boot storm a row that changes ten times within ``FLUSH_EVERY`` is sent once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from console.table import DeviceTable
+from generator.assign import Item, message
+from services.bus import Incoming
+from services.messages import encode_json, now_iso
+from services.runner import Context
+
+log = Logger(namespace="console")
+
+FLUSH_EVERY = 0.25  # seconds
+ACK_TIMEOUT = 5.0
+
+
+class NotConnected(Exception):
+    pass
+
+
+class Client:
+    """One open event stream: who is watching (for what they may see), and which device."""
+
+    def __init__(self, write: Callable[[bytes], Any], admin: bool, mac: str | None, rows: bool = True) -> None:
+        self.write = write
+        self.admin = admin
+        self.mac = mac
+        self.rows = rows  # False: only broker and service events (the services page)
+
+
+class Hub:
+    """Event streams to browsers, fed in batches."""
+
+    def __init__(self, reactor: Any, render_rows: Callable[[list[str], bool], list[dict]],
+                 render_timeline: Callable[[str, int, bool], list[dict]]) -> None:
+        self.reactor = reactor
+        self.clients: set[Client] = set()
+        self._render_rows = render_rows
+        self._render_timeline = render_timeline
+        self._dirty: dict[str, int] = {}  # mac -> timeline events added since the last flush
+        self._call: Any = None
+        self.sent = 0
+
+    def changed(self, mac: str, events: int = 1) -> None:
+        self._dirty[mac] = self._dirty.get(mac, 0) + events
+        if self.clients and (self._call is None or not self._call.active()):
+            self._call = self.reactor.callLater(FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        self._call = None
+        dirty, self._dirty = self._dirty, {}
+        if not self.clients or not dirty:
+            return
+        macs = sorted(dirty)
+        for admin in (False, True):
+            audience = [c for c in self.clients if c.admin == admin and c.rows]
+            if not audience:
+                continue
+            rows = _event(b"rows", self._render_rows(macs, admin))
+            for client in audience:
+                client.write(rows)
+                if client.mac in dirty:
+                    client.write(_event(b"timeline", self._render_timeline(client.mac, dirty[client.mac], admin)))
+                self.sent += 1
+
+    def send(self, name: bytes, data: Any) -> None:
+        payload = _event(name, data)
+        for client in list(self.clients):
+            client.write(payload)
+
+    def keepalive(self) -> None:
+        # A comment line: proxies and browsers keep a stream open that says something.
+        for client in list(self.clients):
+            client.write(b": keepalive\n\n")
+
+
+def _event(name: bytes, data: Any) -> bytes:
+    return b"event: " + name + b"\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+class ConsoleService:
+    """Bus in, table and hub updated; publishes on request."""
+
+    def __init__(self, ctx: Context, table: DeviceTable, hub: Hub) -> None:
+        self.ctx = ctx
+        self.table = table
+        self.hub = hub
+        self.topics = ctx.topics
+        self.counters = ctx.counters
+
+    def start(self) -> None:
+        bus = self.ctx.bus
+        bus.subscribe(self.topics.devices("+"), self.on_device)
+        bus.subscribe(self.topics.profiles(), self.on_profile)
+        bus.subscribe(self.topics.services(), self.on_service)
+        bus.on_connect(lambda: self.hub.send(b"broker", {"connected": True}))
+        bus.on_disconnect(lambda: self.hub.send(b"broker", {"connected": False}))
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.ctx.bus.connected)
+
+    # --- in ---
+    def on_device(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is None or not info.mac_ok:
+            self.counters["ignored"] += 1
+            return
+        data = _data(msg)
+        if self.table.on_device(info.mac, info.kind, data, msg.retain, now_iso()):
+            self.counters["device_updates"] += 1
+            self.hub.changed(info.mac)
+
+    def on_profile(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is not None and info.name:
+            self.table.on_profile(info.name, _data(msg))
+
+    def on_service(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if info is None or not info.service:
+            return
+        data = _data(msg)
+        self.table.on_service(info.service, info.instance, data)
+        self.hub.send(b"service", {"service": info.service, "instance": info.instance,
+                                   "state": (data or {}).get("state") if isinstance(data, dict) else None})
+
+    # --- out ---
+    def assign(self, items: list[Item]) -> defer.Deferred:
+        """Publish retained assignments (payload None: unassign); fires True once the broker
+        acknowledged them, False when it did not within ACK_TIMEOUT. NotConnected when the
+        broker is away: nothing is queued that the user was not told about."""
+        if not self.connected:
+            return defer.fail(NotConnected())
+        for item in items:
+            topic, payload = message(self.topics, item)
+            self.ctx.bus.publish(topic, payload, retain=True)
+            self.counters["assignments_published"] += 1
+        return self.ctx.bus.flush(ACK_TIMEOUT)
+
+    def publish_profile(self, name: str, document: dict | None) -> defer.Deferred:
+        if not self.connected:
+            return defer.fail(NotConnected())
+        payload = b"" if document is None else encode_json(document)
+        self.ctx.bus.publish(self.topics.profile(name), payload, retain=True)
+        self.counters["profiles_published"] += 1
+        return self.ctx.bus.flush(ACK_TIMEOUT)
+
+
+def _data(msg: Incoming) -> Any:
+    if msg.empty:
+        return None
+    # Unreadable payloads are kept as such: fold() and describe() say so instead of crashing.
+    return msg.data if msg.error is None else {"_error": msg.error}
