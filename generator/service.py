@@ -4,6 +4,11 @@ Subscribes to discoveries, assignments and profiles; hands each message to the :
 and carries out the effects. A changed profile re-renders its devices cooperatively, a slice at
 a time, so the reactor keeps serving other messages meanwhile.
 
+The broker is a cache that can lose its last seconds (docs/DEPLOY.md): the :class:`Keeper` puts
+back the configs it lost, re-rendered from what the engine holds, and an assignment that vanished
+from the broker is reported (``assignments_lost``), not taken for an unassignment: only an
+explicit empty payload unassigns.
+
 With ``PNP_GENERATOR_SHARD=k/n`` it drops the discoveries and assignments of other shards'
 MACs before the engine sees them: the engine then knows only its own devices, so everything it
 publishes (config, error, their clearing, a profile's re-render) stays within the shard.
@@ -18,6 +23,7 @@ from twisted.logger import Logger
 
 from generator.engine import Clear, Effect, Engine, Error, Publish, Unpublish
 from services.bus import Incoming
+from services.retained import Keeper
 from services.runner import Context
 
 log = Logger(namespace="generator")
@@ -36,11 +42,18 @@ class GeneratorService:
         self._commit_call: Any = None
         self._stopped = False
         self._cooperator = task.Cooperator(scheduler=lambda x: ctx.reactor.callLater(0, x))
+        # assignments the broker replayed since the last (re)connection, and those it lost
+        self._replayed: set[str] = set()
+        self.lost: set[str] = set()
+        self.keeper = Keeper(ctx, self.topics.devices("config"), republish=self._put_back)
         bus = ctx.bus
+        bus.on_connect(self._replayed.clear)
         bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
         bus.subscribe(self.topics.devices("assignment"), self.on_assignment)
         bus.subscribe(self.topics.profiles(), self.on_profile)
         bus.when_subscribed().addCallback(self._subscribed)
+        self.keeper.on_synced(self._check_assignments)
+        self.keeper.start()
         if self.shard.count > 1:
             log.info("shard {shard}: rendering only the MACs with crc32(mac) mod {n} = {i}",
                      shard=str(self.shard), n=self.shard.count, i=self.shard.index - 1)
@@ -57,6 +70,7 @@ class GeneratorService:
 
     def stop(self) -> None:
         self._stopped = True
+        self.keeper.stop()
         for call in (self._ready_call, self._commit_call):
             if call is not None and call.active():
                 call.cancel()
@@ -92,6 +106,8 @@ class GeneratorService:
         if self._stopped or info is None or info.mac is None or not self._mine(info.mac):
             return
         self.ctx.counters["assignments"] += 1
+        self._replayed.add(info.mac)
+        self.lost.discard(info.mac)
         self.apply(self.engine.assignment(info.mac, msg.raw, msg.data, msg.error))
 
     def on_profile(self, msg: Incoming) -> None:
@@ -121,10 +137,14 @@ class GeneratorService:
         bus = self.ctx.bus
         for effect in effects:
             if isinstance(effect, Publish):
-                bus.publish(self.topics.device(effect.mac, "config"), effect.config.to_json(), retain=True)
+                topic, payload = self.topics.device(effect.mac, "config"), effect.config.to_json()
+                bus.publish(topic, payload, retain=True)
+                self.keeper.put(topic, payload)
                 self.ctx.counters["configs_published"] += 1
             elif isinstance(effect, Unpublish):
-                bus.publish(self.topics.device(effect.mac, "config"), b"", retain=True)
+                topic = self.topics.device(effect.mac, "config")
+                bus.publish(topic, b"", retain=True)
+                self.keeper.put(topic, b"")
                 self.ctx.counters["configs_removed"] += 1
                 log.info("{mac}: unassigned; its config is withdrawn", mac=effect.mac)
             elif isinstance(effect, Error):
@@ -134,6 +154,31 @@ class GeneratorService:
             elif isinstance(effect, Clear):
                 self.ctx.clear_error(effect.mac)
         self._commit_soon()
+
+    # --- the broker as a cache ---
+    def _put_back(self, topics: list[str]) -> None:
+        """Configs the broker lost: rendered again (the same inputs give the same bytes)."""
+        for topic in topics:
+            info = self.topics.parse(topic)
+            device = self.engine.devices.get(info.mac) if info is not None and info.mac else None
+            if device is not None:
+                device.published = ""
+                self.apply(self.engine.render(device.mac))
+
+    def _check_assignments(self, _lost_ours: bool) -> None:
+        """After a (re)connection's replay: assignments we hold that the broker did not replay
+        were lost by it (an unassignment is an empty payload, which we would have received)."""
+        gone = {mac for mac, d in self.engine.devices.items()
+                if (d.assignment is not None or d.problem is not None) and mac not in self._replayed}
+        new = gone - self.lost
+        self.lost = gone
+        if not new:
+            return
+        self.ctx.counters["assignments_lost"] += len(new)
+        sample = ", ".join(sorted(new)[:5]) + (", ..." if len(new) > 5 else "")
+        log.warn("the broker lost {count} assignments ({sample}): they stay assigned and their "
+                 "configs stay published; the assigning system should publish them again",
+                 count=len(new), sample=sample)
 
     def counters(self) -> dict[str, int]:
         s = self.engine.stats

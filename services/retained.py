@@ -1,0 +1,224 @@
+"""The broker as a cache: a service puts back the retained messages of its own that the broker lost.
+
+mosquitto saves its retained messages every ``autosave_interval`` seconds; a crash loses what
+came after the last save, and nothing tells its clients. So a service that owns retained topics
+keeps, per topic, a fingerprint of what it last published there (and the payload itself, or a
+way to make it again), and a **marker** of its own, retained on
+``{prefix}/services/{service}/{instance}/retained``: the XOR of all those fingerprints. The marker
+is published after the messages it covers, on the same connection, so a broker that still holds
+our latest marker holds everything before it (mosquitto handles one connection's packets in
+order and saves all its retained messages at once).
+
+After every (re)connection, once the subscriptions are acknowledged, a non-retained *sync*
+message is sent to the marker topic: when it comes back, every retained message that the
+subscriptions brought has arrived before it (one connection, one queue), so the end of the
+replay is known, not guessed from silence. Then:
+
+- the marker holds our digest: nothing was lost; what changed since that marker (the last
+  second's messages, which the broker may have lost with it) is sent again;
+- otherwise (marker older, missing, or unreadable): our own topics are read back (subscribed
+  again, with one more sync behind them) and only what is missing or different is published
+  again (counted as ``retained_restored`` and named in one log line).
+
+The marker goes out at QoS 0 and only while connected and checked: a QoS 1 marker that paho
+queued across a broker crash would be replayed on reconnect and vouch for messages the broker lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from services.bus import Incoming
+from services.messages import now_iso
+
+log = Logger(namespace="retained")
+
+MARK_AFTER = 1.0  # seconds: one marker per burst of changes, not one per message
+_ZERO = bytes(16)
+
+
+def fingerprint(topic: str, payload: bytes) -> bytes:
+    """What identifies one retained message: its topic and exact bytes."""
+    return hashlib.sha256(topic.encode("utf-8") + b"\0" + payload).digest()[:16]
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(16, "big")
+
+
+class Keeper:
+    """The retained messages one service owns under ``own`` (a topic filter), kept so that what
+    the broker loses can be put back.
+
+    ``republish(topics)``, when given, publishes those topics again from the service's own
+    state (the generator re-renders); without it the keeper keeps every payload and publishes
+    them itself. ``on_synced(lost)`` callbacks run after each connection's replay has ended,
+    with whether the broker lost messages of ours."""
+
+    def __init__(self, ctx: Any, own: str, republish: Callable[[list[str]], None] | None = None) -> None:
+        self.ctx = ctx
+        self.own = own
+        self.republish = republish
+        self.topic = f"{ctx.topics.service(ctx.name, ctx.settings.instance)}/retained"
+        self.prints: dict[str, bytes] = {}
+        self.payloads: dict[str, bytes] = {}
+        self.digest = _ZERO
+        self.checked = False  # this connection's check is done: markers may go out
+        self._broker_marker: bytes | None = None
+        self._marked: bytes | None = None  # the digest of the last marker we sent
+        self._dirty: set[str] = set()  # changed since that marker
+        self._sync = ""
+        self._reading: dict[str, bytes] | None = None
+        self._mark_call: Any = None
+        self._synced_callbacks: list[Callable[[bool], Any]] = []
+
+    def start(self) -> None:
+        bus = self.ctx.bus
+        bus.subscribe(self.topic, self._on_marker)
+        bus.on_connect(self._connected)
+        bus.on_disconnect(self._disconnected)
+        if bus.connected:
+            self._connected()
+
+    def stop(self) -> None:
+        """Send the marker now if it is due (a clean stop leaves an exact one behind)."""
+        if self._mark_call is not None and self._mark_call.active():
+            self._mark_call.cancel()
+            self._mark()
+
+    def on_synced(self, callback: Callable[[bool], Any]) -> None:
+        self._synced_callbacks.append(callback)
+
+    # --- what the service publishes ---
+    def put(self, topic: str, payload: bytes) -> None:
+        """Record a retained publish of ours (an empty payload: the topic was cleared)."""
+        old = self.prints.pop(topic, None)
+        if old is not None:
+            self.digest = xor(self.digest, old)
+        self.payloads.pop(topic, None)
+        if payload:
+            new = fingerprint(topic, payload)
+            self.prints[topic] = new
+            self.digest = xor(self.digest, new)
+            if self.republish is None:
+                self.payloads[topic] = payload
+        if old != self.prints.get(topic):
+            self._dirty.add(topic)
+            self._mark_soon()
+
+    def marker(self) -> bytes:
+        return json.dumps({"digest": self.digest.hex(), "count": len(self.prints), "at": now_iso(),
+                           "v": 1}, sort_keys=True, separators=(",", ":")).encode()
+
+    # --- the check after each connection ---
+    def _connected(self) -> None:
+        self.checked = False
+        self._broker_marker = None
+        if self._reading is not None:  # a read-back cut short by the lost connection
+            self._reading = None
+            self.ctx.bus.remove_handler(self.own, self._on_own)
+        self.ctx.bus.when_subscribed().addCallback(lambda _: self._send_sync())
+
+    def _disconnected(self) -> None:
+        self.checked = False
+
+    def _send_sync(self) -> None:
+        self._sync = os.urandom(8).hex()
+        self.ctx.bus.publish(self.topic, json.dumps({"sync": self._sync}).encode(), retain=False)
+
+    def _on_marker(self, msg: Incoming) -> None:
+        if msg.retain:
+            data = msg.data if isinstance(msg.data, dict) else {}
+            try:
+                self._broker_marker = bytes.fromhex(str(data.get("digest", "")))
+            except ValueError:
+                self._broker_marker = None
+            return
+        data = msg.data
+        if not isinstance(data, dict) or data.get("sync") != self._sync or not self._sync:
+            return  # our own marker coming back live, or an old sync
+        self._sync = ""
+        if self._reading is not None:
+            self._compare()
+        else:
+            self._replayed()
+
+    def _replayed(self) -> None:
+        """The replay after a (re)connection has ended: was anything of ours lost?"""
+        expected = self._marked if self._marked is not None else self.digest
+        if not self.prints or self._broker_marker == expected:
+            # The broker holds our last marker; what came after it may have been lost with
+            # the old connection: send those few again (the same bytes: harmless if present).
+            again = sorted(self._dirty)
+            if again and self._marked is not None:
+                self._publish_again(again)
+            self._done(lost=False)
+            return
+        # Older marker, or none: read our own topics back and put back what differs.
+        self._reading = {}
+        bus = self.ctx.bus
+        bus.subscribe(self.own, self._on_own, replay=True)
+        bus.when_subscribed().addCallback(lambda _: self._send_sync())
+
+    def _on_own(self, msg: Incoming) -> None:
+        if self._reading is not None and msg.retain and msg.raw:
+            self._reading[msg.topic] = fingerprint(msg.topic, msg.raw)
+
+    def _compare(self) -> None:
+        found, self._reading = self._reading or {}, None
+        self.ctx.bus.remove_handler(self.own, self._on_own)
+        missing = sorted(t for t, p in self.prints.items() if t not in found)
+        different = sorted(t for t, p in self.prints.items() if t in found and found[t] != p)
+        again = missing + different
+        if again:
+            self.ctx.counters["retained_restored"] += len(again)
+            log.warn("the broker lost {count} retained messages of ours ({missing} missing, "
+                     "{different} older; of {total} on {filter}): publishing them again",
+                     count=len(again), missing=len(missing), different=len(different),
+                     total=len(self.prints), filter=self.own)
+            self._publish_again(again)
+        self._done(lost=bool(again))
+
+    def _publish_again(self, topics: list[str]) -> None:
+        cleared = [t for t in topics if t not in self.prints]
+        for topic in cleared:  # a clearing the broker may have lost: an old message came back
+            self.ctx.bus.publish(topic, b"", retain=True)
+        topics = [t for t in topics if t in self.prints]
+        if self.republish is not None:
+            if topics:
+                self.republish(topics)
+            return
+        for topic in topics:
+            payload = self.payloads.get(topic)
+            if payload:
+                self.ctx.bus.publish(topic, payload, retain=True)
+
+    def _done(self, lost: bool) -> None:
+        self.checked = True
+        for callback in list(self._synced_callbacks):
+            try:
+                callback(lost)
+            except Exception:
+                log.failure("after the retained check")
+        if self._broker_marker != self.digest or self._dirty:
+            self._mark_soon()
+
+    # --- the marker ---
+    def _mark_soon(self) -> None:
+        if self._mark_call is None or not self._mark_call.active():
+            self._mark_call = self.ctx.reactor.callLater(MARK_AFTER, self._mark)
+
+    def _mark(self) -> None:
+        self._mark_call = None
+        bus = self.ctx.bus
+        if not bus.connected or not self.checked:
+            return  # the next connection's check sends it
+        bus.publish(self.topic, self.marker(), retain=True, qos=0)
+        self._marked = self.digest
+        self._broker_marker = self.digest
+        self._dirty.clear()
