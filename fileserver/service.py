@@ -2,8 +2,9 @@
 
 The store is the truth the HTTP side serves from; the broker only feeds it. So a restart with
 the broker away serves what was stored, and a bad config never replaces the last good files.
-Only an explicit empty ``config`` removes a device: a config the broker lost (docs/DEPLOY.md)
-is not an unassignment, and the generator puts it back. The :class:`Keeper` puts back the
+Only an empty ``config`` removes a device (received, or cleared while we were away: see
+:meth:`FileService._check_configs`): a config the broker lost (docs/DEPLOY.md) is no
+unassignment, and the generator puts it back. The :class:`Keeper` puts back the
 ``published`` messages the broker lost.
 """
 
@@ -44,6 +45,7 @@ class FileService:
         # what the broker holds retained on devices/{mac}/published (our own earlier messages)
         self.broker_published: dict[str, bytes] = {}
         self._seen_config: set[str] = set()
+        self._restored: set[str] = set()  # whose published the keeper put back since connecting
         self.configs_missing = 0  # stored devices whose config the broker did not replay
         self.keeper = Keeper(ctx, self.topics.devices("published"), republish=self._put_back)
         # a line per stored config and per provisioned phone, except in a storm of them
@@ -87,16 +89,30 @@ class FileService:
         # What the broker holds is replayed now (published first): a broker restarted from an
         # older save may lack some, and those must not be taken as already published.
         self.broker_published = {}
+        self._restored: set[str] = set()
 
     def _check_configs(self, _lost_ours: bool) -> None:
-        """After a (re)connection's replay: stored devices whose config the broker no longer
-        holds stay served (the broker lost it, or it was cleared while we were away: only an
-        empty payload tells the two apart, see docs/DEPLOY.md); said once per connection."""
-        missing = [m for m in self.catalog.devices if m not in self._seen_config]
+        """After a (re)connection's replay, a stored device whose config did not come back:
+
+        - its ``published`` did come back: the config was cleared while we were away (it was
+          published before our ``published``, so a broker that kept the later one kept it too,
+          unless an empty payload cleared it): the device is removed;
+        - its ``published`` is gone as well: the broker lost both (restarted from an older save,
+          or without its persistence). That is no unassignment: the device stays served, its
+          ``published`` is put back, and the generator puts back its config."""
+        cleared, missing = [], []
+        for mac in [m for m in self.catalog.devices if m not in self._seen_config]:
+            if mac in self.broker_published and mac not in self._restored:
+                cleared.append(mac)
+            else:
+                missing.append(mac)
+        for mac in cleared:
+            log.info("{mac}: its config was cleared while we were away", mac=mac)
+            self._remove(mac)
         self.configs_missing = len(missing)
         if missing:
             sample = ", ".join(sorted(missing)[:5]) + (", ..." if len(missing) > 5 else "")
-            log.warn("{count} stored devices have no config on the broker ({sample}): still "
+            log.warn("the broker lost the config of {count} stored devices ({sample}): still "
                      "served; only an empty config payload removes a device", count=len(missing),
                      sample=sample)
 
@@ -104,6 +120,8 @@ class FileService:
         for topic in topics:
             info = self.topics.parse(topic)
             if info is not None and info.mac in self.catalog.devices:
+                if info.mac not in self.broker_published:  # missing, not merely older
+                    self._restored.add(info.mac)
                 self.broker_published.pop(info.mac, None)
                 self._publish(info.mac)
 
