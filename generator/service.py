@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from generator.engine import Clear, Effect, Engine, Error, Publish, Unpublish
 from services.bus import Incoming
+from services.messages import PayloadError, decode_json
 from services.retained import Keeper
 from services.runner import Context
 
@@ -45,6 +46,7 @@ class GeneratorService:
         # assignments the broker replayed since the last (re)connection, and those it lost
         self._replayed: set[str] = set()
         self.lost: set[str] = set()
+        self._recovering = True  # the stored assignments are still to be checked (once)
         self.keeper = Keeper(ctx, self.topics.devices("config"), republish=self._put_back)
         bus = ctx.bus
         bus.on_connect(self._replayed.clear)
@@ -168,10 +170,49 @@ class GeneratorService:
     def _check_assignments(self, _lost_ours: bool) -> None:
         """After a (re)connection's replay: assignments we hold that the broker did not replay
         were lost by it (an unassignment is an empty payload, which we would have received)."""
+        if self._recovering:
+            self._check_stored()
         gone = {mac for mac, d in self.engine.devices.items()
                 if (d.assignment is not None or d.problem is not None) and mac not in self._replayed}
         new = gone - self.lost
         self.lost = gone
+        self._report_lost(new)
+
+    def _check_stored(self) -> None:
+        """After a start: stored assignments the broker did not replay, whose config we had
+        published. Our config still retained means the assignment was cleared while we were
+        away (the config came after it: a broker that kept the config kept the assignment,
+        unless an empty payload cleared it); config gone too means the broker lost both."""
+        records = self.engine.records
+        candidates = {mac: payload for mac, payload in self.engine.store.assignments().items()
+                      if mac not in self._replayed and self.shard.owns(mac)
+                      and mac in records and records[mac].digest}
+        if not candidates:
+            self._recovering = False
+            return
+        self.keeper.read(lambda found: self._recover(candidates, found))
+
+    def _recover(self, candidates: dict[str, str], found: dict[str, bytes]) -> None:
+        self._recovering = False
+        lost: set[str] = set()
+        for mac, payload in sorted(candidates.items()):
+            if mac in self._replayed:
+                continue  # it came back meanwhile
+            if self.topics.device(mac, "config") in found:
+                log.info("{mac}: unassigned while we were away; its config is withdrawn", mac=mac)
+                self.apply(self.engine.assignment(mac, b"", None, None))
+                continue
+            raw = payload.encode("utf-8")
+            try:
+                data, error = decode_json(raw), None
+            except PayloadError as exc:
+                data, error = None, str(exc)
+            self.apply(self.engine.assignment(mac, raw, data, error))
+            lost.add(mac)
+        self.lost |= lost
+        self._report_lost(lost)
+
+    def _report_lost(self, new: set[str]) -> None:
         if not new:
             return
         self.ctx.counters["assignments_lost"] += len(new)

@@ -74,6 +74,7 @@ class Keeper:
         self._dirty: set[str] = set()  # changed since that marker
         self._sync = ""
         self._reading: dict[str, bytes] | None = None
+        self._read_done: Callable[[dict[str, bytes]], Any] | None = None
         self._mark_call: Any = None
         self._synced_callbacks: list[Callable[[bool], Any]] = []
 
@@ -120,7 +121,7 @@ class Keeper:
         self.checked = False
         self._broker_marker = None
         if self._reading is not None:  # a read-back cut short by the lost connection
-            self._reading = None
+            self._reading = self._read_done = None
             self.ctx.bus.remove_handler(self.own, self._on_own)
         self.ctx.bus.when_subscribed().addCallback(lambda _: self._send_sync())
 
@@ -144,7 +145,11 @@ class Keeper:
             return  # our own marker coming back live, or an old sync
         self._sync = ""
         if self._reading is not None:
-            self._compare()
+            found, done = self._reading, self._read_done
+            self._reading = self._read_done = None
+            self.ctx.bus.remove_handler(self.own, self._on_own)
+            if done is not None:
+                done(found)
         else:
             self._replayed()
 
@@ -160,18 +165,24 @@ class Keeper:
             self._done(lost=False)
             return
         # Older marker, or none: read our own topics back and put back what differs.
-        self._reading = {}
+        self.read(self._compare)
+
+    def read(self, done: Callable[[dict[str, bytes]], Any]) -> bool:
+        """Read what the broker holds retained on our topics: ``done({topic: fingerprint})``
+        once its replay has ended. False (and nothing done) while another read is under way."""
+        if self._reading is not None or not self.ctx.bus.connected:
+            return False
+        self._reading, self._read_done = {}, done
         bus = self.ctx.bus
         bus.subscribe(self.own, self._on_own, replay=True)
         bus.when_subscribed().addCallback(lambda _: self._send_sync())
+        return True
 
     def _on_own(self, msg: Incoming) -> None:
         if self._reading is not None and msg.retain and msg.raw:
             self._reading[msg.topic] = fingerprint(msg.topic, msg.raw)
 
-    def _compare(self) -> None:
-        found, self._reading = self._reading or {}, None
-        self.ctx.bus.remove_handler(self.own, self._on_own)
+    def _compare(self, found: dict[str, bytes]) -> None:
         missing = sorted(t for t, p in self.prints.items() if t not in found)
         different = sorted(t for t, p in self.prints.items() if t in found and found[t] != p)
         again = missing + different

@@ -24,6 +24,7 @@ import pytest
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from generator import main as generator_main
 from generator.engine import Engine, Publish, Unpublish
 from generator.render import Renderer
 from generator.store import Store
@@ -131,6 +132,53 @@ class KeeperTest(unittest.TestCase):
         self.assertEqual(held["pnp/devices/000b82000001/notify"], b'{"status": "sent"}')
         self.assertEqual(held["pnp/devices/000b82000002/notify"], b'{"status": "timeout"}')
         self.assertEqual(held["pnp/devices/000b82000003/notify"], b'{"status": "sent"}')
+
+
+class GeneratorRestartTest(unittest.TestCase):
+    """A generator that was away while the broker lost messages: it tells an assignment the
+    broker lost (kept, its config put back) from one cleared meanwhile (its config withdrawn)."""
+
+    def setUp(self):
+        self.broker = start_broker(self.mktemp())
+        self.addCleanup(self.broker.stop)
+        self.data_dir = Path(self.mktemp())
+        self.probe = Probe(self.broker.url, "pnp/#")
+        self.addCleanup(self.probe.close)
+
+    @defer.inlineCallbacks
+    def start(self):
+        settings = make_settings(self.broker, self.data_dir, extra=generator_main.SETTINGS,
+                                 generator_settle="0.05")
+        rt = Runtime("generator", settings, generator_main.start, reactor)
+        self.addCleanup(rt.stop)
+        yield rt.start()
+        yield eventually(lambda: rt.component.engine.ready and rt.component.keeper.checked)
+        return rt
+
+    @defer.inlineCallbacks
+    def test_lost_assignment_kept_and_cleared_one_withdrawn(self):
+        kept, cleared, lost = SAVED[0], SAVED[1], SAVED[2]
+        rt = yield self.start()
+        for mac in (kept, cleared, lost):
+            self.probe.publish(f"pnp/devices/{mac}/assignment", assignment(mac), retain=True)
+        yield eventually(lambda: all(self.probe.last(f"pnp/devices/{m}/config") for m in (kept, cleared, lost)))
+        config = self.probe.on(f"pnp/devices/{lost}/config")[-1]
+        yield rt.stop()
+        # While the generator is away: one assignment is cleared (an empty payload), and the
+        # broker loses another together with its config (as a restart from an older save does).
+        self.probe.publish(f"pnp/devices/{cleared}/assignment", b"", retain=True)
+        for kind in ("assignment", "config"):
+            self.probe.publish(f"pnp/devices/{lost}/{kind}", b"", retain=True)
+        rt = yield self.start()
+        yield eventually(lambda: self.probe.on(f"pnp/devices/{lost}/config")[-1] == config)
+        yield eventually(lambda: self.probe.on(f"pnp/devices/{cleared}/config")[-1] == b"")
+        self.assertEqual(rt.ctx.counters["assignments_lost"], 1)
+        self.assertEqual(rt.component.lost, {lost})
+        self.assertEqual(rt.component.engine.assigned(), sorted([kept, lost]))
+        # The assigning system publishes it again: no longer lost, same bytes, same revision.
+        self.probe.publish(f"pnp/devices/{lost}/assignment", assignment(lost), retain=True)
+        yield eventually(lambda: not rt.component.lost)
+        self.assertEqual(self.probe.on(f"pnp/devices/{lost}/config")[-1], config)
 
 
 def test_broker_crash_loses_nothing_in_a_network_namespace():
