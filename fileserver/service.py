@@ -3,7 +3,7 @@
 The store is the truth the HTTP side serves from; the broker only feeds it. So a restart with
 the broker away serves what was stored, and a bad config never replaces the last good files.
 Only an empty ``config`` removes a device (received, or cleared while we were away: see
-:meth:`FileService._check_configs`): a config the broker lost (docs/DEPLOY.md) is no
+:meth:`FileService._check_configs`): a config the broker lost (docs/MQTT.md) is no
 unassignment, and the generator puts it back. The :class:`Keeper` puts back the
 ``published`` messages the broker lost.
 """
@@ -89,23 +89,25 @@ class FileService:
         # What the broker holds is replayed now (published first): a broker restarted from an
         # older save may lack some, and those must not be taken as already published.
         self.broker_published = {}
-        self._restored: set[str] = set()
+        self._restored = set()
 
-    def _check_configs(self, _lost_ours: bool) -> None:
+    def _check_configs(self, lost_ours: bool) -> None:
         """After a (re)connection's replay, a stored device whose config did not come back:
 
         - its ``published`` did come back: the config was cleared while we were away (it was
           published before our ``published``, so a broker that kept the later one kept it too,
           unless an empty payload cleared it): the device is removed;
-        - its ``published`` is gone as well: the broker lost both (restarted from an older save,
-          or without its persistence). That is no unassignment: the device stays served, its
-          ``published`` is put back, and the generator puts back its config."""
+        - its ``published`` is gone too, and the broker lost nothing of ours (our marker is
+          intact): another fileserver cleared it after the config was cleared: removed;
+        - its ``published`` is gone too, and the broker lost messages of ours (or the keeper
+          just put this one back): the broker lost both. That is no unassignment: the device
+          stays served, and the generator puts back its config."""
         cleared, missing = [], []
         for mac in [m for m in self.catalog.devices if m not in self._seen_config]:
-            if mac in self.broker_published and mac not in self._restored:
-                cleared.append(mac)
-            else:
+            if mac in self._restored or (lost_ours and mac not in self.broker_published):
                 missing.append(mac)
+            else:
+                cleared.append(mac)
         for mac in cleared:
             log.info("{mac}: its config was cleared while we were away", mac=mac)
             self._remove(mac)

@@ -4,7 +4,7 @@ Subscribes to discoveries, assignments and profiles; hands each message to the :
 and carries out the effects. A changed profile re-renders its devices cooperatively, a slice at
 a time, so the reactor keeps serving other messages meanwhile.
 
-The broker is a cache that can lose its last seconds (docs/DEPLOY.md): the :class:`Keeper` puts
+The broker is a cache that can lose its last seconds (docs/MQTT.md): the :class:`Keeper` puts
 back the configs it lost, re-rendered from what the engine holds, and an assignment that vanished
 from the broker is reported (``assignments_lost``), not taken for an unassignment: only an
 explicit empty payload unassigns.
