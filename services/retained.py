@@ -39,16 +39,15 @@ from services.messages import now_iso
 log = Logger(namespace="retained")
 
 MARK_AFTER = 1.0  # seconds: one marker per burst of changes, not one per message
-_ZERO = bytes(16)
 
 
-def fingerprint(topic: str, payload: bytes) -> bytes:
-    """What identifies one retained message: its topic and exact bytes."""
-    return hashlib.sha256(topic.encode("utf-8") + b"\0" + payload).digest()[:16]
+def fingerprint(topic: str, payload: bytes) -> int:
+    """What identifies one retained message: its topic and exact bytes (128 bits of sha256)."""
+    return int.from_bytes(hashlib.sha256(topic.encode("utf-8") + b"\0" + payload).digest()[:16], "big")
 
 
-def xor(a: bytes, b: bytes) -> bytes:
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(16, "big")
+def hex128(value: int) -> str:
+    return value.to_bytes(16, "big").hex()
 
 
 class Keeper:
@@ -65,16 +64,16 @@ class Keeper:
         self.own = own
         self.republish = republish
         self.topic = f"{ctx.topics.service(ctx.name, ctx.settings.instance)}/retained"
-        self.prints: dict[str, bytes] = {}
+        self.prints: dict[str, int] = {}
         self.payloads: dict[str, bytes] = {}
-        self.digest = _ZERO
+        self.digest = 0  # XOR of the prints
         self.checked = False  # this connection's check is done: markers may go out
-        self._broker_marker: bytes | None = None
-        self._marked: bytes | None = None  # the digest of the last marker we sent
+        self._broker_marker: int | None = None
+        self._marked: int | None = None  # the digest of the last marker we sent
         self._dirty: set[str] = set()  # changed since that marker
         self._sync = ""
-        self._reading: dict[str, bytes] | None = None
-        self._read_done: Callable[[dict[str, bytes]], Any] | None = None
+        self._reading: dict[str, int] | None = None
+        self._read_done: Callable[[dict[str, int]], Any] | None = None
         self._mark_call: Any = None
         self._synced_callbacks: list[Callable[[bool], Any]] = []
 
@@ -100,20 +99,22 @@ class Keeper:
         """Record a retained publish of ours (an empty payload: the topic was cleared)."""
         old = self.prints.pop(topic, None)
         if old is not None:
-            self.digest = xor(self.digest, old)
-        self.payloads.pop(topic, None)
+            self.digest ^= old
+        new = None
         if payload:
-            new = fingerprint(topic, payload)
-            self.prints[topic] = new
-            self.digest = xor(self.digest, new)
+            new = self.prints[topic] = fingerprint(topic, payload)
+            self.digest ^= new
             if self.republish is None:
                 self.payloads[topic] = payload
-        if old != self.prints.get(topic):
+        elif self.republish is None:
+            self.payloads.pop(topic, None)
+        if old != new:
             self._dirty.add(topic)
-            self._mark_soon()
+            if self._mark_call is None:
+                self._mark_soon()
 
     def marker(self) -> bytes:
-        return json.dumps({"digest": self.digest.hex(), "count": len(self.prints), "at": now_iso(),
+        return json.dumps({"digest": hex128(self.digest), "count": len(self.prints), "at": now_iso(),
                            "v": 1}, sort_keys=True, separators=(",", ":")).encode()
 
     # --- the check after each connection ---
@@ -136,7 +137,7 @@ class Keeper:
         if msg.retain:
             data = msg.data if isinstance(msg.data, dict) else {}
             try:
-                self._broker_marker = bytes.fromhex(str(data.get("digest", "")))
+                self._broker_marker = int(str(data.get("digest", "")), 16)
             except ValueError:
                 self._broker_marker = None
             return
@@ -167,7 +168,7 @@ class Keeper:
         # Older marker, or none: read our own topics back and put back what differs.
         self.read(self._compare)
 
-    def read(self, done: Callable[[dict[str, bytes]], Any]) -> bool:
+    def read(self, done: Callable[[dict[str, int]], Any]) -> bool:
         """Read what the broker holds retained on our topics: ``done({topic: fingerprint})``
         once its replay has ended. False (and nothing done) while another read is under way."""
         if self._reading is not None or not self.ctx.bus.connected:
@@ -182,7 +183,7 @@ class Keeper:
         if self._reading is not None and msg.retain and msg.raw:
             self._reading[msg.topic] = fingerprint(msg.topic, msg.raw)
 
-    def _compare(self, found: dict[str, bytes]) -> None:
+    def _compare(self, found: dict[str, int]) -> None:
         missing = sorted(t for t, p in self.prints.items() if t not in found)
         different = sorted(t for t, p in self.prints.items() if t in found and found[t] != p)
         again = missing + different

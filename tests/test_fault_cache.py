@@ -29,7 +29,7 @@ from generator.engine import Engine, Publish, Unpublish
 from generator.render import Renderer
 from generator.store import Store
 from services.broker import Mosquitto
-from services.retained import Keeper
+from services.retained import Keeper, hex128
 from services.runner import Runtime
 from tests.support import Probe, eventually, make_settings, start_broker, wait_until
 
@@ -96,7 +96,7 @@ class KeeperTest(unittest.TestCase):
         """Until the broker holds the keeper's marker for what it has now."""
         probe = Probe(self.broker.url, keeper.topic)
         self.addCleanup(probe.close)
-        return eventually(lambda: (probe.last(keeper.topic) or {}).get("digest") == keeper.digest.hex(),
+        return eventually(lambda: (probe.last(keeper.topic) or {}).get("digest") == hex128(keeper.digest),
                           timeout=5)
 
     def held(self) -> dict:
