@@ -14,11 +14,11 @@ message is sent to the marker topic: when it comes back, every retained message 
 subscriptions brought has arrived before it (one connection, one queue), so the end of the
 replay is known, not guessed from silence. Then:
 
-- the marker holds our digest: nothing was lost; what changed since that marker (the last
-  second's messages, which the broker may have lost with it) is sent again;
-- otherwise (marker older, missing, or unreadable): our own topics are read back (subscribed
-  again, with one more sync behind them) and only what is missing or different is published
-  again (counted as ``retained_restored`` and named in one log line).
+- the marker holds the digest of what we hold now: nothing of ours was lost;
+- otherwise (marker older, missing or unreadable, or changes since it that the broker may have
+  lost with the old connection): our own topics are read back (subscribed again, with one more
+  sync behind them) and only what is missing or different is published again (counted as
+  ``retained_restored`` and named in one log line).
 
 The marker goes out at QoS 0 and only while connected and checked: a QoS 1 marker that paho
 queued across a broker crash would be replayed on reconnect and vouch for messages the broker lost.
@@ -69,7 +69,6 @@ class Keeper:
         self.digest = 0  # XOR of the prints
         self.checked = False  # this connection's check is done: markers may go out
         self._broker_marker: int | None = None
-        self._marked: int | None = None  # the digest of the last marker we sent
         self._dirty: set[str] = set()  # changed since that marker
         self._sync = ""
         self._reading: dict[str, int] | None = None
@@ -156,16 +155,12 @@ class Keeper:
 
     def _replayed(self) -> None:
         """The replay after a (re)connection has ended: was anything of ours lost?"""
-        expected = self._marked if self._marked is not None else self.digest
-        if not self.prints or self._broker_marker == expected:
-            # The broker holds our last marker; what came after it may have been lost with
-            # the old connection: send those few again (the same bytes: harmless if present).
-            again = sorted(self._dirty)
-            if again and self._marked is not None:
-                self._publish_again(again)
+        if self._broker_marker == self.digest or (not self.prints and not self._dirty):
+            # The broker holds the marker of exactly what we hold: nothing of ours was lost.
             self._done(lost=False)
             return
-        # Older marker, or none: read our own topics back and put back what differs.
+        # An older marker, none, or changes since it (which the broker may have lost with the
+        # old connection): read our own topics back and put back what differs.
         self.read(self._compare)
 
     def read(self, done: Callable[[dict[str, int]], Any]) -> bool:
@@ -186,6 +181,8 @@ class Keeper:
     def _compare(self, found: dict[str, int]) -> None:
         missing = sorted(t for t, p in self.prints.items() if t not in found)
         different = sorted(t for t, p in self.prints.items() if t in found and found[t] != p)
+        # cleared by us lately, yet back on the broker (it lost the clearing)
+        different += sorted(t for t in self._dirty if t not in self.prints and t in found)
         again = missing + different
         if again:
             self.ctx.counters["retained_restored"] += len(again)
@@ -217,7 +214,9 @@ class Keeper:
                 callback(lost)
             except Exception:
                 log.failure("after the retained check")
-        if self._broker_marker != self.digest or self._dirty:
+        if self._broker_marker == self.digest:
+            self._dirty.clear()
+        elif self._mark_call is None:
             self._mark_soon()
 
     # --- the marker ---
@@ -231,6 +230,5 @@ class Keeper:
         if not bus.connected or not self.checked:
             return  # the next connection's check sends it
         bus.publish(self.topic, self.marker(), retain=True, qos=0)
-        self._marked = self.digest
         self._broker_marker = self.digest
         self._dirty.clear()
