@@ -153,7 +153,8 @@ class ListenerService:
         if self._learn_call is not None and self._learn_call.active():
             self._learn_call.cancel()
         self._learn_call = None
-        self.ctx.bus.unsubscribe(self._learn_filter)
+        # only our handler: the keeper may be reading the same topics back (services/retained.py)
+        self.ctx.bus.remove_handler(self._learn_filter, self._retained)
         log.info("learned {count} published boots from the retained discoveries", count=self._learned)
 
     def _retained(self, message: Incoming) -> None:
