@@ -69,7 +69,7 @@ class Keeper:
         self.digest = 0  # XOR of the prints
         self.checked = False  # this connection's check is done: markers may go out
         self._broker_marker: int | None = None
-        self._dirty: set[str] = set()  # changed since that marker
+        self._dirty: set[str] = set()  # changed since the last marker we sent
         self._sync = ""
         self._reading: dict[str, int] | None = None
         self._read_done: Callable[[dict[str, int]], Any] | None = None
