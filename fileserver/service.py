@@ -2,6 +2,10 @@
 
 The store is the truth the HTTP side serves from; the broker only feeds it. So a restart with
 the broker away serves what was stored, and a bad config never replaces the last good files.
+Only an empty ``config`` removes a device (received, or cleared while we were away: see
+:meth:`FileService._check_configs`): a config the broker lost (docs/MQTT.md) is no
+unassignment, and the generator puts it back. The :class:`Keeper` puts back the
+``published`` messages the broker lost.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from twisted.logger import Logger
 from services.bus import Incoming
 from services.burstlog import BurstLog
 from services.messages import Fetched, encode_json, now_iso
+from services.retained import Keeper
 from services.runner import Context
 from fileserver.abuse import NotFoundLimiter
 from fileserver.catalog import Catalog
@@ -24,11 +29,6 @@ from fileserver.resource import Policy
 from fileserver.store import Store
 
 log = Logger(namespace="fileserver")
-
-# After a (re)connect, retained configs arrive right behind the SUBACK; a stored device whose
-# config has not come back by then was unassigned while we were away.
-RECONCILE_AFTER = 3.0
-
 
 class FileService:
     def __init__(self, ctx: Context, store: Store, catalog: Catalog, policy: Policy,
@@ -45,7 +45,9 @@ class FileService:
         # what the broker holds retained on devices/{mac}/published (our own earlier messages)
         self.broker_published: dict[str, bytes] = {}
         self._seen_config: set[str] = set()
-        self._reconcile_call: Any = None
+        self._restored: set[str] = set()  # whose published the keeper put back since connecting
+        self.configs_missing = 0  # stored devices whose config the broker did not replay
+        self.keeper = Keeper(ctx, self.topics.devices("published"), republish=self._put_back)
         # a line per stored config and per provisioned phone, except in a storm of them
         self._log_stored = BurstLog(ctx.reactor, lambda n: log.info(
             "stored {count} more configs (not logged one by one)", count=n))
@@ -54,6 +56,9 @@ class FileService:
         self.policy.discovered_ip = store.discovered_ips()
         for device in store.load():
             self.catalog.set(device)
+            # what the last run left retained, as far as we know: the keeper checks it
+            self.keeper.put(self.topics.device(device.mac, "published"),
+                            self.catalog.published(device.mac).to_json())
         log.info("serving {devices} devices ({files} files) from the store",
                  devices=len(catalog.devices), files=catalog.file_count)
 
@@ -70,30 +75,57 @@ class FileService:
         bus.on_connect(self._connected)
         if bus.connected:
             self._connected()
+        self.keeper.on_synced(self._check_configs)
+        self.keeper.start()
 
     def stop(self) -> None:
-        if self._reconcile_call is not None and self._reconcile_call.active():
-            self._reconcile_call.cancel()
+        self.keeper.stop()
         self._log_stored.flush()
         self._log_provisioned.flush()
 
     # --- MQTT handlers ---
     def _connected(self) -> None:
         self._seen_config = set()
-        d = self.ctx.bus.when_subscribed()
-        d.addCallback(lambda _: self._schedule_reconcile())
+        # What the broker holds is replayed now (published first): a broker restarted from an
+        # older save may lack some, and those must not be taken as already published.
+        self.broker_published = {}
+        self._restored = set()
 
-    def _schedule_reconcile(self) -> None:
-        if self._reconcile_call is not None and self._reconcile_call.active():
-            self._reconcile_call.cancel()
-        self._reconcile_call = self.ctx.reactor.callLater(RECONCILE_AFTER, self.reconcile)
+    def _check_configs(self, lost_ours: bool) -> None:
+        """After a (re)connection's replay, a stored device whose config did not come back:
 
-    def reconcile(self) -> None:
-        if not self.ctx.bus.connected:
-            return
+        - its ``published`` did come back: the config was cleared while we were away (it was
+          published before our ``published``, so a broker that kept the later one kept it too,
+          unless an empty payload cleared it): the device is removed;
+        - its ``published`` is gone too, and the broker lost nothing of ours (our marker is
+          intact): another fileserver cleared it after the config was cleared: removed;
+        - its ``published`` is gone too, and the broker lost messages of ours (or the keeper
+          just put this one back): the broker lost both. That is no unassignment: the device
+          stays served, and the generator puts back its config."""
+        cleared, missing = [], []
         for mac in [m for m in self.catalog.devices if m not in self._seen_config]:
-            log.info("{mac}: its config is gone from the broker; removing its files", mac=mac)
+            if mac in self._restored or (lost_ours and mac not in self.broker_published):
+                missing.append(mac)
+            else:
+                cleared.append(mac)
+        for mac in cleared:
+            log.info("{mac}: its config was cleared while we were away", mac=mac)
             self._remove(mac)
+        self.configs_missing = len(missing)
+        if missing:
+            sample = ", ".join(sorted(missing)[:5]) + (", ..." if len(missing) > 5 else "")
+            log.warn("the broker lost the config of {count} stored devices ({sample}): still "
+                     "served; only an empty config payload removes a device", count=len(missing),
+                     sample=sample)
+
+    def _put_back(self, topics: list[str]) -> None:
+        for topic in topics:
+            info = self.topics.parse(topic)
+            if info is not None and info.mac in self.catalog.devices:
+                if info.mac not in self.broker_published:  # missing, not merely older
+                    self._restored.add(info.mac)
+                self.broker_published.pop(info.mac, None)
+                self._publish(info.mac)
 
     def on_published(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
@@ -186,7 +218,9 @@ class FileService:
         if self.broker_published.get(mac) == payload:
             return
         self.broker_published[mac] = payload
-        self.ctx.bus.publish(self.topics.device(mac, "published"), payload, retain=True)
+        topic = self.topics.device(mac, "published")
+        self.ctx.bus.publish(topic, payload, retain=True)
+        self.keeper.put(topic, payload)
 
     def _remove(self, mac: str) -> None:
         had = self.catalog.remove(mac) is not None
@@ -197,7 +231,9 @@ class FileService:
             log.info("{mac}: unassigned; its files are no longer served", mac=mac)
         if had or mac in self.broker_published:
             self.broker_published.pop(mac, None)
-            self.ctx.bus.publish(self.topics.device(mac, "published"), b"", retain=True)
+            topic = self.topics.device(mac, "published")
+            self.ctx.bus.publish(topic, b"", retain=True)
+            self.keeper.put(topic, b"")
 
     def _resolve_error(self, mac: str) -> None:
         if mac in self.errored:
@@ -232,7 +268,8 @@ class FileService:
     def counters(self) -> dict[str, int]:
         out = self.metrics.counters()
         out.update(devices=len(self.catalog.devices), files=self.catalog.file_count,
-                   provisioned=self.provisioned_devices(), clients_banned=self.limiter.bans)
+                   provisioned=self.provisioned_devices(), clients_banned=self.limiter.bans,
+                   configs_missing=self.configs_missing)
         return out
 
 

@@ -4,6 +4,11 @@ Subscribes to discoveries, assignments and profiles; hands each message to the :
 and carries out the effects. A changed profile re-renders its devices cooperatively, a slice at
 a time, so the reactor keeps serving other messages meanwhile.
 
+The broker is a cache that can lose its last seconds (docs/MQTT.md): the :class:`Keeper` puts
+back the configs it lost, re-rendered from what the engine holds, and an assignment that vanished
+from the broker is reported (``assignments_lost``), not taken for an unassignment: only an
+explicit empty payload unassigns.
+
 With ``PNP_GENERATOR_SHARD=k/n`` it drops the discoveries and assignments of other shards'
 MACs before the engine sees them: the engine then knows only its own devices, so everything it
 publishes (config, error, their clearing, a profile's re-render) stays within the shard.
@@ -18,6 +23,8 @@ from twisted.logger import Logger
 
 from generator.engine import Clear, Credentials, Effect, Engine, Error, Publish, Unpublish
 from services.bus import Incoming
+from services.messages import PayloadError, decode_json
+from services.retained import Keeper
 from services.runner import Context
 
 log = Logger(namespace="generator")
@@ -36,11 +43,19 @@ class GeneratorService:
         self._commit_call: Any = None
         self._stopped = False
         self._cooperator = task.Cooperator(scheduler=lambda x: ctx.reactor.callLater(0, x))
+        # assignments the broker replayed since the last (re)connection, and those it lost
+        self._replayed: set[str] = set()
+        self.lost: set[str] = set()
+        self._recovering = True  # the stored assignments are still to be checked (once)
+        self.keeper = Keeper(ctx, self.topics.devices("config"), republish=self._put_back)
         bus = ctx.bus
+        bus.on_connect(self._replayed.clear)
         bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
         bus.subscribe(self.topics.devices("assignment"), self.on_assignment)
         bus.subscribe(self.topics.profiles(), self.on_profile)
         bus.when_subscribed().addCallback(self._subscribed)
+        self.keeper.on_synced(self._check_assignments)
+        self.keeper.start()
         if self.shard.count > 1:
             log.info("shard {shard}: rendering only the MACs with crc32(mac) mod {n} = {i}",
                      shard=str(self.shard), n=self.shard.count, i=self.shard.index - 1)
@@ -57,6 +72,7 @@ class GeneratorService:
 
     def stop(self) -> None:
         self._stopped = True
+        self.keeper.stop()
         for call in (self._ready_call, self._commit_call):
             if call is not None and call.active():
                 call.cancel()
@@ -92,6 +108,8 @@ class GeneratorService:
         if self._stopped or info is None or info.mac is None or not self._mine(info.mac):
             return
         self.ctx.counters["assignments"] += 1
+        self._replayed.add(info.mac)
+        self.lost.discard(info.mac)
         self.apply(self.engine.assignment(info.mac, msg.raw, msg.data, msg.error))
 
     def on_profile(self, msg: Incoming) -> None:
@@ -121,10 +139,14 @@ class GeneratorService:
         bus = self.ctx.bus
         for effect in effects:
             if isinstance(effect, Publish):
-                bus.publish(self.topics.device(effect.mac, "config"), effect.config.to_json(), retain=True)
+                topic, payload = self.topics.device(effect.mac, "config"), effect.config.to_json()
+                bus.publish(topic, payload, retain=True)
+                self.keeper.put(topic, payload)
                 self.ctx.counters["configs_published"] += 1
             elif isinstance(effect, Unpublish):
-                bus.publish(self.topics.device(effect.mac, "config"), b"", retain=True)
+                topic = self.topics.device(effect.mac, "config")
+                bus.publish(topic, b"", retain=True)
+                self.keeper.put(topic, b"")
                 self.ctx.counters["configs_removed"] += 1
                 log.info("{mac}: unassigned; its config is withdrawn", mac=effect.mac)
             elif isinstance(effect, Error):
@@ -138,6 +160,70 @@ class GeneratorService:
                 payload = effect.credentials.to_json() if effect.credentials is not None else b""
                 bus.publish(self.topics.device(effect.mac, "resync"), payload, retain=True)
         self._commit_soon()
+
+    # --- the broker as a cache ---
+    def _put_back(self, topics: list[str]) -> None:
+        """Configs the broker lost: rendered again (the same inputs give the same bytes)."""
+        for topic in topics:
+            info = self.topics.parse(topic)
+            device = self.engine.devices.get(info.mac) if info is not None and info.mac else None
+            if device is not None:
+                device.published = ""
+                self.apply(self.engine.render(device.mac))
+
+    def _check_assignments(self, _lost_ours: bool) -> None:
+        """After a (re)connection's replay: assignments we hold that the broker did not replay
+        were lost by it (an unassignment is an empty payload, which we would have received)."""
+        if self._recovering:
+            self._check_stored()
+        gone = {mac for mac, d in self.engine.devices.items()
+                if (d.assignment is not None or d.problem is not None) and mac not in self._replayed}
+        new = gone - self.lost
+        self.lost = gone
+        self._report_lost(new)
+
+    def _check_stored(self) -> None:
+        """After a start: stored assignments the broker did not replay, whose config we had
+        published. Our config still retained means the assignment was cleared while we were
+        away (the config came after it: a broker that kept the config kept the assignment,
+        unless an empty payload cleared it); config gone too means the broker lost both."""
+        records = self.engine.records
+        candidates = {mac: payload for mac, payload in self.engine.store.assignments().items()
+                      if mac not in self._replayed and self.shard.owns(mac)
+                      and mac in records and records[mac].digest}
+        if not candidates:
+            self._recovering = False
+            return
+        self.keeper.read(lambda found: self._recover(candidates, found))
+
+    def _recover(self, candidates: dict[str, str], found: dict[str, bytes]) -> None:
+        self._recovering = False
+        lost: set[str] = set()
+        for mac, payload in sorted(candidates.items()):
+            if mac in self._replayed:
+                continue  # it came back meanwhile
+            if self.topics.device(mac, "config") in found:
+                log.info("{mac}: unassigned while we were away; its config is withdrawn", mac=mac)
+                self.apply(self.engine.assignment(mac, b"", None, None))
+                continue
+            raw = payload.encode("utf-8")
+            try:
+                data, error = decode_json(raw), None
+            except PayloadError as exc:
+                data, error = None, str(exc)
+            self.apply(self.engine.assignment(mac, raw, data, error))
+            lost.add(mac)
+        self.lost |= lost
+        self._report_lost(lost)
+
+    def _report_lost(self, new: set[str]) -> None:
+        if not new:
+            return
+        self.ctx.counters["assignments_lost"] += len(new)
+        sample = ", ".join(sorted(new)[:5]) + (", ..." if len(new) > 5 else "")
+        log.warn("the broker lost {count} assignments ({sample}): they stay assigned and their "
+                 "configs stay published; the assigning system should publish them again",
+                 count=len(new), sample=sample)
 
     def counters(self) -> dict[str, int]:
         s = self.engine.stats

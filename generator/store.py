@@ -64,6 +64,11 @@ class Store:
         else:
             self._write("INSERT OR REPLACE INTO assignments VALUES (?, ?, ?)", (mac, payload, now_iso()))
 
+    def assignments(self) -> dict[str, str]:
+        """The last assignment received per MAC, as received (read at start: the broker may
+        have lost some of them)."""
+        return {mac: payload for mac, payload in self.conn.execute("SELECT mac, payload FROM assignments")}
+
     def put_profile(self, name: str, payload: str | None) -> None:
         if payload is None:
             self._write("DELETE FROM profiles WHERE name = ?", (name,))

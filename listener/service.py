@@ -1,4 +1,10 @@
-"""The running listener: its sockets, its core, and what it publishes."""
+"""The running listener: its sockets, its core, and what it publishes.
+
+Each discovery it published is kept in memory by a :class:`Keeper` and put back if a broker
+restarted from an older save lost it: its consumers (generator, notifier, fileserver) take the
+same bytes again as a no-op, and a generator restarted later still learns the phone's vendor and
+model from it (an assignment need not name them), and ``pnp devices`` its IP and firmware. A
+restart of the listener forgets them: the phone's next boot publishes it again."""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from services.sip.message import MAX_DATAGRAM
 from services import netif
 from services.bus import Incoming
 from services.messages import Discovered, encode_json
+from services.retained import Keeper
 from services.runner import Context
 
 log = Logger(namespace="listener")
@@ -51,8 +58,9 @@ class ListenerService:
         self.times = AnswerTimes()
         # Discoveries wait there until the datagrams at hand are answered: in a burst, every
         # phone's answer goes out before any MQTT work is done.
+        self.keeper = Keeper(ctx, ctx.topics.devices("discovered"))
         self.outbox = Outbox(ctx.bus, ctx.reactor, window=settings.publish_window,
-                             encode=encode_discovered)
+                             encode=self._encode)
         self._learn_filter = ctx.topics.devices("discovered")
         self.learning = True
         self._learned = 0
@@ -63,8 +71,14 @@ class ListenerService:
         self._log_unlogged = 0
         self._log_flush: Any = None
 
+    def _encode(self, discovered: Discovered) -> bytes:
+        payload = encode_discovered(discovered)
+        self.keeper.put(self.ctx.topics.device(discovered.mac, "discovered"), payload)
+        return payload
+
     def start(self) -> "ListenerService":
         ctx = self.ctx
+        self.keeper.start()
         # Rebuild which boots were published already from our own retained discoveries, then
         # stop listening: otherwise every discovery we publish comes back to be decoded.
         ctx.bus.subscribe(self._learn_filter, self._retained)
@@ -141,7 +155,8 @@ class ListenerService:
         if self._learn_call is not None and self._learn_call.active():
             self._learn_call.cancel()
         self._learn_call = None
-        self.ctx.bus.unsubscribe(self._learn_filter)
+        # only our handler: the keeper may be reading the same topics back (services/retained.py)
+        self.ctx.bus.remove_handler(self._learn_filter, self._retained)
         log.info("learned {count} published boots from the retained discoveries", count=self._learned)
 
     def _retained(self, message: Incoming) -> None:
@@ -179,6 +194,7 @@ class ListenerService:
         if self._learn_call is not None and self._learn_call.active():
             self._learn_call.cancel()
         self.outbox.flush_all()
+        self.keeper.stop()
         if self._log_flush is not None and self._log_flush.active():
             self._log_flush.cancel()
         self._log_summary()

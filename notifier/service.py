@@ -1,5 +1,9 @@
 """The notifier: from retained discoveries, publications and downloads on MQTT to NOTIFYs on the
-wire, and their outcome back on ``devices/{mac}/notify``."""
+wire, and their outcome back on ``devices/{mac}/notify``.
+
+Each ``notify`` it publishes is kept in memory by a :class:`Keeper`, which puts back the ones a
+broker restarted from an older save lost (a restart of the notifier itself forgets them: the
+outcome of a NOTIFY is a report, the sent log in ``notifier.db`` is what matters)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from services.messages import (
 )
 from services.sip.digest import DigestError, challenges, choose, retry_request
 from services.sip.message import MAX_DATAGRAM, Request, new_branch
+from services.retained import Keeper
 from services.sip.transaction import Outcome, Result, Timers
 
 from notifier import build, decide
@@ -97,6 +102,8 @@ class Notifier:
         ctx.bus.subscribe(topics.devices("published"), self._on_published)
         ctx.bus.subscribe(topics.devices("fetched"), self._on_fetched)
         ctx.bus.subscribe(topics.devices("discovered"), self._on_discovered)
+        self.keeper = Keeper(ctx, topics.devices("notify"))
+        self.keeper.start()
         for address, endpoint in self.endpoints.items():
             log.info("sending NOTIFYs from {host}:{port}", host=address, port=endpoint.local[1])
         if self.shard.count > 1:
@@ -115,6 +122,7 @@ class Notifier:
 
     def stop(self) -> Any:
         self._stopped = True
+        self.keeper.stop()
         self._log_sent.flush()
         cut = sum(endpoint.stop() for endpoint in self.endpoints.values())
         if cut:
@@ -362,4 +370,6 @@ class Notifier:
             # NotifyStatus is flat: a shallow dict encodes the same bytes as to_json() without
             # dataclasses.asdict's deep copy, which was a tenth of a NOTIFY's CPU time.
             data = encode_json({**vars(status), "v": status.v})
-            self.ctx.bus.publish(self.ctx.topics.device(plan.mac, "notify"), data, retain=True)
+            topic = self.ctx.topics.device(plan.mac, "notify")
+            self.ctx.bus.publish(topic, data, retain=True)
+            self.keeper.put(topic, data)

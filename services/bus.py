@@ -403,18 +403,33 @@ class Bus:
     def will_set(self, topic: str, payload: bytes, retain: bool = True) -> None:
         self._client.will_set(topic, payload, qos=1, retain=retain)
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Call ``handler`` for each message matching ``topic_filter``, now and after reconnects."""
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, replay: bool = False) -> None:
+        """Call ``handler`` for each message matching ``topic_filter``, now and after reconnects.
+
+        ``replay``: subscribe again even if the filter already is, so that the broker sends its
+        retained messages once more (to every handler of the filter)."""
         sub = self._subs.get(topic_filter)
         if sub is None:
             sub = self._subs[topic_filter] = _Subscription(topic_filter, qos)
             if self.connected:
                 self._send_subscribe(sub)
+        elif replay and self.connected:
+            self._send_subscribe(sub)
         sub.handlers.append(handler)
 
     def unsubscribe(self, topic_filter: str) -> None:
         if self._subs.pop(topic_filter, None) is not None and self.connected:
             self._client.unsubscribe(topic_filter)
+
+    def remove_handler(self, topic_filter: str, handler: Handler) -> None:
+        """Stop calling ``handler``; the filter is unsubscribed once no handler is left."""
+        sub = self._subs.get(topic_filter)
+        if sub is None:
+            return
+        if handler in sub.handlers:
+            sub.handlers.remove(handler)
+        if not sub.handlers:
+            self.unsubscribe(topic_filter)
 
     def publish(self, topic: str, payload: bytes | str | None, retain: bool = False, qos: int = 1) -> bool:
         """Queue a message. Returns False (and counts it) when the bounded queue is full."""

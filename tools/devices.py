@@ -1,7 +1,8 @@
 """Every device the broker knows, one line each: MAC, vendor, model, firmware, IP, where it stands.
 
 Read from the retained topics under PNP_TOPIC_PREFIX/devices/ on PNP_MQTT_URL; nothing is
-stored anywhere else. Where a device stands is the furthest step of the flow its retained
+stored anywhere else. A broker that lost its last seconds still lists every device: the services
+put back the config, published, notify and discovered messages it lost (docs/MQTT.md). Where a device stands is the furthest step of the flow its retained
 messages show for its current configuration revision:
 
   awaiting-assignment  seen (discovered), no assignment yet

@@ -142,6 +142,8 @@ class Formatter:
             return None
         at = at or _now()
         info = self.topics.parse(topic)
+        if info is None and topic.startswith(f"{self.topics.prefix}/services/") and topic.endswith("/retained"):
+            return None  # a service's bookkeeping (docs/MQTT.md), not an event
         data, error = None, None
         if raw:
             try:
