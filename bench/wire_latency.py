@@ -1,0 +1,586 @@
+"""Latency from the wire: real sipp phones booting at a steady rate, timed from a packet capture.
+
+Everything runs inside a network namespace of its own (``unshare -n``; docs: NETWORK-SAFETY.md
+rule 3, sipp cannot set IP_MULTICAST_IF): only ``lo`` exists there, so nothing leaves the host.
+For each rate and each case, a fresh system, then sipp (``bench/wire_phone.xml``) boots N
+Grandstream GRP2614 phones at RATE per second, each with its own MAC (``-inf``, one line per
+call), each answering its NOTIFY with 200 OK. tshark captures ``lo``; the SIP packets of the
+capture give, per phone (per Call-ID), SUBSCRIBE->answer and SUBSCRIBE->NOTIFY.
+
+Cases:
+
+- ``ready``: files already published. Each phone's assignment, with vendor and model, is
+  published and its files rendered and published before the phones boot (a reboot, or a
+  pre-staged phone).
+- ``first``: first boot, rendering on the path. Each phone's assignment is published before
+  the phones boot but without vendor and model (an operator who knows the MAC and the account,
+  not the model), so the generator cannot render until the discovery names the model: discovery
+  -> generator renders -> config -> fileserver stores -> published -> notifier -> NOTIFY. No
+  client of the bench is on that path.
+- ``stdlib``: the reference, ``bench/wire_responder.py``: answer and NOTIFY at once from one
+  Python process, no broker.
+
+In ``ready`` and ``first`` the system is ``pnp up`` (its own mosquitto and the four services),
+with the listener's per-source limit raised (``PNP_SIP_RATE``/``PNP_SIP_BURST``): sipp sends
+every phone from one address, as phones behind one relay would. The fileserver's only
+per-source limit (``PNP_404_LIMIT``) counts 404s, and sipp downloads nothing, so it stays.
+The capture also holds the MQTT traffic: the script times each phone's discovery (and, in the
+first-boot case, config and published messages) on its way through the broker, by connection
+(``ss`` names the process behind each one), and prints where the milliseconds go.
+
+Bounded: N phones per run, sipp's own timeouts, and ``--max-seconds`` for the whole session;
+every process it starts is stopped (its process group) whatever happens. Needs root (for the
+namespace) and installs sipp (Debian: sip-tester) and tshark with apt-get when they are missing.
+
+    .venv/bin/python bench/wire_latency.py                            # 2,500 phones at 100, 500, 1000/s
+    .venv/bin/python bench/wire_latency.py --phones 2500 --rates 500,1000
+    .venv/bin/python bench/wire_latency.py --phones 50 --rates 100 --cases stdlib,ready
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from boot_storm import System, process_cpu  # noqa: E402
+from services.broker import free_port  # noqa: E402
+
+SCENARIO = HERE / "wire_phone.xml"
+RESPONDER = HERE / "wire_responder.py"
+GROUP = "224.0.1.75"
+PHONE_IP = "127.0.0.2"  # NETWORK-SAFETY rule 4: the phones are not the server's address
+CASES = ("stdlib", "ready", "first")
+PERCENTILES = (50, 90, 99)
+
+
+# --- outside the namespace ---------------------------------------------------------------------
+
+def ensure_tools() -> None:
+    """sipp and tshark, installed with apt-get when missing (a bench may; a test never does)."""
+    missing = [tool for tool in ("sipp", "tshark") if shutil.which(tool) is None]
+    if not missing:
+        return
+    packages = {"sipp": "sip-tester", "tshark": "tshark"}  # Debian names sipp's package so
+    print(f"# installing {', '.join(packages[t] for t in missing)} with apt-get", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["debconf-set-selections"], input=b"wireshark-common wireshark-common/install-setuid boolean false\n",
+                   env=env, check=False)
+    subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y",
+                    *[packages[t] for t in missing]], env=env, check=True, timeout=1200)
+    still = [tool for tool in missing if shutil.which(tool) is None]
+    if still:
+        raise SystemExit(f"could not install {', '.join(still)}")
+
+
+def outside(args: argparse.Namespace, argv: list[str]) -> int:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        print("needs root and unshare: everything runs in a network namespace of its own", file=sys.stderr)
+        return 2
+    ensure_tools()
+    print(f"# wire latency; load before: {uptime()}", flush=True)
+    command = ["unshare", "-n", "--", sys.executable, str(Path(__file__).resolve()), "--inside", *argv]
+    proc = subprocess.Popen(command, start_new_session=True)
+    try:
+        code = proc.wait(args.max_seconds + 60)
+    except subprocess.TimeoutExpired:
+        code = 1
+        print(f"# session over its bound ({args.max_seconds:g} s): stopped", flush=True)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # our own session only
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+    print(f"# load after: {uptime()}", flush=True)
+    return code
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+class Group:
+    """A process in its own session, so that stopping it stops its children too (tshark's
+    dumpcap, pnp up's services)."""
+
+    def __init__(self, argv: list[str], log: Path, **kwargs: Any) -> None:
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, wait: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        return self.proc.returncode
+
+
+def wait_for_text(path: Path, text: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}): {path.read_text(errors='replace')[-1500:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"no {text!r} in {path} within {timeout:g}s")
+
+
+class Capture:
+    """tshark on lo, UDP (SIP) and the broker's TCP port (MQTT), to a pcap file."""
+
+    def __init__(self, work: Path, broker_port: int | None) -> None:
+        self.pcap = work / "capture.pcap"
+        self.log_path = work / "tshark.log"
+        flt = "udp" + (f" or tcp port {broker_port}" if broker_port else "")
+        self.group = Group(["tshark", "-i", "lo", "-f", flt, "-B", "64", "-F", "pcap", "-w", str(self.pcap)],
+                           self.log_path)
+        wait_for_text(self.log_path, "Capturing on", 20, self.group.proc)
+        self._wait_live()
+
+    def _wait_live(self, timeout: float = 20.0) -> None:
+        # tshark says "Capturing on" before its dumpcap sees packets: the first phones would be
+        # missing from the capture. A marker datagram that reaches the file says it is live.
+        marker = b"pnp-wire-capture-live-%d" % os.getpid()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                probe.sendto(marker, ("127.0.0.1", 9))
+                time.sleep(0.05)
+                if self.pcap.exists() and marker in self.pcap.read_bytes():
+                    return
+        raise RuntimeError(f"the capture did not show a packet within {timeout:g}s")
+
+    def stop(self) -> str:
+        time.sleep(0.5)  # the last datagrams out of the kernel's buffer
+        self.group.stop(signal.SIGINT)
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "; ".join(line.strip() for line in lines if "captured" in line or "dropped" in line)
+
+
+def sipp(work: Path, macs: Iterable[str], sip_port: int, rate: int, count: int, notify_wait: float) -> dict:
+    """Boot ``count`` phones at ``rate`` per second; returns sipp's own tally."""
+    inject = work / "macs.csv"
+    inject.write_text("SEQUENTIAL\n" + "".join(f"{m.upper()}\n" for m in macs))
+    bound = count / rate + notify_wait + 15
+    argv = ["sipp", f"{GROUP}:{sip_port}", "-sf", str(SCENARIO), "-inf", str(inject), "-i", PHONE_IP,
+            "-p", str(free_port(PHONE_IP)), "-t", "u1", "-r", str(rate), "-m", str(count), "-l", str(count),
+            "-nostdin", "-recv_timeout", f"{int(notify_wait * 1000)}", "-timeout", f"{int(bound)}s",
+            "-buff_size", str(8 << 20), "-max_recv_loops", "10000"]
+    out = work / "sipp.out"
+    group = Group(argv, out, cwd=work)
+    try:
+        group.proc.wait(bound + 30)
+    except subprocess.TimeoutExpired:
+        pass
+    code = group.stop()
+    text = out.read_text(errors="replace")
+    tally = {"exit": code}
+    for key, label in (("successful", "Successful call"), ("failed", "Failed call")):
+        m = re.findall(rf"{label}\s*\|\s*\d+\s*\|\s*(\d+)", text)
+        if m:
+            tally[key] = int(m[-1])
+    return tally
+
+
+# --- staging (paho on its own thread, like the other benches' observers) -----------------------
+
+def assignment(mac: str, index: int, with_model: bool) -> dict:
+    """One account per phone, as ``pnp simulate --assign`` stages them (tools/simulate/staging.py)."""
+    user = str(1001 + index)
+    body: dict[str, Any] = {"accounts": [{"sip_server": "pbx.example.com", "user_id": user,
+                                          "password": f"pw-{mac[-8:]}", "display_name": f"Wire {user}"}]}
+    if with_model:
+        body = {"vendor": "grandstream", "model": "GRP2614", **body}
+    return body
+
+
+def stage(url: str, macs: list[str], with_model: bool, timeout: float) -> float:
+    """Publish every phone's assignment; return once the generator has handled all of them.
+
+    The last one is a sentinel phone with vendor and model: the generator reads its assignments
+    in order, so when the sentinel's files are published every earlier assignment was taken in
+    (and, with ``with_model``, every phone's files were published)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    sentinel = "000b82ffffff"
+    wanted = set(macs) | {sentinel} if with_model else {sentinel}
+    published: set[str] = set()
+    done = threading.Event()
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_queued_messages_set(0)
+    client.on_connect = lambda c, *_: c.subscribe("pnp/devices/+/published", qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(c: Any, u: Any, msg: Any) -> None:
+        mac = msg.topic.split("/")[2]
+        if mac in wanted and msg.payload:
+            published.add(mac)
+            if len(published) == len(wanted):
+                done.set()
+
+    client.on_message = on_message
+    started = time.monotonic()
+    client.connect(host, int(port))
+    client.loop_start()
+    try:
+        if not subscribed.wait(10):
+            raise RuntimeError("staging client could not subscribe")
+        infos = [client.publish(f"pnp/devices/{mac}/assignment", json.dumps(assignment(mac, i, with_model)),
+                                qos=1, retain=True) for i, mac in enumerate(macs)]
+        for info in infos:
+            info.wait_for_publish(timeout)
+        client.publish(f"pnp/devices/{sentinel}/assignment", json.dumps(assignment(sentinel, 0, True)),
+                       qos=1, retain=True).wait_for_publish(timeout)
+        if not done.wait(timeout):
+            raise RuntimeError(f"staging: {len(published)} of {len(wanted)} published within {timeout:g}s")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return time.monotonic() - started
+
+
+def broker_clients(broker_port: int) -> dict[int, str]:
+    """Local port of each client connection to the broker -> the service behind it."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :{broker_port} )"],
+                         capture_output=True, text=True).stdout
+    found: dict[int, str] = {}
+    for line in out.splitlines():
+        m = re.search(r"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:%d.*pid=(\d+)" % broker_port, line)
+        if not m:
+            continue
+        try:
+            argv = Path(f"/proc/{m.group(2)}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        found[int(m.group(1))] = words[-1] if words else m.group(2)
+    return found
+
+
+# --- reading the capture -----------------------------------------------------------------------
+
+_CALL_ID = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*(\S+)", re.I | re.M)
+_CSEQ = re.compile(rb"^cseq[ \t]*:[ \t]*\d+[ \t]+(\w+)", re.I | re.M)
+
+
+def udp_payloads(pcap: Path) -> Iterable[tuple[float, bytes]]:
+    """(timestamp, UDP payload) of each IPv4 UDP packet of a pcap file (Ethernet or Linux SLL)."""
+    data = pcap.read_bytes()
+    if len(data) < 24:
+        return
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    nanos = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    linktype = struct.unpack(endian + "I", data[20:24])[0]
+    link = {1: 14, 113: 16}.get(linktype)
+    if link is None:
+        raise RuntimeError(f"capture link type {linktype} not understood")
+    offset = 24
+    record = struct.Struct(endian + "IIII")
+    while offset + 16 <= len(data):
+        sec, frac, incl, _ = record.unpack_from(data, offset)
+        frame = data[offset + 16: offset + 16 + incl]
+        offset += 16 + incl
+        if frame[link - 2: link] != b"\x08\x00" or len(frame) < link + 28:
+            continue
+        ip = frame[link:]
+        if ip[9] != 17:
+            continue
+        udp = ip[(ip[0] & 0x0F) * 4:]
+        yield sec + frac / (1e9 if nanos else 1e6), udp[8:]
+
+
+def sip_times(pcap: Path) -> dict[bytes, dict[str, float]]:
+    """Per Call-ID: the first SUBSCRIBE, its first final answer, the first NOTIFY, the phone's
+    first answer to it (capture times, seconds)."""
+    calls: dict[bytes, dict[str, float]] = defaultdict(dict)
+    for ts, payload in udp_payloads(pcap):
+        call = _CALL_ID.search(payload)
+        cseq = _CSEQ.search(payload)
+        if call is None or cseq is None:
+            continue
+        times = calls[call.group(1)]
+        method = cseq.group(1).upper()
+        if payload.startswith(b"SIP/2.0 "):
+            if payload[8:9] in b"23456":
+                times.setdefault("answer" if method == b"SUBSCRIBE" else "notify_ok", ts)
+        elif payload.startswith(b"SUBSCRIBE "):
+            times.setdefault("subscribe", ts)
+            times["subscribes"] = times.get("subscribes", 0) + 1
+        elif payload.startswith(b"NOTIFY "):
+            times.setdefault("notify", ts)
+            times["notifies"] = times.get("notifies", 0) + 1
+    return calls
+
+
+def mqtt_times(pcap: Path, broker_port: int, clients: dict[int, str]) -> dict[str, dict[str, float]]:
+    """Per MAC: the first time each (service -> broker) or (broker -> service) PUBLISH of its
+    discovered/config/published topic is on the wire, named like ``listener>discovered`` and
+    ``discovered>notifier``."""
+    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"tcp.port=={broker_port},mqtt", "-Y", "mqtt.msgtype == 3",
+                          "-T", "fields", "-e", "frame.time_epoch", "-e", "tcp.srcport", "-e", "tcp.dstport",
+                          "-e", "mqtt.topic"], capture_output=True, text=True, timeout=600).stdout
+    found: dict[str, dict[str, float]] = defaultdict(dict)
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 4:
+            continue
+        ts, src, dst = float(parts[0]), int(parts[1]), int(parts[2])
+        for topic in parts[3].split(","):
+            bits = topic.split("/")
+            if len(bits) != 4 or bits[3] not in ("discovered", "config", "published"):
+                continue
+            if dst == broker_port:
+                name = f"{clients.get(src, src)}>{bits[3]}"
+            else:
+                name = f"{bits[3]}>{clients.get(dst, dst)}"
+            found[bits[2]].setdefault(name, ts)
+    return found
+
+
+# --- numbers -----------------------------------------------------------------------------------
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {f"p{p}": None for p in PERCENTILES} | {"max": None}
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    found: dict[str, float | None] = {f"p{p}": ordered[round(last * p / 100)] for p in PERCENTILES}
+    found["max"] = ordered[last]
+    return found
+
+
+def measure(calls: dict[bytes, dict[str, float]], phones: int) -> dict[str, Any]:
+    booted = [t for t in calls.values() if "subscribe" in t]
+    report: dict[str, Any] = {"phones": phones, "booted": len(booted),
+                              "subscribe_retransmissions": sum(t["subscribes"] - 1 for t in booted),
+                              "notify_retransmissions": sum(t.get("notifies", 1) - 1 for t in booted),
+                              "notify_answered": sum(1 for t in booted if "notify_ok" in t)}
+    for key, end in (("subscribe_to_answer", "answer"), ("subscribe_to_notify", "notify")):
+        values = [(t[end] - t["subscribe"]) * 1000 for t in booted if end in t]
+        report[key] = {**{k: None if v is None else round(v, 3) for k, v in percentiles(values).items()},
+                       "count": len(values), "lost": phones - len(values)}
+    return report
+
+
+def hops(calls: dict[bytes, dict[str, float]], mqtt: dict[str, dict[str, float]],
+         mac_of: dict[bytes, str]) -> dict[str, dict[str, Any]]:
+    """Milliseconds from each phone's SUBSCRIBE to each step of its way, p50/p99 over phones."""
+    steps: dict[str, list[float]] = defaultdict(list)
+    for call_id, times in calls.items():
+        mac = mac_of.get(call_id)
+        if "subscribe" not in times or mac is None:
+            continue
+        start = times["subscribe"]
+        for name, ts in list(mqtt.get(mac, {}).items()) + [("NOTIFY on the wire", times.get("notify"))]:
+            if ts is not None:
+                steps[name].append((ts - start) * 1000)
+    ordered = sorted(steps.items(), key=lambda kv: sorted(kv[1])[len(kv[1]) // 2])
+    return {name: {"p50": round(percentiles(v)["p50"], 3), "p99": round(percentiles(v)["p99"], 3),
+                   "count": len(v)} for name, v in ordered}
+
+
+def call_macs(pcap: Path) -> dict[bytes, str]:
+    """Call-ID -> MAC, from the SUBSCRIBEs' Request-URI."""
+    found: dict[bytes, str] = {}
+    for _, payload in udp_payloads(pcap):
+        if payload.startswith(b"SUBSCRIBE sip:MAC%3A"):
+            call = _CALL_ID.search(payload)
+            if call:
+                found[call.group(1)] = payload[20:32].decode().lower()
+    return found
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+def run_case(case: str, rate: int, phones: int, first_mac: int, work: Path, args: argparse.Namespace) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    macs = [f"000b82{first_mac + i:06x}" for i in range(phones)]
+    result: dict[str, Any] = {"case": case, "rate": rate}
+    started = time.monotonic()
+    if case == "stdlib":
+        sip_port = free_port()
+        responder = Group([sys.executable, str(RESPONDER), str(sip_port)], work / "responder.log")
+        try:
+            wait_for_text(work / "responder.log", "ready", 10, responder.proc)
+            capture = Capture(work, None)
+            try:
+                result["sipp"] = sipp(work, macs, sip_port, rate, phones, args.notify_wait)
+            finally:
+                result["capture"] = capture.stop()
+        finally:
+            responder.stop()
+        broker_port, clients, cpu = None, {}, {}
+    else:
+        system = System(work / "pnp-up.log")
+        # sipp's phones all come from one address: a deployment with phones behind one relay
+        # raises the listener's per-source token bucket the same way.
+        system.env.update({"PNP_SIP_RATE": "1000000", "PNP_SIP_BURST": "1000000",
+                           "PNP_NOTIFY_DIALOG": "in-dialog", "PNP_STATUS_INTERVAL": "30"})
+        with system:
+            result["staging_s"] = round(stage(system.url, macs, case == "ready", args.stage_timeout), 2)
+            time.sleep(1.0)  # the notifier reads the same published messages as the staging client
+            broker_port, sip_port = system.broker_port, system.sip_port
+            clients = broker_clients(broker_port)
+            cpu_before = process_cpu(system.proc.pid)
+            capture = Capture(work, broker_port)
+            try:
+                result["sipp"] = sipp(work, macs, sip_port, rate, phones, args.notify_wait)
+            finally:
+                result["capture"] = capture.stop()
+            cpu_after = process_cpu(system.proc.pid)
+            cpu = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 2) for k in cpu_after}
+    calls = sip_times(work / "capture.pcap")
+    result.update(measure(calls, phones))
+    result["cpu_s"] = cpu
+    if broker_port and args.trace:
+        result["trace_ms"] = hops(calls, mqtt_times(work / "capture.pcap", broker_port, clients),
+                                  call_macs(work / "capture.pcap"))
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    if not args.keep:
+        (work / "capture.pcap").unlink(missing_ok=True)
+    return result
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_result(r: dict) -> None:
+    print(f"\n### {r['case']} at {r['rate']}/s: {r['phones']} phones, {r['booted']} SUBSCRIBEd, "
+          f"{r['notify_answered']} answered their NOTIFY; sipp {r['sipp']}; "
+          f"SUBSCRIBE retransmissions {r['subscribe_retransmissions']}, NOTIFY retransmissions "
+          f"{r['notify_retransmissions']}; capture: {r['capture']}; wall {r['wall_s']} s"
+          + (f" (staging {r['staging_s']} s)" if "staging_s" in r else ""), flush=True)
+    print(f"{'ms':<22}" + "".join(f"{h:>9}" for h in ("p50", "p90", "p99", "max", "count", "lost")))
+    for key, label in (("subscribe_to_answer", "SUBSCRIBE->answer"), ("subscribe_to_notify", "SUBSCRIBE->NOTIFY")):
+        row = r[key]
+        print(f"{label:<22}" + "".join(f"{fmt(row[p]):>9}" for p in ("p50", "p90", "p99", "max"))
+              + f"{row['count']:>9}{row['lost']:>9}")
+    if r.get("cpu_s"):
+        print("CPU s during the boots: " + ", ".join(f"{k} {v}" for k, v in sorted(r["cpu_s"].items(), key=lambda kv: -kv[1])))
+    if r.get("trace_ms"):
+        print("trace, ms after the SUBSCRIBE (p50 / p99 over phones; 'a>b' = a PUBLISH from a to b):")
+        for name, row in r["trace_ms"].items():
+            print(f"  {name:<28}{row['p50']:>9.2f}{row['p99']:>9.2f}   ({row['count']})")
+    sys.stdout.flush()
+
+
+def summary_table(results: list[dict]) -> None:
+    print("\n## summary (ms; p50 / p90 / p99 / max; lost)")
+    print("| rate | case | SUBSCRIBE->answer | lost | SUBSCRIBE->NOTIFY | lost |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        a, n = r["subscribe_to_answer"], r["subscribe_to_notify"]
+        print(f"| {r['rate']}/s | {r['case']} | " + " / ".join(fmt(a[p]) for p in ("p50", "p90", "p99", "max"))
+              + f" | {a['lost']} | " + " / ".join(fmt(n[p]) for p in ("p50", "p90", "p99", "max")) + f" | {n['lost']} |")
+    sys.stdout.flush()
+
+
+class OverTime(Exception):
+    pass
+
+
+def inside(args: argparse.Namespace) -> int:
+    for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "lo", "multicast", "on"],
+                ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"]):
+        subprocess.run(cmd, check=True)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+    if len(links) != 1:  # NETWORK-SAFETY rule 3: inside, only lo
+        raise SystemExit(f"not in a private network namespace: {links}")
+
+    def over(*_: Any) -> None:
+        raise OverTime()
+
+    signal.signal(signal.SIGALRM, over)
+    signal.signal(signal.SIGTERM, over)
+    signal.alarm(int(args.max_seconds))
+    work_root = Path(tempfile.mkdtemp(prefix="pnp-wire-"))
+    results: list[dict] = []
+    code = 0
+    try:
+        first_mac = 0x100000
+        for rate in [int(x) for x in args.rates.split(",") if x.strip()]:
+            for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
+                if case not in CASES:
+                    raise SystemExit(f"unknown case {case!r}: one of {', '.join(CASES)}")
+                r = run_case(case, rate, args.phones, first_mac, work_root / f"{case}-{rate}", args)
+                first_mac += args.phones
+                results.append(r)
+                print_result(r)
+                code |= int(r["subscribe_to_notify"]["lost"] > 0)
+    except OverTime:
+        print(f"# stopped: over --max-seconds ({args.max_seconds:g} s) or asked to stop", flush=True)
+        code = 1
+    finally:
+        signal.alarm(0)
+        if results:
+            summary_table(results)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(results, indent=2))
+        if args.keep:
+            print(f"# captures and logs kept in {work_root}")
+        else:
+            shutil.rmtree(work_root, ignore_errors=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phones", type=int, default=2500, help="phones per run [2500]")
+    parser.add_argument("--rates", default="100,500,1000", help="boots per second, comma-separated [100,500,1000]")
+    parser.add_argument("--cases", default="stdlib,ready,first", help=f"of {', '.join(CASES)} [all]")
+    parser.add_argument("--notify-wait", type=float, default=10.0,
+                        help="seconds a phone waits for its answer and NOTIFY before it counts as lost [10]")
+    parser.add_argument("--stage-timeout", type=float, default=120.0, help="bound of the staging [120]")
+    parser.add_argument("--max-seconds", type=float, default=1800.0, help="bound of the whole session [1800]")
+    parser.add_argument("--no-trace", dest="trace", action="store_false",
+                        help="skip the MQTT trace (tshark's decoding of the capture)")
+    parser.add_argument("--keep", action="store_true", help="keep captures and logs (their folder is printed)")
+    parser.add_argument("--json-out", default=None, help="also write the results here")
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phones < 1 or args.phones > 100_000:
+        parser.error("--phones: 1 to 100000")
+    if args.inside:
+        return inside(args)
+    return outside(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
