@@ -291,14 +291,34 @@ def broker_clients(broker_port: int) -> dict[int, str]:
     return found
 
 
+KERNEL = {("Tcp", "RetransSegs"), ("TcpExt", "TCPLossProbes"), ("TcpExt", "TCPTimeouts"),
+          ("TcpExt", "TCPBacklogDrop"), ("TcpExt", "TCPRcvQDrop"), ("TcpExt", "TCPOFOQueue"),
+          ("TcpExt", "TCPDSACKRecv"), ("Udp", "RcvbufErrors"), ("Udp", "InErrors")}
+
+
+def kernel_counters() -> dict[str, int]:
+    """The namespace's own TCP/UDP counters (nobody else's traffic is in them): loss recovery on
+    the MQTT connections, datagrams dropped on full receive buffers."""
+    found: dict[str, int] = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = Path(path).read_text().splitlines()
+        for names, values in zip(lines[::2], lines[1::2]):
+            proto, _, keys = names.partition(":")
+            for key, value in zip(keys.split(), values.partition(":")[2].split()):
+                if (proto, key) in KERNEL:
+                    found[f"{proto}.{key}"] = int(value)
+    return found
+
+
 # --- reading the capture -----------------------------------------------------------------------
 
 _CALL_ID = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*(\S+)", re.I | re.M)
 _CSEQ = re.compile(rb"^cseq[ \t]*:[ \t]*\d+[ \t]+(\w+)", re.I | re.M)
 
 
-def udp_payloads(pcap: Path) -> Iterable[tuple[float, bytes]]:
-    """(timestamp, UDP payload) of each IPv4 UDP packet of a pcap file (Ethernet or Linux SLL)."""
+def udp_payloads(pcap: Path) -> Iterable[tuple[float, bytes, tuple, tuple]]:
+    """(timestamp, UDP payload, source, destination) of each IPv4 UDP packet of a pcap file
+    (Ethernet or Linux SLL); addresses as raw (IP, port) bytes."""
     data = pcap.read_bytes()
     if len(data) < 24:
         return
@@ -321,14 +341,17 @@ def udp_payloads(pcap: Path) -> Iterable[tuple[float, bytes]]:
         if ip[9] != 17:
             continue
         udp = ip[(ip[0] & 0x0F) * 4:]
-        yield sec + frac / (1e9 if nanos else 1e6), udp[8:]
+        source = (ip[12:16], udp[0:2])
+        dest = (ip[16:20], udp[2:4])
+        yield sec + frac / (1e9 if nanos else 1e6), udp[8:], source, dest
 
 
 def sip_times(pcap: Path) -> dict[bytes, dict[str, float]]:
     """Per Call-ID: the first SUBSCRIBE, its first final answer, the first NOTIFY, the phone's
     first answer to it (capture times, seconds)."""
     calls: dict[bytes, dict[str, float]] = defaultdict(dict)
-    for ts, payload in udp_payloads(pcap):
+    senders: dict[bytes, tuple] = {}
+    for ts, payload, source, dest in udp_payloads(pcap):
         call = _CALL_ID.search(payload)
         cseq = _CSEQ.search(payload)
         if call is None or cseq is None:
@@ -337,39 +360,76 @@ def sip_times(pcap: Path) -> dict[bytes, dict[str, float]]:
         method = cseq.group(1).upper()
         if payload.startswith(b"SIP/2.0 "):
             if payload[8:9] in b"23456":
-                times.setdefault("answer" if method == b"SUBSCRIBE" else "notify_ok", ts)
+                if method == b"SUBSCRIBE":
+                    times.setdefault("answer", ts)
+                elif "notify_ok" not in times:
+                    times["notify_ok"] = ts
+                    # the answer reached the NOTIFY's sender, not the group (the scenario's setdest)
+                    times["notify_ok_to_sender"] = float(dest == senders.get(call.group(1)))
         elif payload.startswith(b"SUBSCRIBE "):
             times.setdefault("subscribe", ts)
             times["subscribes"] = times.get("subscribes", 0) + 1
         elif payload.startswith(b"NOTIFY "):
             times.setdefault("notify", ts)
+            senders.setdefault(call.group(1), source)
             times["notifies"] = times.get("notifies", 0) + 1
     return calls
 
 
-def mqtt_times(pcap: Path, broker_port: int, clients: dict[int, str]) -> dict[str, dict[str, float]]:
-    """Per MAC: the first time each (service -> broker) or (broker -> service) PUBLISH of its
+def mqtt_times(pcap: Path, broker_port: int,
+               clients: dict[int, str]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """Two readings of the capture's MQTT packets.
+
+    Per MAC: the first time each (service -> broker) or (broker -> service) PUBLISH of its
     discovered/config/published topic is on the wire, named like ``listener>discovered`` and
-    ``discovered>notifier``."""
-    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"tcp.port=={broker_port},mqtt", "-Y", "mqtt.msgtype == 3",
+    ``discovered>notifier``. Per service: how long it takes to PUBACK what the broker sends it,
+    and the most the broker had sent it unacknowledged (the broker's window to a client is
+    bounded, so a late PUBACK delays the next message)."""
+    out = subprocess.run(["tshark", "-r", str(pcap), "-d", f"tcp.port=={broker_port},mqtt", "-Y", "mqtt",
                           "-T", "fields", "-e", "frame.time_epoch", "-e", "tcp.srcport", "-e", "tcp.dstport",
-                          "-e", "mqtt.topic"], capture_output=True, text=True, timeout=600).stdout
+                          "-e", "mqtt.msgtype", "-e", "mqtt.qos", "-e", "mqtt.msgid", "-e", "mqtt.topic"],
+                         capture_output=True, text=True, timeout=600).stdout
     found: dict[str, dict[str, float]] = defaultdict(dict)
+    sent: dict[int, dict[str, float]] = defaultdict(dict)  # client port -> msgid -> sent at
+    acks: dict[int, list[float]] = defaultdict(list)
+    peak: dict[int, int] = defaultdict(int)
     for line in out.splitlines():
         parts = line.split("\t")
-        if len(parts) < 4:
+        if len(parts) < 7:
             continue
         ts, src, dst = float(parts[0]), int(parts[1]), int(parts[2])
-        for topic in parts[3].split(","):
-            bits = topic.split("/")
-            if len(bits) != 4 or bits[3] not in ("discovered", "config", "published"):
-                continue
-            if dst == broker_port:
-                name = f"{clients.get(src, src)}>{bits[3]}"
-            else:
-                name = f"{bits[3]}>{clients.get(dst, dst)}"
-            found[bits[2]].setdefault(name, ts)
-    return found
+        types = [int(t) for t in parts[3].split(",") if t]
+        qos = iter(parts[4].split(","))
+        ids = iter(parts[5].split(","))
+        topics = iter(parts[6].split(","))
+        to_client = src == broker_port
+        client = dst if to_client else src
+        for kind in types:
+            # mqtt.* fields of several packets in one segment come as lists, in packet order
+            if kind == 3:
+                topic, level = next(topics, ""), next(qos, "0")
+                msgid = next(ids, "") if level not in ("", "0") else ""
+                if to_client and msgid:
+                    sent[client][msgid] = ts
+                    peak[client] = max(peak[client], len(sent[client]))
+                bits = topic.split("/")
+                if len(bits) == 4 and bits[3] in ("discovered", "config", "published"):
+                    name = f"{bits[3]}>{clients.get(client, client)}" if to_client else \
+                        f"{clients.get(client, client)}>{bits[3]}"
+                    found[bits[2]].setdefault(name, ts)
+            elif 4 <= kind <= 11:
+                msgid = next(ids, "")
+                if kind == 4 and not to_client and msgid in sent[client]:
+                    acks[client].append((ts - sent[client].pop(msgid)) * 1000)
+            elif kind in (8, 10):
+                next(topics, "")
+    puback = {}
+    for client, values in acks.items():
+        row = percentiles(values)
+        puback[str(clients.get(client, client))] = {
+            "p50": round(row["p50"], 3), "p99": round(row["p99"], 3), "max": round(row["max"], 3),
+            "count": len(values), "peak_unacked": peak[client]}
+    return found, puback
 
 
 # --- numbers -----------------------------------------------------------------------------------
@@ -389,7 +449,7 @@ def measure(calls: dict[bytes, dict[str, float]], phones: int) -> dict[str, Any]
     report: dict[str, Any] = {"phones": phones, "booted": len(booted),
                               "subscribe_retransmissions": sum(t["subscribes"] - 1 for t in booted),
                               "notify_retransmissions": sum(t.get("notifies", 1) - 1 for t in booted),
-                              "notify_answered": sum(1 for t in booted if "notify_ok" in t)}
+                              "notify_answered": sum(1 for t in booted if t.get("notify_ok_to_sender"))}
     for key, end in (("subscribe_to_answer", "answer"), ("subscribe_to_notify", "notify")):
         values = [(t[end] - t["subscribe"]) * 1000 for t in booted if end in t]
         report[key] = {**{k: None if v is None else round(v, 3) for k, v in percentiles(values).items()},
@@ -397,27 +457,69 @@ def measure(calls: dict[bytes, dict[str, float]], phones: int) -> dict[str, Any]
     return report
 
 
+# Who publishes each traced topic, and what each service publishes in answer to.
+PRODUCER = {"discovered": "listener", "config": "generator", "published": "fileserver"}
+INPUT = {"generator": "discovered", "fileserver": "config"}
+
+
+def predecessor(name: str, way: dict[str, float]) -> str:
+    """The step that ``name`` follows from: what its sender had received, or the publish that
+    the broker passed on; the NOTIFY follows the later of the notifier's two inputs."""
+    if name == "NOTIFY on the wire":
+        inputs = [n for n in ("discovered>notifier", "published>notifier") if n in way]
+        return max(inputs, key=way.__getitem__) if inputs else "SUBSCRIBE"
+    if name == "answer on the wire":
+        return "SUBSCRIBE"
+    sender, _, topic = name.partition(">")
+    if sender in PRODUCER:  # "topic>service": the broker's copy of the producer's publish
+        return f"{PRODUCER.get(sender, '')}>{sender}"
+    if sender in INPUT:  # "service>topic": what that service made it from
+        return f"{INPUT[sender]}>{sender}"
+    return "answer on the wire" if "answer on the wire" in way else "SUBSCRIBE"
+
+
 def hops(calls: dict[bytes, dict[str, float]], mqtt: dict[str, dict[str, float]],
          mac_of: dict[bytes, str]) -> dict[str, dict[str, Any]]:
-    """Milliseconds from each phone's SUBSCRIBE to each step of its way, p50/p99 over phones."""
-    steps: dict[str, list[float]] = defaultdict(list)
+    """Each step of a phone's way, in the order of their medians: milliseconds from the
+    SUBSCRIBE (p50/p99 over phones), and from the step it follows (the hop's own share: its p99
+    says which hop makes the tail)."""
+    ways: list[dict[str, float]] = []
     for call_id, times in calls.items():
         mac = mac_of.get(call_id)
         if "subscribe" not in times or mac is None:
             continue
-        start = times["subscribe"]
-        for name, ts in list(mqtt.get(mac, {}).items()) + [("NOTIFY on the wire", times.get("notify"))]:
-            if ts is not None:
-                steps[name].append((ts - start) * 1000)
-    ordered = sorted(steps.items(), key=lambda kv: sorted(kv[1])[len(kv[1]) // 2])
-    return {name: {"p50": round(percentiles(v)["p50"], 3), "p99": round(percentiles(v)["p99"], 3),
-                   "count": len(v)} for name, v in ordered}
+        way = {"SUBSCRIBE": times["subscribe"], **mqtt.get(mac, {})}
+        if "answer" in times:
+            way["answer on the wire"] = times["answer"]
+        if "notify" in times:
+            way["NOTIFY on the wire"] = times["notify"]
+        ways.append(way)
+    after: dict[str, list[float]] = defaultdict(list)
+    own: dict[str, list[float]] = defaultdict(list)
+    follows: dict[str, set[str]] = defaultdict(set)
+    for way in ways:
+        for name, ts in way.items():
+            if name == "SUBSCRIBE":
+                continue
+            after[name].append((ts - way["SUBSCRIBE"]) * 1000)
+            prev = predecessor(name, way)
+            if prev in way:
+                own[name].append((ts - way[prev]) * 1000)
+                follows[name].add(prev)
+    report: dict[str, dict[str, Any]] = {}
+    for name in sorted(after, key=lambda n: (percentiles(after[n])["p50"], n)):
+        total, hop = percentiles(after[name]), percentiles(own[name])
+        report[name] = {"p50": round(total["p50"], 3), "p99": round(total["p99"], 3),
+                        "from": " or ".join(sorted(follows[name])),
+                        **{f"hop_{k}": None if v is None else round(v, 3) for k, v in hop.items() if k in ("p50", "p99", "max")},
+                        "count": len(after[name])}
+    return report
 
 
 def call_macs(pcap: Path) -> dict[bytes, str]:
     """Call-ID -> MAC, from the SUBSCRIBEs' Request-URI."""
     found: dict[bytes, str] = {}
-    for _, payload in udp_payloads(pcap):
+    for _, payload, _, _ in udp_payloads(pcap):
         if payload.startswith(b"SUBSCRIBE sip:MAC%3A"):
             call = _CALL_ID.search(payload)
             if call:
@@ -438,10 +540,12 @@ def run_case(case: str, rate: int, phones: int, first_mac: int, work: Path, args
         try:
             wait_for_text(work / "responder.log", "ready", 10, responder.proc)
             capture = Capture(work, None)
+            before = kernel_counters()
             try:
                 result["sipp"] = sipp(work, macs, sip_port, rate, phones, args.notify_wait)
             finally:
                 result["capture"] = capture.stop()
+            result["kernel"] = {k: v - before[k] for k, v in kernel_counters().items() if v != before[k]}
         finally:
             responder.stop()
         broker_port, clients, cpu = None, {}, {}
@@ -458,18 +562,22 @@ def run_case(case: str, rate: int, phones: int, first_mac: int, work: Path, args
             clients = broker_clients(broker_port)
             cpu_before = process_cpu(system.proc.pid)
             capture = Capture(work, broker_port)
+            before = kernel_counters()
             try:
                 result["sipp"] = sipp(work, macs, sip_port, rate, phones, args.notify_wait)
             finally:
                 result["capture"] = capture.stop()
+            result["kernel"] = {k: v - before[k] for k, v in kernel_counters().items() if v != before[k]}
             cpu_after = process_cpu(system.proc.pid)
             cpu = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 2) for k in cpu_after}
     calls = sip_times(work / "capture.pcap")
     result.update(measure(calls, phones))
     result["cpu_s"] = cpu
+    if args.keep:
+        (work / "clients.json").write_text(json.dumps({"broker_port": broker_port, "clients": clients}))
     if broker_port and args.trace:
-        result["trace_ms"] = hops(calls, mqtt_times(work / "capture.pcap", broker_port, clients),
-                                  call_macs(work / "capture.pcap"))
+        mqtt, result["puback_ms"] = mqtt_times(work / "capture.pcap", broker_port, clients)
+        result["trace_ms"] = hops(calls, mqtt, call_macs(work / "capture.pcap"))
     result["wall_s"] = round(time.monotonic() - started, 1)
     if not args.keep:
         (work / "capture.pcap").unlink(missing_ok=True)
@@ -482,7 +590,7 @@ def fmt(value: float | None) -> str:
 
 def print_result(r: dict) -> None:
     print(f"\n### {r['case']} at {r['rate']}/s: {r['phones']} phones, {r['booted']} SUBSCRIBEd, "
-          f"{r['notify_answered']} answered their NOTIFY; sipp {r['sipp']}; "
+          f"{r['notify_answered']} answered their NOTIFY to its sender; sipp {r['sipp']}; "
           f"SUBSCRIBE retransmissions {r['subscribe_retransmissions']}, NOTIFY retransmissions "
           f"{r['notify_retransmissions']}; capture: {r['capture']}; wall {r['wall_s']} s"
           + (f" (staging {r['staging_s']} s)" if "staging_s" in r else ""), flush=True)
@@ -491,12 +599,21 @@ def print_result(r: dict) -> None:
         row = r[key]
         print(f"{label:<22}" + "".join(f"{fmt(row[p]):>9}" for p in ("p50", "p90", "p99", "max"))
               + f"{row['count']:>9}{row['lost']:>9}")
+    print("kernel counters of the namespace during the boots: "
+          + (", ".join(f"{k} +{v}" for k, v in sorted(r.get("kernel", {}).items())) or "no change"))
     if r.get("cpu_s"):
         print("CPU s during the boots: " + ", ".join(f"{k} {v}" for k, v in sorted(r["cpu_s"].items(), key=lambda kv: -kv[1])))
     if r.get("trace_ms"):
-        print("trace, ms after the SUBSCRIBE (p50 / p99 over phones; 'a>b' = a PUBLISH from a to b):")
+        print("trace ('a>b': a PUBLISH from a to b on the wire), ms over phones:")
+        print(f"  {'step':<24}{'after SUBSCRIBE p50':>20}{'p99':>9}{'hop p50':>10}{'p99':>9}{'max':>9}"
+              "  hop: from")
         for name, row in r["trace_ms"].items():
-            print(f"  {name:<28}{row['p50']:>9.2f}{row['p99']:>9.2f}   ({row['count']})")
+            print(f"  {name:<24}{row['p50']:>20.2f}{row['p99']:>9.2f}{fmt(row['hop_p50']):>10}"
+                  f"{fmt(row['hop_p99']):>9}{fmt(row['hop_max']):>9}  {row['from']} ({row['count']})")
+    if r.get("puback_ms"):
+        print("PUBACK of what the broker sends, ms after it: " + "; ".join(
+            f"{k} p50 {v['p50']:.2f} p99 {v['p99']:.2f} max {v['max']:.2f} ({v['count']}, at most "
+            f"{v['peak_unacked']} unacknowledged)" for k, v in sorted(r["puback_ms"].items())))
     sys.stdout.flush()
 
 
