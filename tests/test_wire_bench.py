@@ -26,13 +26,14 @@ def test_every_sipp_phone_is_answered_and_notified_and_measured(tmp_path: Path) 
         pytest.skip("the wire bench makes a network namespace: needs root (CI has it)")
     out = tmp_path / "wire.json"
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--phones", "20", "--rates", "100", "--cases", "stdlib,ready",
+        [sys.executable, str(BENCH), "--phones", "20", "--rates", "100", "--cases", "ready",
          "--no-trace", "--notify-wait", "5", "--max-seconds", "60", "--json-out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    # the services' case only: the stdlib reference adds seconds and every bench run shows it
     results = {r["case"]: r for r in json.loads(out.read_text())}
-    assert set(results) == {"stdlib", "ready"}
+    assert set(results) == {"ready"}
     for case, r in results.items():
         # every phone's SUBSCRIBE, answer and NOTIFY came through the capture, and each phone
         # answered its NOTIFY, to the NOTIFY's sender (not to the group sipp calls)
