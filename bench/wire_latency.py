@@ -99,6 +99,15 @@ def outside(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"# wire latency; load before: {uptime()}", flush=True)
     command = ["unshare", "-n", "--", sys.executable, str(Path(__file__).resolve()), "--inside", *argv]
     proc = subprocess.Popen(command, start_new_session=True)
+    namespace = own_namespace = os.readlink("/proc/self/ns/net")
+    for _ in range(200):  # unshare makes the namespace, then runs the inner bench in it
+        try:
+            namespace = os.readlink(f"/proc/{proc.pid}/ns/net")
+        except OSError:
+            break
+        if namespace != own_namespace:
+            break
+        time.sleep(0.01)
     try:
         code = proc.wait(args.max_seconds + 60)
     except subprocess.TimeoutExpired:
@@ -112,8 +121,29 @@ def outside(args: argparse.Namespace, argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        if namespace != own_namespace:
+            left = stop_namespace(namespace)
+            if left:
+                print(f"# stopped {left} process(es) left in the bench's namespace", flush=True)
     print(f"# load after: {uptime()}", flush=True)
     return code
+
+
+def stop_namespace(namespace: str) -> int:
+    """SIGKILL whatever still runs in the namespace the bench made: only the bench's own
+    processes can be there, and nothing else ends them once the inner bench is gone."""
+    stopped = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "net") != namespace:
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            stopped += 1
+        except OSError:
+            continue
+    return stopped
 
 
 def uptime() -> str:
@@ -165,8 +195,12 @@ class Capture:
         flt = "udp" + (f" or tcp port {broker_port}" if broker_port else "")
         self.group = Group(["tshark", "-i", "lo", "-f", flt, "-B", "64", "-F", "pcap", "-w", str(self.pcap)],
                            self.log_path)
-        wait_for_text(self.log_path, "Capturing on", 20, self.group.proc)
-        self._wait_live()
+        try:
+            wait_for_text(self.log_path, "Capturing on", 20, self.group.proc)
+            self._wait_live()
+        except BaseException:
+            self.group.stop(signal.SIGINT)
+            raise
 
     def _wait_live(self, timeout: float = 20.0) -> None:
         # tshark says "Capturing on" before its dumpcap sees packets: the first phones would be
@@ -203,7 +237,8 @@ def sipp(work: Path, macs: Iterable[str], sip_port: int, rate: int, count: int, 
         group.proc.wait(bound + 30)
     except subprocess.TimeoutExpired:
         pass
-    code = group.stop()
+    finally:
+        code = group.stop()
     text = out.read_text(errors="replace")
     tally = {"exit": code}
     for key, label in (("successful", "Successful call"), ("failed", "Failed call")):
