@@ -82,10 +82,15 @@ def ensure_tools() -> None:
     packages = {"sipp": "sip-tester", "tshark": "tshark"}  # Debian names sipp's package so
     print(f"# installing {', '.join(packages[t] for t in missing)} with apt-get", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["debconf-set-selections"], input=b"wireshark-common wireshark-common/install-setuid boolean false\n",
+    # tshark's package asks whether non-root users may capture; no, and no question
+    subprocess.run(["debconf-set-selections"],
+                   input=b"wireshark-common wireshark-common/install-setuid boolean false\n",
                    env=env, check=False)
-    subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y",
-                    *[packages[t] for t in missing]], env=env, check=True, timeout=1200)
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", *[packages[t] for t in missing]]
+    if subprocess.run(install, env=env, timeout=1200).returncode != 0:
+        # stale package lists are the usual reason: refresh them once
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update"], env=env, timeout=1200)
+        subprocess.run(install, env=env, check=True, timeout=1200)
     still = [tool for tool in missing if shutil.which(tool) is None]
     if still:
         raise SystemExit(f"could not install {', '.join(still)}")
@@ -546,7 +551,7 @@ def hops(calls: dict[bytes, dict[str, float]], mqtt: dict[str, dict[str, float]]
         total, hop = percentiles(after[name]), percentiles(own[name])
         report[name] = {"p50": round(total["p50"], 3), "p99": round(total["p99"], 3),
                         "from": " or ".join(sorted(follows[name])),
-                        **{f"hop_{k}": None if v is None else round(v, 3) for k, v in hop.items() if k in ("p50", "p99", "max")},
+                        **{f"hop_{k}": None if hop[k] is None else round(hop[k], 3) for k in ("p50", "p99", "max")},
                         "count": len(after[name])}
     return report
 
@@ -637,7 +642,8 @@ def print_result(r: dict) -> None:
     print("kernel counters of the namespace during the boots: "
           + (", ".join(f"{k} +{v}" for k, v in sorted(r.get("kernel", {}).items())) or "no change"))
     if r.get("cpu_s"):
-        print("CPU s during the boots: " + ", ".join(f"{k} {v}" for k, v in sorted(r["cpu_s"].items(), key=lambda kv: -kv[1])))
+        used = sorted(r["cpu_s"].items(), key=lambda kv: -kv[1])
+        print("CPU s during the boots: " + ", ".join(f"{k} {v}" for k, v in used))
     if r.get("trace_ms"):
         print("trace ('a>b': a PUBLISH from a to b on the wire), ms over phones:")
         print(f"  {'step':<24}{'after SUBSCRIBE p50':>20}{'p99':>9}{'hop p50':>10}{'p99':>9}{'max':>9}"
@@ -658,8 +664,8 @@ def summary_table(results: list[dict]) -> None:
     print("|---|---|---|---|---|---|")
     for r in results:
         a, n = r["subscribe_to_answer"], r["subscribe_to_notify"]
-        print(f"| {r['rate']}/s | {r['case']} | " + " / ".join(fmt(a[p]) for p in ("p50", "p90", "p99", "max"))
-              + f" | {a['lost']} | " + " / ".join(fmt(n[p]) for p in ("p50", "p90", "p99", "max")) + f" | {n['lost']} |")
+        cells = [" / ".join(fmt(row[p]) for p in ("p50", "p90", "p99", "max")) for row in (a, n)]
+        print(f"| {r['rate']}/s | {r['case']} | {cells[0]} | {a['lost']} | {cells[1]} | {n['lost']} |")
     sys.stdout.flush()
 
 
