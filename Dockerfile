@@ -3,21 +3,12 @@
 # air-gapped build, our CI) pass one made from Debian packages: docs/DEPLOY.md, "Building
 # without a registry".
 ARG BASE=python:3.11-slim
-FROM ${BASE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PNP_DATA_DIR=/var/lib/pnp \
-    PATH=/opt/pnp/bin:$PATH
-
-# A fixed uid, so files in the named volumes keep their owner across rebuilds.
-RUN groupadd --system --gid 10001 pnp \
- && useradd --system --uid 10001 --gid pnp --home-dir /var/lib/pnp --shell /usr/sbin/nologin pnp \
- && mkdir -p /var/lib/pnp /etc/pnp/tls \
- && chown pnp:pnp /var/lib/pnp
-
+# The install happens in a stage of its own: the sources, wheels and certificates it reads never
+# become a layer of the image.
+FROM ${BASE} AS install
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 # The build context is only pyproject.toml, README.md, the packages and wheelhouse/
 # (.dockerignore). A virtualenv: a Debian base's own Python refuses `pip install` (PEP 668).
 # wheelhouse/*.whl (fetched beforehand with `pip download`): the install reads only them and
@@ -33,8 +24,21 @@ RUN set -eu; \
     if ls /src/wheelhouse/*.whl >/dev/null 2>&1; then \
       set -- --no-index --find-links /src/wheelhouse; \
     fi; \
-    pip install "$@" /src; \
-    rm -rf /src /tmp/ca.pem
+    /opt/pnp/bin/pip install "$@" /src; \
+    /opt/pnp/bin/pip uninstall -y pip
+
+FROM ${BASE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PNP_DATA_DIR=/var/lib/pnp \
+    PATH=/opt/pnp/bin:$PATH
+
+# A fixed uid, so files in the named volumes keep their owner across rebuilds.
+RUN groupadd --system --gid 10001 pnp \
+ && useradd --system --uid 10001 --gid pnp --home-dir /var/lib/pnp --shell /usr/sbin/nologin pnp \
+ && mkdir -p /var/lib/pnp /etc/pnp/tls \
+ && chown pnp:pnp /var/lib/pnp
+COPY --from=install /opt/pnp /opt/pnp
 
 USER pnp
 WORKDIR /var/lib/pnp

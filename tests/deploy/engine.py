@@ -112,9 +112,13 @@ class Engine:
     @property
     def env(self) -> dict[str, str]:
         """The environment for docker and docker-compose: this engine, never the host's default."""
-        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        # Debian's docker client first (another may be on PATH): it has BuildKit built in, which
+        # docker-compose 1.29 uses through it with COMPOSE_DOCKER_CLI_BUILD. On vfs every step of
+        # the classic builder copies the whole image; BuildKit builds in a fifth of the time.
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin:" + os.environ.get("PATH", ""),
                 "DOCKER_HOST": self.host, "HOME": str(self.root),
-                "DOCKER_CONFIG": str(self.root / "client"), "COMPOSE_INTERACTIVE_NO_CLI": "1"}
+                "DOCKER_CONFIG": str(self.root / "client"), "COMPOSE_INTERACTIVE_NO_CLI": "1",
+                "DOCKER_BUILDKIT": "1", "COMPOSE_DOCKER_CLI_BUILD": "1"}
 
     def start(self, timeout: float = 60) -> "Engine":
         self.root.mkdir(parents=True, exist_ok=True)
