@@ -105,7 +105,7 @@ class Engine:
         self.root = root
         self.socket = root / "docker.sock"
         self.host = f"unix://{self.socket}"
-        self.cgroup_parent = f"pnp-deploy-test-{os.getpid()}"
+        self.cgroup_parent = os.environ.get("PNP_DEPLOY_CGROUP") or f"pnp-deploy-test-{os.getpid()}"
         self.process: subprocess.Popen | None = None
         self.log = root / "dockerd.log"
 

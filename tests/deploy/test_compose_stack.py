@@ -56,7 +56,9 @@ def engine():
         pytest.skip("the private Docker engine needs root (unshare, dockerd); CI is root")
     if missing_tools():
         pytest.skip(f"not installed: {', '.join(missing_tools())} (scripts/test-deploy installs them)")
-    root = Path(tempfile.mkdtemp(prefix="pnpd-", dir="/tmp"))  # short: socket paths live under it
+    # short: socket paths live under it; scripts/test-deploy makes it and cleans up after a kill
+    given = os.environ.get("PNP_DEPLOY_ROOT")
+    root = Path(given) / "engine" if given else Path(tempfile.mkdtemp(prefix="pnpd-", dir="/tmp"))
     e = eng.Engine(root)
     try:
         e.start()
@@ -209,8 +211,10 @@ def test_an_operators_day(engine, tmp_path):
         report["image_mb"] = round(size / 1e6)
         report["image_above_base_mb"] = round((size - base) / 1e6)
 
-        site.compose("up", "-d")
+        t = time.monotonic()
+        site.compose("up", "-d")  # returns once the broker is healthy and the services created
         site.wait_healthy("first up")
+        report["up_to_healthy_s"] = round(time.monotonic() - t, 1)
         site.phones("--assign", "--wait-published", "60")
         before = site.state()
         assert len(before["assignment"]) == PHONES and set(before["published"]) == set(before["assignment"])
