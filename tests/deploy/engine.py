@@ -3,9 +3,10 @@
 The engine is Debian's dockerd, started inside a network namespace and a mount namespace of its
 own (`unshare --net --mount`), with its own data root, exec root, pidfile, socket and cgroup
 parent, and the vfs storage driver (no overlay mounts to leak). Inside the namespace there is
-`lo` (multicast routed to it, as NETWORK-SAFETY.md asks), a dummy interface standing in for the
-host's LAN address, and the bridges dockerd makes: no route leads anywhere else, so nothing a
-container sends can leave the machine, and nothing outside can reach a container.
+`lo` (multicast routed to it, as NETWORK-SAFETY.md asks), a veth pair whose one end stands in
+for the host's LAN address, and the bridges dockerd makes: no route leads anywhere else, so
+nothing a container sends can leave the machine, and nothing outside can reach a container.
+The build runs on this engine too and needs no network: its wheels are fetched on the host.
 
 No container registry is reachable here, so the images compose pulls are stand-ins built from
 Debian packages with debootstrap (which reaches Debian's package registry from the host's
