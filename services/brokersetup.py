@@ -184,6 +184,12 @@ def run(args: argparse.Namespace) -> int:
     _write(passwd_path, render_passwd(broker_users(values)), 0o640 if os.geteuid() == 0 else 0o644)
     if os.geteuid() == 0:
         os.chown(passwd_path, MOSQUITTO_UID, MOSQUITTO_UID)
+        # mosquitto >= 2.0.17 warns (and later versions refuse) when the password or ACL file
+        # is world-readable or not owned by the user it runs as; git checks the ACL out 0644.
+        acl_path = root / "deploy" / "mosquitto" / "acl"
+        if acl_path.exists():
+            os.chown(acl_path, MOSQUITTO_UID, MOSQUITTO_UID)
+            os.chmod(acl_path, 0o640)
     added = sorted(k for k in values if k not in current)
     print(f"wrote {env_path} ({len(added)} new: {', '.join(added) or 'none'})")
     print(f"wrote {passwd_path} for {', '.join(sorted(broker_users(values)))}")

@@ -145,7 +145,7 @@ class Client:
         self.suback = threading.Event()
         self.suback_reasons: list[Any] = []
         self.client.on_subscribe = self._on_subscribe
-        self.client.connect("127.0.0.1", broker.port)
+        self.client.connect(getattr(broker, "host", "127.0.0.1"), broker.port)
         self.client.loop_start()
         self.connected.wait(5)
 

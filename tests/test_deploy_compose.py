@@ -167,6 +167,18 @@ def test_multicast_services_use_the_host_network_the_others_do_not(model):
     assert any(int(p["target"]) == http_port and int(p["published"]) == http_port for p in ports)
 
 
+def test_host_network_services_dial_the_broker_where_it_is_published(model):
+    # MQTT_BIND may be the host's LAN address: then nothing listens on 127.0.0.1
+    bind = model["_env"]["MQTT_BIND"]
+    for name in ("listener", "notifier"):
+        url = s.parse_mqtt_url(model["services"][name]["environment"]["PNP_MQTT_URL"])
+        assert (url.host, url.port) == (bind, int(model["_env"]["MQTT_PORT"])), name
+    published = model["services"]["mosquitto"]["ports"][0]
+    # docker-compose 1.29 prints the short form, newer ones the long
+    host_ip = published["host_ip"] if isinstance(published, dict) else published.rsplit(":", 2)[0]
+    assert host_ip == bind
+
+
 def named_volumes(svc: dict[str, Any]) -> dict[str, str]:
     """volume name -> mount point (docker-compose prints either the long or the short form)."""
     found = {}
@@ -221,7 +233,10 @@ def test_the_broker_healthcheck_passes_on_the_repository_config(model, tmp_path)
 
 def test_image_runs_pnp_as_a_non_root_user():
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    # the public base by default; another (a registry-less build) only through the build arg
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", dockerfile, re.M)
+    stages = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert stages and set(stages) == {"${BASE}"}, stages
     users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["pnp"\]$', dockerfile, re.M)
@@ -245,10 +260,11 @@ def test_build_context_holds_the_packages_and_no_secrets(tmp_path):
     include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = [p.rstrip("*") for p in include]
     keep = ["pyproject.toml", "README.md", *(f"{p}/__init__.py" for p in packages),
-            *(f"{p}/templates/phone.xml.j2" for p in packages)]
+            *(f"{p}/templates/phone.xml.j2" for p in packages),
+            "wheelhouse/jinja2-3.1.6-py3-none-any.whl", "wheelhouse/proxy-ca.crt"]
     leave_out = [".env", "deploy/mosquitto/passwd", "deploy/tls/key.pem", ".git/config",
                  ".venv/bin/python", "tests/test_x.py", "var/generator.db", "docs/DEPLOY.md",
-                 "services/__pycache__/cli.cpython-311.pyc", "pnp_provisioning.egg-info/PKG-INFO"]
+                 "services/__pycache__/cli.cpython-311.pyc", "pnp_provisioning.egg-info/PKG-INFO", "wheelhouse/proxy-ca.key", "wheelhouse/.netrc"]
     for name in keep + leave_out:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")

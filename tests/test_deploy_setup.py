@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+import pytest
 
 from services import brokersetup
 from services.healthcheck import healthz_url, judge
 from services.messages import ServiceStatus
 from tests.test_deploy_broker import PNP, REPO
-
 
 
 def setup(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -84,3 +87,18 @@ def test_healthz_url_follows_the_fileservers_own_settings():
     assert healthz_url({}) == "http://127.0.0.1:8080/healthz"
     assert healthz_url({"PNP_HTTP_PORT": "8443", "PNP_TLS_CERT": "/etc/pnp/tls/cert.pem",
                         "PNP_HTTP_BIND": "10.0.0.5"}) == "https://10.0.0.5:8443/healthz"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand files to mosquitto's uid")
+def test_setup_hands_the_password_and_acl_files_to_mosquitto_and_no_one_else(tmp_path):
+    # mosquitto >= 2.0.17 warns about (later versions refuse) a password or ACL file that is
+    # world-readable or owned by another user; git checks the ACL out 0644 and root's.
+    root = site(tmp_path)
+    shutil.copytree(REPO / "deploy" / "mosquitto", root / "deploy" / "mosquitto",
+                    ignore=shutil.ignore_patterns("passwd"))
+    assert (root / "deploy" / "mosquitto" / "acl").stat().st_mode & 0o004
+    assert setup(root).returncode == 0
+    for name in ("passwd", "acl"):
+        st = (root / "deploy" / "mosquitto" / name).stat()
+        assert (st.st_uid, st.st_gid) == (brokersetup.MOSQUITTO_UID, brokersetup.MOSQUITTO_UID), name
+        assert st.st_mode & 0o007 == 0, f"{name} is readable by others"
