@@ -32,7 +32,7 @@ from tests.deploy import engine as eng
 
 REPO = Path(__file__).resolve().parents[2]
 PNP = [sys.executable, "-m", "services.cli"]
-SERVICES = ("listener", "generator", "fileserver", "notifier")
+SERVICES = ("listener", "generator", "fileserver", "notifier", "console")
 CONTAINERS = ("mosquitto", *SERVICES)
 # two phones of each vendor the simulator knows
 MODELS = "GRP2614,T46S,D785,X4U"
