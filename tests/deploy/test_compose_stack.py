@@ -39,9 +39,14 @@ MODELS = "GRP2614,T46S,D785,X4U"
 PHONES = 8
 BASE_TAG = "pnp-test/python:bookworm"
 # the checkout as an operator has it: what the image is built from and what compose reads
-CHECKOUT = ("compose.yaml", ".env.example", "Dockerfile", ".dockerignore", "pyproject.toml",
-            "README.md", "deploy", "services", "listener", "generator", "fileserver", "notifier",
-            "tools")
+
+
+def checkout_names() -> list[str]:
+    """What a clone of this repository holds at its top (a new package is never forgotten)."""
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True)
+    return sorted({line.split("/", 1)[0] for line in listed.stdout.splitlines() if line})
+
+
 HEALTHY_WITHIN = 240
 
 
@@ -162,7 +167,7 @@ def site_files_only(directory: str, names: list[str]) -> set[str]:
 
 def make_checkout(root: Path) -> None:
     root.mkdir(parents=True)
-    for name in CHECKOUT:
+    for name in checkout_names():
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=site_files_only)
