@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from services.bus import Incoming
 from services.burstlog import BurstLog
-from services.messages import Fetched, encode_json, now_iso
+from services.messages import Fetched, encode_flat, now_iso
 from services.retained import Keeper
 from services.runner import Context
 from fileserver.abuse import NotFoundLimiter
@@ -206,11 +206,11 @@ class FileService:
                 self._log_provisioned(lambda: log.info(
                     "{mac}: provisioned ({name} sha256 {sha} fetched again)", mac=device.mac,
                     name=served.name, sha=served.sha256[:12]))
-        # Fetched's fields, encoded without dataclasses.asdict: this runs once per download
-        event = {"file": served.name, "sha256": served.sha256, "status": status, "client": client,
-                 "user_agent": ua, "provisioned": outcome.provisioned, "at": now_iso(),
-                 "revision": device.revision, "server": self.ctx.settings.instance, "v": Fetched.v}
-        self.ctx.bus.publish(self.topics.device(device.mac, "fetched"), encode_json(event), retain=True)
+        event = Fetched(file=served.name, sha256=served.sha256, status=status, client=client,
+                        user_agent=ua, provisioned=outcome.provisioned, at=now_iso(),
+                        revision=device.revision, server=self.ctx.settings.instance)
+        # once per download: without to_json()'s deep copy
+        self.ctx.bus.publish(self.topics.device(device.mac, "fetched"), encode_flat(event), retain=True)
 
     # --- internals ---
     def _publish(self, mac: str) -> None:

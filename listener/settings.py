@@ -1,8 +1,8 @@
-"""Settings only the listener uses."""
+"""The listener's settings: ``SETTINGS``, every one it reads besides the common ones."""
 
 from __future__ import annotations
 
-from services.settings import Setting, parse_choice, parse_positive_float
+from services.settings import SIP_INTERFACE, SIP_PORT, Setting, parse_choice, parse_positive_float
 
 
 def _parse_response(text: str) -> int:
@@ -29,7 +29,6 @@ SIP_BURST = Setting(
 )
 
 
-
 def _parse_window(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 10_000:
@@ -43,4 +42,4 @@ PUBLISH_WINDOW = Setting(
     _parse_window, "a whole number 1-10000", 16,
 )
 
-LISTENER = [SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST, PUBLISH_WINDOW]
+SETTINGS = [SIP_INTERFACE, SIP_PORT, SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST, PUBLISH_WINDOW]

@@ -20,7 +20,7 @@ from services import netif
 from services.burstlog import BurstLog
 from services.bus import Incoming
 from services.messages import (
-    Discovered, Fetched, NotifyStatus, PayloadError, Published, ResyncCredentials, encode_json,
+    Discovered, Fetched, NotifyStatus, PayloadError, Published, ResyncCredentials, encode_flat,
     now_iso,
 )
 from services.sip.digest import DigestError, challenges, choose, retry_request
@@ -367,9 +367,8 @@ class Notifier:
 
     def _status(self, plan: decide.Plan, status: NotifyStatus) -> None:
         if not self._stopped:
-            # NotifyStatus is flat: a shallow dict encodes the same bytes as to_json() without
-            # dataclasses.asdict's deep copy, which was a tenth of a NOTIFY's CPU time.
-            data = encode_json({**vars(status), "v": status.v})
+            # to_json()'s deep copy was a tenth of a NOTIFY's CPU time
+            data = encode_flat(status)
             topic = self.ctx.topics.device(plan.mac, "notify")
             self.ctx.bus.publish(topic, data, retain=True)
             self.keeper.put(topic, data)
