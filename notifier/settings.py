@@ -1,10 +1,11 @@
-"""Settings only the notifier uses."""
+"""The notifier's settings: ``SETTINGS``, every one it reads besides the common ones."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from services import settings as s
 from services.settings import Setting, parse_bool, parse_positive_float
 from services.shard import MAX_SHARDS, Shard, parse_shard
 
@@ -115,4 +116,13 @@ NOTIFIER_SHARD = Setting(
     parse_shard, f"k/n with 1 <= k <= n <= {MAX_SHARDS}, e.g. 1/2", Shard(),
 )
 
-ALL = [NOTIFY_WINDOW, NOTIFY_DIALOG, RESYNC_REBOOT, NOTIFY_PORT, SIP_T1, SIP_T2, NOTIFIER_SHARD]
+SETTINGS = [s.SIP_INTERFACE, s.SIP_PORT, NOTIFY_WINDOW, NOTIFY_DIALOG, RESYNC_REBOOT, NOTIFY_PORT, SIP_T1, SIP_T2, NOTIFIER_SHARD]
+
+
+def check(values: s.Settings) -> None:
+    """Settings that are only wrong together; raises SettingError naming the one to change."""
+    if values.sip_t2 < values.sip_t1:
+        raise s.SettingError(SIP_T2, str(values.sip_t2), f"must not be below {SIP_T1.env} ({values.sip_t1})")
+    if values.notify_port and values.notify_port == values.sip_port:
+        raise s.SettingError(NOTIFY_PORT, str(values.notify_port), f"it is the listener's port "
+                             f"({s.SIP_PORT.env}): the phones' 200 OK would land in the listener")

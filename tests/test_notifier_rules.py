@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from notifier import build, decide
-from notifier.settings import ALL, IN_DIALOG, OUT_OF_DIALOG, parse_dialog_policy
+from notifier.settings import SETTINGS, IN_DIALOG, OUT_OF_DIALOG, parse_dialog_policy
 from services.settings import COMMON, CONTRACT, SettingError, resolve
 from services.shard import Shard
 from notifier.state import Provision, SentKey, Store, epoch
@@ -178,10 +178,10 @@ def test_shards_split_every_mac_exactly_once_and_bad_values_are_one_line_errors(
     assert Shard(1, 2).owns("000b82f55284") is Shard(1, 2).owns("000B82F55284") is True
 
     def shard(raw: str) -> Shard:
-        return resolve(COMMON + CONTRACT + ALL, {"notifier_shard": raw}, environ={}).notifier_shard
+        return resolve(COMMON + CONTRACT + SETTINGS, {"notifier_shard": raw}, environ={}).notifier_shard
 
     assert shard("2/3") == Shard(2, 3) and str(shard(" 1 / 1 ")) == "1/1"
-    assert resolve(COMMON + CONTRACT + ALL, {}, environ={}).notifier_shard == Shard(1, 1)
+    assert resolve(COMMON + CONTRACT + SETTINGS, {}, environ={}).notifier_shard == Shard(1, 1)
     for bad in ["0/2", "3/2", "1/0", "1/1025", "2", "1/2/3", "a/b", "-1/2", "1/2x"]:
         with pytest.raises(SettingError) as error:
             shard(bad)
