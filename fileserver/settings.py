@@ -1,4 +1,4 @@
-"""Settings only the fileserver uses, in the same form as the contract's."""
+"""The fileserver's settings: ``SETTINGS``, every one it reads besides the common ones."""
 
 from __future__ import annotations
 
@@ -113,16 +113,21 @@ HTTP_HEAD_TIMEOUT = s.Setting(
     s.parse_positive_float, "a number of seconds > 0", 10.0,
 )
 
-ALL = [FILE_SECRET, HTTP_BIND, TLS_CERT, TLS_KEY, HTTP_AUTH, HTTP_USER, HTTP_PASSWORD, PLAIN_PATHS,
+SETTINGS = [s.HTTP_PORT, s.PUBLIC_URL, s.SIP_INTERFACE, FILE_SECRET, HTTP_BIND, TLS_CERT, TLS_KEY, HTTP_AUTH, HTTP_USER, HTTP_PASSWORD, PLAIN_PATHS,
        PIN_IP, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES, HTTP_HEAD_TIMEOUT]
 
 
-def check(values: s.Settings) -> None:
-    """Settings that are only wrong together; raises SettingError naming the missing one."""
+def check_tls_pair(values: s.Settings) -> None:
+    """A certificate needs its key and a key its certificate (the console's HTTPS too)."""
     if (values.tls_cert is None) != (values.tls_key is None):
         missing = TLS_KEY if values.tls_key is None else TLS_CERT
         raise s.SettingError(missing, "", "required when " +
                              (TLS_CERT.env if missing is TLS_KEY else TLS_KEY.env) + " is set")
+
+
+def check(values: s.Settings) -> None:
+    """Settings that are only wrong together; raises SettingError naming the missing one."""
+    check_tls_pair(values)
     if values.http_auth != "off":
         for needed in (HTTP_USER, HTTP_PASSWORD):
             if getattr(values, needed.name) is None:
