@@ -167,6 +167,19 @@ def test_dialog_policy_with_vendor_overrides():
             parse_dialog_policy(bad)
 
 
+def test_settings_that_only_work_together_are_one_line_errors():
+    from notifier.main import check_settings
+
+    def settings(**values):
+        return resolve(COMMON + CONTRACT + SETTINGS, values, environ={})
+
+    with pytest.raises(SettingError, match=r"PNP_SIP_T2 .*'0.2'.* must not be below PNP_SIP_T1"):
+        check_settings(settings(sip_t1="0.5", sip_t2="0.2"))
+    with pytest.raises(SettingError, match=r"PNP_NOTIFY_PORT .*'5060'.*listener's port"):
+        check_settings(settings(notify_port="5060"))
+    check_settings(settings(sip_t1="0.5", sip_t2="0.5", notify_port="5070"))
+
+
 def test_shards_split_every_mac_exactly_once_and_bad_values_are_one_line_errors():
     macs = [f"000b82{i:06x}" for i in range(3000)]
     for n in (1, 2, 3, 7):
