@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -20,7 +20,7 @@ from services import netif
 from services.burstlog import BurstLog
 from services.bus import Incoming
 from services.messages import (
-    Discovered, Fetched, NotifyStatus, PayloadError, Published, ResyncCredentials, encode_flat,
+    Discovered, Fetched, NotifyStatus, Payload, PayloadError, Published, ResyncCredentials, encode_flat,
     now_iso,
 )
 from services.sip.digest import DigestError, challenges, choose, retry_request
@@ -36,6 +36,8 @@ from notifier.settings import IN_DIALOG
 from notifier.state import Provision, Store, epoch
 
 log = Logger(namespace="notifier")
+
+P = TypeVar("P", bound=Payload)
 
 # A ``fetched`` that says a phone runs our config, as the fileserver (or any JSON encoder) writes
 # it. Half the messages of a boot storm are first downloads, ``provisioned`` false: this spares
@@ -144,6 +146,13 @@ class Notifier:
             return None
         return info.mac
 
+    def _decode(self, msg: Incoming, kind: type[P]) -> P | None:
+        try:
+            return kind.from_json(msg.data)
+        except PayloadError as exc:
+            self._bad(msg, str(exc))
+            return None
+
     def _bad(self, msg: Incoming, why: str) -> None:
         self.counters_["bad_payloads"] += 1
         log.warn("ignored {topic}: {why}", topic=msg.topic, why=why)
@@ -155,10 +164,8 @@ class Notifier:
         if msg.empty:
             self.store.drop_device(mac)
             return
-        try:
-            discovered = Discovered.from_json(msg.data)
-        except PayloadError as exc:
-            self._bad(msg, str(exc))
+        discovered = self._decode(msg, Discovered)
+        if discovered is None:
             return
         now = self.wall()
         device = self.store.put_device(mac, discovered, epoch(discovered.seen_at, now), msg.raw)
@@ -175,10 +182,8 @@ class Notifier:
         if msg.empty:
             self.store.drop_published(mac)
             return
-        try:
-            published = Published.from_json(msg.data)
-        except PayloadError as exc:
-            self._bad(msg, str(exc))
+        published = self._decode(msg, Published)
+        if published is None:
             return
         previous = self.store.put_published(mac, published, msg.raw)
         plan = decide.after_publish(mac, self.store.devices.get(mac), published, previous,
@@ -194,10 +199,8 @@ class Notifier:
         mac = self._mac(msg)
         if mac is None or msg.empty:
             return
-        try:
-            fetched = Fetched.from_json(msg.data)
-        except PayloadError as exc:
-            self._bad(msg, str(exc))
+        fetched = self._decode(msg, Fetched)
+        if fetched is None:
             return
         old = self.store.provisions.get(mac)
         # Once a phone ran a config of ours it stays a working phone: a later first download
@@ -213,10 +216,8 @@ class Notifier:
         if msg.empty:
             self.store.drop_credentials(mac)
             return
-        try:
-            credentials = ResyncCredentials.from_json(msg.data)
-        except PayloadError as exc:
-            self._bad(msg, str(exc))
+        credentials = self._decode(msg, ResyncCredentials)
+        if credentials is None:
             return
         self.store.put_credentials(mac, credentials)
 
