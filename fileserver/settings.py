@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 
 from services import settings as s
 
@@ -37,12 +36,6 @@ def parse_password(text: str) -> str:
     if not text or any(ord(c) < 32 for c in text):
         raise ValueError
     return text
-
-
-def parse_positive_int(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,9}", text.strip()) or int(text) < 1:
-        raise ValueError
-    return int(text)
 
 
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -91,7 +84,7 @@ PIN_IP = s.Setting(
 )
 NOT_FOUND_LIMIT = s.Setting(
     "not_found_limit", "PNP_404_LIMIT", "404s one client may collect within PNP_404_WINDOW before it is refused",
-    parse_positive_int, "a whole number >= 1", 20,
+    s.parse_whole(1, 999_999_999), "a whole number >= 1", 20,
 )
 NOT_FOUND_WINDOW = s.Setting(
     "not_found_window", "PNP_404_WINDOW", "seconds over which a client's 404s are counted",

@@ -67,15 +67,6 @@ def parse_dialog_policy(text: str) -> DialogPolicy:
     return DialogPolicy(default, vendors)
 
 
-def parse_port_or_zero(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,5}", text.strip()):
-        raise ValueError
-    port = int(text)
-    if not 0 <= port < 65536:
-        raise ValueError
-    return port
-
-
 NOTIFY_WINDOW = Setting(
     "notify_window", "PNP_NOTIFY_WINDOW",
     "seconds after a discovery in which the phone still gets a NOTIFY (new boot or new files)",
@@ -97,7 +88,7 @@ RESYNC_REBOOT = Setting(
 NOTIFY_PORT = Setting(
     "notify_port", "PNP_NOTIFY_PORT",
     "local UDP port the NOTIFYs are sent from (0: any free port; never the listener's)",
-    parse_port_or_zero, "0 or a port number 1-65535", 0,
+    s.parse_whole(0, 65535), "0 or a port number 1-65535", 0,
 )
 SIP_T1 = Setting(
     "sip_t1", "PNP_SIP_T1",
