@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from listener.discovery import SubscribeCore  # noqa: E402
 from listener.multicast import GROUP  # noqa: E402
-from listener.service import encode_discovered  # noqa: E402
+from services.messages import encode_flat  # noqa: E402
 from services.broker import Mosquitto, free_port  # noqa: E402
 
 TEMPLATE = (
@@ -90,7 +90,7 @@ def bench_core(count: int) -> tuple[float, float]:
         start = time.perf_counter()
         for p in packets:
             out = core.handle(p, ("10.0.0.1", 5080), "127.0.0.1", start)
-            encode_discovered(out.discovered)
+            encode_flat(out.discovered)
         best_new = max(best_new, count / (time.perf_counter() - start))
         start = time.perf_counter()
         for p in packets:

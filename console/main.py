@@ -11,48 +11,33 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from console import settings as cs
-from console.service import ConsoleService, Hub
+from console.service import ConsoleComponent, ConsoleService, Hub
 from console.sessions import Sessions
+from console.settings import SETTINGS
 from console.table import DeviceTable
 from console.users import User, hash_password
 from console.web import Console, load_assets, make_site
-from fileserver.tls import TlsError, context_factory, listen
-from services import settings as s
+from fileserver.tls import check_tls, listen
 from services.runner import Context
+from services.settings import Settings
 
-SETTINGS = cs.ALL
+__all__ = ["SETTINGS", "check_settings", "start"]
 
 log = Logger(namespace="console")
 
 
-def check_settings(cfg: s.Settings) -> None:
-    cs.check(cfg)
-    if cfg.tls_cert is not None:
-        try:
-            context_factory(cfg.tls_cert, cfg.tls_key)
-        except TlsError as exc:
-            raise s.SettingError(cs.fs.TLS_CERT, str(cfg.tls_cert), str(exc)) from None
+def check_settings(cfg: Settings) -> None:
+    check_tls(cfg)
 
 
-def users_of(cfg: s.Settings) -> dict[str, User]:
+def users_of(cfg: Settings) -> dict[str, User]:
     users = dict(cfg.console_users)
     if cfg.console_admin_password and "admin" not in users:
         users["admin"] = User("admin", "admin", hash_password(cfg.console_admin_password))
     return users
 
 
-class Running:
-    def __init__(self, web: Console, port: Any) -> None:
-        self.web = web
-        self.port = port
-
-    def stop(self) -> Any:
-        self.web.stop()
-        return self.port.stopListening()
-
-
-def start(ctx: Context) -> Running:
+def start(ctx: Context) -> ConsoleComponent:
     cfg = ctx.settings
     check_settings(cfg)
     users = users_of(cfg)
@@ -62,12 +47,14 @@ def start(ctx: Context) -> Running:
               lambda mac, n, admin: web.timeline_for(mac, n, admin))
     service = ConsoleService(ctx, table, hub)
     web = Console(table, service, users, Sessions(), load_assets(), ctx.reactor, secure=cfg.tls_cert is not None)
-    port = listen(ctx.reactor, make_site(web), cfg.console_port, cfg.console_bind, cfg.tls_cert, cfg.tls_key)
-    service.start()
-    web.start()
-    scheme = "https" if cfg.tls_cert else "http"
-    log.info("console on {scheme}://{bind}:{port}/ for {n} user(s)", scheme=scheme, bind=cfg.console_bind,
-             port=port.getHost().port, n=len(users))
-    if not users:
-        log.warn("no console users: set PNP_CONSOLE_USERS (`pnp console-user`) or PNP_CONSOLE_ADMIN_PASSWORD")
-    return Running(web, port)
+
+    def serve() -> Any:
+        port = listen(ctx.reactor, make_site(web), cfg.console_port, cfg.console_bind, cfg.tls_cert, cfg.tls_key)
+        scheme = "https" if cfg.tls_cert else "http"
+        log.info("console on {scheme}://{bind}:{port}/ for {n} user(s)", scheme=scheme,
+                 bind=cfg.console_bind, port=port.getHost().port, n=len(users))
+        if not users:
+            log.warn("no console users: set PNP_CONSOLE_USERS (`pnp console-user`) or PNP_CONSOLE_ADMIN_PASSWORD")
+        return port
+
+    return ConsoleComponent(service, web, serve).start()

@@ -163,3 +163,26 @@ def _data(msg: Incoming) -> Any:
         return None
     # Unreadable payloads are kept as such: fold() and describe() say so instead of crashing.
     return msg.data if msg.error is None else {"_error": msg.error}
+
+
+class ConsoleComponent:
+    """The running console as the runner sees it: the MQTT side, the web side and its port."""
+
+    def __init__(self, service: ConsoleService, web: Any, listen: Callable[[], Any]) -> None:
+        self.service = service
+        self.web = web
+        self.listen = listen
+        self.port: Any = None
+
+    def start(self) -> "ConsoleComponent":
+        self.port = self.listen()
+        self.service.start()
+        self.web.start()
+        return self
+
+    def counters(self) -> dict[str, int]:
+        return {}  # the console counts in the context's counters
+
+    def stop(self) -> Any:
+        self.web.stop()
+        return self.port.stopListening()

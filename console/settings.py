@@ -1,4 +1,5 @@
-"""Settings only the console uses. HTTPS takes the fileserver's PNP_TLS_CERT / PNP_TLS_KEY."""
+"""The console's settings: ``SETTINGS``, every one it reads besides the common ones. HTTPS
+takes the fileserver's PNP_TLS_CERT / PNP_TLS_KEY."""
 
 from __future__ import annotations
 
@@ -31,11 +32,4 @@ CONSOLE_ADMIN_PASSWORD = s.Setting(
     parse_admin_password, "any text", None,
 )
 
-ALL = [CONSOLE_BIND, CONSOLE_PORT, CONSOLE_USERS, CONSOLE_ADMIN_PASSWORD, fs.TLS_CERT, fs.TLS_KEY]
-
-
-def check(values: s.Settings) -> None:
-    if (values.tls_cert is None) != (values.tls_key is None):
-        missing = fs.TLS_KEY if values.tls_key is None else fs.TLS_CERT
-        raise s.SettingError(missing, "", "required when " +
-                             (fs.TLS_CERT.env if missing is fs.TLS_KEY else fs.TLS_KEY.env) + " is set")
+SETTINGS = [CONSOLE_BIND, CONSOLE_PORT, CONSOLE_USERS, CONSOLE_ADMIN_PASSWORD, fs.TLS_CERT, fs.TLS_KEY]

@@ -8,44 +8,44 @@ reports each download on pnp/devices/{mac}/fetched. GET /healthz and /metrics fo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
-from services import settings as s
-from services.runner import Context
 from fileserver import settings as fs
 from fileserver.abuse import NotFoundLimiter
 from fileserver.auth import Authenticator
 from fileserver.catalog import Catalog
+from fileserver.core import FileCore
 from fileserver.metrics import Metrics
+from fileserver.provision import ProvisionTracker
 from fileserver.refill import Refill
 from fileserver.resource import FileResource, Policy, make_site
 from fileserver.service import FileService, Fileserver
+from fileserver.settings import SETTINGS
 from fileserver.store import Store
-from fileserver.tls import TlsError, context_factory, listen
+from fileserver.tls import check_tls, listen
 from fileserver.tokens import load_or_create_secret
+from services.runner import Context
+from services.settings import Settings
 
-SETTINGS = [s.HTTP_PORT, s.PUBLIC_URL, s.SIP_INTERFACE] + fs.ALL
+__all__ = ["SETTINGS", "check_settings", "start"]
 
 log = Logger(namespace="fileserver")
 
 
-def secret_path(cfg: s.Settings) -> Path:
+def secret_path(cfg: Settings) -> Path:
     return Path(cfg.data_dir) / "fileserver.secret"
 
 
-def check_settings(cfg: s.Settings) -> None:
+def check_settings(cfg: Settings) -> None:
     """Before anything starts: settings that only work together, and readable TLS files."""
     fs.check(cfg)
     if cfg.file_secret is None:
         # read (or made) before anything starts: a damaged one stops here with exit status 2
         load_or_create_secret(secret_path(cfg))
-    if cfg.tls_cert is not None:
-        try:
-            context_factory(cfg.tls_cert, cfg.tls_key)
-        except TlsError as exc:
-            raise s.SettingError(fs.TLS_CERT, str(cfg.tls_cert), str(exc)) from None
+    check_tls(cfg)
 
 
 def start(ctx: Context) -> Fileserver:
@@ -55,24 +55,29 @@ def start(ctx: Context) -> Fileserver:
     secret = cfg.file_secret or load_or_create_secret(secret_path(cfg))
     auth = Authenticator(cfg.http_auth, cfg.http_user, cfg.http_password) if cfg.http_auth != "off" else None
     policy = Policy(prefix=urlsplit(cfg.public_url).path or "/", plain_paths=cfg.plain_paths,
-                    auth=auth, pin_ip=cfg.pin_ip, trusted_proxies=cfg.trusted_proxies)
+                    auth=auth, pin_ip=cfg.pin_ip, trusted_proxies=cfg.trusted_proxies,
+                    discovered_ip=store.discovered_ips())
+    catalog = Catalog(secret, cfg.public_url)
+    core = FileCore(catalog, ProvisionTracker(store.fetch_states()), store.errored(),
+                    policy.discovered_ip, cfg.instance, ctx.counters)
+    core.load(store.load())
     limiter = NotFoundLimiter(cfg.not_found_limit, cfg.not_found_window, cfg.ban_seconds)
     metrics = Metrics()
-    service = FileService(ctx, store, Catalog(secret, cfg.public_url), policy, limiter, metrics)
+    service = FileService(ctx, core, store, limiter, metrics, cfg.pin_ip)
     if store.rebuilt:
-        Refill(ctx, service).start()
-    root = FileResource(service.catalog, policy, limiter, metrics, service.fetched, ctx.reactor,
+        Refill(ctx, core, store).start()
+    root = FileResource(catalog, policy, limiter, metrics, service.fetched, ctx.reactor,
                         service.health, service.gauges)
-    try:
-        port = listen(ctx.reactor, make_site(root, cfg.http_head_timeout), cfg.http_port, cfg.http_bind, cfg.tls_cert, cfg.tls_key)
-    except Exception:
-        store.close()
-        raise
-    service.start()
-    scheme = "https" if cfg.tls_cert else "http"
-    log.info("serving {scheme} on {bind}:{port}; phones are told {url}", scheme=scheme,
-             bind=cfg.http_bind, port=port.getHost().port, url=cfg.public_url)
-    if scheme != urlsplit(cfg.public_url).scheme:
-        log.warn("PNP_PUBLIC_URL {url} is not {scheme}: phones will be told the wrong scheme",
-                 url=cfg.public_url, scheme=scheme)
-    return Fileserver(service, port, store)
+
+    def serve() -> Any:
+        port = listen(ctx.reactor, make_site(root, cfg.http_head_timeout), cfg.http_port,
+                      cfg.http_bind, cfg.tls_cert, cfg.tls_key)
+        scheme = "https" if cfg.tls_cert else "http"
+        log.info("serving {scheme} on {bind}:{port}; phones are told {url}", scheme=scheme,
+                 bind=cfg.http_bind, port=port.getHost().port, url=cfg.public_url)
+        if scheme != urlsplit(cfg.public_url).scheme:
+            log.warn("PNP_PUBLIC_URL {url} is not {scheme}: phones will be told the wrong scheme",
+                     url=cfg.public_url, scheme=scheme)
+        return port
+
+    return Fileserver(service, serve, store).start()

@@ -15,16 +15,18 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from fileserver.service import FileService
+from fileserver.core import FileCore
+from fileserver.store import Store
 from services.bus import Incoming
 
 log = Logger(namespace="fileserver")
 
 
 class Refill:
-    def __init__(self, ctx: Any, service: FileService) -> None:
+    def __init__(self, ctx: Any, core: FileCore, store: Store) -> None:
         self.ctx = ctx
-        self.service = service
+        self.core = core
+        self.store = store
         self.count = 0
         self._done: set[tuple[str, str]] = set()  # a reconnect replays the same messages
 
@@ -55,22 +57,22 @@ class Refill:
         if not isinstance(name, str) or not isinstance(sha, str) or (data.get("status") != 200
                                                                      and not provisioned):
             return
-        tracker = self.service.tracker
+        tracker = self.core.tracker
         if (mac, name) in self._done or tracker.is_provisioned(mac, name, sha):
             return
         self._done.add((mac, name))
         outcome = tracker.record(mac, name, 200, sha)
         if provisioned:
             outcome = tracker.record(mac, name, 304, sha)
-        self.service.store.set_fetch_state(mac, name, outcome.served, outcome.provisioned_sha)
+        self.store.set_fetch_state(mac, name, outcome.served, outcome.provisioned_sha)
         self._counted()
 
     def on_error(self, msg: Incoming) -> None:
         found = self._ours(msg, "service")
-        if found is None or found[0] in self.service.errored:
+        if found is None or found[0] in self.core.errored:
             return
-        self.service.errored.add(found[0])
-        self.service.store.set_errored(found[0], True)
+        self.core.errored.add(found[0])
+        self.store.set_errored(found[0], True)
         self._counted()
 
     def _counted(self) -> None:

@@ -1,9 +1,8 @@
-"""Settings only the fileserver uses, in the same form as the contract's."""
+"""The fileserver's settings: ``SETTINGS``, every one it reads besides the common ones."""
 
 from __future__ import annotations
 
 import ipaddress
-import re
 
 from services import settings as s
 
@@ -37,12 +36,6 @@ def parse_password(text: str) -> str:
     if not text or any(ord(c) < 32 for c in text):
         raise ValueError
     return text
-
-
-def parse_positive_int(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,9}", text.strip()) or int(text) < 1:
-        raise ValueError
-    return int(text)
 
 
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -91,7 +84,7 @@ PIN_IP = s.Setting(
 )
 NOT_FOUND_LIMIT = s.Setting(
     "not_found_limit", "PNP_404_LIMIT", "404s one client may collect within PNP_404_WINDOW before it is refused",
-    parse_positive_int, "a whole number >= 1", 20,
+    s.parse_whole(1, 999_999_999), "a whole number >= 1", 20,
 )
 NOT_FOUND_WINDOW = s.Setting(
     "not_found_window", "PNP_404_WINDOW", "seconds over which a client's 404s are counted",
@@ -113,16 +106,21 @@ HTTP_HEAD_TIMEOUT = s.Setting(
     s.parse_positive_float, "a number of seconds > 0", 10.0,
 )
 
-ALL = [FILE_SECRET, HTTP_BIND, TLS_CERT, TLS_KEY, HTTP_AUTH, HTTP_USER, HTTP_PASSWORD, PLAIN_PATHS,
+SETTINGS = [s.HTTP_PORT, s.PUBLIC_URL, s.SIP_INTERFACE, FILE_SECRET, HTTP_BIND, TLS_CERT, TLS_KEY, HTTP_AUTH, HTTP_USER, HTTP_PASSWORD, PLAIN_PATHS,
        PIN_IP, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES, HTTP_HEAD_TIMEOUT]
 
 
-def check(values: s.Settings) -> None:
-    """Settings that are only wrong together; raises SettingError naming the missing one."""
+def check_tls_pair(values: s.Settings) -> None:
+    """A certificate needs its key and a key its certificate (the console's HTTPS too)."""
     if (values.tls_cert is None) != (values.tls_key is None):
         missing = TLS_KEY if values.tls_key is None else TLS_CERT
         raise s.SettingError(missing, "", "required when " +
                              (TLS_CERT.env if missing is TLS_KEY else TLS_KEY.env) + " is set")
+
+
+def check(values: s.Settings) -> None:
+    """Settings that are only wrong together; raises SettingError naming the missing one."""
+    check_tls_pair(values)
     if values.http_auth != "off":
         for needed in (HTTP_USER, HTTP_PASSWORD):
             if getattr(values, needed.name) is None:

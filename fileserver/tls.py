@@ -10,6 +10,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 
+from fileserver import settings as fs
+from services import settings as s
+
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
@@ -38,6 +41,16 @@ def context_factory(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
     except Exception:
         raise TlsError(f"{key_path} is not the key of the certificate in {cert_path}") from None
     return options
+
+
+def check_tls(values: s.Settings) -> None:
+    """Before anything starts: PNP_TLS_CERT and PNP_TLS_KEY, if set, make a usable pair."""
+    fs.check_tls_pair(values)
+    if values.tls_cert is not None:
+        try:
+            context_factory(values.tls_cert, values.tls_key)
+        except TlsError as exc:
+            raise s.SettingError(fs.TLS_CERT, str(values.tls_cert), str(exc)) from None
 
 
 # Twisted's default backlog of 50 overflows when a boot storm's phones all fetch at once: the

@@ -15,8 +15,11 @@ __all__ = ["SETTINGS", "start"]
 
 
 def start(ctx: Context) -> GeneratorService:
+    cfg = ctx.settings
     store = Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health)
-    engine = Engine(Renderer(ctx.settings.template_dir, ctx.settings.notify_body), store)
+    engine = Engine(Renderer(cfg.template_dir, cfg.notify_body), store)
+    service = GeneratorService(ctx, engine, cfg.generator_settle)
     if store.rebuilt:
+        # its subscriptions go first: the first rendering waits for what they bring back
         Reseed(ctx, engine).start()
-    return GeneratorService(ctx, engine, ctx.settings.generator_settle)
+    return service.start()

@@ -48,7 +48,9 @@ class GeneratorService:
         self.lost: set[str] = set()
         self._recovering = True  # the stored assignments are still to be checked (once)
         self.keeper = Keeper(ctx, self.topics.devices("config"), republish=self._put_back)
-        bus = ctx.bus
+
+    def start(self) -> "GeneratorService":
+        bus = self.ctx.bus
         bus.on_connect(self._replayed.clear)
         bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
         bus.subscribe(self.topics.devices("assignment"), self.on_assignment)
@@ -59,6 +61,7 @@ class GeneratorService:
         if self.shard.count > 1:
             log.info("shard {shard}: rendering only the MACs with crc32(mac) mod {n} = {i}",
                      shard=str(self.shard), n=self.shard.count, i=self.shard.index - 1)
+        return self
 
     def _subscribed(self, _: Any) -> None:
         self._ready_call = self.ctx.reactor.callLater(self._settle, self._become_ready)

@@ -1,4 +1,4 @@
-"""Settings only the generator uses."""
+"""The generator's settings: ``SETTINGS``, every one it reads besides the common ones."""
 
 from __future__ import annotations
 

@@ -21,22 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 from listener import mac as macs
 from listener.ratelimit import RateLimiter
 from listener.vendors import identify
+from services.expiring import Expiring
 from services.messages import Discovered, now_iso
 from services.sip.message import (
     Request, SipParseError, SipTooLarge, build_response, parse, parse_name_addr, parse_value,
     parse_via, unsafe_header,
 )
+from services.sip.transaction import ServerTransactions, reply_address
 
 EVENT = "ua-profile"
-# RFC 3261 Timer J for UDP (64*T1): how long a server transaction answers retransmissions.
-TRANSACTION_TTL = 32.0
 # How long a Call-ID counts as "this boot already published".
 CALL_ID_TTL = 3600.0
 
@@ -52,37 +51,6 @@ class Outcome:
     reply: bytes | None = None
     dest: tuple[str, int] | None = None
     discovered: Discovered | None = None
-
-
-class _Expiring:
-    """A bounded mapping whose entries expire ``ttl`` after they were put (oldest first)."""
-
-    __slots__ = ("ttl", "max_items", "_items")
-
-    def __init__(self, ttl: float, max_items: int) -> None:
-        self.ttl = ttl
-        self.max_items = max_items
-        self._items: OrderedDict = OrderedDict()  # key -> (expires, value)
-
-    def get(self, key: object, now: float) -> object | None:
-        item = self._items.get(key)
-        if item is None or item[0] <= now:
-            return None
-        return item[1]
-
-    def put(self, key: object, value: object, now: float, ttl: float | None = None) -> None:
-        items = self._items
-        items.pop(key, None)
-        items[key] = (now + (self.ttl if ttl is None else ttl), value)
-        # Insertion order is expiry order (one ttl), so expired entries are at the front.
-        while items:
-            first = next(iter(items.values()))
-            if first[0] > now and len(items) <= self.max_items:
-                break
-            items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class SubscribeCore:
@@ -107,9 +75,9 @@ class SubscribeCore:
         self._clock_iso = clock_iso
         self.limiter = RateLimiter(rate, burst)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self._transactions = _Expiring(TRANSACTION_TTL, max_tracked)
-        self._call_ids = _Expiring(CALL_ID_TTL, max_tracked)
-        self._recent_macs = _Expiring(window, max_tracked)
+        self._transactions = ServerTransactions(max_items=max_tracked)
+        self._call_ids: Expiring[str, str] = Expiring(CALL_ID_TTL, max_tracked)
+        self._recent_macs: Expiring[str, str] = Expiring(window, max_tracked)
         self._boots: dict[str, int] = {}
 
     # --- state from outside ------------------------------------------------------------------
@@ -164,18 +132,15 @@ class SubscribeCore:
                    now: float) -> Outcome:
         counters = self.counters
         headers = request.headers
-        top_via = headers.get("via") or ""
-        call_id = headers.get("call-id") or ""
-        cseq_number, _ = request.cseq
-        key = (top_via, call_id, cseq_number)
-        via = parse_via(top_via)
-        dest = (source[0], source[1] if "rport" in via.params else (via.port or 5060))
+        key = self._transactions.key(request)
+        top_via, call_id, cseq_number = key
+        dest = reply_address(parse_via(top_via), source)
 
-        cached = self._transactions.get(key, now)
+        cached = self._transactions.answered(key, now)
         if cached is not None:
             counters["retransmissions"] += 1
             counters["answered"] += 1
-            return Outcome("retransmissions", cached, dest)  # type: ignore[arg-type]
+            return Outcome("retransmissions", cached, dest)
 
         from_value = headers.get("from") or ""
         from_tag = parse_name_addr(from_value).tag or ""
@@ -189,7 +154,7 @@ class SubscribeCore:
         if event.lower() != EVENT:
             reply = build_response(request, 489, "Bad Event", to_tag=to_tag, received=source,
                                    headers=[("Allow-Events", EVENT)]).to_bytes()
-            self._transactions.put(key, reply, now)
+            self._transactions.answer(key, reply, now)
             counters["bad_event"] += 1
             counters["answered"] += 1
             return Outcome("bad_event", reply, dest)
@@ -204,7 +169,7 @@ class SubscribeCore:
             request, self.status, self.reason, to_tag=to_tag, received=source,
             headers=[("Contact", f"<sip:{interface}:{self.contact_port}>"), ("Expires", "0")],
         ).to_bytes()
-        self._transactions.put(key, reply, now)
+        self._transactions.answer(key, reply, now)
         counters["answered"] += 1
 
         if self._call_ids.get(call_id, now) is not None or self._recent_macs.get(mac, now) is not None:

@@ -1,12 +1,17 @@
 """Listener: answers the phones' multicast SUBSCRIBE and publishes what they are."""
 
+from __future__ import annotations
+
+from listener.discovery import SubscribeCore
 from listener.service import ListenerService
-from listener.settings import LISTENER
-from services import settings as s
+from listener.settings import SETTINGS
 from services.runner import Context
 
-SETTINGS = [s.SIP_INTERFACE, s.SIP_PORT, *LISTENER]
+__all__ = ["SETTINGS", "start"]
 
 
 def start(ctx: Context) -> ListenerService:
-    return ListenerService(ctx).start()
+    cfg = ctx.settings
+    core = SubscribeCore(status=cfg.subscribe_response, window=cfg.discovery_window,
+                         rate=cfg.sip_rate, burst=cfg.sip_burst, contact_port=cfg.sip_port)
+    return ListenerService(ctx, core).start()

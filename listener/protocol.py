@@ -11,7 +11,6 @@ from twisted.logger import Logger
 
 from listener.discovery import SubscribeCore
 from services.messages import Discovered
-from services.sip.message import MAX_DATAGRAM
 
 log = Logger(namespace="listener")
 

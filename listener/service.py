@@ -21,9 +21,11 @@ from listener.protocol import AnswerTimes, SubscribeProtocol
 from services.sip.message import MAX_DATAGRAM
 from services import netif
 from services.bus import Incoming
-from services.messages import Discovered, encode_json
+from services.burstlog import BurstLog
+from services.messages import Discovered, encode_flat
 from services.retained import Keeper
 from services.runner import Context
+from services.settings import SIP_INTERFACE, SettingError
 
 log = Logger(namespace="listener")
 
@@ -32,52 +34,45 @@ LOG_PER_SECOND = 20
 RETAINED_QUIET = 2.0
 
 
-def encode_discovered(d: Discovered) -> bytes:
-    """``d.to_json()``, without dataclasses.asdict's deep copy: the same bytes, in a third of
-    the time, which a boot storm of thousands of phones notices."""
-    return encode_json({**vars(d), "v": d.v})
-
-
 class ListenerService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, core: SubscribeCore) -> None:
         self.ctx = ctx
-        settings = ctx.settings
-        self.port = settings.sip_port
-        try:
-            self.interfaces = netif.resolve(settings.sip_interface)
-        except ValueError as exc:
-            raise RuntimeError(f"PNP_SIP_INTERFACE: {exc}") from None
-        if not self.interfaces:
-            raise RuntimeError("PNP_SIP_INTERFACE names no IPv4 interface to listen on")
-        self.core = SubscribeCore(
-            status=settings.subscribe_response, window=settings.discovery_window,
-            rate=settings.sip_rate, burst=settings.sip_burst, contact_port=self.port,
-        )
+        self.core = core
+        self.port = ctx.settings.sip_port
+        self.interfaces: list[str] = []
         self.protocols: list[SubscribeProtocol] = []
         self.ports: list[Any] = []
         self.times = AnswerTimes()
         # Discoveries wait there until the datagrams at hand are answered: in a burst, every
         # phone's answer goes out before any MQTT work is done.
         self.keeper = Keeper(ctx, ctx.topics.devices("discovered"))
-        self.outbox = Outbox(ctx.bus, ctx.reactor, window=settings.publish_window,
+        self.outbox = Outbox(ctx.bus, ctx.reactor, window=ctx.settings.publish_window,
                              encode=self._encode)
         self._learn_filter = ctx.topics.devices("discovered")
         self.learning = True
         self._learned = 0
         self._last_learned = 0.0
         self._learn_call: Any = None
-        self._log_started = 0.0
-        self._log_count = 0
-        self._log_unlogged = 0
-        self._log_flush: Any = None
+        # A line per phone, except in a boot storm: formatting a log line costs as much as
+        # answering the phone, so past LOG_PER_SECOND a summary line counts the rest.
+        self._log_discovered = BurstLog(ctx.reactor, lambda count: log.info(
+            "discovered {count} more phones in a burst (not logged one by one; "
+            "pnp devices lists them)", count=count), per_second=LOG_PER_SECOND)
 
     def _encode(self, discovered: Discovered) -> bytes:
-        payload = encode_discovered(discovered)
+        payload = encode_flat(discovered)
         self.keeper.put(self.ctx.topics.device(discovered.mac, "discovered"), payload)
         return payload
 
     def start(self) -> "ListenerService":
         ctx = self.ctx
+        interface = ctx.settings.sip_interface
+        try:
+            self.interfaces = netif.resolve(interface)
+        except ValueError as exc:
+            raise SettingError(SIP_INTERFACE, ",".join(interface), str(exc)) from None
+        if not self.interfaces:
+            raise SettingError(SIP_INTERFACE, ",".join(interface), "names no IPv4 interface to listen on")
         self.keeper.start()
         # Rebuild which boots were published already from our own retained discoveries, then
         # stop listening: otherwise every discovery we publish comes back to be decoded.
@@ -113,27 +108,10 @@ class ListenerService:
         self._log_discovery(discovered)
 
     def _log_discovery(self, d: Discovered) -> None:
-        # A line per phone, except in a boot storm: formatting a log line costs as much as
-        # answering the phone, so past LOG_PER_SECOND a summary line counts the rest.
-        now = self.ctx.reactor.seconds()
-        if now - self._log_started >= 1.0:
-            self._log_started = now
-            self._log_count = 0
-        self._log_count += 1
-        if self._log_count <= LOG_PER_SECOND:
-            log.info("discovered {mac} {vendor} {model} {firmware} at {ip}:{port} (boot {boot})",
-                     mac=d.mac, vendor=d.vendor, model=d.model, firmware=d.firmware, ip=d.ip,
-                     port=d.port, boot=d.boot)
-            return
-        self._log_unlogged += 1
-        if self._log_flush is None or not self._log_flush.active():
-            self._log_flush = self.ctx.reactor.callLater(5.0, self._log_summary)
-
-    def _log_summary(self) -> None:
-        count, self._log_unlogged = self._log_unlogged, 0
-        if count:
-            log.info("discovered {count} more phones in a burst (not logged one by one; "
-                     "pnp devices lists them)", count=count)
+        self._log_discovered(lambda: log.info(
+            "discovered {mac} {vendor} {model} {firmware} at {ip}:{port} (boot {boot})",
+            mac=d.mac, vendor=d.vendor, model=d.model, firmware=d.firmware, ip=d.ip, port=d.port,
+            boot=d.boot))
 
     def _subscribed(self, _: Any) -> None:
         # the retained burst follows the SUBACK: count the quiet time from here
@@ -195,8 +173,6 @@ class ListenerService:
             self._learn_call.cancel()
         self.outbox.flush_all()
         self.keeper.stop()
-        if self._log_flush is not None and self._log_flush.active():
-            self._log_flush.cancel()
-        self._log_summary()
+        self._log_discovered.flush()
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

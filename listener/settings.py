@@ -1,8 +1,10 @@
-"""Settings only the listener uses."""
+"""The listener's settings: ``SETTINGS``, every one it reads besides the common ones."""
 
 from __future__ import annotations
 
-from services.settings import Setting, parse_choice, parse_positive_float
+from services.settings import (
+    SIP_INTERFACE, SIP_PORT, Setting, parse_choice, parse_positive_float, parse_whole,
+)
 
 
 def _parse_response(text: str) -> int:
@@ -27,20 +29,10 @@ SIP_BURST = Setting(
     "sip_burst", "PNP_SIP_BURST", "datagrams one source may send at once before its rate applies",
     parse_positive_float, "a number > 0", 40.0,
 )
-
-
-
-def _parse_window(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 10_000:
-        raise ValueError
-    return value
-
-
 PUBLISH_WINDOW = Setting(
     "publish_window", "PNP_PUBLISH_WINDOW",
     "discoveries sent to the broker and not yet acknowledged, at most (raise it for a distant broker)",
-    _parse_window, "a whole number 1-10000", 16,
+    parse_whole(1, 10_000), "a whole number 1-10000", 16,
 )
 
-LISTENER = [SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST, PUBLISH_WINDOW]
+SETTINGS = [SIP_INTERFACE, SIP_PORT, SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST, PUBLISH_WINDOW]

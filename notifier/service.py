@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -20,12 +20,14 @@ from services import netif
 from services.burstlog import BurstLog
 from services.bus import Incoming
 from services.messages import (
-    Discovered, Fetched, NotifyStatus, PayloadError, Published, ResyncCredentials, encode_json,
+    Discovered, Fetched, NotifyStatus, Payload, PayloadError, Published, ResyncCredentials, encode_flat,
     now_iso,
 )
 from services.sip.digest import DigestError, challenges, choose, retry_request
 from services.sip.message import MAX_DATAGRAM, Request, new_branch
 from services.retained import Keeper
+from services.runner import Context
+from services.settings import SIP_INTERFACE, SettingError
 from services.sip.transaction import Outcome, Result, Timers
 
 from notifier import build, decide
@@ -34,6 +36,8 @@ from notifier.settings import IN_DIALOG
 from notifier.state import Provision, Store, epoch
 
 log = Logger(namespace="notifier")
+
+P = TypeVar("P", bound=Payload)
 
 # A ``fetched`` that says a phone runs our config, as the fileserver (or any JSON encoder) writes
 # it. Half the messages of a boot storm are first downloads, ``provisioned`` false: this spares
@@ -61,54 +65,51 @@ class Attempt:
 
 
 class Notifier:
-    def __init__(self, ctx: Any, clock: Any = None, wall: Callable[[], float] = time.time,
-                 store: Store | None = None) -> None:
+    def __init__(self, ctx: Context, store: Store, clock: Any = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.reactor = ctx.reactor
         self.clock = clock if clock is not None else ctx.reactor
         self.wall = wall
         self.counters_ = ctx.counters
-        if self.settings.sip_t2 < self.settings.sip_t1:
-            raise ValueError(f"PNP_SIP_T2 ({self.settings.sip_t2}) must not be below PNP_SIP_T1 "
-                             f"({self.settings.sip_t1})")
-        if self.settings.notify_port and self.settings.notify_port == self.settings.sip_port:
-            raise ValueError(f"PNP_NOTIFY_PORT {self.settings.notify_port} is the listener's port: "
-                             "the phones' 200 OK would land in the listener")
+        self.store = store
         self.timers = Timers(t1=self.settings.sip_t1, t2=self.settings.sip_t2)
         self.shard = self.settings.notifier_shard
         self._log_sent = BurstLog(self.reactor, lambda count: log.info(
             "sent {count} more NOTIFYs in a burst (not logged one by one; each phone's outcome is "
             "on its devices/{{mac}}/notify)", count=count))
-        # One commit per reactor turn, however many messages that turn read: the sent log is on
-        # disk before the next turn (a crash in between may repeat those NOTIFYs, never lose one).
-        self.store = store if store is not None else Store(
-            ctx.database_path(), later=lambda commit: self.reactor.callLater(0, commit),
-            clock=self.reactor, health=ctx.health)
+        self.keeper = Keeper(ctx, ctx.topics.devices("notify"))
         self.endpoints: dict[str, NotifyEndpoint] = {}
         self._errored: set[str] = set()  # MACs whose error topic holds a refusal we reported
         self._ports: list[Any] = []
         self._stopped = False
-        for address in netif.resolve(self.settings.sip_interface):
+
+    def start(self) -> "Notifier":
+        interface = self.settings.sip_interface
+        try:
+            addresses = netif.resolve(interface)
+        except ValueError as exc:
+            raise SettingError(SIP_INTERFACE, ",".join(interface), str(exc)) from None
+        for address in addresses:
             self._open(address)
         if not self.endpoints:
-            raise ValueError(f"PNP_SIP_INTERFACE {','.join(self.settings.sip_interface)}: "
-                             "no IPv4 address to send NOTIFYs from")
-        self._default = next(iter(self.endpoints.values()))
-        topics = ctx.topics
+            raise SettingError(SIP_INTERFACE, ",".join(interface), "no IPv4 address to send NOTIFYs from")
+        topics = self.ctx.topics
+        bus = self.ctx.bus
         # Retained messages come back per subscription, in this order: what is published and
         # fetched is known before the discoveries are replayed and judged.
-        ctx.bus.subscribe(topics.devices("resync"), self._on_resync)
-        ctx.bus.subscribe(topics.devices("published"), self._on_published)
-        ctx.bus.subscribe(topics.devices("fetched"), self._on_fetched)
-        ctx.bus.subscribe(topics.devices("discovered"), self._on_discovered)
-        self.keeper = Keeper(ctx, topics.devices("notify"))
+        bus.subscribe(topics.devices("resync"), self._on_resync)
+        bus.subscribe(topics.devices("published"), self._on_published)
+        bus.subscribe(topics.devices("fetched"), self._on_fetched)
+        bus.subscribe(topics.devices("discovered"), self._on_discovered)
         self.keeper.start()
         for address, endpoint in self.endpoints.items():
             log.info("sending NOTIFYs from {host}:{port}", host=address, port=endpoint.local[1])
         if self.shard.count > 1:
             log.info("shard {shard}: NOTIFYs only for the MACs with crc32(mac) mod {n} = {i}",
                      shard=str(self.shard), n=self.shard.count, i=self.shard.index - 1)
+        return self
 
     # --- life ---
     def _open(self, address: str) -> NotifyEndpoint:
@@ -145,6 +146,13 @@ class Notifier:
             return None
         return info.mac
 
+    def _decode(self, msg: Incoming, kind: type[P]) -> P | None:
+        try:
+            return kind.from_json(msg.data)
+        except PayloadError as exc:
+            self._bad(msg, str(exc))
+            return None
+
     def _bad(self, msg: Incoming, why: str) -> None:
         self.counters_["bad_payloads"] += 1
         log.warn("ignored {topic}: {why}", topic=msg.topic, why=why)
@@ -156,10 +164,8 @@ class Notifier:
         if msg.empty:
             self.store.drop_device(mac)
             return
-        try:
-            discovered = Discovered.from_json(msg.data)
-        except PayloadError as exc:
-            self._bad(msg, str(exc))
+        discovered = self._decode(msg, Discovered)
+        if discovered is None:
             return
         now = self.wall()
         device = self.store.put_device(mac, discovered, epoch(discovered.seen_at, now), msg.raw)
@@ -176,10 +182,8 @@ class Notifier:
         if msg.empty:
             self.store.drop_published(mac)
             return
-        try:
-            published = Published.from_json(msg.data)
-        except PayloadError as exc:
-            self._bad(msg, str(exc))
+        published = self._decode(msg, Published)
+        if published is None:
             return
         previous = self.store.put_published(mac, published, msg.raw)
         plan = decide.after_publish(mac, self.store.devices.get(mac), published, previous,
@@ -195,10 +199,8 @@ class Notifier:
         mac = self._mac(msg)
         if mac is None or msg.empty:
             return
-        try:
-            fetched = Fetched.from_json(msg.data)
-        except PayloadError as exc:
-            self._bad(msg, str(exc))
+        fetched = self._decode(msg, Fetched)
+        if fetched is None:
             return
         old = self.store.provisions.get(mac)
         # Once a phone ran a config of ours it stays a working phone: a later first download
@@ -214,10 +216,8 @@ class Notifier:
         if msg.empty:
             self.store.drop_credentials(mac)
             return
-        try:
-            credentials = ResyncCredentials.from_json(msg.data)
-        except PayloadError as exc:
-            self._bad(msg, str(exc))
+        credentials = self._decode(msg, ResyncCredentials)
+        if credentials is None:
             return
         self.store.put_credentials(mac, credentials)
 
@@ -242,10 +242,11 @@ class Notifier:
             except Exception:
                 log.failure("could not open a NOTIFY socket on {address}", address=interface)
         self.counters_["notify_interface_fallback"] += 1
+        default = next(iter(self.endpoints.values()))  # the first address PNP_SIP_INTERFACE names
         if interface:
             log.warn("the SUBSCRIBE arrived on {address}, which PNP_SIP_INTERFACE does not name: "
-                     "sending from {default}", address=interface, default=self._default.local[0])
-        return self._default
+                     "sending from {default}", address=interface, default=default.local[0])
+        return default
 
     def _execute(self, plan: decide.Plan) -> None:
         if not self.shard.owns(plan.mac):
@@ -367,9 +368,8 @@ class Notifier:
 
     def _status(self, plan: decide.Plan, status: NotifyStatus) -> None:
         if not self._stopped:
-            # NotifyStatus is flat: a shallow dict encodes the same bytes as to_json() without
-            # dataclasses.asdict's deep copy, which was a tenth of a NOTIFY's CPU time.
-            data = encode_json({**vars(status), "v": status.v})
+            # to_json()'s deep copy was a tenth of a NOTIFY's CPU time
+            data = encode_flat(status)
             topic = self.ctx.topics.device(plan.mac, "notify")
             self.ctx.bus.publish(topic, data, retain=True)
             self.keeper.put(topic, data)

@@ -1,10 +1,11 @@
-"""Settings only the notifier uses."""
+"""The notifier's settings: ``SETTINGS``, every one it reads besides the common ones."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from services import settings as s
 from services.settings import Setting, parse_bool, parse_positive_float
 from services.shard import MAX_SHARDS, Shard, parse_shard
 
@@ -66,15 +67,6 @@ def parse_dialog_policy(text: str) -> DialogPolicy:
     return DialogPolicy(default, vendors)
 
 
-def parse_port_or_zero(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,5}", text.strip()):
-        raise ValueError
-    port = int(text)
-    if not 0 <= port < 65536:
-        raise ValueError
-    return port
-
-
 NOTIFY_WINDOW = Setting(
     "notify_window", "PNP_NOTIFY_WINDOW",
     "seconds after a discovery in which the phone still gets a NOTIFY (new boot or new files)",
@@ -96,7 +88,7 @@ RESYNC_REBOOT = Setting(
 NOTIFY_PORT = Setting(
     "notify_port", "PNP_NOTIFY_PORT",
     "local UDP port the NOTIFYs are sent from (0: any free port; never the listener's)",
-    parse_port_or_zero, "0 or a port number 1-65535", 0,
+    s.parse_whole(0, 65535), "0 or a port number 1-65535", 0,
 )
 SIP_T1 = Setting(
     "sip_t1", "PNP_SIP_T1",
@@ -115,4 +107,13 @@ NOTIFIER_SHARD = Setting(
     parse_shard, f"k/n with 1 <= k <= n <= {MAX_SHARDS}, e.g. 1/2", Shard(),
 )
 
-ALL = [NOTIFY_WINDOW, NOTIFY_DIALOG, RESYNC_REBOOT, NOTIFY_PORT, SIP_T1, SIP_T2, NOTIFIER_SHARD]
+SETTINGS = [s.SIP_INTERFACE, s.SIP_PORT, NOTIFY_WINDOW, NOTIFY_DIALOG, RESYNC_REBOOT, NOTIFY_PORT, SIP_T1, SIP_T2, NOTIFIER_SHARD]
+
+
+def check(values: s.Settings) -> None:
+    """Settings that are only wrong together; raises SettingError naming the one to change."""
+    if values.sip_t2 < values.sip_t1:
+        raise s.SettingError(SIP_T2, str(values.sip_t2), f"must not be below {SIP_T1.env} ({values.sip_t1})")
+    if values.notify_port and values.notify_port == values.sip_port:
+        raise s.SettingError(NOTIFY_PORT, str(values.notify_port), f"it is the listener's port "
+                             f"({s.SIP_PORT.env}): the phones' 200 OK would land in the listener")

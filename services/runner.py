@@ -1,7 +1,10 @@
 """The life of a service: connect, report status, run, stop cleanly.
 
-A service is a function ``start(ctx) -> component`` (or a Deferred of one). The component may
-have a ``stop()`` returning a Deferred; everything else it needs is in the :class:`Context`.
+A service is a package whose ``main`` module has ``SETTINGS`` (from its ``settings`` module),
+``check_settings(settings)`` (raises :class:`~services.settings.SettingError` before anything
+starts) and ``start(ctx) -> Component``: it only wires, building the sans-I/O core and the glue
+around it and calling the glue's ``start()``. A glue's constructor only stores what it is given;
+subscribing, opening sockets and starting timers happen in its ``start()``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -60,7 +63,21 @@ class Context:
         self.bus.publish(self.topics.device(mac, "error"), b"", retain=True)
 
 
-Start = Callable[[Context], Any]
+@runtime_checkable
+class Component(Protocol):
+    """What every service's glue is to the runner."""
+
+    def start(self) -> Any:
+        """Subscribe, open sockets, start timers (the constructor did none of it)."""
+
+    def stop(self) -> Any:
+        """Release all of it; may return a Deferred."""
+
+    def counters(self) -> dict[str, int]:
+        """Numbers for the service's status topic, besides the runner's own."""
+
+
+Start = Callable[[Context], Component]
 
 
 class Runtime:
@@ -81,7 +98,7 @@ class Runtime:
         self.status_topic = self.topics.service(name, settings.instance)
         self.bus = Bus(settings.mqtt_url, f"pnp-{name}-{settings.instance}-{os.getpid()}", reactor)
         self.ctx = Context(name, settings, self.bus, self.topics, reactor, self.started_at)
-        self.component: Any = None
+        self.component: Component | None = None
         self._status_loop = task.LoopingCall(self.publish_status)
         self._status_loop.clock = reactor
         self._stopped = False
@@ -91,9 +108,8 @@ class Runtime:
     def status(self, state: str = "online") -> ServiceStatus:
         counters = dict(self.ctx.counters)
         counters.update(self.bus.counters)
-        extra = getattr(self.component, "counters", None)
-        if callable(extra):
-            counters.update(extra())
+        if self.component is not None:
+            counters.update(self.component.counters())
         health = self.ctx.health
         counters.update(health.counters)
         return ServiceStatus(
@@ -155,10 +171,9 @@ class Runtime:
         self._cancel_broker_timer()
         if self._status_loop.running:
             self._status_loop.stop()
-        stop = getattr(self.component, "stop", None)
-        if callable(stop):
+        if self.component is not None:
             try:
-                yield _timeout(defer.maybeDeferred(stop), STOP_TIMEOUT / 2, self.reactor)
+                yield _timeout(defer.maybeDeferred(self.component.stop), STOP_TIMEOUT / 2, self.reactor)
             except Exception:
                 log.failure("{service} did not stop cleanly", service=self.name)
         if self.bus.connected:

@@ -126,13 +126,22 @@ def parse_mqtt_url(text: str) -> MqttUrl:
     )
 
 
-def parse_port(text: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,5}", text.strip()):
-        raise ValueError
-    port = int(text)
-    if not 0 < port < 65536:
-        raise ValueError
-    return port
+def parse_whole(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high``, in plain digits (no sign, no ``_``)."""
+    digits = re.compile(r"[0-9]{1,%d}" % len(str(high)))
+
+    def parse(text: str) -> int:
+        if not digits.fullmatch(text.strip()):
+            raise ValueError
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError
+        return value
+
+    return parse
+
+
+parse_port = parse_whole(1, 65535)
 
 
 def parse_topic_prefix(text: str) -> str:

@@ -76,10 +76,24 @@ class KeeperTest(unittest.TestCase):
         settings = make_settings(self.broker, self.mktemp())
         keeper: list[Keeper] = []
 
+        class OnlyKeeper:
+            """A service that only keeps its own retained messages."""
+
+            def __init__(self, ctx):
+                keeper.append(Keeper(ctx, ctx.topics.devices("notify")))
+
+            def start(self):
+                keeper[0].start()
+                return self
+
+            def stop(self):
+                keeper[0].stop()
+
+            def counters(self):
+                return {}
+
         def start(ctx):
-            keeper.append(Keeper(ctx, ctx.topics.devices("notify")))
-            keeper[0].start()
-            return keeper[0]
+            return OnlyKeeper(ctx).start()
 
         rt = Runtime("notifier", settings, start, reactor)
         self.addCleanup(rt.stop)

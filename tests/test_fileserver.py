@@ -78,7 +78,7 @@ class FileserverCase(unittest.TestCase):
         scheme = "https" if "tls_cert" in {**self.extra, **extra} else "http"
         values = {"http_port": str(self.port), "http_bind": "127.0.0.1",
                   "public_url": f"{scheme}://127.0.0.1:{self.port}/", **self.extra, **extra}
-        return make_settings(self.broker, self.data, extra=fs.ALL, **values)
+        return make_settings(self.broker, self.data, extra=fs.SETTINGS, **values)
 
     @defer.inlineCallbacks
     def start(self, wait_broker: bool = True, **extra):
@@ -292,7 +292,7 @@ class ServingTest(FileserverCase):
         published = yield self.assign(config())
         url = published["files"][0]["url"]
         rt = self.runtimes[0]
-        yield eventually(lambda: rt.component.service.policy.discovered_ip.get(MAC) == "127.0.0.2")
+        yield eventually(lambda: rt.component.service.core.discovered_ip.get(MAC) == "127.0.0.2")
         status, _, body = yield fetch(url, source="127.0.0.3")
         self.assertEqual(status, 403)
         self.assertNotIn(b"Alice", body)
@@ -309,7 +309,7 @@ class ServingTest(FileserverCase):
         published = yield self.assign(config())
         url = published["files"][0]["url"]
         rt = self.runtimes[0]
-        yield eventually(lambda: rt.component.service.policy.discovered_ip.get(MAC) == "10.1.2.3")
+        yield eventually(lambda: rt.component.service.core.discovered_ip.get(MAC) == "10.1.2.3")
         status, _, _ = yield fetch(url, source="127.0.0.5", headers={"X-Forwarded-For": "10.9.9.9, 10.1.2.3"})
         self.assertEqual(status, 200)
         event = yield eventually(lambda: self.probe.last(self.topic("fetched")))

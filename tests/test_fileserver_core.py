@@ -16,7 +16,7 @@ from fileserver.auth import Authenticator
 from fileserver.etag import none_match, parse_if_none_match, repr_digest
 from fileserver.files import Rejected, decode_config
 from fileserver.provision import ProvisionTracker
-from fileserver.settings import ALL, check
+from fileserver.settings import SETTINGS, check
 from fileserver.tls import TlsError, context_factory
 from fileserver.certs import make_pair
 from fileserver.tokens import device_token, load_or_create_secret
@@ -194,14 +194,14 @@ def test_digest_rejects_garbage():
 def test_settings_that_only_work_together():
     base = {"tls_cert": "/c.pem"}
     with pytest.raises(s.SettingError, match="PNP_TLS_KEY"):
-        check(s.resolve(ALL, base, environ={}))
+        check(s.resolve(SETTINGS, base, environ={}))
     with pytest.raises(s.SettingError, match="PNP_HTTP_USER"):
-        check(s.resolve(ALL, {"http_auth": "digest"}, environ={}))
+        check(s.resolve(SETTINGS, {"http_auth": "digest"}, environ={}))
     with pytest.raises(s.SettingError, match="PNP_FILE_SECRET"):
-        s.resolve(ALL, {"file_secret": "short"}, environ={})
+        s.resolve(SETTINGS, {"file_secret": "short"}, environ={})
     with pytest.raises(s.SettingError, match="PNP_HTTP_AUTH"):
-        s.resolve(ALL, {"http_auth": "ntlm"}, environ={})
-    check(s.resolve(ALL, {}, environ={}))
+        s.resolve(SETTINGS, {"http_auth": "ntlm"}, environ={})
+    check(s.resolve(SETTINGS, {}, environ={}))
 
 
 def test_tls_files_that_do_not_fit_say_why(tmp_path):

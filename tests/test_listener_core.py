@@ -218,11 +218,11 @@ def test_no_datagram_makes_the_core_raise(data):
 
 
 def test_fast_discovery_encoding_is_the_payload_encoding():
-    from listener.service import encode_discovered
+    from services.messages import encode_flat
 
     for data in SAMPLES.values():
         d = core().handle(data, PHONE, IFACE, 0.0).discovered
-        assert encode_discovered(d) == d.to_json()
+        assert encode_flat(d) == d.to_json()
 
 
 def test_subscribe_inside_a_dialog_keeps_and_publishes_its_to_tag():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from notifier import build, decide
-from notifier.settings import ALL, IN_DIALOG, OUT_OF_DIALOG, parse_dialog_policy
+from notifier.settings import SETTINGS, IN_DIALOG, OUT_OF_DIALOG, parse_dialog_policy
 from services.settings import COMMON, CONTRACT, SettingError, resolve
 from services.shard import Shard
 from notifier.state import Provision, SentKey, Store, epoch
@@ -167,6 +167,19 @@ def test_dialog_policy_with_vendor_overrides():
             parse_dialog_policy(bad)
 
 
+def test_settings_that_only_work_together_are_one_line_errors():
+    from notifier.main import check_settings
+
+    def settings(**values):
+        return resolve(COMMON + CONTRACT + SETTINGS, values, environ={})
+
+    with pytest.raises(SettingError, match=r"PNP_SIP_T2 .*'0.2'.* must not be below PNP_SIP_T1"):
+        check_settings(settings(sip_t1="0.5", sip_t2="0.2"))
+    with pytest.raises(SettingError, match=r"PNP_NOTIFY_PORT .*'5060'.*listener's port"):
+        check_settings(settings(notify_port="5060"))
+    check_settings(settings(sip_t1="0.5", sip_t2="0.5", notify_port="5070"))
+
+
 def test_shards_split_every_mac_exactly_once_and_bad_values_are_one_line_errors():
     macs = [f"000b82{i:06x}" for i in range(3000)]
     for n in (1, 2, 3, 7):
@@ -178,10 +191,10 @@ def test_shards_split_every_mac_exactly_once_and_bad_values_are_one_line_errors(
     assert Shard(1, 2).owns("000b82f55284") is Shard(1, 2).owns("000B82F55284") is True
 
     def shard(raw: str) -> Shard:
-        return resolve(COMMON + CONTRACT + ALL, {"notifier_shard": raw}, environ={}).notifier_shard
+        return resolve(COMMON + CONTRACT + SETTINGS, {"notifier_shard": raw}, environ={}).notifier_shard
 
     assert shard("2/3") == Shard(2, 3) and str(shard(" 1 / 1 ")) == "1/1"
-    assert resolve(COMMON + CONTRACT + ALL, {}, environ={}).notifier_shard == Shard(1, 1)
+    assert resolve(COMMON + CONTRACT + SETTINGS, {}, environ={}).notifier_shard == Shard(1, 1)
     for bad in ["0/2", "3/2", "1/0", "1/1025", "2", "1/2/3", "a/b", "-1/2", "1/2x"]:
         with pytest.raises(SettingError) as error:
             shard(bad)

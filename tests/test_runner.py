@@ -22,11 +22,30 @@ class Component:
         self.stopped = False
         ctx.counters["things"] += 3
 
+    def start(self):
+        return self
+
     def counters(self):
         return {"live": 7}
 
     def stop(self):
         self.stopped = True
+
+
+def test_every_service_is_one_shape():
+    """What the runner calls on every service's component, and what ``pnp`` reads from its
+    main module."""
+    import importlib
+
+    from services.cli import SERVICES
+    from services.runner import Component
+
+    for name, path in SERVICES.items():
+        main = importlib.import_module(path)
+        settings = importlib.import_module(f"{name}.settings")
+        assert main.SETTINGS is settings.SETTINGS, name
+        component = main.start.__annotations__["return"]
+        assert issubclass(getattr(main, component), Component), name
 
 
 class RuntimeTest(unittest.TestCase):
@@ -39,7 +58,7 @@ class RuntimeTest(unittest.TestCase):
     @defer.inlineCallbacks
     def test_online_with_counters_then_offline_on_stop(self):
         settings = make_settings(self.broker, self.mktemp())
-        rt = Runtime("generator", settings, Component, reactor)
+        rt = Runtime("generator", settings, lambda ctx: Component(ctx).start(), reactor)
         component = yield rt.start()
         topic = "pnp/services/generator/test"
         status = yield eventually(lambda: self.probe.last(topic))

@@ -89,3 +89,21 @@ def test_every_command_has_help():
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0
         assert "PNP_MQTT_URL" in done.stdout
+
+
+def test_whole_number_settings_take_plain_digits_within_their_range():
+    from fileserver.settings import NOT_FOUND_LIMIT
+    from listener.settings import PUBLISH_WINDOW
+    from notifier.settings import NOTIFY_PORT
+
+    cases = [(s.SIP_PORT, "1", "65535", ["0", "65536"]),
+             (NOTIFY_PORT, "0", "65535", ["65536", "-1"]),
+             (PUBLISH_WINDOW, "1", "10000", ["0", "10001", "+16", "1_6"]),
+             (NOT_FOUND_LIMIT, "1", "999999999", ["0", "1000000000", "ten"])]
+    for setting, low, high, bad in cases:
+        for good in (low, high, f" {high} "):
+            value = s.resolve([setting], {setting.name: good}, environ={})
+            assert getattr(value, setting.name) == int(good)
+        for text in bad:
+            with pytest.raises(s.SettingError, match=setting.env):
+                s.resolve([setting], {setting.name: text}, environ={})

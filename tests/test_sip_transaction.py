@@ -222,3 +222,52 @@ def test_response_key_reads_top_via_and_cseq():
     assert response_key(parse(raw)) == KEY
     no_branch = raw.replace(b";branch=z9hG4bKabc", b"")
     assert response_key(parse(no_branch)) is None
+
+
+# --- the server side ---------------------------------------------------------------------------
+
+
+def _subscribe(via: str, cseq: int = 1) -> bytes:
+    return (f"SUBSCRIBE sip:MAC%3A000b82f55284@224.0.1.75 SIP/2.0\r\nVia: {via}\r\n"
+            "From: <sip:MAC%3A000b82f55284@10.0.0.5>;tag=f1\r\nTo: <sip:MAC%3A000b82f55284@224.0.1.75>\r\n"
+            f"Call-ID: c1@10.0.0.5\r\nCSeq: {cseq} SUBSCRIBE\r\nEvent: ua-profile\r\n"
+            "Content-Length: 0\r\n\r\n").encode()
+
+
+def test_reply_goes_to_the_source_port_with_rport_else_to_the_via_port():
+    from services.sip import reply_address
+    from services.sip.message import parse_via
+
+    source = ("10.0.0.5", 40000)
+    assert reply_address(parse_via("SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK1;rport"), source) == source
+    assert reply_address(parse_via("SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK1"), source) == ("10.0.0.5", 5062)
+    # no port in sent-by: SIP's default, and never the Via's host (a spoofed Via cannot redirect)
+    assert reply_address(parse_via("SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK1"), source) == ("10.0.0.5", 5060)
+
+
+def test_a_retransmitted_request_gets_the_same_answer_until_timer_j():
+    from services.sip import TIMER_J, ServerTransactions
+
+    assert TIMER_J == 32.0  # 64*T1 (RFC 3261 §17.2.2)
+    table = ServerTransactions()
+    request = parse(_subscribe("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKa"))
+    key = table.key(request)
+    assert table.answered(key, 0.0) is None
+    table.answer(key, b"SIP/2.0 200 OK...", 0.0)
+    assert table.answered(table.key(parse(_subscribe("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKa"))),
+                          TIMER_J - 0.1) == b"SIP/2.0 200 OK..."
+    assert table.answered(key, TIMER_J) is None
+    # another CSeq, or another branch, is another transaction
+    assert table.key(parse(_subscribe("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKa", 2))) != key
+    assert table.key(parse(_subscribe("SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKb"))) != key
+
+
+def test_a_flood_of_transactions_keeps_the_answer_cache_bounded():
+    from services.sip import ServerTransactions
+
+    table = ServerTransactions(max_items=100)
+    for i in range(1000):
+        table.answer(("via", f"call{i}", 1), b"x", 0.0)
+    assert len(table) == 100
+    assert table.answered(("via", "call999", 1), 1.0) == b"x"
+    assert table.answered(("via", "call0", 1), 1.0) is None

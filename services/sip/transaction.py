@@ -1,4 +1,5 @@
-"""The non-INVITE client transaction of RFC 3261 §17.1.2, over an unreliable transport.
+"""Non-INVITE transactions of RFC 3261 over an unreliable transport: the client's (§17.1.2),
+and the server's answer cache and reply address (§17.2.2, §18.2.2).
 
 Sans-I/O: nothing here owns a socket or a reactor. The caller sends the request once, creates a
 :class:`ClientTransaction` with the time it did so, and from then on feeds it time (``advance``)
@@ -6,6 +7,10 @@ and the responses that match it (``receive``); each call returns what the caller
 (retransmit the same bytes, or hand a result to whoever wanted it). :class:`TransactionTable`
 holds thousands of them with one deadline heap, so a driver needs a single timer, not one per
 transaction, and matches responses by top-Via branch and CSeq as §17.1.3 asks.
+
+On the server side, :class:`ServerTransactions` keeps each final answer for Timer J, so that a
+retransmitted request gets the identical bytes again, and :func:`reply_address` says where a
+response goes.
 
 Times are plain floats in seconds from any monotonic clock the caller chooses.
 """
@@ -17,7 +22,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, Iterator, TypeVar
 
-from services.sip.message import Response, SipParseError, parse_via
+from services.expiring import Expiring
+from services.sip.message import Request, Response, SipParseError, Via, parse_via
 
 
 class State(Enum):
@@ -297,3 +303,47 @@ def response_key(response: Response) -> Key | None:
     if not branch:
         return None
     return Key.of(branch, number, method)
+
+
+# --- the server side -------------------------------------------------------------------------
+
+# RFC 3261 §17.2.2: Timer J is 64*T1 on an unreliable transport (T1 = 500 ms, §17.1.1.1).
+TIMER_J = 64 * Timers.t1
+
+ServerKey = tuple[str, str, int]
+
+
+class ServerTransactions:
+    """Answered non-INVITE requests, each kept for Timer J after its final response (§17.2.2:
+    the Completed state), so a retransmission gets the identical bytes again. At most
+    ``max_items`` are kept, oldest dropped first: a flood cannot make it grow."""
+
+    def __init__(self, timer_j: float = TIMER_J, max_items: int = 200_000) -> None:
+        self._answers: Expiring[ServerKey, bytes] = Expiring(timer_j, max_items)
+
+    @staticmethod
+    def key(request: Request) -> ServerKey:
+        """The request's transaction: the whole top Via (its branch and sent-by, §17.2.3),
+        the Call-ID and the CSeq number, which also tells apart the transactions of a phone
+        whose branch is not RFC 3261's unique one."""
+        headers = request.headers
+        return headers.get("via") or "", headers.get("call-id") or "", request.cseq[0]
+
+    def answered(self, key: ServerKey, now: float) -> bytes | None:
+        """The response already sent in this transaction, if it is still Completed."""
+        return self._answers.get(key, now)
+
+    def answer(self, key: ServerKey, response: bytes, now: float) -> None:
+        self._answers.put(key, response, now)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+def reply_address(via: Via, source: tuple[str, int]) -> tuple[str, int]:
+    """Where a response over UDP goes (RFC 3261 §18.2.2 and RFC 3581 §4): the request's
+    source address, and its source port when the top Via carries ``rport``, else the Via's
+    sent-by port (5060 when it names none)."""
+    if "rport" in via.params:
+        return source
+    return source[0], via.port or 5060

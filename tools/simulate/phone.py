@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from services.sip import digest
+from services.sip import digest, reply_address
 from services.sip import message as sip
 from tools.simulate.vendors import GROUP, Dialog, FileRefused, Identity, check_file, file_names, new_dialog
 
@@ -436,9 +436,7 @@ class Phone:
             via = sip.parse_via(req.headers.get_all("via")[0])
         except (IndexError, sip.SipParseError):
             return source
-        if "rport" in via.params:
-            return source
-        return source[0], via.port or 5060
+        return reply_address(via, source)
 
     # --- files ---
     def _fetch(self) -> Fetch:

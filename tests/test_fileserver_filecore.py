@@ -1,0 +1,141 @@
+"""The fileserver's sans-I/O core: messages in, effects out, no broker, socket or database."""
+
+from __future__ import annotations
+
+import json
+
+from fileserver.catalog import Catalog
+from fileserver.core import (
+    Announce, FileCore, Missing, Refuse, Remove, Report, Resolve, Save, SaveFetch, SaveIp,
+)
+from fileserver.provision import ProvisionTracker
+from tests.test_fileserver import MAC, OTHER, config
+
+SECRET = "s" * 32
+AT = "2026-01-01T00:00:00Z"
+
+
+def core(errored: set[str] | None = None) -> FileCore:
+    return FileCore(Catalog(SECRET, "http://files.example/"), ProvisionTracker(), errored or set(),
+                    {}, "fs1")
+
+
+def kinds(effects: list) -> list[type]:
+    return [type(e) for e in effects]
+
+
+def assigned(c: FileCore, mac: str = MAC, **kw) -> list:
+    return c.config(mac, config(mac, **kw), None, False)
+
+
+def test_a_new_config_is_saved_and_announced_once():
+    c = core()
+    effects = assigned(c)
+    assert kinds(effects) == [Save, Announce]
+    announced = json.loads(effects[1].payload)
+    assert announced["revision"] == 1
+    assert announced["url"].startswith("http://files.example/p/")
+    assert MAC in c.catalog.devices
+    # the same config again (a broker replay): nothing to store, nothing to say
+    assert assigned(c) == []
+
+
+def test_a_broker_that_already_holds_our_published_is_not_told_again():
+    c = core()
+    payload = assigned(c)[1].payload
+    c.connected()
+    c.published(MAC, payload)
+    assert assigned(c) == []
+    c.published(MAC, None)  # cleared by someone: said again
+    assert kinds(assigned(c)) == [Announce]
+
+
+def test_a_bad_config_keeps_the_last_good_files_and_a_good_one_clears_the_error():
+    c = core()
+    assigned(c)
+    good = c.catalog.devices[MAC]
+    refused = assigned(c, revision=2, sha="0" * 64)
+    assert kinds(refused) == [Refuse]
+    assert refused[0].code == "checksum" and refused[0].field == "files[0].sha256"
+    assert c.catalog.devices[MAC] is good
+    assert MAC in c.errored
+    undecodable = c.config(MAC, None, "not JSON", False)
+    assert kinds(undecodable) == [Refuse] and undecodable[0].code == "payload"
+    assert kinds(assigned(c, revision=2)) == [Save, Resolve, Announce]
+    assert MAC not in c.errored
+
+
+def test_an_empty_config_removes_the_device_and_its_published():
+    c = core(errored={MAC})
+    assigned(c)
+    effects = c.config(MAC, None, None, True)
+    assert effects == [Remove(MAC), Announce(MAC, b"")]
+    assert MAC not in c.catalog.devices and MAC not in c.errored
+    # nothing known of it: nothing to say
+    assert c.config(OTHER, None, None, True) == []
+
+
+def test_a_config_cleared_while_away_removes_the_device_after_the_replay():
+    c = core()
+    assigned(c)
+    payload = assigned(c, mac=OTHER)[1].payload
+    c.connected()
+    c.published(OTHER, payload)  # its published came back, its config did not
+    c.config(MAC, config(MAC), None, False)
+    effects = c.replayed(lost_ours=False)
+    assert effects == [Remove(OTHER, away=True), Announce(OTHER, b"")]
+    assert list(c.catalog.devices) == [MAC]
+
+
+def test_a_broker_that_lost_config_and_published_keeps_the_device_served():
+    c = core()
+    assigned(c)
+    c.connected()
+    assert c.replayed(lost_ours=True) == [Missing((MAC,))]
+    assert MAC in c.catalog.devices and c.configs_missing == 1
+
+
+def test_a_published_put_back_by_the_keeper_counts_as_lost_not_cleared():
+    c = core()
+    assigned(c)
+    c.connected()
+    assert kinds(c.lost([MAC, OTHER])) == [Announce]  # OTHER is not ours to put back
+    assert c.replayed(lost_ours=False) == [Missing((MAC,))]
+
+
+def test_a_phone_that_fetches_the_same_file_again_is_provisioned():
+    c = core()
+    assigned(c)
+    device = c.catalog.devices[MAC]
+    served = next(iter(device.files.values()))
+    first = c.served(device, served, 200, "127.0.0.2", "ua", AT)
+    assert kinds(first) == [SaveFetch, Report]
+    assert first[1].fetched.provisioned is False and first[1].fetched.server == "fs1"
+    again = c.served(device, served, 304, "127.0.0.2", "ua", AT)
+    assert again[0] == SaveFetch(MAC, served.name, served.sha256, served.sha256, True)
+    assert again[1].fetched.provisioned is True
+    assert c.provisioned_devices() == 1
+    # a third download moves nothing to save, but is still reported
+    assert kinds(c.served(device, served, 304, "127.0.0.2", "ua", AT)) == [Report]
+
+
+def test_downloads_served_by_another_instance_count_and_our_own_do_not():
+    c = core()
+    assigned(c)
+    served = next(iter(c.catalog.devices[MAC].files.values()))
+    event = {"file": served.name, "sha256": served.sha256, "status": 200, "server": "fs1"}
+    assert c.fetched_elsewhere(MAC, event) == []
+    assert c.fetched_elsewhere(MAC, {**event, "server": ""}) == []
+    assert c.fetched_elsewhere(MAC, {**event, "status": 404, "server": "fs2"}) == []
+    assert kinds(c.fetched_elsewhere(MAC, {**event, "server": "fs2"})) == [SaveFetch]
+    assert kinds(c.fetched_elsewhere(MAC, {**event, "status": 304, "server": "fs2"})) == [SaveFetch]
+    assert c.provisioned_devices() == 1
+
+
+def test_a_phone_s_discovered_address_is_saved_when_it_changes():
+    c = core()
+    assert c.discovered(MAC, "10.0.0.5") == [SaveIp(MAC, "10.0.0.5")]
+    assert c.discovered(MAC, "10.0.0.5") == []
+    assert c.discovered_ip == {MAC: "10.0.0.5"}
+    assert c.discovered(MAC, None) == [SaveIp(MAC, None)]
+    assert c.discovered_ip == {}
