@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.cli import main
+from tools.cli import main
 from tests.support import Probe, wait_until
 
 MAC = "000b82f55284"
@@ -119,7 +119,7 @@ def test_wait_shows_the_generators_answer(broker, capsys, tmp_path) -> None:
     # the generator runs as its own process, as in production
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp_path / "data"),
            "PNP_INSTANCE": "test", "PNP_LOG_FORMAT": "text"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "generator"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "generator"], env=env,
                             cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         watcher = Probe(broker.url, "pnp/services/generator/+")

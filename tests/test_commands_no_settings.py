@@ -53,7 +53,7 @@ def test_inside_readme_commands_without_settings(tmp_path):
     broker = Mosquitto(tmp_path / "broker", port=1883).start()
     # what a user's shell has: no PNP_* variable at all
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    pnp = [sys.executable, "-m", "services.cli"]
+    pnp = [sys.executable, "-m", "tools.cli"]
     try:
         done = subprocess.run(pnp + ["assign", "--mac", MAC, "--sip-server", "pbx.example.com",
                                      "--user-id", "1001", "--password", "s3cret"],

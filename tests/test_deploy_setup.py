@@ -7,8 +7,8 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from services import brokersetup
-from services.healthcheck import healthz_url, judge
+from tools import brokersetup
+from tools.healthcheck import healthz_url, judge
 from services.messages import ServiceStatus
 from tests.test_deploy_broker import PNP, REPO
 

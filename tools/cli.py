@@ -22,15 +22,15 @@ SERVICES = {
 # Each tool module has configure(parser) and run(args) -> int, and a docstring whose first
 # line is its help.
 TOOLS = {
-    "up": "services.supervisor",
-    "setup": "services.brokersetup",
-    "health": "services.healthcheck",
-    "tls-cert": "fileserver.certs",
-    "assign": "generator.assign",
+    "up": "tools.supervisor",
+    "setup": "tools.brokersetup",
+    "health": "tools.healthcheck",
+    "tls-cert": "tools.certs",
+    "assign": "tools.assign",
     "simulate": "tools.simulate.command",
     "devices": "tools.devices",
     "monitor": "tools.monitor",
-    "console-user": "console.adduser",
+    "console-user": "tools.consoleuser",
 }
 
 
