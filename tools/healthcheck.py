@@ -46,8 +46,8 @@ def read_status(settings: s.Settings, service: str, timeout: float, reactor: Any
     got: defer.Deferred = defer.Deferred()
 
     def on_status(msg: Incoming) -> None:
-        if not got.called:
-            got.callback(msg.raw)
+        # on the next turn: the Bus is closed as soon as the status is here (Session.close)
+        reactor.callLater(0, lambda: got.called or got.callback(msg.raw))
 
     session = Session(settings.mqtt_url, "health", reactor)
     try:

@@ -74,13 +74,18 @@ class Session:
             subscribe(bus)
         outcome: defer.Deferred = defer.Deferred()
 
-        def settle(result: Any) -> None:
+        def fire(result: Any) -> None:
             if outcome.called:
                 return
             if isinstance(result, Bus):
                 outcome.callback(result)
             else:
                 outcome.errback(result)
+
+        def settle(result: Any) -> None:
+            # Called from inside paho's callbacks, where stopping the Bus (or much else) would
+            # deadlock on paho's callback lock: the outcome is given on the next turn.
+            self.reactor.callLater(0, fire, result)
 
         self._complaints.on_first = lambda why: settle(BrokerProblem(why))
         timer = self.reactor.callLater(timeout, lambda: settle(BrokerProblem(
@@ -106,7 +111,8 @@ class Session:
         return list(self._complaints.seen)
 
     def close(self) -> None:
-        """Disconnect cleanly (what was acknowledged stays) and stop reading the Bus's log."""
+        """Disconnect cleanly (what was acknowledged stays) and stop reading the Bus's log.
+        Not from inside a Bus handler (paho's callback lock is held there): a turn later."""
         if self.bus is not None:
             self.bus.stop()
         globalLogPublisher.removeObserver(self._complaints)
