@@ -157,3 +157,22 @@ def test_wait_shows_the_generators_answer(broker, tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_what_the_broker_refuses_is_an_error_not_a_success(tmp_path) -> None:
+    from tests.test_deploy_broker import LockedBroker
+
+    broker = LockedBroker(tmp_path / "locked", {"pbx": "pbx-secret-1", "listener": "listener-secret-1"}).start()
+    try:
+        # the listener's login may not write assignments: the broker answers PUBACK 135
+        done = pnp("assign", "--mqtt-url", broker.url("listener"), "--mac", MAC, "--unassign")
+        assert done.returncode == 1
+        assert "refused 1 of 1 assignment(s)" in done.stderr, done.stderr
+        done = pnp("assign", "--mqtt-url", broker.url("pbx").replace("pbx-secret-1", "wrong"),
+                   "--mac", MAC, "--unassign")
+        assert done.returncode == 1
+        assert "refused the login" in done.stderr, done.stderr
+        done = pnp("assign", "--mqtt-url", broker.url("pbx"), "--mac", MAC, "--unassign")
+        assert done.returncode == 0, done.stderr
+    finally:
+        broker.stop()

@@ -288,14 +288,18 @@ def publish(url: s.MqttUrl, prefix: str, items: list[Item], reactor: Any, timeou
                 bus.subscribe(topic, on_answer)
 
     session = Session(url, "assign", reactor)
-    bus = yield session.open(timeout, subscribe)
+    try:
+        bus = yield session.open(timeout, subscribe)
+    except BrokerProblem as exc:
+        raise BrokerProblem(f"{exc}; nothing was published") from None
     try:
         for item in items:
             if not bus.publish(*message(topics, item), retain=True):
                 raise BrokerProblem(f"too many assignments at once for the send queue ({len(items)})")
         acknowledged = yield bus.flush(timeout)
         if not acknowledged:
-            raise BrokerProblem(f"the broker {url} did not acknowledge within {timeout:.0f} s")
+            raise BrokerProblem(f"the broker {url} did not acknowledge within {timeout:.0f} s; "
+                                "what it did not acknowledge may not be published")
         refused = bus.counters["mqtt_publish_refused"]
         if refused:
             raise BrokerProblem(f"the broker {url} refused {refused} of {len(items)} assignment(s) "
@@ -345,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
             answers = mqttclient.run(lambda reactor: publish(settings.mqtt_url, settings.topic_prefix, ok,
                                                   reactor, wait=args.wait))
         except BrokerProblem as exc:
-            print(f"pnp assign: {exc}; nothing more was published", file=sys.stderr)
+            print(f"pnp assign: {exc}", file=sys.stderr)
             return 1
     verb = "would publish" if args.dry_run else "published"
     for item in ok:
