@@ -67,5 +67,11 @@ def test_inside_readme_commands_without_settings(tmp_path):
         done = subprocess.run(pnp + ["monitor", "--help"], env=env, capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0, done.stderr
+        # no service runs here: unhealthy, saying so on the default broker, no traceback
+        done = subprocess.run(pnp + ["health", "generator", "--timeout", "1"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "no status on pnp/services/generator/" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
     finally:
         broker.stop()
