@@ -27,10 +27,9 @@ class BrokerProblem(ConnectionError):
 
 
 class _Complaints:
-    """Records what the Bus logs as wrong, and tells ``on_first`` about the first one."""
+    """Tells ``on_first`` the first thing the Bus logs as wrong, in a line for the user."""
 
     def __init__(self) -> None:
-        self.seen: list[str] = []
         self.on_first: Callable[[str], None] | None = None
 
     def __call__(self, event: dict) -> None:
@@ -43,7 +42,6 @@ class _Complaints:
             why = f"the broker {url} refused the login: {event.get('reason')}"
         else:
             why = formatEvent(event)
-        self.seen.append(why)
         if self.on_first is not None:
             call, self.on_first = self.on_first, None
             call(why)
@@ -103,12 +101,6 @@ class Session:
         outcome.addBoth(done)
         bus.start()
         return outcome
-
-    @property
-    def problems(self) -> list[str]:
-        """What went wrong since the Bus was started (a refused publish, a lost connection),
-        in the Bus's words."""
-        return list(self._complaints.seen)
 
     def close(self) -> None:
         """Disconnect cleanly (what was acknowledged stays) and stop reading the Bus's log.
