@@ -96,7 +96,9 @@ class Up:
                                      stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         _wait_for_text(log, "pnp up: broker mqtt://", self.proc, timeout=300)
-        self.port = re.search(r"pnp up: broker mqtt://127\.0\.0\.1:(\d+)", log.read_text()).group(1)
+        printed = re.search(r"pnp up: broker mqtt://127\.0\.0\.1:(\d+)", log.read_text())
+        assert printed, log.read_text()
+        self.port = printed.group(1)
         wait_until(lambda: answers("127.0.0.1", int(self.port)), timeout=30, interval=0.1)
         probe = Probe(f"mqtt://127.0.0.1:{self.port}", "pnp/services/+/+")
 

@@ -45,9 +45,13 @@ def read_status(settings: s.Settings, service: str, timeout: float, reactor: Any
     topic = Topics(settings.topic_prefix).service(service, settings.instance)
     got: defer.Deferred = defer.Deferred()
 
+    def found(raw: bytes) -> None:
+        if not got.called:
+            got.callback(raw)
+
     def on_status(msg: Incoming) -> None:
         # on the next turn: the Bus is closed as soon as the status is here (Session.close)
-        reactor.callLater(0, lambda: got.called or got.callback(msg.raw))
+        reactor.callLater(0, found, msg.raw)
 
     session = Session(settings.mqtt_url, "health", reactor)
     try:

@@ -14,7 +14,8 @@ import secrets
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from services.bus import Bus
 from services.settings import MqttUrl
@@ -26,6 +27,7 @@ class BrokerProblem(ConnectionError):
     """The broker cannot be reached, or refused the login, a subscription or a publish."""
 
 
+@implementer(ILogObserver)
 class _Complaints:
     """Tells ``on_first`` the first thing the Bus logs as wrong, in a line for the user."""
 
@@ -67,7 +69,7 @@ class Session:
         ``subscribe(bus)`` makes is acknowledged. Fails with BrokerProblem on the Bus's first
         complaint, or after ``timeout`` seconds, and then stops the Bus."""
         bus = self.bus = Bus(self.url, client_id(self.tool), self.reactor, backoff_max=1.0)
-        globalLogPublisher.addObserver(self._complaints)
+        globalLogPublisher.addObserver(ILogObserver(self._complaints))
         if subscribe is not None:
             subscribe(bus)
         outcome: defer.Deferred = defer.Deferred()
@@ -107,14 +109,15 @@ class Session:
         Not from inside a Bus handler (paho's callback lock is held there): a turn later."""
         if self.bus is not None:
             self.bus.stop()
-        globalLogPublisher.removeObserver(self._complaints)
+        globalLogPublisher.removeObserver(ILogObserver(self._complaints))
 
 
 def run(job: Callable[[Any], defer.Deferred]) -> Any:
     """Run the reactor until ``job(reactor)`` fires; return its result or raise its exception.
     Ctrl-C or SIGTERM first: KeyboardInterrupt. Once per process (a reactor does not restart)."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
 
+    reactor: Any = _reactor
     outcome: dict[str, Any] = {}
 
     def stop(_: Any) -> None:
