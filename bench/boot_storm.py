@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.broker import free_port  # noqa: E402
 
-PNP = [sys.executable, "-m", "services.cli"]
+PNP = [sys.executable, "-m", "tools.cli"]
 
 
 def wait_online(url: str, prefix: str, timeout: float) -> None:

@@ -87,7 +87,7 @@ class Console:
                "PNP_LOG_FORMAT": "text", "PNP_INSTANCE": "bench"}
         self.log = open(directory / "console.log", "wb")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "console"], env=env, stdout=self.log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "console"], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
         self.cookie = ""
 

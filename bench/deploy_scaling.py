@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services import brokersetup  # noqa: E402
+from tools import brokersetup  # noqa: E402
 from services.broker import free_port  # noqa: E402
 from tests.test_deploy_broker import PNP, Client, LockedBroker, wait_for  # noqa: E402
 from tests.test_deploy_scaling import config  # noqa: E402

@@ -94,7 +94,7 @@ def main() -> int:
         scheme = "https" if args.tls else "http"
         tls_env = {}
         if args.tls:
-            from fileserver.certs import make_pair
+            from tools.certs import make_pair
             cert_pem, key_pem = make_pair(["127.0.0.1"])
             (tmp / "cert.pem").write_bytes(cert_pem)
             (tmp / "key.pem").write_bytes(key_pem)
@@ -105,7 +105,7 @@ def main() -> int:
                "PNP_HTTP_PORT": str(port), "PNP_HTTP_BIND": "127.0.0.1",
                "PNP_PUBLIC_URL": f"{scheme}://127.0.0.1:{port}/", "PNP_INSTANCE": "bench",
                "PNP_LOG_FORMAT": "text", "PNP_STATUS_INTERVAL": "1"}
-        command = os.environ.get("FSBENCH_SERVER", "-m services.cli fileserver").split()
+        command = os.environ.get("FSBENCH_SERVER", "-m tools.cli fileserver").split()
         server = subprocess.Popen(["taskset", "-c", args.server_cpu, sys.executable, *command], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                   stderr=open(tmp / "fileserver.log", "w"))
         procs.append(server)

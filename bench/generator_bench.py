@@ -134,7 +134,7 @@ def mqtt_run(n: int, nodelay: bool = False) -> dict:
                            extra_config="set_tcp_nodelay true\n" if nodelay else "").start()
         env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(Path(tmp) / "data"),
                "PNP_INSTANCE": "bench", "PNP_LOG_FORMAT": "text"}
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "generator"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "generator"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             watcher = Watcher(broker.url)

@@ -59,7 +59,7 @@ def _nodelay(self, client, userdata, sock):
         pass
     _open(self, client, userdata, sock)
 bus.Bus._on_socket_open = _nodelay
-from services.cli import main
+from tools.cli import main
 sys.exit(main(["notifier"]))
 """
 
@@ -222,7 +222,7 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
     phone, phone_port = start_phone("127.0.0.2", idle=30.0)
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp / "data"),
            "PNP_INSTANCE": "bench", "PNP_LOG_FORMAT": "text", "PNP_STATUS_INTERVAL": "1"}
-    command = ["-c", NODELAY_NOTIFIER] if nodelay else ["-m", "services.cli", "notifier"]
+    command = ["-c", NODELAY_NOTIFIER] if nodelay else ["-m", "tools.cli", "notifier"]
     proc = subprocess.Popen([sys.executable, *command], env=env, cwd=str(ROOT),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     probe = Probe(broker.url, ["pnp/services/#"])

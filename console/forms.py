@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from generator import schema
-from generator.assign import Item, check
+from tools.assign import Item, check
 from generator.merge import strip_nulls
 
 # Fields whose value is never sent back to the browser: the form shows them empty, and an empty

@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from console.table import DeviceTable
-from generator.assign import Item, message
+from tools.assign import Item, message
 from services.bus import Incoming
 from services.messages import encode_json, now_iso
 from services.runner import Context

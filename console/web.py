@@ -28,7 +28,7 @@ from console.sessions import Session, Sessions, check_csrf
 from console.table import STAGES, DeviceTable, Filter, stage_label
 from console.users import DUMMY_HASH, User, verify_password
 from generator import schema
-from generator.assign import Item, Refused, read_csv, read_json, vet
+from tools.assign import Item, Refused, read_csv, read_json, vet
 from services.topics import is_mac
 
 log = Logger(namespace="console")

@@ -253,7 +253,12 @@ class _Connecting:
         self._finish(ConnectionAbortedError("stopped"))
 
     def connectionLost(self, reason: Any) -> None:
-        pass
+        # A refused connect is a hang-up, which the reactor reports here rather than to doWrite;
+        # without this the attempt would wait for its timeout.
+        if self.done.called:
+            return
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._finish(OSError(error, os.strerror(error)) if error else ConnectionAbortedError("closed"))
 
     def logPrefix(self) -> str:
         return "mqtt-connect"

@@ -121,20 +121,21 @@ def loopback_multicast() -> None:
 
 
 def rerun_in_network_namespace(test_file: Path | str, selector: str, flag: str,
-                               timeout: float = 180) -> None:
+                               timeout: float = 180, unshare: tuple[str, ...] = ("-n",)) -> None:
     """Re-run the tests ``selector`` (a ``-k`` expression) of ``test_file`` under ``unshare -n``
-    with ``flag=1`` in their environment; skips where no namespace can be made (not root), and
-    fails with their output unless every selected test passed."""
+    (``unshare``: its options, e.g. ``-m`` too) with ``flag=1`` in their environment; skips
+    where no namespace can be made (not root), and fails with their output unless every
+    selected test passed."""
     import pytest
 
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         pytest.skip("needs root, unshare and ip to make a network namespace (CI has them)")
-    check = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    check = subprocess.run(["unshare", *unshare, "true"], capture_output=True)
     if check.returncode != 0:
         pytest.skip(f"cannot make a network namespace here: {check.stderr.decode().strip()}")
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+        ["unshare", *unshare, sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          str(test_file), "-k", selector],
         cwd=root, env={**os.environ, flag: "1"}, capture_output=True, text=True, timeout=timeout,
     )

@@ -1,4 +1,6 @@
-"""``pnp assign`` against a real mosquitto: flags, CSV and JSON files, refusals, --unassign."""
+"""``pnp assign`` against a real mosquitto: flags, CSV and JSON files, refusals, --unassign.
+
+Run as a user runs it, a process of its own: the command runs the reactor, once per process."""
 
 from __future__ import annotations
 
@@ -9,23 +11,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.cli import main
 from tests.support import Probe, wait_until
 
 MAC = "000b82f55284"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pnp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
 
 
 def topic(mac: str) -> str:
     return f"pnp/devices/{mac}/assignment"
 
 
-def test_flags_publish_one_retained_assignment(broker, probe, capsys) -> None:
-    status = main(["assign", "--mqtt-url", broker.url, "--mac", "00:0B:82:F5:52:84",
-                   "--sip-server", "pbx.example.com", "--user-id", "1001", "--password", "s3cret",
-                   "--display-name", "Alice", "--transport", "tls", "--port", "5061", "--codecs", "g722, pcmu",
-                   "--vendor", "grandstream", "--model", "GRP2614"])
-    out = capsys.readouterr().out
-    assert status == 0, out
+def test_flags_publish_one_retained_assignment(broker, probe) -> None:
+    done = pnp("assign", "--mqtt-url", broker.url, "--mac", "00:0B:82:F5:52:84",
+               "--sip-server", "pbx.example.com", "--user-id", "1001", "--password", "s3cret",
+               "--display-name", "Alice", "--transport", "tls", "--port", "5061", "--codecs", "g722, pcmu",
+               "--vendor", "grandstream", "--model", "GRP2614")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
     assert "1 published, 0 refused" in out
     wait_until(lambda: probe.on(topic(MAC)))
     assert json.loads(probe.on(topic(MAC))[-1]) == {
@@ -35,17 +42,17 @@ def test_flags_publish_one_retained_assignment(broker, probe, capsys) -> None:
     assert [r for t, _, r in probe.messages if t == topic(MAC)] == [False]  # live delivery of a retained publish
 
 
-def test_a_bad_value_is_refused_and_nothing_is_published(broker, probe, capsys) -> None:
-    status = main(["assign", "--mqtt-url", broker.url, "--mac", MAC, "--sip-server", "pbx", "--user-id", "1",
-                   "--transport", "sctp"])
-    out = capsys.readouterr().out
-    assert status == 1
+def test_a_bad_value_is_refused_and_nothing_is_published(broker, probe) -> None:
+    done = pnp("assign", "--mqtt-url", broker.url, "--mac", MAC, "--sip-server", "pbx", "--user-id", "1",
+               "--transport", "sctp")
+    out = done.stdout
+    assert done.returncode == 1
     assert "refused flags (000b82f55284): accounts[0].transport: 'sctp' is not one of" in out
     assert "0 published, 1 refused" in out
     assert probe.on(topic(MAC)) == []
 
 
-def test_csv_publishes_the_good_rows_and_names_the_bad_ones(broker, probe, capsys, tmp_path) -> None:
+def test_csv_publishes_the_good_rows_and_names_the_bad_ones(broker, probe, tmp_path) -> None:
     path = tmp_path / "phones.csv"
     path.write_text(
         "mac,sip_server,user_id,password,display_name,transport,codecs,account2_sip_server,account2_user_id,"
@@ -54,9 +61,9 @@ def test_csv_publishes_the_good_rows_and_names_the_bad_ones(broker, probe, capsy
         "000b82f55285,pbx.example.com,1002,pw2,Bob,sctp,,,,,,\n"
         "not-a-mac,pbx.example.com,1003,pw3,Carol,,,,,,,\n"
         "00-0B-82-F5-52-87,,,,,,,,,,,yes\n")
-    status = main(["assign", "--mqtt-url", broker.url, "--file", str(path)])
-    out = capsys.readouterr().out
-    assert status == 1
+    done = pnp("assign", "--mqtt-url", broker.url, "--file", str(path))
+    out = done.stdout
+    assert done.returncode == 1
     assert "2 published, 2 refused" in out
     assert "refused line 3 (000b82f55285): accounts[0].transport: 'sctp'" in out
     assert "refused line 4: 'not-a-mac' is not a MAC address" in out
@@ -70,56 +77,65 @@ def test_csv_publishes_the_good_rows_and_names_the_bad_ones(broker, probe, capsy
     assert probe.on(topic("000b82f55285")) == []
 
 
-def test_csv_with_an_unknown_column_is_refused_whole(broker, capsys, tmp_path) -> None:
+def test_csv_with_an_unknown_column_is_refused_whole(broker, tmp_path) -> None:
     path = tmp_path / "phones.csv"
     path.write_text("mac,sip_server,user_id,colour\n000b82f55284,pbx,1,red\n")
-    assert main(["assign", "--mqtt-url", broker.url, "--file", str(path)]) == 1
-    assert "unknown columns: colour" in capsys.readouterr().err
+    done = pnp("assign", "--mqtt-url", broker.url, "--file", str(path))
+    assert done.returncode == 1
+    assert "unknown columns: colour" in done.stderr
 
 
-def test_json_file_both_forms_and_null_unassigns(broker, probe, capsys, tmp_path) -> None:
+def test_json_file_both_forms_and_null_unassigns(broker, probe, tmp_path) -> None:
     one = tmp_path / "a.json"
     one.write_text(json.dumps({"000b82f55284": {"accounts": [{"sip_server": "pbx", "user_id": "1"}]},
                                "000b82f55285": None,
                                "000b82f55286": {"accounts": [{"sip_server": "pbx", "user_id": "1", "port": "x"}]}}))
-    assert main(["assign", "--mqtt-url", broker.url, "--file", str(one)]) == 1
-    out = capsys.readouterr().out
+    done = pnp("assign", "--mqtt-url", broker.url, "--file", str(one))
+    assert done.returncode == 1
+    out = done.stdout
     assert "2 published, 1 refused" in out and "accounts[0].port must be a whole number" in out
     many = tmp_path / "b.json"
     many.write_text(json.dumps([{"mac": "000b82f55288", "profile": "office", "accounts": [{"user_id": "7"}]}]))
-    assert main(["assign", "--mqtt-url", broker.url, "--file", str(many)]) == 0
-    out = capsys.readouterr().out
+    done = pnp("assign", "--mqtt-url", broker.url, "--file", str(many))
+    assert done.returncode == 0
+    out = done.stdout
     assert "warning: entry 1 (000b82f55288): accounts[0].sip_server is missing" in out
     wait_until(lambda: probe.on(topic("000b82f55288")) and probe.on(topic("000b82f55285")))
     assert probe.on(topic("000b82f55285")) == [b""]
     assert json.loads(probe.on(topic("000b82f55288"))[-1]) == {"profile": "office", "accounts": [{"user_id": "7"}]}
 
 
-def test_unassign_and_dry_run(broker, probe, capsys) -> None:
-    assert main(["assign", "--mqtt-url", broker.url, "--mac", MAC, "--unassign"]) == 0
+def test_unassign_and_dry_run(broker, probe) -> None:
+    done = pnp("assign", "--mqtt-url", broker.url, "--mac", MAC, "--unassign")
+    assert done.returncode == 0
     wait_until(lambda: probe.on(topic(MAC)) == [b""])
-    assert main(["assign", "--mqtt-url", broker.url, "--mac", MAC, "--json",
-                 '{"accounts": [{"sip_server": "pbx", "user_id": "1"}]}', "--dry-run"]) == 0
-    assert "would publish assignment 000b82f55284" in capsys.readouterr().out
+    done = pnp("assign", "--mqtt-url", broker.url, "--mac", MAC, "--json",
+                 '{"accounts": [{"sip_server": "pbx", "user_id": "1"}]}', "--dry-run")
+    assert done.returncode == 0
+    assert "would publish assignment 000b82f55284" in done.stdout
     assert probe.on(topic(MAC)) == [b""]
 
 
-def test_unreachable_broker_and_bad_settings(capsys) -> None:
+def test_unreachable_broker_and_bad_settings() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert main(["assign", "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--mac", MAC, "--unassign"]) == 1
-    assert "cannot reach the broker" in capsys.readouterr().err
-    assert main(["assign", "--mqtt-url", "http://x", "--mac", MAC, "--unassign"]) == 2
-    assert main(["assign", "--mqtt-url", f"mqtt://127.0.0.1:{port}"]) == 1
-    assert "give --mac" in capsys.readouterr().err
+    done = pnp("assign", "--mqtt-url", f"mqtt://127.0.0.1:{port}", "--mac", MAC, "--unassign")
+    assert done.returncode == 1
+    assert "cannot reach the broker" in done.stderr
+    assert "Connection refused" in done.stderr, done.stderr  # at once, not after a timeout
+    done = pnp("assign", "--mqtt-url", "http://x", "--mac", MAC, "--unassign")
+    assert done.returncode == 2
+    done = pnp("assign", "--mqtt-url", f"mqtt://127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert "give --mac" in done.stderr
 
 
-def test_wait_shows_the_generators_answer(broker, capsys, tmp_path) -> None:
+def test_wait_shows_the_generators_answer(broker, tmp_path) -> None:
     # the generator runs as its own process, as in production
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp_path / "data"),
            "PNP_INSTANCE": "test", "PNP_LOG_FORMAT": "text"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "generator"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "generator"], env=env,
                             cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         watcher = Probe(broker.url, "pnp/services/generator/+")
@@ -128,16 +144,35 @@ def test_wait_shows_the_generators_answer(broker, capsys, tmp_path) -> None:
                                    for p in watcher.on("pnp/services/generator/test")), timeout=15)
         finally:
             watcher.close()
-        status = main(["assign", "--mqtt-url", broker.url, "--mac", MAC, "--sip-server", "pbx", "--user-id", "1",
-                       "--vendor", "grandstream", "--model", "GRP2612", "--wait", "10"])
-        out = capsys.readouterr().out
-        assert status == 0, out
+        done = pnp("assign", "--mqtt-url", broker.url, "--mac", MAC, "--sip-server", "pbx", "--user-id", "1",
+                   "--vendor", "grandstream", "--model", "GRP2612", "--wait", "10")
+        out = done.stdout
+        assert done.returncode == 0, out + done.stderr
         assert f"published assignment {MAC} (flags): config revision 1 (cfg{MAC}.xml)" in out
-        status = main(["assign", "--mqtt-url", broker.url, "--mac", MAC, "--json",
-                       '{"vendor": "grandstream", "model": "GRP2612", "accounts": [{"sip_server": "pbx", '
-                       '"user_id": "1"}], "keys": [' + ",".join(['{"type": "blf"}'] * 17) + "]}", "--wait", "10"])
-        out = capsys.readouterr().out
+        done = pnp("assign", "--mqtt-url", broker.url, "--mac", MAC, "--json",
+                   '{"vendor": "grandstream", "model": "GRP2612", "accounts": [{"sip_server": "pbx", '
+                   '"user_id": "1"}], "keys": [' + ",".join(['{"type": "blf"}'] * 17) + "]}", "--wait", "10")
+        out = done.stdout
         assert "error model_limit: GRP2612 has 16 programmable keys" in out, out
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_what_the_broker_refuses_is_an_error_not_a_success(tmp_path) -> None:
+    from tests.test_deploy_broker import LockedBroker
+
+    broker = LockedBroker(tmp_path / "locked", {"pbx": "pbx-secret-1", "listener": "listener-secret-1"}).start()
+    try:
+        # the listener's login may not write assignments: the broker answers PUBACK 135
+        done = pnp("assign", "--mqtt-url", broker.url("listener"), "--mac", MAC, "--unassign")
+        assert done.returncode == 1
+        assert "refused 1 of 1 assignment(s)" in done.stderr, done.stderr
+        done = pnp("assign", "--mqtt-url", broker.url("pbx").replace("pbx-secret-1", "wrong"),
+                   "--mac", MAC, "--unassign")
+        assert done.returncode == 1
+        assert "refused the login" in done.stderr, done.stderr
+        done = pnp("assign", "--mqtt-url", broker.url("pbx"), "--mac", MAC, "--unassign")
+        assert done.returncode == 0, done.stderr
+    finally:
+        broker.stop()

@@ -53,7 +53,7 @@ def test_inside_readme_commands_without_settings(tmp_path):
     broker = Mosquitto(tmp_path / "broker", port=1883).start()
     # what a user's shell has: no PNP_* variable at all
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    pnp = [sys.executable, "-m", "services.cli"]
+    pnp = [sys.executable, "-m", "tools.cli"]
     try:
         done = subprocess.run(pnp + ["assign", "--mac", MAC, "--sip-server", "pbx.example.com",
                                      "--user-id", "1001", "--password", "s3cret"],
@@ -67,5 +67,11 @@ def test_inside_readme_commands_without_settings(tmp_path):
         done = subprocess.run(pnp + ["monitor", "--help"], env=env, capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0, done.stderr
+        # no service runs here: unhealthy, saying so on the default broker, no traceback
+        done = subprocess.run(pnp + ["health", "generator", "--timeout", "1"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "no status on pnp/services/generator/" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
     finally:
         broker.stop()

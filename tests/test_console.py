@@ -227,7 +227,7 @@ class ConsoleProcess:
                     "PNP_CONSOLE_USERS": users or users_env(), "PNP_DATA_DIR": str(directory),
                     "PNP_INSTANCE": "test", "PNP_LOG_FORMAT": "text", "PNP_STATUS_INTERVAL": "1", **env}
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "console"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "console"], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_until(self.answers, timeout=20, interval=0.05)
 
@@ -550,7 +550,7 @@ def test_over_https_the_session_cookie_is_secure(broker, tmp_path):
     import ssl
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([sys.executable, "-m", "services.cli", "tls-cert", "--host", "127.0.0.1", "--cert", str(cert),
+    subprocess.run([sys.executable, "-m", "tools.cli", "tls-cert", "--host", "127.0.0.1", "--cert", str(cert),
                     "--key", str(key)], check=True, capture_output=True, timeout=60)
     c = ConsoleProcess.__new__(ConsoleProcess)
     c.port = free_port()
@@ -558,7 +558,7 @@ def test_over_https_the_session_cookie_is_secure(broker, tmp_path):
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_CONSOLE_PORT": str(c.port), "PNP_CONSOLE_USERS": users_env(),
            "PNP_DATA_DIR": str(tmp_path), "PNP_TLS_CERT": str(cert), "PNP_TLS_KEY": str(key), "PNP_LOG_FORMAT": "text"}
     c.log = open(c.log_path, "wb")
-    c.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "console"], env=env, stdout=c.log,
+    c.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "console"], env=env, stdout=c.log,
                               stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         context = ssl.create_default_context(cafile=str(cert))

@@ -71,7 +71,7 @@ class Site:
                     "PNP_INSTANCE": "browser", "PNP_STATUS_INTERVAL": "1", "PNP_LOG_FORMAT": "json",
                     "PNP_CONSOLE_USERS": users}
         self.log = open(directory / "up.log", "wb")
-        self.up = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=self.env, stdout=self.log,
+        self.up = subprocess.Popen([sys.executable, "-m", "tools.cli", "up"], env=self.env, stdout=self.log,
                                    stderr=subprocess.STDOUT)
         self.probe = Probe(self.broker.url, "pnp/#")
         wait_until(lambda: all((self.probe.last(f"pnp/services/{n}/browser") or {}).get("state") == "online"
@@ -79,7 +79,7 @@ class Site:
         self.url = "http://127.0.0.1:8090"
 
     def simulate(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "services.cli", "simulate", "--quiet", "--sip-port", "5060",
+        return subprocess.Popen([sys.executable, "-m", "tools.cli", "simulate", "--quiet", "--sip-port", "5060",
                                  *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def close(self) -> None:

@@ -21,13 +21,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from services import brokersetup
+from tools import brokersetup
 from services.broker import answers, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MOSQUITTO_DIR = REPO / "deploy" / "mosquitto"
 # the `pnp` command, from whichever environment runs the tests
-PNP = [sys.executable, "-m", "services.cli"]
+PNP = [sys.executable, "-m", "tools.cli"]
 MAC = "000b82f55284"
 NOT_AUTHORIZED = 135
 

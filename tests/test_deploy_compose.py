@@ -26,10 +26,10 @@ from typing import Any
 
 import pytest
 
-from services import brokersetup
+from tools import brokersetup
 from services import settings as s
 from services.broker import free_port
-from services.cli import SERVICES, TOOLS
+from tools.cli import SERVICES, TOOLS
 from tests.test_deploy_broker import LockedBroker, PNP, REPO
 
 COMPOSE = shutil.which("docker-compose")
@@ -295,7 +295,7 @@ def test_the_image_install_has_every_template_and_schema_and_the_pnp_command(tmp
     assert data, "the packages ship templates and schemas"
     assert data <= names, f"missing from the image: {sorted(data - names)}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "pnp = services.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "pnp = tools.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def run_service(name: str, env: dict[str, str], log: Path) -> subprocess.Popen:

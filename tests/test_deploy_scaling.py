@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from services import brokersetup
+from tools import brokersetup
 from services.broker import free_port
 from services.messages import Config, ConfigFile, now_iso
 from services.sip.message import build_response, parse

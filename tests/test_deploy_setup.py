@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services import brokersetup
-from services.healthcheck import healthz_url, judge
+from tools import brokersetup
+from tools.healthcheck import healthz_url, judge
 from services.messages import ServiceStatus
 from tests.test_deploy_broker import PNP, REPO
 

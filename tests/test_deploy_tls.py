@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from services import brokersetup
+from tools import brokersetup
 from tests.test_deploy_broker import PNP, LockedBroker
 
 

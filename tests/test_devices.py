@@ -91,7 +91,7 @@ def test_filters_and_table():
 
 def _pnp(broker, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PYTHONPATH": os.getcwd()}
-    return subprocess.run([sys.executable, "-m", "services.cli", "devices", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "tools.cli", "devices", *args], env=env,
                           capture_output=True, text=True, timeout=30)
 
 

@@ -74,7 +74,7 @@ class Up:
     def start(self) -> None:
         self.runs += 1
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "up"],
                                          env=self.up_env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: answers("127.0.0.1", 1883) or self.proc.poll() is not None, timeout=20)
         assert self.proc.poll() is None, self.log()
@@ -103,7 +103,7 @@ class Up:
 
     def simulate(self, count: int, mac_start: int, address_start: str) -> set[str]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "simulate", "--json", "--quiet",
+            [sys.executable, "-m", "tools.cli", "simulate", "--json", "--quiet",
              "--sip-port", "5060", "--count", str(count), "--models", MIX, "--assign",
              "--address-start", address_start, "--mac-start", str(mac_start)],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -112,7 +112,7 @@ class Up:
         return macs
 
     def listed(self) -> set[str]:
-        done = subprocess.run([sys.executable, "-m", "services.cli", "devices", "--json"],
+        done = subprocess.run([sys.executable, "-m", "tools.cli", "devices", "--json"],
                               env=self.env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         return {d["mac"] for d in json.loads(done.stdout)}

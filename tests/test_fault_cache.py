@@ -247,7 +247,7 @@ def download(url: str, mac: str) -> bytes:
 
 
 def pnp(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "tools.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -262,7 +262,7 @@ def test_inside_broker_killed_after_its_save_loses_nothing(tmp_path):
            "PNP_INSTANCE": "cache", "PNP_STATUS_INTERVAL": "1"}
     log_path = tmp_path / "up.log"
     log = open(log_path, "wb")
-    up = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env, stdout=log,
+    up = subprocess.Popen([sys.executable, "-m", "tools.cli", "up"], env=env, stdout=log,
                           stderr=subprocess.STDOUT)
     probe = Probe(broker.url, "pnp/#")
     try:
@@ -317,7 +317,7 @@ def test_inside_broker_killed_after_its_save_loses_nothing(tmp_path):
 
         # A new phone is provisioned through the recovered system.
         fleet = subprocess.run(
-            [sys.executable, "-m", "services.cli", "simulate", "--json", "--quiet", "--count", "1",
+            [sys.executable, "-m", "tools.cli", "simulate", "--json", "--quiet", "--count", "1",
              "--models", "GRP2614", "--assign", "--address-start", "127.0.9.2", "--mac-start",
              "9000", "--sip-port", "5060"], env=env, capture_output=True, text=True, timeout=90)
         report = json.loads(fleet.stdout)

@@ -18,7 +18,7 @@ from pathlib import Path
 from twisted.internet import defer, threads
 from twisted.logger import LogLevel
 
-from fileserver.certs import make_pair
+from tools.certs import make_pair
 from generator import schema
 from generator.engine import Engine, Error as GenError
 from generator.render import Renderer
@@ -85,7 +85,7 @@ def test_pnp_devices_prints_hostile_discoveries_escaped(broker, probe) -> None:
                   {"mac": MAC, "vendor": "grandstream", "model": HOSTILE, "firmware": "1\x1b[31m",
                    "ip": "127.0.0.2", "port": 5060, "seen_at": "2026-11-27T03:00:00.000Z"}, retain=True)
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PYTHONPATH": os.getcwd()}
-    result = subprocess.run([sys.executable, "-m", "services.cli", "devices"], env=env,
+    result = subprocess.run([sys.executable, "-m", "tools.cli", "devices"], env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -34,7 +34,7 @@ from services.store import Writes, open_database
 from tests.support import Probe, start_broker, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-PNP = [sys.executable, "-m", "services.cli"]
+PNP = [sys.executable, "-m", "tools.cli"]
 INSIDE = os.environ.get("PNP_TEST_FAULT_MOUNTNS") == "1"
 STORES = ("generator", "fileserver", "notifier")
 MACS = [f"000b82f5{i:04x}" for i in range(48)]

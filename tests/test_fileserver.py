@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from fileserver import main as fileserver
 from fileserver import settings as fs
-from fileserver.certs import make_pair
+from tools.certs import make_pair
 from services.broker import free_port
 from services.runner import Runtime
 from tests.support import Probe, eventually, make_settings, start_broker

@@ -18,7 +18,7 @@ from fileserver.files import Rejected, decode_config
 from fileserver.provision import ProvisionTracker
 from fileserver.settings import SETTINGS, check
 from fileserver.tls import TlsError, context_factory
-from fileserver.certs import make_pair
+from tools.certs import make_pair
 from fileserver.tokens import device_token, load_or_create_secret
 from services import settings as s
 

@@ -69,7 +69,7 @@ def test_filters_and_retained():
 def test_pnp_monitor_streams_live_events(broker, probe):
     probe.publish(f"pnp/devices/{MAC}/discovered", {"vendor": "old"}, retain=True)
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "monitor", "--json"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "monitor", "--json"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()

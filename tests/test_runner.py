@@ -37,7 +37,7 @@ def test_every_service_is_one_shape():
     main module."""
     import importlib
 
-    from services.cli import SERVICES
+    from tools.cli import SERVICES
     from services.runner import Component
 
     for name, path in SERVICES.items():
@@ -89,7 +89,7 @@ class RuntimeTest(unittest.TestCase):
 def test_last_will_says_offline_when_the_process_dies(tmp_path, broker, probe):
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp_path),
            "PNP_INSTANCE": "victim"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "generator"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "generator"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         topic = "pnp/services/generator/victim"
@@ -104,7 +104,7 @@ def test_last_will_says_offline_when_the_process_dies(tmp_path, broker, probe):
 def test_sigterm_stops_within_5s_and_says_offline(tmp_path, broker, probe):
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp_path),
            "PNP_INSTANCE": "polite"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "notifier"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "notifier"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         topic = "pnp/services/notifier/polite"

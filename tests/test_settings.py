@@ -74,7 +74,7 @@ def test_interface_names_are_accepted_and_all_is_special():
 @pytest.mark.parametrize("command", ["listener", "generator", "fileserver", "notifier", "up"])
 def test_command_exits_2_with_one_line_on_a_bad_setting(command, tmp_path):
     env = {"PATH": "/usr/bin:/bin", "PNP_TOPIC_PREFIX": "bad/#/prefix", "PNP_DATA_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "services.cli", command], env=env,
+    done = subprocess.run([sys.executable, "-m", "tools.cli", command], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -85,7 +85,7 @@ def test_command_exits_2_with_one_line_on_a_bad_setting(command, tmp_path):
 
 def test_every_command_has_help():
     for command in ["listener", "generator", "fileserver", "notifier", "up"]:
-        done = subprocess.run([sys.executable, "-m", "services.cli", command, "--help"],
+        done = subprocess.run([sys.executable, "-m", "tools.cli", command, "--help"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0
         assert "PNP_MQTT_URL" in done.stdout

@@ -274,7 +274,7 @@ class FleetTest(unittest.TestCase):
 
         from twisted.internet.ssl import Certificate
 
-        from fileserver.certs import make_pair
+        from tools.certs import make_pair
         from fileserver.tls import listen
 
         cert, key = make_pair(["127.0.0.1"])
@@ -331,7 +331,7 @@ class FleetTest(unittest.TestCase):
     def test_the_command_line_prints_json_and_exits_by_outcome(self):
         idents = plan(3, ["GRP2614", "T46S", "D785"], _addresses())
         self.serve(idents)
-        args = ["-m", "services.cli", "simulate", "--sip-port", str(self.sip_port), "--count", "3",
+        args = ["-m", "tools.cli", "simulate", "--sip-port", str(self.sip_port), "--count", "3",
                 "--models", "GRP2614,T46S,D785", "--address-start", idents[0].ip, "--json",
                 "--reboot-delay", "0.05", "--timeout", "10"]
         env = {**os.environ, "PYTHONPATH": os.getcwd()}

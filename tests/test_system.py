@@ -68,7 +68,7 @@ class System:
         self.env = {**os.environ, "PNP_MQTT_URL": self.broker.url, "PNP_DATA_DIR": str(directory),
                     "PNP_INSTANCE": "system", "PNP_STATUS_INTERVAL": "1", "PNP_LOG_FORMAT": "json"}
         self.log = open(directory / "up.log", "wb")
-        self.up = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=self.env,
+        self.up = subprocess.Popen([sys.executable, "-m", "tools.cli", "up"], env=self.env,
                                    stdout=self.log, stderr=subprocess.STDOUT)
         self.probe = Probe(self.broker.url, "pnp/#")
         wait_until(self.all_online, timeout=30)
@@ -79,12 +79,12 @@ class System:
 
     def simulate(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "simulate", "--json", "--quiet",
+            [sys.executable, "-m", "tools.cli", "simulate", "--json", "--quiet",
              "--sip-port", "5060", *args],
             env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def assign(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "services.cli", "assign", *args],
+        return subprocess.run([sys.executable, "-m", "tools.cli", "assign", *args],
                               env=self.env, capture_output=True, text=True, timeout=60)
 
     def kill_service(self, name: str) -> int:

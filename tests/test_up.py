@@ -47,7 +47,7 @@ def up(tmp_path):
            "PNP_SIP_PORT": str(free_port()), "PNP_HTTP_PORT": str(free_port()),
            "PNP_INSTANCE": "uptest", "PNP_STATUS_INTERVAL": "1"}
     env.pop("PNP_MQTT_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "up"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     yield proc, f"mqtt://127.0.0.1:{port}"
     left = children_of(proc.pid)  # before they are orphaned and lose their parent
@@ -121,7 +121,7 @@ def _wait_broker(url: str) -> None:
 def test_up_says_how_to_install_mosquitto_when_missing(tmp_path):
     env = {"PATH": str(tmp_path), "PNP_DATA_DIR": str(tmp_path), "HOME": str(tmp_path),
            "PNP_MOSQUITTO": str(tmp_path / "no-mosquitto-here")}
-    done = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=env,
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "up"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1
@@ -136,7 +136,7 @@ def test_up_refuses_a_broker_port_that_is_taken(tmp_path):
     env = {**os.environ, "PNP_DATA_DIR": str(tmp_path), "PNP_BROKER_PORT": str(port)}
     env.pop("PNP_MQTT_URL", None)
     try:
-        done = subprocess.run([sys.executable, "-m", "services.cli", "up"], env=env,
+        done = subprocess.run([sys.executable, "-m", "tools.cli", "up"], env=env,
                               capture_output=True, text=True, timeout=60)
     finally:
         taken.close()

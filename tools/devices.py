@@ -181,11 +181,10 @@ def read_retained(url: s.MqttUrl, prefix: str, quiet: float = 0.5, limit: float 
     MQTT has no "end of retained messages", so the read ends once the broker has been quiet for
     ``quiet`` seconds after acknowledging the subscription (or after ``limit``).
     """
-    import time
-
     from twisted.internet import defer, task
 
-    from services.bus import Bus, Incoming
+    from services.bus import Incoming
+    from tools.mqttclient import Session
 
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -206,23 +205,16 @@ def read_retained(url: s.MqttUrl, prefix: str, quiet: float = 0.5, limit: float 
 
     @defer.inlineCallbacks
     def go() -> Any:
-        bus = Bus(url, f"pnp-devices-{int(time.time() * 1000) % 10**9}", reactor, backoff_max=1.0)
-        bus.subscribe(topics.devices("+"), on_message)
-        bus.start()
+        session = Session(url, "devices", reactor)
+        yield session.open(limit, lambda bus: bus.subscribe(topics.devices("+"), on_message))
         try:
-            ready = bus.when_subscribed()
-            ready.addTimeout(limit, reactor)
-            try:
-                yield ready
-            except defer.TimeoutError:
-                raise ConnectionError(f"broker {url} not reachable within {limit:g}s") from None
             last[0] = reactor.seconds()
             end = reactor.seconds() + limit
             while reactor.seconds() - last[0] < quiet and reactor.seconds() < end:
                 yield task.deferLater(reactor, 0.05, lambda: None)
             return found
         finally:
-            bus.stop()
+            session.close()
 
     return go()
 
@@ -249,32 +241,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"pnp devices: --stage: {', '.join(sorted(unknown))!r} is not allowed: "
               f"{', '.join(STAGES)}", file=sys.stderr)
         return 2
-    from twisted.internet import reactor
+    from tools import mqttclient
 
-    outcome: dict[str, Any] = {}
-
-    def done(result: Any) -> None:
-        outcome["result"] = result
-        if reactor.running:
-            reactor.stop()
-
-    def failed(failure: Any) -> None:
-        outcome["error"] = str(failure.value) or failure.type.__name__
-        if reactor.running:
-            reactor.stop()
-
-    def start() -> None:
-        read_retained(settings.mqtt_url, settings.topic_prefix, quiet=args.quiet_time,
-                      reactor=reactor).addCallbacks(done, failed)
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if "error" in outcome:
-        print(f"pnp devices: {outcome['error']}", file=sys.stderr)
+    try:
+        retained = mqttclient.run(lambda reactor: read_retained(settings.mqtt_url, settings.topic_prefix,
+                                                     quiet=args.quiet_time, reactor=reactor))
+    except mqttclient.BrokerProblem as exc:
+        print(f"pnp devices: {exc}", file=sys.stderr)
         return 1
-    if "result" not in outcome:
-        return 130
-    devices = select(fold_all(outcome["result"]), stages or None, args.vendor, args.mac)
+    devices = select(fold_all(retained), stages or None, args.vendor, args.mac)
     if args.json:
         print(json.dumps([asdict(d) for d in devices], indent=2))
     else:

@@ -187,15 +187,16 @@ class Formatter:
 
 def watch(url: s.MqttUrl, formatter: Formatter, out: Callable[[str], None], reactor: Any = None) -> Any:
     """Start a Bus that writes each formatted message with ``out``; returns the Bus (stop it)."""
-    import time
-
     from services.bus import Bus, Incoming
+    from tools.mqttclient import client_id
 
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    bus = Bus(url, f"pnp-monitor-{int(time.time() * 1000) % 10**9}", reactor)
+    # Not a tools.mqttclient.Session: the monitor follows the broker through restarts, as a
+    # service does, rather than stopping at the first complaint.
+    bus = Bus(url, client_id("monitor"), reactor)
 
     def on_message(msg: Incoming) -> None:
         try:

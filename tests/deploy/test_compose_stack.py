@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from services import brokersetup
+from tools import brokersetup
 from tests.deploy import engine as eng
 
 REPO = Path(__file__).resolve().parents[2]
-PNP = [sys.executable, "-m", "services.cli"]
+PNP = [sys.executable, "-m", "tools.cli"]
 SERVICES = ("listener", "generator", "fileserver", "notifier", "console")
 CONTAINERS = ("mosquitto", *SERVICES)
 # two phones of each vendor the simulator knows

@@ -11,17 +11,18 @@ from __future__ import annotations
 import argparse
 import ssl
 import sys
-import threading
 import urllib.request
 from datetime import datetime, timezone
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from twisted.internet import defer
 
 from services import settings as s
+from services.bus import Incoming
 from services.messages import PayloadError, ServiceStatus
 from services.topics import SERVICES, Topics
+from tools import mqttclient
+from tools.mqttclient import BrokerProblem, Session
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX, s.INSTANCE, s.STATUS_INTERVAL]
 
@@ -38,48 +39,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how long to wait for the broker and the URL [default: 5]")
 
 
-def read_status(settings: s.Settings, service: str, timeout: float) -> ServiceStatus | str:
-    """The service's retained status, or why there is none."""
-    url = settings.mqtt_url
+@defer.inlineCallbacks
+def read_status(settings: s.Settings, service: str, timeout: float, reactor: Any) -> Any:
+    """Fires with the service's retained status, or a string saying why there is none."""
     topic = Topics(settings.topic_prefix).service(service, settings.instance)
-    got: list[Any] = []
-    done = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    if url.username:
-        client.username_pw_set(url.username, url.password)
-    if url.tls:
-        client.tls_set_context(ssl.create_default_context())
+    got: defer.Deferred = defer.Deferred()
 
-    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            got.append(f"broker {url} refused the login: {reason}")
-            done.set()
-        else:
-            c.subscribe(topic, qos=1)
+    def found(raw: bytes) -> None:
+        if not got.called:
+            got.callback(raw)
 
-    def on_message(c: Any, userdata: Any, msg: Any) -> None:
-        got.append(bytes(msg.payload))
-        done.set()
+    def on_status(msg: Incoming) -> None:
+        # on the next turn: the Bus is closed as soon as the status is here (Session.close)
+        reactor.callLater(0, found, msg.raw)
 
-    client.on_connect = on_connect
-    client.on_message = on_message
+    session = Session(settings.mqtt_url, "health", reactor)
     try:
-        client.connect(url.host, url.port, keepalive=10)
-    except OSError as exc:
-        return f"cannot reach the broker {url}: {exc}"
-    client.loop_start()
+        yield session.open(timeout, lambda bus: bus.subscribe(topic, on_status))
+    except BrokerProblem as exc:
+        return str(exc)
     try:
-        if not done.wait(timeout):
+        # A retained status comes right after the subscription is acknowledged, or never.
+        got.addTimeout(timeout, reactor)
+        try:
+            raw = yield got
+        except defer.TimeoutError:
             return f"no status on {topic} within {timeout:g}s"
     finally:
-        client.disconnect()
-        client.loop_stop()
-    if isinstance(got[0], str):
-        return got[0]
-    if not got[0]:
+        session.close()
+    if not raw:
         return f"status on {topic} is empty"
     try:
-        return ServiceStatus.from_json(got[0])
+        return ServiceStatus.from_json(raw)
     except PayloadError as exc:
         return f"status on {topic} is not a status: {exc}"
 
@@ -125,7 +116,7 @@ def check_http(url: str, timeout: float) -> str | None:
 def run(args: argparse.Namespace) -> int:
     settings = s.resolve(SETTINGS, args)
     max_age = args.max_age if args.max_age is not None else 3 * settings.status_interval + 5
-    status = read_status(settings, args.service, args.timeout)
+    status = mqttclient.run(lambda reactor: read_status(settings, args.service, args.timeout, reactor))
     problem = status if isinstance(status, str) else judge(status, max_age, datetime.now(timezone.utc))
     if problem is None and args.healthz:
         problem = check_http(healthz_url(), args.timeout)

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import defer, task
+
 from services import settings as s
+from services.bus import Bus, Incoming
+from services.topics import Topics
+from tools import mqttclient
+from tools.mqttclient import BrokerProblem, Session
 
 ACCOUNT_FIELDS = ("sip_server", "port", "transport", "user_id", "auth_id", "password", "display_name",
                   "label", "outbound_proxy", "enabled")
@@ -258,64 +264,52 @@ def vet(items: list[Item], refused: list[tuple[str, str]]) -> tuple[list[Item], 
     return ok, warned
 
 
-def publish(url: Any, prefix: str, items: list[Item], timeout: float = 10.0,
-            wait: float = 0.0) -> dict[str, str]:
-    """Publish retained, QoS 1; with ``wait``, return what the generator answered per MAC."""
-    import ssl
-    import threading
-    import time
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from services.topics import Topics
-
+@defer.inlineCallbacks
+def publish(url: s.MqttUrl, prefix: str, items: list[Item], reactor: Any, timeout: float = 10.0,
+            wait: float = 0.0) -> Any:
+    """Publish retained, QoS 1; fires with what the generator answered per MAC (with ``wait``).
+    Fails with BrokerProblem when the broker cannot be reached, does not acknowledge every
+    message within ``timeout`` or refuses any (its ACL)."""
     topics = Topics(prefix)
     answers: dict[str, str] = {}
-    lock = threading.Lock()
-    subscribed = threading.Event()
-    watched = {topics.device(item.mac, kind): (item.mac, kind) for item in items for kind in ("config", "published", "error")}
+    watched = {topics.device(item.mac, kind): (item.mac, kind) for item in items
+               for kind in ("config", "published", "error")}
 
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+    def on_answer(msg: Incoming) -> None:
         # Retained messages are the state before this publish; only live ones answer it.
         if msg.retain or msg.topic not in watched:
             return
         mac, kind = watched[msg.topic]
-        with lock:
-            answers[mac] = _answer(kind, bytes(msg.payload))
+        answers[mac] = _answer(kind, msg.raw)
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.on_subscribe = lambda *_: subscribed.set()
-    if url.username:
-        client.username_pw_set(url.username, url.password)
-    if url.tls:
-        client.tls_set_context(ssl.create_default_context())
-    try:
-        client.connect(url.host, url.port)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConnectionError(f"cannot reach the broker {url}: {exc}") from None
-    client.loop_start()
-    try:
+    def subscribe(bus: Bus) -> None:
         if wait > 0:
-            client.subscribe([(t, 1) for t in sorted(watched)])
-            subscribed.wait(timeout)
-        infos = [client.publish(*message(topics, item), qos=1, retain=True) for item in items]
-        for info in infos:
-            info.wait_for_publish(timeout)
-            if not info.is_published():
-                raise ConnectionError(f"the broker {url} did not acknowledge within {timeout:.0f} s")
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with lock:
-                if len(answers) == len(items):
-                    break
-            time.sleep(0.02)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    with lock:
+            for topic in sorted(watched):
+                bus.subscribe(topic, on_answer)
+
+    session = Session(url, "assign", reactor)
+    try:
+        bus = yield session.open(timeout, subscribe)
+    except BrokerProblem as exc:
+        raise BrokerProblem(f"{exc}; nothing was published") from None
+    try:
+        for item in items:
+            if not bus.publish(*message(topics, item), retain=True):
+                raise BrokerProblem(f"too many assignments at once for the send queue ({len(items)})")
+        acknowledged = yield bus.flush(timeout)
+        if not acknowledged:
+            raise BrokerProblem(f"the broker {url} did not acknowledge within {timeout:.0f} s; "
+                                "what it did not acknowledge may not be published")
+        refused = bus.counters["mqtt_publish_refused"]
+        if refused:
+            raise BrokerProblem(f"the broker {url} refused {refused} of {len(items)} assignment(s) "
+                                f"(is this login allowed to publish assignments?)")
+        deadline = reactor.seconds() + wait
+        while len(answers) < len(items) and reactor.seconds() < deadline:
+            yield task.deferLater(reactor, 0.02, lambda: None)
         return dict(answers)
+    finally:
+        session.close()
 
 
 def _answer(kind: str, payload: bytes) -> str:
@@ -352,9 +346,10 @@ def run(args: argparse.Namespace) -> int:
     answers: dict[str, str] = {}
     if ok and not args.dry_run:
         try:
-            answers = publish(settings.mqtt_url, settings.topic_prefix, ok, wait=args.wait)
-        except ConnectionError as exc:
-            print(f"pnp assign: {exc}; nothing more was published", file=sys.stderr)
+            answers = mqttclient.run(lambda reactor: publish(settings.mqtt_url, settings.topic_prefix, ok,
+                                                  reactor, wait=args.wait))
+        except BrokerProblem as exc:
+            print(f"pnp assign: {exc}", file=sys.stderr)
             return 1
     verb = "would publish" if args.dry_run else "published"
     for item in ok:

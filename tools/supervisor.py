@@ -168,7 +168,7 @@ class Supervisor:
             if sys.platform.startswith("linux"):
                 argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
         else:
-            argv = [sys.executable, "-m", "services.cli", name]
+            argv = [sys.executable, "-m", "tools.cli", name]
         child = _Child(self, name)
         self.transports[name] = self.reactor.spawnProcess(child, argv[0], argv, env=self.env)
         self.children[name] = child
