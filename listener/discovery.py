@@ -62,7 +62,7 @@ class _Expiring:
     def __init__(self, ttl: float, max_items: int) -> None:
         self.ttl = ttl
         self.max_items = max_items
-        self._items: OrderedDict = OrderedDict()  # key -> (expires, value)
+        self._items: OrderedDict[object, tuple[float, object]] = OrderedDict()  # key -> (expires, value)
 
     def get(self, key: object, now: float) -> object | None:
         item = self._items.get(key)
