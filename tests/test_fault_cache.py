@@ -21,8 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from twisted.internet import defer, reactor
-from twisted.trial import unittest
+from twisted.internet import defer
 
 from generator import main as generator_main
 from generator.engine import Engine, Publish, Unpublish
@@ -30,8 +29,7 @@ from generator.render import Renderer
 from generator.store import Store
 from services.broker import Mosquitto
 from services.retained import Keeper, hex128
-from services.runner import Runtime
-from tests.support import Probe, eventually, make_settings, start_broker, wait_until
+from tests.support import BrokerCase, Probe, eventually, make_settings, wait_until
 
 INSIDE = os.environ.get("PNP_TEST_CACHE_NETNS") == "1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,15 +59,14 @@ def test_explicit_empty_assignment_still_unassigns(tmp_path):
     assert engine.assigned() == []
 
 
-class KeeperTest(unittest.TestCase):
+class KeeperTest(BrokerCase):
     """The keeper alone on a real broker: what it puts back, and that it puts back nothing
     when nothing was lost."""
 
-    def setUp(self):
-        # autosave_interval 30: between our restarts the broker saves only when stopped cleanly
-        self.broker = Mosquitto(Path(self.mktemp()), persistence=True,
-                                extra_config=KEEP_SAVES).start()
-        self.addCleanup(self.broker.stop)
+    # autosave_interval 30: between our restarts the broker saves only when stopped cleanly
+    persistence = True
+    broker_config = KEEP_SAVES
+    probe_topics = None
 
     @defer.inlineCallbacks
     def start(self):
@@ -81,9 +78,7 @@ class KeeperTest(unittest.TestCase):
             keeper[0].start()
             return keeper[0]
 
-        rt = Runtime("notifier", settings, start, reactor)
-        self.addCleanup(rt.stop)
-        yield rt.start()
+        rt = yield self.run_service("notifier", settings, start)
         yield eventually(lambda: keeper[0].checked)
         return rt, keeper[0]
 
@@ -134,24 +129,19 @@ class KeeperTest(unittest.TestCase):
         self.assertEqual(held["pnp/devices/000b82000003/notify"], b'{"status": "sent"}')
 
 
-class GeneratorRestartTest(unittest.TestCase):
+class GeneratorRestartTest(BrokerCase):
     """A generator that was away while the broker lost messages: it tells an assignment the
     broker lost (kept, its config put back) from one cleared meanwhile (its config withdrawn)."""
 
     def setUp(self):
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
+        super().setUp()
         self.data_dir = Path(self.mktemp())
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
 
     @defer.inlineCallbacks
     def start(self):
         settings = make_settings(self.broker, self.data_dir, extra=generator_main.SETTINGS,
                                  generator_settle="0.05")
-        rt = Runtime("generator", settings, generator_main.start, reactor)
-        self.addCleanup(rt.stop)
-        yield rt.start()
+        rt = yield self.run_service("generator", settings, generator_main.start)
         yield eventually(lambda: rt.component.engine.ready and rt.component.keeper.checked)
         return rt
 

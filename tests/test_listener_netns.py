@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial import unittest
 
 from listener import main as listener_main
 from listener.multicast import GROUP
 from services.runner import Runtime
 from services.sip.message import parse
-from tests.support import Probe, eventually, make_settings, start_broker
+from tests.support import BrokerCase, eventually, make_settings
 from tests.test_listener import Phone, free_udp_port
 
 INSIDE = os.environ.get("PNP_TEST_NETNS") == "1"
@@ -56,7 +55,9 @@ def test_interfaces_inside_a_namespace():
 
 
 @pytest.mark.skipif(not INSIDE, reason="runs only inside the namespace the outer test makes")
-class InNamespace(unittest.TestCase):
+class InNamespace(BrokerCase):
+    probe_topics = "pnp/devices/+/discovered"
+
     timeout = 30
 
     def setUp(self) -> None:
@@ -64,11 +65,8 @@ class InNamespace(unittest.TestCase):
         if subprocess.run(["ip", "link", "show", "pnp0"], capture_output=True).returncode != 0:
             for command in NETWORK:
                 subprocess.run(command.split(), check=True)
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
+        super().setUp()
         self.sip_port = free_udp_port()
-        self.probe = Probe(self.broker.url, "pnp/devices/+/discovered")
-        self.addCleanup(self.probe.close)
         self.logged: list[str] = []
         observer = lambda event: self.logged.append(formatEvent(event))  # noqa: E731
         globalLogPublisher.addObserver(observer)
