@@ -27,9 +27,9 @@ from services.broker import Mosquitto
 from services.runner import Runtime
 
 
-def start_broker(directory: Path | str, persistence: bool = False) -> Mosquitto:
+def start_broker(directory: Path | str, persistence: bool = False, extra_config: str = "") -> Mosquitto:
     """A fresh mosquitto on a free loopback port; nothing retained is shared with other tests."""
-    return Mosquitto(Path(directory), persistence=persistence).start()
+    return Mosquitto(Path(directory), persistence=persistence, extra_config=extra_config).start()
 
 
 class BrokerCase(unittest.TestCase):
@@ -42,8 +42,7 @@ class BrokerCase(unittest.TestCase):
     probe_topics: str | list[str] | None = "pnp/#"
 
     def setUp(self) -> None:
-        self.broker = Mosquitto(Path(self.mktemp()), persistence=self.persistence,
-                                extra_config=self.broker_config).start()
+        self.broker = start_broker(self.mktemp(), self.persistence, self.broker_config)
         self.addCleanup(self.broker.stop)
         if self.probe_topics is not None:
             self.probe = Probe(self.broker.url, self.probe_topics)
