@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -29,10 +28,9 @@ from generator.render import Renderer
 from generator.store import Store
 from services.broker import Mosquitto
 from services.retained import Keeper, hex128
-from tests.support import BrokerCase, Probe, eventually, make_settings, wait_until
+from tests.support import BrokerCase, Probe, eventually, make_settings, rerun_in_network_namespace, wait_until
 
 INSIDE = os.environ.get("PNP_TEST_CACHE_NETNS") == "1"
-ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("listener", "generator", "fileserver", "notifier")
 SAVED = [f"000b82ca{i:04x}" for i in range(6)]  # assigned before the broker's save
 LOST = [f"000b82cb{i:04x}" for i in range(4)]  # assigned after it: the crash loses them
@@ -174,19 +172,7 @@ class GeneratorRestartTest(BrokerCase):
 def test_broker_crash_loses_nothing_in_a_network_namespace():
     if INSIDE:
         pytest.skip("this is the namespace already")
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        pytest.skip("needs root, unshare and ip to make a network namespace (CI has them)")
-    check = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    if check.returncode != 0:
-        pytest.skip(f"cannot make a network namespace here: {check.stderr.decode().strip()}")
-    result = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         str(Path(__file__)), "-k", "inside"],
-        cwd=ROOT, env={**os.environ, "PNP_TEST_CACHE_NETNS": "1"}, capture_output=True,
-        text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    rerun_in_network_namespace(__file__, "inside", "PNP_TEST_CACHE_NETNS", timeout=300)
 
 
 # --- inside the namespace ----------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.topics import DEVICE_KINDS, Topics, TopicInfo, is_mac
+from services.topics import DEVICE_KINDS, Topics, TopicInfo, is_device_topic, is_mac
 
 MAC = "000b82f55284"
 
@@ -81,6 +81,14 @@ def test_a_device_segment_that_is_not_a_mac_parses_but_is_flagged():
     info = Topics().parse("pnp/devices/NOT-A-MAC/config")
     assert info is not None and info.mac == "NOT-A-MAC"
     assert not info.mac_ok
+
+
+def test_only_a_device_topic_with_a_proper_mac_is_a_device_topic():
+    topics = Topics()
+    assert is_device_topic(topics.parse(topics.device(MAC, "config")))
+    for topic in ("pnp/devices/NOT-A-MAC/config", "pnp/profiles/office", "pnp/services/listener/a",
+                  "other/devices/000b82f55284/config"):
+        assert not is_device_topic(topics.parse(topic))
 
 
 @pytest.mark.parametrize("segment", ["", "a/b", "+", "#", "a+b", "x#", "nul\0"])
