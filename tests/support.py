@@ -49,7 +49,7 @@ class BrokerCase(unittest.TestCase):
             self.addCleanup(self.probe.close)
 
     @defer.inlineCallbacks
-    def run_service(self, name: str, settings: s.Settings, start: Callable[[Any], Any]) -> Any:
+    def start_service(self, name: str, settings: s.Settings, start: Callable[[Any], Any]) -> Any:
         """A service started as its main starts it, stopped when the test ends."""
         rt = Runtime(name, settings, start, reactor)
         self.addCleanup(rt.stop)

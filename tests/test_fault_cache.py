@@ -76,7 +76,7 @@ class KeeperTest(BrokerCase):
             keeper[0].start()
             return keeper[0]
 
-        rt = yield self.run_service("notifier", settings, start)
+        rt = yield self.start_service("notifier", settings, start)
         yield eventually(lambda: keeper[0].checked)
         return rt, keeper[0]
 
@@ -139,7 +139,7 @@ class GeneratorRestartTest(BrokerCase):
     def start(self):
         settings = make_settings(self.broker, self.data_dir, extra=generator_main.SETTINGS,
                                  generator_settle="0.05")
-        rt = yield self.run_service("generator", settings, generator_main.start)
+        rt = yield self.start_service("generator", settings, generator_main.start)
         yield eventually(lambda: rt.component.engine.ready and rt.component.keeper.checked)
         return rt
 

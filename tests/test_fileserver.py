@@ -78,7 +78,7 @@ class FileserverCase(BrokerCase):
 
     @defer.inlineCallbacks
     def start(self, wait_broker: bool = True, **extra):
-        rt = yield self.run_service("fileserver", self.settings(**extra), fileserver.start)
+        rt = yield self.start_service("fileserver", self.settings(**extra), fileserver.start)
         self.runtimes.append(rt)
         if wait_broker:
             yield rt.bus.when_subscribed()

@@ -42,7 +42,7 @@ class GeneratorServiceTest(BrokerCase):
     def start(self, **values: str) -> Any:
         settings = make_settings(self.broker, self.data_dir, extra=generator_main.SETTINGS,
                                  generator_settle="0.05", **values)
-        rt = yield self.run_service("generator", settings, generator_main.start)
+        rt = yield self.start_service("generator", settings, generator_main.start)
         self.runtimes.append(rt)
         yield eventually(lambda: rt.component.engine.ready)
         return rt

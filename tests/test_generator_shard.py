@@ -36,7 +36,7 @@ class TwoGeneratorsTest(BrokerCase):
     def start(self, shard: str) -> Any:
         settings = make_settings(self.broker, Path(self.mktemp()), extra=generator_main.SETTINGS,
                                  generator_settle="0.05", generator_shard=shard, instance=f"g{shard[0]}")
-        rt = yield self.run_service("generator", settings, generator_main.start)
+        rt = yield self.start_service("generator", settings, generator_main.start)
         yield eventually(lambda: rt.component.engine.ready)
         return rt
 

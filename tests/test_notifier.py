@@ -122,7 +122,7 @@ class NotifierBase(BrokerCase):
         values.setdefault("notify_dialog", "in-dialog")
         settings = make_settings(self.broker, data_dir or self.data_dir, extra=notifier.main.SETTINGS,
                                  **values)
-        rt = yield self.run_service("notifier", settings, notifier.main.start)
+        rt = yield self.start_service("notifier", settings, notifier.main.start)
         self.runtimes.append(rt)
         component = rt.component
         yield rt.bus.when_subscribed()

@@ -50,7 +50,7 @@ class ResyncChallengeTest(BrokerCase):
             self.broker, self.data_dir / name, extra=module.SETTINGS, sip_interface="127.0.0.1",
             sip_port=str(self.sip_port), http_port=str(self.http_port),
             public_url=f"http://127.0.0.1:{self.http_port}/", **values)
-        rt = yield self.run_service(name, settings, module.start)
+        rt = yield self.start_service(name, settings, module.start)
         yield rt.bus.when_subscribed()
         return rt
 
