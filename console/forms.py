@@ -43,11 +43,12 @@ def _node(path: list[str]) -> dict | None:
     for part in path:
         node = _deref(node)
         if part.isdigit():
-            node = node.get("items") if node.get("type") == "array" else None
+            child = node.get("items") if node.get("type") == "array" else None
         else:
-            node = (node.get("properties") or {}).get(part)
-        if not isinstance(node, dict):
+            child = (node.get("properties") or {}).get(part)
+        if not isinstance(child, dict):
             return None
+        node = child
     return _deref(node)
 
 
@@ -120,7 +121,7 @@ def _listify(node: Any, path: tuple) -> tuple[Any, dict[tuple, int]]:
     if not isinstance(node, dict):
         return node, index
     if node and all(k.isdigit() for k in node):
-        out = []
+        out: list[Any] = []
         for key in sorted(node, key=int):
             value, sub = _listify(node[key], path + (key,))
             index[path + (key,)] = len(out)
@@ -140,7 +141,7 @@ def field_name(problem_field: str | None, index: dict[tuple, int] | None = None)
     if not problem_field:
         return ""
     parts = [p for p in re.split(r"[.\[\]]+", problem_field) if p]
-    back = {(form_path[:-1], position): form_path[-1] for form_path, position in (index or {}).items()}
+    back: dict[tuple[tuple[str, ...], int], str] = {(form_path[:-1], position): form_path[-1] for form_path, position in (index or {}).items()}
     fixed: list[str] = []
     for part in parts:
         fixed.append(back.get((tuple(fixed), int(part)), part) if part.isdigit() else part)
@@ -150,7 +151,7 @@ def field_name(problem_field: str | None, index: dict[tuple, int] | None = None)
 def _keep_secrets(document: dict, previous: dict) -> None:
     if "admin_password" not in document and isinstance(previous.get("admin_password"), str):
         document["admin_password"] = previous["admin_password"]
-    old = previous.get("accounts") if isinstance(previous.get("accounts"), list) else []
+    old = found if isinstance(found := previous.get("accounts"), list) else []
     for i, account in enumerate(document.get("accounts") or []):
         if (isinstance(account, dict) and "password" not in account and i < len(old)
                 and isinstance(old[i], dict) and isinstance(old[i].get("password"), str)):

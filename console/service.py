@@ -18,6 +18,7 @@ from tools.assign import Item, message
 from services.bus import Incoming
 from services.messages import encode_json, now_iso
 from services.runner import Context
+from services.topics import is_device_topic
 
 log = Logger(namespace="console")
 
@@ -114,7 +115,7 @@ class ConsoleService:
     # --- in ---
     def on_device(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
-        if info is None or not info.mac_ok:
+        if not is_device_topic(info):
             self.counters["ignored"] += 1
             return
         data = _data(msg)
@@ -129,8 +130,8 @@ class ConsoleService:
 
     def on_service(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
-        if info is None or not info.service:
-            return
+        if info is None or not info.service or not info.instance:
+            return  # parse names both for every services topic
         data = _data(msg)
         self.table.on_service(info.service, info.instance, data)
         self.hub.send(b"service", {"service": info.service, "instance": info.instance,

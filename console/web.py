@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 from twisted.internet import task, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from console import forms
@@ -262,7 +263,7 @@ class Console(resource.Resource):
             _finish(request, body)
 
         d.addCallback(checked)
-        d.addErrback(lambda f: (log.failure("login", f), _finish(request, b"")))
+        d.addErrback(_failed, request, "login")
         return server.NOT_DONE_YET
 
     # --- devices ---
@@ -375,7 +376,7 @@ class Console(resource.Resource):
         found = next((f for f in files or [] if isinstance(f, dict) and f.get("name") == name), None)
         if found is None:
             raise Page(404, "notfound.html", session=session, what=f"file {name} of {mac}")
-        content = found.get("content") if isinstance(found.get("content"), str) else ""
+        content = text if isinstance(text := found.get("content"), str) else ""
         if found.get("encoding") == "base64":
             content = "(binary file: not shown)"
         return self._render(request, "file.html", session, mac=mac, file=found,
@@ -413,7 +414,7 @@ class Console(resource.Resource):
                                                       message="the broker is not reachable: nothing was published")))
 
         d.addCallbacks(acked, failed)
-        d.addErrback(lambda f: (log.failure("publish", f), _finish(request, b"")))
+        d.addErrback(_failed, request, "publish")
         return server.NOT_DONE_YET
 
     # --- bulk import ---
@@ -439,7 +440,7 @@ class Console(resource.Resource):
         d = self.service.assign(ok)
         d.addCallback(lambda acked: _finish(request, self._render(
             request, "import.html", session, ok=ok, refused=refused, warnings=warnings, acked=acked, published=True)))
-        d.addErrback(lambda f: (log.failure("import", f), _finish(request, b"")))
+        d.addErrback(_failed, request, "import")
         return server.NOT_DONE_YET
 
     # --- profiles ---
@@ -487,7 +488,7 @@ class Console(resource.Resource):
         where = f"/profiles/{quote(name)}" if doc is not None else "/profiles"
         d.addCallback(lambda ok: _finish(request, self._redirect(
             request, where + "?" + urlencode({"done": "profile saved" if doc is not None else "profile deleted"}))))
-        d.addErrback(lambda f: (log.failure("profile", f), _finish(request, b"")))
+        d.addErrback(_failed, request, "profile")
         return server.NOT_DONE_YET
 
     # --- services ---
@@ -520,11 +521,18 @@ def _stream_client(request: server.Request, admin: bool, mac: str | None, rows: 
         # A browser that stops reading must not make the console hold a storm's worth of events.
         if _buffered(request) > MAX_BUFFERED:
             log.warn("dropping an event stream that stopped reading")
-            request.channel.transport.loseConnection()
+            transport = request.channel.transport
+            assert transport is not None  # the request's connection is open (checked above)
+            transport.loseConnection()
             return
         request.write(data)
 
     return Client(write, admin, mac, rows)
+
+
+def _failed(failure: Failure, request: server.Request, what: str) -> None:
+    log.failure(what, failure)
+    _finish(request, b"")
 
 
 def _finish(request: server.Request, body: bytes) -> None:
@@ -571,6 +579,7 @@ class LimitedRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:
             return
+        assert self.content is not None  # gotLength made it before the first chunk
         if self.content.tell() + len(data) > MAX_BODY:
             self._refuse()
             return
@@ -579,6 +588,7 @@ class LimitedRequest(server.Request):
     def _refuse(self) -> None:
         self.too_large = True
         transport = self.channel.transport
+        assert transport is not None  # a chunk just arrived on it
         transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain\r\nConnection: close\r\n"
                         b"Content-Length: 35\r\n\r\nthe upload is too large (4 MiB max)")
         transport.loseConnection()

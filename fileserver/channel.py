@@ -10,8 +10,10 @@ connection whose request head is not complete ``head_timeout`` seconds after it 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, cast
 
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http, server
 
 # After refusing a body: the client may still be sending it. Closing at once with unread bytes
@@ -33,6 +35,17 @@ _BODY = _response(413, b"Content Too Large", b"request bodies are not accepted\n
 _TIMEOUT = _response(408, b"Request Timeout", b"the request head did not arrive in time\n")
 
 
+class _Connection(Protocol):
+    """What the channel uses of its TCP or TLS transport; ITransport declares neither
+    ``disconnecting`` nor ``abortConnection``."""
+
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+
 class BoundedChannel(http.HTTPChannel):
     """An HTTPChannel that never reads a request body and bounds the time a head may take.
 
@@ -47,7 +60,7 @@ class BoundedChannel(http.HTTPChannel):
         self._arm_head_deadline()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._refused or self.transport.disconnecting:
+        if self._refused or self._connection.disconnecting:
             return  # the lingering rest of a refused body, or bytes behind a 400: dropped unread
         if self._head_call is None and not self._handlingRequest:
             self._arm_head_deadline()  # the first byte of the next request on a kept-alive connection
@@ -77,7 +90,11 @@ class BoundedChannel(http.HTTPChannel):
         else:
             super().allHeadersReceived()
 
-    def connectionLost(self, reason: Any) -> None:
+    @property
+    def _connection(self) -> _Connection:
+        return cast(_Connection, self.transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_head_deadline()
         super().connectionLost(reason)
 
@@ -95,12 +112,12 @@ class BoundedChannel(http.HTTPChannel):
 
     def _head_timed_out(self) -> None:
         self._head_call = None
-        if self.transport.disconnecting:
+        if self._connection.disconnecting:
             return  # closing already: Twisted refused a malformed head itself
         self.factory.refused(408)
         self._refused = True
         self.setTimeout(None)
-        self.transport.write(_TIMEOUT)
+        self._connection.write(_TIMEOUT)
         self.loseConnection()
         # A client that does not read our answer (or never finished a TLS handshake, so the
         # answer cannot even be sent) cannot keep the connection by that either.
@@ -110,7 +127,7 @@ class BoundedChannel(http.HTTPChannel):
         self.factory.refused(status)
         self._refused = True
         self.setTimeout(None)
-        self.transport.write(answer)
+        self._connection.write(answer)
         self._abortingCall = self.callLater(LINGER, self._close_after_linger)
 
     def _close_after_linger(self) -> None:
@@ -120,17 +137,22 @@ class BoundedChannel(http.HTTPChannel):
     def _abort(self) -> None:
         # Twisted's forceAbortClient would log a line per connection: an attacker's to write
         self._abortingCall = None
-        self.transport.abortConnection()
+        self._connection.abortConnection()
 
 
 class FileSite(server.Site):
     """A Site whose connections are :class:`BoundedChannel` s. ``refused(status)`` is told of
     every request answered by the channel itself (405, 408, 413), for the metrics."""
 
-    protocol = BoundedChannel
+    # Twisted types this as its own default factory; buildProtocol takes any HTTPChannel class
+    protocol = BoundedChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Any, head_timeout: float, refused: Callable[[int], Any],
                  timeout: float = 30.0) -> None:
         super().__init__(resource, timeout=timeout)
         self.head_timeout = head_timeout
         self.refused = refused
+
+    def log(self, request: Any) -> None:
+        """No access log: a line per download costs more than serving it; /metrics and the
+        fetched topic say what was served."""

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.messages import Config, PayloadError
 from fileserver import etag
@@ -60,7 +61,7 @@ class DeviceFiles:
     files: dict[str, ServedFile]
 
 
-def decode_config(mac: str, raw: bytes | dict) -> DeviceFiles:
+def decode_config(mac: str, raw: bytes | str | dict[str, Any]) -> DeviceFiles:
     """Check every file of a config payload against its sha256 and size."""
     if not isinstance(raw, (dict, bytes, str)):
         raise Rejected("payload", "payload must be a JSON object")

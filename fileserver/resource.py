@@ -203,7 +203,4 @@ def make_site(root: FileResource, head_timeout: float = 10.0, timeout: float = 3
     site = FileSite(root, head_timeout, lambda status: root.metrics.observe(status, 0), timeout=timeout)
     site.displayTracebacks = False
     site.noisy = False
-    # No access log: a line per download costs more than serving it; /metrics and the
-    # fetched topic say what was served.
-    site.log = lambda request: None
     return site

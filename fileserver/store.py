@@ -33,19 +33,19 @@ class Store:
     def _ensure(self) -> None:
         db = self.db
         if "devices" not in db.table_names():
-            db["devices"].create({"mac": str, "revision": int, "vendor": str, "model": str,
+            db.table("devices").create({"mac": str, "revision": int, "vendor": str, "model": str,
                                   "template": str, "notify_path": str}, pk="mac")
         if "files" not in db.table_names():
-            db["files"].create({"mac": str, "name": str, "content_type": str, "content": bytes,
+            db.table("files").create({"mac": str, "name": str, "content_type": str, "content": bytes,
                                 "sha256": str, "size": int}, pk=("mac", "name"))
         if "fetches" not in db.table_names():
             # per file: the sha256 last served with a 200, and the one the phone came back for
-            db["fetches"].create({"mac": str, "name": str, "served": str, "provisioned": str},
+            db.table("fetches").create({"mac": str, "name": str, "served": str, "provisioned": str},
                                  pk=("mac", "name"))
         if "discovered" not in db.table_names():
-            db["discovered"].create({"mac": str, "ip": str}, pk="mac")
+            db.table("discovered").create({"mac": str, "ip": str}, pk="mac")
         if "errors" not in db.table_names():
-            db["errors"].create({"mac": str}, pk="mac")
+            db.table("errors").create({"mac": str}, pk="mac")
 
     # --- device files ---
     def load(self) -> list[DeviceFiles]:

@@ -35,7 +35,9 @@ def context_factory(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
         raise TlsError(f"{cert_path} / {key_path}: not a usable PEM certificate and key ({exc})") from None
-    options = ssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:])
+    # Twisted's hints name pyOpenSSL's PKey and X509; pyOpenSSL takes cryptography's objects too
+    options = ssl.CertificateOptions(
+        privateKey=key, certificate=certs[0], extraCertChain=certs[1:])  # type: ignore[arg-type]
     try:
         options.getContext().check_privatekey()
     except Exception:

@@ -65,14 +65,14 @@ class Device:
     vendor: str = ""
     model: str = ""
     firmware: str = ""
-    assignment: dict | None = None
+    assignment: dict[str, Any] | None = None
     problem: Error | None = None  # the assignment as received cannot be used
     published: str = ""  # digest published in this session ("" = nothing yet)
 
 
 @dataclass
 class Profile:
-    data: dict | None = None
+    data: dict[str, Any] | None = None
     problem: str | None = None
 
 
@@ -225,7 +225,7 @@ class Engine:
         return effects
 
     @staticmethod
-    def _identity(device: Device, merged: dict) -> tuple[str, str]:
+    def _identity(device: Device, merged: dict[str, Any]) -> tuple[str, str]:
         """The discovered vendor and model when the listener could name both, else pre-staged."""
         discovered = (device.vendor, device.model)
         staged = (str(merged.get("vendor", "")), str(merged.get("model", "")))
@@ -235,7 +235,7 @@ class Engine:
             return staged
         return discovered
 
-    def _merged(self, device: Device) -> dict:
+    def _merged(self, device: Device) -> dict[str, Any]:
         assert device.assignment is not None
         names = [DEFAULT_PROFILE]
         named = device.assignment.get("profile")
@@ -252,7 +252,8 @@ class Engine:
             if profile.problem is not None:
                 raise RenderProblem("profile", f"profile {name!r} cannot be used: {profile.problem}", "profile")
             layers.append(profile.data)
-        return merge_all(*layers, device.assignment)
+        merged: dict[str, Any] = merge_all(*layers, device.assignment)  # dicts over a dict
+        return merged
 
     def _succeed(self, device: Device, rendered: Rendered) -> list[Effect]:
         mac = device.mac
@@ -287,7 +288,7 @@ class Engine:
         return [error]
 
 
-def resync_credentials(mac: str, merged: dict, revision: int) -> ResyncCredentials | None:
+def resync_credentials(mac: str, merged: dict[str, Any], revision: int) -> ResyncCredentials | None:
     """Account 1's authentication name and password: what a Grandstream or snom phone checks a
     challenged NOTIFY against (docs/NOTIFIER.md, "Phones that challenge"). None without one."""
     accounts = merged.get("accounts") or []

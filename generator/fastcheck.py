@@ -127,8 +127,8 @@ def _keyword(keyword: str, value: Any, node: dict, root: dict) -> Check:
         extra = compile_schema(value, root)
         return lambda v: not isinstance(v, dict) or all(extra(x) for k, x in v.items() if k not in known)
     if keyword == "propertyNames":
-        names = compile_schema(value, root)
-        return lambda v: not isinstance(v, dict) or all(names(k) for k in v)
+        name_check = compile_schema(value, root)
+        return lambda v: not isinstance(v, dict) or all(name_check(k) for k in v)
     if keyword == "items":
         item = compile_schema(value, root)
         return lambda v: not isinstance(v, list) or all(item(x) for x in v)

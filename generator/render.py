@@ -56,7 +56,7 @@ def files_digest(files: Iterable[tuple[str, str]]) -> str:
 
 
 def _autoescape(name: str | None) -> bool:
-    return bool(name) and (name.endswith(".xml.j2") or name.endswith(".xml"))
+    return name is not None and (name.endswith(".xml.j2") or name.endswith(".xml"))
 
 
 class Renderer:

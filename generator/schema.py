@@ -123,7 +123,7 @@ def _a(kind: Any) -> str:
     names = {"object": "an object", "array": "a list", "string": "text", "integer": "a whole number",
              "boolean": "true or false", "number": "a number"}
     if isinstance(kind, list):
-        return " or ".join(names.get(k, k) for k in kind)
+        return " or ".join(names.get(k, str(k)) for k in kind)
     return names.get(kind, str(kind))
 
 

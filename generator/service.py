@@ -199,7 +199,7 @@ class GeneratorService:
             return
         self.keeper.read(lambda found: self._recover(candidates, found))
 
-    def _recover(self, candidates: dict[str, str], found: dict[str, bytes]) -> None:
+    def _recover(self, candidates: dict[str, str], found: dict[str, int]) -> None:
         self._recovering = False
         lost: set[str] = set()
         for mac, payload in sorted(candidates.items()):

@@ -38,20 +38,20 @@ class Store:
 
     def _create(self) -> None:
         if "devices" not in self.db.table_names():
-            self.db["devices"].create({"mac": str, "vendor": str, "model": str, "firmware": str,
+            self.db.table("devices").create({"mac": str, "vendor": str, "model": str, "firmware": str,
                                        "updated_at": str}, pk="mac")
         if "assignments" not in self.db.table_names():
-            self.db["assignments"].create({"mac": str, "payload": str, "updated_at": str}, pk="mac")
+            self.db.table("assignments").create({"mac": str, "payload": str, "updated_at": str}, pk="mac")
         if "profiles" not in self.db.table_names():
-            self.db["profiles"].create({"name": str, "payload": str, "updated_at": str}, pk="name")
+            self.db.table("profiles").create({"name": str, "payload": str, "updated_at": str}, pk="name")
         if "renders" not in self.db.table_names():
-            self.db["renders"].create({"mac": str, "revision": int, "digest": str, "template": str,
+            self.db.table("renders").create({"mac": str, "revision": int, "digest": str, "template": str,
                                        "vendor": str, "model": str, "errored": int, "updated_at": str},
                                       pk="mac")
         if "history" not in self.db.table_names():
-            self.db["history"].create({"id": int, "mac": str, "revision": int, "digest": str,
+            self.db.table("history").create({"id": int, "mac": str, "revision": int, "digest": str,
                                        "template": str, "at": str}, pk="id")
-            self.db["history"].create_index(["mac", "revision"])
+            self.db.table("history").create_index(["mac", "revision"])
 
     # --- inputs, as they arrived ---
     def put_device(self, mac: str, vendor: str, model: str, firmware: str) -> None:

@@ -53,6 +53,7 @@ class SubscribeProtocol(DatagramProtocol):
         started = perf_counter()
         outcome = self.core.handle(data, addr, self.interface, self.clock.seconds())
         if outcome.reply is not None:
+            assert self.transport is not None  # a datagram came in on it
             try:
                 self.transport.write(outcome.reply, outcome.dest)
             except OSError as exc:

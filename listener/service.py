@@ -26,6 +26,7 @@ from services.messages import Discovered, encode_flat
 from services.retained import Keeper
 from services.runner import Context
 from services.settings import SIP_INTERFACE, SettingError
+from services.topics import is_device_topic
 
 log = Logger(namespace="listener")
 
@@ -152,7 +153,7 @@ class ListenerService:
             return
         info = self.ctx.topics.parse(message.topic)
         call_id, boot = data.get("call_id"), data.get("boot")
-        if info is None or not info.mac_ok or not isinstance(call_id, str):
+        if not is_device_topic(info) or not isinstance(call_id, str):
             return
         if not isinstance(boot, int) or isinstance(boot, bool):
             boot = 1

@@ -7,6 +7,7 @@ User-Agent and then the MAC's OUI (the maker of the network chip's owner) fill t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # Canonical names are lowercase: they name template directories downstream.
@@ -108,7 +109,7 @@ def _from_user_agent(ua: str) -> tuple[str, str, str]:
     return vendor, "", ""
 
 
-def identify(event: dict[str, str | None], user_agent: str, mac: str) -> Identity:
+def identify(event: Mapping[str, str | None], user_agent: str, mac: str) -> Identity:
     """Vendor, model and firmware of a phone from its Event parameters, User-Agent and MAC."""
     said = _useful(event.get("vendor") or event.get("vender"))
     model = _useful(event.get("model"))

@@ -60,6 +60,7 @@ class NotifyEndpoint(DatagramProtocol):
     @property
     def local(self) -> tuple[str, int]:
         if self._local is None:  # bound once, asked once per NOTIFY
+            assert self.transport is not None, "asked before the socket is bound"
             address = self.transport.getHost()
             self._local = (address.host, address.port)
         return self._local
@@ -121,6 +122,7 @@ class NotifyEndpoint(DatagramProtocol):
 
     # --- internals ---
     def _write(self, out: Outgoing) -> None:
+        assert self.transport is not None, "a NOTIFY sent before the socket is bound"
         try:
             self.transport.write(out.data, out.address)
         except OSError as exc:
@@ -136,6 +138,7 @@ class NotifyEndpoint(DatagramProtocol):
                 self._write(out)
             elif event.action is Action.FINAL:
                 result = event.entry.transaction.result
+                assert result is not None  # FINAL is reported once the result is set
                 try:
                     out.on_result(result, out.answer)
                 except Exception:

@@ -93,15 +93,15 @@ class Store:
         self._load()
 
     def _create(self) -> None:
-        self.db["devices"].create(
+        self.db.table("devices").create(
             {"mac": str, "payload": str, "seen": float, "cseq": int}, pk="mac", if_not_exists=True)
-        self.db["published"].create({"mac": str, "payload": str}, pk="mac", if_not_exists=True)
-        self.db["provisions"].create(
+        self.db.table("published").create({"mac": str, "payload": str}, pk="mac", if_not_exists=True)
+        self.db.table("provisions").create(
             {"mac": str, "provisioned": int, "revision": int, "at": float}, pk="mac", if_not_exists=True)
-        self.db["sent"].create(
+        self.db.table("sent").create(
             {"mac": str, "call_id": str, "revision": int, "kind": str, "at": float},
             pk=("mac", "call_id", "revision", "kind"), if_not_exists=True)
-        self.db["credentials"].create(
+        self.db.table("credentials").create(
             {"mac": str, "revision": int, "username": str, "password": str},
             pk=("mac", "revision"), if_not_exists=True)
 

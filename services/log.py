@@ -9,11 +9,14 @@ from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
     globalLogBeginner,
 )
+
+from zope.interface import implementer
 
 from services.textsafe import json_safe, printable
 
@@ -22,6 +25,7 @@ _RESERVED = {"log_format", "log_level", "log_namespace", "log_source", "log_time
              "time", "system", "isError", "log_flattened", "failure", "why"}
 
 
+@implementer(ILogObserver)
 class LineObserver:
     """Writes one line per event, as JSON or as text."""
 

@@ -68,9 +68,10 @@ class Payload:
         return encode_json(self.to_dict())
 
     @classmethod
-    def from_json(cls: type[T], raw: bytes | str | dict) -> T:
+    def from_json(cls: type[T], raw: bytes | str | dict[str, Any]) -> T:
         data = raw if isinstance(raw, dict) else decode_json(raw)
-        return _build(cls, data, "")
+        built: T = _build(cls, data, "")
+        return built
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,7 +88,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for f in fields(cls):
         name = f"{where}.{f.name}" if where else f.name
         if f.name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+            if f.default is MISSING and f.default_factory is MISSING:
                 raise PayloadError(f"{name} is missing")
             continue
         kwargs[f.name] = _check(hints[f.name], data[f.name], name)
@@ -111,7 +112,7 @@ def _check(hint: Any, value: Any, name: str) -> Any:
         raise PayloadError(errors[0] if errors else f"{name} has the wrong type")
     if hint is Any:
         return value
-    if is_dataclass(hint):
+    if isinstance(hint, type) and is_dataclass(hint):
         return _build(hint, value, name)
     if origin is list:
         if not isinstance(value, list):

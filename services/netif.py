@@ -38,15 +38,16 @@ def resolve(items: tuple[str, ...] | list[str]) -> list[str]:
     """
     if tuple(items) == ("all",):
         return sorted({a for a in interfaces().values() if not ipaddress.ip_address(a).is_loopback})
-    out = []
+    out: list[str] = []
     for item in items:
         try:
             ipaddress.IPv4Address(item)
             addr = item
         except ValueError:
-            addr = address_of(item)
-            if addr is None:
+            found = address_of(item)
+            if found is None:
                 raise ValueError(f"interface {item!r} has no IPv4 address") from None
+            addr = found
         if addr not in out:
             out.append(addr)
     return out

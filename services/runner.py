@@ -219,7 +219,7 @@ def run(name: str, settings: Settings, start: Start) -> int:
 def install_stop_signals(reactor: Any, interrupt: bool = True, hangup: bool = False) -> None:
     """SIGTERM (SIGINT unless told not to, SIGHUP if told to) stop the reactor once, however
     often they come."""
-    stopping = []
+    stopping: list[bool] = []
 
     def stop() -> None:
         if not stopping and reactor.running:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol, TypeGuard
 
 DEVICE_KINDS = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
                 "resync")
@@ -35,6 +36,23 @@ class TopicInfo:
     @property
     def mac_ok(self) -> bool:
         return self.mac is not None and is_mac(self.mac)
+
+
+class DeviceTopic(Protocol):
+    """A :class:`TopicInfo` known to name a device by a proper MAC (see :func:`is_device_topic`)."""
+
+    @property
+    def area(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def mac(self) -> str: ...
+
+
+def is_device_topic(info: TopicInfo | None) -> TypeGuard[DeviceTopic]:
+    """True when ``info`` names a device by a proper MAC; then ``info.mac`` and ``info.kind``
+    are text (the type checker knows it too)."""
+    return info is not None and info.area == "devices" and info.mac_ok
 
 
 class Topics:

@@ -1,5 +1,9 @@
 """What the tests share: a private mosquitto per test, settings pointing at it, and a probe
-client that watches the broker from outside the service under test."""
+client that watches the broker from outside the service under test.
+
+One harness, two runners: pytest tests take the ``broker`` and ``probe`` fixtures
+(tests/conftest.py); trial tests (those that run the reactor) subclass :class:`BrokerCase`.
+Both start the broker with :func:`start_broker` and watch it with :class:`Probe`."""
 
 from __future__ import annotations
 
@@ -16,14 +20,41 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
 
 from services import settings as s
 from services.broker import Mosquitto
+from services.runner import Runtime
 
 
-def start_broker(directory: Path | str, persistence: bool = False) -> Mosquitto:
+def start_broker(directory: Path | str, persistence: bool = False, extra_config: str = "") -> Mosquitto:
     """A fresh mosquitto on a free loopback port; nothing retained is shared with other tests."""
-    return Mosquitto(Path(directory), persistence=persistence).start()
+    return Mosquitto(Path(directory), persistence=persistence, extra_config=extra_config).start()
+
+
+class BrokerCase(unittest.TestCase):
+    """A trial test with its own broker (``self.broker``) and a probe on it (``self.probe``,
+    subscribed to ``probe_topics``; None: no probe). Subclasses that set up more call
+    ``super().setUp()`` first, so their cleanups run before the probe and broker stop."""
+
+    persistence = False
+    broker_config = ""  # extra mosquitto.conf lines
+    probe_topics: str | list[str] | None = "pnp/#"
+
+    def setUp(self) -> None:
+        self.broker = start_broker(self.mktemp(), self.persistence, self.broker_config)
+        self.addCleanup(self.broker.stop)
+        if self.probe_topics is not None:
+            self.probe = Probe(self.broker.url, self.probe_topics)
+            self.addCleanup(self.probe.close)
+
+    @defer.inlineCallbacks
+    def start_service(self, name: str, settings: s.Settings, start: Callable[[Any], Any]) -> Any:
+        """A service started as its main starts it, stopped when the test ends."""
+        rt = Runtime(name, settings, start, reactor)
+        self.addCleanup(rt.stop)
+        yield rt.start()
+        return rt
 
 
 def make_settings(broker: Mosquitto, data_dir: Path | str, extra: list[s.Setting] | None = None,

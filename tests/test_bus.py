@@ -10,13 +10,15 @@ from twisted.trial import unittest
 from services import bus as bus_module
 from services.bus import Bus, Incoming
 from services.settings import parse_mqtt_url
-from tests.support import Probe, eventually, start_broker
+from tests.support import BrokerCase, Probe, eventually
 
 
-class BusTest(unittest.TestCase):
+class BusTest(BrokerCase):
+    persistence = True
+    probe_topics = None
+
     def setUp(self) -> None:
-        self.broker = start_broker(self.mktemp(), persistence=True)
-        self.addCleanup(self.broker.stop)
+        super().setUp()
         self.buses: list[Bus] = []
 
     def bus(self, name: str = "t") -> Bus:

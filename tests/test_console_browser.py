@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from services.broker import Mosquitto
-from tests.support import Probe, wait_until
+from tests.support import Probe, rerun_in_network_namespace, wait_until
 
 INSIDE = os.environ.get("PNP_TEST_CONSOLE_NETNS") == "1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,17 +41,7 @@ def test_console_in_a_browser_in_a_network_namespace():
         import selenium  # noqa: F401
     except ImportError:
         pytest.skip("selenium is not installed (the test extra: scripts/setup test)")
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        pytest.skip("needs root, unshare and ip to make a network namespace (CI has them)")
-    check = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    if check.returncode != 0:
-        pytest.skip(f"cannot make a network namespace here: {check.stderr.decode().strip()}")
-    result = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         str(Path(__file__)), "-k", "inside"],
-        cwd=ROOT, env={**os.environ, "PNP_TEST_CONSOLE_NETNS": "1"}, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    rerun_in_network_namespace(__file__, "inside", "PNP_TEST_CONSOLE_NETNS", timeout=240)
 
 
 inside = pytest.mark.skipif(not INSIDE, reason="runs only inside the namespace the outer test makes")

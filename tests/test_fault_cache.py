@@ -14,15 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from twisted.internet import defer, reactor
-from twisted.trial import unittest
+from twisted.internet import defer
 
 from generator import main as generator_main
 from generator.engine import Engine, Publish, Unpublish
@@ -30,11 +28,9 @@ from generator.render import Renderer
 from generator.store import Store
 from services.broker import Mosquitto
 from services.retained import Keeper, hex128
-from services.runner import Runtime
-from tests.support import Probe, eventually, make_settings, start_broker, wait_until
+from tests.support import BrokerCase, Probe, eventually, make_settings, rerun_in_network_namespace, wait_until
 
 INSIDE = os.environ.get("PNP_TEST_CACHE_NETNS") == "1"
-ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("listener", "generator", "fileserver", "notifier")
 SAVED = [f"000b82ca{i:04x}" for i in range(6)]  # assigned before the broker's save
 LOST = [f"000b82cb{i:04x}" for i in range(4)]  # assigned after it: the crash loses them
@@ -61,15 +57,14 @@ def test_explicit_empty_assignment_still_unassigns(tmp_path):
     assert engine.assigned() == []
 
 
-class KeeperTest(unittest.TestCase):
+class KeeperTest(BrokerCase):
     """The keeper alone on a real broker: what it puts back, and that it puts back nothing
     when nothing was lost."""
 
-    def setUp(self):
-        # autosave_interval 30: between our restarts the broker saves only when stopped cleanly
-        self.broker = Mosquitto(Path(self.mktemp()), persistence=True,
-                                extra_config=KEEP_SAVES).start()
-        self.addCleanup(self.broker.stop)
+    # autosave_interval 30: between our restarts the broker saves only when stopped cleanly
+    persistence = True
+    broker_config = KEEP_SAVES
+    probe_topics = None
 
     @defer.inlineCallbacks
     def start(self):
@@ -95,9 +90,7 @@ class KeeperTest(unittest.TestCase):
         def start(ctx):
             return OnlyKeeper(ctx).start()
 
-        rt = Runtime("notifier", settings, start, reactor)
-        self.addCleanup(rt.stop)
-        yield rt.start()
+        rt = yield self.start_service("notifier", settings, start)
         yield eventually(lambda: keeper[0].checked)
         return rt, keeper[0]
 
@@ -148,24 +141,19 @@ class KeeperTest(unittest.TestCase):
         self.assertEqual(held["pnp/devices/000b82000003/notify"], b'{"status": "sent"}')
 
 
-class GeneratorRestartTest(unittest.TestCase):
+class GeneratorRestartTest(BrokerCase):
     """A generator that was away while the broker lost messages: it tells an assignment the
     broker lost (kept, its config put back) from one cleared meanwhile (its config withdrawn)."""
 
     def setUp(self):
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
+        super().setUp()
         self.data_dir = Path(self.mktemp())
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
 
     @defer.inlineCallbacks
     def start(self):
         settings = make_settings(self.broker, self.data_dir, extra=generator_main.SETTINGS,
                                  generator_settle="0.05")
-        rt = Runtime("generator", settings, generator_main.start, reactor)
-        self.addCleanup(rt.stop)
-        yield rt.start()
+        rt = yield self.start_service("generator", settings, generator_main.start)
         yield eventually(lambda: rt.component.engine.ready and rt.component.keeper.checked)
         return rt
 
@@ -198,19 +186,7 @@ class GeneratorRestartTest(unittest.TestCase):
 def test_broker_crash_loses_nothing_in_a_network_namespace():
     if INSIDE:
         pytest.skip("this is the namespace already")
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        pytest.skip("needs root, unshare and ip to make a network namespace (CI has them)")
-    check = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    if check.returncode != 0:
-        pytest.skip(f"cannot make a network namespace here: {check.stderr.decode().strip()}")
-    result = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         str(Path(__file__)), "-k", "inside"],
-        cwd=ROOT, env={**os.environ, "PNP_TEST_CACHE_NETNS": "1"}, capture_output=True,
-        text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    rerun_in_network_namespace(__file__, "inside", "PNP_TEST_CACHE_NETNS", timeout=300)
 
 
 # --- inside the namespace ----------------------------------------------------------------------

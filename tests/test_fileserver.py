@@ -12,14 +12,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, reactor, task, threads
-from twisted.trial import unittest
 
 from fileserver import main as fileserver
 from fileserver import settings as fs
 from tools.certs import make_pair
 from services.broker import free_port
-from services.runner import Runtime
-from tests.support import Probe, eventually, make_settings, start_broker
+from tests.support import BrokerCase, Probe, eventually, make_settings
 
 MAC = "000b82f55284"
 OTHER = "000b82aabbcc"
@@ -62,14 +60,12 @@ def fetch(url: str, method: str = "GET", headers: dict | None = None, source: st
     return threads.deferToThread(blocking)
 
 
-class FileserverCase(unittest.TestCase):
+class FileserverCase(BrokerCase):
+    persistence = True
     extra: dict = {}
 
     def setUp(self):
-        self.broker = start_broker(self.mktemp(), persistence=True)
-        self.addCleanup(self.broker.stop)
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
+        super().setUp()
         self.data = Path(self.mktemp())
         self.port = free_port()
         self.runtimes = []
@@ -82,10 +78,8 @@ class FileserverCase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start(self, wait_broker: bool = True, **extra):
-        rt = Runtime("fileserver", self.settings(**extra), fileserver.start, reactor)
+        rt = yield self.start_service("fileserver", self.settings(**extra), fileserver.start)
         self.runtimes.append(rt)
-        self.addCleanup(rt.stop)
-        yield rt.start()
         if wait_broker:
             yield rt.bus.when_subscribed()
         return rt

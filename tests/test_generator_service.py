@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, task
-from twisted.trial import unittest
 
 from generator import main as generator_main
 from services.messages import Config
 from services.runner import Runtime
-from tests.support import Probe, eventually, make_settings, start_broker
+from tests.support import BrokerCase, Probe, eventually, make_settings
 
 MAC = "000b82f55284"
 MAC2 = "000b82f55285"
@@ -33,23 +32,18 @@ def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-class GeneratorServiceTest(unittest.TestCase):
+class GeneratorServiceTest(BrokerCase):
     def setUp(self) -> None:
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
+        super().setUp()
         self.data_dir = Path(self.mktemp())
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
         self.runtimes: list[Runtime] = []
 
     @defer.inlineCallbacks
     def start(self, **values: str) -> Any:
         settings = make_settings(self.broker, self.data_dir, extra=generator_main.SETTINGS,
                                  generator_settle="0.05", **values)
-        rt = Runtime("generator", settings, generator_main.start, reactor)
+        rt = yield self.start_service("generator", settings, generator_main.start)
         self.runtimes.append(rt)
-        self.addCleanup(rt.stop)
-        yield rt.start()
         yield eventually(lambda: rt.component.engine.ready)
         return rt
 

@@ -9,14 +9,12 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer, reactor, task
-from twisted.trial import unittest
 
 from generator import main as generator_main
 from services.messages import Config
-from services.runner import Runtime
 from services.settings import COMMON, CONTRACT, SettingError, resolve
 from services.shard import Shard
-from tests.support import Probe, eventually, make_settings, start_broker
+from tests.support import BrokerCase, eventually, make_settings
 
 MACS = [f"000b82f552{i:02x}" for i in range(0x80, 0x88)]
 BAD = "000b82f55288"  # an assignment the schema refuses
@@ -33,20 +31,12 @@ def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-class TwoGeneratorsTest(unittest.TestCase):
-    def setUp(self) -> None:
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
-
+class TwoGeneratorsTest(BrokerCase):
     @defer.inlineCallbacks
     def start(self, shard: str) -> Any:
         settings = make_settings(self.broker, Path(self.mktemp()), extra=generator_main.SETTINGS,
                                  generator_settle="0.05", generator_shard=shard, instance=f"g{shard[0]}")
-        rt = Runtime("generator", settings, generator_main.start, reactor)
-        self.addCleanup(rt.stop)
-        yield rt.start()
+        rt = yield self.start_service("generator", settings, generator_main.start)
         yield eventually(lambda: rt.component.engine.ready)
         return rt
 

@@ -15,13 +15,12 @@ import struct
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import globalLogPublisher, formatEvent
-from twisted.trial import unittest
 
 from listener import main as listener_main
 from listener.multicast import GROUP
 from services.runner import Runtime
 from services.sip.message import Response, parse, parse_name_addr, parse_via
-from tests.support import Probe, eventually, make_settings, start_broker
+from tests.support import BrokerCase, Probe, eventually, make_settings
 from tests.test_sip_message import GRANDSTREAM
 
 
@@ -61,15 +60,14 @@ class Phone(DatagramProtocol):
         return defer.maybeDeferred(self.port.stopListening)
 
 
-class ListenerTest(unittest.TestCase):
+class ListenerTest(BrokerCase):
+    probe_topics = ["pnp/devices/+/discovered", "pnp/services/#"]
+
     timeout = 30
 
     def setUp(self) -> None:
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
+        super().setUp()
         self.sip_port = free_udp_port()
-        self.probe = Probe(self.broker.url, ["pnp/devices/+/discovered", "pnp/services/#"])
-        self.addCleanup(self.probe.close)
 
     @defer.inlineCallbacks
     def start_listener(self, **values: str):

@@ -9,25 +9,20 @@ leave the host. Phones there multicast on one interface each.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial import unittest
 
 from listener import main as listener_main
 from listener.multicast import GROUP
 from services.runner import Runtime
 from services.sip.message import parse
-from tests.support import Probe, eventually, make_settings, start_broker
+from tests.support import BrokerCase, eventually, make_settings, rerun_in_network_namespace
 from tests.test_listener import Phone, free_udp_port
 
 INSIDE = os.environ.get("PNP_TEST_NETNS") == "1"
-ROOT = Path(__file__).resolve().parent.parent
 NETWORK = [
     "ip link set lo up", "ip link set lo multicast on", "ip route add 224.0.0.0/4 dev lo",
     "ip link add pnp0 type veth peer name pnp0p", "ip addr add 10.99.0.1/24 dev pnp0",
@@ -40,23 +35,13 @@ NETWORK = [
 def test_interfaces_inside_a_namespace():
     if INSIDE:
         pytest.skip("this is the namespace already")
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        pytest.skip("needs root, unshare and ip to make a network namespace (CI has them)")
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a network namespace here: {probe.stderr.decode().strip()}")
-    result = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-p", "no:randomly", f"{Path(__file__)}::InNamespace"],
-        cwd=ROOT, env={**os.environ, "PNP_TEST_NETNS": "1"}, capture_output=True, text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    rerun_in_network_namespace(__file__, "InNamespace", "PNP_TEST_NETNS", timeout=120)
 
 
 @pytest.mark.skipif(not INSIDE, reason="runs only inside the namespace the outer test makes")
-class InNamespace(unittest.TestCase):
+class InNamespace(BrokerCase):
+    probe_topics = "pnp/devices/+/discovered"
+
     timeout = 30
 
     def setUp(self) -> None:
@@ -64,11 +49,8 @@ class InNamespace(unittest.TestCase):
         if subprocess.run(["ip", "link", "show", "pnp0"], capture_output=True).returncode != 0:
             for command in NETWORK:
                 subprocess.run(command.split(), check=True)
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
+        super().setUp()
         self.sip_port = free_udp_port()
-        self.probe = Probe(self.broker.url, "pnp/devices/+/discovered")
-        self.addCleanup(self.probe.close)
         self.logged: list[str] = []
         observer = lambda event: self.logged.append(formatEvent(event))  # noqa: E731
         globalLogPublisher.addObserver(observer)

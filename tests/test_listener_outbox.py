@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 from twisted.internet import defer, reactor, task
-from twisted.trial import unittest
 
 from listener.outbox import Outbox
 from services.bus import Bus
 from services.settings import parse_mqtt_url
-from tests.support import Probe, eventually, start_broker
+from tests.support import BrokerCase, eventually
 
 
-class OutboxTest(unittest.TestCase):
+class OutboxTest(BrokerCase):
+    probe_topics = "pnp/devices/+/discovered"
+
     timeout = 20
 
     def setUp(self) -> None:
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
+        super().setUp()
         self.bus = Bus(parse_mqtt_url(self.broker.url), "test-outbox", reactor, backoff_initial=0.05,
                        backoff_max=0.2)
         self.addCleanup(self.bus.stop)
-        self.probe = Probe(self.broker.url, "pnp/devices/+/discovered")
-        self.addCleanup(self.probe.close)
 
     @defer.inlineCallbacks
     def test_everything_arrives_with_a_bounded_window_in_flight(self):

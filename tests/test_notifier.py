@@ -20,7 +20,7 @@ from services.sip.transaction import Outcome, Timers
 from notifier import build
 from notifier.protocol import NotifyEndpoint
 from notifier.state import Provision
-from tests.support import Probe, eventually, make_settings, start_broker
+from tests.support import BrokerCase, Probe, eventually, make_settings
 
 MAC = "000b82f55284"
 SUB_CALL_ID = "1848599395-5080-1@BJC.BGI.F.BHF"
@@ -95,16 +95,13 @@ class ChallengingPhone(Phone):
         return f["nonce"] == self.nonces[-1] and f["username"] == self.user and f["response"] == expected
 
 
-class NotifierBase(unittest.TestCase):
+class NotifierBase(BrokerCase):
     """A broker, a probe, and helpers to run the notifier against phones on 127.0.0.x."""
 
     timeout = 30
 
     def setUp(self) -> None:
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
+        super().setUp()
         self.data_dir = self.mktemp()
         self.runtimes: list[Runtime] = []
 
@@ -125,10 +122,9 @@ class NotifierBase(unittest.TestCase):
         values.setdefault("notify_dialog", "in-dialog")
         settings = make_settings(self.broker, data_dir or self.data_dir, extra=notifier.main.SETTINGS,
                                  **values)
-        rt = Runtime("notifier", settings, notifier.main.start, reactor)
+        rt = yield self.start_service("notifier", settings, notifier.main.start)
         self.runtimes.append(rt)
-        self.addCleanup(rt.stop)
-        component = yield rt.start()
+        component = rt.component
         yield rt.bus.when_subscribed()
         return component
 

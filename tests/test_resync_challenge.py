@@ -16,16 +16,14 @@ import random
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.trial import unittest
+from twisted.internet import defer
 
 import fileserver.main
 import generator.main
 import listener.main
 import notifier.main
 from services.broker import free_port
-from services.runner import Runtime
-from tests.support import Probe, eventually, make_settings, start_broker
+from tests.support import BrokerCase, eventually, make_settings
 from tools.simulate.fleet import Fleet, plan
 from tools.simulate.phone import State, Timing
 
@@ -37,14 +35,11 @@ def assignment(user: str, password: str, name: str) -> dict:
                           "display_name": name}]}
 
 
-class ResyncChallengeTest(unittest.TestCase):
+class ResyncChallengeTest(BrokerCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
+        super().setUp()
         self.data_dir = Path(self.mktemp())
         self.sip_port = free_port()
         self.http_port = free_port()
@@ -55,9 +50,7 @@ class ResyncChallengeTest(unittest.TestCase):
             self.broker, self.data_dir / name, extra=module.SETTINGS, sip_interface="127.0.0.1",
             sip_port=str(self.sip_port), http_port=str(self.http_port),
             public_url=f"http://127.0.0.1:{self.http_port}/", **values)
-        rt = Runtime(name, settings, module.start, reactor)
-        self.addCleanup(rt.stop)
-        yield rt.start()
+        rt = yield self.start_service(name, settings, module.start)
         yield rt.bus.when_subscribed()
         return rt
 

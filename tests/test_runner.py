@@ -10,10 +10,9 @@ import sys
 import time
 
 from twisted.internet import defer, reactor
-from twisted.trial import unittest
 
 from services.runner import Runtime
-from tests.support import Probe, eventually, make_settings, start_broker, wait_until
+from tests.support import BrokerCase, eventually, make_settings, wait_until
 
 
 class Component:
@@ -48,13 +47,7 @@ def test_every_service_is_one_shape():
         assert issubclass(getattr(main, component), Component), name
 
 
-class RuntimeTest(unittest.TestCase):
-    def setUp(self):
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
-
+class RuntimeTest(BrokerCase):
     @defer.inlineCallbacks
     def test_online_with_counters_then_offline_on_stop(self):
         settings = make_settings(self.broker, self.mktemp())

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import defer, reactor
-from twisted.trial import unittest
+from twisted.internet import defer
 
 from generator.schema import problems
 from services.settings import parse_mqtt_url
-from tests.support import Probe, start_broker
+from tests.support import BrokerCase
 from tools.simulate.fleet import plan
 from tools.simulate.staging import StagingError, assignment, stage
 
@@ -24,14 +23,8 @@ def test_every_vendors_assignment_passes_the_schema_and_renders_the_same_each_ti
     assert [assignment(x, i)["accounts"][0]["user_id"] for i, x in enumerate(idents)] == ["1001", "1002", "1003", "1004"]
 
 
-class StagingTest(unittest.TestCase):
+class StagingTest(BrokerCase):
     timeout = 30
-
-    def setUp(self):
-        self.broker = start_broker(self.mktemp())
-        self.addCleanup(self.broker.stop)
-        self.probe = Probe(self.broker.url, "pnp/#")
-        self.addCleanup(self.probe.close)
 
     @defer.inlineCallbacks
     def test_publishes_retained_assignments_then_waits_for_the_files(self):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,12 +21,11 @@ from pathlib import Path
 import pytest
 
 from services.broker import Mosquitto
-from tests.support import Probe, wait_until
+from tests.support import Probe, rerun_in_network_namespace, wait_until
 from tests.test_up import service_pids
 from tools.simulate.fleet import plan
 
 INSIDE = os.environ.get("PNP_TEST_SYSTEM_NETNS") == "1"
-ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("listener", "generator", "fileserver", "notifier")
 MIX = "GRP2614,T46S,D785,X4U,GRP2615,T54W"
 GROUP = ("224.0.1.75", 5060)
@@ -36,19 +34,7 @@ GROUP = ("224.0.1.75", 5060)
 def test_whole_system_in_a_network_namespace():
     if INSIDE:
         pytest.skip("this is the namespace already")
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        pytest.skip("needs root, unshare and ip to make a network namespace (CI has them)")
-    check = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    if check.returncode != 0:
-        pytest.skip(f"cannot make a network namespace here: {check.stderr.decode().strip()}")
-    result = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         f"{Path(__file__)}", "-k", "inside"],
-        cwd=ROOT, env={**os.environ, "PNP_TEST_SYSTEM_NETNS": "1"}, capture_output=True,
-        text=True, timeout=400,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    rerun_in_network_namespace(__file__, "inside", "PNP_TEST_SYSTEM_NETNS", timeout=400)
 
 
 # --- inside the namespace ----------------------------------------------------------------------

@@ -137,7 +137,7 @@ def _known_column(name: str) -> bool:
     if m:
         return m.group(2) in ACCOUNT_FIELDS
     m = _KEY_COLUMN.match(name)
-    return bool(m) and m.group(2) in KEY_FIELDS
+    return m is not None and m.group(2) in KEY_FIELDS
 
 
 def read_csv(text: str) -> tuple[list[Item], list[tuple[str, str]]]:

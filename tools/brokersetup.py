@@ -18,6 +18,7 @@ import re
 import secrets
 import string
 import sys
+from collections.abc import Set
 from pathlib import Path
 
 from services import netif
@@ -79,7 +80,7 @@ def read_env(path: Path) -> dict[str, str]:
     return values
 
 
-def _filled(key: str, value: str, rotate: set[str]) -> str:
+def _filled(key: str, value: str, rotate: Set[str]) -> str:
     """``value``, or a new secret for an empty (or rotated) secret key, or the host name for an
     empty PNP_INSTANCE."""
     if _SECRET_KEYS.fullmatch(key) and (not value or key in rotate):
@@ -89,7 +90,7 @@ def _filled(key: str, value: str, rotate: set[str]) -> str:
     return value
 
 
-def render_env(example: str, current: dict[str, str], rotate: set[str] = frozenset(),
+def render_env(example: str, current: dict[str, str], rotate: Set[str] = frozenset(),
                overrides: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """The example's lines with values from ``current`` (``overrides`` win), empty secrets
     filled in. Keys only ``current`` has (the operator's own additions) are kept at the end."""

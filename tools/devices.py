@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 from services import settings as s
 from services.textsafe import printable
-from services.topics import Topics, is_mac
+from services.topics import Topics, is_device_topic, is_mac
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX]
 STAGES = ("awaiting-assignment", "assigned", "discovered", "rendered", "published", "notified",
@@ -197,7 +197,7 @@ def read_retained(url: s.MqttUrl, prefix: str, quiet: float = 0.5, limit: float 
     def on_message(msg: Incoming) -> None:
         last[0] = reactor.seconds()
         info = topics.parse(msg.topic)
-        if not msg.retain or info is None or info.area != "devices" or not info.mac_ok:
+        if not msg.retain or not is_device_topic(info):
             return
         if msg.empty:
             return

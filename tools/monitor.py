@@ -86,14 +86,14 @@ def _describe(kind: str, d: Any) -> str:
         return (f"{_g(d, 'vendor', '?')} {_g(d, 'model', '?')} {_g(d, 'firmware', '?')} "
                 f"at {_g(d, 'ip', '?')}:{_g(d, 'port', '?')}" + (f" boot {boot}" if boot else ""))
     if kind == "assignment":
-        accounts = d.get("accounts") if isinstance(d.get("accounts"), list) else []
+        accounts = found if isinstance(found := d.get("accounts"), list) else []
         users = ",".join(_g(a, "user_id", "?") for a in accounts[:4]) + ("…" if len(accounts) > 4 else "")
         what = " ".join(x for x in (_g(d, "vendor"), _g(d, "model")) if x)
         profile = _g(d, "profile")
         return (f"assigned {what + ' ' if what else ''}{len(accounts)} account(s) {users}".rstrip()
                 + (f" profile {profile}" if profile else ""))
     if kind == "config":
-        files = d.get("files") if isinstance(d.get("files"), list) else []
+        files = found if isinstance(found := d.get("files"), list) else []
         names = ", ".join(f"{_g(f, 'name', '?')} ({_g(f, 'size', '?')} B)" for f in files[:4])
         return f"rendered rev {_g(d, 'revision', '?')} {names} template {_g(d, 'template', '?')}"
     if kind == "published":
@@ -120,7 +120,7 @@ def _describe(kind: str, d: Any) -> str:
 def _describe_service(d: Any) -> str:
     if not isinstance(d, dict):
         return "status cleared" if d is None else "unexpected payload"
-    counters = d.get("counters") if isinstance(d.get("counters"), dict) else {}
+    counters = found if isinstance(found := d.get("counters"), dict) else {}
     shown = " ".join(f"{k}={v}" for k, v in list(counters.items())[:8])
     return f"{_g(d, 'state', '?')} v{_g(d, 'version', '?')} {shown}".rstrip()
 

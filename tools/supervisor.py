@@ -138,6 +138,7 @@ class Supervisor:
         child = self.children.get(BROKER)
         if child is None or child.ended.called:
             return self._fail("the broker exited at start (its lines above say why)")
+        assert self.broker is not None  # a broker child exists only when we run the broker
         if answers(self.broker.host, self.broker.port):
             self.broker_answered = True
             return self._start_services()
@@ -157,6 +158,7 @@ class Supervisor:
         if self.stopping:
             return
         if name == BROKER:
+            assert self.broker is not None  # spawned only when we run the broker
             try:
                 argv = self.broker.argv()
             except (BrokerError, OSError) as exc:

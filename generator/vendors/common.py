@@ -4,6 +4,7 @@ server locations split, settings checked against the family's record."""
 from __future__ import annotations
 
 import re
+from collections.abc import Set
 from typing import TYPE_CHECKING, Any
 
 from markupsafe import escape
@@ -99,7 +100,7 @@ def url(text: str, protocol: str | None) -> str:
     return f"{scheme}://{rest}"
 
 
-def checked(record: "Record", settings: list[tuple[str, str]], raw: set[str] = frozenset()) -> None:
+def checked(record: "Record", settings: list[tuple[str, str]], raw: Set[str] = frozenset()) -> None:
     """Refuse to write a setting the family's record does not document, or a value it does not
     allow (``raw``: names from ``vendor_settings``, written as given)."""
     found = record.problems([(n, v) for n, v in settings if n not in raw])

@@ -12,11 +12,12 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import error as terror, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.ssl import optionsForClientTLS
 
 MAX_RESPONSE = 4 * 1024 * 1024
@@ -118,13 +119,14 @@ class _Get(protocol.Protocol):
         self.finished = False
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # Twisted sets it before connectionMade
         self.transport.write(self.request)
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
         if len(self.buffer) > MAX_RESPONSE:
             self._finish(None, f"response larger than {MAX_RESPONSE} bytes")
-            self.transport.abortConnection()
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.finished:

@@ -419,7 +419,7 @@ class Phone:
         if parts.username is not None:
             # http://user:pass@host/...: the credentials for the challenge, not for the URL.
             self.credentials = (unquote(parts.username), unquote(parts.password or ""))
-            host = parts.hostname + (f":{parts.port}" if parts.port else "")
+            host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
             url = urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
         self.notify_in_dialog = bool(self._dialog and req.call_id == self._dialog.call_id)
         self._urls = (

@@ -60,7 +60,7 @@ def _key(key: dict | None) -> dict[str, Any]:
 def context(a: dict, target: Target) -> dict[str, Any]:
     accounts = common.accounts(a, target)
     codecs = ",".join(CODEC[c] for c in a.get("codecs", []))
-    lines = []
+    lines: list[dict[str, Any]] = []
     for number in range(1, target.info.accounts + 1):
         if number > len(accounts):
             lines.append({"number": number, "enabled": False})
@@ -73,7 +73,7 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     extra = target.info.extra
     given = {k["number"]: k for k in common.keys(a, target, SUPPORTED_KEYS)}
     # Every key is written, so one dropped from the assignment is reset on the phone.
-    side = [{"index": n, **_key(given.get(n))} for n in range(1, extra["side"] + 1)]
+    side: list[dict[str, Any]] = [{"index": n, **_key(given.get(n))} for n in range(1, extra["side"] + 1)]
     pages: list[tuple[int, list[dict]]] = []
     for page in range(1, extra["pages"] + 1):
         first = extra["side"] + (page - 1) * extra["page"]
@@ -81,7 +81,7 @@ def context(a: dict, target: Target) -> dict[str, Any]:
 
     prov = a.get("provisioning", {})
     protocol = common.protocol_of(prov)
-    provisioning = {}
+    provisioning: dict[str, Any] = {}
     if "config_server" in prov:
         scheme, _ = common.location(prov["config_server"], protocol)
         if scheme not in PROTOCOL:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from typing import Any, Callable
 
 from generator.vendors import Family, FileSpec, RenderProblem, Target
 from generator.vendors import common, tz
@@ -70,7 +70,8 @@ def time_zone(name: str) -> tuple[str, str | None]:
     return "customize", zone.posix
 
 
-def _key(put, mode: Any, account: int, label: str, value: str, p: tuple[int, int, int, int]) -> None:
+def _key(put: Callable[[int, Any], None], mode: int | str, account: int, label: str, value: str,
+         p: tuple[int, int, int, int]) -> None:
     put(p[0], mode)
     put(p[1], account)
     put(p[2], label)
@@ -133,8 +134,8 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(SIP_RESET[number], 0)
         if codes:
             # Every choice slot needs a value; repeating the last choice adds nothing new.
-            for slot, p in enumerate(vocoder_p(number)):
-                put(p, codes[min(slot, len(codes) - 1)])
+            for slot, vocoder in enumerate(vocoder_p(number)):
+                put(vocoder, codes[min(slot, len(codes) - 1)])
 
     extra = target.info.extra
     vpks, fixed, mpks = extra["vpk"], extra["fixed"], extra["mpk"]
@@ -152,7 +153,7 @@ def context(a: dict, target: Target) -> dict[str, Any]:
             if n <= fixed and (len(key["label"]) > 32 or len(key["value"]) > 64):
                 raise RenderProblem("unsupported", f"{where}: on a fixed VPK of the {target.model} the label "
                                     "takes at most 32 characters and the value 64", where)
-            mode = KEY_MODE[key["type"]]
+            mode: int | str = KEY_MODE[key["type"]]
             if n > fixed and key["type"] == "none":
                 mode = DYNAMIC_NONE
         else:

@@ -112,7 +112,7 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put("http_pass", a["admin_password"])
     given = {k["number"]: k for k in common.keys(a, target, SUPPORTED_KEYS)}
     # Every function key is written, so one dropped from the assignment is reset on the phone.
-    fkeys = []
+    fkeys: list[dict[str, Any]] = []
     for n in range(1, target.info.keys + 1):
         key = given.get(n)
         if key is None:
