@@ -104,14 +104,14 @@ Effect = Save | Remove | Announce | Refuse | Resolve | SaveFetch | SaveIp | Repo
 class FileCore:
     def __init__(self, catalog: Catalog, tracker: ProvisionTracker, errored: set[str],
                  discovered_ip: MutableMapping[str, str], instance: str,
-                 counters: Counter | None = None) -> None:
+                 counters: Counter[str] | None = None) -> None:
         self.catalog = catalog
         self.tracker = tracker
         self.errored = errored
         # shared with the HTTP side's Policy, which pins each phone's downloads to it
         self.discovered_ip = discovered_ip
         self.instance = instance
-        self.counters: Counter = counters if counters is not None else Counter()
+        self.counters: Counter[str] = counters if counters is not None else Counter()
         # what the broker holds retained on devices/{mac}/published (our own earlier messages)
         self.broker_published: dict[str, bytes] = {}
         self._seen_config: set[str] = set()

@@ -54,12 +54,14 @@ def start(ctx: Context) -> Fileserver:
     store = Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health)
     secret = cfg.file_secret or load_or_create_secret(secret_path(cfg))
     auth = Authenticator(cfg.http_auth, cfg.http_user, cfg.http_password) if cfg.http_auth != "off" else None
+    # one map: the core keeps it, the HTTP side pins each phone's downloads to it
+    discovered_ip = store.discovered_ips()
     policy = Policy(prefix=urlsplit(cfg.public_url).path or "/", plain_paths=cfg.plain_paths,
                     auth=auth, pin_ip=cfg.pin_ip, trusted_proxies=cfg.trusted_proxies,
-                    discovered_ip=store.discovered_ips())
+                    discovered_ip=discovered_ip)
     catalog = Catalog(secret, cfg.public_url)
     core = FileCore(catalog, ProvisionTracker(store.fetch_states()), store.errored(),
-                    policy.discovered_ip, cfg.instance, ctx.counters)
+                    discovered_ip, cfg.instance, ctx.counters)
     core.load(store.load())
     limiter = NotFoundLimiter(cfg.not_found_limit, cfg.not_found_window, cfg.ban_seconds)
     metrics = Metrics()

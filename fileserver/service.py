@@ -9,6 +9,8 @@ this glue parses topics, hands the core each message and carries out its effects
 
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -130,14 +132,15 @@ class FileService:
             elif isinstance(effect, SaveFetch):
                 store.set_fetch_state(effect.mac, effect.name, effect.served, effect.provisioned_sha)
                 if effect.provisioned:
-                    self._log_provisioned(lambda e=effect: log.info(
-                        "{mac}: provisioned ({name} sha256 {sha} fetched again)", mac=e.mac,
-                        name=e.name, sha=e.provisioned_sha[:12]))
+                    self._log_provisioned(partial(
+                        log.info, "{mac}: provisioned ({name} sha256 {sha} fetched again)",
+                        mac=effect.mac, name=effect.name, sha=effect.provisioned_sha[:12]))
             elif isinstance(effect, Save):
                 store.put(effect.device)
-                self._log_stored(lambda d=effect.device: log.info(
-                    "{mac}: stored revision {revision} ({n} files)", mac=d.mac,
-                    revision=d.revision, n=len(d.files)))
+                self._log_stored(partial(
+                    log.info, "{mac}: stored revision {revision} ({n} files)",
+                    mac=effect.device.mac, revision=effect.device.revision,
+                    n=len(effect.device.files)))
             elif isinstance(effect, Remove):
                 if effect.away:
                     log.info("{mac}: its config was cleared while we were away", mac=effect.mac)

@@ -226,7 +226,7 @@ class Notifier:
         if not self.store.provisions:
             return False
         info = self.ctx.topics.parse(topic)
-        old = self.store.provisions.get(info.mac) if info is not None else None
+        old = self.store.provisions.get(info.mac) if info is not None and info.mac else None
         return old is not None and old.provisioned
 
     # --- output ---
