@@ -1,0 +1,401 @@
+"""An MQTT v5 client driven by the Twisted reactor, through paho's external event-loop API.
+
+paho owns the protocol; the reactor owns the socket: paho tells us when its socket opens,
+closes and wants writing, and the reactor calls ``loop_read``/``loop_write`` when it is ready.
+No background thread. paho does not reconnect outside its own loop, so :class:`Bus` does, with
+capped exponential backoff, and resubscribes every filter on each connect. QoS 1 messages
+published while the broker is away wait in paho's bounded queue and go out on reconnect.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from twisted.internet import defer, task
+from twisted.internet.error import DNSLookupError
+from twisted.logger import Logger
+
+from services.messages import encode_json
+from services.mqtt.client import make_client
+from services.mqtt.connect import Connecting, SocketAdapter
+from services.mqtt.incoming import Handler, Incoming
+from services.mqtt.matching import TopicFilter
+from services.mqtt.paho_internals import (
+    ReadySocketClient,
+    has_connect_settings,
+    unacknowledged,
+    unacknowledged_topic,
+)
+from services.settings import MqttUrl
+
+log = Logger(namespace="bus")
+
+
+class _Subscription(TopicFilter):
+    """A subscribed filter, its QoS and the handlers its messages go to."""
+
+    __slots__ = ("qos", "handlers")
+
+    def __init__(self, topic_filter: str, qos: int) -> None:
+        super().__init__(topic_filter)
+        self.qos = qos
+        self.handlers: list[Handler] = []
+
+
+class Bus:
+    """One MQTT connection for one service.
+
+    ``on_connect`` callbacks run after every (re)connection, once subscriptions are renewed.
+    """
+
+    def __init__(
+        self,
+        url: MqttUrl,
+        client_id: str,
+        reactor: Any = None,
+        *,
+        max_queued: int = 100_000,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 15.0,
+        keepalive: int = 30,
+        connect_timeout: float = 3.0,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.url = url
+        self.reactor = reactor
+        self._subs: dict[str, _Subscription] = {}
+        self._connect_callbacks: list[Callable[[], Any]] = []
+        self._disconnect_callbacks: list[Callable[[], Any]] = []
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._backoff = backoff_initial
+        self._reconnect_call: Any = None
+        self._reader: SocketAdapter | None = None
+        self._stopping = False
+        self._misc = task.LoopingCall(self._loop_misc)
+        self._waiting_connect: list[defer.Deferred] = []
+        self._pending_subacks: set[int] = set()
+        self._waiting_subscribed: list[defer.Deferred] = []
+        self.connected = False
+        self.counters = {
+            "mqtt_connects": 0,
+            "mqtt_published": 0,
+            "mqtt_received": 0,
+            "mqtt_queue_overflow": 0,
+            "mqtt_handler_errors": 0,
+            "mqtt_publish_refused": 0,
+        }
+        self._refusal_logged_at = float("-inf")
+
+        self._connecting: Connecting | None = None
+        self._client = make_client(url, client_id, ReadySocketClient)
+        self._client.max_queued_messages_set(max_queued)
+        # No paho-side cap on QoS 1 messages in flight: with one, paho rescans every unacked
+        # message on each PUBACK (quadratic in a burst); the bounded queue above still limits
+        # what waits, and mosquitto acknowledges QoS 1 at once, whatever its receive maximum.
+        self._client.max_inflight_messages_set(0)
+        self._client.connect_timeout = connect_timeout
+        self._keepalive = keepalive
+        c = self._client
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_register_write
+        c.on_socket_unregister_write = self._on_unregister_write
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
+        # paho swallows callback exceptions only when told to; ours are caught per handler.
+        c.suppress_exceptions = True
+
+    # --- public API ---
+    def will_set(self, topic: str, payload: bytes, retain: bool = True) -> None:
+        self._client.will_set(topic, payload, qos=1, retain=retain)
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, replay: bool = False) -> None:
+        """Call ``handler`` for each message matching ``topic_filter``, now and after reconnects.
+
+        ``replay``: subscribe again even if the filter already is, so that the broker sends its
+        retained messages once more (to every handler of the filter)."""
+        sub = self._subs.get(topic_filter)
+        if sub is None:
+            sub = self._subs[topic_filter] = _Subscription(topic_filter, qos)
+            if self.connected:
+                self._send_subscribe(sub)
+        elif replay and self.connected:
+            self._send_subscribe(sub)
+        sub.handlers.append(handler)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        if self._subs.pop(topic_filter, None) is not None and self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    def remove_handler(self, topic_filter: str, handler: Handler) -> None:
+        """Stop calling ``handler``; the filter is unsubscribed once no handler is left."""
+        sub = self._subs.get(topic_filter)
+        if sub is None:
+            return
+        if handler in sub.handlers:
+            sub.handlers.remove(handler)
+        if not sub.handlers:
+            self.unsubscribe(topic_filter)
+
+    def publish(self, topic: str, payload: bytes | str | None, retain: bool = False, qos: int = 1) -> bool:
+        """Queue a message. Returns False (and counts it) when the bounded queue is full."""
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        info = self._client.publish(topic, payload or b"", qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            self.counters["mqtt_queue_overflow"] += 1
+            log.error("outbound queue full, message to {topic} dropped", topic=topic)
+            return False
+        self.counters["mqtt_published"] += 1
+        self._kick_write()
+        return True
+
+    def publish_json(self, topic: str, payload: Any, retain: bool = False, qos: int = 1) -> bool:
+        data = payload.to_json() if hasattr(payload, "to_json") else encode_json(payload)
+        return self.publish(topic, data, retain=retain, qos=qos)
+
+    def on_connect(self, callback: Callable[[], Any]) -> None:
+        self._connect_callbacks.append(callback)
+
+    def on_disconnect(self, callback: Callable[[], Any]) -> None:
+        self._disconnect_callbacks.append(callback)
+
+    @property
+    def queued(self) -> int:
+        """Messages accepted but not yet acknowledged by the broker."""
+        return unacknowledged(self._client)
+
+    def start(self) -> None:
+        """Connect now, and keep reconnecting until :meth:`stop`."""
+        self._stopping = False
+        if not self._misc.running:
+            self._misc.start(1.0, now=False)
+        self._attempt()
+
+    def when_connected(self) -> defer.Deferred:
+        if self.connected:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting_connect.append(d)
+        return d
+
+    def flush(self, timeout: float = 3.0) -> defer.Deferred:
+        """Fires once every queued message was acknowledged, or after ``timeout``."""
+        d: defer.Deferred = defer.Deferred()
+        deadline = self.reactor.seconds() + timeout
+
+        def check() -> None:
+            if not self.queued or self.reactor.seconds() >= deadline or not self.connected:
+                if poll.running:
+                    poll.stop()
+                d.callback(self.queued == 0)
+
+        poll = task.LoopingCall(check)
+        poll.clock = self.reactor
+        poll.start(0.01)
+        return d
+
+    def when_subscribed(self) -> defer.Deferred:
+        """Fires once connected and every subscription so far is acknowledged by the broker."""
+        if self.connected and not self._pending_subacks:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting_subscribed.append(d)
+        return d
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no last will) and stop reconnecting."""
+        self._stopping = True
+        if self._reconnect_call is not None and self._reconnect_call.active():
+            self._reconnect_call.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._misc.running:
+            self._misc.stop()
+        if self.connected:
+            self._client.disconnect()
+            self._client.loop_write()
+        self._drop_reader()
+        self.connected = False
+
+    # --- connection management ---
+    @defer.inlineCallbacks
+    def _attempt(self) -> Any:
+        self._reconnect_call = None
+        if self._stopping or self._connecting is not None:
+            return
+        try:
+            if not has_connect_settings(self._client):
+                # paho's settings for the connection; no network yet
+                self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive,
+                                           clean_start=True)
+            address = yield self._resolve(self.url.host)
+            self._connecting = Connecting(self.reactor, (address, self.url.port),
+                                           self._client.connect_timeout)
+            try:
+                self._client.hand_socket((yield self._connecting.done))
+            finally:
+                self._connecting = None
+            if self._stopping:
+                self._client.hand_socket(None)
+                return
+            self._client.reconnect()
+        except (OSError, socket.timeout, ssl.SSLError, ValueError, DNSLookupError) as exc:
+            if self._stopping:
+                return
+            log.warn("broker {url} not reachable ({error}); retrying in {delay:.2f}s",
+                     url=str(self.url), error=str(exc) or type(exc).__name__, delay=self._backoff)
+            self._drop_reader()
+            self._schedule_reconnect()
+        except Exception:
+            # whatever went wrong, a service keeps trying rather than going quiet for good
+            log.failure("connecting to the broker {url} failed", url=str(self.url))
+            self._drop_reader()
+            self._schedule_reconnect()
+
+    def _resolve(self, host: str) -> defer.Deferred:
+        try:
+            socket.inet_aton(host)
+            return defer.succeed(host)
+        except OSError:
+            return self.reactor.resolve(host)
+
+    def _schedule_reconnect(self) -> None:
+        if self._stopping or (self._reconnect_call is not None and self._reconnect_call.active()):
+            return
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, self._backoff_max)
+        self._reconnect_call = self.reactor.callLater(delay, self._attempt)
+
+    def _loop_misc(self) -> None:
+        if self._client.socket() is not None:
+            self._client.loop_misc()
+
+    def _kick_write(self) -> None:
+        if self._reader is not None and self._client.want_write():
+            self.reactor.addWriter(self._reader)
+
+    def _drop_reader(self) -> None:
+        if self._reader is not None:
+            self.reactor.removeReader(self._reader)
+            self.reactor.removeWriter(self._reader)
+            self._reader.active = False
+            self._reader = None
+
+    # --- paho callbacks ---
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._drop_reader()
+        # Nagle holds small publishes back for up to 40 ms: every hop of a NOTIFY path is one.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        self._reader = SocketAdapter(self.reactor, self._client, sock)
+        self.reactor.addReader(self._reader)
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._drop_reader()
+
+    def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        if self._reader is not None:
+            self.reactor.addWriter(self._reader)
+
+    def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        if self._reader is not None:
+            self.reactor.removeWriter(self._reader)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.error("broker {url} refused the connection: {reason}", url=str(self.url), reason=str(reason))
+            return
+        self.connected = True
+        self._backoff = self._backoff_initial
+        self.counters["mqtt_connects"] += 1
+        log.info("connected to {url}", url=str(self.url))
+        self._pending_subacks.clear()
+        for sub in self._subs.values():
+            self._send_subscribe(sub)
+        for cb in list(self._connect_callbacks):
+            self._safely(cb, "on_connect")
+        waiting, self._waiting_connect = self._waiting_connect, []
+        for d in waiting:
+            d.callback(None)
+        self._check_subscribed()
+
+    def _send_subscribe(self, sub: _Subscription) -> None:
+        rc, mid = self._client.subscribe(sub.filter, sub.qos)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subacks.add(mid)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        # A broker's ACL refuses a QoS 1 publish only by the PUBACK's reason code (135 "not
+        # authorized"): without this a wrong login looks like success.
+        if reason is None or not getattr(reason, "is_failure", False):
+            return
+        self.counters["mqtt_publish_refused"] += 1
+        now = self.reactor.seconds()
+        if now - self._refusal_logged_at >= 10.0:
+            self._refusal_logged_at = now
+            log.error("broker refused a publish to {topic}: {reason} ({count} refused so far)",
+                      topic=unacknowledged_topic(self._client, mid), reason=str(reason),
+                      count=self.counters["mqtt_publish_refused"])
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self._pending_subacks.discard(mid)
+        for reason in reasons or []:
+            if getattr(reason, "is_failure", False):
+                log.error("broker refused a subscription: {reason}", reason=str(reason))
+        self._check_subscribed()
+
+    def _check_subscribed(self) -> None:
+        if self.connected and not self._pending_subacks and self._waiting_subscribed:
+            waiting, self._waiting_subscribed = self._waiting_subscribed, []
+            for d in waiting:
+                d.callback(None)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was_connected = self.connected
+        self.connected = False
+        self._drop_reader()
+        if self._stopping:
+            return
+        if was_connected:
+            log.warn("lost the broker {url} ({reason}); reconnecting", url=str(self.url), reason=str(reason))
+            for cb in list(self._disconnect_callbacks):
+                self._safely(cb, "on_disconnect")
+        self._schedule_reconnect()
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.counters["mqtt_received"] += 1
+        raw = bytes(msg.payload)
+        incoming = Incoming(msg.topic, raw, bool(msg.retain))
+        for sub in list(self._subs.values()):
+            if sub.matches(msg.topic):
+                for handler in list(sub.handlers):
+                    self._safely(handler, msg.topic, incoming)
+
+    def _safely(self, fn: Callable, what: str, *args: Any) -> None:
+        try:
+            result = fn(*args)
+        except Exception:
+            self.counters["mqtt_handler_errors"] += 1
+            log.failure("handler for {topic} raised", topic=what)
+            return
+        if isinstance(result, defer.Deferred):
+            def failed(failure: Any) -> None:
+                self.counters["mqtt_handler_errors"] += 1
+                log.failure("handler for {topic} failed", failure, topic=what)
+
+            result.addErrback(failed)
+
