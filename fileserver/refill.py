@@ -16,7 +16,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from fileserver.service import FileService
-from services.bus import Incoming
+from services.mqtt import Incoming
 
 log = Logger(namespace="fileserver")
 

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.burstlog import BurstLog
 from services.messages import Fetched, encode_json, now_iso
 from services.retained import Keeper

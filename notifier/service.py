@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from services import netif
 from services.burstlog import BurstLog
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.messages import (
     Discovered, Fetched, NotifyStatus, PayloadError, Published, ResyncCredentials, encode_json,
     now_iso,

@@ -6,7 +6,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from listener.outbox import Outbox
-from services.bus import Bus
+from services.mqtt import Bus
 from services.settings import parse_mqtt_url
 from tests.support import Probe, eventually, start_broker
 

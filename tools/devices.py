@@ -185,7 +185,7 @@ def read_retained(url: s.MqttUrl, prefix: str, quiet: float = 0.5, limit: float 
 
     from twisted.internet import defer, task
 
-    from services.bus import Bus, Incoming
+    from services.mqtt import Bus, Incoming
 
     if reactor is None:
         from twisted.internet import reactor as _reactor

@@ -189,7 +189,7 @@ def watch(url: s.MqttUrl, formatter: Formatter, out: Callable[[str], None], reac
     """Start a Bus that writes each formatted message with ``out``; returns the Bus (stop it)."""
     import time
 
-    from services.bus import Bus, Incoming
+    from services.mqtt import Bus, Incoming
 
     if reactor is None:
         from twisted.internet import reactor as _reactor
