@@ -80,9 +80,9 @@ class Bus:
         self._reader: SocketAdapter | None = None
         self._stopping = False
         self._misc = task.LoopingCall(self._loop_misc)
-        self._waiting_connect: list[defer.Deferred] = []
+        self._waiting_connect: list[defer.Deferred[None]] = []
         self._pending_subacks: set[int] = set()
-        self._waiting_subscribed: list[defer.Deferred] = []
+        self._waiting_subscribed: list[defer.Deferred[None]] = []
         self.connected = False
         self.counters = {
             "mqtt_connects": 0,
@@ -183,16 +183,16 @@ class Bus:
             self._misc.start(1.0, now=False)
         self._attempt()
 
-    def when_connected(self) -> defer.Deferred:
+    def when_connected(self) -> defer.Deferred[None]:
         if self.connected:
             return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._waiting_connect.append(d)
         return d
 
-    def flush(self, timeout: float = 3.0) -> defer.Deferred:
+    def flush(self, timeout: float = 3.0) -> defer.Deferred[bool]:
         """Fires once every queued message was acknowledged, or after ``timeout``."""
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[bool] = defer.Deferred()
         deadline = self.reactor.seconds() + timeout
 
         def check() -> None:
@@ -206,11 +206,11 @@ class Bus:
         poll.start(0.01)
         return d
 
-    def when_subscribed(self) -> defer.Deferred:
+    def when_subscribed(self) -> defer.Deferred[None]:
         """Fires once connected and every subscription so far is acknowledged by the broker."""
         if self.connected and not self._pending_subacks:
             return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._waiting_subscribed.append(d)
         return d
 
@@ -264,12 +264,13 @@ class Bus:
             self._drop_reader()
             self._schedule_reconnect()
 
-    def _resolve(self, host: str) -> defer.Deferred:
+    def _resolve(self, host: str) -> defer.Deferred[str]:
         try:
             socket.inet_aton(host)
             return defer.succeed(host)
         except OSError:
-            return self.reactor.resolve(host)
+            resolved: defer.Deferred[str] = self.reactor.resolve(host)
+            return resolved
 
     def _schedule_reconnect(self) -> None:
         if self._stopping or (self._reconnect_call is not None and self._reconnect_call.active()):
@@ -385,7 +386,7 @@ class Bus:
                 for handler in list(sub.handlers):
                     self._safely(handler, msg.topic, incoming)
 
-    def _safely(self, fn: Callable, what: str, *args: Any) -> None:
+    def _safely(self, fn: Callable[..., Any], what: str, *args: Any) -> None:
         try:
             result = fn(*args)
         except Exception:

@@ -43,8 +43,8 @@ def join_packets(client: Any) -> None:
     queue = send_queue(client)
     if queue is None or len(queue) < 2:
         return
-    out: list[dict] = []
-    run: list[dict] = []
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
     size = 0
 
     def close_run() -> None:

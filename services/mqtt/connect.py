@@ -23,7 +23,7 @@ class Connecting:
 
     def __init__(self, reactor: Any, address: tuple[str, int], timeout: float) -> None:
         self.reactor = reactor
-        self.done: defer.Deferred = defer.Deferred()
+        self.done: defer.Deferred[socket.socket] = defer.Deferred()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         error = self.sock.connect_ex(address)
@@ -75,7 +75,7 @@ class SocketAdapter:
         self.client = client
         self.sock = sock
         self.active = True
-        self._fileno = sock.fileno()
+        self._fileno: int = sock.fileno()
         self._again: Any = None
 
     def fileno(self) -> int:

@@ -53,7 +53,8 @@ class Incoming:
     def error(self) -> str | None:
         if self._error is _UNPARSED:
             self._parse()
-        return self._error
+        error: str | None = self._error
+        return error
 
     @error.setter
     def error(self, value: str | None) -> None:

@@ -78,14 +78,15 @@ def packet_reader(client: mqtt.Client) -> tuple[Callable[[], Any], Callable[[Any
     return read_packet, handle_rc
 
 
-def send_queue(client: Any) -> deque | None:
+def send_queue(client: Any) -> deque[dict[str, Any]] | None:
     """paho's queue of packets to send (dicts shaped as :data:`PACKET_KEYS`), or None."""
     # Touch 6: paho sends each queued packet with its own ``send``; coalesce.py joins them in
     # place, as paho has no public way to write several packets at once.
-    return getattr(client, "_out_packet", None)
+    queue: deque[dict[str, Any]] | None = getattr(client, "_out_packet", None)
+    return queue
 
 
-def sent_once_packet(data: bytes) -> dict:
+def sent_once_packet(data: bytes) -> dict[str, Any]:
     """A queue entry for bytes paho should send and then forget: marked as a PUBACK, which
     paho drops once sent without reporting it (no callback, no message store)."""
     return {"command": _PUBACK, "mid": 0, "qos": 1, "pos": 0, "to_process": len(data),
