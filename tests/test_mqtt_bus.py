@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from services.mqtt import Bus
@@ -144,6 +144,26 @@ class BusTest(unittest.TestCase):
         self.assertEqual(results.count(False), 5)
         self.assertEqual(b.counters["mqtt_queue_overflow"], 5)
         yield defer.succeed(None)
+
+
+    @defer.inlineCallbacks
+    def test_a_handler_may_stop_the_bus(self) -> None:
+        # A command that waits for one answer stops when it arrives, inside the handler: paho is
+        # then running our callback, and its disconnect used to wait for itself (a hung reactor).
+        b = self.bus("stopper")
+        stopped = []
+
+        def answer(msg) -> None:
+            b.stop()
+            stopped.append(msg.topic)
+
+        b.subscribe("answer/#", answer)
+        yield b.when_subscribed()
+        b.publish("answer/1", b"1")
+        yield eventually(lambda: stopped)
+        ticked = yield task.deferLater(reactor, 0.05, lambda: True)  # the reactor still turns
+        self.assertTrue(ticked)
+        self.assertFalse(b.connected)
 
 
 class RefusedPublishTest(unittest.TestCase):

@@ -21,6 +21,7 @@ from services.mqtt.paho_internals import (
     PACKET_KEYS,
     ReadySocketClient,
     has_connect_settings,
+    in_callback,
     packet_reader,
     send_queue,
     unacknowledged,
@@ -52,7 +53,7 @@ def connected(broker) -> ReadySocketClient:
     url = parse_mqtt_url(broker.url)
     client = make_client(url, "internals", ReadySocketClient)
     done: list = []
-    client.on_connect = lambda *args: done.append(args)
+    client.on_connect = lambda *args: done.append((*args, in_callback(client)))
     # an external event loop, as the bus's: paho then queues packets instead of sending at once
     client.on_socket_register_write = lambda *args: None
     assert not has_connect_settings(client), f"{PAHO}: Client._host set before connect_async"
@@ -74,6 +75,8 @@ def connected(broker) -> ReadySocketClient:
             f"{PAHO}: Client._packet_read returned {rc!r} reading the CONNACK")
         handle_rc(rc)
     assert not done[0][3].is_failure
+    assert done[0][5] and not in_callback(client), (
+        f"{PAHO}: Client._in_callback_mutex is not held exactly while a callback runs")
     return client
 
 

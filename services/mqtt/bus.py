@@ -27,6 +27,7 @@ from services.mqtt.matching import TopicFilter
 from services.mqtt.paho_internals import (
     ReadySocketClient,
     has_connect_settings,
+    in_callback,
     unacknowledged,
     unacknowledged_topic,
 )
@@ -225,7 +226,12 @@ class Bus:
             self._misc.stop()
         if self.connected:
             self._client.disconnect()
-            self._client.loop_write()
+            if in_callback(self._client):
+                # a handler stopping the bus: the DISCONNECT goes out once paho's callback has
+                # returned (writing it now would wait on paho's callback lock for ever)
+                self.reactor.callLater(0, self._client.loop_write)
+            else:
+                self._client.loop_write()
         self._drop_reader()
         self.connected = False
 

@@ -102,8 +102,8 @@ class SocketAdapter:
             return
         read_packet, handle_rc = steps
         for _ in range(READ_BATCH):
-            if client.socket() is None:
-                return
+            if client.socket() is None or not self.active:
+                return  # closed, or the bus stopped (by a handler of the last packet)
             rc = read_packet()
             if rc > 0:
                 handle_rc(rc)

@@ -78,6 +78,15 @@ def packet_reader(client: mqtt.Client) -> tuple[Callable[[], Any], Callable[[Any
     return read_packet, handle_rc
 
 
+def in_callback(client: mqtt.Client) -> bool:
+    """Whether paho is running one of our callbacks now (a handler, ``on_connect``...)."""
+    # Touch 7: paho holds this plain (not re-entrant) lock around every callback and takes it
+    # again when a written DISCONNECT ends the connection: writing one from inside a callback
+    # (a handler that stops the bus) would wait for itself. There is no public way to ask.
+    lock = getattr(client, "_in_callback_mutex", None)
+    return lock is not None and lock.locked()
+
+
 def send_queue(client: Any) -> deque[dict[str, Any]] | None:
     """paho's queue of packets to send (dicts shaped as :data:`PACKET_KEYS`), or None."""
     # Touch 6: paho sends each queued packet with its own ``send``; coalesce.py joins them in
