@@ -1,8 +1,8 @@
 """Every place the bus relies on paho's private attributes, each with why, in one module.
 
 paho 2.x offers an external event-loop API but not everything a reactor-driven client needs:
-a connect that does not block, a bounded read, the count of unacknowledged messages and one
-``send`` for many packets. What follows reaches past paho's public API for those, and nothing
+a connect that does not block, a bounded read, the count of unacknowledged messages, one
+``send`` for many packets and whether one of our callbacks is running. What follows reaches past paho's public API for those, and nothing
 else in the tree does. ``tests/test_mqtt_paho_internals.py`` checks, for the paho range that
 ``pyproject.toml`` allows, that each attribute still has the shape used here, so an upgrade
 that changes one fails that test by name instead of a service at run time. Where a touch can
