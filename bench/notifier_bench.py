@@ -46,11 +46,11 @@ except socket.timeout:
 
 DEADLINE = 120.0  # no run goes on longer than this
 
-# --nodelay: from the time services/bus.py and the private broker did not set TCP_NODELAY; both
+# --nodelay: from the time the bus (services/mqtt/) and the private broker did not set TCP_NODELAY; both
 # do now, so this only adds it to the bench's own clients (and patches what is already set).
 NODELAY_NOTIFIER = r"""
 import socket, sys
-import services.bus as bus
+import services.mqtt.bus as bus
 _open = bus.Bus._on_socket_open
 def _nodelay(self, client, userdata, sock):
     try:

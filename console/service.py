@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from console.table import DeviceTable
 from tools.assign import Item, message
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.messages import encode_json, now_iso
 from services.runner import Context
 from services.topics import is_device_topic

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from fileserver.core import FileCore
 from fileserver.store import Store
-from services.bus import Incoming
+from services.mqtt import Incoming
 
 log = Logger(namespace="fileserver")
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.burstlog import BurstLog
 from services.messages import encode_flat, now_iso
 from services.retained import Keeper

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from generator.engine import Engine
 from generator.render import files_digest
 from generator.store import RenderRecord
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.messages import Config, PayloadError
 
 log = Logger(namespace="generator")

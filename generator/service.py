@@ -22,7 +22,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from generator.engine import Clear, Credentials, Effect, Engine, Error, Publish, Unpublish
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.messages import PayloadError, decode_json
 from services.retained import Keeper
 from services.runner import Context

@@ -20,7 +20,7 @@ from listener.outbox import Outbox
 from listener.protocol import AnswerTimes, SubscribeProtocol
 from services.sip.message import MAX_DATAGRAM
 from services import netif
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.burstlog import BurstLog
 from services.messages import Discovered, encode_flat
 from services.retained import Keeper

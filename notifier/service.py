@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from services import netif
 from services.burstlog import BurstLog
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.messages import (
     Discovered, Fetched, NotifyStatus, Payload, PayloadError, Published, ResyncCredentials, encode_flat,
     now_iso,

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.messages import now_iso
 
 log = Logger(namespace="retained")

@@ -21,7 +21,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from services import __version__
-from services.bus import Bus
+from services.mqtt import Bus
 from services.health import Health
 from services.log import start_logging
 from services.messages import ErrorReport, ServiceStatus, now_iso

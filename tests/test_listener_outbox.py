@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import defer, reactor, task
 
 from listener.outbox import Outbox
-from services.bus import Bus
+from services.mqtt import Bus
 from services.settings import parse_mqtt_url
 from tests.support import BrokerCase, eventually
 

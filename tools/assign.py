@@ -33,7 +33,7 @@ from typing import Any
 from twisted.internet import defer, task
 
 from services import settings as s
-from services.bus import Bus, Incoming
+from services.mqtt import Bus, Incoming
 from services.topics import Topics
 from tools import mqttclient
 from tools.mqttclient import BrokerProblem, Session

@@ -183,7 +183,7 @@ def read_retained(url: s.MqttUrl, prefix: str, quiet: float = 0.5, limit: float 
     """
     from twisted.internet import defer, task
 
-    from services.bus import Incoming
+    from services.mqtt import Incoming
     from tools.mqttclient import Session
 
     if reactor is None:

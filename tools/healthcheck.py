@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer
 
 from services import settings as s
-from services.bus import Incoming
+from services.mqtt import Incoming
 from services.messages import PayloadError, ServiceStatus
 from services.topics import SERVICES, Topics
 from tools import mqttclient

@@ -187,7 +187,7 @@ class Formatter:
 
 def watch(url: s.MqttUrl, formatter: Formatter, out: Callable[[str], None], reactor: Any = None) -> Any:
     """Start a Bus that writes each formatted message with ``out``; returns the Bus (stop it)."""
-    from services.bus import Bus, Incoming
+    from services.mqtt import Bus, Incoming
     from tools.mqttclient import client_id
 
     if reactor is None:

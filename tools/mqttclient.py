@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from services.bus import Bus
+from services.mqtt import Bus
 from services.settings import MqttUrl
 
 _COMPLAINTS = {LogLevel.warn, LogLevel.error, LogLevel.critical}

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, task
 
-from services.bus import Bus, Incoming
+from services.mqtt import Bus, Incoming
 from services.settings import MqttUrl
 from services.topics import Topics
 from tools.simulate.vendors import Identity

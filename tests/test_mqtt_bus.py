@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from services import bus as bus_module
-from services.bus import Bus, Incoming
+from services.mqtt import Bus
 from services.settings import parse_mqtt_url
 from tests.support import BrokerCase, Probe, eventually
 
@@ -49,7 +48,7 @@ class BusTest(BrokerCase):
         read for the whole burst: timers and other sockets get a turn every READ_BATCH."""
         from collections import Counter
 
-        from services.bus import READ_BATCH
+        from services.mqtt.connect import READ_BATCH
 
         turn = [0]
         per_turn: Counter = Counter()
@@ -149,20 +148,24 @@ class BusTest(BrokerCase):
         yield defer.succeed(None)
 
 
-def test_subscription_matching_is_paho_s():
-    """The bus's own topic matcher agrees with paho's on every filter and topic shape."""
-    import itertools
+    @defer.inlineCallbacks
+    def test_a_handler_may_stop_the_bus(self) -> None:
+        # A command that waits for one answer stops when it arrives, inside the handler: paho is
+        # then running our callback, and its disconnect used to wait for itself (a hung reactor).
+        b = self.bus("stopper")
+        stopped = []
 
-    import paho.mqtt.client as mqtt
+        def answer(msg) -> None:
+            b.stop()
+            stopped.append(msg.topic)
 
-    from services.bus import _Subscription
-
-    filters = ["#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "a/+/c", "a/b/#", "+/#",
-               "pnp/devices/+/discovered", "$SYS/#", "$SYS/+", "/a", "a/", "+/+/+", "//", "/#"]
-    topics = ["a", "a/b", "a/c", "a/b/c", "b/b", "a/b/c/d", "$SYS/x", "$SYS", "/a", "a/", "",
-              "/", "//", "pnp/devices/000b82f55284/discovered", "pnp/devices/x/published"]
-    for f, topic in itertools.product(filters, topics):
-        assert _Subscription(f, 1).matches(topic) == mqtt.topic_matches_sub(f, topic), (f, topic)
+        b.subscribe("answer/#", answer)
+        yield b.when_subscribed()
+        b.publish("answer/1", b"1")
+        yield eventually(lambda: stopped)
+        ticked = yield task.deferLater(reactor, 0.05, lambda: True)  # the reactor still turns
+        self.assertTrue(ticked)
+        self.assertFalse(b.connected)
 
 
 class RefusedPublishTest(unittest.TestCase):
@@ -191,99 +194,3 @@ class RefusedPublishTest(unittest.TestCase):
         yield b.flush()
         self.assertEqual(b.counters["mqtt_publish_refused"], 1)
         self.assertEqual([m.raw for m in got], [b"2"])
-
-
-def test_incoming_parses_its_payload_only_when_asked_and_keeps_given_values():
-    lazy = Incoming("x/1", b'{"a":1}', False)
-    assert lazy._data is bus_module._UNPARSED  # nothing parsed until asked
-    assert lazy.data == {"a": 1} and lazy.error is None
-    bad = Incoming("x/2", b"{nope", False)
-    assert bad.error is not None and "not JSON" in bad.error and bad.data is None
-    empty = Incoming("x/3", b"", True)
-    assert empty.empty and empty.data is None and empty.error is None
-    given = Incoming("x/4", b"ignored", False, data={"b": 2})
-    assert given.data == {"b": 2} and given.error is None
-    given.error = "why"
-    assert given.error == "why" and given == Incoming("x/4", b"ignored", False, {"b": 2}, "why")
-
-
-def test_packets_of_one_turn_go_out_joined_except_those_paho_must_see_finish():
-    from collections import deque
-
-    from services.bus import _coalesce
-
-    class Client:
-        _out_packet: deque = deque()
-
-    def packet(command: int, data: bytes, qos: int = 1, pos: int = 0) -> dict:
-        return {"command": command, "mid": 1, "qos": qos, "pos": pos, "to_process": len(data) - pos,
-                "packet": data, "info": None}
-
-    client = Client()
-    partly_sent = packet(0x32, b"half-sent", pos=4)
-    qos0 = packet(0x30, b"qos0", qos=0)
-    client._out_packet = deque([partly_sent, packet(0x40, b"ack1"), packet(0x32, b"pub1"),
-                                packet(0x40, b"ack2"), qos0, packet(0x40, b"ack3"),
-                                packet(0xE0, b"bye")])
-    _coalesce(client)
-    sent = list(client._out_packet)
-    assert sent[0] is partly_sent and sent[2] is qos0 and sent[3]["packet"] == b"ack3"
-    assert sent[1]["packet"] == b"ack1pub1ack2" and sent[1]["to_process"] == 12
-    assert sent[4]["packet"] == b"bye" and len(sent) == 5
-    # the bytes on the wire, in order, are the same
-    assert b"".join(p["packet"][p["pos"]:] for p in sent) == b"-sentack1pub1ack2qos0ack3bye"
-
-
-def test_an_unknown_paho_send_queue_turns_joining_off_instead_of_breaking_writes(monkeypatch):
-    from collections import deque
-
-    from services import bus as bus_module
-
-    monkeypatch.setattr(bus_module, "_coalescing", True)
-
-    class Client:
-        _out_packet = deque([{"cmd": 0x40, "data": b"a"}, {"cmd": 0x40, "data": b"b"}])
-
-    client = Client()
-    bus_module._coalesce(client)  # must not raise: the write that follows still happens
-    assert list(client._out_packet) == [{"cmd": 0x40, "data": b"a"}, {"cmd": 0x40, "data": b"b"}]
-    assert bus_module._coalescing is False
-
-
-class UnansweredConnectTest(unittest.TestCase):
-    @defer.inlineCallbacks
-    def test_a_broker_that_never_answers_does_not_stall_the_reactor(self):
-        # A listening socket whose accept queue is full drops further SYNs: a connect to it hangs,
-        # as one to a broker behind a dead route would. Meanwhile the service must keep working
-        # (the listener answers phones while the broker is away).
-        import socket as _socket
-
-        from services.broker import free_port
-
-        server = _socket.socket()
-        self.addCleanup(server.close)
-        server.bind(("127.0.0.1", free_port()))
-        server.listen(0)
-        fillers = []
-        for _ in range(4):
-            c = _socket.socket()
-            c.setblocking(False)
-            c.connect_ex(server.getsockname())
-            fillers.append(c)
-        self.addCleanup(lambda: [c.close() for c in fillers])
-        host, port = server.getsockname()
-        b = Bus(parse_mqtt_url(f"mqtt://{host}:{port}"), "test-hang", reactor, connect_timeout=1.0,
-                backoff_initial=0.05)
-        self.addCleanup(b.stop)
-        ticks = []
-        from twisted.internet import task
-        import time as _time
-
-        loop = task.LoopingCall(lambda: ticks.append(_time.monotonic()))
-        loop.start(0.02)
-        self.addCleanup(loop.stop)
-        b.start()
-        yield task.deferLater(reactor, 1.5, lambda: None)
-        gaps = [b2 - a for a, b2 in zip(ticks, ticks[1:])]
-        self.assertFalse(b.connected)
-        self.assertLess(max(gaps), 0.5, f"the reactor stalled for {max(gaps):.2f}s")

@@ -9,321 +9,42 @@ published while the broker is away wait in paho's bounded queue and go out on re
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 import ssl
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from twisted.internet import defer, task
 from twisted.internet.error import DNSLookupError
 from twisted.logger import Logger
 
-from services.messages import PayloadError, decode_json
+from services.messages import encode_json
+from services.mqtt.client import make_client
+from services.mqtt.connect import Connecting, SocketAdapter
+from services.mqtt.incoming import Handler, Incoming
+from services.mqtt.matching import TopicFilter
+from services.mqtt.paho_internals import (
+    ReadySocketClient,
+    has_connect_settings,
+    in_callback,
+    unacknowledged,
+    unacknowledged_topic,
+)
 from services.settings import MqttUrl
 
 log = Logger(namespace="bus")
 
 
-_UNPARSED: Any = object()
+class _Subscription(TopicFilter):
+    """A subscribed filter, its QoS and the handlers its messages go to."""
 
+    __slots__ = ("qos", "handlers")
 
-class Incoming:
-    """A received message. ``data`` is the parsed JSON (None for an empty payload);
-    ``error`` says why the payload could not be parsed, when it could not.
-
-    Both are worked out on first access: a handler that can tell from ``raw`` that a message is
-    nothing to it (the notifier and half a boot storm's ``fetched``) pays for no JSON parsing."""
-
-    __slots__ = ("topic", "raw", "retain", "_data", "_error")
-
-    def __init__(self, topic: str, raw: bytes, retain: bool, data: Any = _UNPARSED,
-                 error: Any = _UNPARSED) -> None:
-        self.topic = topic
-        self.raw = raw
-        self.retain = retain
-        if data is _UNPARSED and error is _UNPARSED:
-            self._data = self._error = _UNPARSED
-        else:  # given: taken as is
-            self._data = None if data is _UNPARSED else data
-            self._error = None if error is _UNPARSED else error
-
-    def _parse(self) -> None:
-        self._data = self._error = None
-        if self.raw:
-            try:
-                self._data = decode_json(self.raw)
-            except PayloadError as exc:
-                self._error = str(exc)
-
-    @property
-    def data(self) -> Any:
-        if self._data is _UNPARSED:
-            self._parse()
-        return self._data
-
-    @data.setter
-    def data(self, value: Any) -> None:
-        if self._error is _UNPARSED:
-            self._error = None
-        self._data = value
-
-    @property
-    def error(self) -> str | None:
-        if self._error is _UNPARSED:
-            self._parse()
-        return self._error
-
-    @error.setter
-    def error(self, value: str | None) -> None:
-        if self._data is _UNPARSED:
-            self._data = None
-        self._error = value
-
-    @property
-    def empty(self) -> bool:
-        return len(self.raw) == 0
-
-    def __repr__(self) -> str:
-        return (f"Incoming(topic={self.topic!r}, raw={self.raw!r}, retain={self.retain!r}, "
-                f"data={self.data!r}, error={self.error!r})")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Incoming):
-            return NotImplemented
-        return ((self.topic, self.raw, self.retain, self.data, self.error)
-                == (other.topic, other.raw, other.retain, other.data, other.error))
-
-
-Handler = Callable[[Incoming], Any]
-
-READ_BATCH = 64  # MQTT packets handled per turn of the reactor
-
-
-@dataclass
-class _Subscription:
-    filter: str
-    qos: int
-    handlers: list[Handler] = field(default_factory=list)
-    levels: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.levels = tuple(self.filter.split("/"))
-
-    def matches(self, topic: str) -> bool:
-        """MQTT topic matching, as paho's ``topic_matches_sub`` (which builds a matcher tree
-        on every call: a few percent of a busy service's CPU)."""
-        levels = self.levels
-        if topic[:1] == "$" and levels[0] in ("+", "#"):
-            return False  # wildcards never match $SYS and the like (MQTT 4.7.2)
-        parts = topic.split("/")
-        for i, level in enumerate(levels):
-            if level == "#":
-                return True
-            if i >= len(parts) or (level != "+" and level != parts[i]):
-                return False
-        return len(parts) == len(levels)
-
-
-_PUBLISH, _PUBACK, _DISCONNECT = 0x30, 0x40, 0xE0
-COALESCE_MAX = 64 * 1024  # bytes joined into one send
-
-
-_coalescing = True
-
-
-def _coalesce(client: Any) -> None:
-    """:func:`_join_packets`, switched off for good (and said once) if paho's private send
-    queue ever changes shape: then every packet simply goes out on its own, as paho sends it."""
-    global _coalescing
-    if not _coalescing:
-        return
-    try:
-        _join_packets(client)
-    except (KeyError, TypeError, AttributeError) as exc:
-        _coalescing = False
-        log.warn("paho's send queue is not what this bus knows ({error}); sending packets one "
-                 "by one", error=repr(exc))
-
-
-def _join_packets(client: Any) -> None:
-    """Join the packets paho queued in one reactor turn into few buffers: paho sends each one
-    with its own ``send`` (a syscall per PUBACK and per publish, a tenth of a busy notifier's
-    CPU). Only packets whose end paho ignores are joined (QoS 1 publishes, PUBACKs,
-    subscriptions...); a QoS 0 publish (paho reports its sending) or a DISCONNECT (paho closes
-    after it) stays whole. A joined buffer is marked as a PUBACK, which paho forgets once sent;
-    a lost connection drops it like the packets it holds, and paho resends QoS 1 from its own
-    store on reconnect."""
-    queue = getattr(client, "_out_packet", None)
-    if queue is None or len(queue) < 2:
-        return
-    out: list[dict] = []
-    run: list[dict] = []
-    size = 0
-
-    def close_run() -> None:
-        nonlocal size
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            out.append(_packet(b"".join(p["packet"] for p in run)))
-        run.clear()
-        size = 0
-
-    for packet in queue:
-        command = packet["command"] & 0xF0
-        plain = (packet["pos"] == 0 and command != _DISCONNECT
-                 and not (command == _PUBLISH and packet["qos"] == 0))
-        if not plain:
-            close_run()
-            out.append(packet)
-            continue
-        if size + packet["to_process"] > COALESCE_MAX:
-            close_run()
-        run.append(packet)
-        size += packet["to_process"]
-    close_run()
-    if len(out) < len(queue):
-        queue.clear()
-        queue.extend(out)
-
-
-def _packet(data: bytes) -> dict:
-    return {"command": _PUBACK, "mid": 0, "qos": 1, "pos": 0, "to_process": len(data),
-            "packet": data, "info": None}
-
-
-class _Client(mqtt.Client):
-    """paho's client, handed a TCP connection the reactor made without blocking: paho's own
-    ``connect`` waits in ``socket.create_connection``, and the reactor with it (a listener would
-    stop answering phones for as long as an unreachable broker takes to time out)."""
-
-    _ready_sock: socket.socket | None = None
-
-    def _create_socket_connection(self) -> socket.socket:
-        sock, self._ready_sock = self._ready_sock, None
-        if sock is None:
-            return super()._create_socket_connection()
-        sock.setblocking(True)  # as paho expects it (TLS handshake); it sets non-blocking after
-        return sock
-
-
-class _Connecting:
-    """One non-blocking TCP connect, watched by the reactor until writable (done) or timed out."""
-
-    def __init__(self, reactor: Any, address: tuple[str, int], timeout: float) -> None:
-        self.reactor = reactor
-        self.done: defer.Deferred = defer.Deferred()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setblocking(False)
-        error = self.sock.connect_ex(address)
-        if error not in (0, errno.EINPROGRESS):
-            self._finish(OSError(error, os.strerror(error)))
-            return
-        self._timer = reactor.callLater(timeout, self._timed_out)
-        reactor.addWriter(self)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def doWrite(self) -> None:
-        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self._finish(OSError(error, os.strerror(error)) if error else None)
-
-    def _timed_out(self) -> None:
-        self._finish(socket.timeout("timed out"))
-
-    def _finish(self, error: Exception | None) -> None:
-        if self.done.called:
-            return
-        timer = getattr(self, "_timer", None)
-        if timer is not None and timer.active():
-            timer.cancel()
-        self.reactor.removeWriter(self)
-        if error is None:
-            self.done.callback(self.sock)
-        else:
-            self.sock.close()
-            self.done.errback(error)
-
-    def cancel(self) -> None:
-        self._finish(ConnectionAbortedError("stopped"))
-
-    def connectionLost(self, reason: Any) -> None:
-        # A refused connect is a hang-up, which the reactor reports here rather than to doWrite;
-        # without this the attempt would wait for its timeout.
-        if self.done.called:
-            return
-        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self._finish(OSError(error, os.strerror(error)) if error else ConnectionAbortedError("closed"))
-
-    def logPrefix(self) -> str:
-        return "mqtt-connect"
-
-
-class _SocketReader:
-    """Adapts paho's socket to the reactor's IReadDescriptor/IWriteDescriptor."""
-
-    def __init__(self, bus: "Bus", sock: Any) -> None:
-        self.bus = bus
-        self.sock = sock
-        self._fileno = sock.fileno()
-        self._again: Any = None
-
-    def fileno(self) -> int:
-        return self._fileno
-
-    def doRead(self) -> None:
-        client = self.bus._client
-        self._read_some(client)
-        # What the handlers published and the PUBACKs of what was read go out now, not after
-        # another turn of the reactor: the broker sends a client only a few unacknowledged
-        # messages at a time, so a late PUBACK stalls the next ones.
-        if client.want_write():
-            _coalesce(client)
-            client.loop_write()
-
-    def _read_some(self, client: Any) -> None:
-        """At most READ_BATCH packets, then back to the reactor. paho's ``loop_read`` reads as
-        many packets as messages await a PUBACK, and every handler that publishes adds one: in
-        a burst one call grew to thousands of messages and seconds, while timers and other
-        sockets (the notifier's 200 OKs, then retransmitted) waited. Same steps as loop_read."""
-        read_packet = getattr(client, "_packet_read", None)
-        handle_rc = getattr(client, "_loop_rc_handle", None)
-        if read_packet is None or handle_rc is None:
-            client.loop_read()
-            return
-        for _ in range(READ_BATCH):
-            if client.socket() is None:
-                return
-            rc = read_packet()
-            if rc > 0:
-                handle_rc(rc)
-                return
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                return
-        # More may be waiting; with TLS it may sit decrypted in the SSL object, where epoll
-        # does not see it, so come back next turn rather than wait for the socket.
-        if self._again is None:
-            self._again = self.bus.reactor.callLater(0, self._more)
-
-    def _more(self) -> None:
-        self._again = None
-        if self.bus._reader is self:
-            self.doRead()
-
-    def doWrite(self) -> None:
-        _coalesce(self.bus._client)
-        self.bus._client.loop_write()
-
-    def connectionLost(self, reason: Any) -> None:
-        pass
-
-    def logPrefix(self) -> str:
-        return "mqtt"
+    def __init__(self, topic_filter: str, qos: int) -> None:
+        super().__init__(topic_filter)
+        self.qos = qos
+        self.handlers: list[Handler] = []
 
 
 class Bus:
@@ -357,12 +78,12 @@ class Bus:
         self._backoff_max = backoff_max
         self._backoff = backoff_initial
         self._reconnect_call: Any = None
-        self._reader: _SocketReader | None = None
+        self._reader: SocketAdapter | None = None
         self._stopping = False
         self._misc = task.LoopingCall(self._loop_misc)
-        self._waiting_connect: list[defer.Deferred] = []
+        self._waiting_connect: list[defer.Deferred[None]] = []
         self._pending_subacks: set[int] = set()
-        self._waiting_subscribed: list[defer.Deferred] = []
+        self._waiting_subscribed: list[defer.Deferred[None]] = []
         self.connected = False
         self.counters = {
             "mqtt_connects": 0,
@@ -374,12 +95,8 @@ class Bus:
         }
         self._refusal_logged_at = float("-inf")
 
-        self._connecting: _Connecting | None = None
-        self._client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
-        )
+        self._connecting: Connecting | None = None
+        self._client = make_client(url, client_id, ReadySocketClient)
         self._client.max_queued_messages_set(max_queued)
         # No paho-side cap on QoS 1 messages in flight: with one, paho rescans every unacked
         # message on each PUBACK (quadratic in a burst); the bounded queue above still limits
@@ -387,10 +104,6 @@ class Bus:
         self._client.max_inflight_messages_set(0)
         self._client.connect_timeout = connect_timeout
         self._keepalive = keepalive
-        if url.username:
-            self._client.username_pw_set(url.username, url.password)
-        if url.tls:
-            self._client.tls_set_context(ssl.create_default_context())
         c = self._client
         c.on_socket_open = self._on_socket_open
         c.on_socket_close = self._on_socket_close
@@ -450,7 +163,7 @@ class Bus:
         return True
 
     def publish_json(self, topic: str, payload: Any, retain: bool = False, qos: int = 1) -> bool:
-        data = payload.to_json() if hasattr(payload, "to_json") else _json_bytes(payload)
+        data = payload.to_json() if hasattr(payload, "to_json") else encode_json(payload)
         return self.publish(topic, data, retain=retain, qos=qos)
 
     def on_connect(self, callback: Callable[[], Any]) -> None:
@@ -462,7 +175,7 @@ class Bus:
     @property
     def queued(self) -> int:
         """Messages accepted but not yet acknowledged by the broker."""
-        return len(self._client._out_messages)
+        return unacknowledged(self._client)
 
     def start(self) -> None:
         """Connect now, and keep reconnecting until :meth:`stop`."""
@@ -471,16 +184,16 @@ class Bus:
             self._misc.start(1.0, now=False)
         self._attempt()
 
-    def when_connected(self) -> defer.Deferred:
+    def when_connected(self) -> defer.Deferred[None]:
         if self.connected:
             return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._waiting_connect.append(d)
         return d
 
-    def flush(self, timeout: float = 3.0) -> defer.Deferred:
+    def flush(self, timeout: float = 3.0) -> defer.Deferred[bool]:
         """Fires once every queued message was acknowledged, or after ``timeout``."""
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[bool] = defer.Deferred()
         deadline = self.reactor.seconds() + timeout
 
         def check() -> None:
@@ -494,11 +207,11 @@ class Bus:
         poll.start(0.01)
         return d
 
-    def when_subscribed(self) -> defer.Deferred:
+    def when_subscribed(self) -> defer.Deferred[None]:
         """Fires once connected and every subscription so far is acknowledged by the broker."""
         if self.connected and not self._pending_subacks:
             return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._waiting_subscribed.append(d)
         return d
 
@@ -513,7 +226,12 @@ class Bus:
             self._misc.stop()
         if self.connected:
             self._client.disconnect()
-            self._client.loop_write()
+            if in_callback(self._client):
+                # a handler stopping the bus: the DISCONNECT goes out once paho's callback has
+                # returned (writing it now would wait on paho's callback lock for ever)
+                self.reactor.callLater(0, self._client.loop_write)
+            else:
+                self._client.loop_write()
         self._drop_reader()
         self.connected = False
 
@@ -524,20 +242,19 @@ class Bus:
         if self._stopping or self._connecting is not None:
             return
         try:
-            if not self._client._host:
+            if not has_connect_settings(self._client):
                 # paho's settings for the connection; no network yet
                 self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive,
                                            clean_start=True)
             address = yield self._resolve(self.url.host)
-            self._connecting = _Connecting(self.reactor, (address, self.url.port),
+            self._connecting = Connecting(self.reactor, (address, self.url.port),
                                            self._client.connect_timeout)
             try:
-                self._client._ready_sock = yield self._connecting.done
+                self._client.hand_socket((yield self._connecting.done))
             finally:
                 self._connecting = None
             if self._stopping:
-                self._client._ready_sock.close()
-                self._client._ready_sock = None
+                self._client.hand_socket(None)
                 return
             self._client.reconnect()
         except (OSError, socket.timeout, ssl.SSLError, ValueError, DNSLookupError) as exc:
@@ -553,12 +270,13 @@ class Bus:
             self._drop_reader()
             self._schedule_reconnect()
 
-    def _resolve(self, host: str) -> defer.Deferred:
+    def _resolve(self, host: str) -> defer.Deferred[str]:
         try:
             socket.inet_aton(host)
             return defer.succeed(host)
         except OSError:
-            return self.reactor.resolve(host)
+            resolved: defer.Deferred[str] = self.reactor.resolve(host)
+            return resolved
 
     def _schedule_reconnect(self) -> None:
         if self._stopping or (self._reconnect_call is not None and self._reconnect_call.active()):
@@ -579,6 +297,7 @@ class Bus:
         if self._reader is not None:
             self.reactor.removeReader(self._reader)
             self.reactor.removeWriter(self._reader)
+            self._reader.active = False
             self._reader = None
 
     # --- paho callbacks ---
@@ -589,7 +308,7 @@ class Bus:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
-        self._reader = _SocketReader(self, sock)
+        self._reader = SocketAdapter(self.reactor, self._client, sock)
         self.reactor.addReader(self._reader)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -635,9 +354,8 @@ class Bus:
         now = self.reactor.seconds()
         if now - self._refusal_logged_at >= 10.0:
             self._refusal_logged_at = now
-            message = self._client._out_messages.get(mid)
             log.error("broker refused a publish to {topic}: {reason} ({count} refused so far)",
-                      topic=getattr(message, "topic", "?"), reason=str(reason),
+                      topic=unacknowledged_topic(self._client, mid), reason=str(reason),
                       count=self.counters["mqtt_publish_refused"])
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
@@ -674,7 +392,7 @@ class Bus:
                 for handler in list(sub.handlers):
                     self._safely(handler, msg.topic, incoming)
 
-    def _safely(self, fn: Callable, what: str, *args: Any) -> None:
+    def _safely(self, fn: Callable[..., Any], what: str, *args: Any) -> None:
         try:
             result = fn(*args)
         except Exception:
@@ -687,10 +405,4 @@ class Bus:
                 log.failure("handler for {topic} failed", failure, topic=what)
 
             result.addErrback(failed)
-
-
-def _json_bytes(data: Any) -> bytes:
-    from services.messages import encode_json
-
-    return encode_json(data)
 

@@ -1,0 +1,136 @@
+"""The connection under the bus: a TCP connect that does not block the reactor, and the
+adapter through which the reactor drives paho's socket (no background thread)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from twisted.internet import defer
+
+from services.mqtt.coalesce import coalesce
+from services.mqtt.paho_internals import packet_reader
+
+READ_BATCH = 64  # MQTT packets handled per turn of the reactor
+
+
+class Connecting:
+    """One non-blocking TCP connect, watched by the reactor until writable (done) or timed out."""
+
+    def __init__(self, reactor: Any, address: tuple[str, int], timeout: float) -> None:
+        self.reactor = reactor
+        self.done: defer.Deferred[socket.socket] = defer.Deferred()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        error = self.sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS):
+            self._finish(OSError(error, os.strerror(error)))
+            return
+        self._timer = reactor.callLater(timeout, self._timed_out)
+        reactor.addWriter(self)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doWrite(self) -> None:
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._finish(OSError(error, os.strerror(error)) if error else None)
+
+    def _timed_out(self) -> None:
+        self._finish(socket.timeout("timed out"))
+
+    def _finish(self, error: Exception | None) -> None:
+        if self.done.called:
+            return
+        timer = getattr(self, "_timer", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.reactor.removeWriter(self)
+        if error is None:
+            self.done.callback(self.sock)
+        else:
+            self.sock.close()
+            self.done.errback(error)
+
+    def cancel(self) -> None:
+        self._finish(ConnectionAbortedError("stopped"))
+
+    def connectionLost(self, reason: Any) -> None:
+        # A refused connect is a hang-up, which the reactor reports here rather than to doWrite;
+        # without this the attempt would wait for its timeout.
+        if self.done.called:
+            return
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._finish(OSError(error, os.strerror(error)) if error else ConnectionAbortedError("closed"))
+
+    def logPrefix(self) -> str:
+        return "mqtt-connect"
+
+
+class SocketAdapter:
+    """Adapts paho's socket to the reactor's IReadDescriptor/IWriteDescriptor. ``active`` is
+    cleared when the bus drops it, so a read carried over to the next turn does not run."""
+
+    def __init__(self, reactor: Any, client: mqtt.Client, sock: Any) -> None:
+        self.reactor = reactor
+        self.client = client
+        self.sock = sock
+        self.active = True
+        self._fileno: int = sock.fileno()
+        self._again: Any = None
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def doRead(self) -> None:
+        client = self.client
+        self._read_some(client)
+        # What the handlers published and the PUBACKs of what was read go out now, not after
+        # another turn of the reactor: the broker sends a client only a few unacknowledged
+        # messages at a time, so a late PUBACK stalls the next ones.
+        if client.want_write():
+            coalesce(client)
+            client.loop_write()
+
+    def _read_some(self, client: Any) -> None:
+        """At most READ_BATCH packets, then back to the reactor. paho's ``loop_read`` reads as
+        many packets as messages await a PUBACK, and every handler that publishes adds one: in
+        a burst one call grew to thousands of messages and seconds, while timers and other
+        sockets (the notifier's 200 OKs, then retransmitted) waited. Same steps as loop_read."""
+        steps = packet_reader(client)
+        if steps is None:
+            client.loop_read()
+            return
+        read_packet, handle_rc = steps
+        for _ in range(READ_BATCH):
+            if client.socket() is None or not self.active:
+                return  # closed, or the bus stopped (by a handler of the last packet)
+            rc = read_packet()
+            if rc > 0:
+                handle_rc(rc)
+                return
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return
+        # More may be waiting; with TLS it may sit decrypted in the SSL object, where epoll
+        # does not see it, so come back next turn rather than wait for the socket.
+        if self._again is None:
+            self._again = self.reactor.callLater(0, self._more)
+
+    def _more(self) -> None:
+        self._again = None
+        if self.active:
+            self.doRead()
+
+    def doWrite(self) -> None:
+        coalesce(self.client)
+        self.client.loop_write()
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "mqtt"

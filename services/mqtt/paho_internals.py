@@ -1,0 +1,102 @@
+"""Every place the bus relies on paho's private attributes, each with why, in one module.
+
+paho 2.x offers an external event-loop API but not everything a reactor-driven client needs:
+a connect that does not block, a bounded read, the count of unacknowledged messages, one
+``send`` for many packets and whether one of our callbacks is running. What follows reaches past paho's public API for those, and nothing
+else in the tree does. ``tests/test_mqtt_paho_internals.py`` checks, for the paho range that
+``pyproject.toml`` allows, that each attribute still has the shape used here, so an upgrade
+that changes one fails that test by name instead of a service at run time. Where a touch can
+fall back to public API (the bounded read, the joined sends), it does, and says so once.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+
+# paho's queued packet (its private ``_OutPacket`` TypedDict): keys read by coalesce.py, which
+# joins packets; the pinned test compares a real queued packet against this.
+PACKET_KEYS = frozenset({"command", "mid", "qos", "pos", "to_process", "packet", "info"})
+_PUBACK = 0x40
+
+
+class ReadySocketClient(mqtt.Client):
+    """paho's client, handed a TCP connection the reactor made without blocking: paho's own
+    ``connect`` waits in ``socket.create_connection``, and the reactor with it (a listener would
+    stop answering phones for as long as an unreachable broker takes to time out)."""
+
+    _ready_sock: socket.socket | None = None
+
+    def hand_socket(self, sock: socket.socket | None) -> None:
+        """The connected socket the next ``reconnect`` uses (None: take back one not used)."""
+        if sock is None and self._ready_sock is not None:
+            self._ready_sock.close()
+        self._ready_sock = sock
+
+    # Touch 1: paho's private socket factory, the one step of ``reconnect`` that blocks.
+    def _create_socket_connection(self) -> socket.socket:
+        sock, self._ready_sock = self._ready_sock, None
+        if sock is None:
+            return super()._create_socket_connection()
+        sock.setblocking(True)  # as paho expects it (TLS handshake); it sets non-blocking after
+        return sock
+
+
+def has_connect_settings(client: mqtt.Client) -> bool:
+    """Whether ``connect_async`` already gave paho its host (it must run once, before the first
+    ``reconnect``; calling it again would reset what paho keeps across reconnects)."""
+    # Touch 2: paho has no public getter for the host it will connect to.
+    return bool(client._host)
+
+
+def unacknowledged(client: mqtt.Client) -> int:
+    """QoS 1 messages paho holds until the broker acknowledges them (queued ones included)."""
+    # Touch 3: paho keeps them in a private ordered dict and has no public count.
+    return len(client._out_messages)
+
+
+def unacknowledged_topic(client: mqtt.Client, mid: int) -> str:
+    """The topic of the unacknowledged message ``mid`` ('?' if paho no longer holds it): a
+    refused PUBACK names only the mid."""
+    # Touch 4: the same private dict, looked up by mid.
+    return getattr(client._out_messages.get(mid), "topic", "?")
+
+
+def packet_reader(client: mqtt.Client) -> tuple[Callable[[], Any], Callable[[Any], Any]] | None:
+    """paho's read-one-packet step and its error handling, as ``loop_read`` uses them: the bus
+    calls them a bounded number of times per reactor turn, where ``loop_read`` reads as many
+    packets as messages await a PUBACK (thousands in a burst, seconds of a stalled reactor).
+    None when paho no longer has them: then the caller uses ``loop_read``."""
+    # Touch 5: both are private; paho has no public "read at most N packets".
+    read_packet = getattr(client, "_packet_read", None)
+    handle_rc = getattr(client, "_loop_rc_handle", None)
+    if read_packet is None or handle_rc is None:
+        return None
+    return read_packet, handle_rc
+
+
+def in_callback(client: mqtt.Client) -> bool:
+    """Whether paho is running one of our callbacks now (a handler, ``on_connect``...)."""
+    # Touch 7: paho holds this plain (not re-entrant) lock around every callback and takes it
+    # again when a written DISCONNECT ends the connection: writing one from inside a callback
+    # (a handler that stops the bus) would wait for itself. There is no public way to ask.
+    lock = getattr(client, "_in_callback_mutex", None)
+    return lock is not None and lock.locked()
+
+
+def send_queue(client: Any) -> deque[dict[str, Any]] | None:
+    """paho's queue of packets to send (dicts shaped as :data:`PACKET_KEYS`), or None."""
+    # Touch 6: paho sends each queued packet with its own ``send``; coalesce.py joins them in
+    # place, as paho has no public way to write several packets at once.
+    queue: deque[dict[str, Any]] | None = getattr(client, "_out_packet", None)
+    return queue
+
+
+def sent_once_packet(data: bytes) -> dict[str, Any]:
+    """A queue entry for bytes paho should send and then forget: marked as a PUBACK, which
+    paho drops once sent without reporting it (no callback, no message store)."""
+    return {"command": _PUBACK, "mid": 0, "qos": 1, "pos": 0, "to_process": len(data),
+            "packet": data, "info": None}

@@ -1,0 +1,115 @@
+"""paho's private attributes the bus relies on (services/mqtt/paho_internals.py), checked
+against the installed paho, which must be in the range pyproject.toml declares. A paho release
+that changes one of them fails here, by name, before a service meets it at run time."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from collections import deque
+from pathlib import Path
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from services.mqtt import make_client
+from services.mqtt.coalesce import join_packets
+from services.mqtt.paho_internals import (
+    PACKET_KEYS,
+    ReadySocketClient,
+    has_connect_settings,
+    in_callback,
+    packet_reader,
+    send_queue,
+    unacknowledged,
+    unacknowledged_topic,
+)
+from services.settings import parse_mqtt_url
+from tests.support import Probe, wait_until
+
+PAHO = f"paho-mqtt {paho.mqtt.__version__}"
+
+
+def declared_paho() -> Requirement:
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    found = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "paho-mqtt"]
+    assert len(found) == 1, "pyproject.toml must declare paho-mqtt once"
+    return found[0]
+
+
+def test_the_installed_paho_is_in_the_range_these_checks_were_written_for():
+    requirement = declared_paho()
+    # The range is what paho_internals.py was checked against: widening it means running this
+    # module against the new versions first.
+    assert str(requirement.specifier) == "<3,>=2.1", requirement
+    assert Version(paho.mqtt.__version__) in requirement.specifier, (PAHO, str(requirement))
+
+
+def connected(broker) -> ReadySocketClient:
+    """A client connected the bus's way: our socket, paho's reconnect, reads driven by hand."""
+    url = parse_mqtt_url(broker.url)
+    client = make_client(url, "internals", ReadySocketClient)
+    done: list = []
+    client.on_connect = lambda *args: done.append((*args, in_callback(client)))
+    # an external event loop, as the bus's: paho then queues packets instead of sending at once
+    client.on_socket_register_write = lambda *args: None
+    assert not has_connect_settings(client), f"{PAHO}: Client._host set before connect_async"
+    client.connect_async(url.host, url.port)
+    assert has_connect_settings(client), f"{PAHO}: Client._host not set by connect_async"
+    sock = socket.create_connection((url.host, url.port))
+    client.hand_socket(sock)
+    client.reconnect()
+    assert client.socket() is sock, (
+        f"{PAHO}: reconnect no longer takes its socket from Client._create_socket_connection")
+    client.loop_write()
+    steps = packet_reader(client)
+    assert steps is not None, f"{PAHO}: Client._packet_read or Client._loop_rc_handle is gone"
+    read_packet, handle_rc = steps
+    sock.settimeout(5)
+    while not done:
+        rc = read_packet()
+        assert rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN), (
+            f"{PAHO}: Client._packet_read returned {rc!r} reading the CONNACK")
+        handle_rc(rc)
+    assert not done[0][3].is_failure
+    assert done[0][5] and not in_callback(client), (
+        f"{PAHO}: Client._in_callback_mutex is not held exactly while a callback runs")
+    return client
+
+
+def test_a_handed_socket_connects_and_packets_are_read_one_by_one(broker):
+    client = connected(broker)
+    client.disconnect()
+
+
+def test_unacknowledged_messages_are_counted_and_named_by_mid(broker):
+    client = make_client(parse_mqtt_url(broker.url))
+    info = client.publish("t/queued", b"1", qos=1)  # not connected: held until a connection
+    assert unacknowledged(client) == 1, f"{PAHO}: Client._out_messages does not hold QoS 1 messages"
+    assert unacknowledged_topic(client, info.mid) == "t/queued", f"{PAHO}: Client._out_messages by mid"
+    assert unacknowledged_topic(client, info.mid + 1) == "?"
+
+
+def test_the_send_queue_holds_packets_of_the_shape_joining_relies_on(broker, probe):
+    client = connected(broker)
+    for i in range(3):
+        client.publish(f"t/{i}", str(i).encode(), qos=1)
+    queue = send_queue(client)
+    assert isinstance(queue, deque) and len(queue) == 3, f"{PAHO}: Client._out_packet is not a deque of packets"
+    for packet in queue:
+        assert set(packet) == PACKET_KEYS, f"{PAHO}: a queued packet has keys {sorted(packet)}"
+    join_packets(client)
+    assert len(queue) == 1
+    while client.want_write():
+        client.loop_write()
+    # paho sent the joined buffer as one packet, forgot it, and the broker read three publishes
+    wait_until(lambda: [t for t, _, _ in probe.messages if t.startswith("t/")] == ["t/0", "t/1", "t/2"])
+    client.disconnect()
+
+
+@pytest.mark.parametrize("name", ["_create_socket_connection", "_packet_read", "_loop_rc_handle"])
+def test_the_private_methods_still_exist(name):
+    assert callable(getattr(mqtt.Client, name, None)), f"{PAHO}: Client.{name} is gone"
