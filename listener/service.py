@@ -163,6 +163,8 @@ class ListenerService:
     def counters(self) -> dict[str, int]:
         counters = dict(self.core.counters)
         counters["send_errors"] = sum(p.send_errors for p in self.protocols)
+        counters["cache_evicted"] = self.core.cache_evicted()
+        counters["cache_bytes"] = self.core.cache_bytes()
         counters["publish_dropped"] = self.outbox.dropped
         counters["publish_pending"] = len(self.outbox)
         counters.update(self.times.percentiles_us())
