@@ -39,6 +39,11 @@ SIP_CACHE_BYTES = Setting(
     "bytes the listener's memory of recent answers and boots may take (oldest forgotten first)",
     parse_whole(1 << 20, 1 << 36), "a whole number of bytes 1048576-68719476736", 64 << 20,
 )
+DISCOVERY_TTL = Setting(
+    "discovery_ttl", "PNP_DISCOVERY_TTL",
+    "seconds the broker keeps the discovery of a MAC we never served files to (0: for ever)",
+    parse_whole(0, 10 * 365 * 86400), "a whole number of seconds (0: never expire)", 7 * 86400,
+)
 
 SETTINGS = [SIP_INTERFACE, SIP_PORT, SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST,
-            PUBLISH_WINDOW, SIP_CACHE_BYTES]
+            PUBLISH_WINDOW, SIP_CACHE_BYTES, DISCOVERY_TTL]

@@ -16,7 +16,7 @@ from twisted.internet import defer, task, reactor
 
 from listener.discovery import SubscribeCore
 from services.sip.message import MAX_VIAS, build_response, parse
-from tests.support import BrokerCase, eventually
+from tests.support import BrokerCase, Probe, eventually
 from tests import test_listener
 from tests.test_listener import free_udp_port
 from tests.test_sip_message import GRANDSTREAM
@@ -164,3 +164,29 @@ class ListenerAttackTest(BrokerCase):
         counters = rt.component.counters()
         self.assertLessEqual(counters["cache_bytes"], budget)
         self.assertGreater(counters["cache_evicted"], 0)
+
+    @defer.inlineCallbacks
+    def test_discoveries_of_invented_macs_expire_on_the_broker_a_served_phones_stays(self):
+        rt = yield self.start_listener(discovery_ttl="2")
+        phone = self.phone("127.0.0.2", "000b82f55284")
+        invented = [self.phone(ATTACKER, f"000b82f5{n:04x}") for n in range(3)]
+        phone.send(phone.subscribe_bytes("z9hG4bKok"), self.sip_port)
+        for n, fake in enumerate(invented):
+            fake.send(fake.subscribe_bytes(f"z9hG4bKfake{n}"), self.sip_port)
+        mine = rt.topics.device(phone.mac, "discovered")
+        yield eventually(lambda: len(self.probe.messages) >= 4)
+        # the fileserver served the phone its file: from now on its discovery is for good
+        self.probe.publish(rt.topics.device(phone.mac, "fetched"),
+                           {"file": "x", "sha256": "0", "status": 200, "client": phone.address,
+                            "user_agent": "", "provisioned": False, "at": "2026-11-29T00:00:00Z",
+                            "revision": 1, "server": "s", "v": 1}, retain=True)
+        yield eventually(lambda: rt.ctx.counters.get("discoveries_kept") == 1)
+        self.assertEqual(len(set(self.probe.on(mine))), 1, "the same bytes again")
+        yield task.deferLater(reactor, 3.5, lambda: None)  # past the 2 s TTL
+        late = Probe(self.broker.url, "pnp/devices/+/discovered")
+        self.addCleanup(late.close)
+        yield task.deferLater(reactor, 0.5, lambda: None)  # the retained replay is in by then
+        self.assertEqual([topic for topic, _, _ in late.messages], [mine])
+        self.assertEqual(rt.ctx.counters.get("discoveries_expired"), 3)
+        # the broker dropped them by itself: nobody cleared them
+        self.assertNotIn(b"", [payload for _, payload, _ in self.probe.messages])
