@@ -15,9 +15,10 @@ import textwrap
 from twisted.internet import defer, task, reactor
 
 from listener.discovery import SubscribeCore
+from services.messages import now_iso
 from services.sip.message import MAX_VIAS, build_response, parse
 from tests.support import BrokerCase, Probe, eventually
-from tests import test_listener
+from tests import test_listener, test_notifier
 from tests.test_listener import free_udp_port
 from tests.test_sip_message import GRANDSTREAM
 
@@ -190,3 +191,43 @@ class ListenerAttackTest(BrokerCase):
         self.assertEqual(rt.ctx.counters.get("discoveries_expired"), 3)
         # the broker dropped them by itself: nobody cleared them
         self.assertNotIn(b"", [payload for _, payload, _ in self.probe.messages])
+
+
+class NotifierAttackTest(test_notifier.NotifierBase):
+    """A discovery as a spoofed SUBSCRIBE leaves it: ip and port of a host that never asked."""
+
+    @defer.inlineCallbacks
+    def test_a_spoofed_source_gets_four_notifies_not_eleven_and_only_at_its_own_address(self):
+        victim = self.phone("127.0.0.77", status=None)  # never answers: it sent nothing
+        elsewhere = self.phone("127.0.0.99", status=None)
+        component = yield self.start()  # T1 = 10 ms: Timer F 640 ms, for the unproven 80 ms
+        self.publish()
+        # the Contact names another host: the NOTIFY still goes to the source address only
+        self.discover(victim, contact=f"<sip:127.0.0.99:{elsewhere.address[1]}>")
+        status = yield eventually(self.final(), timeout=5)
+        self.assertEqual((status["status"], status["attempts"]), ("timeout", 4))
+        self.assertEqual(len(victim.requests), 4)
+        self.assertEqual(elsewhere.requests, [])
+        sent = sum(len(r.to_bytes()) for r in victim.requests)
+        full = component.timers.f
+        print(f"\nNOTIFYs to a spoofed source: {len(victim.requests)} ({sent} bytes) within "
+              f"{component.unproven_timers.f / component.timers.t1:.0f} T1; "
+              f"before: 11 ({sent * 11 // 4} bytes) within {full / component.timers.t1:.0f} T1; "
+              f"per {len(GRANDSTREAM)}-byte SUBSCRIBE: x{sent / len(GRANDSTREAM):.1f}")
+        self.assertEqual(self.runtimes[0].ctx.counters["notify_unproven"], 1)
+
+    @defer.inlineCallbacks
+    def test_a_provisioned_mac_is_no_pass_for_a_spoofed_source_its_own_address_is(self):
+        phone = self.phone("127.0.0.2", status=None)  # it downloads from 127.0.0.2 (fetched)
+        victim = self.phone("127.0.0.77", status=None)
+        yield self.running(phone)
+        self.publish()
+        self.discover(victim, call_id="spoofed@127.0.0.77")
+        status = yield eventually(self.final(), timeout=5)
+        self.assertEqual((status["status"], status["attempts"]), ("timeout", 4))
+        self.assertEqual(len(victim.requests), 4)
+        self.discover(phone, call_id="reboot@127.0.0.2", seen_at=now_iso())
+        status = yield eventually(lambda: next((s for s in self.statuses()
+                                                if s["call_id"] == "reboot@127.0.0.2"
+                                                and s["status"] != "sent"), None), timeout=5)
+        self.assertEqual((status["status"], status["attempts"]), ("timeout", 11))

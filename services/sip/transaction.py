@@ -226,11 +226,12 @@ class TransactionTable(Generic[T]):
     def get(self, key: Key) -> Entry[T] | None:
         return self._entries.get(key)
 
-    def start(self, key: Key, request: T, now: float) -> Entry[T]:
-        """Register a transaction whose request was just sent for the first time."""
+    def start(self, key: Key, request: T, now: float, timers: Timers | None = None) -> Entry[T]:
+        """Register a transaction whose request was just sent for the first time; ``timers``,
+        when given, are its own instead of the table's (a shorter Timer F, say)."""
         if key in self._entries:
             raise ValueError(f"a transaction with branch {key.branch!r} already exists")
-        entry = Entry(ClientTransaction(key, now, self.timers), request)
+        entry = Entry(ClientTransaction(key, now, timers or self.timers), request)
         self._entries[key] = entry
         self._schedule(entry)
         return entry
