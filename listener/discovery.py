@@ -15,6 +15,10 @@ What it decides, per RFC 3261 / 3581 / 6665 and the phones in the field:
   gets the same tag with no per-dialog state, and it is the tag the discovery publishes;
 - one discovery per boot: a Call-ID already seen, or a MAC published less than ``window``
   seconds ago, only gets its answer.
+- no answer larger than its request (``amplifying``): a source address can be spoofed, so an
+  answer is a reflection; a request with more than ``MAX_VIAS`` Vias, or whose answer would
+  outgrow it, gets nothing and publishes nothing (services/sip/message.py says why);
+- what it remembers is bounded in entries and in bytes (``CACHE_BYTES``).
 """
 
 from __future__ import annotations
@@ -30,17 +34,27 @@ from listener.vendors import identify
 from services.expiring import Expiring
 from services.messages import Discovered, now_iso
 from services.sip.message import (
-    Request, SipParseError, SipTooLarge, build_response, parse, parse_name_addr, parse_value,
-    parse_via, unsafe_header,
+    Request, SipParseError, SipTooLarge, amplifies, build_response, parse, parse_name_addr,
+    parse_value, parse_via, too_many_vias, unsafe_header,
 )
 from services.sip.transaction import ServerTransactions, reply_address
 
 EVENT = "ua-profile"
 # How long a Call-ID counts as "this boot already published".
 CALL_ID_TTL = 3600.0
+# What the remembered answers, Call-IDs and recent MACs may hold together, in bytes (keys and
+# values plus ENTRY_OVERHEAD each; PNP_SIP_CACHE_BYTES): a boot storm of 10,000 phones within
+# Timer J needs about 10 MiB of answers; the rest is headroom. Half goes to answers, a quarter
+# each to the two boot tables. Past it the oldest go first, counted in ``cache_evicted``.
+CACHE_BYTES = 64 << 20
 
 COUNTERS = ("received", "answered", "published", "malformed", "too_large", "unsafe_header",
-            "rate_limited", "duplicates", "retransmissions", "bad_event", "ignored", "no_mac")
+            "rate_limited", "duplicates", "retransmissions", "bad_event", "ignored", "no_mac",
+            "amplifying")
+
+
+def _text_size(key: str, value: str) -> int:
+    return len(key) + len(value)
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class SubscribeCore:
         secret: bytes | None = None,
         clock_iso: Callable[[], str] = now_iso,
         max_tracked: int = 200_000,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         if status not in (200, 202):
             raise ValueError("status must be 200 or 202")
@@ -75,23 +90,46 @@ class SubscribeCore:
         self._clock_iso = clock_iso
         self.limiter = RateLimiter(rate, burst)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self._transactions = ServerTransactions(max_items=max_tracked)
-        self._call_ids: Expiring[str, str] = Expiring(CALL_ID_TTL, max_tracked)
-        self._recent_macs: Expiring[str, str] = Expiring(window, max_tracked)
+        self._transactions = ServerTransactions(max_items=max_tracked, max_bytes=cache_bytes // 2)
+        self._call_ids: Expiring[str, str] = Expiring(CALL_ID_TTL, max_tracked, cache_bytes // 4,
+                                                      size=_text_size)
+        self._recent_macs: Expiring[str, str] = Expiring(window, max_tracked, cache_bytes // 4,
+                                                         size=_text_size)
+        # MAC -> boots published; an informative count (no consumer decides on it), so past
+        # max_tracked MACs the least recently booted one is forgotten and starts again at 1.
         self._boots: dict[str, int] = {}
+        self._max_boots = max_tracked
+        self._boots_evicted = 0
 
     # --- state from outside ------------------------------------------------------------------
 
     def remember(self, mac: str, call_id: str, boot: int, now: float) -> None:
         """What a retained discovery says (after a restart): that boot was published already."""
         if boot > self._boots.get(mac, 0):
-            self._boots[mac] = boot
+            self._set_boot(mac, boot)
         if call_id:
             self._call_ids.put(call_id, mac, now)
 
     def boots(self, mac: str) -> int:
         """How many boots of ``mac`` were published (as far as this process knows)."""
         return self._boots.get(mac, 0)
+
+    def _set_boot(self, mac: str, boot: int) -> None:
+        boots = self._boots
+        boots.pop(mac, None)
+        boots[mac] = boot
+        if len(boots) > self._max_boots:
+            del boots[next(iter(boots))]
+            self._boots_evicted += 1
+
+    def cache_evicted(self) -> int:
+        """Entries the byte or entry bounds pushed out before their time."""
+        return (self._transactions.evicted + self._call_ids.evicted + self._recent_macs.evicted
+                + self._boots_evicted)
+
+    def cache_bytes(self) -> int:
+        return (self._transactions.held_bytes + self._call_ids.held_bytes
+                + self._recent_macs.held_bytes)
 
     def to_tag(self, call_id: str, from_tag: str) -> str:
         digest = hashlib.blake2s(f"{call_id}\0{from_tag}".encode("utf-8", "surrogatepass"),
@@ -121,15 +159,18 @@ class SubscribeCore:
             # its values would go back out in the answer and into the discovery: no answer at all
             counters["unsafe_header"] += 1
             return Outcome("unsafe_header")
+        if too_many_vias(message):
+            counters["amplifying"] += 1
+            return Outcome("amplifying")
         try:
-            return self._subscribe(message, source, interface, now)
+            return self._subscribe(message, source, interface, now, len(data))
         except SipParseError:
             # a header the parser let through but the dialog needs (Via, From, To) is unusable
             counters["malformed"] += 1
             return Outcome("malformed")
 
     def _subscribe(self, request: Request, source: tuple[str, int], interface: str,
-                   now: float) -> Outcome:
+                   now: float, size: int) -> Outcome:
         counters = self.counters
         headers = request.headers
         key = self._transactions.key(request)
@@ -154,6 +195,9 @@ class SubscribeCore:
         if event.lower() != EVENT:
             reply = build_response(request, 489, "Bad Event", to_tag=to_tag, received=source,
                                    headers=[("Allow-Events", EVENT)]).to_bytes()
+            if amplifies(size, reply):
+                counters["amplifying"] += 1
+                return Outcome("amplifying")
             self._transactions.answer(key, reply, now)
             counters["bad_event"] += 1
             counters["answered"] += 1
@@ -169,6 +213,11 @@ class SubscribeCore:
             request, self.status, self.reason, to_tag=to_tag, received=source,
             headers=[("Contact", f"<sip:{interface}:{self.contact_port}>"), ("Expires", "0")],
         ).to_bytes()
+        if amplifies(size, reply):
+            # not a phone's SUBSCRIBE (theirs carry Event parameters, User-Agent, Accept, ...
+            # that the answer does not echo): no answer, and no discovery either
+            counters["amplifying"] += 1
+            return Outcome("amplifying")
         self._transactions.answer(key, reply, now)
         counters["answered"] += 1
 
@@ -179,7 +228,7 @@ class SubscribeCore:
         self._call_ids.put(call_id, mac, now)
         self._recent_macs.put(mac, call_id, now)
         boot = self._boots.get(mac, 0) + 1
-        self._boots[mac] = boot
+        self._set_boot(mac, boot)
 
         params = {k: v if v is not None else "" for k, v in event_params.items()}
         user_agent = headers.get("user-agent") or ""

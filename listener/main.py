@@ -13,5 +13,6 @@ __all__ = ["SETTINGS", "start"]
 def start(ctx: Context) -> ListenerService:
     cfg = ctx.settings
     core = SubscribeCore(status=cfg.subscribe_response, window=cfg.discovery_window,
-                         rate=cfg.sip_rate, burst=cfg.sip_burst, contact_port=cfg.sip_port)
+                         rate=cfg.sip_rate, burst=cfg.sip_burst, contact_port=cfg.sip_port,
+                         cache_bytes=cfg.sip_cache_bytes)
     return ListenerService(ctx, core).start()

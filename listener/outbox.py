@@ -17,8 +17,11 @@ from typing import Any, Callable
 class Outbox:
     def __init__(self, bus: Any, reactor: Any, window: int = 16, max_pending: int = 100_000,
                  retry: float = 0.002, batch: int = 8,
-                 encode: Callable[[Any], bytes] | None = None) -> None:
+                 encode: Callable[[Any], bytes] | None = None,
+                 expiry: Callable[[str], int | None] | None = None) -> None:
         self.bus = bus
+        # seconds the broker keeps a topic's message (asked after encoding it), None: for ever
+        self.expiry = expiry or (lambda topic: None)
         # Items are encoded when they leave, not when they come: in a burst, that work waits
         # until every datagram at hand is answered.
         self.encode = encode or (lambda item: item)
@@ -69,7 +72,7 @@ class Outbox:
                 if not pending:
                     break
                 topic, item = pending.popitem(last=False)
-                if not bus.publish(topic, self.encode(item), retain=True):
+                if not self._publish(topic, item):
                     self.dropped += 1
                 room -= 1
         if pending and self._call is None:
@@ -85,8 +88,15 @@ class Outbox:
         self._call = None
         while self._pending:
             topic, item = self._pending.popitem(last=False)
-            if not self.bus.publish(topic, self.encode(item), retain=True):
+            if not self._publish(topic, item):
                 self.dropped += 1
+
+    def _publish(self, topic: str, item: Any) -> bool:
+        data = self.encode(item)
+        expiry = self.expiry(topic)
+        if expiry is None:
+            return bool(self.bus.publish(topic, data, retain=True))
+        return bool(self.bus.publish(topic, data, retain=True, expiry=expiry))
 
     def cancel(self) -> None:
         if self._call is not None and self._call.active():

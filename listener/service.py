@@ -4,14 +4,25 @@ Each discovery it published is kept in memory by a :class:`Keeper` and put back 
 restarted from an older save lost it: its consumers (generator, notifier, fileserver) take the
 same bytes again as a no-op, and a generator restarted later still learns the phone's vendor and
 model from it (an assignment need not name them), and ``pnp devices`` its IP and firmware. A
-restart of the listener forgets them: the phone's next boot publishes it again."""
+restart of the listener forgets them: the phone's next boot publishes it again.
+
+Discoveries expire (issue 13, item 6): anyone on the LAN can invent MACs, and each SUBSCRIBE would
+otherwise leave a retained message for ever. A discovery of a MAC that no file was served to is
+published with an MQTT v5 Message Expiry Interval of ``PNP_DISCOVERY_TTL`` seconds; the broker
+drops it then. Which MACs were served files, the listener reads from the fileserver's retained
+``fetched`` topics, not from ``assignment`` or ``config``: those carry SIP passwords, and the
+listener, the service that parses hostile datagrams, is the last one that should hold them. When
+a MAC's first ``fetched`` arrives, its discovery is published again, the same bytes, without
+expiry. An assigned phone that never downloads keeps its discovery for the TTL; its next boot
+publishes a new one."""
 
 from __future__ import annotations
 
 import socket
+from collections import OrderedDict
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from listener.discovery import SubscribeCore
@@ -33,6 +44,9 @@ log = Logger(namespace="listener")
 LOG_PER_SECOND = 20
 # Retained discoveries come in one burst after subscribing; this long without one ends it.
 RETAINED_QUIET = 2.0
+# Expiring discoveries kept to put back what a broker loses, at most: past it the oldest is
+# forgotten here (and cleared on the broker at its next check); about 1 KB each.
+MAX_EXPIRING_KEPT = 20_000
 
 
 class ListenerService:
@@ -46,9 +60,14 @@ class ListenerService:
         self.times = AnswerTimes()
         # Discoveries wait there until the datagrams at hand are answered: in a burst, every
         # phone's answer goes out before any MQTT work is done.
-        self.keeper = Keeper(ctx, ctx.topics.devices("discovered"))
+        self.keeper = Keeper(ctx, ctx.topics.devices("discovered"), republish=self._restore)
         self.outbox = Outbox(ctx.bus, ctx.reactor, window=ctx.settings.publish_window,
-                             encode=self._encode)
+                             encode=self._encode, expiry=self._expiry)
+        self.ttl: int = ctx.settings.discovery_ttl
+        self.served: set[str] = set()  # MACs the fileserver reported a download of
+        self._payloads: dict[str, bytes] = {}  # topic -> the discovery we last published there
+        self._expiring: OrderedDict[str, float] = OrderedDict()  # topic -> when the broker drops it
+        self._sweep: Any = None
         self._learn_filter = ctx.topics.devices("discovered")
         self.learning = True
         self._learned = 0
@@ -62,8 +81,60 @@ class ListenerService:
 
     def _encode(self, discovered: Discovered) -> bytes:
         payload = encode_flat(discovered)
-        self.keeper.put(self.ctx.topics.device(discovered.mac, "discovered"), payload)
+        topic = self.ctx.topics.device(discovered.mac, "discovered")
+        self._payloads[topic] = payload
+        self._expiring.pop(topic, None)
+        if self.ttl and discovered.mac not in self.served:
+            self._expiring[topic] = self.ctx.reactor.seconds() + self.ttl
+            if len(self._expiring) > MAX_EXPIRING_KEPT:
+                self._forget(next(iter(self._expiring)))
+        self.keeper.put(topic, payload)
         return payload
+
+    def _expiry(self, topic: str) -> int | None:
+        expires = self._expiring.get(topic)
+        if expires is None:
+            return None
+        return max(1, round(expires - self.ctx.reactor.seconds()))
+
+    def _forget(self, topic: str) -> None:
+        self._expiring.pop(topic, None)
+        self._payloads.pop(topic, None)
+        self.keeper.put(topic, b"")
+
+    def _expire(self) -> None:
+        now = self.ctx.reactor.seconds()
+        expiring = self._expiring
+        while expiring:
+            topic, expires = next(iter(expiring.items()))
+            if expires > now:
+                break
+            self._forget(topic)
+            self.ctx.counters["discoveries_expired"] += 1
+
+    def _restore(self, topics: list[str]) -> None:
+        """Put back what the broker lost, with what is left of each one's expiry."""
+        self._expire()
+        for topic in topics:
+            payload = self._payloads.get(topic)
+            if payload is not None:
+                self.ctx.bus.publish(topic, payload, retain=True, expiry=self._expiry(topic))
+
+    def _fetched(self, message: Incoming) -> None:
+        info = self.ctx.topics.parse(message.topic)
+        if not is_device_topic(info):
+            return
+        if not message.raw:
+            self.served.discard(info.mac)
+            return
+        if info.mac in self.served:
+            return
+        self.served.add(info.mac)
+        topic = self.ctx.topics.device(info.mac, "discovered")
+        if self._expiring.pop(topic, None) is not None:
+            # the same bytes, for good: consumers take it as the message they already have
+            self.ctx.bus.publish(topic, self._payloads[topic], retain=True)
+            self.ctx.counters["discoveries_kept"] += 1
 
     def start(self) -> "ListenerService":
         ctx = self.ctx
@@ -78,6 +149,11 @@ class ListenerService:
         # Rebuild which boots were published already from our own retained discoveries, then
         # stop listening: otherwise every discovery we publish comes back to be decoded.
         ctx.bus.subscribe(self._learn_filter, self._retained)
+        ctx.bus.subscribe(ctx.topics.devices("fetched"), self._fetched)
+        if self.ttl:
+            self._sweep = task.LoopingCall(self._expire)
+            self._sweep.clock = ctx.reactor
+            self._sweep.start(max(1.0, min(self.ttl / 10, 3600.0)), now=False)
         ctx.bus.when_subscribed().addCallback(self._subscribed)
         for address in self.interfaces:
             try:
@@ -163,6 +239,8 @@ class ListenerService:
     def counters(self) -> dict[str, int]:
         counters = dict(self.core.counters)
         counters["send_errors"] = sum(p.send_errors for p in self.protocols)
+        counters["cache_evicted"] = self.core.cache_evicted()
+        counters["cache_bytes"] = self.core.cache_bytes()
         counters["publish_dropped"] = self.outbox.dropped
         counters["publish_pending"] = len(self.outbox)
         counters.update(self.times.percentiles_us())
@@ -170,6 +248,8 @@ class ListenerService:
 
     def stop(self) -> defer.Deferred:
         self.learning = False
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
         if self._learn_call is not None and self._learn_call.active():
             self._learn_call.cancel()
         self.outbox.flush_all()

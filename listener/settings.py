@@ -34,5 +34,16 @@ PUBLISH_WINDOW = Setting(
     "discoveries sent to the broker and not yet acknowledged, at most (raise it for a distant broker)",
     parse_whole(1, 10_000), "a whole number 1-10000", 16,
 )
+SIP_CACHE_BYTES = Setting(
+    "sip_cache_bytes", "PNP_SIP_CACHE_BYTES",
+    "bytes the listener's memory of recent answers and boots may take (oldest forgotten first)",
+    parse_whole(1 << 20, 1 << 36), "a whole number of bytes 1048576-68719476736", 64 << 20,
+)
+DISCOVERY_TTL = Setting(
+    "discovery_ttl", "PNP_DISCOVERY_TTL",
+    "seconds the broker keeps the discovery of a MAC we never served files to (0: for ever)",
+    parse_whole(0, 10 * 365 * 86400), "a whole number of seconds (0: never expire)", 7 * 86400,
+)
 
-SETTINGS = [SIP_INTERFACE, SIP_PORT, SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST, PUBLISH_WINDOW]
+SETTINGS = [SIP_INTERFACE, SIP_PORT, SUBSCRIBE_RESPONSE, DISCOVERY_WINDOW, SIP_RATE, SIP_BURST,
+            PUBLISH_WINDOW, SIP_CACHE_BYTES, DISCOVERY_TTL]

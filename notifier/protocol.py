@@ -65,17 +65,18 @@ class NotifyEndpoint(DatagramProtocol):
             self._local = (address.host, address.port)
         return self._local
 
-    def send(self, request: Request, address: tuple[str, int], on_result: OnResult) -> Key:
-        """Send ``request`` (its top Via's branch and CSeq identify it) and run its transaction;
-        ``on_result`` gets the :class:`Result` once, with the final :class:`Answer` (None on a
-        timeout)."""
+    def send(self, request: Request, address: tuple[str, int], on_result: OnResult,
+             timers: Timers | None = None) -> Key:
+        """Send ``request`` (its top Via's branch and CSeq identify it) and run its transaction
+        (with ``timers`` when given, else the endpoint's); ``on_result`` gets the
+        :class:`Result` once, with the final :class:`Answer` (None on a timeout)."""
         if self._stopped:
             raise RuntimeError("endpoint stopped")
         branch = parse_via(request.headers.get_all("Via")[0]).branch
         number, method = request.cseq
         key = Key.of(branch or "", number, method)
         out = Outgoing(request.to_bytes(), address, on_result)
-        self.table.start(key, out, self.clock.seconds())
+        self.table.start(key, out, self.clock.seconds(), timers)
         self._write(out)
         self._arm()
         return key

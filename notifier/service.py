@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -47,6 +48,10 @@ _PROVISIONED = re.compile(rb'"provisioned"\s*:\s*true')
 # Requests sent with credentials per NOTIFY: one, and a second only when the phone says the
 # first one's nonce was stale (RFC 7616 §3.3: the password was right). Never a loop.
 MAX_AUTHENTICATED = 2
+# Timer F, in T1s, of a NOTIFY to an address that never answered us (see Notifier.__init__).
+UNPROVEN_TIMER_F = 8
+# Addresses remembered as having answered: more than a site's phones.
+MAX_ANSWERED = 65_536
 
 
 @dataclass
@@ -75,6 +80,16 @@ class Notifier:
         self.counters_ = ctx.counters
         self.store = store
         self.timers = Timers(t1=self.settings.sip_t1, t2=self.settings.sip_t2)
+        # For an address that never answered us, of a phone we never provisioned: the source
+        # of a SUBSCRIBE can be spoofed, and Timer F's 11 NOTIFYs over 32 s would make us a
+        # reflector aimed at whoever owns it. 8*T1 is 4 transmissions over 4 s: a real phone
+        # answers the first in milliseconds, and a lossy LAN still gets three more tries.
+        self.unproven_timers = Timers(t1=self.settings.sip_t1, t2=self.settings.sip_t2,
+                                      timer_f=UNPROVEN_TIMER_F * self.settings.sip_t1)
+        # addresses that answered a NOTIFY of ours (in memory; bounded, oldest forgotten)
+        self.answered: OrderedDict[str, None] = OrderedDict()
+        # MAC -> the address its provisioned phone last downloaded from (in memory)
+        self.provisioned_at: dict[str, str] = {}
         self.shard = self.settings.notifier_shard
         self._log_sent = BurstLog(self.reactor, lambda count: log.info(
             "sent {count} more NOTIFYs in a burst (not logged one by one; each phone's outcome is "
@@ -206,6 +221,8 @@ class Notifier:
         # Once a phone ran a config of ours it stays a working phone: a later first download
         # of a new revision (provisioned false until its reboot) does not undo that.
         provisioned = fetched.provisioned or (old is not None and old.provisioned)
+        if provisioned and fetched.client:
+            self.provisioned_at[mac] = fetched.client
         revision = fetched.revision if fetched.revision is not None else (old.revision if old else None)
         self.store.put_provision(mac, Provision(provisioned, revision, epoch(fetched.at, self.wall())))
 
@@ -291,7 +308,24 @@ class Notifier:
         def finished(result: Result, answer: Answer | None) -> None:
             self._finished(attempt, result, answer)
 
-        attempt.endpoint.send(attempt.request, attempt.address, finished)
+        attempt.endpoint.send(attempt.request, attempt.address, finished,
+                              self._timers_for(attempt.plan.mac, attempt.address[0]))
+
+    def _timers_for(self, mac: str, host: str) -> Timers:
+        """Timer F in full for an address that answered us before, or a phone we provisioned
+        at the address it downloaded from; a short one otherwise (``notify_unproven``). A
+        provisioned MAC alone is not enough: it is what a spoofed SUBSCRIBE would name."""
+        if host in self.answered or self.provisioned_at.get(mac) == host:
+            return self.timers
+        self.counters_["notify_unproven"] += 1
+        return self.unproven_timers
+
+    def _answered_from(self, host: str) -> None:
+        answered = self.answered
+        answered.pop(host, None)
+        answered[host] = None
+        if len(answered) > MAX_ANSWERED:
+            answered.popitem(last=False)
 
     def _finished(self, attempt: Attempt, result: Result, answer: Answer | None) -> None:
         if self._stopped:
@@ -300,6 +334,8 @@ class Notifier:
         if attempt.started_at is None:
             attempt.started_at = result.started_at
         attempt.attempts += result.attempts
+        if answer is not None and answer.source[0] == attempt.address[0]:
+            self._answered_from(answer.source[0])
         why = ""
         if result.status in (401, 407) and answer is not None:
             self.counters_["notify_challenged"] += 1

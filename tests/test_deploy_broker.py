@@ -289,7 +289,7 @@ WRITERS = {
 
 # What each user must be able to read (everything else must never reach it).
 READERS = {
-    "listener": {"discovered", "error", "services/listener"},
+    "listener": {"discovered", "fetched", "error", "services/listener"},
     "generator": {"discovered", "assignment", "profiles", "config", "error", "services/generator"},
     "fileserver": {"config", "discovered", "published", "fetched", "error", "services/fileserver"},
     "notifier": {"discovered", "published", "fetched", "notify", "error", "resync",

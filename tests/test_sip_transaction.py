@@ -271,3 +271,21 @@ def test_a_flood_of_transactions_keeps_the_answer_cache_bounded():
     assert len(table) == 100
     assert table.answered(("via", "call999", 1), 1.0) == b"x"
     assert table.answered(("via", "call0", 1), 1.0) is None
+
+
+def test_large_answers_keep_the_answer_cache_within_its_bytes_and_evictions_are_counted():
+    from services.expiring import ENTRY_OVERHEAD
+    from services.sip import ServerTransactions
+
+    table = ServerTransactions(max_bytes=100_000)
+    for i in range(100):
+        table.answer(("via", f"call{i}", 1), b"x" * 10_000, float(i))
+    assert table.held_bytes <= 100_000
+    assert len(table) == 100_000 // (10_000 + len("via") + len("call99") + ENTRY_OVERHEAD)
+    kept = len(table)
+    assert table.evicted == 100 - kept
+    assert table.answered(("via", "call99", 1), 99.0) == b"x" * 10_000
+    assert table.answered(("via", "call0", 1), 99.0) is None
+    # entries that expired by Timer J are not evictions
+    table.answer(("via", "late", 1), b"y", 1000.0)
+    assert (len(table), table.evicted) == (1, 100 - kept)

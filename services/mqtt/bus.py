@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from twisted.internet import defer, task
 from twisted.internet.error import DNSLookupError
 from twisted.logger import Logger
@@ -149,11 +151,19 @@ class Bus:
         if not sub.handlers:
             self.unsubscribe(topic_filter)
 
-    def publish(self, topic: str, payload: bytes | str | None, retain: bool = False, qos: int = 1) -> bool:
-        """Queue a message. Returns False (and counts it) when the bounded queue is full."""
+    def publish(self, topic: str, payload: bytes | str | None, retain: bool = False, qos: int = 1,
+                expiry: int | None = None) -> bool:
+        """Queue a message. Returns False (and counts it) when the bounded queue is full.
+        ``expiry``: seconds after which the broker drops it (MQTT v5 Message Expiry Interval;
+        a retained one is then no longer sent to new subscribers)."""
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
-        info = self._client.publish(topic, payload or b"", qos=qos, retain=retain)
+        properties = None
+        if expiry is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+            properties.MessageExpiryInterval = max(1, int(expiry))
+        info = self._client.publish(topic, payload or b"", qos=qos, retain=retain,
+                                    properties=properties)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             self.counters["mqtt_queue_overflow"] += 1
             log.error("outbound queue full, message to {topic} dropped", topic=topic)

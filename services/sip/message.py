@@ -17,6 +17,7 @@ from typing import Iterable, Iterator, Mapping
 
 __all__ = [
     "SipParseError", "SipTooLarge", "Headers", "Request", "Response", "NameAddr", "Via", "SipUri",
+    "MAX_VIAS", "too_many_vias", "amplifies",
     "parse", "parse_name_addr", "parse_via", "parse_params", "parse_uri", "parse_value",
     "build_response", "new_branch", "new_tag", "new_call_id", "MAGIC_COOKIE", "unsafe_header",
 ]
@@ -653,6 +654,28 @@ def unsafe_header(message: Request | Response) -> str | None:
         if "\r" in value or "\n" in value or "\0" in value:
             return name
     return None
+
+
+# --- answers that would amplify -------------------------------------------------------------
+
+# A Plug and Play SUBSCRIBE is multicast by a phone on its own LAN: no proxy forwards it, so it
+# carries one Via (every capture in tests/golden does). RFC 3261 §8.2.6.2 has a response copy
+# every Via, and a copy of thousands of them, sent to a source anyone can spoof, is a reflector:
+# so a request with more than MAX_VIAS gets no answer at all (as if the datagram were lost),
+# rather than an answer with Vias cut, which no proxy could route anyway.
+MAX_VIAS = 8
+
+
+def too_many_vias(request: Request) -> bool:
+    """More Vias than any request a server answering phones on its LAN needs to answer."""
+    return len(request.headers.get_all("via")) > MAX_VIAS
+
+
+def amplifies(request_size: int, answer: bytes) -> bool:
+    """An answer larger than the datagram that caused it: never sent, whatever made it so
+    (compact header names spelled out, a short Via made long by ``received``/``rport``), so
+    that nobody gains bytes by spoofing a source address."""
+    return len(answer) > request_size
 
 
 # --- building --------------------------------------------------------------------------------

@@ -226,11 +226,12 @@ class TransactionTable(Generic[T]):
     def get(self, key: Key) -> Entry[T] | None:
         return self._entries.get(key)
 
-    def start(self, key: Key, request: T, now: float) -> Entry[T]:
-        """Register a transaction whose request was just sent for the first time."""
+    def start(self, key: Key, request: T, now: float, timers: Timers | None = None) -> Entry[T]:
+        """Register a transaction whose request was just sent for the first time; ``timers``,
+        when given, are its own instead of the table's (a shorter Timer F, say)."""
         if key in self._entries:
             raise ValueError(f"a transaction with branch {key.branch!r} already exists")
-        entry = Entry(ClientTransaction(key, now, self.timers), request)
+        entry = Entry(ClientTransaction(key, now, timers or self.timers), request)
         self._entries[key] = entry
         self._schedule(entry)
         return entry
@@ -313,13 +314,30 @@ TIMER_J = 64 * Timers.t1
 ServerKey = tuple[str, str, int]
 
 
+def _answer_size(key: ServerKey, answer: bytes) -> int:
+    return len(key[0]) + len(key[1]) + len(answer)
+
+
 class ServerTransactions:
     """Answered non-INVITE requests, each kept for Timer J after its final response (§17.2.2:
     the Completed state), so a retransmission gets the identical bytes again. At most
-    ``max_items`` are kept, oldest dropped first: a flood cannot make it grow."""
+    ``max_items`` are kept and at most ``max_bytes`` of keys and answers, oldest dropped first
+    (:attr:`evicted` counts them): a flood, of many requests or of large ones, cannot make it
+    grow. An evicted transaction's retransmission is answered anew, with the same bytes when
+    the answer is a function of the request, as the listener's is."""
 
-    def __init__(self, timer_j: float = TIMER_J, max_items: int = 200_000) -> None:
-        self._answers: Expiring[ServerKey, bytes] = Expiring(timer_j, max_items)
+    def __init__(self, timer_j: float = TIMER_J, max_items: int = 200_000,
+                 max_bytes: int | None = None) -> None:
+        self._answers: Expiring[ServerKey, bytes] = Expiring(
+            timer_j, max_items, max_bytes, size=_answer_size)
+
+    @property
+    def evicted(self) -> int:
+        return self._answers.evicted
+
+    @property
+    def held_bytes(self) -> int:
+        return self._answers.held_bytes
 
     @staticmethod
     def key(request: Request) -> ServerKey:
