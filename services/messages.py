@@ -14,6 +14,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 SCHEMA_VERSION = 1
 
@@ -198,19 +199,47 @@ class Config(Payload):
 @dataclass
 class PublishedFile(Payload):
     name: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class Published(Payload):
+    """``devices/{mac}/published``: the device's files are being served. No URL: the URL alone
+    downloads the SIP password, and the readers of this topic (pbx, operator) need none; it is
+    on ``urls``, which only the notifier reads (docs/MQTT.md)."""
+
+    files: list[PublishedFile]
+    revision: int
+    mac: str = ""
+    vendor: str = ""
+
+
+@dataclass
+class UrlFile(Payload):
+    name: str
     url: str
     sha256: str
 
 
 @dataclass
-class Published(Payload):
-    """``devices/{mac}/published``: the device's files are being served."""
+class DeviceUrls(Payload):
+    """``devices/{mac}/urls`` (fileserver to notifier only): the working download URLs, bearer
+    secrets; ``url`` is the one the NOTIFY carries."""
 
     url: str
-    files: list[PublishedFile]
+    files: list[UrlFile]
     revision: int
     mac: str = ""
     vendor: str = ""
+
+
+def url_without_secret(url: str) -> str:
+    """Where a working URL points, without what makes it work (its path and any credentials):
+    what a status readable by the PBX and the operators may say of it."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}" + ("/…" if parts.path.strip("/") or parts.query else "/")
 
 
 @dataclass
@@ -220,7 +249,7 @@ class NotifyStatus(Payload):
     status: str  # sent, accepted, rejected, timeout
     code: int | None
     attempts: int
-    url: str
+    url: str  # url_without_secret of the URL sent: pbx and operator read this topic
     revision: int
     call_id: str
     at: str

@@ -326,7 +326,8 @@ def _answer(kind: str, payload: bytes) -> str:
         # What a PBX login sees: under the deployment's ACL it may not read config.
         if data is None:
             return "files withdrawn"
-        return f"published revision {data.get('revision')} at {data.get('url')}"
+        names = ", ".join(str(f.get("name", "?")) for f in data.get("files", []) if isinstance(f, dict))
+        return f"published revision {data.get('revision')} ({names})"
     if data is None:
         return "error cleared"
     return f"error {data.get('code')}: {data.get('message')}"

@@ -102,7 +102,8 @@ def fold(mac: str, payloads: dict[str, Any]) -> Device:
         files = [_text(f.get("name")) for f in config.get("files") or [] if isinstance(f, dict)]
         d.stage, d.detail = "rendered", f"rev {latest}: {', '.join(files)}"
     if current(pub):
-        d.stage, d.detail = "published", _text(pub.get("url"))
+        names = [_text(f.get("name")) for f in pub.get("files") or [] if isinstance(f, dict)]
+        d.stage, d.detail = "published", f"rev {_text(pub.get('revision'))}: {', '.join(names)}"
         if not seen:
             d.detail += " (waiting for the phone to boot)"
     if current(notify):

@@ -97,7 +97,9 @@ def _describe(kind: str, d: Any) -> str:
         names = ", ".join(f"{_g(f, 'name', '?')} ({_g(f, 'size', '?')} B)" for f in files[:4])
         return f"rendered rev {_g(d, 'revision', '?')} {names} template {_g(d, 'template', '?')}"
     if kind == "published":
-        return f"published rev {_g(d, 'revision', '?')} {_g(d, 'url', '?')}"
+        files = found if isinstance(found := d.get("files"), list) else []
+        names = ", ".join(f"{_g(f, 'name', '?')} ({_g(f, 'size', '?')} B)" for f in files[:4])
+        return f"published rev {_g(d, 'revision', '?')} {names}"
     if kind == "notify":
         code = _g(d, "code")
         rtt = d.get("rtt_ms")
