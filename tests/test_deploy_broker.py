@@ -281,6 +281,7 @@ WRITERS = {
     f"pnp/devices/{MAC}/config": {"generator"},
     f"pnp/devices/{MAC}/resync": {"generator"},
     f"pnp/devices/{MAC}/published": {"fileserver"},
+    f"pnp/devices/{MAC}/urls": {"fileserver"},
     f"pnp/devices/{MAC}/fetched": {"fileserver"},
     f"pnp/devices/{MAC}/notify": {"notifier"},
     f"pnp/devices/{MAC}/error": set(SERVICE_USERS),
@@ -291,8 +292,8 @@ WRITERS = {
 READERS = {
     "listener": {"discovered", "error", "services/listener"},
     "generator": {"discovered", "assignment", "profiles", "config", "error", "services/generator"},
-    "fileserver": {"config", "discovered", "published", "fetched", "error", "services/fileserver"},
-    "notifier": {"discovered", "published", "fetched", "notify", "error", "resync",
+    "fileserver": {"config", "discovered", "published", "urls", "fetched", "error", "services/fileserver"},
+    "notifier": {"discovered", "urls", "fetched", "notify", "error", "resync",
                  "services/notifier"},
     "pbx": {"discovered", "assignment", "profiles", "published", "notify", "fetched", "error",
             *(f"services/{s}" for s in STATUS)},
@@ -413,10 +414,11 @@ def test_pnp_assign_wait_with_the_pbx_login_shows_the_published_answer(broker, l
         assert wait_for(lambda: any(t == topic for t, _ in audit.received), timeout=10)
         fileserver = login("fileserver")
         fileserver.publish(f"pnp/devices/{mac}/published",
-                           b'{"url":"http://127.0.0.1:8080/p/tok/","files":[],"revision":1,"v":1}',
+                           b'{"files":[{"name":"cfg000b82aa0042.xml","sha256":"ab","size":9}],'
+                           b'"revision":1,"v":1}',
                            retain=False)
         out, _ = proc.communicate(timeout=15)
     finally:
         proc.kill()
     assert proc.returncode == 0, out
-    assert "published revision 1 at http://127.0.0.1:8080/p/tok/" in out
+    assert "published revision 1 (cfg000b82aa0042.xml)" in out
