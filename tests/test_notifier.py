@@ -145,7 +145,8 @@ class NotifierBase(BrokerCase):
         }, **changes}, retain=True)
 
     def publish(self, revision: int = 1, mac: str = MAC, url: str = URL) -> None:
-        self.probe.publish(f"pnp/devices/{mac}/published", {
+        # the URLs topic: the notifier no longer reads published, which carries none
+        self.probe.publish(f"pnp/devices/{mac}/urls", {
             "url": url, "revision": revision, "mac": mac, "vendor": "grandstream",
             "files": [{"name": f"cfg{mac}.xml", "url": url + f"cfg{mac}.xml", "sha256": "ab"}], "v": 1,
         }, retain=True)
@@ -219,7 +220,9 @@ class NotifierTest(NotifierBase):
         self.assertEqual(self.statuses()[0]["status"], "sent")
         self.assertEqual(status["status"], "accepted")
         self.assertEqual((status["code"], status["attempts"], status["revision"]), (200, 1, 3))
-        self.assertEqual((status["url"], status["call_id"], status["kind"]), (URL, SUB_CALL_ID, "ua-profile"))
+        # the status names the host, not the working URL: pbx and operator read it
+        self.assertEqual((status["url"], status["call_id"], status["kind"]),
+                         ("http://127.0.0.1:18080/…", SUB_CALL_ID, "ua-profile"))
         self.assertIsNotNone(status["rtt_ms"])
         # Retained: whoever looks later sees how it went.
         later = Probe(self.broker.url, f"pnp/devices/{MAC}/notify")
@@ -394,7 +397,7 @@ class NotifierTest(NotifierBase):
     def test_bad_payloads_are_counted_and_the_next_good_one_works(self):
         phone = self.phone()
         component = yield self.start()
-        self.probe.publish(f"pnp/devices/{MAC}/published", b"{nope")
+        self.probe.publish(f"pnp/devices/{MAC}/urls", b"{nope")
         self.probe.publish(f"pnp/devices/{MAC}/discovered", {"mac": MAC})
         self.probe.publish("pnp/devices/NOTAMAC/discovered", {"mac": "x"})
         yield eventually(lambda: self.runtimes[0].ctx.counters["bad_payloads"] == 2)
