@@ -43,8 +43,10 @@ CONFIG = {"files": [{"name": f"cfg{MAC}.xml", "content_type": "application/xml",
                      "encoding": "utf-8", "sha256": "ab" * 32, "size": 64}],
           "revision": 1, "template": "grandstream/grp26xx", "mac": MAC, "vendor": "grandstream",
           "model": "GRP2614", "notify_path": "", "v": 1}
-PUBLISHED = {"url": "http://127.0.0.1:8080/p/SECRETPATHTOKEN/", "revision": 1, "mac": MAC,
-             "vendor": "grandstream", "files": [], "v": 1}
+# no URL: it is on devices/{mac}/urls, which the console's login may not read
+PUBLISHED = {"revision": 1, "mac": MAC, "vendor": "grandstream",
+             "files": [{"name": f"cfg{MAC}.xml", "sha256": "ab" * 32, "size": 64}], "v": 1}
+WORKING_URL = "http://127.0.0.1:8080/p/SECRETPATHTOKEN/"
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -340,6 +342,7 @@ def test_the_list_and_a_device_page_and_an_unknown_mac(console, probe):
     assert f'data-mac="{MAC}"' in html and "published" in html
     status, _, html = console.request("GET", f"/devices/{MAC}", cookies=jar)
     assert status == 200 and f"cfg{MAC}.xml" in html and "ab" * 32 in html and "64 B" in html
+    assert "/p/" not in html  # published holds no working URL, and the page shows none
     assert "s3cret-pw" not in html  # not even an admin gets it back in the form
     status, _, html = console.request("GET", f"/devices/{MAC}/files/cfg{MAC}.xml", cookies=jar)
     assert status == 200 and "&lt;P35&gt;1001" in html and "s3cret-pw" not in html and MASK in html
@@ -351,6 +354,10 @@ def test_the_list_and_a_device_page_and_an_unknown_mac(console, probe):
 
 def test_a_viewer_sees_state_but_no_password_no_working_url_and_cannot_assign(console, probe):
     seed(probe)
+    # a notifier from before urls had its own topic put the working URL in its status
+    probe.publish(f"pnp/devices/{MAC}/notify", {
+        "status": "accepted", "code": 200, "attempts": 1, "url": WORKING_URL, "revision": 1,
+        "call_id": "c", "at": "2026-11-27T03:00:01.000Z", "v": 1}, retain=True)
     jar = console.login("victor", VIEWER_PW)
     wait_until(lambda: MAC in console.request("GET", "/", cookies=jar)[2], timeout=5)
     for path in ("/", f"/devices/{MAC}"):
@@ -522,7 +529,7 @@ def test_the_hub_sends_a_storm_of_changes_in_batches_and_each_role_its_own_view(
 
     def rows(macs: list[str], admin: bool) -> list[dict]:
         rendered.append((macs, admin))
-        return [{"mac": m, "detail": PUBLISHED["url"] if admin else cut_urls(PUBLISHED["url"])} for m in macs]
+        return [{"mac": m, "detail": WORKING_URL if admin else cut_urls(WORKING_URL)} for m in macs]
 
     hub = Hub(clock, rows, lambda mac, n, admin: [e.kind for e in t.timeline(mac)[-n:]])
     seen: dict[str, list[bytes]] = {"admin": [], "viewer": [], "device": []}

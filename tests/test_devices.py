@@ -18,8 +18,8 @@ ASSIGN = {"vendor": "grandstream", "model": "GRP2614",
 CONFIG = {"files": [{"name": f"cfg{MAC}.xml", "content": "<x/>", "sha256": "ab", "size": 4,
                      "content_type": "application/xml", "encoding": "utf-8"}],
           "revision": 2, "template": "grandstream/grp26xx", "vendor": "grandstream"}
-PUB = {"url": "http://127.0.0.1:8080/p/tok/", "files": [], "revision": 2}
-NOTIFY_OK = {"status": "accepted", "code": 200, "attempts": 1, "url": PUB["url"], "revision": 2,
+PUB = {"files": [{"name": f"cfg{MAC}.xml", "sha256": "ab", "size": 40}], "revision": 2}
+NOTIFY_OK = {"status": "accepted", "code": 200, "attempts": 1, "url": "http://127.0.0.1:8080/…", "revision": 2,
              "call_id": "c", "at": "2026-11-27T03:00:01.000Z"}
 FETCHED = {"file": f"cfg{MAC}.xml", "sha256": "ab", "status": 200, "client": "127.0.0.2",
            "user_agent": "x", "provisioned": False, "at": "2026-11-27T03:00:02.000Z", "revision": 2}
@@ -35,7 +35,7 @@ def test_the_flow_step_by_step():
     assert stage(assignment=ASSIGN)[0] == "assigned"
     assert stage(discovered=DISC, assignment=ASSIGN)[0] == "discovered"
     assert stage(discovered=DISC, assignment=ASSIGN, config=CONFIG) == ("rendered", f"rev 2: cfg{MAC}.xml")
-    assert stage(discovered=DISC, assignment=ASSIGN, config=CONFIG, published=PUB) == ("published", PUB["url"])
+    assert stage(discovered=DISC, assignment=ASSIGN, config=CONFIG, published=PUB) == ("published", f"rev 2: cfg{MAC}.xml")
     assert stage(assignment=ASSIGN, config=CONFIG, published=PUB)[1].endswith("(waiting for the phone to boot)")
     s = dict(discovered=DISC, assignment=ASSIGN, config=CONFIG, published=PUB, notify=NOTIFY_OK)
     assert stage(**s)[0] == "notified"

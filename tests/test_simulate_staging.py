@@ -37,7 +37,7 @@ class StagingTest(BrokerCase):
             for ident in idents:
                 topic = f"pnp/devices/{ident.mac}/published"
                 if self.probe.last(f"pnp/devices/{ident.mac}/assignment") and not self.probe.on(topic):
-                    self.probe.publish(topic, {"url": "http://127.0.0.1:1/p/x/", "files": [], "revision": 1},
+                    self.probe.publish(topic, {"files": [], "revision": 1},
                                        retain=True)
 
         n = yield stage(idents, parse_mqtt_url(self.broker.url), "pnp", wait_published=10,

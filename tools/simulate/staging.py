@@ -62,7 +62,7 @@ def stage(identities: Iterable[Identity], url: MqttUrl, prefix: str = "pnp", *,
 
     def on_published(msg: Incoming) -> None:
         info = topics.parse(msg.topic)
-        if info and info.mac in wanted and isinstance(msg.data, dict) and msg.data.get("files"):
+        if info and info.mac in wanted and isinstance(msg.data, dict) and "files" in msg.data:
             published.add(info.mac)
 
     if wait_published > 0:
