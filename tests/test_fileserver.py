@@ -538,6 +538,30 @@ class SecurityTest(FileserverCase):
         self.assertEqual(status, 200)
 
     @defer.inlineCallbacks
+    def test_valid_credentials_are_served_to_a_banned_address(self):
+        # plain paths name a MAC, so only the credentials tell the phone from the guesser
+        yield self.start(http_auth="basic", http_user="phone", http_password="right",
+                         plain_paths="true", not_found_limit="5", ban_seconds="300")
+        yield self.assign(config())
+        url, nat = f"{self.base()}/cfg{MAC}.xml", "127.0.0.8"
+        wrong = base64.b64encode(b"phone:guess").decode()
+        statuses = []
+        for _ in range(8):
+            status, _, _ = yield fetch(url, source=nat, headers={"Authorization": f"Basic {wrong}"})
+            statuses.append(status)
+        self.assertEqual((statuses[0], statuses[-1]), (401, 429))
+        # the phone behind the same address: challenged first, then served
+        status, headers, _ = yield fetch(url, source=nat)
+        self.assertEqual(status, 401)
+        self.assertTrue(headers["www-authenticate"].startswith("Basic realm="))
+        right = base64.b64encode(b"phone:right").decode()
+        status, _, body = yield fetch(url, source=nat, headers={"Authorization": f"Basic {right}"})
+        self.assertEqual((status, b"Alice" in body), (200, True))
+        # the guesser still is not
+        status, _, body = yield fetch(url, source=nat, headers={"Authorization": f"Basic {wrong}"})
+        self.assertEqual((status, b"Alice" in body), (429, False))
+
+    @defer.inlineCallbacks
     def test_digest_auth_with_a_standard_client(self):
         yield self.start(http_auth="digest", http_user="phone", http_password="s3cret")
         published = yield self.assign(config())
