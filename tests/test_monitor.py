@@ -43,6 +43,13 @@ def test_secrets_and_file_contents_never_show():
         out = f.line(f"pnp/devices/{MAC}/{kind}", json.dumps(data).encode(), False)
         assert "s3cret" not in out
     assert redact({"a": [{"Password": "x"}]}) == {"a": [{"Password": "***"}]}
+    # a broker without the deployment ACL shows urls to anyone: the monitor still hides the path
+    urls = {"url": "http://10.0.0.1:8080/p/SECRETTOKEN/", "revision": 2,
+            "files": [{"name": "a.xml", "url": "http://10.0.0.1:8080/p/SECRETTOKEN/a.xml"}]}
+    assert "SECRETTOKEN" not in describe("urls", urls)
+    for as_json in (True, False):
+        out = Formatter("pnp", as_json=as_json).line(f"pnp/devices/{MAC}/urls", json.dumps(urls).encode(), False)
+        assert "SECRETTOKEN" not in out and ("10.0.0.1:8080/…" in out if as_json else "rev 2" in out), out
 
 
 def test_malformed_payloads_are_shown_not_fatal():

@@ -22,6 +22,7 @@ from typing import Any, Callable, TextIO
 
 from services import settings as s
 from services.textsafe import json_safe, printable
+from services.messages import url_without_secret
 from services.topics import DEVICE_KINDS, Topics
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX]
@@ -58,6 +59,8 @@ def redact(data: Any, kind: str | None = None) -> Any:
                 out[k] = "***"
             elif kind == "config" and k == "content":
                 out[k] = f"<{len(v) if isinstance(v, str) else '?'} chars>"
+            elif kind == "urls" and k == "url" and isinstance(v, str):
+                out[k] = url_without_secret(v)  # a working URL downloads the password
             else:
                 out[k] = redact(v, kind)
         return out
@@ -100,6 +103,8 @@ def _describe(kind: str, d: Any) -> str:
         files = found if isinstance(found := d.get("files"), list) else []
         names = ", ".join(f"{_g(f, 'name', '?')} ({_g(f, 'size', '?')} B)" for f in files[:4])
         return f"published rev {_g(d, 'revision', '?')} {names}"
+    if kind == "urls":  # seen only without the deployment ACL; the URLs themselves are secrets
+        return f"download URLs of rev {_g(d, 'revision', '?')} ready for the notifier"
     if kind == "notify":
         code = _g(d, "code")
         rtt = d.get("rtt_ms")
