@@ -6,7 +6,7 @@ look-ups, never a database read.
 
 from __future__ import annotations
 
-from services.messages import DeviceUrls, Published, PublishedFile, UrlFile
+from services.messages import FileList, ListedFile, Published, PublishedFile
 from fileserver.files import DeviceFiles
 from fileserver.tokens import device_token
 
@@ -54,20 +54,20 @@ class Catalog:
         return [self.devices[mac] for mac in sorted(self._names.get(name, ()))]
 
     def published(self, mac: str) -> Published:
-        """What ``devices/{mac}/published`` says: every file's name, sha256 and size (no URL)."""
-        device = self.devices[mac]
-        files = [PublishedFile(name=f.name, sha256=f.sha256, size=len(f.body))
-                 for f in sorted(device.files.values(), key=lambda f: f.name)]
-        return Published(files=files, revision=device.revision, mac=mac, vendor=device.vendor)
-
-    def urls(self, mac: str) -> DeviceUrls:
-        """What ``devices/{mac}/urls`` says: the NOTIFY's URL and every file's URL and sha256."""
+        """What ``devices/{mac}/published`` says: the NOTIFY's URL and every file's URL and sha256."""
         device = self.devices[mac]
         base = self.base_url(mac)
-        files = [UrlFile(name=f.name, url=base + f.name, sha256=f.sha256)
+        files = [PublishedFile(name=f.name, url=base + f.name, sha256=f.sha256)
                  for f in sorted(device.files.values(), key=lambda f: f.name)]
-        return DeviceUrls(url=base + device.notify_path, files=files, revision=device.revision,
-                          mac=mac, vendor=device.vendor)
+        return Published(url=base + device.notify_path, files=files, revision=device.revision,
+                         mac=mac, vendor=device.vendor)
+
+    def files(self, mac: str) -> FileList:
+        """What ``devices/{mac}/files`` says: every file's name, sha256 and size (no URL)."""
+        device = self.devices[mac]
+        files = [ListedFile(name=f.name, sha256=f.sha256, size=len(f.body))
+                 for f in sorted(device.files.values(), key=lambda f: f.name)]
+        return FileList(files=files, revision=device.revision, mac=mac, vendor=device.vendor)
 
     @property
     def file_count(self) -> int:

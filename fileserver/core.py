@@ -1,15 +1,15 @@
-"""The fileserver's core: configs, ``published``/``urls``, ``fetched`` and downloads in, effects out.
+"""The fileserver's core: configs, ``published``/``files``, ``fetched`` and downloads in, effects out.
 
 No sockets, no reactor, no database: the MQTT side (``service.py``) parses each message's topic,
 hands the core the MAC and the payload, and carries out the effects it gets back (store writes,
 retained messages, error reports, log lines). The core holds what is served (the
 :class:`~fileserver.catalog.Catalog`), which phones are provisioned, which are in error, and what
-the broker holds retained on ``devices/{mac}/published`` and ``devices/{mac}/urls`` (our own
+the broker holds retained on ``devices/{mac}/published`` and ``devices/{mac}/files`` (our own
 earlier messages).
 
 What it decides: a bad config never replaces the last good files; only an empty ``config``
 removes a device (received, or cleared while we were away: see :meth:`FileCore.replayed`); a
-``published`` (or ``urls``) is sent only when it differs from what the broker holds.
+``published`` (or ``files``) is sent only when it differs from what the broker holds.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Remove:
 
 @dataclass(frozen=True)
 class Announce:
-    """Retained ``devices/{mac}/{kind}``, ``published`` or ``urls`` (empty: cleared)."""
+    """Retained ``devices/{mac}/{kind}``, ``published`` or ``files`` (empty: cleared)."""
 
     mac: str
     payload: bytes
@@ -116,8 +116,8 @@ class FileCore:
         self.counters: Counter[str] = counters if counters is not None else Counter()
         # what the broker holds retained on devices/{mac}/published (our own earlier messages)
         self.broker_published: dict[str, bytes] = {}
-        # and on devices/{mac}/urls: the working URLs, apart because only the notifier reads them
-        self.broker_urls: dict[str, bytes] = {}
+        # and on devices/{mac}/files: the same files without URLs, for the PBX and the operators
+        self.broker_files: dict[str, bytes] = {}
         self._seen_config: set[str] = set()
         self._restored: set[str] = set()  # whose published was put back since connecting
         self.configs_missing = 0  # stored devices whose config the broker did not replay
@@ -133,7 +133,7 @@ class FileCore:
         # older save may lack some, and those must not be taken as already published.
         self._seen_config = set()
         self.broker_published = {}
-        self.broker_urls = {}
+        self.broker_files = {}
         self._restored = set()
 
     def published(self, mac: str, raw: bytes | None) -> None:
@@ -143,12 +143,12 @@ class FileCore:
         else:
             self.broker_published[mac] = raw
 
-    def urls(self, mac: str, raw: bytes | None) -> None:
-        """A retained ``urls`` (ours, from now or an earlier run); None: cleared."""
+    def files(self, mac: str, raw: bytes | None) -> None:
+        """A retained ``files`` (ours, from now or an earlier run); None: cleared."""
         if raw is None:
-            self.broker_urls.pop(mac, None)
+            self.broker_files.pop(mac, None)
         else:
-            self.broker_urls[mac] = raw
+            self.broker_files[mac] = raw
 
     def config(self, mac: str, data: Any, error: str | None, empty: bool) -> list[Effect]:
         """A ``config``: ``data`` is its decoded JSON, ``error`` why it could not be decoded."""
@@ -220,7 +220,7 @@ class FileCore:
         return effects
 
     def lost(self, macs: list[str]) -> list[Effect]:
-        """``published`` or ``urls`` messages the broker lost (the keeper found them gone or
+        """``published`` or ``files`` messages the broker lost (the keeper found them gone or
         older): both are sent again, an unchanged one costs a message and nothing else."""
         effects: list[Effect] = []
         for mac in macs:
@@ -228,7 +228,7 @@ class FileCore:
                 if mac not in self.broker_published:  # missing, not merely older
                     self._restored.add(mac)
                 self.broker_published.pop(mac, None)
-                self.broker_urls.pop(mac, None)
+                self.broker_files.pop(mac, None)
                 effects += self._announce(mac)
         return effects
 
@@ -254,15 +254,15 @@ class FileCore:
     # --- internals ---
     def _announce(self, mac: str) -> list[Effect]:
         effects: list[Effect] = []
-        # urls first: a notifier that sees the new revision on it has the URL to send
-        urls = self.catalog.urls(mac).to_json()
-        if self.broker_urls.get(mac) != urls:
-            self.broker_urls[mac] = urls
-            effects.append(Announce(mac, urls, "urls"))
+        # published first: it is what the notifier acts on; files only tells the PBX and operators
         payload = self.catalog.published(mac).to_json()
         if self.broker_published.get(mac) != payload:
             self.broker_published[mac] = payload
             effects.append(Announce(mac, payload))
+        files = self.catalog.files(mac).to_json()
+        if self.broker_files.get(mac) != files:
+            self.broker_files[mac] = files
+            effects.append(Announce(mac, files, "files"))
         return effects
 
     def _remove(self, mac: str, away: bool = False) -> list[Effect]:
@@ -272,12 +272,12 @@ class FileCore:
             self.tracker.forget(mac)
             self.counters["devices_removed"] += 1
             effects.append(Remove(mac, away))
-        if had or mac in self.broker_urls:
-            self.broker_urls.pop(mac, None)
-            effects.append(Announce(mac, b"", "urls"))
         if had or mac in self.broker_published:
             self.broker_published.pop(mac, None)
             effects.append(Announce(mac, b""))
+        if had or mac in self.broker_files:
+            self.broker_files.pop(mac, None)
+            effects.append(Announce(mac, b"", "files"))
         return effects
 
     def _resolve(self, mac: str) -> list[Effect]:

@@ -16,8 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Container
 
-# the notifier knows a device's files by their URLs (``urls``), still called "published" here
-from services.messages import DeviceUrls as Published
+from services.messages import Published
 
 from notifier.state import Device, Provision, SentKey
 

@@ -20,7 +20,7 @@ from services import netif
 from services.burstlog import BurstLog
 from services.bus import Incoming
 from services.messages import (
-    DeviceUrls, Discovered, Fetched, NotifyStatus, Payload, PayloadError, ResyncCredentials, encode_flat,
+    Discovered, Fetched, NotifyStatus, Payload, PayloadError, Published, ResyncCredentials, encode_flat,
     now_iso, url_without_secret,
 )
 from services.sip.digest import DigestError, challenges, choose, retry_request
@@ -100,9 +100,9 @@ class Notifier:
         # Retained messages come back per subscription, in this order: what is published and
         # fetched is known before the discoveries are replayed and judged.
         bus.subscribe(topics.devices("resync"), self._on_resync)
-        # the working URLs are on ``urls``, which only we (and the fileserver) may read; ``published``
-        # (the same revision, no URL) is for the PBX and the operators
-        bus.subscribe(topics.devices("urls"), self._on_published)
+        # the working URLs: under the deployment ACL only we (and the fileserver) read ``published``;
+        # the PBX and the operators read ``files`` (the same revision, no URL)
+        bus.subscribe(topics.devices("published"), self._on_published)
         bus.subscribe(topics.devices("fetched"), self._on_fetched)
         bus.subscribe(topics.devices("discovered"), self._on_discovered)
         self.keeper.start()
@@ -184,7 +184,7 @@ class Notifier:
         if msg.empty:
             self.store.drop_published(mac)
             return
-        published = self._decode(msg, DeviceUrls)
+        published = self._decode(msg, Published)
         if published is None:
             return
         previous = self.store.put_published(mac, published, msg.raw)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import sqlite_utils
 
-from services.messages import DeviceUrls as Published, Discovered, ResyncCredentials
+from services.messages import Discovered, Published, ResyncCredentials
 from services.store import HealthLike, Writes, open_database
 
 # Credentials kept per phone: the newest few revisions. A phone challenging a resync still has

@@ -199,16 +199,18 @@ class Config(Payload):
 @dataclass
 class PublishedFile(Payload):
     name: str
+    url: str
     sha256: str
-    size: int
 
 
 @dataclass
 class Published(Payload):
-    """``devices/{mac}/published``: the device's files are being served. No URL: the URL alone
-    downloads the SIP password, and the readers of this topic (pbx, operator) need none; it is
-    on ``urls``, which only the notifier reads (docs/MQTT.md)."""
+    """``devices/{mac}/published`` (the contract): the device's files are being served, at these
+    URLs; ``url`` is the one the NOTIFY carries. The URLs are bearer secrets (the URL alone
+    downloads the SIP password): under the deployment ACL only the notifier reads this topic,
+    the PBX and the operators read :class:`FileList` instead (docs/MQTT.md)."""
 
+    url: str
     files: list[PublishedFile]
     revision: int
     mac: str = ""
@@ -216,19 +218,18 @@ class Published(Payload):
 
 
 @dataclass
-class UrlFile(Payload):
+class ListedFile(Payload):
     name: str
-    url: str
     sha256: str
+    size: int
 
 
 @dataclass
-class DeviceUrls(Payload):
-    """``devices/{mac}/urls`` (fileserver to notifier only): the working download URLs, bearer
-    secrets; ``url`` is the one the NOTIFY carries."""
+class FileList(Payload):
+    """``devices/{mac}/files``: the same files as ``published`` without any URL or token, for
+    readers that need the state, not the download (pbx, operator)."""
 
-    url: str
-    files: list[UrlFile]
+    files: list[ListedFile]
     revision: int
     mac: str = ""
     vendor: str = ""

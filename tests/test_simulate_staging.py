@@ -35,7 +35,7 @@ class StagingTest(BrokerCase):
             seen.append((done, total))
             # play the fileserver: publish each phone's files once its assignment is there
             for ident in idents:
-                topic = f"pnp/devices/{ident.mac}/published"
+                topic = f"pnp/devices/{ident.mac}/files"
                 if self.probe.last(f"pnp/devices/{ident.mac}/assignment") and not self.probe.on(topic):
                     self.probe.publish(topic, {"files": [], "revision": 1},
                                        retain=True)

@@ -59,7 +59,7 @@ def redact(data: Any, kind: str | None = None) -> Any:
                 out[k] = "***"
             elif kind == "config" and k == "content":
                 out[k] = f"<{len(v) if isinstance(v, str) else '?'} chars>"
-            elif kind == "urls" and k == "url" and isinstance(v, str):
+            elif kind == "published" and k == "url" and isinstance(v, str):
                 out[k] = url_without_secret(v)  # a working URL downloads the password
             else:
                 out[k] = redact(v, kind)
@@ -81,7 +81,8 @@ def describe(kind: str, data: Any) -> str:
 def _describe(kind: str, d: Any) -> str:
     if d is None:
         return {"assignment": "unassigned", "config": "configuration removed",
-                "error": "error resolved", "published": "files withdrawn"}.get(kind, "cleared")
+                "error": "error resolved", "published": "files withdrawn",
+                "files": "files withdrawn"}.get(kind, "cleared")
     if not isinstance(d, dict):
         return f"unexpected payload: {_clip(json.dumps(d), 80)}"
     if kind == "discovered":
@@ -99,12 +100,14 @@ def _describe(kind: str, d: Any) -> str:
         files = found if isinstance(found := d.get("files"), list) else []
         names = ", ".join(f"{_g(f, 'name', '?')} ({_g(f, 'size', '?')} B)" for f in files[:4])
         return f"rendered rev {_g(d, 'revision', '?')} {names} template {_g(d, 'template', '?')}"
-    if kind == "published":
+    if kind == "files":
         files = found if isinstance(found := d.get("files"), list) else []
         names = ", ".join(f"{_g(f, 'name', '?')} ({_g(f, 'size', '?')} B)" for f in files[:4])
         return f"published rev {_g(d, 'revision', '?')} {names}"
-    if kind == "urls":  # seen only without the deployment ACL; the URLs themselves are secrets
-        return f"download URLs of rev {_g(d, 'revision', '?')} ready for the notifier"
+    if kind == "published":  # seen only without the deployment ACL; the URLs themselves are secrets
+        url = d.get("url")
+        where = f" at {url_without_secret(url)}" if isinstance(url, str) else ""
+        return f"download URLs of rev {_g(d, 'revision', '?')}{where} ready for the notifier"
     if kind == "notify":
         code = _g(d, "code")
         rtt = d.get("rtt_ms")

@@ -66,7 +66,7 @@ def stage(identities: Iterable[Identity], url: MqttUrl, prefix: str = "pnp", *,
             published.add(info.mac)
 
     if wait_published > 0:
-        bus.subscribe(topics.devices("published"), on_published)
+        bus.subscribe(topics.devices("files"), on_published)  # files: readable by the pbx login too
     bus.start()
     try:
         connected = bus.when_connected()
