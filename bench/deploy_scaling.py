@@ -110,7 +110,7 @@ def replay(broker: LockedBroker, k: int, root: Path) -> None:
             return p
 
         audit = Client(broker, "audit")
-        audit.subscribe(f"pnp/devices/{mac(k - 1)}/urls")  # the working URL is only there
+        audit.subscribe(f"pnp/devices/{mac(k - 1)}/published")
         start_fileserver("a")
         if not wait_for(lambda: any(p for _, p in audit.received), timeout=300):
             raise SystemExit("the first fileserver never published the last device")

@@ -190,9 +190,9 @@ def site(tmp_path_factory):
 
 
 def fetch(site: dict[str, Any], mac: str, instance: str) -> bytes:
-    """The device's file from one fileserver, at the URL the urls message gave."""
+    """The device's file from one fileserver, at the URL the published message gave."""
     publications = [json.loads(p) for t, p in site["audit"].received
-                    if t == f"pnp/devices/{mac}/urls" and p]
+                    if t == f"pnp/devices/{mac}/published" and p]
     assert publications, f"{mac} was never published"
     file_url = publications[-1]["files"][0]["url"]
     at = file_url.replace(f":{site['http_ports']['a']}/", f":{site['http_ports'][instance]}/")

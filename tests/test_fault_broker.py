@@ -118,8 +118,8 @@ class Up:
         return {d["mac"] for d in json.loads(done.stdout)}
 
     def served(self, mac: str) -> dict[str, str]:
-        """sha256 of every file the device's URLs serve now, by URL."""
-        published = self.probe.last(f"pnp/devices/{mac}/urls") or {}
+        """sha256 of every file the device's published URLs serve now, by URL."""
+        published = self.probe.last(f"pnp/devices/{mac}/published") or {}
         digests = {}
         for f in published.get("files", []):
             with urllib.request.urlopen(f["url"], timeout=5) as answer:

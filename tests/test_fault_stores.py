@@ -208,8 +208,8 @@ class Services:
             self.probe.publish(f"pnp/devices/{mac}/assignment", assignment(mac, name), retain=True)
 
     def urls(self, mac: str) -> list[str]:
-        urls = self.probe.last(f"pnp/devices/{mac}/urls") or {}
-        return [f["url"] for f in urls.get("files", [])]
+        published = self.probe.last(f"pnp/devices/{mac}/published") or {}
+        return [f["url"] for f in published.get("files", [])]
 
     def served(self, mac: str) -> dict[str, str]:
         """sha256 of each of the device's files as served now ({} while one is not)."""

@@ -89,13 +89,13 @@ class FileserverCase(BrokerCase):
 
     @defer.inlineCallbacks
     def assign(self, payload: dict, mac: str = MAC):
-        """Publish a config and wait for the ``published`` that answers it; returns the
-        device's ``urls`` (the working URLs, which only the notifier reads in a deployment)."""
+        """Publish a config and wait for the published message that answers it."""
         before = len(self.probe.on(self.topic("published", mac)))
         self.probe.publish(self.topic("config", mac), json.dumps(payload), retain=True)
-        yield eventually(lambda: len(self.probe.on(self.topic("published", mac))) > before)
-        urls = yield eventually(lambda: self.probe.last(self.topic("urls", mac)))
-        return urls
+        published = yield eventually(
+            lambda: len(self.probe.on(self.topic("published", mac))) > before
+            and self.probe.last(self.topic("published", mac)))
+        return published
 
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -130,18 +130,18 @@ class ServingTest(FileserverCase):
         self.assertEqual((status, head_body), (404, b""))
 
     @defer.inlineCallbacks
-    def test_published_names_the_files_and_no_url(self):
-        # pbx and operator read published: a working URL there would hand them the password
+    def test_files_names_the_files_and_no_url(self):
+        # pbx and operator read files, not published: a working URL would hand them the password
         yield self.start()
-        urls = yield self.assign(config())
-        published = self.probe.last(self.topic("published"))
+        published = yield self.assign(config())
+        files = yield eventually(lambda: self.probe.last(self.topic("files")))
         body = config()["files"][0]
-        self.assertEqual(published["files"], [{"name": body["name"], "sha256": body["sha256"],
-                                               "size": body["size"]}])
-        self.assertEqual((published["revision"], published["vendor"]), (1, "grandstream"))
-        token = urlsplit(urls["url"]).path.split("/")[2]
-        self.assertNotIn(token, json.dumps(published))
-        self.assertNotIn("url", published)
+        self.assertEqual(files["files"], [{"name": body["name"], "sha256": body["sha256"],
+                                           "size": body["size"]}])
+        self.assertEqual((files["revision"], files["vendor"]), (1, "grandstream"))
+        token = urlsplit(published["url"]).path.split("/")[2]
+        self.assertNotIn(token, json.dumps(files))
+        self.assertNotIn("url", files)
 
     @defer.inlineCallbacks
     def test_other_vendors_get_the_files_own_url(self):
@@ -260,8 +260,8 @@ class ServingTest(FileserverCase):
     def test_a_phone_behind_the_attackers_nat_still_gets_its_file(self):
         # one address (127.0.0.7) for an attacker and a real phone, as behind one NAT
         yield self.start(not_found_limit="20", ban_seconds="300", trusted_proxies="127.0.0.5")
-        urls = yield self.assign(config())
-        url, nat = urls["files"][0]["url"], "127.0.0.7"
+        published = yield self.assign(config())
+        url, nat = published["files"][0]["url"], "127.0.0.7"
         token = urlsplit(url).path.split("/")[2]
         statuses = []
         for i in range(100):
@@ -423,17 +423,17 @@ class StoreTest(FileserverCase):
         yield rt.stop()
         # while the fileserver is away: MAC is unassigned (no retained config left)
         self.probe.publish(self.topic("config"), b"", retain=True)
-        before = len(self.probe.on(self.topic("urls", OTHER)))
+        before = len(self.probe.on(self.topic("published", OTHER)))
         rt = yield self.start(file_secret="second-secret-0123456789")
         # a new secret: new paths, republished; the old path no longer works
-        moved = yield eventually(lambda: len(self.probe.on(self.topic("urls", OTHER))) > before
-                                 and self.probe.last(self.topic("urls", OTHER)))
+        moved = yield eventually(lambda: len(self.probe.on(self.topic("published", OTHER))) > before
+                                 and self.probe.last(self.topic("published", OTHER)))
         self.assertNotEqual(urlsplit(moved["url"]).path.split("/")[2],
                             urlsplit(first["url"]).path.split("/")[2])
         status, _, _ = yield fetch(moved["files"][0]["url"])
         self.assertEqual(status, 200)
         yield eventually(lambda: self.probe.on(self.topic("published"))[-1] == b"", timeout=8)
-        yield eventually(lambda: self.probe.on(self.topic("urls"))[-1] == b"", timeout=8)
+        yield eventually(lambda: self.probe.on(self.topic("files"))[-1] == b"", timeout=8)
         status, _, _ = yield fetch(first["files"][0]["url"])
         self.assertEqual(status, 404)
 
@@ -442,13 +442,13 @@ class StoreTest(FileserverCase):
         rt = yield self.start()
         published = yield self.assign(config())
         yield rt.stop()
-        count = len(self.probe.on(self.topic("published"))), len(self.probe.on(self.topic("urls")))
+        count = len(self.probe.on(self.topic("published"))), len(self.probe.on(self.topic("files")))
         yield self.start()
         status, _, _ = yield fetch(published["files"][0]["url"])
         self.assertEqual(status, 200)
         # same bytes as the retained message: not published again (the notifier would re-NOTIFY)
         yield task.deferLater(reactor, 0.5, lambda: None)
-        self.assertEqual((len(self.probe.on(self.topic("published"))), len(self.probe.on(self.topic("urls")))),
+        self.assertEqual((len(self.probe.on(self.topic("published"))), len(self.probe.on(self.topic("files")))),
                          count)
         self.assertEqual(oct((self.data / "fileserver.secret").stat().st_mode & 0o777), "0o600")
 

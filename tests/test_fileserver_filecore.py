@@ -32,14 +32,15 @@ def test_a_new_config_is_saved_and_announced_once():
     c = core()
     effects = assigned(c)
     assert kinds(effects) == [Save, Announce, Announce]
-    # the URLs first (only the notifier reads them), then what everyone may read, without one
-    assert [e.kind for e in effects[1:]] == ["urls", "published"]
-    urls, published = (json.loads(e.payload) for e in effects[1:])
-    assert urls["revision"] == published["revision"] == 1
-    assert urls["url"].startswith("http://files.example/p/")
-    assert urls["files"][0]["url"] == urls["url"] + f"cfg{MAC}.xml"
-    assert "url" not in published and "url" not in published["files"][0]
-    assert published["files"][0]["size"] == len(config()["files"][0]["content"])
+    # the URLs first (the contract's published, only the notifier reads it), then files: what
+    # the PBX and the operators may read, without one
+    assert [e.kind for e in effects[1:]] == ["published", "files"]
+    published, files = (json.loads(e.payload) for e in effects[1:])
+    assert published["revision"] == files["revision"] == 1
+    assert published["url"].startswith("http://files.example/p/")
+    assert published["files"][0]["url"] == published["url"] + f"cfg{MAC}.xml"
+    assert "url" not in files and "url" not in files["files"][0]
+    assert files["files"][0]["size"] == len(config()["files"][0]["content"])
     assert MAC in c.catalog.devices
     # the same config again (a broker replay): nothing to store, nothing to say
     assert assigned(c) == []
@@ -47,15 +48,15 @@ def test_a_new_config_is_saved_and_announced_once():
 
 def test_a_broker_that_already_holds_our_published_is_not_told_again():
     c = core()
-    urls, published = (e.payload for e in assigned(c)[1:])
+    published, files = (e.payload for e in assigned(c)[1:])
     c.connected()
-    c.urls(MAC, urls)
     c.published(MAC, published)
+    c.files(MAC, files)
     assert assigned(c) == []
     c.published(MAC, None)  # cleared by someone: said again
     assert assigned(c) == [Announce(MAC, published)]
-    c.urls(MAC, None)
-    assert assigned(c) == [Announce(MAC, urls, "urls")]
+    c.files(MAC, None)
+    assert assigned(c) == [Announce(MAC, files, "files")]
 
 
 def test_a_bad_config_keeps_the_last_good_files_and_a_good_one_clears_the_error():
@@ -77,7 +78,7 @@ def test_an_empty_config_removes_the_device_and_its_published():
     c = core(errored={MAC})
     assigned(c)
     effects = c.config(MAC, None, None, True)
-    assert effects == [Remove(MAC), Announce(MAC, b"", "urls"), Announce(MAC, b"")]
+    assert effects == [Remove(MAC), Announce(MAC, b""), Announce(MAC, b"", "files")]
     assert MAC not in c.catalog.devices and MAC not in c.errored
     # nothing known of it: nothing to say
     assert c.config(OTHER, None, None, True) == []
@@ -86,12 +87,12 @@ def test_an_empty_config_removes_the_device_and_its_published():
 def test_a_config_cleared_while_away_removes_the_device_after_the_replay():
     c = core()
     assigned(c)
-    payload = assigned(c, mac=OTHER)[2].payload
+    payload = assigned(c, mac=OTHER)[1].payload
     c.connected()
     c.published(OTHER, payload)  # its published came back, its config did not
     c.config(MAC, config(MAC), None, False)
     effects = c.replayed(lost_ours=False)
-    assert effects == [Remove(OTHER, away=True), Announce(OTHER, b"", "urls"), Announce(OTHER, b"")]
+    assert effects == [Remove(OTHER, away=True), Announce(OTHER, b""), Announce(OTHER, b"", "files")]
     assert list(c.catalog.devices) == [MAC]
 
 
@@ -108,7 +109,7 @@ def test_a_published_put_back_by_the_keeper_counts_as_lost_not_cleared():
     assigned(c)
     c.connected()
     # both of its topics go out again; OTHER is not ours to put back
-    assert [e.kind for e in c.lost([MAC, OTHER])] == ["urls", "published"]
+    assert [e.kind for e in c.lost([MAC, OTHER])] == ["published", "files"]
     assert c.replayed(lost_ours=False) == [Missing((MAC,))]
 
 

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from services.messages import (
-    SCHEMA_VERSION, Config, ConfigFile, DeviceUrls, Discovered, ErrorReport, Fetched, NotifyStatus,
-    Payload, PayloadError, Published, PublishedFile, ResyncCredentials, ServiceStatus, UrlFile,
+    SCHEMA_VERSION, Config, ConfigFile, Discovered, ErrorReport, Fetched, FileList, ListedFile,
+    NotifyStatus, Payload, PayloadError, Published, PublishedFile, ResyncCredentials, ServiceStatus,
     decode_json, encode_json, now_iso, url_without_secret,
 )
 
@@ -28,8 +28,8 @@ EXAMPLES: list[Payload] = [
     FILE,
     Config(files=[FILE], revision=4, template="polycom", mac="000b82f55284", vendor="polycom",
            model="VVX400", notify_path="000b82f55284.cfg"),
-    PublishedFile(name="a.cfg", sha256="cd" * 32, size=12),
-    Published(files=[PublishedFile(name="a.cfg", sha256="cd" * 32, size=12)],
+    PublishedFile(name="a.cfg", url="http://x/a.cfg", sha256="cd" * 32),
+    Published(url="http://x/", files=[PublishedFile(name="a.cfg", url="http://x/a.cfg", sha256="cd" * 32)],
               revision=4, mac="000b82f55284", vendor="yealink"),
     NotifyStatus(status="accepted", code=200, attempts=2, url="http://x/", revision=4, call_id="c1",
                  at=AT, reason="OK", rtt_ms=12.5, kind="check-sync", challenged=True),
@@ -41,9 +41,9 @@ EXAMPLES: list[Payload] = [
     ServiceStatus(state="online", version="0.1.0", started_at=AT, service="listener", instance="a",
                   counters={"subscribes": 3}, at=AT, health="degraded", reasons={"disk": "full"},
                   notices={"store": "rebuilt"}),
-    UrlFile(name="a.cfg", url="http://x/a.cfg", sha256="cd" * 32),
-    DeviceUrls(url="http://x/", files=[UrlFile(name="a.cfg", url="http://x/a.cfg", sha256="cd" * 32)],
-               revision=4, mac="000b82f55284", vendor="yealink"),
+    ListedFile(name="a.cfg", sha256="cd" * 32, size=12),
+    FileList(files=[ListedFile(name="a.cfg", sha256="cd" * 32, size=12)],
+             revision=4, mac="000b82f55284", vendor="yealink"),
 ]
 
 

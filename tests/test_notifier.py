@@ -145,8 +145,7 @@ class NotifierBase(BrokerCase):
         }, **changes}, retain=True)
 
     def publish(self, revision: int = 1, mac: str = MAC, url: str = URL) -> None:
-        # the URLs topic: the notifier no longer reads published, which carries none
-        self.probe.publish(f"pnp/devices/{mac}/urls", {
+        self.probe.publish(f"pnp/devices/{mac}/published", {
             "url": url, "revision": revision, "mac": mac, "vendor": "grandstream",
             "files": [{"name": f"cfg{mac}.xml", "url": url + f"cfg{mac}.xml", "sha256": "ab"}], "v": 1,
         }, retain=True)
@@ -397,7 +396,7 @@ class NotifierTest(NotifierBase):
     def test_bad_payloads_are_counted_and_the_next_good_one_works(self):
         phone = self.phone()
         component = yield self.start()
-        self.probe.publish(f"pnp/devices/{MAC}/urls", b"{nope")
+        self.probe.publish(f"pnp/devices/{MAC}/published", b"{nope")
         self.probe.publish(f"pnp/devices/{MAC}/discovered", {"mac": MAC})
         self.probe.publish("pnp/devices/NOTAMAC/discovered", {"mac": "x"})
         yield eventually(lambda: self.runtimes[0].ctx.counters["bad_payloads"] == 2)

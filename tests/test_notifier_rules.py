@@ -10,7 +10,7 @@ from notifier.settings import SETTINGS, IN_DIALOG, OUT_OF_DIALOG, parse_dialog_p
 from services.settings import COMMON, CONTRACT, SettingError, resolve
 from services.shard import Shard
 from notifier.state import Provision, SentKey, Store, epoch
-from services.messages import DeviceUrls, Discovered, UrlFile
+from services.messages import Discovered, Published, PublishedFile
 from services.sip.message import parse, parse_name_addr, parse_via
 
 MAC = "000b82f55284"
@@ -31,10 +31,10 @@ def discovered(call_id: str = "1848599395-5080-1@BJC.BGI.F.BHF", **changes) -> D
     return Discovered(**values)
 
 
-def published(revision: int = 3) -> DeviceUrls:
+def published(revision: int = 3) -> Published:
     url = "http://192.168.5.110:8080/p/tok/"
-    return DeviceUrls(url=url, files=[UrlFile(f"cfg{MAC}.xml", url + f"cfg{MAC}.xml", "ab")],
-                      revision=revision, mac=MAC, vendor="grandstream")
+    return Published(url=url, files=[PublishedFile(f"cfg{MAC}.xml", url + f"cfg{MAC}.xml", "ab")],
+                     revision=revision, mac=MAC, vendor="grandstream")
 
 
 # --- decide ----------------------------------------------------------------------------------

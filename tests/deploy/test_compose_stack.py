@@ -129,21 +129,21 @@ class Site:
         return json.loads(result.stdout)
 
     def state(self) -> dict[str, dict[str, str]]:
-        """Every assignment and every published file set, as the pbx login reads them, and the
-        working URLs, which only the notifier's login may read."""
+        """Every assignment and every file set (``files``), as the pbx login reads them, and the
+        working URLs (``published``), which only the notifier's login may read."""
         got = self.probe("retained", {"user": "pbx", "password": self.env["MQTT_PASSWORD_PBX"],
-                                      "filters": ["pnp/devices/+/assignment", "pnp/devices/+/published"]})
+                                      "filters": ["pnp/devices/+/assignment", "pnp/devices/+/files"]})
         got.update(self.probe("retained", {"user": "notifier", "password": self.env["MQTT_PASSWORD_NOTIFIER"],
-                                           "filters": ["pnp/devices/+/urls"]}))
-        out: dict[str, dict[str, str]] = {"assignment": {}, "published": {}, "urls": {}}
+                                           "filters": ["pnp/devices/+/published"]}))
+        out: dict[str, dict[str, str]] = {"assignment": {}, "files": {}, "published": {}}
         for topic, payload in got.items():
             _, _, mac, kind = topic.split("/")
             out[kind][mac] = payload
         return out
 
-    def served(self, urls_by_mac: dict[str, str]) -> dict[str, str]:
+    def served(self, published: dict[str, str]) -> dict[str, str]:
         """file URL -> what the fileserver answered (status and sha256 of the body)."""
-        urls = [f["url"] for p in urls_by_mac.values() for f in json.loads(p)["files"]]
+        urls = [f["url"] for p in published.values() for f in json.loads(p)["files"]]
         return self.probe("fetch", {"urls": urls})
 
     def phones(self, *extra: str) -> str:
@@ -225,16 +225,16 @@ def test_an_operators_day(engine, tmp_path):
         report["up_to_healthy_s"] = round(time.monotonic() - t, 1)
         site.phones("--assign", "--wait-published", "60")
         before = site.state()
-        assert len(before["assignment"]) == PHONES and set(before["published"]) == set(before["assignment"])
-        assert set(before["urls"]) == set(before["published"])
-        files = site.served(before["urls"])
+        assert len(before["assignment"]) == PHONES and set(before["files"]) == set(before["assignment"])
+        assert set(before["published"]) == set(before["files"])
+        files = site.served(before["published"])
         assert files and all(v.startswith("200 ") for v in files.values()), files
 
         def still_provisioned(step: str) -> None:
             now = site.state()
             assert now["assignment"] == before["assignment"], f"{step}: assignments changed"
-            assert set(now["published"]) == set(before["published"]), f"{step}: published changed"
-            assert site.served(now["urls"]) == files, f"{step}: files served differ"
+            assert set(now["files"]) == set(before["files"]), f"{step}: files changed"
+            assert site.served(now["published"]) == files, f"{step}: files served differ"
 
         # the operator's day
         t = time.monotonic()
