@@ -349,10 +349,6 @@ class Console(resource.Resource):
         config = self.table.payload(mac, "config")
         files = [f for f in (config.get("files") or []) if isinstance(f, dict)] if isinstance(config, dict) else []
         disc = self.table.payload(mac, "discovered")
-        published = self.table.payload(mac, "published")
-        url = published.get("url") if isinstance(published, dict) else None
-        if url and not session.admin:
-            url = cut_urls(str(url))
         events = [self._event(mac, e, session.admin) for e in reversed(self.table.timeline(mac))]
         values = fields if fields is not None else forms.to_fields(assignment or {})
         accounts = max([int(k.split(".")[1]) + 1 for k in values if k.startswith("accounts.")] + [0]) + 1
@@ -361,7 +357,7 @@ class Console(resource.Resource):
         return self._render(
             request, "device.html", session, code, mac=mac, d=d, row=row, events=events, files=files,
             config=config if isinstance(config, dict) else {}, disc=disc if isinstance(disc, dict) else {},
-            url=url, assignment=assignment,
+            assignment=assignment,
             assignment_text=_describe_assignment(assignment),
             values=values, errors=(form.errors if form else {}), warnings=(form.warnings if form else []),
             accounts=range(min(accounts, 16)), keys=range(min(keys, 200)),

@@ -3,6 +3,8 @@
 Provisioning servers leak SIP passwords when a client can walk the MAC space and collect the
 files it hits. The per-device secret path already makes hits unlikely; this refuses the
 walker outright after a few misses, and refuses a phone that announces a different MAC.
+A ban is on an address, which a NAT may share with real phones: what it refuses (not a
+device's own secret path, valid credentials or our own healthcheck) is decided in resource.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ look-ups, never a database read.
 
 from __future__ import annotations
 
-from services.messages import Published, PublishedFile
+from services.messages import FileList, ListedFile, Published, PublishedFile
 from fileserver.files import DeviceFiles
 from fileserver.tokens import device_token
 
@@ -61,6 +61,13 @@ class Catalog:
                  for f in sorted(device.files.values(), key=lambda f: f.name)]
         return Published(url=base + device.notify_path, files=files, revision=device.revision,
                          mac=mac, vendor=device.vendor)
+
+    def files(self, mac: str) -> FileList:
+        """What ``devices/{mac}/files`` says: every file's name, sha256 and size (no URL)."""
+        device = self.devices[mac]
+        files = [ListedFile(name=f.name, sha256=f.sha256, size=len(f.body))
+                 for f in sorted(device.files.values(), key=lambda f: f.name)]
+        return FileList(files=files, revision=device.revision, mac=mac, vendor=device.vendor)
 
     @property
     def file_count(self) -> int:

@@ -1,14 +1,15 @@
-"""The fileserver's core: configs, ``published``, ``fetched`` and downloads in, effects out.
+"""The fileserver's core: configs, ``published``/``files``, ``fetched`` and downloads in, effects out.
 
 No sockets, no reactor, no database: the MQTT side (``service.py``) parses each message's topic,
 hands the core the MAC and the payload, and carries out the effects it gets back (store writes,
 retained messages, error reports, log lines). The core holds what is served (the
 :class:`~fileserver.catalog.Catalog`), which phones are provisioned, which are in error, and what
-the broker holds retained on ``devices/{mac}/published`` (our own earlier messages).
+the broker holds retained on ``devices/{mac}/published`` and ``devices/{mac}/files`` (our own
+earlier messages).
 
 What it decides: a bad config never replaces the last good files; only an empty ``config``
 removes a device (received, or cleared while we were away: see :meth:`FileCore.replayed`); a
-``published`` is sent only when it differs from what the broker holds.
+``published`` (or ``files``) is sent only when it differs from what the broker holds.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ class Remove:
 
 @dataclass(frozen=True)
 class Announce:
-    """Retained ``devices/{mac}/published`` (empty: cleared)."""
+    """Retained ``devices/{mac}/{kind}``, ``published`` or ``files`` (empty: cleared)."""
 
     mac: str
     payload: bytes
+    kind: str = "published"
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class FileCore:
         self.counters: Counter[str] = counters if counters is not None else Counter()
         # what the broker holds retained on devices/{mac}/published (our own earlier messages)
         self.broker_published: dict[str, bytes] = {}
+        # and on devices/{mac}/files: the same files without URLs, for the PBX and the operators
+        self.broker_files: dict[str, bytes] = {}
         self._seen_config: set[str] = set()
         self._restored: set[str] = set()  # whose published was put back since connecting
         self.configs_missing = 0  # stored devices whose config the broker did not replay
@@ -129,6 +133,7 @@ class FileCore:
         # older save may lack some, and those must not be taken as already published.
         self._seen_config = set()
         self.broker_published = {}
+        self.broker_files = {}
         self._restored = set()
 
     def published(self, mac: str, raw: bytes | None) -> None:
@@ -137,6 +142,13 @@ class FileCore:
             self.broker_published.pop(mac, None)
         else:
             self.broker_published[mac] = raw
+
+    def files(self, mac: str, raw: bytes | None) -> None:
+        """A retained ``files`` (ours, from now or an earlier run); None: cleared."""
+        if raw is None:
+            self.broker_files.pop(mac, None)
+        else:
+            self.broker_files[mac] = raw
 
     def config(self, mac: str, data: Any, error: str | None, empty: bool) -> list[Effect]:
         """A ``config``: ``data`` is its decoded JSON, ``error`` why it could not be decoded."""
@@ -208,13 +220,15 @@ class FileCore:
         return effects
 
     def lost(self, macs: list[str]) -> list[Effect]:
-        """``published`` messages the broker lost (the keeper found them gone or older)."""
+        """``published`` or ``files`` messages the broker lost (the keeper found them gone or
+        older): both are sent again, an unchanged one costs a message and nothing else."""
         effects: list[Effect] = []
         for mac in macs:
             if mac in self.catalog.devices:
                 if mac not in self.broker_published:  # missing, not merely older
                     self._restored.add(mac)
                 self.broker_published.pop(mac, None)
+                self.broker_files.pop(mac, None)
                 effects += self._announce(mac)
         return effects
 
@@ -239,11 +253,17 @@ class FileCore:
 
     # --- internals ---
     def _announce(self, mac: str) -> list[Effect]:
+        effects: list[Effect] = []
+        # published first: it is what the notifier acts on; files only tells the PBX and operators
         payload = self.catalog.published(mac).to_json()
-        if self.broker_published.get(mac) == payload:
-            return []
-        self.broker_published[mac] = payload
-        return [Announce(mac, payload)]
+        if self.broker_published.get(mac) != payload:
+            self.broker_published[mac] = payload
+            effects.append(Announce(mac, payload))
+        files = self.catalog.files(mac).to_json()
+        if self.broker_files.get(mac) != files:
+            self.broker_files[mac] = files
+            effects.append(Announce(mac, files, "files"))
+        return effects
 
     def _remove(self, mac: str, away: bool = False) -> list[Effect]:
         effects: list[Effect] = []
@@ -255,6 +275,9 @@ class FileCore:
         if had or mac in self.broker_published:
             self.broker_published.pop(mac, None)
             effects.append(Announce(mac, b""))
+        if had or mac in self.broker_files:
+            self.broker_files.pop(mac, None)
+            effects.append(Announce(mac, b"", "files"))
         return effects
 
     def _resolve(self, mac: str) -> list[Effect]:

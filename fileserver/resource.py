@@ -65,21 +65,25 @@ class FileResource(resource.Resource):
         request.setHeader(b"server", b"pnp")
         now = self.clock.seconds()
         client = self.client_address(request)
+        # A ban is on an address, and a NAT puts real phones behind the walker's: what only a
+        # phone or an operator can ask (its own secret path, valid credentials, health from
+        # here or our proxies) is answered anyway; everything else waits out the ban.
         wait = self.limiter.refused(client, now)
-        if wait:
-            request.setHeader(b"retry-after", b"%d" % (int(wait) + 1))
-            return self._error(request, 429, b"too many requests for files that do not exist\n")
         try:
             route = paths.route(request.uri, self.policy.prefix)
         except paths.BadPath:
-            return self._error(request, 400, b"bad request path\n")
+            return self._refuse(request, wait) if wait else self._error(request, 400, b"bad request path\n")
         method = request.method
         if method != _GET and method != _HEAD:
+            if wait:
+                return self._refuse(request, wait)
             request.setHeader(b"allow", b"GET, HEAD")
             return self._error(request, 405, b"only GET and HEAD\n")
         kind = route.kind
         if kind == "device" or (kind == "plain" and self.policy.plain_paths):
-            return self._file(request, route, client, now)
+            return self._file(request, route, client, now, wait)
+        if wait and not (kind in ("health", "metrics") and self._ours(request)):
+            return self._refuse(request, wait)
         if kind == "health":
             health = self.health()
             return self._small(request, 200 if health.get("status") == "ok" else 503,
@@ -89,23 +93,34 @@ class FileResource(resource.Resource):
                                self.metrics.render(self.gauges()))
         return self._not_found(request, client, now)
 
-    def _file(self, request: server.Request, route: paths.Route, client: str, now: float) -> Any:
+    def _file(self, request: server.Request, route: paths.Route, client: str, now: float,
+              wait: float) -> Any:
         policy = self.policy
         raw_ua = request.getHeader(b"user-agent")
         ua = raw_ua.decode("utf-8", "replace") if raw_ua else ""
+        authenticated = False
         if policy.auth is not None:
             authorization = request.requestHeaders.getRawHeaders(b"authorization")
             header = authorization[0] if authorization else None
-            if not policy.auth.check(header, request.method, request.uri, client):
+            authenticated = policy.auth.check(header, request.method, request.uri, client)
+            if not authenticated:
                 if header is not None:
+                    if wait:
+                        return self._refuse(request, wait)
                     # wrong credentials count like misses: guessing them is guessing paths
                     self._miss(client, now)
+                # a banned client gets the challenge too (it tells nothing): a phone behind
+                # the walker's NAT asks without credentials first
                 request.setHeader(b"www-authenticate", policy.auth.challenge(client).encode("utf-8"))
                 return self._error(request, 401, b"credentials required\n")
         device, served = self._find(route, ua)
+        ua_mac = user_agent_mac(ua) if ua and served is not None else None
+        if wait and not authenticated and not (
+                route.kind == "device" and served is not None and ua_mac in (None, device.mac)):
+            # a plain path is no proof: it names a MAC, which is what a walker guesses
+            return self._refuse(request, wait)
         if served is None:
             return self._not_found(request, client, now)
-        ua_mac = user_agent_mac(ua) if ua else None
         if ua_mac is not None and ua_mac != device.mac:
             self._miss(client, now)
             return self._error(request, 403, b"this file belongs to another device\n")
@@ -170,6 +185,19 @@ class FileResource(resource.Resource):
             if not any(addr in net for net in self.policy.trusted_proxies):
                 return candidate
         return forwarded[0] if forwarded else host
+
+    def _ours(self, request: server.Request) -> bool:
+        """The connection comes from this host or one of our trusted proxies (a healthcheck,
+        the metrics scraper): never banned, whoever else shares the address outside."""
+        try:
+            peer = ipaddress.ip_address(getattr(request.getClientAddress(), "host", "") or "")
+        except ValueError:
+            return False
+        return peer.is_loopback or any(peer in net for net in self.policy.trusted_proxies)
+
+    def _refuse(self, request: server.Request, wait: float) -> bytes:
+        request.setHeader(b"retry-after", b"%d" % (int(wait) + 1))
+        return self._error(request, 429, b"too many requests for files that do not exist\n")
 
     def _miss(self, client: str, now: float) -> None:
         if self.limiter.not_found(client, now):

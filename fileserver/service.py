@@ -1,10 +1,10 @@
-"""The MQTT side of the fileserver: configs in, ``published`` and ``fetched`` out.
+"""The MQTT side of the fileserver: configs in, ``published``, ``files`` and ``fetched`` out.
 
 The store is the truth the HTTP side serves from; the broker only feeds it. So a restart with
 the broker away serves what was stored, and a bad config never replaces the last good files.
 What to keep, serve, publish and remove is the :class:`~fileserver.core.FileCore`'s decision;
 this glue parses topics, hands the core each message and carries out its effects. The
-:class:`Keeper` puts back the ``published`` messages the broker lost.
+:class:`Keeper` puts back the ``published`` and ``files`` messages the broker lost.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class FileService:
         self.metrics = metrics
         self.pin_ip = pin_ip
         self.topics = ctx.topics
-        self.keeper = Keeper(ctx, self.topics.devices("published"), republish=self._put_back)
+        self.keeper = Keeper(ctx, (self.topics.devices("published"), self.topics.devices("files")),
+                             republish=self._put_back)
         # a line per stored config and per provisioned phone, except in a storm of them
         self._log_stored = BurstLog(ctx.reactor, lambda n: log.info(
             "stored {count} more configs (not logged one by one)", count=n))
@@ -54,11 +55,13 @@ class FileService:
         for mac in catalog.devices:
             # what the last run left retained, as far as we know: the keeper checks it
             self.keeper.put(self.topics.device(mac, "published"), catalog.published(mac).to_json())
+            self.keeper.put(self.topics.device(mac, "files"), catalog.files(mac).to_json())
         log.info("serving {devices} devices ({files} files) from the store",
                  devices=len(catalog.devices), files=catalog.file_count)
         bus = self.ctx.bus
         # published first: its retained messages arrive before the configs that are compared to it
         bus.subscribe(self.topics.devices("published"), self.on_published)
+        bus.subscribe(self.topics.devices("files"), self.on_files)
         bus.subscribe(self.topics.devices("config"), self.on_config)
         bus.subscribe(self.topics.devices("fetched"), self.on_fetched)
         if self.pin_ip:
@@ -84,13 +87,19 @@ class FileService:
         return info.mac if info is not None and info.mac_ok else None
 
     def _put_back(self, topics: list[str]) -> None:
-        macs = [mac for mac in map(self._mac_of, topics) if mac is not None]
+        # a device's two topics (published, files) lost together: one put-back
+        macs = list(dict.fromkeys(mac for mac in map(self._mac_of, topics) if mac is not None))
         self.apply(self.core.lost(macs))
 
     def on_published(self, msg: Incoming) -> None:
         mac = self._mac(msg)
         if mac is not None:
             self.core.published(mac, None if msg.empty else msg.raw)
+
+    def on_files(self, msg: Incoming) -> None:
+        mac = self._mac(msg)
+        if mac is not None:
+            self.core.files(mac, None if msg.empty else msg.raw)
 
     def on_fetched(self, msg: Incoming) -> None:
         mac = self._mac(msg)
@@ -122,7 +131,7 @@ class FileService:
         bus, store = self.ctx.bus, self.store
         for effect in effects:
             if isinstance(effect, Announce):
-                topic = self.topics.device(effect.mac, "published")
+                topic = self.topics.device(effect.mac, effect.kind)
                 bus.publish(topic, effect.payload, retain=True)
                 self.keeper.put(topic, effect.payload)
             elif isinstance(effect, Report):

@@ -22,7 +22,7 @@ from services.burstlog import BurstLog
 from services.mqtt import Incoming
 from services.messages import (
     Discovered, Fetched, NotifyStatus, Payload, PayloadError, Published, ResyncCredentials, encode_flat,
-    now_iso,
+    now_iso, url_without_secret,
 )
 from services.sip.digest import DigestError, challenges, choose, retry_request
 from services.sip.message import MAX_DATAGRAM, Request, new_branch
@@ -115,6 +115,8 @@ class Notifier:
         # Retained messages come back per subscription, in this order: what is published and
         # fetched is known before the discoveries are replayed and judged.
         bus.subscribe(topics.devices("resync"), self._on_resync)
+        # the working URLs: under the deployment ACL only we (and the fileserver) read ``published``;
+        # the PBX and the operators read ``files`` (the same revision, no URL)
         bus.subscribe(topics.devices("published"), self._on_published)
         bus.subscribe(topics.devices("fetched"), self._on_fetched)
         bus.subscribe(topics.devices("discovered"), self._on_discovered)
@@ -298,7 +300,7 @@ class Notifier:
         self._send(attempt)
         self.counters_["notify_sent"] += 1
         self._status(plan, NotifyStatus(
-            status="sent", code=None, attempts=1, url=plan.url, revision=plan.revision,
+            status="sent", code=None, attempts=1, url=url_without_secret(plan.url), revision=plan.revision,
             call_id=call_id, at=now_iso(), kind=plan.kind))
         self._log_sent(lambda: log.info("NOTIFY {kind} rev {revision} to {mac} at {host}:{port}",
                                         kind=plan.kind, revision=plan.revision, mac=plan.mac,
@@ -349,7 +351,7 @@ class Notifier:
         status = result.outcome.value
         self.counters_[f"notify_{status}"] += 1
         self._status(plan, NotifyStatus(
-            status=status, code=result.status, attempts=attempt.attempts, url=plan.url,
+            status=status, code=result.status, attempts=attempt.attempts, url=url_without_secret(plan.url),
             revision=plan.revision, call_id=attempt.call_id, at=now_iso(), reason=result.reason,
             rtt_ms=(round((result.ended_at - attempt.started_at) * 1000, 3)
                     if result.outcome is not Outcome.TIMEOUT else None),

@@ -14,6 +14,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 SCHEMA_VERSION = 1
 
@@ -204,7 +205,10 @@ class PublishedFile(Payload):
 
 @dataclass
 class Published(Payload):
-    """``devices/{mac}/published``: the device's files are being served."""
+    """``devices/{mac}/published`` (the contract): the device's files are being served, at these
+    URLs; ``url`` is the one the NOTIFY carries. The URLs are bearer secrets (the URL alone
+    downloads the SIP password): under the deployment ACL only the notifier reads this topic,
+    the PBX and the operators read :class:`FileList` instead (docs/MQTT.md)."""
 
     url: str
     files: list[PublishedFile]
@@ -214,13 +218,39 @@ class Published(Payload):
 
 
 @dataclass
+class ListedFile(Payload):
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class FileList(Payload):
+    """``devices/{mac}/files``: the same files as ``published`` without any URL or token, for
+    readers that need the state, not the download (pbx, operator)."""
+
+    files: list[ListedFile]
+    revision: int
+    mac: str = ""
+    vendor: str = ""
+
+
+def url_without_secret(url: str) -> str:
+    """Where a working URL points, without what makes it work (its path and any credentials):
+    what a status readable by the PBX and the operators may say of it."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}" + ("/…" if parts.path.strip("/") or parts.query else "/")
+
+
+@dataclass
 class NotifyStatus(Payload):
     """``devices/{mac}/notify``: how the NOTIFY to the phone went."""
 
     status: str  # sent, accepted, rejected, timeout
     code: int | None
     attempts: int
-    url: str
+    url: str  # url_without_secret of the URL sent: pbx and operator read this topic
     revision: int
     call_id: str
     at: str

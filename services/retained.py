@@ -51,17 +51,18 @@ def hex128(value: int) -> str:
 
 
 class Keeper:
-    """The retained messages one service owns under ``own`` (a topic filter), kept so that what
-    the broker loses can be put back.
+    """The retained messages one service owns under ``own`` (a topic filter, or several), kept so
+    that what the broker loses can be put back.
 
     ``republish(topics)``, when given, publishes those topics again from the service's own
     state (the generator re-renders); without it the keeper keeps every payload and publishes
     them itself. ``on_synced(lost)`` callbacks run after each connection's replay has ended,
     with whether the broker lost messages of ours."""
 
-    def __init__(self, ctx: Any, own: str, republish: Callable[[list[str]], None] | None = None) -> None:
+    def __init__(self, ctx: Any, own: str | tuple[str, ...],
+                 republish: Callable[[list[str]], None] | None = None) -> None:
         self.ctx = ctx
-        self.own = own
+        self.own = (own,) if isinstance(own, str) else own
         self.republish = republish
         self.topic = f"{ctx.topics.service(ctx.name, ctx.settings.instance)}/retained"
         self.prints: dict[str, int] = {}
@@ -122,7 +123,7 @@ class Keeper:
         self._broker_marker = None
         if self._reading is not None:  # a read-back cut short by the lost connection
             self._reading = self._read_done = None
-            self.ctx.bus.remove_handler(self.own, self._on_own)
+            self._stop_reading()
         self.ctx.bus.when_subscribed().addCallback(lambda _: self._send_sync())
 
     def _disconnected(self) -> None:
@@ -147,7 +148,7 @@ class Keeper:
         if self._reading is not None:
             found, done = self._reading, self._read_done
             self._reading = self._read_done = None
-            self.ctx.bus.remove_handler(self.own, self._on_own)
+            self._stop_reading()
             if done is not None:
                 done(found)
         else:
@@ -170,9 +171,14 @@ class Keeper:
             return False
         self._reading, self._read_done = {}, done
         bus = self.ctx.bus
-        bus.subscribe(self.own, self._on_own, replay=True)
+        for own in self.own:
+            bus.subscribe(own, self._on_own, replay=True)
         bus.when_subscribed().addCallback(lambda _: self._send_sync())
         return True
+
+    def _stop_reading(self) -> None:
+        for own in self.own:
+            self.ctx.bus.remove_handler(own, self._on_own)
 
     def _on_own(self, msg: Incoming) -> None:
         if self._reading is not None and msg.retain and msg.raw:
@@ -189,7 +195,7 @@ class Keeper:
             log.warn("the broker lost {count} retained messages of ours ({missing} missing, "
                      "{different} older; of {total} on {filter}): publishing them again",
                      count=len(again), missing=len(missing), different=len(different),
-                     total=len(self.prints), filter=self.own)
+                     total=len(self.prints), filter=" ".join(self.own))
             self._publish_again(again)
         self._done(lost=bool(again))
 

@@ -43,8 +43,14 @@ CONFIG = {"files": [{"name": f"cfg{MAC}.xml", "content_type": "application/xml",
                      "encoding": "utf-8", "sha256": "ab" * 32, "size": 64}],
           "revision": 1, "template": "grandstream/grp26xx", "mac": MAC, "vendor": "grandstream",
           "model": "GRP2614", "notify_path": "", "v": 1}
-PUBLISHED = {"url": "http://127.0.0.1:8080/p/SECRETPATHTOKEN/", "revision": 1, "mac": MAC,
-             "vendor": "grandstream", "files": [], "v": 1}
+WORKING_URL = "http://127.0.0.1:8080/p/SECRETPATHTOKEN/"
+# devices/{mac}/files: no URL; what the console's login reads under the deployment ACL
+FILES = {"revision": 1, "mac": MAC, "vendor": "grandstream",
+         "files": [{"name": f"cfg{MAC}.xml", "sha256": "ab" * 32, "size": 64}], "v": 1}
+# devices/{mac}/published: the working URLs, which reach the console only on a broker without ACL
+PUBLISHED = {"url": WORKING_URL, "revision": 1, "mac": MAC, "vendor": "grandstream",
+             "files": [{"name": f"cfg{MAC}.xml", "url": WORKING_URL + f"cfg{MAC}.xml", "sha256": "ab" * 32}],
+             "v": 1}
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -56,7 +62,7 @@ def test_a_device_moves_through_the_stages_and_keeps_a_timeline():
     assert t.device(MAC).stage == "awaiting-assignment"
     t.on_device(MAC, "assignment", ASSIGNMENT, False, "2026-11-27T02:50:00.000Z")
     t.on_device(MAC, "config", CONFIG, False, "2026-11-27T02:50:00.100Z")
-    t.on_device(MAC, "published", PUBLISHED, False, "2026-11-27T02:50:00.200Z")
+    t.on_device(MAC, "files", FILES, False, "2026-11-27T02:50:00.200Z")
     assert t.device(MAC).stage == "published"
     t.on_device(MAC, "notify", {"status": "accepted", "code": 200, "revision": 1, "at": "2026-11-27T02:50:01.000Z"},
                 False, "x")
@@ -64,7 +70,7 @@ def test_a_device_moves_through_the_stages_and_keeps_a_timeline():
                                  "provisioned": True, "at": "2026-11-27T02:50:09.000Z"}, False, "x")
     assert t.device(MAC).stage == "provisioned"
     events = t.timeline(MAC)
-    assert [e.kind for e in events] == ["discovered", "assignment", "config", "published", "notify", "fetched"]
+    assert [e.kind for e in events] == ["discovered", "assignment", "config", "files", "notify", "fetched"]
     assert events[0].at == T0 and events[0].retained  # the SUBSCRIBE's own time
     assert events[1].at == "2026-11-27T02:50:00.000Z"  # no time in the payload: when it arrived
     assert events[-1].sha256 == "ab" * 32 and "PROVISIONED" in events[-1].text
@@ -301,7 +307,7 @@ def console(broker, tmp_path):
 
 def seed(probe: Probe) -> None:
     for kind, payload in (("discovered", discovered()), ("assignment", ASSIGNMENT), ("config", CONFIG),
-                          ("published", PUBLISHED)):
+                          ("published", PUBLISHED), ("files", FILES)):
         probe.publish(f"pnp/devices/{MAC}/{kind}", payload, retain=True)
 
 
@@ -340,6 +346,7 @@ def test_the_list_and_a_device_page_and_an_unknown_mac(console, probe):
     assert f'data-mac="{MAC}"' in html and "published" in html
     status, _, html = console.request("GET", f"/devices/{MAC}", cookies=jar)
     assert status == 200 and f"cfg{MAC}.xml" in html and "ab" * 32 in html and "64 B" in html
+    assert "/p/" not in html  # the working URL of published (no ACL here) is shown to no one
     assert "s3cret-pw" not in html  # not even an admin gets it back in the form
     status, _, html = console.request("GET", f"/devices/{MAC}/files/cfg{MAC}.xml", cookies=jar)
     assert status == 200 and "&lt;P35&gt;1001" in html and "s3cret-pw" not in html and MASK in html
@@ -351,6 +358,10 @@ def test_the_list_and_a_device_page_and_an_unknown_mac(console, probe):
 
 def test_a_viewer_sees_state_but_no_password_no_working_url_and_cannot_assign(console, probe):
     seed(probe)
+    # a notifier from before notify.url named the host only put the working URL in its status
+    probe.publish(f"pnp/devices/{MAC}/notify", {
+        "status": "accepted", "code": 200, "attempts": 1, "url": WORKING_URL, "revision": 1,
+        "call_id": "c", "at": "2026-11-27T03:00:01.000Z", "v": 1}, retain=True)
     jar = console.login("victor", VIEWER_PW)
     wait_until(lambda: MAC in console.request("GET", "/", cookies=jar)[2], timeout=5)
     for path in ("/", f"/devices/{MAC}"):
@@ -522,14 +533,14 @@ def test_the_hub_sends_a_storm_of_changes_in_batches_and_each_role_its_own_view(
 
     def rows(macs: list[str], admin: bool) -> list[dict]:
         rendered.append((macs, admin))
-        return [{"mac": m, "detail": PUBLISHED["url"] if admin else cut_urls(PUBLISHED["url"])} for m in macs]
+        return [{"mac": m, "detail": WORKING_URL if admin else cut_urls(WORKING_URL)} for m in macs]
 
     hub = Hub(clock, rows, lambda mac, n, admin: [e.kind for e in t.timeline(mac)[-n:]])
     seen: dict[str, list[bytes]] = {"admin": [], "viewer": [], "device": []}
     hub.clients |= {Client(seen["admin"].append, True, None), Client(seen["viewer"].append, False, None),
                     Client(seen["device"].append, False, MAC)}
     for kind, payload in (("discovered", discovered()), ("assignment", ASSIGNMENT), ("config", CONFIG),
-                          ("published", PUBLISHED)):
+                          ("files", FILES)):
         t.on_device(MAC, kind, payload, False, "x")
         hub.changed(MAC)
     hub.changed("000b82000001")
@@ -541,7 +552,7 @@ def test_the_hub_sends_a_storm_of_changes_in_batches_and_each_role_its_own_view(
     assert viewer.count(b"event: rows") == 1 and b"SECRETPATHTOKEN" not in viewer
     assert b"event: timeline" not in viewer
     device = b"".join(seen["device"])
-    assert b'event: timeline\ndata: ["discovered","assignment","config","published"]' in device
+    assert b'event: timeline\ndata: ["discovered","assignment","config","files"]' in device
     clock.advance(10)
     assert admin == b"".join(seen["admin"])  # quiet: nothing more sent
 

@@ -281,6 +281,7 @@ WRITERS = {
     f"pnp/devices/{MAC}/config": {"generator"},
     f"pnp/devices/{MAC}/resync": {"generator"},
     f"pnp/devices/{MAC}/published": {"fileserver"},
+    f"pnp/devices/{MAC}/files": {"fileserver"},
     f"pnp/devices/{MAC}/fetched": {"fileserver"},
     f"pnp/devices/{MAC}/notify": {"notifier"},
     f"pnp/devices/{MAC}/error": set(SERVICE_USERS),
@@ -291,14 +292,14 @@ WRITERS = {
 READERS = {
     "listener": {"discovered", "fetched", "error", "services/listener"},
     "generator": {"discovered", "assignment", "profiles", "config", "error", "services/generator"},
-    "fileserver": {"config", "discovered", "published", "fetched", "error", "services/fileserver"},
+    "fileserver": {"config", "discovered", "published", "files", "fetched", "error", "services/fileserver"},
     "notifier": {"discovered", "published", "fetched", "notify", "error", "resync",
                  "services/notifier"},
-    "pbx": {"discovered", "assignment", "profiles", "published", "notify", "fetched", "error",
+    "pbx": {"discovered", "assignment", "profiles", "files", "notify", "fetched", "error",
             *(f"services/{s}" for s in STATUS)},
-    "operator": {"discovered", "published", "notify", "fetched", "error",
+    "operator": {"discovered", "files", "notify", "fetched", "error",
                  *(f"services/{s}" for s in STATUS)},
-    "console": {"discovered", "assignment", "profiles", "config", "published", "notify", "fetched", "error",
+    "console": {"discovered", "assignment", "profiles", "config", "files", "notify", "fetched", "error",
                 *(f"services/{s}" for s in STATUS)},
 }
 
@@ -350,6 +351,8 @@ def test_each_user_reads_only_what_it_needs(login, audit):
     assert {u for u, r in READERS.items() if "config" in r} == {"generator", "fileserver", "console"}
     # and the credentials a challenged resync needs (account 1's password) only the notifier
     assert {u for u, r in READERS.items() if "resync" in r} == {"notifier"}
+    # and the working download URLs (published) only the notifier, besides their writer
+    assert {u for u, r in READERS.items() if "published" in r} == {"fileserver", "notifier"}
     for topic in WRITERS:
         clients[owners[topic]].publish(topic, b"")  # clear the retained seeds
 
@@ -412,11 +415,19 @@ def test_pnp_assign_wait_with_the_pbx_login_shows_the_published_answer(broker, l
         topic = f"pnp/devices/{mac}/assignment"
         assert wait_for(lambda: any(t == topic for t, _ in audit.received), timeout=10)
         fileserver = login("fileserver")
+        # what the fileserver sends: the working URL (not for the pbx), then the files without it
         fileserver.publish(f"pnp/devices/{mac}/published",
-                           b'{"url":"http://127.0.0.1:8080/p/tok/","files":[],"revision":1,"v":1}',
+                           b'{"url":"http://10.0.0.1/p/SECRETTOKEN/","files":[{"name":"cfg000b82aa0042.xml",'
+                           b'"url":"http://10.0.0.1/p/SECRETTOKEN/cfg000b82aa0042.xml","sha256":"ab"}],'
+                           b'"revision":1,"v":1}',
+                           retain=False)
+        fileserver.publish(f"pnp/devices/{mac}/files",
+                           b'{"files":[{"name":"cfg000b82aa0042.xml","sha256":"ab","size":9}],'
+                           b'"revision":1,"v":1}',
                            retain=False)
         out, _ = proc.communicate(timeout=15)
     finally:
         proc.kill()
     assert proc.returncode == 0, out
-    assert "published revision 1 at http://127.0.0.1:8080/p/tok/" in out
+    assert "published revision 1 (cfg000b82aa0042.xml)" in out
+    assert "SECRETTOKEN" not in out

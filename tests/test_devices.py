@@ -18,8 +18,9 @@ ASSIGN = {"vendor": "grandstream", "model": "GRP2614",
 CONFIG = {"files": [{"name": f"cfg{MAC}.xml", "content": "<x/>", "sha256": "ab", "size": 4,
                      "content_type": "application/xml", "encoding": "utf-8"}],
           "revision": 2, "template": "grandstream/grp26xx", "vendor": "grandstream"}
-PUB = {"url": "http://127.0.0.1:8080/p/tok/", "files": [], "revision": 2}
-NOTIFY_OK = {"status": "accepted", "code": 200, "attempts": 1, "url": PUB["url"], "revision": 2,
+# devices/{mac}/files (what an operator login reads); published says the same with URLs
+PUB = {"files": [{"name": f"cfg{MAC}.xml", "sha256": "ab", "size": 40}], "revision": 2}
+NOTIFY_OK = {"status": "accepted", "code": 200, "attempts": 1, "url": "http://127.0.0.1:8080/…", "revision": 2,
              "call_id": "c", "at": "2026-11-27T03:00:01.000Z"}
 FETCHED = {"file": f"cfg{MAC}.xml", "sha256": "ab", "status": 200, "client": "127.0.0.2",
            "user_agent": "x", "provisioned": False, "at": "2026-11-27T03:00:02.000Z", "revision": 2}
@@ -35,9 +36,14 @@ def test_the_flow_step_by_step():
     assert stage(assignment=ASSIGN)[0] == "assigned"
     assert stage(discovered=DISC, assignment=ASSIGN)[0] == "discovered"
     assert stage(discovered=DISC, assignment=ASSIGN, config=CONFIG) == ("rendered", f"rev 2: cfg{MAC}.xml")
-    assert stage(discovered=DISC, assignment=ASSIGN, config=CONFIG, published=PUB) == ("published", PUB["url"])
-    assert stage(assignment=ASSIGN, config=CONFIG, published=PUB)[1].endswith("(waiting for the phone to boot)")
-    s = dict(discovered=DISC, assignment=ASSIGN, config=CONFIG, published=PUB, notify=NOTIFY_OK)
+    assert stage(discovered=DISC, assignment=ASSIGN, config=CONFIG, files=PUB) == ("published", f"rev 2: cfg{MAC}.xml")
+    assert stage(assignment=ASSIGN, config=CONFIG, files=PUB)[1].endswith("(waiting for the phone to boot)")
+    # a broker without the ACL: published alone (the working URLs) gives the same stage, no URL
+    url = "http://10.0.0.1:8080/p/SECRETTOKEN/"
+    full = {"url": url, "files": [{"name": f"cfg{MAC}.xml", "url": url + f"cfg{MAC}.xml", "sha256": "ab"}],
+            "revision": 2}
+    assert stage(discovered=DISC, config=CONFIG, published=full) == ("published", f"rev 2: cfg{MAC}.xml")
+    s = dict(discovered=DISC, assignment=ASSIGN, config=CONFIG, files=PUB, notify=NOTIFY_OK)
     assert stage(**s)[0] == "notified"
     assert stage(**s, fetched=FETCHED)[0] == "fetched"
     done = stage(**s, fetched={**FETCHED, "status": 304, "provisioned": True})
@@ -57,22 +63,22 @@ def test_errors_win_and_say_what_is_wrong():
     assert stage(discovered=DISC, assignment=ASSIGN, error=err) == (
         "error", "generator: accounts[0].user_id is missing [accounts[0].user_id]")
     rejected = {**NOTIFY_OK, "status": "rejected", "code": 488, "reason": "Not Acceptable Here", "attempts": 1}
-    assert stage(discovered=DISC, config=CONFIG, published=PUB, notify=rejected) == (
+    assert stage(discovered=DISC, config=CONFIG, files=PUB, notify=rejected) == (
         "error", "NOTIFY rejected: 488 Not Acceptable Here after 1 attempt(s)")
     timeout = {**NOTIFY_OK, "status": "timeout", "code": None, "reason": "", "attempts": 11}
-    assert stage(discovered=DISC, config=CONFIG, published=PUB, notify=timeout)[1] == (
+    assert stage(discovered=DISC, config=CONFIG, files=PUB, notify=timeout)[1] == (
         "NOTIFY timeout after 11 attempt(s)")
 
 
 def test_steps_of_an_older_revision_do_not_count():
     newer = {**CONFIG, "revision": 3}
     old_fetch = {**FETCHED, "provisioned": True}
-    assert stage(discovered=DISC, config=newer, published={**PUB, "revision": 3}, fetched=old_fetch)[0] == "published"
+    assert stage(discovered=DISC, config=newer, files={**PUB, "revision": 3}, fetched=old_fetch)[0] == "published"
 
 
 def test_hostile_payloads_do_not_break_the_view():
     for junk in (None, [], "x", 5, {"files": "nope", "revision": "x"}, {"_error": "payload is not JSON"}):
-        d = fold(MAC, {k: junk for k in ("discovered", "config", "published", "notify", "fetched")})
+        d = fold(MAC, {k: junk for k in ("discovered", "config", "published", "files", "notify", "fetched")})
         assert d.stage in ("awaiting-assignment", "rendered", "published", "notified", "fetched")
     d = fold(MAC, {"error": {"_error": "payload is not JSON"}})
     assert d.stage == "error" and "payload is not JSON" in d.detail
@@ -100,7 +106,7 @@ def test_pnp_devices_reads_the_retained_topics(broker, probe):
     probe.publish(f"pnp/devices/{a}/discovered", {**DISC, "mac": a}, retain=True)
     probe.publish(f"pnp/devices/{a}/assignment", ASSIGN, retain=True)
     probe.publish(f"pnp/devices/{a}/config", CONFIG, retain=True)
-    probe.publish(f"pnp/devices/{a}/published", PUB, retain=True)
+    probe.publish(f"pnp/devices/{a}/files", PUB, retain=True)
     probe.publish(f"pnp/devices/{a}/notify", NOTIFY_OK, retain=True)
     probe.publish(f"pnp/devices/{a}/fetched", {**FETCHED, "provisioned": True}, retain=True)
     probe.publish(f"pnp/devices/{b}/discovered", {**DISC, "mac": b, "vendor": "yealink", "model": "T46S"}, retain=True)

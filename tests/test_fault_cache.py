@@ -273,10 +273,10 @@ def test_inside_broker_killed_after_its_save_loses_nothing(tmp_path):
 
         # Lost assignments are reported, not taken for unassignments...
         wait_until(lambda: counter(probe, "generator", "assignments_lost") == len(LOST), timeout=20)
-        # ...and the generator and fileserver put back their config and published.
+        # ...and the generator and fileserver put back their config, published and files.
         wait_until(lambda: counter(probe, "generator", "retained_restored") >= len(LOST)
                    and counter(probe, "fileserver", "retained_restored") >= len(LOST), timeout=20)
-        wanted = [f"pnp/devices/{m}/{k}" for m in SAVED + LOST for k in ("config", "published")]
+        wanted = [f"pnp/devices/{m}/{k}" for m in SAVED + LOST for k in ("config", "published", "files")]
         wait_until(lambda: len(retained(broker.url, wanted)) == len(wanted), timeout=20)
         lines = log_path.read_text(errors="replace")
         assert f"the broker lost {len(LOST)} assignments" in lines, lines[-3000:]

@@ -130,6 +130,20 @@ class ServingTest(FileserverCase):
         self.assertEqual((status, head_body), (404, b""))
 
     @defer.inlineCallbacks
+    def test_files_names_the_files_and_no_url(self):
+        # pbx and operator read files, not published: a working URL would hand them the password
+        yield self.start()
+        published = yield self.assign(config())
+        files = yield eventually(lambda: self.probe.last(self.topic("files")))
+        body = config()["files"][0]
+        self.assertEqual(files["files"], [{"name": body["name"], "sha256": body["sha256"],
+                                           "size": body["size"]}])
+        self.assertEqual((files["revision"], files["vendor"]), (1, "grandstream"))
+        token = urlsplit(published["url"]).path.split("/")[2]
+        self.assertNotIn(token, json.dumps(files))
+        self.assertNotIn("url", files)
+
+    @defer.inlineCallbacks
     def test_other_vendors_get_the_files_own_url(self):
         yield self.start()
         published = yield self.assign(config(notify_path=f"cfg{MAC}.xml"))
@@ -229,19 +243,55 @@ class ServingTest(FileserverCase):
 
     @defer.inlineCallbacks
     def test_a_flood_of_404s_is_refused_for_a_while(self):
-        yield self.start(not_found_limit="5", ban_seconds="60")
-        published = yield self.assign(config())
-        url = published["files"][0]["url"]
+        yield self.start(not_found_limit="5", ban_seconds="60", plain_paths="true")
+        yield self.assign(config())
         for i in range(5):
             status, _, _ = yield fetch(f"{self.base()}/cfg000b82{i:06x}.xml", source="127.0.0.9")
             self.assertEqual(status, 404)
-        # refused now, even for a real file; another client is not
-        status, headers, body = yield fetch(url, source="127.0.0.9")
+        # refused now, a hit on a plain path too (a walker guesses those); another client is not
+        status, headers, body = yield fetch(f"{self.base()}/cfg{MAC}.xml", source="127.0.0.9")
         self.assertEqual(status, 429)
         self.assertGreater(int(headers["retry-after"]), 0)
         self.assertNotIn(b"Alice", body)
-        status, _, _ = yield fetch(url, source="127.0.0.2")
+        status, _, _ = yield fetch(f"{self.base()}/cfg{MAC}.xml", source="127.0.0.2")
         self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_a_phone_behind_the_attackers_nat_still_gets_its_file(self):
+        # one address (127.0.0.7) for an attacker and a real phone, as behind one NAT
+        yield self.start(not_found_limit="20", ban_seconds="300", trusted_proxies="127.0.0.5")
+        published = yield self.assign(config())
+        url, nat = published["files"][0]["url"], "127.0.0.7"
+        token = urlsplit(url).path.split("/")[2]
+        statuses = []
+        for i in range(100):
+            wrong = url.replace(token, f"{i:04d}" + token[4:])
+            status, _, _ = yield fetch(wrong, source=nat, headers={"User-Agent": "curl/8.0"})
+            statuses.append(status)
+        self.assertEqual((statuses[0], statuses[-1]), (404, 429))
+        # the attacker stays refused, on guesses and on another device's path alike
+        status, _, _ = yield fetch(f"{self.base()}/p/{token[:-1]}x/cfg{MAC}.xml", source=nat)
+        self.assertEqual(status, 429)
+        status, _, body = yield fetch(url, source=nat, headers={"User-Agent": f"curl/8.0 DevId {OTHER}"})
+        self.assertEqual((status, b"Alice" in body), (429, False))
+        # the phone, with its own path and User-Agent, is served
+        status, _, body = yield fetch(url, source=nat, headers={"User-Agent": GS_UA})
+        self.assertEqual((status, b"Alice" in body), (200, True))
+        # the healthcheck from this host and through our proxy is answered
+        status, _, _ = yield fetch(self.base() + "/healthz", source="127.0.0.1")
+        self.assertEqual(status, 200)
+        status, _, _ = yield fetch(self.base() + "/metrics", source="127.0.0.5",
+                                   headers={"X-Forwarded-For": "10.9.9.9"})
+        self.assertEqual(status, 200)
+        # a client seen through the proxy is banned like any other; the health through it is not
+        for i in range(20):
+            yield fetch(f"{self.base()}/x{i}", source="127.0.0.5", headers={"X-Forwarded-For": "10.7.7.7"})
+        status, _, _ = yield fetch(f"{self.base()}/healthz", source="127.0.0.5",
+                                   headers={"X-Forwarded-For": "10.7.7.7"})
+        self.assertEqual(status, 200)
+        status, _, _ = yield fetch(f"{self.base()}/nothing", source="127.0.0.5",
+                                   headers={"X-Forwarded-For": "10.7.7.7"})
+        self.assertEqual(status, 429)
 
     @defer.inlineCallbacks
     def test_healthz_and_metrics(self):
@@ -383,6 +433,7 @@ class StoreTest(FileserverCase):
         status, _, _ = yield fetch(moved["files"][0]["url"])
         self.assertEqual(status, 200)
         yield eventually(lambda: self.probe.on(self.topic("published"))[-1] == b"", timeout=8)
+        yield eventually(lambda: self.probe.on(self.topic("files"))[-1] == b"", timeout=8)
         status, _, _ = yield fetch(first["files"][0]["url"])
         self.assertEqual(status, 404)
 
@@ -391,13 +442,14 @@ class StoreTest(FileserverCase):
         rt = yield self.start()
         published = yield self.assign(config())
         yield rt.stop()
-        count = len(self.probe.on(self.topic("published")))
+        count = len(self.probe.on(self.topic("published"))), len(self.probe.on(self.topic("files")))
         yield self.start()
         status, _, _ = yield fetch(published["files"][0]["url"])
         self.assertEqual(status, 200)
         # same bytes as the retained message: not published again (the notifier would re-NOTIFY)
         yield task.deferLater(reactor, 0.5, lambda: None)
-        self.assertEqual(len(self.probe.on(self.topic("published"))), count)
+        self.assertEqual((len(self.probe.on(self.topic("published"))), len(self.probe.on(self.topic("files")))),
+                         count)
         self.assertEqual(oct((self.data / "fileserver.secret").stat().st_mode & 0o777), "0o600")
 
 
@@ -484,6 +536,30 @@ class SecurityTest(FileserverCase):
         # operators' endpoints need no credentials
         status, _, _ = yield fetch(self.base() + "/healthz")
         self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
+    def test_valid_credentials_are_served_to_a_banned_address(self):
+        # plain paths name a MAC, so only the credentials tell the phone from the guesser
+        yield self.start(http_auth="basic", http_user="phone", http_password="right",
+                         plain_paths="true", not_found_limit="5", ban_seconds="300")
+        yield self.assign(config())
+        url, nat = f"{self.base()}/cfg{MAC}.xml", "127.0.0.8"
+        wrong = base64.b64encode(b"phone:guess").decode()
+        statuses = []
+        for _ in range(8):
+            status, _, _ = yield fetch(url, source=nat, headers={"Authorization": f"Basic {wrong}"})
+            statuses.append(status)
+        self.assertEqual((statuses[0], statuses[-1]), (401, 429))
+        # the phone behind the same address: challenged first, then served
+        status, headers, _ = yield fetch(url, source=nat)
+        self.assertEqual(status, 401)
+        self.assertTrue(headers["www-authenticate"].startswith("Basic realm="))
+        right = base64.b64encode(b"phone:right").decode()
+        status, _, body = yield fetch(url, source=nat, headers={"Authorization": f"Basic {right}"})
+        self.assertEqual((status, b"Alice" in body), (200, True))
+        # the guesser still is not
+        status, _, body = yield fetch(url, source=nat, headers={"Authorization": f"Basic {wrong}"})
+        self.assertEqual((status, b"Alice" in body), (429, False))
 
     @defer.inlineCallbacks
     def test_digest_auth_with_a_standard_client(self):

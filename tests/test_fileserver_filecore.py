@@ -31,10 +31,16 @@ def assigned(c: FileCore, mac: str = MAC, **kw) -> list:
 def test_a_new_config_is_saved_and_announced_once():
     c = core()
     effects = assigned(c)
-    assert kinds(effects) == [Save, Announce]
-    announced = json.loads(effects[1].payload)
-    assert announced["revision"] == 1
-    assert announced["url"].startswith("http://files.example/p/")
+    assert kinds(effects) == [Save, Announce, Announce]
+    # the URLs first (the contract's published, only the notifier reads it), then files: what
+    # the PBX and the operators may read, without one
+    assert [e.kind for e in effects[1:]] == ["published", "files"]
+    published, files = (json.loads(e.payload) for e in effects[1:])
+    assert published["revision"] == files["revision"] == 1
+    assert published["url"].startswith("http://files.example/p/")
+    assert published["files"][0]["url"] == published["url"] + f"cfg{MAC}.xml"
+    assert "url" not in files and "url" not in files["files"][0]
+    assert files["files"][0]["size"] == len(config()["files"][0]["content"])
     assert MAC in c.catalog.devices
     # the same config again (a broker replay): nothing to store, nothing to say
     assert assigned(c) == []
@@ -42,12 +48,15 @@ def test_a_new_config_is_saved_and_announced_once():
 
 def test_a_broker_that_already_holds_our_published_is_not_told_again():
     c = core()
-    payload = assigned(c)[1].payload
+    published, files = (e.payload for e in assigned(c)[1:])
     c.connected()
-    c.published(MAC, payload)
+    c.published(MAC, published)
+    c.files(MAC, files)
     assert assigned(c) == []
     c.published(MAC, None)  # cleared by someone: said again
-    assert kinds(assigned(c)) == [Announce]
+    assert assigned(c) == [Announce(MAC, published)]
+    c.files(MAC, None)
+    assert assigned(c) == [Announce(MAC, files, "files")]
 
 
 def test_a_bad_config_keeps_the_last_good_files_and_a_good_one_clears_the_error():
@@ -61,7 +70,7 @@ def test_a_bad_config_keeps_the_last_good_files_and_a_good_one_clears_the_error(
     assert MAC in c.errored
     undecodable = c.config(MAC, None, "not JSON", False)
     assert kinds(undecodable) == [Refuse] and undecodable[0].code == "payload"
-    assert kinds(assigned(c, revision=2)) == [Save, Resolve, Announce]
+    assert kinds(assigned(c, revision=2)) == [Save, Resolve, Announce, Announce]
     assert MAC not in c.errored
 
 
@@ -69,7 +78,7 @@ def test_an_empty_config_removes_the_device_and_its_published():
     c = core(errored={MAC})
     assigned(c)
     effects = c.config(MAC, None, None, True)
-    assert effects == [Remove(MAC), Announce(MAC, b"")]
+    assert effects == [Remove(MAC), Announce(MAC, b""), Announce(MAC, b"", "files")]
     assert MAC not in c.catalog.devices and MAC not in c.errored
     # nothing known of it: nothing to say
     assert c.config(OTHER, None, None, True) == []
@@ -83,7 +92,7 @@ def test_a_config_cleared_while_away_removes_the_device_after_the_replay():
     c.published(OTHER, payload)  # its published came back, its config did not
     c.config(MAC, config(MAC), None, False)
     effects = c.replayed(lost_ours=False)
-    assert effects == [Remove(OTHER, away=True), Announce(OTHER, b"")]
+    assert effects == [Remove(OTHER, away=True), Announce(OTHER, b""), Announce(OTHER, b"", "files")]
     assert list(c.catalog.devices) == [MAC]
 
 
@@ -99,7 +108,8 @@ def test_a_published_put_back_by_the_keeper_counts_as_lost_not_cleared():
     c = core()
     assigned(c)
     c.connected()
-    assert kinds(c.lost([MAC, OTHER])) == [Announce]  # OTHER is not ours to put back
+    # both of its topics go out again; OTHER is not ours to put back
+    assert [e.kind for e in c.lost([MAC, OTHER])] == ["published", "files"]
     assert c.replayed(lost_ours=False) == [Missing((MAC,))]
 
 

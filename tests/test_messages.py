@@ -9,9 +9,9 @@ import re
 import pytest
 
 from services.messages import (
-    SCHEMA_VERSION, Config, ConfigFile, Discovered, ErrorReport, Fetched, NotifyStatus, Payload,
-    PayloadError, Published, PublishedFile, ResyncCredentials, ServiceStatus, decode_json,
-    encode_json, now_iso,
+    SCHEMA_VERSION, Config, ConfigFile, Discovered, ErrorReport, Fetched, FileList, ListedFile,
+    NotifyStatus, Payload, PayloadError, Published, PublishedFile, ResyncCredentials, ServiceStatus,
+    decode_json, encode_json, now_iso, url_without_secret,
 )
 
 AT = "2026-01-02T03:04:05.678Z"
@@ -41,6 +41,9 @@ EXAMPLES: list[Payload] = [
     ServiceStatus(state="online", version="0.1.0", started_at=AT, service="listener", instance="a",
                   counters={"subscribes": 3}, at=AT, health="degraded", reasons={"disk": "full"},
                   notices={"store": "rebuilt"}),
+    ListedFile(name="a.cfg", sha256="cd" * 32, size=12),
+    FileList(files=[ListedFile(name="a.cfg", sha256="cd" * 32, size=12)],
+             revision=4, mac="000b82f55284", vendor="yealink"),
 ]
 
 
@@ -154,3 +157,14 @@ def test_encoding_is_deterministic_and_keeps_non_ascii():
 
 def test_now_is_iso_utc_with_milliseconds():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", now_iso())
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("http://192.168.5.110:8080/p/Zm9vYmFy/cfg000b82f55284.xml", "http://192.168.5.110:8080/…"),
+    ("https://phone:s3cret@files.example/p/tok/", "https://files.example/…"),
+    ("http://files.example/?token=abc", "http://files.example/…"),
+    ("http://files.example/", "http://files.example/"),
+])
+def test_url_without_secret_keeps_only_where_it_points(url, shown):
+    # what devices/{mac}/notify may say of the URL sent: pbx and operator read it
+    assert url_without_secret(url) == shown

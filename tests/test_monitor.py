@@ -43,13 +43,20 @@ def test_secrets_and_file_contents_never_show():
         out = f.line(f"pnp/devices/{MAC}/{kind}", json.dumps(data).encode(), False)
         assert "s3cret" not in out
     assert redact({"a": [{"Password": "x"}]}) == {"a": [{"Password": "***"}]}
+    # a broker without the deployment ACL shows published to anyone: the monitor still hides the path
+    urls = {"url": "http://10.0.0.1:8080/p/SECRETTOKEN/", "revision": 2,
+            "files": [{"name": "a.xml", "url": "http://10.0.0.1:8080/p/SECRETTOKEN/a.xml"}]}
+    assert "SECRETTOKEN" not in describe("published", urls)
+    for as_json in (True, False):
+        out = Formatter("pnp", as_json=as_json).line(f"pnp/devices/{MAC}/published", json.dumps(urls).encode(), False)
+        assert "SECRETTOKEN" not in out and ("10.0.0.1:8080/…" in out if as_json else "rev 2" in out), out
 
 
 def test_malformed_payloads_are_shown_not_fatal():
     f = Formatter("pnp")
     for raw in (b"{nope", b"\xff\xfe", b"[1,2]", b"42", b'"text"', b"{}", b'{"accounts": "x"}',
                 b'{"files": [1, null, {"name": []}]}', b'{"rtt_ms": "fast", "status": []}'):
-        for kind in ("discovered", "assignment", "config", "published", "notify", "fetched", "error"):
+        for kind in ("discovered", "assignment", "config", "published", "files", "notify", "fetched", "error"):
             line = f.line(f"pnp/devices/{MAC}/{kind}", raw, False)
             assert line and "\n" not in line and MAC in line
     assert "unreadable payload" in f.line(f"pnp/devices/{MAC}/notify", b"{nope", False)

@@ -35,9 +35,9 @@ class StagingTest(BrokerCase):
             seen.append((done, total))
             # play the fileserver: publish each phone's files once its assignment is there
             for ident in idents:
-                topic = f"pnp/devices/{ident.mac}/published"
+                topic = f"pnp/devices/{ident.mac}/files"
                 if self.probe.last(f"pnp/devices/{ident.mac}/assignment") and not self.probe.on(topic):
-                    self.probe.publish(topic, {"url": "http://127.0.0.1:1/p/x/", "files": [], "revision": 1},
+                    self.probe.publish(topic, {"files": [], "revision": 1},
                                        retain=True)
 
         n = yield stage(idents, parse_mqtt_url(self.broker.url), "pnp", wait_published=10,

@@ -273,7 +273,7 @@ def publish(url: s.MqttUrl, prefix: str, items: list[Item], reactor: Any, timeou
     topics = Topics(prefix)
     answers: dict[str, str] = {}
     watched = {topics.device(item.mac, kind): (item.mac, kind) for item in items
-               for kind in ("config", "published", "error")}
+               for kind in ("config", "files", "error")}
 
     def on_answer(msg: Incoming) -> None:
         # Retained messages are the state before this publish; only live ones answer it.
@@ -322,11 +322,13 @@ def _answer(kind: str, payload: bytes) -> str:
             return "config withdrawn"
         names = ", ".join(f.get("name", "?") for f in data.get("files", []) if isinstance(f, dict))
         return f"config revision {data.get('revision')} ({names})"
-    if kind == "published":
-        # What a PBX login sees: under the deployment's ACL it may not read config.
+    if kind == "files":
+        # What a PBX login sees: under the deployment's ACL it may read neither config nor
+        # published (the working URLs); files says the same revision without them.
         if data is None:
             return "files withdrawn"
-        return f"published revision {data.get('revision')} at {data.get('url')}"
+        names = ", ".join(str(f.get("name", "?")) for f in data.get("files", []) if isinstance(f, dict))
+        return f"published revision {data.get('revision')} ({names})"
     if data is None:
         return "error cleared"
     return f"error {data.get('code')}: {data.get('message')}"

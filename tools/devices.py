@@ -72,7 +72,8 @@ def fold(mac: str, payloads: dict[str, Any]) -> Device:
     disc = _obj(payloads.get("discovered"))
     assign = _obj(payloads.get("assignment"))
     config = _obj(payloads.get("config"))
-    pub = _obj(payloads.get("published"))
+    # files is what an operator login may read; without the ACL published says the same (and URLs)
+    pub = _obj(payloads.get("files") or payloads.get("published"))
     notify = _obj(payloads.get("notify"))
     fetched = _obj(payloads.get("fetched"))
     error = _obj(payloads.get("error"))
@@ -102,7 +103,8 @@ def fold(mac: str, payloads: dict[str, Any]) -> Device:
         files = [_text(f.get("name")) for f in config.get("files") or [] if isinstance(f, dict)]
         d.stage, d.detail = "rendered", f"rev {latest}: {', '.join(files)}"
     if current(pub):
-        d.stage, d.detail = "published", _text(pub.get("url"))
+        names = [_text(f.get("name")) for f in pub.get("files") or [] if isinstance(f, dict)]
+        d.stage, d.detail = "published", f"rev {_text(pub.get('revision'))}: {', '.join(names)}"
         if not seen:
             d.detail += " (waiting for the phone to boot)"
     if current(notify):

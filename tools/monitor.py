@@ -22,6 +22,7 @@ from typing import Any, Callable, TextIO
 
 from services import settings as s
 from services.textsafe import json_safe, printable
+from services.messages import url_without_secret
 from services.topics import DEVICE_KINDS, Topics
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX]
@@ -58,6 +59,8 @@ def redact(data: Any, kind: str | None = None) -> Any:
                 out[k] = "***"
             elif kind == "config" and k == "content":
                 out[k] = f"<{len(v) if isinstance(v, str) else '?'} chars>"
+            elif kind == "published" and k == "url" and isinstance(v, str):
+                out[k] = url_without_secret(v)  # a working URL downloads the password
             else:
                 out[k] = redact(v, kind)
         return out
@@ -78,7 +81,8 @@ def describe(kind: str, data: Any) -> str:
 def _describe(kind: str, d: Any) -> str:
     if d is None:
         return {"assignment": "unassigned", "config": "configuration removed",
-                "error": "error resolved", "published": "files withdrawn"}.get(kind, "cleared")
+                "error": "error resolved", "published": "files withdrawn",
+                "files": "files withdrawn"}.get(kind, "cleared")
     if not isinstance(d, dict):
         return f"unexpected payload: {_clip(json.dumps(d), 80)}"
     if kind == "discovered":
@@ -96,8 +100,14 @@ def _describe(kind: str, d: Any) -> str:
         files = found if isinstance(found := d.get("files"), list) else []
         names = ", ".join(f"{_g(f, 'name', '?')} ({_g(f, 'size', '?')} B)" for f in files[:4])
         return f"rendered rev {_g(d, 'revision', '?')} {names} template {_g(d, 'template', '?')}"
-    if kind == "published":
-        return f"published rev {_g(d, 'revision', '?')} {_g(d, 'url', '?')}"
+    if kind == "files":
+        files = found if isinstance(found := d.get("files"), list) else []
+        names = ", ".join(f"{_g(f, 'name', '?')} ({_g(f, 'size', '?')} B)" for f in files[:4])
+        return f"published rev {_g(d, 'revision', '?')} {names}"
+    if kind == "published":  # seen only without the deployment ACL; the URLs themselves are secrets
+        url = d.get("url")
+        where = f" at {url_without_secret(url)}" if isinstance(url, str) else ""
+        return f"download URLs of rev {_g(d, 'revision', '?')}{where} ready for the notifier"
     if kind == "notify":
         code = _g(d, "code")
         rtt = d.get("rtt_ms")

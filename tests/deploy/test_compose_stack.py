@@ -129,10 +129,13 @@ class Site:
         return json.loads(result.stdout)
 
     def state(self) -> dict[str, dict[str, str]]:
-        """Every assignment and every published file set, as the pbx login reads them."""
+        """Every assignment and every file set (``files``), as the pbx login reads them, and the
+        working URLs (``published``), which only the notifier's login may read."""
         got = self.probe("retained", {"user": "pbx", "password": self.env["MQTT_PASSWORD_PBX"],
-                                      "filters": ["pnp/devices/+/assignment", "pnp/devices/+/published"]})
-        out: dict[str, dict[str, str]] = {"assignment": {}, "published": {}}
+                                      "filters": ["pnp/devices/+/assignment", "pnp/devices/+/files"]})
+        got.update(self.probe("retained", {"user": "notifier", "password": self.env["MQTT_PASSWORD_NOTIFIER"],
+                                           "filters": ["pnp/devices/+/published"]}))
+        out: dict[str, dict[str, str]] = {"assignment": {}, "files": {}, "published": {}}
         for topic, payload in got.items():
             _, _, mac, kind = topic.split("/")
             out[kind][mac] = payload
@@ -222,14 +225,15 @@ def test_an_operators_day(engine, tmp_path):
         report["up_to_healthy_s"] = round(time.monotonic() - t, 1)
         site.phones("--assign", "--wait-published", "60")
         before = site.state()
-        assert len(before["assignment"]) == PHONES and set(before["published"]) == set(before["assignment"])
+        assert len(before["assignment"]) == PHONES and set(before["files"]) == set(before["assignment"])
+        assert set(before["published"]) == set(before["files"])
         files = site.served(before["published"])
         assert files and all(v.startswith("200 ") for v in files.values()), files
 
         def still_provisioned(step: str) -> None:
             now = site.state()
             assert now["assignment"] == before["assignment"], f"{step}: assignments changed"
-            assert set(now["published"]) == set(before["published"]), f"{step}: published changed"
+            assert set(now["files"]) == set(before["files"]), f"{step}: files changed"
             assert site.served(now["published"]) == files, f"{step}: files served differ"
 
         # the operator's day

@@ -62,11 +62,11 @@ def stage(identities: Iterable[Identity], url: MqttUrl, prefix: str = "pnp", *,
 
     def on_published(msg: Incoming) -> None:
         info = topics.parse(msg.topic)
-        if info and info.mac in wanted and isinstance(msg.data, dict) and msg.data.get("url"):
+        if info and info.mac in wanted and isinstance(msg.data, dict) and "files" in msg.data:
             published.add(info.mac)
 
     if wait_published > 0:
-        bus.subscribe(topics.devices("published"), on_published)
+        bus.subscribe(topics.devices("files"), on_published)  # files: readable by the pbx login too
     bus.start()
     try:
         connected = bus.when_connected()
