@@ -569,6 +569,18 @@ def call_macs(pcap: Path) -> dict[bytes, str]:
 
 # --- one run -----------------------------------------------------------------------------------
 
+def boot_phones(result: dict, work: Path, broker_port: int | None, macs: list[str], sip_port: int,
+                rate: int, phones: int, notify_wait: float) -> None:
+    """sipp's phones boot while the wire is captured; the kernel's counters say what it lost."""
+    capture = Capture(work, broker_port)
+    before = kernel_counters()
+    try:
+        result["sipp"] = sipp(work, macs, sip_port, rate, phones, notify_wait)
+    finally:
+        result["capture"] = capture.stop()
+    result["kernel"] = {k: v - before[k] for k, v in kernel_counters().items() if v != before[k]}
+
+
 def run_case(case: str, rate: int, phones: int, first_mac: int, work: Path, args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     macs = [f"000b82{first_mac + i:06x}" for i in range(phones)]
@@ -579,13 +591,7 @@ def run_case(case: str, rate: int, phones: int, first_mac: int, work: Path, args
         responder = Group([sys.executable, str(RESPONDER), str(sip_port)], work / "responder.log")
         try:
             wait_for_text(work / "responder.log", "ready", 10, responder.proc)
-            capture = Capture(work, None)
-            before = kernel_counters()
-            try:
-                result["sipp"] = sipp(work, macs, sip_port, rate, phones, args.notify_wait)
-            finally:
-                result["capture"] = capture.stop()
-            result["kernel"] = {k: v - before[k] for k, v in kernel_counters().items() if v != before[k]}
+            boot_phones(result, work, None, macs, sip_port, rate, phones, args.notify_wait)
         finally:
             responder.stop()
         broker_port, clients, cpu = None, {}, {}
@@ -601,13 +607,7 @@ def run_case(case: str, rate: int, phones: int, first_mac: int, work: Path, args
             broker_port, sip_port = system.broker_port, system.sip_port
             clients = broker_clients(broker_port)
             cpu_before = process_cpu(system.proc.pid)
-            capture = Capture(work, broker_port)
-            before = kernel_counters()
-            try:
-                result["sipp"] = sipp(work, macs, sip_port, rate, phones, args.notify_wait)
-            finally:
-                result["capture"] = capture.stop()
-            result["kernel"] = {k: v - before[k] for k, v in kernel_counters().items() if v != before[k]}
+            boot_phones(result, work, broker_port, macs, sip_port, rate, phones, args.notify_wait)
             cpu_after = process_cpu(system.proc.pid)
             cpu = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 2) for k in cpu_after}
     calls = sip_times(work / "capture.pcap")
