@@ -90,12 +90,15 @@ class LockedBroker:
 
     def start(self) -> "LockedBroker":
         conf = self.write()
-        self.process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        # Its log goes to a file: a pipe nobody reads blocks mosquitto once it fills.
+        log = self.directory / "mosquitto.log"
+        with open(log, "wb") as out_file:
+            self.process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=out_file,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 10
         while not answers("127.0.0.1", self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                out = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+                out = log.read_text(errors="replace")
                 self.stop()
                 raise RuntimeError(f"mosquitto did not start with the repository config: {out}")
             time.sleep(0.02)
