@@ -9,6 +9,13 @@
 
 The window also keeps a retained replay of an old discovery (after a restart of the notifier,
 or with a fresh database) from notifying a phone that booted hours ago.
+
+Enrolment (the fileserver's gate, docs/SECURITY.md) adds two rules to ``ua-profile``, none to
+``check-sync``: no URL while ``published.enrolling`` is false (the fileserver would refuse it
+anyway; sending it tells a forger the device exists and is worth racing), and one address per
+enrolment epoch: once the epoch's URL went to one address, a discovery of the same MAC from
+another is :class:`Held`. The notifier does not call that a conflict; the fileserver does, from
+the same discovery.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Container
 
 from services.messages import Published
 
-from notifier.state import Device, Provision, SentKey
+from notifier.state import Device, EpochAddress, Provision, SentKey
 
 UA_PROFILE = "ua-profile"
 CHECK_SYNC = "check-sync"
@@ -33,6 +40,22 @@ class Plan:
     revision: int
     url: str
     key: SentKey
+    epoch: int | None = None  # of the URL of a ua-profile, when the fileserver says
+
+
+@dataclass(frozen=True)
+class Held:
+    """A ua-profile NOT sent: this epoch's URL already went to ``first``, and ``second`` asks."""
+
+    mac: str
+    epoch: int
+    first: str
+    second: str
+
+
+def enrolling(published: Published) -> bool:
+    """Whether the URL works: a fileserver older than enrolment does not say, and means yes."""
+    return published.enrolling is not False
 
 
 def _recent(device: Device, now: float, window: float) -> bool:
@@ -44,28 +67,37 @@ def _running(device: Device, provision: Provision | None) -> bool:
     return provision is not None and provision.provisioned and provision.at >= device.seen
 
 
-def _ua_profile(mac: str, device: Device, published: Published, sent: Container[SentKey]) -> Plan | None:
+def _ua_profile(mac: str, device: Device, published: Published, sent: Container[SentKey],
+                addressed: EpochAddress | None) -> Plan | Held | None:
+    if not enrolling(published):
+        return None
     key = SentKey(mac, device.discovered.call_id, published.revision, UA_PROFILE)
     if key in sent:
         return None
-    return Plan(mac, UA_PROFILE, published.revision, published.url, key)
+    if (published.epoch is not None and addressed is not None and addressed.epoch == published.epoch
+            and addressed.address != device.discovered.ip):
+        # IPs only: a phone's source port changes across boots and NATs.
+        return Held(mac, published.epoch, addressed.address, device.discovered.ip)
+    return Plan(mac, UA_PROFILE, published.revision, published.url, key, published.epoch)
 
 
 def after_discovery(mac: str, device: Device, published: Published | None,
                     provision: Provision | None, sent: Container[SentKey], now: float,
-                    window: float) -> Plan | None:
-    """A phone SUBSCRIBEd (or its retained discovery was replayed)."""
+                    window: float, addressed: EpochAddress | None = None) -> Plan | Held | None:
+    """A phone SUBSCRIBEd (or its retained discovery was replayed). ``addressed``: where the
+    first ua-profile of the device's current epoch went, if one did."""
     if published is None or not _recent(device, now, window):
         return None
     if _running(device, provision):
         # A replayed discovery older than the phone's last download: it is not booting now.
         return None
-    return _ua_profile(mac, device, published, sent)
+    return _ua_profile(mac, device, published, sent, addressed)
 
 
 def after_publish(mac: str, device: Device | None, published: Published,
                   previous: Published | None, provision: Provision | None,
-                  sent: Container[SentKey], now: float, window: float) -> Plan | None:
+                  sent: Container[SentKey], now: float, window: float,
+                  addressed: EpochAddress | None = None) -> Plan | Held | None:
     """The phone's files were (re)published."""
     if device is None:
         return None  # never seen: no address to send to; its first SUBSCRIBE will do
@@ -81,4 +113,4 @@ def after_publish(mac: str, device: Device | None, published: Published,
         return Plan(mac, CHECK_SYNC, published.revision, published.url, key)
     if not _recent(device, now, window):
         return None
-    return _ua_profile(mac, device, published, sent)
+    return _ua_profile(mac, device, published, sent, addressed)

@@ -94,6 +94,9 @@ class Notifier:
         self._log_sent = BurstLog(self.reactor, lambda count: log.info(
             "sent {count} more NOTIFYs in a burst (not logged one by one; each phone's outcome is "
             "on its devices/{{mac}}/notify)", count=count))
+        self._log_held = BurstLog(self.reactor, lambda count: log.warn(
+            "held {count} more NOTIFYs for a second address of an enrolment epoch (counter "
+            "held_second_address)", count=count))
         self.keeper = Keeper(ctx, ctx.topics.devices("notify"))
         self.endpoints: dict[str, NotifyEndpoint] = {}
         self._errored: set[str] = set()  # MACs whose error topic holds a refusal we reported
@@ -142,6 +145,7 @@ class Notifier:
         self._stopped = True
         self.keeper.stop()
         self._log_sent.flush()
+        self._log_held.flush()
         cut = sum(endpoint.stop() for endpoint in self.endpoints.values())
         if cut:
             log.info("stopped with {count} NOTIFY transactions unfinished", count=cut)
@@ -188,7 +192,7 @@ class Notifier:
         device = self.store.put_device(mac, discovered, epoch(discovered.seen_at, now), msg.raw)
         plan = decide.after_discovery(mac, device, self.store.published.get(mac),
                                       self.store.provisions.get(mac), self.store.sent, now,
-                                      self.settings.notify_window)
+                                      self.settings.notify_window, self.store.addressed.get(mac))
         if plan is not None:
             self._execute(plan)
 
@@ -205,7 +209,7 @@ class Notifier:
         previous = self.store.put_published(mac, published, msg.raw)
         plan = decide.after_publish(mac, self.store.devices.get(mac), published, previous,
                                     self.store.provisions.get(mac), self.store.sent, self.wall(),
-                                    self.settings.notify_window)
+                                    self.settings.notify_window, self.store.addressed.get(mac))
         if plan is not None:
             self._execute(plan)
 
@@ -267,7 +271,10 @@ class Notifier:
                      "sending from {default}", address=interface, default=default.local[0])
         return default
 
-    def _execute(self, plan: decide.Plan) -> None:
+    def _execute(self, plan: decide.Plan | decide.Held) -> None:
+        if isinstance(plan, decide.Held):
+            self._held(plan)
+            return
         if not self.shard.owns(plan.mac):
             # Another instance's phone: it decides the same from the same retained state, and
             # its own sent log (not ours) keeps its restarts from sending twice.
@@ -295,6 +302,8 @@ class Notifier:
             return
         if not self.store.mark_sent(plan.key, self.wall()):
             return
+        if plan.epoch is not None:
+            self.store.address_epoch(plan.mac, plan.epoch, d.ip, self.wall())
         call_id = request.call_id or ""
         attempt = Attempt(plan, request, address, endpoint, in_dialog, call_id)
         self._send(attempt)
@@ -305,6 +314,16 @@ class Notifier:
         self._log_sent(lambda: log.info("NOTIFY {kind} rev {revision} to {mac} at {host}:{port}",
                                         kind=plan.kind, revision=plan.revision, mac=plan.mac,
                                         host=address[0], port=address[1]))
+
+    def _held(self, held: decide.Held) -> None:
+        if not self.shard.owns(held.mac):
+            self.counters_["notify_other_shard"] += 1
+            return
+        # No error of ours: the fileserver sees the same discovery and raises the conflict.
+        self.counters_["held_second_address"] += 1
+        self._log_held(lambda: log.warn(
+            "no NOTIFY to {mac} at {second}: the URL of its enrolment epoch {epoch} went to {first}",
+            mac=held.mac, second=held.second, epoch=held.epoch, first=held.first))
 
     def _send(self, attempt: Attempt) -> None:
         def finished(result: Result, answer: Answer | None) -> None:

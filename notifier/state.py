@@ -55,6 +55,15 @@ class SentKey:
     kind: str
 
 
+@dataclass(frozen=True)
+class EpochAddress:
+    """Where the first ua-profile NOTIFY of a device's enrolment epoch went (its IP): the one
+    address that epoch's URL goes to. Not in any retained message, so it lives here."""
+
+    epoch: int
+    address: str
+
+
 def epoch(iso: str, default: float) -> float:
     """Seconds since the epoch of an ISO 8601 time; ``default`` when it cannot be read."""
     try:
@@ -90,6 +99,7 @@ class Store:
         self.provisions: dict[str, Provision] = {}
         self.sent: set[SentKey] = set()
         self.credentials: dict[str, dict[int, ResyncCredentials]] = {}
+        self.addressed: dict[str, EpochAddress] = {}
         self._load()
 
     def _create(self) -> None:
@@ -104,6 +114,10 @@ class Store:
         self.db.table("credentials").create(
             {"mac": str, "revision": int, "username": str, "password": str},
             pk=("mac", "revision"), if_not_exists=True)
+        # Added with enrolment: a database of an older notifier gets the table here, empty,
+        # which is right (no epoch was addressed before the fileserver numbered them).
+        self.db.table("addressed").create(
+            {"mac": str, "epoch": int, "address": str, "at": float}, pk="mac", if_not_exists=True)
 
     def _load(self) -> None:
         for row in self.db["devices"].rows:
@@ -124,6 +138,8 @@ class Store:
         for row in self.db["credentials"].rows:
             self.credentials.setdefault(row["mac"], {})[row["revision"]] = ResyncCredentials(
                 row["revision"], row["username"], row["password"], row["mac"])
+        for row in self.db["addressed"].rows:
+            self.addressed[row["mac"]] = EpochAddress(row["epoch"], row["address"])
 
     # --- writes (hot path: plain statements, no per-call schema introspection) ---
     def put_device(self, mac: str, discovered: Discovered, seen: float, raw: bytes | None = None) -> Device:
@@ -158,6 +174,9 @@ class Store:
     def drop_published(self, mac: str) -> None:
         if self.published.pop(mac, None) is not None:
             self._write("DELETE FROM published WHERE mac = ?", (mac,))
+        # A device removed and added again may start its epochs again from 1.
+        if self.addressed.pop(mac, None) is not None:
+            self._write("DELETE FROM addressed WHERE mac = ?", (mac,))
 
     def put_provision(self, mac: str, provision: Provision) -> None:
         self.provisions[mac] = provision
@@ -173,6 +192,17 @@ class Store:
         self._write(
             "INSERT OR IGNORE INTO sent (mac, call_id, revision, kind, at) VALUES (?, ?, ?, ?, ?)",
             (key.mac, key.call_id, key.revision, key.kind, at))
+        return True
+
+    def address_epoch(self, mac: str, epoch: int, address: str, at: float) -> bool:
+        """Bind ``epoch``'s URL to ``address`` unless the epoch already has one; True when it
+        was bound now. One row per MAC: an older epoch's address is of no further use."""
+        old = self.addressed.get(mac)
+        if old is not None and old.epoch == epoch:
+            return False
+        self.addressed[mac] = EpochAddress(epoch, address)
+        self._write("INSERT OR REPLACE INTO addressed (mac, epoch, address, at) VALUES (?, ?, ?, ?)",
+                    (mac, epoch, address, at))
         return True
 
     def put_credentials(self, mac: str, credentials: ResyncCredentials) -> None:
@@ -216,5 +246,6 @@ class Store:
 
     def summary(self) -> dict[str, int]:
         return {"devices": len(self.devices), "published": len(self.published),
-                "notifies_recorded": len(self.sent), "credentials": len(self.credentials)}
+                "notifies_recorded": len(self.sent), "credentials": len(self.credentials),
+                "epochs_addressed": len(self.addressed)}
 

@@ -30,7 +30,7 @@ EXAMPLES: list[Payload] = [
            model="VVX400", notify_path="000b82f55284.cfg"),
     PublishedFile(name="a.cfg", url="http://x/a.cfg", sha256="cd" * 32),
     Published(url="http://x/", files=[PublishedFile(name="a.cfg", url="http://x/a.cfg", sha256="cd" * 32)],
-              revision=4, mac="000b82f55284", vendor="yealink"),
+              revision=4, mac="000b82f55284", vendor="yealink", enrolling=False, epoch=3),
     NotifyStatus(status="accepted", code=200, attempts=2, url="http://x/", revision=4, call_id="c1",
                  at=AT, reason="OK", rtt_ms=12.5, kind="check-sync", challenged=True),
     ResyncCredentials(revision=4, username="1001", password="secret", mac="000b82f55284"),

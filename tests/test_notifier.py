@@ -144,11 +144,11 @@ class NotifierBase(BrokerCase):
             "boot": 1, "v": 1,
         }, **changes}, retain=True)
 
-    def publish(self, revision: int = 1, mac: str = MAC, url: str = URL) -> None:
+    def publish(self, revision: int = 1, mac: str = MAC, url: str = URL, **enrolment: object) -> None:
         self.probe.publish(f"pnp/devices/{mac}/published", {
             "url": url, "revision": revision, "mac": mac, "vendor": "grandstream",
             "files": [{"name": f"cfg{mac}.xml", "url": url + f"cfg{mac}.xml", "sha256": "ab"}], "v": 1,
-        }, retain=True)
+            **enrolment}, retain=True)
 
     def fetched(self, revision: int, provisioned: bool = True, mac: str = MAC) -> None:
         self.probe.publish(f"pnp/devices/{mac}/fetched", {
@@ -447,6 +447,48 @@ class NotifierTest(NotifierBase):
         count = len(phone.requests)
         yield self.quiet(0.4)
         self.assertEqual(len(phone.requests), count)
+
+
+class EnrolmentTest(NotifierBase):
+    """The fileserver's gate as the notifier follows it: ``published.enrolling`` and ``epoch``."""
+
+    @defer.inlineCallbacks
+    def test_one_address_per_epoch_none_while_not_enrolling_and_it_survives_a_restart(self):
+        phone, other = self.phone("127.0.0.2"), self.phone("127.0.0.3")
+        component = yield self.start()
+        self.publish(revision=1, enrolling=True, epoch=1)
+        self.discover(phone, call_id="boot-1")
+        yield eventually(self.final())
+        # The same MAC from another address in the same epoch: no URL goes there.
+        self.discover(other, call_id="forged-1")
+        yield eventually(lambda: component.counters_["held_second_address"] == 1)
+        # A newer revision in the same epoch is held from it too (the last discovery is its).
+        self.publish(revision=2, enrolling=True, epoch=1)
+        yield eventually(lambda: component.counters_["held_second_address"] == 2)
+        # The phone's own next boot in the epoch still gets it.
+        self.discover(phone, call_id="boot-2")
+        yield eventually(lambda: len(phone.transactions) == 2)
+        # Not enrolling (provisioned, expired, conflict): no ua-profile to anyone.
+        self.publish(revision=3, enrolling=False, epoch=1)
+        self.discover(phone, call_id="boot-3")
+        self.discover(other, call_id="forged-2")
+        yield self.quiet()
+        self.assertEqual(component.counters_["held_second_address"], 2)
+
+        # A restart keeps the epoch's address: the next forged boot is held all the same.
+        yield self.runtimes[0].stop()
+        component = yield self.start()
+        self.publish(revision=3, enrolling=True, epoch=1)
+        self.discover(other, call_id="forged-3")
+        yield eventually(lambda: component.counters_["held_second_address"] >= 1)
+        yield self.quiet(0.2)
+        self.assertEqual(other.transactions, [])
+        # A new epoch (re-armed) goes to whoever asks first in it: here the last discovery.
+        self.publish(revision=4, enrolling=True, epoch=2)
+        yield eventually(lambda: other.transactions)
+        self.assertEqual(len(phone.transactions), 2)
+        self.assertEqual(other.transactions[0].body, URL.encode())
+        self.assertEqual(component.store.addressed[MAC].address, "127.0.0.3")
 
 
 class EndpointOnClockTest(unittest.TestCase):

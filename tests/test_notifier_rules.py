@@ -31,10 +31,10 @@ def discovered(call_id: str = "1848599395-5080-1@BJC.BGI.F.BHF", **changes) -> D
     return Discovered(**values)
 
 
-def published(revision: int = 3) -> Published:
+def published(revision: int = 3, **enrolment) -> Published:
     url = "http://192.168.5.110:8080/p/tok/"
     return Published(url=url, files=[PublishedFile(f"cfg{MAC}.xml", url + f"cfg{MAC}.xml", "ab")],
-                     revision=revision, mac=MAC, vendor="grandstream")
+                     revision=revision, mac=MAC, vendor="grandstream", **enrolment)
 
 
 # --- decide ----------------------------------------------------------------------------------
@@ -117,7 +117,78 @@ def test_rebooted_phone_gets_ua_profile_and_replays_before_provisioning_are_quie
     assert decide.after_discovery(MAC, old, store.published[MAC], provision, store.sent, T0 + 1, WINDOW) is None
 
 
+def test_no_ua_profile_while_not_enrolling_but_check_sync_goes_on():
+    store = Store()
+    device = store.put_device(MAC, discovered(), T0)
+    closed = published(3, enrolling=False, epoch=1)
+    assert decide.after_discovery(MAC, device, closed, None, store.sent, T0, WINDOW) is None
+    assert decide.after_publish(MAC, device, closed, None, None, store.sent, T0, WINDOW) is None
+    # A fileserver older than enrolment says nothing: the URL works, as before.
+    plan = decide.after_discovery(MAC, device, published(3), None, store.sent, T0, WINDOW)
+    assert plan.kind == "ua-profile" and plan.epoch is None
+    # A running phone's new revision: its resync carries no URL, enrolment has no say.
+    running = Provision(True, 3, T0 + 30)
+    plan = decide.after_publish(MAC, device, published(4, enrolling=False, epoch=1), closed,
+                                running, store.sent, T0 + 40, WINDOW)
+    assert plan.kind == "check-sync"
+
+
+def test_one_address_per_enrolment_epoch():
+    store = Store()
+    first = store.put_device(MAC, discovered("a"), T0)
+    p = published(3, enrolling=True, epoch=2)
+    plan = decide.after_discovery(MAC, first, p, None, store.sent, T0, WINDOW, store.addressed.get(MAC))
+    assert plan.epoch == 2
+    store.mark_sent(plan.key, T0)
+    assert store.address_epoch(MAC, 2, first.discovered.ip, T0)
+    assert not store.address_epoch(MAC, 2, "10.9.9.9", T0)  # the first one stays
+    # The same address, a new boot (the phone rebooted before downloading): sent again.
+    again = store.put_device(MAC, discovered("b", port=5099), T0 + 5)
+    plan = decide.after_discovery(MAC, again, p, None, store.sent, T0 + 5, WINDOW, store.addressed[MAC])
+    assert isinstance(plan, decide.Plan) and plan.key.call_id == "b"
+    # Another address in the same epoch: held, naming both; and a newer revision of it too.
+    other = store.put_device(MAC, discovered("c", ip="192.168.5.66"), T0 + 6)
+    held = decide.after_discovery(MAC, other, p, None, store.sent, T0 + 6, WINDOW, store.addressed[MAC])
+    assert held == decide.Held(MAC, 2, "192.168.5.175", "192.168.5.66")
+    assert isinstance(decide.after_publish(MAC, other, published(4, enrolling=True, epoch=2), p, None,
+                                           store.sent, T0 + 7, WINDOW, store.addressed[MAC]), decide.Held)
+    # A new epoch (re-armed): whoever asks first in it.
+    plan = decide.after_publish(MAC, other, published(5, enrolling=True, epoch=3), p, None,
+                                store.sent, T0 + 8, WINDOW, store.addressed[MAC])
+    assert isinstance(plan, decide.Plan) and plan.epoch == 3
+    assert store.address_epoch(MAC, 3, "192.168.5.66", T0 + 8)
+    # No epoch from the fileserver (older): no address rule.
+    plan = decide.after_discovery(MAC, first, published(6), None, store.sent, T0 + 9, WINDOW,
+                                  store.addressed[MAC])
+    assert isinstance(plan, decide.Plan)
+
+
 # --- state -----------------------------------------------------------------------------------
+
+
+def test_epoch_addresses_survive_a_restart_and_an_older_database_gets_the_table(tmp_path):
+    path = tmp_path / "notifier.db"
+    old = Store(path)
+    old.put_published(MAC, published(7))
+    old.close()
+    # A notifier.db of a notifier before enrolment: no ``addressed`` table.
+    import sqlite3
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE addressed")
+    conn.commit()
+    conn.close()
+
+    store = Store(path)
+    assert store.addressed == {} and store.published[MAC].revision == 7
+    assert store.address_epoch(MAC, 4, "10.0.0.5", T0)
+    store.close()
+    again = Store(path)
+    assert again.addressed[MAC].address == "10.0.0.5" and again.addressed[MAC].epoch == 4
+    # A removed device may come back with its epochs counted from 1 again.
+    again.drop_published(MAC)
+    again.close()
+    assert Store(path).addressed == {}
+
 
 
 def test_state_survives_a_restart(tmp_path):
