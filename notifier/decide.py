@@ -54,7 +54,8 @@ class Held:
 
 
 def enrolling(published: Published) -> bool:
-    """Whether the URL works: a fileserver older than enrolment does not say, and means yes."""
+    """Whether the URL works (a fileserver older than enrolment does not say: the payload's
+    default, true)."""
     return published.enrolling is not False
 
 
@@ -74,11 +75,12 @@ def _ua_profile(mac: str, device: Device, published: Published, sent: Container[
     key = SentKey(mac, device.discovered.call_id, published.revision, UA_PROFILE)
     if key in sent:
         return None
-    if (published.epoch is not None and addressed is not None and addressed.epoch == published.epoch
+    epoch = published.epoch or None  # 0: a fileserver older than enrolment numbers none
+    if (epoch is not None and addressed is not None and addressed.epoch == epoch
             and addressed.address != device.discovered.ip):
         # IPs only: a phone's source port changes across boots and NATs.
-        return Held(mac, published.epoch, addressed.address, device.discovered.ip)
-    return Plan(mac, UA_PROFILE, published.revision, published.url, key, published.epoch)
+        return Held(mac, epoch, addressed.address, device.discovered.ip)
+    return Plan(mac, UA_PROFILE, published.revision, published.url, key, epoch)
 
 
 def after_discovery(mac: str, device: Device, published: Published | None,

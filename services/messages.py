@@ -215,11 +215,10 @@ class Published(Payload):
     revision: int
     mac: str = ""
     vendor: str = ""
-    # Enrolment (docs/SECURITY.md): ``url`` works only while the device is enrolling; a reader
-    # takes a missing ``enrolling`` (an older fileserver) as true. ``epoch`` rises with each
-    # enrolment the fileserver opens; None from an older fileserver.
-    enrolling: bool | None = None
-    epoch: int | None = None
+    # the URLs work only while the device is enrolling, and only in this enrolment epoch (a
+    # reader treats a missing enrolling, from an older fileserver, as true)
+    enrolling: bool = True
+    epoch: int = 0
 
 
 @dataclass
