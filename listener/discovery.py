@@ -14,7 +14,9 @@ What it decides, per RFC 3261 / 3581 / 6665 and the phones in the field:
 - the To-tag is a keyed hash of the dialog (Call-ID, From-tag): every SUBSCRIBE of one dialog
   gets the same tag with no per-dialog state, and it is the tag the discovery publishes;
 - one discovery per boot: a Call-ID already seen, or a MAC published less than ``window``
-  seconds ago, only gets its answer.
+  seconds ago from the same IP, only gets its answer. The same MAC from another IP is published
+  at once: it is another host claiming that MAC (or the phone moved), and the fileserver's
+  enrolment must see both addresses to call it a conflict (docs/SECURITY.md);
 - no answer larger than its request (``amplifying``): a source address can be spoofed, so an
   answer is a reflection; a request with more than ``MAX_VIAS`` Vias, or whose answer would
   outgrow it, gets nothing and publishes nothing (services/sip/message.py says why);
@@ -221,12 +223,12 @@ class SubscribeCore:
         self._transactions.answer(key, reply, now)
         counters["answered"] += 1
 
-        if self._call_ids.get(call_id, now) is not None or self._recent_macs.get(mac, now) is not None:
+        if self._call_ids.get(call_id, now) is not None or self._recent_macs.get(mac, now) == source[0]:
             self._call_ids.put(call_id, mac, now)
             counters["duplicates"] += 1
             return Outcome("duplicates", reply, dest)
         self._call_ids.put(call_id, mac, now)
-        self._recent_macs.put(mac, call_id, now)
+        self._recent_macs.put(mac, source[0], now)  # the IP: a boot is one host's
         boot = self._boots.get(mac, 0) + 1
         self._set_boot(mac, boot)
 

@@ -18,7 +18,7 @@ SUBSCRIBE_RESPONSE = Setting(
 )
 DISCOVERY_WINDOW = Setting(
     "discovery_window", "PNP_DISCOVERY_WINDOW",
-    "seconds during which further SUBSCRIBEs of a just-discovered MAC count as the same boot",
+    "seconds during which further SUBSCRIBEs of a just-discovered MAC from the same IP count as the same boot",
     parse_positive_float, "a number of seconds > 0", 30.0,
 )
 SIP_RATE = Setting(

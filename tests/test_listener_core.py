@@ -103,6 +103,18 @@ def test_new_call_ids_within_the_window_are_the_same_boot_after_it_a_new_one():
     assert late.discovered is None
 
 
+def test_the_same_mac_from_another_address_within_the_window_is_published_at_once():
+    # A host claiming the phone's MAC (or the phone itself, moved): the fileserver's enrolment
+    # must see both addresses to raise the conflict, whichever came first.
+    c = core(window=30.0)
+    assert c.handle(GRANDSTREAM, ("192.168.5.66", 5080), IFACE, 0.0).discovered.ip == "192.168.5.66"
+    real = c.handle(recall(rebranch(GRANDSTREAM, "z9hG4bKb"), "second@x"), PHONE, IFACE, 2.0)
+    assert real.discovered is not None and real.discovered.ip == PHONE[0]
+    # its own further Call-IDs within the window are its boot, as before
+    again = c.handle(recall(rebranch(GRANDSTREAM, "z9hG4bKc"), "third@x"), PHONE, IFACE, 3.0)
+    assert again.reply and again.discovered is None
+
+
 def test_remembered_boots_survive_a_restart():
     c = core()
     c.remember("000b82f55284", "1848599395-5080-1@BJC.BGI.F.BHF", 3, 0.0)
