@@ -15,7 +15,8 @@ Enrolment (the fileserver's gate, docs/SECURITY.md) adds two rules to ``ua-profi
 anyway; sending it tells a forger the device exists and is worth racing), and one address per
 enrolment epoch: once the epoch's URL went to one address, a discovery of the same MAC from
 another is :class:`Held`. The notifier does not call that a conflict; the fileserver does, from
-the same discovery.
+the same discovery. And a new epoch (re-armed, or a changed assignment) is not sent to a
+discovery made before it.
 """
 
 from __future__ import annotations
@@ -114,5 +115,10 @@ def after_publish(mac: str, device: Device | None, published: Published,
             return None
         return Plan(mac, CHECK_SYNC, published.revision, published.url, key)
     if not _recent(device, now, window):
+        return None
+    if previous is not None and previous.epoch and published.epoch != previous.epoch:
+        # A new enrolment epoch (re-armed, or the assignment changed): the last discovery is
+        # older than it, and may be the very host a re-arm is meant to forget. Its URL waits
+        # for a SUBSCRIBE made in the epoch.
         return None
     return _ua_profile(mac, device, published, sent, addressed)

@@ -39,7 +39,7 @@ from tests.support import Probe, rerun_in_network_namespace, wait_until
 from tools.simulate.fleet import plan
 from tools.simulate.phone import authorization
 from tools.simulate.staging import assignment
-from tools.simulate.vendors import GROUP, Dialog, Identity
+from tools.simulate.vendors import GROUP, Dialog, Identity, file_names
 
 INSIDE = os.environ.get("PNP_TEST_ATTACK_ENROL_NETNS") == "1"
 SERVICES = ("listener", "generator", "fileserver", "notifier")
@@ -127,7 +127,7 @@ class Attacker:
         self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
         self.sock.bind((address, 0))
         self.port = self.sock.getsockname()[1]
-        self.rng = random.Random(66)
+        self.rng = random.Random()  # a new Call-ID each time: an old one is not a new boot
 
     def subscribe(self, victim: Identity, wait: float = NOTIFY_WAIT) -> Heard:
         me = Identity(victim.vendor, victim.model, victim.firmware, victim.mac, self.address, self.port)
@@ -150,6 +150,21 @@ class Attacker:
                 self.sock.sendto(answer.to_bytes(), source)
                 heard.url = message.body.decode("utf-8", "replace").strip()
         return heard
+
+    def drain(self) -> list[str]:
+        """The URLs of NOTIFYs that arrived unasked since the last look."""
+        urls = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                data, _ = self.sock.recvfrom(65535)
+                message = parse(data)
+                if isinstance(message, Request) and message.method == "NOTIFY":
+                    urls.append(message.body.decode("utf-8", "replace").strip())
+        except BlockingIOError:
+            return urls
+        finally:
+            self.sock.setblocking(True)
 
     def close(self) -> None:
         self.sock.close()
@@ -200,7 +215,9 @@ class Site:
         self.broker = Mosquitto(directory / "broker", port=1883, persistence=False).start()
         self.env = {**os.environ, "PNP_MQTT_URL": self.broker.url, "PNP_DATA_DIR": str(directory),
                     "PNP_INSTANCE": "attack", "PNP_STATUS_INTERVAL": "1", "PNP_LOG_FORMAT": "json",
-                    "PNP_HTTP_PORT": "8080", "PNP_PUBLIC_URL": BASE}
+                    "PNP_HTTP_PORT": "8080", "PNP_PUBLIC_URL": BASE,
+                    # a real phone takes longer than 30 s to reboot; these ones reboot at once
+                    "PNP_DISCOVERY_WINDOW": "1"}
         self.log = open(directory / "up.log", "wb")
         self.up = subprocess.Popen([sys.executable, "-m", "tools.cli", "up"], env=self.env,
                                    stdout=self.log, stderr=subprocess.STDOUT)
@@ -278,6 +295,12 @@ def provisioned(proc: subprocess.Popen) -> dict:
     return phone
 
 
+def file_url(url: str, ident: Identity) -> str:
+    """The file a NOTIFY's URL names: a directory URL gets the vendor's first file name, as the
+    phone appends it."""
+    return url + file_names(ident.vendor, ident.mac, ident.model)[0] if url.endswith("/") else url
+
+
 def user_agent(ident: Identity) -> str:
     return ident.vendor.user_agent(ident)
 
@@ -324,7 +347,7 @@ def test_inside_a_forged_subscribe_for_a_provisioned_phone_gets_the_answer_and_n
         site: Site, fleet: list[Identity], attacker: Attacker):
     phone = fleet[0]
     # The URL its NOTIFY carried, read off the wire: the bootstrap URL of its (closed) epoch.
-    (url,) = set(site.sniffer.urls_to(phone.ip))
+    (url,) = {file_url(u, phone) for u in site.sniffer.urls_to(phone.ip)}
     before = site.last(phone.mac, "enrolment")
     assert before["bound"] == phone.ip
 
@@ -364,7 +387,7 @@ def test_inside_after_enrolment_no_url_alone_gives_a_file_and_a_login_opens_only
     # Every bootstrap URL of the site is dead after enrolment.
     for ident in fleet:
         for url in site.sniffer.urls_to(ident.ip):
-            assert refused(get(url, ATTACKER, user_agent(ident)))
+            assert refused(get(file_url(url, ident), ATTACKER, user_agent(ident)))
     # What the test can see work: the phone's own login opens its own file.
     assert get(mine, phone.ip, user_agent(phone), login(site, phone.mac)).status == 200
 
@@ -380,7 +403,8 @@ def test_inside_race_attacker_first_conflict_then_rearm_provisions_the_phone(
     # (docs/SECURITY.md, "What remains possible").
     heard = attacker.subscribe(phone)
     assert heard.answer == 200 and heard.url
-    got = get(heard.url, ATTACKER, user_agent(phone))
+    stolen = file_url(heard.url, phone)
+    got = get(stolen, ATTACKER, user_agent(phone))
     assert got.status == 200 and stolen_password.encode() in got.body
 
     # The real phone boots: conflict. It gets its 200 OK and no URL; the error names both.
@@ -394,7 +418,7 @@ def test_inside_race_attacker_first_conflict_then_rearm_provisions_the_phone(
     assert enrolment["state"] == "conflict" and set(enrolment["addresses"]) == {ATTACKER, phone.ip}
     assert site.last(phone.mac, "published")["enrolling"] is False
     # Nothing more for the attacker: not the file again, not another NOTIFY.
-    assert refused(get(heard.url, ATTACKER, user_agent(phone)))
+    assert refused(get(stolen, ATTACKER, user_agent(phone)))
     assert attacker.subscribe(phone).url is None
 
     # The operator re-arms: a new epoch, the credential in the attacker's copy dies at once.
@@ -403,6 +427,9 @@ def test_inside_race_attacker_first_conflict_then_rearm_provisions_the_phone(
     wait_until(lambda: (site.last(phone.mac, "enrolment") or {}).get("epoch", 0) > epoch, timeout=10)
     wait_until(lambda: not site.last(phone.mac, "error"), timeout=5)
     assert login(site, phone.mac)[1] != stolen_password
+    # The new epoch's URL does not go to the last discovery (the attacker's, above).
+    time.sleep(0.5)
+    assert attacker.drain() == []
     # The phone boots again and is provisioned (its second download with its new login).
     provisioned(site.simulate(phone))
     enrolment = wait_until(lambda: (lambda e: e if e and e["state"] == "provisioned" else None)(
@@ -411,7 +438,7 @@ def test_inside_race_attacker_first_conflict_then_rearm_provisions_the_phone(
     # The attacker's credential from the old file, and its old URL: refused.
     file = credentialed(heard.url, main_file(phone.mac, site))
     assert refused(get(file, ATTACKER, user_agent(phone), (phone.mac, stolen_password)))
-    assert refused(get(heard.url, ATTACKER, user_agent(phone)))
+    assert refused(get(stolen, ATTACKER, user_agent(phone)))
     assert get(file, phone.ip, user_agent(phone), login(site, phone.mac)).status == 200
 
 

@@ -483,8 +483,11 @@ class EnrolmentTest(NotifierBase):
         yield eventually(lambda: component.counters_["held_second_address"] >= 1)
         yield self.quiet(0.2)
         self.assertEqual(other.transactions, [])
-        # A new epoch (re-armed) goes to whoever asks first in it: here the last discovery.
+        # A new epoch (re-armed) goes to whoever asks first in it, not to a discovery before it.
         self.publish(revision=4, enrolling=True, epoch=2)
+        yield self.quiet(0.2)
+        self.assertEqual(other.transactions, [])
+        self.discover(other, call_id="after-rearm")
         yield eventually(lambda: other.transactions)
         self.assertEqual(len(phone.transactions), 2)
         self.assertEqual(other.transactions[0].body, URL.encode())

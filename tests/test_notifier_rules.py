@@ -152,11 +152,15 @@ def test_one_address_per_enrolment_epoch():
     assert held == decide.Held(MAC, 2, "192.168.5.175", "192.168.5.66")
     assert isinstance(decide.after_publish(MAC, other, published(4, enrolling=True, epoch=2), p, None,
                                            store.sent, T0 + 7, WINDOW, store.addressed[MAC]), decide.Held)
-    # A new epoch (re-armed): whoever asks first in it.
-    plan = decide.after_publish(MAC, other, published(5, enrolling=True, epoch=3), p, None,
-                                store.sent, T0 + 8, WINDOW, store.addressed[MAC])
+    # A new epoch (re-armed): not to the discovery made before it, which may be the very host
+    # the re-arm is meant to forget; then whoever asks first in it.
+    p3 = published(5, enrolling=True, epoch=3)
+    assert decide.after_publish(MAC, other, p3, p, None, store.sent, T0 + 8, WINDOW,
+                                store.addressed[MAC]) is None
+    other = store.put_device(MAC, discovered("d", ip="192.168.5.66"), T0 + 9)
+    plan = decide.after_discovery(MAC, other, p3, None, store.sent, T0 + 9, WINDOW, store.addressed[MAC])
     assert isinstance(plan, decide.Plan) and plan.epoch == 3
-    assert store.address_epoch(MAC, 3, "192.168.5.66", T0 + 8)
+    assert store.address_epoch(MAC, 3, "192.168.5.66", T0 + 9)
     # No epoch from the fileserver (older): no address rule.
     plan = decide.after_discovery(MAC, first, published(6), None, store.sent, T0 + 9, WINDOW,
                                   store.addressed[MAC])
