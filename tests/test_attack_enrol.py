@@ -20,7 +20,6 @@ import os
 import random
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -335,6 +334,8 @@ def fleet(site: Site) -> list[Identity]:
     for ident in idents:
         wait_until(lambda: (site.last(ident.mac, "enrolment") or {}).get("state") == "provisioned",
                    timeout=10)
+        # provisioned by the download with the device's own login, as the phone's file told it
+        assert site.last(ident.mac, "fetched")["auth"] == "device"
     return idents
 
 
