@@ -17,7 +17,7 @@ __all__ = ["SETTINGS", "start"]
 def start(ctx: Context) -> GeneratorService:
     cfg = ctx.settings
     store = Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health)
-    engine = Engine(Renderer(cfg.template_dir, cfg.notify_body), store)
+    engine = Engine(Renderer(cfg.template_dir, cfg.notify_body), store, cfg.public_url)
     service = GeneratorService(ctx, engine, cfg.generator_settle)
     if store.rebuilt:
         # its subscriptions go first: the first rendering waits for what they bring back

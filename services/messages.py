@@ -183,6 +183,28 @@ class ConfigFile(Payload):
 
 
 @dataclass
+class HttpAuth(Payload):
+    """A device's own HTTP credentials, written into its files (the vendor's config-server user
+    and password): the fileserver serves the credentialed route ``c/{name}`` to them (Digest).
+    ``previous`` is the password before a routine rotation, accepted until the phone has fetched
+    the file that carries the new one; None after a re-arm (the old one must die at once)."""
+
+    user: str  # the MAC
+    password: str
+    previous: str | None = None
+    rotate: str = ""  # id of the last rotate command acted on (so a rebuilt store acts on none twice)
+
+
+@dataclass
+class Enrol(Payload):
+    """What a device's enrolment epoch was opened for: the fileserver opens a new epoch when this
+    differs from the one its current epoch was opened for."""
+
+    assignment: str  # 16 hex digits of the sha256 of the canonical merged assignment
+    rearm: str = ""  # id of the last rearm command ("" = never re-armed)
+
+
+@dataclass
 class Config(Payload):
     """``devices/{mac}/config``: the rendered files of one device."""
 
@@ -194,6 +216,16 @@ class Config(Payload):
     model: str = ""
     # path, relative to the device's base URL, that the NOTIFY carries ("" = the directory)
     notify_path: str = ""
+    auth: HttpAuth | None = None  # None from an older generator
+    enrol: Enrol | None = None  # None from an older generator
+
+
+@dataclass
+class Command(Payload):
+    """``devices/{mac}/rearm`` and ``devices/{mac}/rotate`` (retained): acted on once per ``id``."""
+
+    id: str
+    at: str = ""
 
 
 @dataclass

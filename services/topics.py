@@ -9,8 +9,10 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, TypeGuard
 
-DEVICE_KINDS = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
-                "resync", "files")
+DEVICE_KINDS: tuple[str, ...] = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
+                                 "resync", "files")
+# the assigning system's commands to the generator (retained, acted on once per id)
+DEVICE_KINDS += ("rearm", "rotate")
 SERVICES = ("listener", "generator", "fileserver", "notifier", "console")
 
 _MAC = re.compile(r"[0-9a-f]{12}")
