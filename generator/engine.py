@@ -27,7 +27,7 @@ from generator.vendors import ConfigServer, RenderProblem
 from services.messages import (
     Command, Config, ConfigFile, Enrol, HttpAuth, PayloadError, ResyncCredentials, encode_json,
 )
-from services.topics import is_mac
+from services.topics import COMMAND_KINDS, is_mac
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Acted:
 
 Effect = Publish | Unpublish | Error | Clear | Credentials | Refused | Acted
 
-COMMANDS = ("rearm", "rotate")
+COMMANDS = COMMAND_KINDS
 COMMAND_ID_MAX = 200  # characters: an id is a name, not a document
 
 DEFAULT_PROFILE = "default"

@@ -221,14 +221,6 @@ class Config(Payload):
 
 
 @dataclass
-class Command(Payload):
-    """``devices/{mac}/rearm`` and ``devices/{mac}/rotate`` (retained): acted on once per ``id``."""
-
-    id: str
-    at: str = ""
-
-
-@dataclass
 class PublishedFile(Payload):
     name: str
     url: str
@@ -328,6 +320,15 @@ class ErrorReport(Payload):
     message: str
     at: str
     field: str | None = None
+
+
+@dataclass
+class Command(Payload):
+    """``devices/{mac}/rearm`` and ``devices/{mac}/rotate``: an operator's command to the
+    generator, retained, acted on once per ``id`` (a replay of the same id does nothing)."""
+
+    id: str
+    at: str
 
 
 @dataclass

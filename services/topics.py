@@ -9,10 +9,10 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, TypeGuard
 
-DEVICE_KINDS: tuple[str, ...] = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
-                                 "resync", "files")
-# the assigning system's commands to the generator (retained, acted on once per id)
-DEVICE_KINDS += ("rearm", "rotate")
+DEVICE_KINDS = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
+                "resync", "files", "enrolment", "rearm", "rotate")
+# Retained commands to the generator (docs/MQTT.md): the PBX or the console writes them.
+COMMAND_KINDS = ("rearm", "rotate")
 SERVICES = ("listener", "generator", "fileserver", "notifier", "console")
 
 _MAC = re.compile(r"[0-9a-f]{12}")

@@ -35,6 +35,8 @@ def assign(engine: Engine, doc: dict, mac: str = MAC) -> list[Any]:
 
 
 def command(engine: Engine, kind: str, payload: Any, mac: str = MAC) -> list[Any]:
+    if isinstance(payload, dict) and "id" in payload and "at" not in payload:
+        payload = {**payload, "at": "2026-12-07T03:00:00.000Z", "v": 1}
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     try:
         data, error = json.loads(raw), None
@@ -151,6 +153,7 @@ def test_commands_before_ready_wait_and_a_stored_id_is_not_acted_on_again(tmp_pa
 
 @pytest.mark.parametrize("payload,words", [
     (b"{bad", "not usable"), (b"[1]", "must be a JSON object"), ({"at": "x"}, "id is missing"),
+    (b'{"id": "a"}', "at is missing"),
     ({"id": ""}, "id is empty"), ({"id": 7}, "id must be a string"), ({"id": "x" * 201}, "longer than 200"),
 ])
 def test_a_bad_command_is_refused_and_changes_nothing(tmp_path: Path, payload: Any, words: str) -> None:
