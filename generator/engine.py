@@ -235,8 +235,13 @@ class Engine:
         ``rearm`` forgets the old one (an attacker that read a file must not keep a working
         credential) and opens a new enrolment epoch; ``rotate`` keeps it as ``previous`` so the
         phone can fetch the file with the new one. An id seen last time does nothing (replay)."""
-        if kind not in COMMANDS or not is_mac(segment) or not raw:
+        if kind not in COMMANDS or not raw:
             return []  # an empty payload clears a retained command: nothing to do
+        if not is_mac(segment):
+            right = spelled_mac(segment)
+            self.stats.commands_refused += 1
+            return [Refused(segment, kind, f"the {kind} command is on {segment!r}, not a MAC as topics write "
+                            "it" + (f": publish it on the topic with {right}" if right else ""))]
         problem = error
         command: Command | None = None
         if problem is None:

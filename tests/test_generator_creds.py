@@ -164,7 +164,8 @@ def test_a_bad_command_is_refused_and_changes_nothing(tmp_path: Path, payload: A
     assert isinstance(refused, Refused) and words in refused.message and "rearm" in refused.message
     assert engine.credentials[MAC] == before
     assert command(engine, "rearm", b"") == []  # clearing a retained command: nothing to do
-    assert command(engine, "rearm", {"id": "a"}, mac="000B82F55284") == []  # not a topic MAC
+    (wrong,) = command(engine, "rearm", {"id": "a"}, mac="000B82F55284")  # not a topic MAC
+    assert isinstance(wrong, Refused) and "000b82f55284" in wrong.message
 
 
 def test_a_command_for_a_device_not_yet_assigned_is_kept_for_its_first_rendering(tmp_path: Path) -> None:
