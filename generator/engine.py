@@ -97,7 +97,8 @@ class Device:
     firmware: str = ""
     assignment: dict[str, Any] | None = None
     problem: Error | None = None  # the assignment as received cannot be used
-    published: str = ""  # stamp of the config published in this session ("" = nothing yet)
+    # (the digest, then the auth and enrol stamp, of what was published: _succeed)
+    published: str = ""  # digest published in this session ("" = nothing yet)
 
 
 @dataclass
@@ -111,9 +112,9 @@ class Stats:
     renders: int = 0
     changed: int = 0
     errors: int = 0
-    waiting: int = 0
     commands: int = 0
     commands_refused: int = 0
+    waiting: int = 0
 
 
 def spelled_mac(segment: str) -> str | None:
