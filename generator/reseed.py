@@ -1,4 +1,4 @@
-"""After a rebuilt ``generator.db``: each device's revision is taken back from its retained config.
+"""After a rebuilt (or new) ``generator.db``: each device's revision is taken back from its retained config.
 
 A fresh store knows no revisions, so every device would render as revision 1: a phone that runs
 revision 7 would be told of a "new" revision and resync. Until the first rendering, the retained

@@ -106,6 +106,20 @@ class GeneratorCommandsTest(BrokerCase):
         self.assertEqual(self.configs()[-1].auth.previous, rotated.auth.password)
 
     @defer.inlineCallbacks
+    def test_a_deleted_store_also_takes_the_credential_back(self) -> Any:
+        rt, _, rotated = yield self.assigned_and_rotated()
+        yield rt.stop()
+        for path in self.data_dir.glob("generator.db*"):
+            path.unlink()
+        self.probe.messages.clear()
+        rt = yield self.start()
+        yield eventually(lambda: self.configs())
+        yield sleep(0.3)
+        after = self.configs()[-1]
+        self.assertEqual((after.revision, after.auth, after.enrol), (2, rotated.auth, rotated.enrol))
+        self.assertEqual(rt.ctx.counters["rotate_done"], 0)
+
+    @defer.inlineCallbacks
     def test_a_bad_command_is_counted_and_changes_nothing(self) -> Any:
         rt, _, rotated = yield self.assigned_and_rotated()
         for payload in (b"{", b"[]", json.dumps({"id": ""}), json.dumps({"id": 5, "at": ""}), b"\xff"):
