@@ -55,7 +55,7 @@ def enrolment_words(data: Any) -> tuple[str, str]:
     ``provisioned``, ``conflict 10.0.0.5 10.0.0.9``, ``expired …``. Any input is tolerated."""
     if not isinstance(data, dict):
         return "", ""
-    state = data.get("state") if isinstance(data.get("state"), str) else "?"
+    state = _text(data.get("state")) or "?"
     epoch = data.get("epoch")
     bound = _text(data.get("bound"))
     candidate = _text(data.get("candidate"))

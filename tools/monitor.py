@@ -56,7 +56,7 @@ def _clip(text: str, n: int = 160) -> str:
 def redact(data: Any, kind: str | None = None) -> Any:
     """A copy fit for a terminal or a log: passwords masked, file contents dropped."""
     if isinstance(data, dict):
-        out = {}
+        out: dict[Any, Any] = {}
         for k, v in data.items():
             if isinstance(k, str) and k.lower() in _SECRET_KEYS:
                 out[k] = "***"
