@@ -298,27 +298,6 @@ class ErrorReport(Payload):
     field: str | None = None
 
 
-ENROLMENT_STATES = ("enrolling", "provisioned", "expired", "conflict")
-
-
-@dataclass
-class Enrolment(Payload):
-    """``devices/{mac}/enrolment`` (fileserver): whether the device may be provisioned through
-    Plug and Play now. ``epoch`` rises with every new or changed assignment and every re-arm;
-    ``addresses`` names both addresses of a conflict. Times are ISO 8601 UTC."""
-
-    state: str  # one of ENROLMENT_STATES
-    epoch: int
-    since: str
-    until: str
-    bound: str | None = None  # the address that completed the first bootstrap download
-    candidate: str | None = None  # the address of this epoch's first discovery
-    addresses: list[str] = field(default_factory=list)
-    reason: str = ""
-    mac: str = ""
-    at: str = ""
-
-
 @dataclass
 class Command(Payload):
     """``devices/{mac}/rearm`` and ``devices/{mac}/rotate``: an operator's command to the
