@@ -81,7 +81,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_text", metavar="JSON", help="the whole assignment as JSON, for --mac")
     parser.add_argument("--dry-run", action="store_true", help="check and show, publish nothing")
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="wait up to SECONDS for the answer (config, published or error) and show it")
+                        help="wait up to SECONDS for the answer (config, files or error; for --rearm the new "
+                             "enrolment epoch, for --rotate the new revision) and show it")
     parser.add_argument("--rearm", action="append", default=[], metavar="MAC",
                         help="re-arm the phone's enrolment: new credential at once, new epoch (repeatable)")
     parser.add_argument("--rotate", action="append", default=[], metavar="MAC",
