@@ -72,11 +72,11 @@ def test_enrolment_and_the_operators_commands_read_as_events():
 
 def test_the_device_credential_in_a_config_never_shows():
     config = {"files": [], "revision": 2,
-              "auth": {"user": MAC, "password": "cUrReNt-pw", "previous": "oLd-pw"},
+              "auth": {"user": MAC, "password": "cUrReNt-pw", "previous": "oLd-pw", "rotate": "id-1"},
               "enrol": {"assignment": "0123456789abcdef", "rearm": ""}}
     out = Formatter("pnp", as_json=True).line(f"pnp/devices/{MAC}/config", json.dumps(config).encode(), False)
     assert "cUrReNt-pw" not in out and "oLd-pw" not in out and MAC in out
-    assert json.loads(out)["data"]["auth"] == {"user": MAC, "password": "***", "previous": "***"}
+    assert json.loads(out)["data"]["auth"] == {"user": MAC, "password": "***", "previous": "***", "rotate": "id-1"}
     assert redact({"auth": {"user": MAC, "password": "p", "previous": None}}, "config")["auth"]["previous"] is None
 
 
