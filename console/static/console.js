@@ -95,11 +95,19 @@
       stage.textContent = row.label;
       document.getElementById("device-detail").textContent = row.detail;
       const enrolment = document.getElementById("device-enrolment");
-      if (enrolment) {
-        enrolment.className = "enrolment enrolment-" + row.enrolment;
-        enrolment.textContent = row.enrolment_detail || "none published";
-      }
+      if (enrolment && enrolment.textContent !== (row.enrolment_detail || "none published")) refreshEnrolment(mac);
     });
+  }
+
+  // The enrolment section (its facts, a conflict's error, the admin's buttons) as the server
+  // renders it now: one fetch of this page when the row says the enrolment changed.
+  function refreshEnrolment(mac) {
+    fetch("/devices/" + mac, { credentials: "same-origin" }).then(function (r) { return r.text(); })
+      .then(function (html) {
+        const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("enrolment");
+        const here = document.getElementById("enrolment");
+        if (fresh && here) here.replaceWith(document.importNode(fresh, true));
+      }).catch(function () { /* the next change tries again */ });
   }
 
   function addEvents(events) {
