@@ -190,8 +190,10 @@ def test_inside_a_phone_boots_is_assigned_in_the_browser_and_is_provisioned(tmp_
             "state": "conflict", "epoch": 4, "since": "2026-12-07T03:00:00.000Z", "until": "2026-12-10T03:00:00.000Z",
             "bound": None, "candidate": "127.0.9.2", "addresses": ["127.0.9.2", "127.0.9.3"], "reason": "",
             "mac": "001565ffff01", "at": "2026-12-07T03:00:05.000Z", "v": 1}, retain=True)
-        wait(admin, lambda d: "conflict 127.0.9.2 and 127.0.9.3" in d.find_element(By.ID, "device-enrolment").text)
-        wait(admin, lambda d: "127.0.9.2, 127.0.9.3" in d.find_element(By.ID, "enrolment-facts").text)
+        # read in the page: the section is replaced while the test looks, elements go stale
+        text_of = "const e = document.getElementById(arguments[0]); return e ? e.textContent : '';"
+        wait(admin, lambda d: "conflict 127.0.9.2 and 127.0.9.3" in d.execute_script(text_of, "device-enrolment"))
+        wait(admin, lambda d: "127.0.9.2, 127.0.9.3" in d.execute_script(text_of, "enrolment-facts"))
         assert admin.execute_script("return window.pnpNoReload") == "the device page"
         admin.find_element(By.CSS_SELECTOR, "#rearm-form button").click()
         wait(admin, lambda d: d.find_elements(By.ID, "notice"))
