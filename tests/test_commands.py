@@ -43,6 +43,8 @@ def test_the_enrolment_payload_in_words():
         "conflict", "conflict 10.0.0.5 and 10.0.0.9 (epoch 2)")
     assert enrolment_words({**ENROLLING, "state": "expired"})[1] == (
         "expired 2026-12-10T03:00Z: not provisioned in time (epoch 2)")
+    many = enrolment_words({"state": "conflict", "addresses": [f"10.0.0.{i}" for i in range(200)]})[1]
+    assert many == "conflict 10.0.0.0 and 10.0.0.1 (+198 more)"
     assert when(0) == "1970-01-01T00:00Z" and when(None) == "?" and when("soon") == "soon"
 
 

@@ -69,8 +69,11 @@ def enrolment_words(data: Any) -> tuple[str, str]:
         words = "provisioned" + (f" at {bound}" if bound else "")
     elif state == "conflict":
         found = data.get("addresses")
-        addresses = [_text(a) for a in found] if isinstance(found, list) else []
-        words = "conflict " + (" and ".join(a for a in addresses if a) or "(addresses unknown)")
+        addresses = [a for a in (_text(x) for x in found) if a] if isinstance(found, list) else []
+        # two by design; a payload with more is not allowed to fill the screen
+        words = "conflict " + (" and ".join(addresses[:2]) or "(addresses unknown)")
+        if len(addresses) > 2:
+            words += f" (+{len(addresses) - 2} more)"
     elif state == "expired":
         words = f"expired {when(data.get('until'))}: not provisioned in time"
     else:
