@@ -608,7 +608,7 @@ def _enrolment_facts(data: Any) -> list[tuple[str, str]]:
         facts.append((label, value if isinstance(value, str) and value else "–"))
     addresses = data.get("addresses")
     if isinstance(addresses, list) and addresses:
-        facts.append(("Addresses", ", ".join(str(a) for a in addresses)))
+        facts.append(("Addresses", ", ".join(str(a)[:64] for a in addresses[:4]) + (" …" if len(addresses) > 4 else "")))
     if isinstance(reason := data.get("reason"), str) and reason:
         facts.append(("Reason", reason))
     return facts
