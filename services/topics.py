@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeGuard
 
 DEVICE_KINDS = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
-                "resync", "files")
+                "resync", "files", "enrolment")
 SERVICES = ("listener", "generator", "fileserver", "notifier", "console")
 
 _MAC = re.compile(r"[0-9a-f]{12}")
