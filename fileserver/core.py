@@ -335,6 +335,11 @@ class FileCore:
             auth=auth, epoch=epoch or None)))
         return effects
 
+    def published_payload(self, mac: str) -> bytes:
+        """What ``devices/{mac}/published`` says of a device we serve."""
+        record = self.enrolments.get(mac)
+        return self.catalog.published(mac, record is not None and record.state == ENROLLING).to_json()
+
     def provisioned_devices(self) -> int:
         return sum(
             1 for d in self.catalog.devices.values()
@@ -385,9 +390,8 @@ class FileCore:
 
     def _announce(self, mac: str) -> list[Effect]:
         effects: list[Effect] = []
-        record = self.enrolments.get(mac)
         # published first: it is what the notifier acts on; files only tells the PBX and operators
-        payload = self.catalog.published(mac, record is not None and record.state == ENROLLING).to_json()
+        payload = self.published_payload(mac)
         if self.broker_published.get(mac) != payload:
             self.broker_published[mac] = payload
             effects.append(Announce(mac, payload))

@@ -71,7 +71,7 @@ class FileService:
             self.keeper.put(self.topics.device(mac, "enrolment"), enrolment_payload(record))
         for mac in catalog.devices:
             # what the last run left retained, as far as we know: the keeper checks it
-            self.keeper.put(self.topics.device(mac, "published"), catalog.published(mac).to_json())
+            self.keeper.put(self.topics.device(mac, "published"), self.core.published_payload(mac))
             self.keeper.put(self.topics.device(mac, "files"), catalog.files(mac).to_json())
         log.info("serving {devices} devices ({files} files) from the store",
                  devices=len(catalog.devices), files=catalog.file_count)
