@@ -286,7 +286,6 @@ WRITERS = {
     f"pnp/devices/{MAC}/published": {"fileserver"},
     f"pnp/devices/{MAC}/files": {"fileserver"},
     f"pnp/devices/{MAC}/fetched": {"fileserver"},
-    f"pnp/devices/{MAC}/enrolment": {"fileserver"},
     f"pnp/devices/{MAC}/notify": {"notifier"},
     f"pnp/devices/{MAC}/error": set(SERVICE_USERS),
     **{f"pnp/services/{svc}/host1": {svc} for svc in STATUS},
@@ -296,16 +295,15 @@ WRITERS = {
 READERS = {
     "listener": {"discovered", "fetched", "error", "services/listener"},
     "generator": {"discovered", "assignment", "profiles", "config", "error", "services/generator"},
-    "fileserver": {"config", "discovered", "published", "files", "fetched", "enrolment", "error",
-                   "services/fileserver"},
-    "notifier": {"discovered", "published", "fetched", "enrolment", "notify", "error", "resync",
+    "fileserver": {"config", "discovered", "published", "files", "fetched", "error", "services/fileserver"},
+    "notifier": {"discovered", "published", "fetched", "notify", "error", "resync",
                  "services/notifier"},
-    "pbx": {"discovered", "assignment", "profiles", "files", "notify", "fetched", "enrolment", "error",
+    "pbx": {"discovered", "assignment", "profiles", "files", "notify", "fetched", "error",
             *(f"services/{s}" for s in STATUS)},
-    "operator": {"discovered", "files", "notify", "fetched", "enrolment", "error",
+    "operator": {"discovered", "files", "notify", "fetched", "error",
                  *(f"services/{s}" for s in STATUS)},
-    "console": {"discovered", "assignment", "profiles", "config", "files", "notify", "fetched",
-                "enrolment", "error", *(f"services/{s}" for s in STATUS)},
+    "console": {"discovered", "assignment", "profiles", "config", "files", "notify", "fetched", "error",
+                *(f"services/{s}" for s in STATUS)},
 }
 
 
