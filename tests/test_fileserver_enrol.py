@@ -251,3 +251,35 @@ class BanTest(EnrolCase):
         self.assertEqual(status, 429)
         status, _, _ = yield fetch(f"{self.base()}/nothing", source=nat)
         self.assertEqual(status, 429)
+
+
+class RebuiltTest(EnrolCase):
+    @defer.inlineCallbacks
+    def test_a_lost_store_takes_each_device_s_enrolment_back_from_the_broker(self):
+        rt = yield self.start()
+        published = yield self.assign(config(enrol=("a1", ""), password="pw"))
+        url = published["files"][0]["url"]
+        yield self.assign(config(OTHER, enrol=("b1", ""), password="pw2"), OTHER)
+        status, _, _ = yield fetch(url)
+        self.assertEqual(status, 200)
+        status, _, _ = yield self.cred_fetch(MAC, "pw")
+        self.assertEqual(status, 200)
+        provisioned = yield self.enrolment("provisioned")
+        enrolling = yield self.enrolment("enrolling", OTHER)
+        yield rt.stop()
+        for path in self.data.glob("fileserver.db*"):
+            path.unlink()
+        yield self.start()
+        # the same epochs and states, taken from the retained enrolment, not a fresh epoch 1
+        rt = self.runtimes[-1]
+        enrolments = rt.component.service.core.enrolments
+        yield eventually(lambda: enrolments.get(MAC) and enrolments.get(MAC).key is not None
+                         and enrolments.get(OTHER) and enrolments.get(OTHER).key is not None)
+        self.assertEqual((enrolments.get(MAC).state, enrolments.get(MAC).bound), ("provisioned", PHONE))
+        self.assertEqual(enrolments.get(OTHER).state, "enrolling")
+        self.assertEqual(self.probe.last(self.topic("enrolment")), provisioned)
+        self.assertEqual(self.probe.last(self.topic("enrolment", OTHER)), enrolling)
+        status, _, _ = yield fetch(url)
+        self.assertEqual(status, 403)
+        status, _, _ = yield self.cred_fetch(MAC, "pw")
+        self.assertEqual(status, 200)
