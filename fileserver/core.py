@@ -297,6 +297,10 @@ class FileCore:
         effects: list[Effect] = []
         for mac in cleared:
             effects += self._remove(mac, away=True)
+        # an enrolment taken back from the broker (rebuilt store) whose config never came back
+        for mac in [m for m in self.enrolments.records
+                    if m not in self.catalog.devices and m not in self._seen_config]:
+            effects += self._remove(mac, away=True)
         self.configs_missing = len(missing)
         if missing:
             effects.append(Missing(tuple(sorted(missing))))

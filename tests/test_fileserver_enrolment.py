@@ -381,3 +381,15 @@ def test_an_older_store_is_migrated_in_place_and_its_devices_enrol(tmp_path):
     c.load(devices, T0)
     assert (c.enrolments.get(MAC).state, c.enrolments.get(OTHER).state) == (PROVISIONED, ENROLLING)
     store.close()
+
+
+def test_a_retained_enrolment_without_a_config_is_cleared_after_the_replay():
+    old = core()
+    (payload,) = [e.payload for e in assign(old, T0) if isinstance(e, Announce) and e.kind == "enrolment"]
+    new = core()
+    new.connected()
+    new.enrolment(OTHER, payload.replace(MAC.encode(), OTHER.encode()))
+    assert new.enrolments.get(OTHER) is not None
+    effects = new.replayed(lost_ours=False)
+    assert SaveEnrolment(OTHER, None) in effects and Announce(OTHER, b"", "enrolment") in effects
+    assert new.enrolments.get(OTHER) is None
