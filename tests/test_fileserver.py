@@ -413,8 +413,11 @@ class StoreTest(FileserverCase):
         status, _, body = yield fetch(url)
         self.assertIn(b"Alice", body)
         # a good config again resolves the error; a new assignment, a new epoch: a new URL
-        published = yield self.assign(config(text="<gs_provision>P270=Alice2</gs_provision>\n",
-                                             revision=3, enrol=("a2", "")))
+        yield self.assign(config(text="<gs_provision>P270=Alice2</gs_provision>\n", revision=3,
+                                 enrol=("a2", "")))
+        # (the published of the provisioned epoch 1, enrolling false, may come in just before)
+        published = yield eventually(lambda: self.probe.last(self.topic("published"))["epoch"] == 2
+                                     and self.probe.last(self.topic("published")))
         yield eventually(lambda: self.probe.on(self.topic("error"))[-1] == b"")
         status, _, body = yield fetch(published["files"][0]["url"])
         self.assertIn(b"Alice2", body)
