@@ -239,6 +239,10 @@ class Published(Payload):
     revision: int
     mac: str = ""
     vendor: str = ""
+    # the URLs work only while the device is enrolling, and only in this enrolment epoch (a
+    # reader treats a missing enrolling, from an older fileserver, as true)
+    enrolling: bool = True
+    epoch: int = 0
 
 
 @dataclass
@@ -309,6 +313,29 @@ class Fetched(Payload):
     at: str
     revision: int | None = None
     server: str = ""  # the fileserver instance that served it (several may serve one site)
+    # "bootstrap" (the URL the NOTIFY carried) or "device" (the device's own HTTP credentials)
+    auth: str = ""
+    epoch: int | None = None  # the enrolment epoch it was served in
+
+
+@dataclass
+class Enrolment(Payload):
+    """``devices/{mac}/enrolment`` (fileserver): whether the device may be provisioned through
+    Plug and Play now. ``state``: enrolling, provisioned, expired or conflict; ``epoch`` rises
+    with each new or changed assignment and each re-arm; ``candidate`` the address that
+    discovered it first in this epoch, ``bound`` the one that completed its first download;
+    ``addresses`` the two that claimed it (conflict only, else empty)."""
+
+    state: str
+    epoch: int
+    since: str
+    until: str
+    bound: str | None = None
+    candidate: str | None = None
+    addresses: list[str] = field(default_factory=list)
+    reason: str = ""
+    mac: str = ""
+    at: str = ""
 
 
 @dataclass
