@@ -55,7 +55,25 @@ def config_text(size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_wrk(url: str, seconds: int, connections: int, cpu: str | None, revalidate: bool = False) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children alive now (nginx's worker)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = (Path("/proc") / entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1] is the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def run_wrk(url: str, seconds: int, connections: int, cpu: str | None, revalidate: bool = False,
+            server_pid: int | None = None, callgrind: Path | None = None) -> dict:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
            "-H", "Connection: close", "-H", f"User-Agent: {UA}", url]
     if revalidate:
@@ -64,7 +82,14 @@ def run_wrk(url: str, seconds: int, connections: int, cpu: str | None, revalidat
         cmd[-1:-1] = ["-H", f"If-None-Match: {tag}"]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu] + cmd
+    before = cpu_seconds(server_pid) if server_pid else 0.0
+    if callgrind:
+        subprocess.run(["callgrind_control", "-i", "on", str(server_pid)], capture_output=True, timeout=60)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    cpu_used = cpu_seconds(server_pid) - before if server_pid else 0.0
+    instructions = 0
+    if callgrind:
+        instructions = _callgrind_dump(server_pid, callgrind)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.M))
     errors = re.search(r"Socket errors:.*", out)
@@ -72,7 +97,25 @@ def run_wrk(url: str, seconds: int, connections: int, cpu: str | None, revalidat
     total = re.search(r"(\d+) requests in", out)
     return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99"), "requests": int(total.group(1)),
             "socket_errors": errors.group(0) if errors else "none",
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "raw": out}
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "raw": out,
+            # CPU the server spent per download: on a machine shared with other work, downloads/s
+            # follows whatever else runs; this follows the server's own cost
+            "cpu_us": cpu_used / int(total.group(1)) * 1e6 if server_pid and int(total.group(1)) else 0.0,
+            # under --callgrind: user-space instructions per download, the same on a busy machine
+            "instructions": instructions / int(total.group(1)) if int(total.group(1)) else 0}
+
+
+def _callgrind_dump(pid: int, directory: Path) -> int:
+    """Instructions callgrind counted in ``pid`` since instrumentation was switched on; off again."""
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, timeout=120)
+    subprocess.run(["callgrind_control", "-i", "off", str(pid)], capture_output=True, timeout=60)
+    counted = 0
+    for dump in sorted(directory.glob(f"callgrind.out.{pid}*"), key=lambda f: f.stat().st_mtime):
+        m = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(errors="replace"), re.M)
+        if m:
+            counted = int(m.group(1))  # the newest dump: what was counted since the last one
+        dump.unlink()
+    return counted
 
 
 def main() -> int:
@@ -87,6 +130,9 @@ def main() -> int:
     ap.add_argument("--revalidate", action="store_true",
                     help="send If-None-Match with the server's ETag (measures 304s)")
     ap.add_argument("--profile", metavar="FILE", help="run the fileserver under cProfile, stats to FILE")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="run the Python servers under valgrind's callgrind and count the instructions "
+                         "per download (stable on a loaded machine; rates are then meaningless)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk not found: apt-get install -y wrk nginx-light", file=sys.stderr)
@@ -118,7 +164,11 @@ def main() -> int:
         command = os.environ.get("FSBENCH_SERVER", "-m tools.cli fileserver").split()
         if args.profile:
             command = ["-m", "cProfile", "-o", str(Path(args.profile).resolve()), *command]
-        server = subprocess.Popen(["taskset", "-c", args.server_cpu, sys.executable, *command], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+        grind: list[str] = []
+        if args.callgrind:
+            grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                     f"--callgrind-out-file={tmp}/callgrind.out.%p"]
+        server = subprocess.Popen(["taskset", "-c", args.server_cpu, *grind, sys.executable, *command], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                   stderr=open(tmp / "fileserver.log", "w"))
         procs.append(server)
         probe = Probe(broker.url, f"pnp/devices/{MAC}/published")
@@ -130,11 +180,12 @@ def main() -> int:
                "revision": 1, "template": "grandstream/grp26xx", "mac": MAC, "vendor": "grandstream",
                "model": "GRP2614", "notify_path": ""}
         probe.publish(f"pnp/devices/{MAC}/config", json.dumps(cfg), retain=True)
-        published = wait_until(lambda: probe.last(f"pnp/devices/{MAC}/published"), timeout=20)
+        published = wait_until(lambda: probe.last(f"pnp/devices/{MAC}/published"), timeout=120)
         url = published["files"][0]["url"]
         assert urllib.request.urlopen(url).read() == body
         probe.close()  # nothing else on the server's CPU while it is measured
         urls = {"fileserver": url}
+        pids = {"fileserver": server.pid}
 
         www = tmp / "www"
         www.mkdir()
@@ -142,13 +193,15 @@ def main() -> int:
         if not args.tls:  # the bare resource is plain HTTP only
             bport = free_port()
             procs.append(subprocess.Popen(
-                ["taskset", "-c", args.server_cpu, sys.executable, str(ROOT / "bench" / "fileserver_bare.py"),
+                ["taskset", "-c", args.server_cpu, *grind, sys.executable, str(ROOT / "bench" / "fileserver_bare.py"),
                  str(bport), str(www / f"cfg{MAC}.xml")], stdout=subprocess.DEVNULL,
                 stderr=open(tmp / "bare.log", "w")))
+            pids["twisted.web"] = procs[-1].pid
             urls["twisted.web"] = f"http://127.0.0.1:{bport}/cfg{MAC}.xml"
-            wait_until(lambda: _answers(urls["twisted.web"]), timeout=20)
-        if shutil.which("nginx"):
+            wait_until(lambda: _answers(urls["twisted.web"]), timeout=120)
+        if shutil.which("nginx") and not args.callgrind:
             urls["nginx"] = _start_nginx(tmp, www, args.tls, args.server_cpu, procs)
+            pids["nginx"] = procs[-1].pid
 
         for _ in range(rounds):
             for name, target in urls.items():
@@ -156,7 +209,8 @@ def main() -> int:
                 if args.revalidate and name == "twisted.web":
                     continue
                 results.setdefault(name, []).append(
-                    run_wrk(target, seconds, args.connections, args.client_cpu, args.revalidate))
+                    run_wrk(target, seconds, args.connections, args.client_cpu, args.revalidate, pids[name],
+                            tmp if args.callgrind else None))
         metrics = urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/metrics").read().decode()
         fs_metrics = [line for line in metrics.splitlines() if line.startswith("pnp_fileserver_requests_total")]
         mqtt_published = _status(broker.url).get("counters", {}).get("mqtt_published")
@@ -165,7 +219,7 @@ def main() -> int:
             p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
-                p.wait(30 if args.profile else 10)
+                p.wait(30 if args.profile or args.callgrind else 10)
             except subprocess.TimeoutExpired:
                 p.kill()
         broker.stop()
@@ -175,15 +229,21 @@ def main() -> int:
           f"{' (If-None-Match: 304s)' if args.revalidate else ''}; wrk -t2 -c{args.connections} -d{seconds}s, "
           f"new connection per request; servers pinned to CPU {args.server_cpu}, wrk to CPU {args.client_cpu}; "
           f"load average at the start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"{'round':<6}{'server':<12}{'downloads/s':>12}{'p50':>10}{'p99':>10}{'requests':>10}{'non-2xx/3xx':>12}  socket errors")
+    print("CPU/download: the server's CPU time (user + system) per download; 1e6 / it is the rate "
+          "one free core would reach")
+    print(f"{'round':<6}{'server':<12}{'downloads/s':>12}{'p50':>10}{'p99':>10}{'CPU/download':>14}"
+          f"{'requests':>10}{'non-2xx/3xx':>12}  socket errors")
     for i in range(rounds):
         for name, runs in results.items():
             r = runs[i]
-            print(f"{i + 1:<6}{name:<12}{r['rps']:>12.0f}{r['p50']:>10}{r['p99']:>10}{r['requests']:>10}"
-                  f"{r['non_2xx']:>12}  {r['socket_errors']}")
+            print(f"{i + 1:<6}{name:<12}{r['rps']:>12.0f}{r['p50']:>10}{r['p99']:>10}{r['cpu_us']:>11.0f} us"
+                  f"{r['requests']:>10}{r['non_2xx']:>12}  {r['socket_errors']}"
+                  + (f"  {r['instructions'] / 1000:.0f}k instructions/download" if args.callgrind else ""))
     if rounds > 1:
-        print("range: " + "; ".join(f"{name} {min(r['rps'] for r in runs):.0f}-{max(r['rps'] for r in runs):.0f}/s"
-                                    for name, runs in results.items()))
+        print("range: " + "; ".join(
+            f"{name} {min(r['rps'] for r in runs):.0f}-{max(r['rps'] for r in runs):.0f}/s, "
+            f"{min(r['cpu_us'] for r in runs):.0f}-{max(r['cpu_us'] for r in runs):.0f} us"
+            for name, runs in results.items()))
     print("fileserver /metrics after the runs:", "; ".join(fs_metrics))
     print("fileserver MQTT messages published (one fetched per download):", mqtt_published)
     return 0
