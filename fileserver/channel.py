@@ -160,9 +160,9 @@ class FileRequest(server.Request):
     def process(self) -> None:
         # Site.process without the traversal (the leaf is the answer for every path; it reads
         # the raw ``uri``, never the decoded segments) and with the Date of this second
-        site = self.channel.site
+        site: FileSite = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
         self.site = site
-        self.sitepath = []
+        self.sitepath: list[bytes] = []
         self.prepath = []
         self.postpath = []
         headers = self.responseHeaders
