@@ -110,6 +110,32 @@ def test_the_send_queue_holds_packets_of_the_shape_joining_relies_on(broker, pro
     client.disconnect()
 
 
-@pytest.mark.parametrize("name", ["_create_socket_connection", "_packet_read", "_loop_rc_handle"])
+def test_a_plain_puback_is_acknowledged_without_decoding_reason_and_properties(broker):
+    from services.mqtt import paho_internals
+
+    client = connected(broker)
+    acked: list = []
+    client.on_publish = lambda c, userdata, mid, reason, properties: acked.append((mid, reason, properties))
+    # the first with no subscriber (mosquitto says so in the PUBACK), then plain successes
+    client.subscribe("t/#", qos=1)
+    infos = [client.publish("u/0", b"x", qos=1)] + [client.publish(f"t/{i}", b"x", qos=1) for i in range(2)]
+    while client.want_write():
+        client.loop_write()
+    read_packet, handle_rc = packet_reader(client)
+    while len(acked) < 3:
+        handle_rc(read_packet())
+    assert [mid for mid, _, _ in acked] == [i.mid for i in infos]
+    # mosquitto's PUBACKs took the short way (the shared objects), and paho's own bookkeeping
+    # after it still ran: nothing left unacknowledged, every message published
+    shared = paho_internals._PUBACK_ACCEPTED
+    assert [r for _, r, _ in acked] == [shared[16], shared[0], shared[0]], (
+        f"{PAHO} or the broker: PUBACKs not handled by ReadySocketClient._handle_pubackcomp: {acked}")
+    assert all(r is shared[r.value] and not r.is_failure for _, r, _ in acked)
+    assert unacknowledged(client) == 0 and all(i.is_published() for i in infos)
+    client.disconnect()
+
+
+@pytest.mark.parametrize("name", ["_create_socket_connection", "_packet_read", "_loop_rc_handle",
+                                  "_handle_pubackcomp", "_do_on_publish"])
 def test_the_private_methods_still_exist(name):
     assert callable(getattr(mqtt.Client, name, None)), f"{PAHO}: Client.{name} is gone"

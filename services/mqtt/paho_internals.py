@@ -2,7 +2,7 @@
 
 paho 2.x offers an external event-loop API but not everything a reactor-driven client needs:
 a connect that does not block, a bounded read, the count of unacknowledged messages, one
-``send`` for many packets and whether one of our callbacks is running. What follows reaches past paho's public API for those, and nothing
+``send`` for many packets, whether one of our callbacks is running and a cheap PUBACK. What follows reaches past paho's public API for those, and nothing
 else in the tree does. ``tests/test_mqtt_paho_internals.py`` checks, for the paho range that
 ``pyproject.toml`` allows, that each attribute still has the shape used here, so an upgrade
 that changes one fails that test by name instead of a service at run time. Where a touch can
@@ -16,6 +16,10 @@ from collections import deque
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 # paho's queued packet (its private ``_OutPacket`` TypedDict): keys read by coalesce.py, which
 # joins packets; the pinned test compares a real queued packet against this.
@@ -43,6 +47,33 @@ class ReadySocketClient(mqtt.Client):
             return super()._create_socket_connection()
         sock.setblocking(True)  # as paho expects it (TLS handshake); it sets non-blocking after
         return sock
+
+    # Touch 8: paho's private PUBACK handler. It decodes every PUBACK into a fresh ReasonCode
+    # and Properties (objects that build themselves through per-field lookups), about a third
+    # of what a QoS 1 publish costs a service that publishes one per event (the fileserver's
+    # ``fetched`` per download). What mosquitto sends for an accepted message (success, or "no
+    # matching subscribers", without properties: two to four bytes) is answered with shared
+    # objects; anything else goes to paho as before. The objects reach ``on_publish`` only,
+    # and the bus reads them, never changes them.
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        size = len(packet)
+        if cmd == "PUBACK" and self._protocol == mqtt.MQTTv5 and 2 <= size <= 4:
+            reason = _PUBACK_ACCEPTED.get(packet[2] if size > 2 else 0)
+            if reason is not None and (size < 4 or packet[3] == 0):
+                mid = (packet[0] << 8) | packet[1]
+                with self._out_message_mutex:
+                    if mid in self._out_messages:
+                        rc: MQTTErrorCode = self._do_on_publish(mid, reason, _PUBACK_PROPERTIES)
+                        return rc
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        handled: MQTTErrorCode = super()._handle_pubackcomp(cmd)
+        return handled
+
+
+# PUBACK reason codes of an accepted message: 0 success, 16 no matching subscribers
+_PUBACK_ACCEPTED = {code: ReasonCode(PacketTypes.PUBACK, identifier=code) for code in (0, 16)}
+_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
 
 
 def has_connect_settings(client: mqtt.Client) -> bool:
