@@ -8,9 +8,8 @@ few seconds holds a connection for ever. This channel answers a request with a b
 any other method (405) as soon as its head is read, without reading the body, and closes a
 connection whose request head is not complete ``head_timeout`` seconds after it began.
 
-A download costs twice what a bare twisted.web resource costs, the rest being the checks and
-the ``fetched`` message (docs/BENCHMARKS.md, "Fileserver request path"). :class:`FileRequest`
-takes back what our one leaf resource never uses: resource traversal and its percent-decoding
+Twisted's general request path costs most of a download (docs/BENCHMARKS.md, "Fileserver
+request path (issue 15)"). :class:`FileRequest` takes back what our one leaf resource never uses: resource traversal and its percent-decoding
 of every path segment, the Date formatted per request (once a second here), and the response
 headers set one by one into Twisted's header map, each name normalised, then read back out and
 joined: a file's are written as one block computed when the file was stored.
