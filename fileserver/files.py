@@ -39,6 +39,10 @@ class ServedFile:
     # response headers of a 200, as raw bytes, computed once per file
     headers: tuple[tuple[bytes, bytes], ...] = field(repr=False, default=())
     length: bytes = field(repr=False, default=b"0")
+    # the same as header lines, ready to write: a 200's (Content-Length last) and a 304's (no
+    # Content-Type, no Repr-Digest: they describe a body a 304 does not have)
+    head: bytes = field(repr=False, default=b"")
+    head_304: bytes = field(repr=False, default=b"")
 
     @classmethod
     def make(cls, name: str, content_type: str, body: bytes, sha256: str) -> "ServedFile":
@@ -48,7 +52,14 @@ class ServedFile:
             (b"Repr-Digest", etag.repr_digest(sha256).encode("ascii")),
             (b"Cache-Control", b"no-store"),
         )
-        return cls(name, content_type, body, sha256, headers, b"%d" % len(body))
+        length = b"%d" % len(body)
+        head = _lines(headers + ((b"Content-Length", length),))
+        head_304 = _lines(tuple(h for h in headers[1:] if h[0] != b"Repr-Digest"))
+        return cls(name, content_type, body, sha256, headers, length, head, head_304)
+
+
+def _lines(headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
 @dataclass(frozen=True)

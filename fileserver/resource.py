@@ -21,7 +21,7 @@ from fileserver import paths
 from fileserver.abuse import NotFoundLimiter, user_agent_mac
 from fileserver.auth import Authenticator, DeviceDigest
 from fileserver.catalog import Catalog
-from fileserver.channel import FileSite
+from fileserver.channel import FileSite, answer
 from fileserver.enrolment import Enrolments
 from fileserver.etag import none_match
 from fileserver.files import DeviceFiles, ServedFile
@@ -170,27 +170,18 @@ class FileResource(resource.Resource):
     def _send(self, request: server.Request, device: DeviceFiles, served: ServedFile, client: str,
               ua: str, auth: str) -> Any:
         inm = request.requestHeaders.getRawHeaders(b"if-none-match")
-        headers = request.responseHeaders
         get = request.method == _GET
         # Written here rather than returned: Twisted would add "Content-Length: 0" to a 304
         # (RFC 9110 forbids a length other than the 200's) and log a warning on every HEAD.
         if inm and none_match([v.decode("latin-1") for v in inm], served.sha256):
-            request.setResponseCode(304)
-            for name, value in served.headers[1:]:
-                if name != b"Repr-Digest":
-                    headers.setRawHeaders(name, [value])
             self.metrics.observe(304, 0)
-            request.write(b"")
-            request.finish()
+            answer(request, 304, _headers_304(served), served.head_304, b"")
             if get:
                 self.on_fetch(device, served, 304, client, ua, auth)
             return server.NOT_DONE_YET
-        for name, value in served.headers:
-            headers.setRawHeaders(name, [value])
-        headers.setRawHeaders(b"content-length", [served.length])
         self.metrics.observe(200, len(served.body) if get else 0)
-        request.write(served.body if get else b"")
-        request.finish()
+        answer(request, 200, served.headers + ((b"Content-Length", served.length),), served.head,
+               served.body)
         if get:
             self.on_fetch(device, served, 200, client, ua, auth)
         return server.NOT_DONE_YET
@@ -267,6 +258,11 @@ class FileResource(resource.Resource):
             request.setHeader(b"content-length", b"%d" % len(body))
             return b""
         return body
+
+
+def _headers_304(served: ServedFile) -> tuple[tuple[bytes, bytes], ...]:
+    # a 304 describes no body: no Content-Type, no Repr-Digest (only when not answered at once)
+    return tuple(h for h in served.headers[1:] if h[0] != b"Repr-Digest")
 
 
 def make_site(root: FileResource, head_timeout: float = 10.0, timeout: float = 30.0) -> server.Site:

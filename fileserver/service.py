@@ -82,7 +82,11 @@ class FileService:
         # before the configs too: a rebuilt store takes its epochs back before they open new ones
         bus.subscribe(self.topics.devices("enrolment"), self.on_enrolment)
         bus.subscribe(self.topics.devices("config"), self.on_config)
-        bus.subscribe(self.topics.devices("fetched"), self.on_fetched)
+        # other instances' downloads count here; our own were counted when served, and their
+        # echo (a QoS 1 message in and its PUBACK out per download) cost a sixth of the CPU of
+        # serving one: the broker keeps them (No Local). After a rebuilt store the refill has
+        # subscribed first, wanting our own retained ones, and then the filter gets them all.
+        bus.subscribe(self.topics.devices("fetched"), self.on_fetched, no_local=True)
         bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
         bus.on_connect(self.core.connected)
         if bus.connected:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -25,9 +26,19 @@ class PayloadError(ValueError):
     """A payload that cannot be used; the message says what is wrong with it."""
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
     """The current time in the contract's form: ISO 8601, UTC, milliseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # A message per download or discovery asks for it: the date and time of day are formatted
+    # once a second, only the milliseconds each time (the same text datetime.isoformat gives).
+    global _second
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second = (second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def decode_json(raw: bytes | str) -> Any:
@@ -44,9 +55,13 @@ def decode_json(raw: bytes | str) -> Any:
         raise PayloadError("payload is not JSON: nested too deeply") from None
 
 
+# json.dumps with options builds an encoder per call; this one is built once (it keeps no state)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_json(data: Any) -> bytes:
     """Compact JSON with sorted keys: the same data always gives the same bytes."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(data).encode("utf-8")
 
 
 def encode_flat(payload: "Payload") -> bytes:
