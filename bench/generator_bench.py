@@ -30,6 +30,7 @@ from generator.engine import Engine, Publish  # noqa: E402
 from generator.render import Renderer  # noqa: E402
 from generator.store import Store  # noqa: E402
 
+PUBLIC_URL = "http://192.168.5.110:8080/"
 FAMILIES = [("grandstream", "GRP2614"), ("yealink", "T46S"), ("snom", "D785"), ("fanvil", "X4U")]
 
 
@@ -50,7 +51,8 @@ def core(n: int) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for vendor, model in FAMILIES:
-            engine = Engine(Renderer(), Store(Path(tmp) / f"{vendor}.db"))
+            # with a public URL, as deployed: each file carries our config server and credential
+            engine = Engine(Renderer(), Store(Path(tmp) / f"{vendor}.db"), PUBLIC_URL)
             engine.ready = True
             engine.profile("default", b"{}", {"codecs": ["g722", "pcmu"], "ntp_server": "ntp.example.com"}, None)
             docs = [assignment(i, vendor, model) for i in range(n)]

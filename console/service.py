@@ -15,6 +15,8 @@ from twisted.logger import Logger
 
 from console.table import DeviceTable
 from tools.assign import Item, message
+from tools.commands import Order
+from tools.commands import message as command_message
 from services.mqtt import Incoming
 from services.messages import encode_json, now_iso
 from services.runner import Context
@@ -148,6 +150,15 @@ class ConsoleService:
             topic, payload = message(self.topics, item)
             self.ctx.bus.publish(topic, payload, retain=True)
             self.counters["assignments_published"] += 1
+        return self.ctx.bus.flush(ACK_TIMEOUT)
+
+    def command(self, order: Order) -> defer.Deferred:
+        """Publish a retained re-arm or rotate command (tools/commands.py, as ``pnp assign
+        --rearm/--rotate`` does); fires as :meth:`assign` does."""
+        if not self.connected:
+            return defer.fail(NotConnected())
+        self.ctx.bus.publish(*command_message(self.topics, order), retain=True)
+        self.counters[f"{order.kind}_published"] += 1
         return self.ctx.bus.flush(ACK_TIMEOUT)
 
     def publish_profile(self, name: str, document: dict | None) -> defer.Deferred:

@@ -21,8 +21,8 @@ from tools.monitor import describe
 
 TIMELINE_LENGTH = 60
 
-# The stages the console knows, in the order of the flow. New stages (issue 11's enrolment
-# states) are added here with their label; a stage nobody registered is still shown, by name.
+# The stages the console knows, in the order of the flow, with their label; a stage nobody
+# registered is still shown, by name. The enrolment state is not a stage: a column of its own.
 STAGE_LABELS: dict[str, str] = {
     "awaiting-assignment": "awaiting assignment",
     "assigned": "assigned (not seen yet)",
@@ -93,7 +93,7 @@ class Filter:
             return False
         if self.text:
             needle = self.text.lower().replace(":", "").replace("-", "") if _looks_like_mac(self.text) else self.text.lower()
-            hay = " ".join((d.mac, d.vendor, d.model, d.firmware, d.ip, d.stage)).lower()
+            hay = " ".join((d.mac, d.vendor, d.model, d.firmware, d.ip, d.stage, d.enrolment_detail)).lower()
             if needle not in hay:
                 return False
         return True

@@ -30,6 +30,7 @@ from console.table import STAGES, DeviceTable, Filter, stage_label
 from console.users import DUMMY_HASH, User, verify_password
 from generator import schema
 from tools.assign import Item, Refused, read_csv, read_json, vet
+from tools.commands import Order, when
 from services.topics import is_mac
 
 log = Logger(namespace="console")
@@ -181,6 +182,8 @@ class Console(resource.Resource):
             if rest == ["unassign"] and not get:
                 return self.publish_then(request, session, [Item("console", mac, None)], f"/devices/{mac}",
                                          "unassigned")
+            if rest in (["rearm"], ["rotate"]) and not get:
+                return self.command_post(request, session, Order.new(mac, rest[0]))
             if len(rest) == 2 and rest[0] == "files" and get:
                 return self.file_page(request, session, mac, rest[1])
         raise Page(404, "notfound.html", session=session, what=path)
@@ -277,7 +280,8 @@ class Console(resource.Resource):
         if not admin:
             detail = cut_urls(detail)
         return {"mac": d.mac, "vendor": d.vendor, "model": d.model, "firmware": d.firmware, "ip": d.ip,
-                "stage": d.stage, "label": stage_label(d.stage), "detail": detail, "updated_at": d.updated_at}
+                "stage": d.stage, "label": stage_label(d.stage), "detail": detail, "updated_at": d.updated_at,
+                "enrolment": d.enrolment, "enrolment_detail": d.enrolment_detail}
 
     def rows_for(self, macs: list[str], admin: bool) -> list[dict]:
         return [self.row(m, admin) or {"mac": m, "gone": True} for m in macs]
@@ -294,8 +298,14 @@ class Console(resource.Resource):
     def _secrets(self, mac: str) -> set[str]:
         assignment = self.table.payload(mac, "assignment")
         profile = assignment.get("profile") if isinstance(assignment, dict) else None
-        return secrets_in(assignment, self.table.profiles.get("default"),
-                          self.table.profiles.get(profile) if isinstance(profile, str) else None)
+        found = secrets_in(assignment, self.table.profiles.get("default"),
+                           self.table.profiles.get(profile) if isinstance(profile, str) else None)
+        # the device's HTTP credential, written into its files by the vendor's own settings
+        config = self.table.payload(mac, "config")
+        auth = config.get("auth") if isinstance(config, dict) else None
+        if isinstance(auth, dict):
+            found |= {v for k, v in auth.items() if k in ("password", "previous") and isinstance(v, str) and v}
+        return found
 
     def row_html(self, d: Any, admin: bool) -> str:
         """One <tr> of the list, kept until the device (or a profile) changes: a list of 10,000
@@ -309,8 +319,9 @@ class Console(resource.Resource):
         html = (f'<tr data-mac="{e["mac"]}" data-stage="{e["stage"]}" data-vendor="{e["vendor"]}">'
                 f'<td class="mac"><a href="/devices/{e["mac"]}">{e["mac"]}</a></td><td>{e["vendor"]}</td>'
                 f'<td>{e["model"]}</td><td>{e["firmware"]}</td><td>{e["ip"]}</td><td class="stage">'
-                f'<span class="stage stage-{e["stage"]}">{e["label"]}</span></td><td class="detail">{e["detail"]}</td>'
-                f'<td class="time">{e["updated_at"]}</td></tr>\n')
+                f'<span class="stage stage-{e["stage"]}">{e["label"]}</span></td>'
+                f'<td class="enrolment enrolment-{e["enrolment"]}">{e["enrolment_detail"]}</td>'
+                f'<td class="detail">{e["detail"]}</td><td class="time">{e["updated_at"]}</td></tr>\n')
         self._rows[key] = (d, self.table.profiles_version, html)
         return html
 
@@ -354,8 +365,12 @@ class Console(resource.Resource):
         accounts = max([int(k.split(".")[1]) + 1 for k in values if k.startswith("accounts.")] + [0]) + 1
         keys = max([int(k.split(".")[1]) + 1 for k in values if k.startswith("keys.")] + [0]) + 1
         row = self.row(mac, session.admin)
+        enrolment = self.table.payload(mac, "enrolment")
+        error = self.table.payload(mac, "error")
         return self._render(
             request, "device.html", session, code, mac=mac, d=d, row=row, events=events, files=files,
+            enrolment_facts=_enrolment_facts(enrolment),
+            conflict=error if isinstance(error, dict) and error.get("code") == "conflict" else None,
             config=config if isinstance(config, dict) else {}, disc=disc if isinstance(disc, dict) else {},
             assignment=assignment,
             assignment_text=_describe_assignment(assignment),
@@ -411,6 +426,31 @@ class Console(resource.Resource):
 
         d.addCallbacks(acked, failed)
         d.addErrback(_failed, request, "publish")
+        return server.NOT_DONE_YET
+
+    def command_post(self, request: server.Request, session: Session, order: Order) -> Any:
+        """Re-arm or rotate: publish the retained command, answer once the broker has it."""
+        if not self.service.connected:
+            raise Page(503, "error.html", session=session,
+                       message="the broker is not reachable: nothing was published; try again once it is back")
+        d = self.service.command(order)
+        done = ("re-arm requested: a new credential and a new enrolment epoch follow"
+                if order.kind == "rearm" else
+                "credential rotation requested: the old one works until the phone fetched the new file")
+
+        def acked(ok: bool) -> None:
+            log.info("{user} published {kind} for {mac} (id {id})", user=session.user, kind=order.kind,
+                     mac=order.mac, id=order.id)
+            text = done if ok else done + " (the broker has not acknowledged it yet)"
+            _finish(request, self._redirect(request, f"/devices/{order.mac}?" + urlencode({"done": text})))
+
+        def failed(f: Any) -> None:
+            f.trap(NotConnected)
+            _finish(request, self._page(request, Page(503, "error.html", session=session,
+                                                      message="the broker is not reachable: nothing was published")))
+
+        d.addCallbacks(acked, failed)
+        d.addErrback(_failed, request, order.kind)
         return server.NOT_DONE_YET
 
     # --- bulk import ---
@@ -554,6 +594,24 @@ def _masked_doc(document: Any) -> Any:
     from tools.monitor import redact
 
     return redact(document)
+
+
+def _enrolment_facts(data: Any) -> list[tuple[str, str]]:
+    """The enrolment payload's facts for the device page, as (label, text); nothing for a
+    payload that is not an object."""
+    if not isinstance(data, dict):
+        return []
+    facts = [("Epoch", str(data.get("epoch", "?"))), ("Since", when(data.get("since"))),
+             ("Until", when(data.get("until")))]
+    for label, key in (("Bound to", "bound"), ("First seen at", "candidate")):
+        value = data.get(key)
+        facts.append((label, value if isinstance(value, str) and value else "–"))
+    addresses = data.get("addresses")
+    if isinstance(addresses, list) and addresses:
+        facts.append(("Addresses", ", ".join(str(a)[:64] for a in addresses[:4]) + (" …" if len(addresses) > 4 else "")))
+    if isinstance(reason := data.get("reason"), str) and reason:
+        facts.append(("Reason", reason))
+    return facts
 
 
 def _describe_assignment(assignment: Any) -> str:

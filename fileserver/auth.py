@@ -4,6 +4,9 @@ Grandstream phones take credentials in their config server path and answer a 401
 with Basic or Digest (MD5). One user and password for every phone: the per-device secret path
 stays the main protection, the credentials keep a leaked URL from being enough on its own.
 Digest nonces are twisted.cred's: HMAC-protected, bound to the client address, 15 minutes.
+
+:class:`DeviceDigest` is the credentialed URL's: Digest (MD5, qop=auth) where the user name is
+the device's MAC and the password its own, from its config's ``auth`` (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+
+from typing import Any, Iterable
 
 from twisted.cred import error
 from twisted.cred.credentials import DigestCredentialFactory
@@ -32,9 +37,7 @@ class Authenticator:
         """The ``WWW-Authenticate`` value of a 401 for ``client``."""
         if self.scheme == "basic":
             return f'Basic realm="{self.realm}", charset="UTF-8"'
-        c = self._digest.getChallenge(client.encode("ascii", "replace"))
-        return (f'Digest realm="{self.realm}", qop="auth", algorithm=MD5, '
-                f'nonce="{c["nonce"].decode()}", opaque="{c["opaque"].decode()}"')
+        return _digest_challenge(self._digest, self.realm, client)
 
     def check(self, authorization: bytes | None, method: bytes, uri: bytes, client: str) -> bool:
         """True when the ``Authorization`` value proves the configured credentials."""
@@ -75,3 +78,49 @@ class Authenticator:
             return bool(creds.checkPassword(self.password.encode("utf-8")))
         except (ValueError, TypeError, KeyError, AttributeError):
             return False
+
+
+def _digest_challenge(factory: DigestCredentialFactory, realm: str, client: str) -> str:
+    c = factory.getChallenge(client.encode("ascii", "replace"))
+    return (f'Digest realm="{realm}", qop="auth", algorithm=MD5, '
+            f'nonce="{c["nonce"].decode()}", opaque="{c["opaque"].decode()}"')
+
+
+class DeviceDigest:
+    """Digest of the credentialed URL: whose credentials a request carries, and whether they
+    prove one of that device's passwords."""
+
+    def __init__(self, realm: str = REALM) -> None:
+        self.realm = realm
+        self._digest = DigestCredentialFactory(b"md5", realm.encode("utf-8"))
+
+    def challenge(self, client: str) -> str:
+        return _digest_challenge(self._digest, self.realm, client)
+
+    def credentials(self, authorization: bytes, method: bytes, uri: bytes, client: str) -> Any:
+        """The Digest credentials of an ``Authorization`` value for this request, or None when it
+        is no Digest, names a stale or foreign nonce, or covers another URI."""
+        scheme, _, rest = authorization.strip().partition(b" ")
+        if scheme.lower() != b"digest":
+            return None
+        try:
+            creds = self._digest.decode(rest, method, client.encode("ascii", "replace"))
+        except (error.LoginFailed, ValueError, TypeError, KeyError):
+            return None
+        if creds is None or creds.fields.get("uri") != uri:
+            return None
+        return creds
+
+    @staticmethod
+    def user(creds: Any) -> str:
+        return creds.username.decode("utf-8", "replace") if isinstance(creds.username, bytes) else ""
+
+    @staticmethod
+    def proves(creds: Any, passwords: Iterable[str]) -> bool:
+        for password in passwords:
+            try:
+                if creds.checkPassword(password.encode("utf-8")):
+                    return True
+            except (ValueError, TypeError, KeyError, AttributeError):
+                return False
+        return False

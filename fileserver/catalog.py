@@ -1,7 +1,8 @@
 """The in-memory index the request path reads: token -> device, file name -> devices.
 
 Built from the store at start and kept in step with it, so serving a file is two dict
-look-ups, never a database read.
+look-ups, never a database read. A device's token is its enrolment epoch's (``epochs``): a new
+epoch re-indexes it and the old URL stops working.
 """
 
 from __future__ import annotations
@@ -16,11 +17,23 @@ class Catalog:
         self.secret = secret
         self.public_url = public_url  # ends in "/"
         self.devices: dict[str, DeviceFiles] = {}
+        self.epochs: dict[str, int] = {}  # mac -> its enrolment epoch (0: none yet)
         self._tokens: dict[str, str] = {}  # token -> mac
         self._names: dict[str, set[str]] = {}  # file name -> macs
 
     def token(self, mac: str) -> str:
-        return device_token(self.secret, mac)
+        return device_token(self.secret, mac, self.epochs.get(mac, 0))
+
+    def set_epoch(self, mac: str, epoch: int) -> None:
+        """The device's epoch moved: its URL with it."""
+        if self.epochs.get(mac, 0) == epoch:
+            return
+        known = mac in self.devices
+        if known:
+            self._tokens.pop(self.token(mac), None)
+        self.epochs[mac] = epoch
+        if known:
+            self._tokens[self.token(mac)] = mac
 
     def base_url(self, mac: str) -> str:
         """The device's directory: ``{PNP_PUBLIC_URL}p/{token}/``."""
@@ -53,14 +66,16 @@ class Catalog:
     def by_name(self, name: str) -> list[DeviceFiles]:
         return [self.devices[mac] for mac in sorted(self._names.get(name, ()))]
 
-    def published(self, mac: str) -> Published:
-        """What ``devices/{mac}/published`` says: the NOTIFY's URL and every file's URL and sha256."""
+    def published(self, mac: str, enrolling: bool = True) -> Published:
+        """What ``devices/{mac}/published`` says: the NOTIFY's URL and every file's URL and sha256,
+        and whether they work (``enrolling``) in which epoch."""
         device = self.devices[mac]
         base = self.base_url(mac)
         files = [PublishedFile(name=f.name, url=base + f.name, sha256=f.sha256)
                  for f in sorted(device.files.values(), key=lambda f: f.name)]
         return Published(url=base + device.notify_path, files=files, revision=device.revision,
-                         mac=mac, vendor=device.vendor)
+                         mac=mac, vendor=device.vendor, enrolling=enrolling,
+                         epoch=self.epochs.get(mac, 0))
 
     def files(self, mac: str) -> FileList:
         """What ``devices/{mac}/files`` says: every file's name, sha256 and size (no URL)."""

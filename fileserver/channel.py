@@ -1,4 +1,5 @@
-"""The fileserver's HTTP connections: bodies refused unread, request heads given a deadline.
+"""The fileserver's HTTP connections: bodies refused unread, request heads given a deadline,
+and requests that skip what Twisted's general machinery does for a site of many resources.
 
 Phones only GET and HEAD files. Twisted's own channel buffers any request body it is sent (one
 of 100 kB or more in a temp file) before the resource can answer, so a few large POSTs fill the
@@ -6,10 +7,17 @@ disk; and its idle timeout restarts with every byte, so a client sending one hea
 few seconds holds a connection for ever. This channel answers a request with a body (413) or
 any other method (405) as soon as its head is read, without reading the body, and closes a
 connection whose request head is not complete ``head_timeout`` seconds after it began.
+
+Twisted's general request path costs most of a download (docs/BENCHMARKS.md, "Fileserver
+request path (issue 15)"). :class:`FileRequest` takes back what our one leaf resource never uses: resource traversal and its percent-decoding
+of every path segment, the Date formatted per request (once a second here), and the response
+headers set one by one into Twisted's header map, each name normalised, then read back out and
+joined: a file's are written as one block computed when the file was stored.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Protocol, cast
 
 from twisted.internet.protocol import connectionDone
@@ -140,18 +148,96 @@ class BoundedChannel(http.HTTPChannel):
         self._connection.abortConnection()
 
 
+SERVER = b"pnp"  # Twisted's default names its version; an attacker gains nothing from ours
+# what a file's header block (ServedFile.head) holds: set before it, they would be sent twice
+_BLOCK = frozenset((b"content-type", b"etag", b"repr-digest", b"cache-control", b"content-length"))
+
+
+class FileRequest(server.Request):
+    """A request to a :class:`FileSite`, whose resource is a leaf that answers every path."""
+
+    def process(self) -> None:
+        # Site.process without the traversal (the leaf is the answer for every path; it reads
+        # the raw ``uri``, never the decoded segments) and with the Date of this second
+        site: FileSite = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
+        self.site = site
+        self.sitepath: list[bytes] = []
+        self.prepath = []
+        self.postpath = []
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"Server", [SERVER])
+        headers.setRawHeaders(b"Date", [site.date()])
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def answer(self, code: int, head: bytes, body: bytes) -> bool:
+        """Write the whole answer at once and finish: status line, the headers set so far,
+        ``head`` (header lines, each ending in CRLF) and, unless this is a HEAD, ``body``.
+
+        False (nothing written) when this request is not in the plain state that allows it
+        (already writing, a cookie or an ETag set through Twisted's API, or a header that
+        ``head`` also holds); the caller then answers the usual way."""
+        if self.startedWriting or self._disconnected or self.cookies or self.etag is not None \
+                or self.lastModified is not None:
+            return False
+        out = [self.clientproto, b" %d " % code, http.RESPONSES.get(code, b"Unknown Status"), b"\r\n"]
+        for name, values in self.responseHeaders.getAllRawHeaders():
+            if name.lower() in _BLOCK:
+                return False
+            for value in values:
+                out += (name, b": ", value, b"\r\n")
+        self.setResponseCode(code)
+        self.startedWriting = 1
+        out += (head, b"\r\n")
+        if body and self.method != b"HEAD" and code not in http.NO_BODY_CODES:
+            out.append(body)
+            self.sentLength += len(body)
+        self.channel.writeSequence(out)
+        self.finish()
+        return True
+
+
+def answer(request: server.Request, code: int, headers: tuple[tuple[bytes, bytes], ...], head: bytes,
+           body: bytes) -> None:
+    """Answer ``request`` with ``code``, ``headers`` (``head`` is the same as header lines) and
+    ``body`` (not sent to a HEAD): at once for a :class:`FileRequest`, else Twisted's way."""
+    if isinstance(request, FileRequest) and request.answer(code, head, body):
+        return
+    request.setResponseCode(code)
+    for name, value in headers:
+        request.responseHeaders.setRawHeaders(name, [value])
+    request.write(body if request.method != b"HEAD" else b"")
+    request.finish()
+
+
 class FileSite(server.Site):
     """A Site whose connections are :class:`BoundedChannel` s. ``refused(status)`` is told of
     every request answered by the channel itself (405, 408, 413), for the metrics."""
 
     # Twisted types this as its own default factory; buildProtocol takes any HTTPChannel class
     protocol = BoundedChannel  # type: ignore[assignment]
+    requestFactory = FileRequest
+    _date_second = -1
+    _date = b""
 
     def __init__(self, resource: Any, head_timeout: float, refused: Callable[[int], Any],
                  timeout: float = 30.0) -> None:
-        super().__init__(resource, timeout=timeout)
+        super().__init__(resource, timeout=timeout, requestFactory=FileRequest)
         self.head_timeout = head_timeout
         self.refused = refused
+
+    def date(self) -> bytes:
+        """The Date header's value: formatted once a second, not per request."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date = http.datetimeToString(now)
+            self._date_second = now
+        return self._date
 
     def log(self, request: Any) -> None:
         """No access log: a line per download costs more than serving it; /metrics and the

@@ -9,19 +9,24 @@ earlier messages).
 
 What it decides: a bad config never replaces the last good files; only an empty ``config``
 removes a device (received, or cleared while we were away: see :meth:`FileCore.replayed`); a
-``published`` (or ``files``) is sent only when it differs from what the broker holds.
+``published`` (or ``files``, ``enrolment``) is sent only when it differs from what the broker
+holds. Enrolment (fileserver/enrolment.py) moves with configs, discoveries and downloads; each
+move is saved, announced on ``enrolment``, and re-announces ``published`` when its URL or
+whether it works changed.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, MutableMapping
+from datetime import datetime, timezone
+from typing import Any
 
 from fileserver.catalog import Catalog
+from fileserver.enrolment import CONFLICT, ENROLLING, STATES, Change, Enrolments, Record
 from fileserver.files import DeviceFiles, Rejected, ServedFile, decode_config
 from fileserver.provision import ProvisionTracker
-from services.messages import Fetched
+from services.messages import Enrolment, Fetched, PayloadError
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,20 @@ class SaveFetch:
 
 
 @dataclass(frozen=True)
-class SaveIp:
-    """The address a phone was discovered from (None: forgotten)."""
+class SaveEnrolment:
+    """The device's enrolment moved (None: the device is gone)."""
 
     mac: str
-    ip: str | None
+    record: Record | None
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two addresses claimed an enrolling device: the error names both."""
+
+    mac: str
+    addresses: tuple[str, ...]
+    message: str
 
 
 @dataclass(frozen=True)
@@ -100,32 +114,82 @@ class Missing:
     macs: tuple[str, ...]
 
 
-Effect = Save | Remove | Announce | Refuse | Resolve | SaveFetch | SaveIp | Report | Missing
+Effect = (Save | Remove | Announce | Refuse | Resolve | SaveFetch | SaveEnrolment | Conflict
+          | Report | Missing)
+
+BOOTSTRAP, DEVICE = "bootstrap", "device"  # the two kinds of URL a file is served on
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def conflict(record: Record) -> Conflict:
+    first, second = record.addresses
+    return Conflict(record.mac, record.addresses, (
+        f"{record.mac} was claimed from two addresses while enrolling: {first} and {second}; its "
+        f"Plug and Play URL serves no one until it is re-armed (pnp assign --rearm {record.mac})"))
+
+
+def enrolment_payload(record: Record) -> bytes:
+    return Enrolment(state=record.state, epoch=record.epoch, since=iso(record.since),
+                     until=iso(record.until), bound=record.bound, candidate=record.candidate,
+                     addresses=list(record.addresses) if record.state == CONFLICT else [],
+                     reason=record.reason, mac=record.mac, at=iso(record.at)).to_json()
+
+
+def enrolment_record(mac: str, raw: bytes) -> Record | None:
+    """A retained ``enrolment`` read back (a rebuilt store), or None when it is not usable."""
+    try:
+        e = Enrolment.from_json(raw)
+        since, until, at = (datetime.fromisoformat(t).timestamp() for t in (e.since, e.until, e.at or e.since))
+    except (PayloadError, ValueError, TypeError):
+        return None
+    if e.state not in STATES or e.epoch < 1 or (e.mac and e.mac != mac):
+        return None
+    return Record(mac, e.epoch, e.state, since, until, at, e.candidate, e.bound,
+                  tuple(e.addresses), e.reason)
 
 
 class FileCore:
     def __init__(self, catalog: Catalog, tracker: ProvisionTracker, errored: set[str],
-                 discovered_ip: MutableMapping[str, str], instance: str,
+                 enrolments: Enrolments, instance: str,
                  counters: Counter[str] | None = None) -> None:
         self.catalog = catalog
         self.tracker = tracker
         self.errored = errored
-        # shared with the HTTP side's Policy, which pins each phone's downloads to it
-        self.discovered_ip = discovered_ip
+        # shared with the HTTP side's Gate, which lets downloads through by it
+        self.enrolments = enrolments
         self.instance = instance
         self.counters: Counter[str] = counters if counters is not None else Counter()
         # what the broker holds retained on devices/{mac}/published (our own earlier messages)
         self.broker_published: dict[str, bytes] = {}
         # and on devices/{mac}/files: the same files without URLs, for the PBX and the operators
         self.broker_files: dict[str, bytes] = {}
+        # and on devices/{mac}/enrolment
+        self.broker_enrolment: dict[str, bytes] = {}
         self._seen_config: set[str] = set()
         self._restored: set[str] = set()  # whose published was put back since connecting
         self.configs_missing = 0  # stored devices whose config the broker did not replay
 
-    def load(self, devices: list[DeviceFiles]) -> None:
-        """What the store held at start: served at once, before the broker says anything."""
+    def load(self, devices: list[DeviceFiles], now: float) -> list[Effect]:
+        """What the store held at start: served at once, before the broker says anything.
+
+        A device stored before enrolment existed (an older store) opens epoch 1 now: enrolling,
+        or provisioned when its phone already came back for its main file."""
+        for mac, record in self.enrolments.records.items():
+            self.catalog.set_epoch(mac, record.epoch)
+        effects: list[Effect] = []
         for device in devices:
             self.catalog.set(device)
+            if self.enrolments.get(device.mac) is None:
+                changes = self.enrolments.config(device.mac, device.enrol, now)
+                main = device.main
+                if main is not None and self.tracker.is_provisioned(device.mac, main.name, main.sha256):
+                    changes += self.enrolments.provisioned(device.mac, now, "provisioned before enrolment")
+                effects += self._changed(changes)
+        return effects
 
     # --- the broker's side ---
     def connected(self) -> None:
@@ -134,6 +198,7 @@ class FileCore:
         self._seen_config = set()
         self.broker_published = {}
         self.broker_files = {}
+        self.broker_enrolment = {}
         self._restored = set()
 
     def published(self, mac: str, raw: bytes | None) -> None:
@@ -150,7 +215,17 @@ class FileCore:
         else:
             self.broker_files[mac] = raw
 
-    def config(self, mac: str, data: Any, error: str | None, empty: bool) -> list[Effect]:
+    def enrolment(self, mac: str, raw: bytes | None) -> list[Effect]:
+        """A retained ``enrolment`` (ours, from now or an earlier run); None: cleared. One for a
+        device we hold no record of (the store was rebuilt) is taken back."""
+        if raw is None:
+            self.broker_enrolment.pop(mac, None)
+            return []
+        self.broker_enrolment[mac] = raw
+        record = None if self.enrolments.get(mac) is not None else enrolment_record(mac, raw)
+        return [] if record is None else self._changed(self.enrolments.adopt(record))
+
+    def config(self, mac: str, data: Any, error: str | None, empty: bool, now: float) -> list[Effect]:
         """A ``config``: ``data`` is its decoded JSON, ``error`` why it could not be decoded."""
         self._seen_config.add(mac)
         if empty:
@@ -168,9 +243,18 @@ class FileCore:
             self.catalog.set(device)
             self.counters["configs_stored"] += 1
             effects.append(Save(device))
+        effects += self._changed(self.enrolments.config(mac, device.enrol, now))
         return effects + self._resolve(mac) + self._announce(mac)
 
-    def fetched_elsewhere(self, mac: str, data: Any) -> list[Effect]:
+    def discovered(self, mac: str, ip: str, now: float) -> list[Effect]:
+        """A discovery (a retained one replayed included) of ``mac`` from ``ip``."""
+        return self._changed(self.enrolments.discovered(mac, ip, now))
+
+    def sweep(self, now: float) -> list[Effect]:
+        """Enrolment windows that passed: expired, and said so."""
+        return self._changed(self.enrolments.sweep(now))
+
+    def fetched_elsewhere(self, mac: str, data: Any, now: float) -> list[Effect]:
         """A ``fetched`` of another instance: behind a load balancer a phone's two downloads may
         land on different instances, and what the others served counts here too."""
         if not isinstance(data, dict) or data.get("server") in (None, "", self.instance):
@@ -181,18 +265,17 @@ class FileCore:
         outcome = self.tracker.record(mac, name, status, sha)
         if data.get("provisioned") is True and not outcome.provisioned:
             outcome = self.tracker.record(mac, name, 304, sha)
-        if not outcome.changed:
-            return []
-        return [SaveFetch(mac, name, outcome.served, outcome.provisioned_sha)]
-
-    def discovered(self, mac: str, ip: str | None) -> list[Effect]:
-        if self.discovered_ip.get(mac) == ip:
-            return []
-        if ip is None:
-            self.discovered_ip.pop(mac, None)
-        else:
-            self.discovered_ip[mac] = ip
-        return [SaveIp(mac, ip)]
+        effects: list[Effect] = []
+        if outcome.changed:
+            effects.append(SaveFetch(mac, name, outcome.served, outcome.provisioned_sha))
+        device = self.catalog.devices.get(mac)
+        client = data.get("client")
+        if device is not None and data.get("epoch") == self.enrolments.epoch(mac) \
+                and isinstance(client, str):
+            # behind a load balancer the phone's downloads move enrolment on any instance
+            effects += self._enrol_by_download(device, name, status, client, data.get("auth"),
+                                               outcome.provisioned, now)
+        return effects
 
     def replayed(self, lost_ours: bool) -> list[Effect]:
         """After a (re)connection's replay, a stored device whose config did not come back:
@@ -214,14 +297,19 @@ class FileCore:
         effects: list[Effect] = []
         for mac in cleared:
             effects += self._remove(mac, away=True)
+        # an enrolment taken back from the broker (rebuilt store) whose config never came back
+        for mac in [m for m in self.enrolments.records
+                    if m not in self.catalog.devices and m not in self._seen_config]:
+            effects += self._remove(mac, away=True)
         self.configs_missing = len(missing)
         if missing:
             effects.append(Missing(tuple(sorted(missing))))
         return effects
 
     def lost(self, macs: list[str]) -> list[Effect]:
-        """``published`` or ``files`` messages the broker lost (the keeper found them gone or
-        older): both are sent again, an unchanged one costs a message and nothing else."""
+        """``published``, ``files`` or ``enrolment`` messages the broker lost (the keeper found
+        them gone or older): all are sent again, an unchanged one costs a message and nothing
+        else."""
         effects: list[Effect] = []
         for mac in macs:
             if mac in self.catalog.devices:
@@ -229,22 +317,32 @@ class FileCore:
                     self._restored.add(mac)
                 self.broker_published.pop(mac, None)
                 self.broker_files.pop(mac, None)
-                effects += self._announce(mac)
+                self.broker_enrolment.pop(mac, None)
+                effects += self._announce(mac) + self._announce_enrolment(mac)
         return effects
 
     # --- the HTTP side's ---
     def served(self, device: DeviceFiles, served: ServedFile, status: int, client: str, ua: str,
-               at: str) -> list[Effect]:
-        """A download this instance answered (200 or 304)."""
+               at: str, now: float, auth: str = BOOTSTRAP) -> list[Effect]:
+        """A download this instance answered (200 or 304) on a ``bootstrap`` or ``device`` URL."""
         effects: list[Effect] = []
         outcome = self.tracker.record(device.mac, served.name, status, served.sha256)
         if outcome.changed:
             effects.append(SaveFetch(device.mac, served.name, outcome.served,
                                      outcome.provisioned_sha, outcome.provisioned))
+        epoch = self.enrolments.epoch(device.mac)
+        effects += self._enrol_by_download(device, served.name, status, client, auth,
+                                           outcome.provisioned, now)
         effects.append(Report(device.mac, Fetched(
             file=served.name, sha256=served.sha256, status=status, client=client, user_agent=ua,
-            provisioned=outcome.provisioned, at=at, revision=device.revision, server=self.instance)))
+            provisioned=outcome.provisioned, at=at, revision=device.revision, server=self.instance,
+            auth=auth, epoch=epoch or None)))
         return effects
+
+    def published_payload(self, mac: str) -> bytes:
+        """What ``devices/{mac}/published`` says of a device we serve."""
+        record = self.enrolments.get(mac)
+        return self.catalog.published(mac, record is not None and record.state == ENROLLING).to_json()
 
     def provisioned_devices(self) -> int:
         return sum(
@@ -252,10 +350,52 @@ class FileCore:
             if any(self.tracker.is_provisioned(d.mac, f.name, f.sha256) for f in d.files.values()))
 
     # --- internals ---
+    def _enrol_by_download(self, device: DeviceFiles, name: str, status: int, client: str,
+                           auth: Any, same_again: bool, now: float) -> list[Effect]:
+        main = device.main
+        if main is None or name != main.name:
+            return []
+        changes: list[Change] = []
+        if auth == BOOTSTRAP and status == 200:
+            changes += self.enrolments.bootstrap_served(device.mac, client, now)
+        if auth == DEVICE:
+            changes += self.enrolments.provisioned(device.mac, now, "fetched with its own credentials")
+        elif same_again:
+            changes += self.enrolments.provisioned(device.mac, now, "fetched the same file again")
+        return self._changed(changes)
+
+    def _changed(self, changes: list[Change]) -> list[Effect]:
+        effects: list[Effect] = []
+        for change in changes:
+            record = change.record
+            mac = record.mac
+            effects.append(SaveEnrolment(mac, record))
+            self.catalog.set_epoch(mac, record.epoch)
+            if change.conflict:
+                effects.append(conflict(record))
+            if change.resolved:
+                self.errored.discard(mac)
+                effects.append(Resolve(mac))
+            if change.visible and mac in self.catalog.devices:
+                effects += self._announce(mac)
+        for mac in dict.fromkeys(c.record.mac for c in changes):
+            effects += self._announce_enrolment(mac)
+        return effects
+
+    def _announce_enrolment(self, mac: str) -> list[Effect]:
+        record = self.enrolments.get(mac)
+        if record is None:
+            return []
+        payload = enrolment_payload(record)
+        if self.broker_enrolment.get(mac) == payload:
+            return []
+        self.broker_enrolment[mac] = payload
+        return [Announce(mac, payload, "enrolment")]
+
     def _announce(self, mac: str) -> list[Effect]:
         effects: list[Effect] = []
         # published first: it is what the notifier acts on; files only tells the PBX and operators
-        payload = self.catalog.published(mac).to_json()
+        payload = self.published_payload(mac)
         if self.broker_published.get(mac) != payload:
             self.broker_published[mac] = payload
             effects.append(Announce(mac, payload))
@@ -267,6 +407,15 @@ class FileCore:
 
     def _remove(self, mac: str, away: bool = False) -> list[Effect]:
         effects: list[Effect] = []
+        record = self.enrolments.remove(mac)
+        self.catalog.epochs.pop(mac, None)
+        if record is not None:
+            effects.append(SaveEnrolment(mac, None))
+            if record.state == CONFLICT:
+                effects.append(Resolve(mac))
+        if record is not None or mac in self.broker_enrolment:
+            self.broker_enrolment.pop(mac, None)
+            effects.append(Announce(mac, b"", "enrolment"))
         had = self.catalog.remove(mac) is not None
         if had:
             self.tracker.forget(mac)
@@ -284,4 +433,8 @@ class FileCore:
         if mac not in self.errored:
             return []
         self.errored.discard(mac)
+        record = self.enrolments.get(mac)
+        if record is not None and record.state == CONFLICT and len(record.addresses) == 2:
+            # a refused config's error had replaced the conflict's: the conflict is still there
+            return [conflict(record)]
         return [Resolve(mac)]

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.messages import Config, PayloadError
+from services.messages import Config, PayloadError, decode_json
+from fileserver.enrolment import Key
 from fileserver import etag
 from fileserver.paths import is_file_name
 
@@ -38,6 +39,10 @@ class ServedFile:
     # response headers of a 200, as raw bytes, computed once per file
     headers: tuple[tuple[bytes, bytes], ...] = field(repr=False, default=())
     length: bytes = field(repr=False, default=b"0")
+    # the same as header lines, ready to write: a 200's (Content-Length last) and a 304's (no
+    # Content-Type, no Repr-Digest: they describe a body a 304 does not have)
+    head: bytes = field(repr=False, default=b"")
+    head_304: bytes = field(repr=False, default=b"")
 
     @classmethod
     def make(cls, name: str, content_type: str, body: bytes, sha256: str) -> "ServedFile":
@@ -47,7 +52,14 @@ class ServedFile:
             (b"Repr-Digest", etag.repr_digest(sha256).encode("ascii")),
             (b"Cache-Control", b"no-store"),
         )
-        return cls(name, content_type, body, sha256, headers, b"%d" % len(body))
+        length = b"%d" % len(body)
+        head = _lines(headers + ((b"Content-Length", length),))
+        head_304 = _lines(tuple(h for h in headers[1:] if h[0] != b"Repr-Digest"))
+        return cls(name, content_type, body, sha256, headers, length, head, head_304)
+
+
+def _lines(headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,22 @@ class DeviceFiles:
     template: str
     notify_path: str
     files: dict[str, ServedFile]
+    # the device's own HTTP credentials (user: the MAC) from the config's auth; None: none given
+    password: str | None = None
+    previous: str | None = None  # the one before a rotation, accepted for a while
+    enrol: Key | None = None  # the config's enrol: which epoch it belongs to
+
+    @property
+    def main(self) -> ServedFile | None:
+        """The file that makes the phone: the one the NOTIFY names, else the one named after the
+        MAC (cfg{mac}.xml, {mac}.cfg), else the only one."""
+        named = self.files.get(self.notify_path.rpartition("/")[2])
+        if named is not None:
+            return named
+        for name in sorted(self.files):
+            if self.mac in name.lower():
+                return self.files[name]
+        return next(iter(self.files.values())) if len(self.files) == 1 else None
 
 
 def decode_config(mac: str, raw: bytes | str | dict[str, Any]) -> DeviceFiles:
@@ -66,9 +94,12 @@ def decode_config(mac: str, raw: bytes | str | dict[str, Any]) -> DeviceFiles:
     if not isinstance(raw, (dict, bytes, str)):
         raise Rejected("payload", "payload must be a JSON object")
     try:
-        config = Config.from_json(raw)
+        data = raw if isinstance(raw, dict) else decode_json(raw)
+        config = Config.from_json(data if isinstance(data, dict) else raw)
     except PayloadError as exc:
         raise Rejected("payload", str(exc)) from None
+    password, previous = _auth(mac, data.get("auth"))
+    enrol = _enrol(data.get("enrol"))
     if config.mac and config.mac != mac:
         raise Rejected("payload", f"mac {config.mac!r} does not match the topic's {mac}", "mac")
     if not config.files:
@@ -112,4 +143,35 @@ def decode_config(mac: str, raw: bytes | str | dict[str, Any]) -> DeviceFiles:
                            f"({len(body)} bytes)", f"{where}.size")
         files[f.name] = ServedFile.make(f.name, content_type, body, digest)
     return DeviceFiles(mac, config.revision, config.vendor, config.model, config.template,
-                       config.notify_path, files)
+                       config.notify_path, files, password, previous, enrol)
+
+
+def _secret(value: Any, where: str, nullable: bool) -> str | None:
+    if value is None and nullable:
+        return None
+    # it goes into a Digest computation and a quoted string: text without control characters
+    if not isinstance(value, str) or not value or any(ord(c) < 32 or c == '"' for c in value):
+        raise Rejected("payload", f"{where} must be a non-empty string without control characters "
+                       "or quotes" + (" (or null)" if nullable else ""), where)
+    return value
+
+
+def _auth(mac: str, auth: Any) -> tuple[str | None, str | None]:
+    """The config's ``auth``: the device's HTTP password and the one before it."""
+    if auth is None:
+        return None, None
+    if not isinstance(auth, dict):
+        raise Rejected("payload", "auth must be an object", "auth")
+    if auth.get("user", mac) != mac:
+        raise Rejected("payload", f"auth.user must be the MAC {mac}", "auth.user")
+    return _secret(auth.get("password"), "auth.password", False), \
+        _secret(auth.get("previous"), "auth.previous", True)
+
+
+def _enrol(enrol: Any) -> Key | None:
+    if enrol is None:
+        return None
+    if not isinstance(enrol, dict) or not isinstance(enrol.get("assignment"), str) \
+            or not isinstance(enrol.get("rearm", ""), str):
+        raise Rejected("payload", "enrol must be an object with assignment and rearm strings", "enrol")
+    return Key(enrol["assignment"], enrol.get("rearm", ""))

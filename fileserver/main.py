@@ -18,6 +18,8 @@ from fileserver.abuse import NotFoundLimiter
 from fileserver.auth import Authenticator
 from fileserver.catalog import Catalog
 from fileserver.core import FileCore
+from fileserver.enrolment import Enrolments
+from fileserver.gate import Gate
 from fileserver.metrics import Metrics
 from fileserver.provision import ProvisionTracker
 from fileserver.refill import Refill
@@ -54,18 +56,18 @@ def start(ctx: Context) -> Fileserver:
     store = Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health)
     secret = cfg.file_secret or load_or_create_secret(secret_path(cfg))
     auth = Authenticator(cfg.http_auth, cfg.http_user, cfg.http_password) if cfg.http_auth != "off" else None
-    # one map: the core keeps it, the HTTP side pins each phone's downloads to it
-    discovered_ip = store.discovered_ips()
+    # one book of enrolments and one tracker: the core moves them, the HTTP side's gate reads them
+    enrolments = Enrolments(cfg.enrol_window, store.enrolments())
+    tracker = ProvisionTracker(store.fetch_states())
     policy = Policy(prefix=urlsplit(cfg.public_url).path or "/", plain_paths=cfg.plain_paths,
-                    auth=auth, pin_ip=cfg.pin_ip, trusted_proxies=cfg.trusted_proxies,
-                    discovered_ip=discovered_ip)
+                    auth=auth, trusted_proxies=cfg.trusted_proxies,
+                    gate=Gate(enrolments, tracker, cfg.pin_ip))
     catalog = Catalog(secret, cfg.public_url)
-    core = FileCore(catalog, ProvisionTracker(store.fetch_states()), store.errored(),
-                    discovered_ip, cfg.instance, ctx.counters)
-    core.load(store.load())
+    core = FileCore(catalog, tracker, store.errored(), enrolments, cfg.instance, ctx.counters)
     limiter = NotFoundLimiter(cfg.not_found_limit, cfg.not_found_window, cfg.ban_seconds)
     metrics = Metrics()
-    service = FileService(ctx, core, store, limiter, metrics, cfg.pin_ip)
+    service = FileService(ctx, core, store, limiter, metrics)
+    service.load(store.load())
     if store.rebuilt:
         Refill(ctx, core, store).start()
     root = FileResource(catalog, policy, limiter, metrics, service.fetched, ctx.reactor,

@@ -22,7 +22,9 @@ def is_file_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Route:
-    kind: str  # "device" (token + name), "plain" (name only), "health", "metrics", "none"
+    # "device" (token + name: the bootstrap URL), "credentialed" (c/ + name: the device's own
+    # HTTP credentials), "plain" (name only), "health", "metrics", "none"
+    kind: str
     token: str = ""
     name: str = ""
 
@@ -56,6 +58,8 @@ def route(uri: bytes, prefix: str = "/") -> Route:
     parts = text[len(prefix):].split("/")
     if len(parts) == 3 and parts[0] == "p" and _TOKEN.fullmatch(parts[1]) and is_file_name(parts[2]):
         return Route("device", parts[1], parts[2])
+    if len(parts) == 2 and parts[0] == "c" and is_file_name(parts[1]):
+        return Route("credentialed", name=parts[1])
     if len(parts) == 1 and is_file_name(parts[0]):
         return Route("plain", name=parts[0])
     return NONE

@@ -39,6 +39,10 @@ class ProvisionTracker:
     def is_provisioned(self, mac: str, name: str, sha256: str) -> bool:
         return self._states.get((mac, name), ("", ""))[1] == sha256
 
+    def served(self, mac: str, name: str) -> str:
+        """The sha256 last served with a 200 ("" when none was)."""
+        return self._states.get((mac, name), ("", ""))[0]
+
     def forget(self, mac: str) -> None:
         for key in [k for k in self._states if k[0] == mac]:
             del self._states[key]

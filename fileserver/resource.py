@@ -1,7 +1,10 @@
 """The HTTP side (Twisted web): one leaf resource that answers every path.
 
 Everything a request needs is precomputed (body, sha256, header values) and found with dict
-look-ups; what happened is handed to ``on_fetch`` for the MQTT side.
+look-ups; what happened is handed to ``on_fetch`` for the MQTT side. Two kinds of URL serve a
+device's files: the bootstrap URL (secret path, or a plain path) while the device is enrolling,
+and the credentialed one (``c/{name}``) for the device's own Digest credentials; who may have
+what is the :class:`~fileserver.gate.Gate`'s decision.
 """
 
 from __future__ import annotations
@@ -16,27 +19,31 @@ from twisted.web import resource, server
 
 from fileserver import paths
 from fileserver.abuse import NotFoundLimiter, user_agent_mac
-from fileserver.auth import Authenticator
+from fileserver.auth import Authenticator, DeviceDigest
 from fileserver.catalog import Catalog
-from fileserver.channel import FileSite
+from fileserver.channel import FileSite, answer
+from fileserver.enrolment import Enrolments
 from fileserver.etag import none_match
 from fileserver.files import DeviceFiles, ServedFile
+from fileserver.gate import Gate
 from fileserver.metrics import Metrics
+from fileserver.provision import ProvisionTracker
 
 log = Logger(namespace="fileserver")
 
-FetchCallback = Callable[[DeviceFiles, ServedFile, int, str, str], Any]
+# device, file, status, client, User-Agent, and the kind of URL: "bootstrap" or "device"
+FetchCallback = Callable[[DeviceFiles, ServedFile, int, str, str, str], Any]
 
 
 @dataclass
 class Policy:
     prefix: str = "/"  # the path of PNP_PUBLIC_URL
     plain_paths: bool = False
-    auth: Authenticator | None = None
-    pin_ip: bool = False
+    auth: Authenticator | None = None  # PNP_HTTP_AUTH: one login for every bootstrap download
     trusted_proxies: tuple = ()
-    # mac -> the IP it was discovered from (read when pin_ip is on)
-    discovered_ip: Mapping[str, str] = field(default_factory=dict)
+    # who may download what; the default lets nothing through a bootstrap URL
+    gate: Gate = field(default_factory=lambda: Gate(Enrolments(0.0), ProvisionTracker(), True))
+    digest: DeviceDigest = field(default_factory=DeviceDigest)
 
 
 _GET, _HEAD = b"GET", b"HEAD"
@@ -80,6 +87,8 @@ class FileResource(resource.Resource):
             request.setHeader(b"allow", b"GET, HEAD")
             return self._error(request, 405, b"only GET and HEAD\n")
         kind = route.kind
+        if kind == "credentialed":
+            return self._credentialed(request, route, client, now, wait)
         if kind == "device" or (kind == "plain" and self.policy.plain_paths):
             return self._file(request, route, client, now, wait)
         if wait and not (kind in ("health", "metrics") and self._ours(request)):
@@ -115,41 +124,66 @@ class FileResource(resource.Resource):
                 return self._error(request, 401, b"credentials required\n")
         device, served = self._find(route, ua)
         ua_mac = user_agent_mac(ua) if ua and served is not None else None
+        refusal = policy.gate.bootstrap(device, client, now) if served is not None else None
         if wait and not authenticated and not (
-                route.kind == "device" and served is not None and ua_mac in (None, device.mac)):
-            # a plain path is no proof: it names a MAC, which is what a walker guesses
+                route.kind == "device" and served is not None and ua_mac in (None, device.mac)
+                and refusal is None):
+            # a plain path is no proof: it names a MAC, which is what a walker guesses; nor is
+            # the path of a device that is not enrolling (no phone of ours is told it)
             return self._refuse(request, wait)
         if served is None:
             return self._not_found(request, client, now)
         if ua_mac is not None and ua_mac != device.mac:
             self._miss(client, now)
             return self._error(request, 403, b"this file belongs to another device\n")
-        if policy.pin_ip and policy.discovered_ip.get(device.mac) != client:
-            return self._error(request, 403, b"this file is served only to the device's own address\n")
+        if refusal is not None:
+            if route.kind == "plain":
+                self._miss(client, now)  # it names a MAC: a guess that hit counts as one
+            return self._error(request, 403, refusal.encode() + b"\n")
+        return self._send(request, device, served, client, ua, "bootstrap")
+
+    def _credentialed(self, request: server.Request, route: paths.Route, client: str, now: float,
+                      wait: float) -> Any:
+        """``c/{name}`` with the device's own Digest credentials: user its MAC, its password."""
+        digest = self.policy.digest
+        authorization = request.requestHeaders.getRawHeaders(b"authorization")
+        if not authorization:
+            # what every phone sends first; a banned address gets it too (it tells nothing)
+            request.setHeader(b"www-authenticate", digest.challenge(client).encode("utf-8"))
+            return self._error(request, 401, b"credentials required\n")
+        creds = digest.credentials(authorization[0], request.method, request.uri, client)
+        device = self.catalog.devices.get(digest.user(creds)) if creds is not None else None
+        if device is None or not digest.proves(creds, self.policy.gate.passwords(device)):
+            if wait:
+                return self._refuse(request, wait)
+            self._miss(client, now)  # guessing credentials is guessing paths
+            request.setHeader(b"www-authenticate", digest.challenge(client).encode("utf-8"))
+            return self._error(request, 401, b"credentials required\n")
+        served = device.files.get(route.name)
+        if served is None:
+            # valid credentials are never banned: a phone asking for a file it lacks is no walker
+            return self._error(request, 404, b"not one of this device's files\n")
+        raw_ua = request.getHeader(b"user-agent")
+        return self._send(request, device, served, client,
+                          raw_ua.decode("utf-8", "replace") if raw_ua else "", "device")
+
+    def _send(self, request: server.Request, device: DeviceFiles, served: ServedFile, client: str,
+              ua: str, auth: str) -> Any:
         inm = request.requestHeaders.getRawHeaders(b"if-none-match")
-        headers = request.responseHeaders
         get = request.method == _GET
         # Written here rather than returned: Twisted would add "Content-Length: 0" to a 304
         # (RFC 9110 forbids a length other than the 200's) and log a warning on every HEAD.
         if inm and none_match([v.decode("latin-1") for v in inm], served.sha256):
-            request.setResponseCode(304)
-            for name, value in served.headers[1:]:
-                if name != b"Repr-Digest":
-                    headers.setRawHeaders(name, [value])
             self.metrics.observe(304, 0)
-            request.write(b"")
-            request.finish()
+            answer(request, 304, _headers_304(served), served.head_304, b"")
             if get:
-                self.on_fetch(device, served, 304, client, ua)
+                self.on_fetch(device, served, 304, client, ua, auth)
             return server.NOT_DONE_YET
-        for name, value in served.headers:
-            headers.setRawHeaders(name, [value])
-        headers.setRawHeaders(b"content-length", [served.length])
         self.metrics.observe(200, len(served.body) if get else 0)
-        request.write(served.body if get else b"")
-        request.finish()
+        answer(request, 200, served.headers + ((b"Content-Length", served.length),), served.head,
+               served.body)
         if get:
-            self.on_fetch(device, served, 200, client, ua)
+            self.on_fetch(device, served, 200, client, ua, auth)
         return server.NOT_DONE_YET
 
     def _find(self, route: paths.Route, ua: str) -> tuple[Any, ServedFile | None]:
@@ -224,6 +258,11 @@ class FileResource(resource.Resource):
             request.setHeader(b"content-length", b"%d" % len(body))
             return b""
         return body
+
+
+def _headers_304(served: ServedFile) -> tuple[tuple[bytes, bytes], ...]:
+    # a 304 describes no body: no Content-Type, no Repr-Digest (only when not answered at once)
+    return tuple(h for h in served.headers[1:] if h[0] != b"Repr-Digest")
 
 
 def make_site(root: FileResource, head_timeout: float = 10.0, timeout: float = 30.0) -> server.Site:

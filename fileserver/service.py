@@ -4,7 +4,8 @@ The store is the truth the HTTP side serves from; the broker only feeds it. So a
 the broker away serves what was stored, and a bad config never replaces the last good files.
 What to keep, serve, publish and remove is the :class:`~fileserver.core.FileCore`'s decision;
 this glue parses topics, hands the core each message and carries out its effects. The
-:class:`Keeper` puts back the ``published`` and ``files`` messages the broker lost.
+:class:`Keeper` puts back the ``published``, ``files`` and ``enrolment`` messages the broker lost.
+A sweep closes the enrolment windows that passed (each event checks its device's too).
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from functools import partial
 
 from typing import Any, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from services.mqtt import Incoming
 from services.burstlog import BurstLog
-from services.messages import encode_flat, now_iso
+from services.messages import ErrorReport, encode_flat, encode_json, now_iso
 from services.retained import Keeper
 from services.runner import Context
 from fileserver.abuse import NotFoundLimiter
 from fileserver.core import (
-    Announce, Effect, FileCore, Missing, Refuse, Remove, Report, Resolve, Save, SaveFetch, SaveIp,
+    Announce, Conflict, Effect, FileCore, Missing, Refuse, Remove, Report, Resolve, Save,
+    SaveEnrolment, SaveFetch, enrolment_payload,
 )
 from fileserver.files import DeviceFiles, ServedFile
 from fileserver.metrics import Metrics
@@ -34,27 +36,42 @@ log = Logger(namespace="fileserver")
 
 class FileService:
     def __init__(self, ctx: Context, core: FileCore, store: Store, limiter: NotFoundLimiter,
-                 metrics: Metrics, pin_ip: bool) -> None:
+                 metrics: Metrics) -> None:
         self.ctx = ctx
         self.core = core
         self.store = store
         self.limiter = limiter
         self.metrics = metrics
-        self.pin_ip = pin_ip
         self.topics = ctx.topics
-        self.keeper = Keeper(ctx, (self.topics.devices("published"), self.topics.devices("files")),
+        self.keeper = Keeper(ctx, (self.topics.devices("published"), self.topics.devices("files"),
+                                   self.topics.devices("enrolment")),
                              republish=self._put_back)
+        self._stored: list[DeviceFiles] = []
+        # often enough that a window closes within a minute of its end, and no more
+        self._sweep = task.LoopingCall(self.sweep)
+        self._sweep.clock = ctx.reactor
         # a line per stored config and per provisioned phone, except in a storm of them
         self._log_stored = BurstLog(ctx.reactor, lambda n: log.info(
             "stored {count} more configs (not logged one by one)", count=n))
         self._log_provisioned = BurstLog(ctx.reactor, lambda n: log.info(
             "{count} more phones provisioned (not logged one by one)", count=n))
 
+    def load(self, devices: list[DeviceFiles]) -> None:
+        """What the store held: served from the start."""
+        self._stored = devices
+
+    def now(self) -> float:
+        return float(self.ctx.reactor.seconds())
+
     def start(self) -> "FileService":
         catalog = self.core.catalog
+        self.apply(self.core.load(self._stored, self.now()))
+        self._stored = []
+        for mac, record in self.core.enrolments.records.items():
+            self.keeper.put(self.topics.device(mac, "enrolment"), enrolment_payload(record))
         for mac in catalog.devices:
             # what the last run left retained, as far as we know: the keeper checks it
-            self.keeper.put(self.topics.device(mac, "published"), catalog.published(mac).to_json())
+            self.keeper.put(self.topics.device(mac, "published"), self.core.published_payload(mac))
             self.keeper.put(self.topics.device(mac, "files"), catalog.files(mac).to_json())
         log.info("serving {devices} devices ({files} files) from the store",
                  devices=len(catalog.devices), files=catalog.file_count)
@@ -62,18 +79,29 @@ class FileService:
         # published first: its retained messages arrive before the configs that are compared to it
         bus.subscribe(self.topics.devices("published"), self.on_published)
         bus.subscribe(self.topics.devices("files"), self.on_files)
+        # before the configs too: a rebuilt store takes its epochs back before they open new ones
+        bus.subscribe(self.topics.devices("enrolment"), self.on_enrolment)
         bus.subscribe(self.topics.devices("config"), self.on_config)
-        bus.subscribe(self.topics.devices("fetched"), self.on_fetched)
-        if self.pin_ip:
-            bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
+        # other instances' downloads count here; our own were counted when served, and their
+        # echo (a QoS 1 message in and its PUBACK out per download) cost a sixth of the CPU of
+        # serving one: the broker keeps them (No Local). After a rebuilt store the refill has
+        # subscribed first, wanting our own retained ones, and then the filter gets them all.
+        bus.subscribe(self.topics.devices("fetched"), self.on_fetched, no_local=True)
+        bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
         bus.on_connect(self.core.connected)
         if bus.connected:
             self.core.connected()
         self.keeper.on_synced(lambda lost_ours: self.apply(self.core.replayed(lost_ours)))
         self.keeper.start()
+        self._sweep.start(min(60.0, max(1.0, self.core.enrolments.window / 4)), now=False)
         return self
 
+    def sweep(self) -> None:
+        self.apply(self.core.sweep(self.now()))
+
     def stop(self) -> None:
+        if self._sweep.running:
+            self._sweep.stop()
         self.keeper.stop()
         self._log_stored.flush()
         self._log_provisioned.flush()
@@ -101,30 +129,34 @@ class FileService:
         if mac is not None:
             self.core.files(mac, None if msg.empty else msg.raw)
 
+    def on_enrolment(self, msg: Incoming) -> None:
+        mac = self._mac(msg)
+        if mac is not None:
+            self.apply(self.core.enrolment(mac, None if msg.empty else msg.raw))
+
     def on_fetched(self, msg: Incoming) -> None:
         mac = self._mac(msg)
         if mac is not None:
-            self.apply(self.core.fetched_elsewhere(mac, msg.data))
+            self.apply(self.core.fetched_elsewhere(mac, msg.data, self.now()))
 
     def on_config(self, msg: Incoming) -> None:
         mac = self._mac(msg)
         if mac is None:
             self.ctx.counters["configs_ignored"] += 1
             return
-        self.apply(self.core.config(mac, msg.data, msg.error, msg.empty))
+        self.apply(self.core.config(mac, msg.data, msg.error, msg.empty, self.now()))
 
     def on_discovered(self, msg: Incoming) -> None:
         mac = self._mac(msg)
-        if mac is None:
-            return
-        ip = msg.data.get("ip") if isinstance(msg.data, dict) else None
-        if msg.empty or not isinstance(ip, str) or not ip:
-            ip = None
-        self.apply(self.core.discovered(mac, ip))
+        ip = msg.data.get("ip") if mac is not None and isinstance(msg.data, dict) else None
+        if mac is None or msg.empty or not isinstance(ip, str) or not ip or len(ip) > 64:
+            return  # a discovery that expired or was cleared says nothing about who claims it
+        self.apply(self.core.discovered(mac, ip, self.now()))
 
     # --- what the HTTP side reports ---
-    def fetched(self, device: DeviceFiles, served: ServedFile, status: int, client: str, ua: str) -> None:
-        self.apply(self.core.served(device, served, status, client, ua, now_iso()))
+    def fetched(self, device: DeviceFiles, served: ServedFile, status: int, client: str, ua: str,
+                auth: str = "bootstrap") -> None:
+        self.apply(self.core.served(device, served, status, client, ua, now_iso(), self.now(), auth))
 
     # --- effects ---
     def apply(self, effects: list[Effect]) -> None:
@@ -163,8 +195,16 @@ class FileService:
             elif isinstance(effect, Resolve):
                 store.set_errored(effect.mac, False)
                 self.ctx.clear_error(effect.mac)
-            elif isinstance(effect, SaveIp):
-                store.set_discovered_ip(effect.mac, effect.ip)
+            elif isinstance(effect, SaveEnrolment):
+                # not logged: the retained enrolment topic says it, and a boot storm moves many
+                store.set_enrolment(effect.mac, effect.record)
+            elif isinstance(effect, Conflict):
+                log.warn("{mac}: enrolment conflict: {why}", mac=effect.mac, why=effect.message)
+                report = ErrorReport(service=self.ctx.name, code="conflict", message=effect.message,
+                                     at=now_iso()).to_dict()
+                report["addresses"] = list(effect.addresses)
+                self.ctx.bus.publish(self.topics.device(effect.mac, "error"), encode_json(report),
+                                     retain=True)
             elif isinstance(effect, Missing):
                 macs = effect.macs
                 sample = ", ".join(macs[:5]) + (", ..." if len(macs) > 5 else "")
@@ -181,6 +221,9 @@ class FileService:
             "devices_stored": ("Devices with files.", len(catalog.devices)),
             "devices_provisioned": ("Devices that fetched the same sha256 again after a 200.",
                                     self.core.provisioned_devices()),
+            "devices_enrolling": ("Devices whose bootstrap URL works now (enrolling).",
+                                  sum(1 for r in self.core.enrolments.records.values()
+                                      if r.enrolling(now))),
             "clients_refused": ("Clients refused now for collecting too many 404s.",
                                 self.limiter.banned_count(now)),
             "mqtt_connected": ("1 while the broker connection is up.", int(self.ctx.bus.connected)),

@@ -38,6 +38,19 @@ def parse_password(text: str) -> str:
     return text
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds, or a number with a unit: 90s, 30m, 12h, 3d."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], 0)
+    seconds = float(value[:-1] if unit else value) * (unit or 1)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError
+    return seconds
+
+
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     return tuple(ipaddress.ip_network(item, strict=False) for item in items)
@@ -79,8 +92,16 @@ PLAIN_PATHS = s.Setting(
     s.parse_bool, "true or false", False,
 )
 PIN_IP = s.Setting(
-    "pin_ip", "PNP_PIN_IP", "serve a device's files only to the IP it was discovered from",
-    s.parse_bool, "true or false", False,
+    "pin_ip", "PNP_PIN_IP",
+    "serve a device's bootstrap URL only to the address that discovered it first in its enrolment "
+    "and the one that completed its first download (false: to any address while it enrolls)",
+    s.parse_bool, "true or false", True,
+)
+ENROL_WINDOW = s.Setting(
+    "enrol_window", "PNP_ENROL_WINDOW",
+    "how long a new or changed assignment (or a re-arm) may wait for its phone to be provisioned "
+    "through Plug and Play; after it the device's bootstrap URL is closed",
+    parse_duration, "seconds, or a number with s, m, h or d (3d)", 3 * 86400.0,
 )
 NOT_FOUND_LIMIT = s.Setting(
     "not_found_limit", "PNP_404_LIMIT", "404s one client may collect within PNP_404_WINDOW before it is refused",
@@ -107,7 +128,7 @@ HTTP_HEAD_TIMEOUT = s.Setting(
 )
 
 SETTINGS = [s.HTTP_PORT, s.PUBLIC_URL, s.SIP_INTERFACE, FILE_SECRET, HTTP_BIND, TLS_CERT, TLS_KEY, HTTP_AUTH, HTTP_USER, HTTP_PASSWORD, PLAIN_PATHS,
-       PIN_IP, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES, HTTP_HEAD_TIMEOUT]
+       PIN_IP, ENROL_WINDOW, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES, HTTP_HEAD_TIMEOUT]
 
 
 def check_tls_pair(values: s.Settings) -> None:

@@ -14,8 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fileserver.enrolment import Key, Record
 from fileserver.files import DeviceFiles, ServedFile
 from services.store import HealthLike, Writes, open_database
+
+# added after the first release: an older store gets them, empty, when it is opened
+_DEVICE_COLUMNS = ("auth_password", "auth_previous", "enrol_assignment", "enrol_rearm")
 
 
 class Store:
@@ -42,10 +46,18 @@ class Store:
             # per file: the sha256 last served with a 200, and the one the phone came back for
             db.table("fetches").create({"mac": str, "name": str, "served": str, "provisioned": str},
                                  pk=("mac", "name"))
-        if "discovered" not in db.table_names():
-            db.table("discovered").create({"mac": str, "ip": str}, pk="mac")
         if "errors" not in db.table_names():
             db.table("errors").create({"mac": str}, pk="mac")
+        devices = db.table("devices")
+        columns = devices.columns_dict
+        for name in _DEVICE_COLUMNS:
+            if name not in columns:
+                devices.add_column(name, str)
+        if "enrolment" not in db.table_names():
+            db.table("enrolment").create({
+                "mac": str, "epoch": int, "state": str, "since": float, "until": float, "at": float,
+                "candidate": str, "bound": str, "addresses": str, "reason": str,
+                "assignment": str, "rearm": str, "adopted": int}, pk="mac")
 
     # --- device files ---
     def load(self) -> list[DeviceFiles]:
@@ -55,7 +67,10 @@ class Store:
                 row["name"], row["content_type"], bytes(row["content"]), row["sha256"])
         return [
             DeviceFiles(row["mac"], row["revision"], row["vendor"], row["model"], row["template"],
-                        row["notify_path"], files.get(row["mac"], {}))
+                        row["notify_path"], files.get(row["mac"], {}), row["auth_password"],
+                        row["auth_previous"],
+                        None if row["enrol_assignment"] is None
+                        else Key(row["enrol_assignment"], row["enrol_rearm"] or ""))
             for row in self.db["devices"].rows
         ]
 
@@ -65,14 +80,42 @@ class Store:
             self._write("INSERT INTO files (mac, name, content_type, content, sha256, size) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (device.mac, f.name, f.content_type, f.body, f.sha256, len(f.body)))
-        self._write("INSERT OR REPLACE INTO devices (mac, revision, vendor, model, template, notify_path) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+        enrol = device.enrol
+        self._write("INSERT OR REPLACE INTO devices (mac, revision, vendor, model, template, "
+                    "notify_path, auth_password, auth_previous, enrol_assignment, enrol_rearm) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (device.mac, device.revision, device.vendor, device.model, device.template,
-                     device.notify_path))
+                     device.notify_path, device.password, device.previous,
+                     None if enrol is None else enrol.assignment,
+                     None if enrol is None else enrol.rearm))
 
     def remove(self, mac: str) -> None:
-        for table in ("files", "devices", "fetches"):
+        for table in ("files", "devices", "fetches", "enrolment"):
             self._write(f"DELETE FROM {table} WHERE mac = ?", (mac,))
+
+    # --- enrolment ---
+    def enrolments(self) -> dict[str, Record]:
+        out = {}
+        for r in self.db["enrolment"].rows:
+            key = None if r["assignment"] is None else Key(r["assignment"], r["rearm"] or "")
+            addresses = tuple(a for a in (r["addresses"] or "").split(",") if a)
+            out[r["mac"]] = Record(r["mac"], r["epoch"], r["state"], r["since"], r["until"], r["at"],
+                                   r["candidate"], r["bound"], addresses, r["reason"] or "", key,
+                                   bool(r["adopted"]))
+        return out
+
+    def set_enrolment(self, mac: str, record: Record | None) -> None:
+        if record is None:
+            self._write("DELETE FROM enrolment WHERE mac = ?", (mac,))
+            return
+        key = record.key
+        self._write("INSERT OR REPLACE INTO enrolment (mac, epoch, state, since, until, at, "
+                    "candidate, bound, addresses, reason, assignment, rearm, adopted) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (mac, record.epoch, record.state, record.since, record.until, record.at,
+                     record.candidate, record.bound, ",".join(record.addresses), record.reason,
+                     None if key is None else key.assignment, None if key is None else key.rearm,
+                     int(record.adopted)))
 
     # --- what must outlive a restart ---
     def fetch_states(self) -> dict[tuple[str, str], tuple[str, str]]:
@@ -82,15 +125,6 @@ class Store:
     def set_fetch_state(self, mac: str, name: str, served: str, provisioned: str) -> None:
         self._write("INSERT OR REPLACE INTO fetches (mac, name, served, provisioned) VALUES (?, ?, ?, ?)",
                     (mac, name, served, provisioned))
-
-    def discovered_ips(self) -> dict[str, str]:
-        return {r["mac"]: r["ip"] for r in self.db["discovered"].rows}
-
-    def set_discovered_ip(self, mac: str, ip: str | None) -> None:
-        if ip is None:
-            self._write("DELETE FROM discovered WHERE mac = ?", (mac,))
-        else:
-            self._write("INSERT OR REPLACE INTO discovered (mac, ip) VALUES (?, ?)", (mac, ip))
 
     def errored(self) -> set[str]:
         return {r["mac"] for r in self.db["errors"].rows}

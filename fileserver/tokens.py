@@ -1,4 +1,5 @@
-"""Per-device secret path segments: unguessable, stable across restarts, rotated with the secret."""
+"""Per-device secret path segments: unguessable, stable across restarts, new with each enrolment
+epoch (an old URL dies with its epoch) and rotated with the secret."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from services.store import private_dir, private_file
 TOKEN_BYTES = 16  # 128 bits: 22 URL-safe characters
 
 
-def device_token(secret: str, mac: str) -> str:
-    """The path segment of ``mac``'s files: HMAC-SHA256 of the MAC under the server secret."""
-    digest = hmac.new(secret.encode("utf-8"), b"pnp-device-path\0" + mac.encode("ascii"),
+def device_token(secret: str, mac: str, epoch: int) -> str:
+    """The path segment of ``mac``'s files in enrolment ``epoch``: HMAC-SHA256 of both under the
+    server secret."""
+    digest = hmac.new(secret.encode("utf-8"),
+                      b"pnp-device-path\0" + mac.encode("ascii") + b"\0%d" % epoch,
                       hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:TOKEN_BYTES]).decode("ascii").rstrip("=")
 

@@ -5,20 +5,29 @@ No sockets and no reactor: the MQTT side (``service.py``) feeds messages in and 
 A device renders once it has a valid assignment and a vendor and model (discovered, or pre-staged
 in the assignment; the discovered ones win). The same inputs give the same bytes; ``revision``
 rises only when the bytes change.
+
+Each device has its own HTTP password (user: its MAC), made at its first rendering and kept in the
+store; its files tell the phone to fetch from ``{PNP_PUBLIC_URL}c/`` with it, and its config
+carries it (``auth``) for the fileserver, with ``enrol``, what its enrolment epoch is opened for.
+The ``rearm`` and ``rotate`` commands replace the password, each acted on once per id.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from generator import schema
 from generator.merge import merge_all, strip_nulls
 from generator.render import Rendered, Renderer
-from generator.store import RenderRecord, Store
-from generator.vendors import RenderProblem
-from services.messages import Config, ConfigFile, ResyncCredentials
-from services.topics import is_mac
+from generator.store import Credential, RenderRecord, Store
+from generator.vendors import ConfigServer, RenderProblem
+from services.messages import (
+    Command, Config, ConfigFile, Enrol, HttpAuth, PayloadError, ResyncCredentials, encode_json,
+)
+from services.topics import COMMAND_KINDS, is_mac
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,28 @@ class Credentials:
     credentials: ResyncCredentials | None
 
 
-Effect = Publish | Unpublish | Error | Clear | Credentials
+@dataclass(frozen=True)
+class Refused:
+    """A command that cannot be acted on: logged and counted, nothing else changes."""
+
+    mac: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Acted:
+    """A command acted on (the credential is replaced; a rendering follows when ready)."""
+
+    mac: str
+    kind: str
+    id: str
+
+
+Effect = Publish | Unpublish | Error | Clear | Credentials | Refused | Acted
+
+COMMANDS = COMMAND_KINDS
+COMMAND_ID_MAX = 200  # characters: an id is a name, not a document
 
 DEFAULT_PROFILE = "default"
 
@@ -67,6 +97,7 @@ class Device:
     firmware: str = ""
     assignment: dict[str, Any] | None = None
     problem: Error | None = None  # the assignment as received cannot be used
+    # (the digest, then the auth and enrol stamp, of what was published: _succeed)
     published: str = ""  # digest published in this session ("" = nothing yet)
 
 
@@ -81,6 +112,8 @@ class Stats:
     renders: int = 0
     changed: int = 0
     errors: int = 0
+    commands: int = 0
+    commands_refused: int = 0
     waiting: int = 0
 
 
@@ -90,13 +123,25 @@ def spelled_mac(segment: str) -> str | None:
     return digits if is_mac(digits) else None
 
 
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
 class Engine:
-    def __init__(self, renderer: Renderer, store: Store) -> None:
+    def __init__(self, renderer: Renderer, store: Store, public_url: str | None = None,
+                 passwords: Callable[[], str] = new_password) -> None:
         self.renderer = renderer
         self.store = store
+        # None: no server of ours goes into the files (they keep the bootstrap-only flow)
+        self.public_url = public_url
+        self.passwords = passwords
         self.devices: dict[str, Device] = {}
         self.profiles: dict[str, Profile] = {}
         self.records: dict[str, RenderRecord] = store.renders()
+        self.credentials: dict[str, Credential] = store.credentials()
+        # commands that came before ready, acted on by :meth:`act_pending` (retained ones replay
+        # at start in any order: the reseed must have given back the last ids first)
+        self.pending: dict[tuple[str, str], str] = {}
         self.stats = Stats()
         # Before ready, inputs are only recorded: at startup the retained messages arrive in any
         # order, and rendering before the profiles are in would bump revisions twice.
@@ -186,6 +231,76 @@ class Engine:
             return []
         return self.users_of(name)
 
+    def command(self, kind: str, segment: str, raw: bytes, data: Any, error: str | None) -> list[Effect]:
+        """A ``rearm`` or ``rotate`` command. A new id replaces the device's password at once:
+        ``rearm`` forgets the old one (an attacker that read a file must not keep a working
+        credential) and opens a new enrolment epoch; ``rotate`` keeps it as ``previous`` so the
+        phone can fetch the file with the new one. An id seen last time does nothing (replay)."""
+        if kind not in COMMANDS or not raw:
+            return []  # an empty payload clears a retained command: nothing to do
+        if not is_mac(segment):
+            right = spelled_mac(segment)
+            self.stats.commands_refused += 1
+            return [Refused(segment, kind, f"the {kind} command is on {segment!r}, not a MAC as topics write "
+                            "it" + (f": publish it on the topic with {right}" if right else ""))]
+        problem = error
+        command: Command | None = None
+        if problem is None:
+            try:
+                command = Command.from_json(data if isinstance(data, dict) else raw)
+            except PayloadError as exc:
+                problem = str(exc)
+        if command is not None and not command.id.strip():
+            problem = "id is empty"
+        elif command is not None and len(command.id) > COMMAND_ID_MAX:
+            problem = f"id is longer than {COMMAND_ID_MAX} characters"
+        if problem is not None or command is None:
+            self.stats.commands_refused += 1
+            return [Refused(segment, kind, f"the {kind} command is not usable: {problem}")]
+        if not self.ready:
+            self.pending[(segment, kind)] = command.id
+            return []
+        return self._act(segment, kind, command.id)
+
+    def act_pending(self) -> list[Effect]:
+        """Act on the commands that came before ready (without rendering: the first rendering of
+        every device follows)."""
+        effects: list[Effect] = []
+        pending, self.pending = self.pending, {}
+        for (mac, kind), id_ in sorted(pending.items()):
+            effects += self._act(mac, kind, id_, render=False)
+        return effects
+
+    def _act(self, mac: str, kind: str, id_: str, render: bool = True) -> list[Effect]:
+        old = self.credentials.get(mac)
+        if old is not None and (old.rearm if kind == "rearm" else old.rotate) == id_:
+            return []  # acted on already (a replay, or the same command again)
+        if kind == "rearm":
+            new = Credential(self.passwords(), None, id_, old.rotate if old else "")
+        else:
+            new = Credential(self.passwords(), old.password if old else None, old.rearm if old else "", id_)
+        self.credentials[mac] = new
+        self.store.put_credential(mac, new)
+        self.stats.commands += 1
+        effects: list[Effect] = [Acted(mac, kind, id_)]
+        if render:
+            effects += self.render(mac)
+        return effects
+
+    def recover_credential(self, mac: str, credential: Credential) -> None:
+        """A credential taken back from our retained config after the store was rebuilt: the
+        phones hold it, so it must not change."""
+        if mac not in self.credentials:
+            self.credentials[mac] = credential
+            self.store.put_credential(mac, credential)
+
+    def _credential(self, mac: str) -> Credential:
+        found = self.credentials.get(mac)
+        if found is None:
+            found = self.credentials[mac] = Credential(self.passwords())
+            self.store.put_credential(mac, found)
+        return found
+
     def users_of(self, name: str) -> list[str]:
         return sorted(mac for mac, d in self.devices.items()
                       if d.assignment is not None and (name == DEFAULT_PROFILE or d.assignment.get("profile") == name))
@@ -211,12 +326,18 @@ class Engine:
         if not vendor or not model:
             self.stats.waiting += 1
             return []
+        credential = self._credential(mac)
+        server = (ConfigServer(self.public_url + "c/", mac, credential.password)
+                  if self.public_url else None)
         try:
-            rendered = self.renderer.render(mac, vendor, model, device.firmware, merged)
+            rendered = self.renderer.render(mac, vendor, model, device.firmware, merged, server)
         except RenderProblem as exc:
             return self._fail(mac, Error(mac, exc.code, exc.message, exc.field))
         self.stats.renders += 1
-        effects = self._succeed(device, rendered)
+        auth = HttpAuth(user=mac, password=credential.password, previous=credential.previous,
+                        rotate=credential.rotate)
+        enrol = Enrol(assignment=assignment_digest(merged), rearm=credential.rearm)
+        effects = self._succeed(device, rendered, auth, enrol)
         for effect in effects:
             if isinstance(effect, Publish):
                 # With every config, so the notifier knows the password of each revision.
@@ -255,7 +376,7 @@ class Engine:
         merged: dict[str, Any] = merge_all(*layers, device.assignment)  # dicts over a dict
         return merged
 
-    def _succeed(self, device: Device, rendered: Rendered) -> list[Effect]:
+    def _succeed(self, device: Device, rendered: Rendered, auth: HttpAuth, enrol: Enrol) -> list[Effect]:
         mac = device.mac
         record = self.records.setdefault(mac, RenderRecord())
         digest = rendered.digest
@@ -272,9 +393,12 @@ class Engine:
             if was_errored:
                 record.errored = False
                 self.store.set_errored(mac, False)
-        if digest != device.published:
-            device.published = digest
-            effects.append(Publish(mac, config_of(mac, rendered, record.revision)))
+        # A re-arm changes the config without changing the bytes when the assignment names its
+        # own config server (no credential of ours in the files): it is published all the same.
+        stamp = f"{digest}:{_stamp(auth, enrol)}"
+        if stamp != device.published:
+            device.published = stamp
+            effects.append(Publish(mac, config_of(mac, rendered, record.revision, auth, enrol)))
         if was_errored:
             effects.append(Clear(mac))
         return effects
@@ -299,9 +423,22 @@ def resync_credentials(mac: str, merged: dict[str, Any], revision: int) -> Resyn
                              password=str(first.get("password") or ""), mac=mac)
 
 
-def config_of(mac: str, rendered: Rendered, revision: int) -> Config:
+def assignment_digest(merged: dict[str, Any]) -> str:
+    """16 hex digits naming the merged assignment (profiles applied): equal when the phone is
+    given the same thing, whatever order its keys came in."""
+    return hashlib.sha256(encode_json(merged)).hexdigest()[:16]
+
+
+def _stamp(auth: HttpAuth, enrol: Enrol) -> str:
+    # Compared, never published; plain text costs a few hundred times less than a JSON digest.
+    return "\0".join((auth.password, auth.previous or "", auth.rotate, enrol.assignment, enrol.rearm))
+
+
+def config_of(mac: str, rendered: Rendered, revision: int, auth: HttpAuth | None = None,
+              enrol: Enrol | None = None) -> Config:
     files = [ConfigFile(name=f.name, content_type=f.content_type, content=f.body.decode("utf-8"),
                         encoding="utf-8", sha256=f.sha256, size=len(f.body)) for f in rendered.files]
     return Config(files=files, revision=revision, template=rendered.template, mac=mac,
-                  vendor=rendered.vendor, model=rendered.model, notify_path=rendered.notify_path)
+                  vendor=rendered.vendor, model=rendered.model, notify_path=rendered.notify_path,
+                  auth=auth, enrol=enrol)
 

@@ -17,9 +17,11 @@ __all__ = ["SETTINGS", "start"]
 def start(ctx: Context) -> GeneratorService:
     cfg = ctx.settings
     store = Store(ctx.database_path(), clock=ctx.reactor, health=ctx.health)
-    engine = Engine(Renderer(cfg.template_dir, cfg.notify_body), store)
+    engine = Engine(Renderer(cfg.template_dir, cfg.notify_body), store, cfg.public_url)
     service = GeneratorService(ctx, engine, cfg.generator_settle)
-    if store.rebuilt:
-        # its subscriptions go first: the first rendering waits for what they bring back
+    if store.rebuilt or not engine.records:
+        # A rebuilt store, or one that is new: on a first install nothing is retained, but a
+        # deleted generator.db must not give every phone a new password (nor revision 1).
+        # Its subscriptions go first: the first rendering waits for what they bring back.
         Reseed(ctx, engine).start()
     return service.start()

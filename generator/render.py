@@ -17,7 +17,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from generator import vendors
-from generator.vendors import Family, RenderProblem, Target
+from generator.vendors import ConfigServer, Family, RenderProblem, Target
 
 BUILTIN = Path(vendors.__file__).parent
 
@@ -96,10 +96,15 @@ class Renderer:
             self._chosen[key] = found
         return found
 
-    def render(self, mac: str, vendor: str, model: str, firmware: str, assignment: dict) -> Rendered:
-        """The files of one phone. Raises RenderProblem (no template, model limits, template errors)."""
+    def render(self, mac: str, vendor: str, model: str, firmware: str, assignment: dict,
+               server: ConfigServer | None = None) -> Rendered:
+        """The files of one phone; ``server``: our config server and the phone's credentials for
+        it (unused when the assignment names its own config server). Raises RenderProblem (no
+        template, model limits, template errors)."""
         family, canonical = vendors.find(vendor, model)
-        target = Target(mac, family.vendor, canonical, firmware, family.models[canonical])
+        if server is not None and "config_server" in (assignment.get("provisioning") or {}):
+            server = None  # the assignment's own server wins: the phone leaves us for it
+        target = Target(mac, family.vendor, canonical, firmware, family.models[canonical], server)
         context: dict[str, Any] = {
             "mac": mac, "MAC": mac.upper(), "vendor": family.vendor, "model": canonical,
             "firmware": firmware, "assignment": assignment,

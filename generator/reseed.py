@@ -1,11 +1,13 @@
-"""After a rebuilt ``generator.db``: each device's revision is taken back from its retained config.
+"""After a rebuilt (or new) ``generator.db``: each device's revision is taken back from its retained config.
 
 A fresh store knows no revisions, so every device would render as revision 1: a phone that runs
 revision 7 would be told of a "new" revision and resync. Until the first rendering, the retained
 ``devices/{mac}/config`` (our own earlier output) gives each device's revision and digest back;
 the rendering then finds the same bytes and keeps the revision (or bumps it past the old one).
 Our own retained ``error`` messages say which devices were in error, so that a device that now
-renders clears its error.
+renders clears its error. Each device's HTTP credential comes back from the config's ``auth``
+(with the ids of the last commands acted on), so the phones keep the one they hold and a
+retained command is not acted on twice.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from twisted.logger import Logger
 
 from generator.engine import Engine
 from generator.render import files_digest
-from generator.store import RenderRecord
+from generator.store import Credential, RenderRecord
 from services.mqtt import Incoming
 from services.messages import Config, PayloadError
 
@@ -59,6 +61,11 @@ class Reseed:
             config = Config.from_json(msg.data)
         except PayloadError:
             return
+        if config.auth is not None and config.auth.password:
+            # the phones hold it: a new one would lock them out of our config server
+            self.engine.recover_credential(mac, Credential(
+                config.auth.password, config.auth.previous, config.enrol.rearm if config.enrol else "",
+                config.auth.rotate))
         record = self.engine.records.setdefault(mac, RenderRecord())
         if record.digest:
             return

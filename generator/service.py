@@ -21,7 +21,9 @@ from typing import Any, Iterable, Iterator
 from twisted.internet import task
 from twisted.logger import Logger
 
-from generator.engine import Clear, Credentials, Effect, Engine, Error, Publish, Unpublish
+from generator.engine import (
+    COMMANDS, Acted, Clear, Credentials, Effect, Engine, Error, Publish, Refused, Unpublish,
+)
 from services.mqtt import Incoming
 from services.messages import PayloadError, decode_json
 from services.retained import Keeper
@@ -55,6 +57,8 @@ class GeneratorService:
         bus.subscribe(self.topics.devices("discovered"), self.on_discovered)
         bus.subscribe(self.topics.devices("assignment"), self.on_assignment)
         bus.subscribe(self.topics.profiles(), self.on_profile)
+        for kind in COMMANDS:
+            bus.subscribe(self.topics.devices(kind), self.on_command)
         bus.when_subscribed().addCallback(self._subscribed)
         self.keeper.on_synced(self._check_assignments)
         self.keeper.start()
@@ -69,6 +73,7 @@ class GeneratorService:
     def _become_ready(self) -> None:
         self._ready_call = None
         self.engine.ready = True
+        self.apply(self.engine.act_pending())
         macs = self.engine.assigned()
         log.info("rendering {n} assigned devices", n=len(macs))
         self.rerender(macs)
@@ -126,6 +131,12 @@ class GeneratorService:
             log.info("profile {name} changed: re-rendering {n} devices", name=info.name, n=len(macs))
             self.rerender(macs)
 
+    def on_command(self, msg: Incoming) -> None:
+        info = self.topics.parse(msg.topic)
+        if self._stopped or info is None or info.mac is None or info.kind is None or not self._mine(info.mac):
+            return
+        self.apply(self.engine.command(info.kind, info.mac, msg.raw, msg.data, msg.error))
+
     def rerender(self, macs: list[str]) -> Any:
         d = self._cooperator.coiterate(self._rerender(macs))
         # Stopping the service stops an unfinished re-render; that is not a failure.
@@ -158,6 +169,13 @@ class GeneratorService:
                 log.warn("{mac}: {message}", mac=effect.mac, message=effect.message)
             elif isinstance(effect, Clear):
                 self.ctx.clear_error(effect.mac)
+            elif isinstance(effect, Acted):
+                self.ctx.counters[f"{effect.kind}_done"] += 1
+                log.info("{mac}: {kind} {id}: new HTTP credential", mac=effect.mac, kind=effect.kind,
+                         id=effect.id)
+            elif isinstance(effect, Refused):
+                self.ctx.counters["commands_refused"] += 1
+                log.warn("{mac}: {message}", mac=effect.mac, message=effect.message)
             elif isinstance(effect, Credentials):
                 # Notifier-only topic (deploy/mosquitto/acl): never on config, which others read.
                 payload = effect.credentials.to_json() if effect.credentials is not None else b""

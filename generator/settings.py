@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services.settings import Setting, parse_path, parse_positive_float
+from services.settings import PUBLIC_URL, Setting, parse_path, parse_positive_float
 from services.shard import MAX_SHARDS, Shard, parse_shard
 
 
@@ -64,4 +64,6 @@ NOTIFY_BODY = Setting(
     parse_notify_body, "vendor, then optional vendor=directory|file items, comma-separated", {},
 )
 
-SETTINGS = [TEMPLATE_DIR, SETTLE, GENERATOR_SHARD, NOTIFY_BODY]
+# The fileserver's base URL: each file tells its phone to fetch from {PNP_PUBLIC_URL}c/ with its
+# own credentials; the generator must be given the same value as the fileserver.
+SETTINGS = [TEMPLATE_DIR, SETTLE, GENERATOR_SHARD, NOTIFY_BODY, PUBLIC_URL]

@@ -19,6 +19,16 @@ from services.store import HealthLike, Writes, open_database
 
 
 @dataclass
+class Credential:
+    """A device's HTTP password for our config server, and the last command of each kind acted on."""
+
+    password: str
+    previous: str | None = None  # accepted until the phone has the file with the new one
+    rearm: str = ""  # id of the last rearm command acted on
+    rotate: str = ""  # id of the last rotate command acted on
+
+
+@dataclass
 class RenderRecord:
     revision: int = 0
     digest: str = ""
@@ -48,6 +58,9 @@ class Store:
             self.db.table("renders").create({"mac": str, "revision": int, "digest": str, "template": str,
                                        "vendor": str, "model": str, "errored": int, "updated_at": str},
                                       pk="mac")
+        if "credentials" not in self.db.table_names():
+            self.db.table("credentials").create({"mac": str, "password": str, "previous": str, "rearm": str,
+                                                 "rotate": str, "updated_at": str}, pk="mac")
         if "history" not in self.db.table_names():
             self.db.table("history").create({"id": int, "mac": str, "revision": int, "digest": str,
                                        "template": str, "at": str}, pk="id")
@@ -74,6 +87,17 @@ class Store:
             self._write("DELETE FROM profiles WHERE name = ?", (name,))
         else:
             self._write("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)", (name, payload, now_iso()))
+
+    # --- each device's HTTP credential (the database is 0600: services/store.py) ---
+    def credentials(self) -> dict[str, Credential]:
+        rows = self.conn.execute("SELECT mac, password, previous, rearm, rotate FROM credentials")
+        return {mac: Credential(password, previous, rearm or "", rotate or "")
+                for mac, password, previous, rearm, rotate in rows}
+
+    def put_credential(self, mac: str, credential: Credential) -> None:
+        self._write("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?, ?, ?, ?)",
+                    (mac, credential.password, credential.previous, credential.rearm, credential.rotate,
+                     now_iso()))
 
     # --- what was rendered ---
     def renders(self) -> dict[str, RenderRecord]:

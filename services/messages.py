@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -25,9 +26,19 @@ class PayloadError(ValueError):
     """A payload that cannot be used; the message says what is wrong with it."""
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
     """The current time in the contract's form: ISO 8601, UTC, milliseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # A message per download or discovery asks for it: the date and time of day are formatted
+    # once a second, only the milliseconds each time (the same text datetime.isoformat gives).
+    global _second
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second = (second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def decode_json(raw: bytes | str) -> Any:
@@ -44,9 +55,13 @@ def decode_json(raw: bytes | str) -> Any:
         raise PayloadError("payload is not JSON: nested too deeply") from None
 
 
+# json.dumps with options builds an encoder per call; this one is built once (it keeps no state)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_json(data: Any) -> bytes:
     """Compact JSON with sorted keys: the same data always gives the same bytes."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(data).encode("utf-8")
 
 
 def encode_flat(payload: "Payload") -> bytes:
@@ -183,6 +198,28 @@ class ConfigFile(Payload):
 
 
 @dataclass
+class HttpAuth(Payload):
+    """A device's own HTTP credentials, written into its files (the vendor's config-server user
+    and password): the fileserver serves the credentialed route ``c/{name}`` to them (Digest).
+    ``previous`` is the password before a routine rotation, accepted until the phone has fetched
+    the file that carries the new one; None after a re-arm (the old one must die at once)."""
+
+    user: str  # the MAC
+    password: str
+    previous: str | None = None
+    rotate: str = ""  # id of the last rotate command acted on (so a rebuilt store acts on none twice)
+
+
+@dataclass
+class Enrol(Payload):
+    """What a device's enrolment epoch was opened for: the fileserver opens a new epoch when this
+    differs from the one its current epoch was opened for."""
+
+    assignment: str  # 16 hex digits of the sha256 of the canonical merged assignment
+    rearm: str = ""  # id of the last rearm command ("" = never re-armed)
+
+
+@dataclass
 class Config(Payload):
     """``devices/{mac}/config``: the rendered files of one device."""
 
@@ -194,6 +231,8 @@ class Config(Payload):
     model: str = ""
     # path, relative to the device's base URL, that the NOTIFY carries ("" = the directory)
     notify_path: str = ""
+    auth: HttpAuth | None = None  # None from an older generator
+    enrol: Enrol | None = None  # None from an older generator
 
 
 @dataclass
@@ -289,6 +328,29 @@ class Fetched(Payload):
     at: str
     revision: int | None = None
     server: str = ""  # the fileserver instance that served it (several may serve one site)
+    # "bootstrap" (the URL the NOTIFY carried) or "device" (the device's own HTTP credentials)
+    auth: str = ""
+    epoch: int | None = None  # the enrolment epoch it was served in
+
+
+@dataclass
+class Enrolment(Payload):
+    """``devices/{mac}/enrolment`` (fileserver): whether the device may be provisioned through
+    Plug and Play now. ``state``: enrolling, provisioned, expired or conflict; ``epoch`` rises
+    with each new or changed assignment and each re-arm; ``candidate`` the address that
+    discovered it first in this epoch, ``bound`` the one that completed its first download;
+    ``addresses`` the two that claimed it (conflict only, else empty)."""
+
+    state: str
+    epoch: int
+    since: str
+    until: str
+    bound: str | None = None
+    candidate: str | None = None
+    addresses: list[str] = field(default_factory=list)
+    reason: str = ""
+    mac: str = ""
+    at: str = ""
 
 
 @dataclass
@@ -300,6 +362,15 @@ class ErrorReport(Payload):
     message: str
     at: str
     field: str | None = None
+
+
+@dataclass
+class Command(Payload):
+    """``devices/{mac}/rearm`` and ``devices/{mac}/rotate``: an operator's command to the
+    generator, retained, acted on once per ``id`` (a replay of the same id does nothing)."""
+
+    id: str
+    at: str
 
 
 @dataclass

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Protocol, TypeGuard
 
 DEVICE_KINDS = ("discovered", "assignment", "config", "published", "notify", "fetched", "error",
-                "resync", "files")
+                "resync", "files", "enrolment", "rearm", "rotate")
+# Retained commands to the generator (docs/MQTT.md): the PBX or the console writes them.
+COMMAND_KINDS = ("rearm", "rotate")
 SERVICES = ("listener", "generator", "fileserver", "notifier", "console")
 
 _MAC = re.compile(r"[0-9a-f]{12}")

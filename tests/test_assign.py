@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.support import Probe, wait_until
@@ -174,5 +176,122 @@ def test_what_the_broker_refuses_is_an_error_not_a_success(tmp_path) -> None:
         assert "refused the login" in done.stderr, done.stderr
         done = pnp("assign", "--mqtt-url", broker.url("pbx"), "--mac", MAC, "--unassign")
         assert done.returncode == 0, done.stderr
+    finally:
+        broker.stop()
+
+
+# --- re-arm and rotate (issue 13) -----------------------------------------------------------------
+
+ENROLLING = {"state": "enrolling", "epoch": 2, "since": "2026-12-07T03:00:00.000Z",
+             "until": "2026-12-10T03:00:00.000Z", "bound": None, "candidate": None, "mac": MAC,
+             "at": "2026-12-07T03:00:00.000Z", "v": 1}
+
+
+def pnp_in_background(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_rearm_publishes_a_retained_command_and_waits_for_the_new_epoch(broker, probe) -> None:
+    # the state before: epoch 2 in conflict, as the fileserver left it retained
+    probe.publish(f"pnp/devices/{MAC}/assignment", {"accounts": [{"sip_server": "pbx", "user_id": "1"}]},
+                  retain=True)
+    probe.publish(f"pnp/devices/{MAC}/enrolment", {**ENROLLING, "state": "conflict",
+                                                   "addresses": ["10.0.0.5", "10.0.0.9"]}, retain=True)
+    proc = pnp_in_background("assign", "--mqtt-url", broker.url, "--rearm", "00:0B:82:F5:52:84", "--wait", "20")
+    try:
+        wait_until(lambda: probe.on(f"pnp/devices/{MAC}/rearm"), timeout=15)
+        command = probe.json_on(f"pnp/devices/{MAC}/rearm")[-1]
+        assert set(command) == {"id", "at", "v"} and re.fullmatch(r"[0-9a-f]{32}", command["id"])
+        # what the generator and the fileserver do next: the conflict cleared, epoch 3 enrolling
+        probe.publish(f"pnp/devices/{MAC}/error", b"", retain=True)
+        probe.publish(f"pnp/devices/{MAC}/enrolment", {**ENROLLING, "epoch": 3}, retain=True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out + err
+    assert f"published re-arm {MAC} (id {command['id']}): re-armed: enrolling until 2026-12-10T03:00Z (epoch 3)" in out
+    assert "1 published, 0 refused; 1 done, 0 failed, 0 without outcome" in out
+    assert [r for t, _, r in probe.messages if t == f"pnp/devices/{MAC}/rearm"] == [False]  # sent retained
+    again = Probe(broker.url, f"pnp/devices/{MAC}/rearm")  # the broker keeps it retained
+    try:
+        wait_until(lambda: again.on(f"pnp/devices/{MAC}/rearm"))
+    finally:
+        again.close()
+
+
+def test_rotate_waits_for_the_new_revision_and_says_when_nothing_came(broker, probe) -> None:
+    files = {"revision": 4, "mac": MAC, "files": [{"name": f"cfg{MAC}.xml", "sha256": "ab", "size": 9}], "v": 1}
+    probe.publish(f"pnp/devices/{MAC}/files", files, retain=True)
+    proc = pnp_in_background("assign", "--mqtt-url", broker.url, "--rotate", MAC, "--wait", "20")
+    try:
+        wait_until(lambda: probe.on(f"pnp/devices/{MAC}/rotate"), timeout=15)
+        probe.publish(f"pnp/devices/{MAC}/files", {**files, "revision": 5}, retain=True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out + err
+    assert f": new credential in revision 5 (cfg{MAC}.xml)" in out
+    # nobody answers (no generator): published, and exit 3 says the outcome was not seen
+    done = pnp("assign", "--mqtt-url", broker.url, "--rotate", MAC, "--rearm", "000b82f55285", "--wait", "1")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"published rotate {MAC}" in done.stdout and "published re-arm 000b82f55285" in done.stdout
+    assert "no outcome within 1 s (no assignment is retained for it" in done.stdout
+    assert "2 published, 0 refused; 0 done, 0 failed, 2 without outcome" in done.stdout
+    # without --wait: published, done
+    done = pnp("assign", "--mqtt-url", broker.url, "--rotate", MAC)
+    assert done.returncode == 0 and "1 published, 0 refused" in done.stdout, done.stderr
+
+
+def test_a_generator_error_answers_a_rearm_with_exit_1(broker, probe) -> None:
+    proc = pnp_in_background("assign", "--mqtt-url", broker.url, "--rearm", MAC, "--wait", "20")
+    try:
+        wait_until(lambda: probe.on(f"pnp/devices/{MAC}/rearm"), timeout=15)
+        probe.publish(f"pnp/devices/{MAC}/error", {"service": "generator", "code": "rearm",
+                                                   "message": "no assignment to re-arm", "at": "x", "v": 1})
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "error rearm: no assignment to re-arm" in out and "0 done, 1 failed" in out
+
+
+def test_rearm_and_rotate_refuse_what_does_not_fit(broker, probe) -> None:
+    cases = ((["--rearm", MAC, "--mac", MAC], "take a MAC each and no assignment"),
+             (["--rotate", MAC, "--sip-server", "pbx"], "take a MAC each and no assignment"),
+             (["--rearm", MAC, "--rotate", "00:0b:82:f5:52:84"], "--rearm already rotates the credential"),
+             (["--rearm", MAC, "--rearm", MAC], "is given twice"),
+             (["--rearm", "not-a-mac"], "'not-a-mac' is not a MAC address"))
+    for args, why in cases:
+        done = pnp("assign", "--mqtt-url", broker.url, *args)
+        assert done.returncode == 1 and why in done.stderr, (args, done.stderr)
+    done = pnp("assign", "--mqtt-url", broker.url, "--rearm", MAC, "--dry-run")
+    assert done.returncode == 0 and f"would publish re-arm {MAC}" in done.stdout
+    time.sleep(0.3)
+    assert probe.on(f"pnp/devices/{MAC}/rearm") == [] and probe.on(f"pnp/devices/{MAC}/rotate") == []
+    assert "--rearm MAC" in pnp("assign", "--help").stdout
+
+
+def test_under_the_deployment_acl_the_pbx_rearms_and_the_operator_cannot(tmp_path) -> None:
+    from tests.test_deploy_broker import Client, LockedBroker
+
+    broker = LockedBroker(tmp_path / "locked", {"pbx": "pbx-secret-1", "operator": "operator-secret-1",
+                                                "fileserver": "fileserver-secret-1"}).start()
+    try:
+        done = pnp("assign", "--mqtt-url", broker.url("operator"), "--rearm", MAC)
+        assert done.returncode == 1
+        assert "refused 1 of 1 command(s) (is this login allowed to publish re-arm?)" in done.stderr, done.stderr
+        fileserver = Client(broker, "fileserver")
+        try:
+            fileserver.subscribe(f"pnp/devices/{MAC}/rearm")  # the fileserver may read rearm
+            proc = pnp_in_background("assign", "--mqtt-url", broker.url("pbx"), "--rearm", MAC, "--wait", "20")
+            wait_until(lambda: fileserver.topics(), timeout=15)
+            enrolment = json.dumps({**ENROLLING, "epoch": 1}).encode()
+            assert fileserver.publish(f"pnp/devices/{MAC}/enrolment", enrolment) in (0, 16)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            fileserver.close()
+        assert proc.returncode == 0, out + err
+        assert "re-armed: enrolling until" in out
     finally:
         broker.stop()

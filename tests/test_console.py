@@ -637,3 +637,90 @@ def test_bulk_import_of_an_uploaded_json_file(console, probe):
     assert "Published 1" in html and "refused 1" in html and "sctp" in html
     wait_until(lambda: probe.last("pnp/devices/000b82000011/assignment") == ASSIGNMENT, timeout=5)
     assert probe.on("pnp/devices/000b82000012/assignment") == []
+
+
+# --- enrolment (issue 13) -------------------------------------------------------------------------
+
+HTTP_PW = "dEvIcE-http-pw-1"
+OLD_HTTP_PW = "dEvIcE-http-pw-0"
+# a config with the device's HTTP credential, rendered into its file by the vendor's own settings
+CREDENTIALED = {**CONFIG, "files": [{**CONFIG["files"][0], "content": (
+    f"<gs_provision><P34>s3cret-pw</P34><P212>1</P212><P1360>{MAC}</P1360><P1361>{HTTP_PW}</P1361>"
+    f"<!-- {OLD_HTTP_PW} --></gs_provision>")}],
+    "auth": {"user": MAC, "password": HTTP_PW, "previous": OLD_HTTP_PW},
+    "enrol": {"assignment": "0123456789abcdef", "rearm": ""}}
+CONFLICT = {"state": "conflict", "epoch": 2, "since": "2026-12-07T03:00:00.000Z",
+            "until": "2026-12-10T03:00:00.000Z", "bound": None, "candidate": "127.0.0.2",
+            "addresses": ["127.0.0.2", "127.0.0.66"], "reason": "a second address asked", "mac": MAC,
+            "at": "2026-12-07T03:00:05.000Z", "v": 1}
+CONFLICT_ERROR = {"service": "fileserver", "code": "conflict", "addresses": ["127.0.0.2", "127.0.0.66"],
+                  "message": f"{MAC} was asked for from 127.0.0.2 and from 127.0.0.66: nothing is served "
+                             f"until it is re-armed (pnp assign --rearm {MAC})",
+                  "at": "2026-12-07T03:00:05.000Z", "v": 1}
+
+
+def test_the_table_folds_the_enrolment_into_a_column_and_the_search():
+    t = DeviceTable()
+    for kind, payload in (("discovered", discovered()), ("assignment", ASSIGNMENT), ("config", CONFIG),
+                          ("files", FILES), ("enrolment", CONFLICT)):
+        t.on_device(MAC, kind, payload, True, "x")
+    d = t.device(MAC)
+    assert (d.stage, d.enrolment) == ("published", "conflict")
+    assert d.enrolment_detail == "conflict 127.0.0.2 and 127.0.0.66 (epoch 2)"
+    assert [x.mac for x in t.rows(Filter(text="conflict"))] == [MAC]
+    assert t.rows(Filter(text="enrolling")) == []
+
+
+def test_the_device_page_shows_the_enrolment_and_the_conflict_and_admins_re_arm(console, probe):
+    seed(probe)
+    probe.publish(f"pnp/devices/{MAC}/enrolment", CONFLICT, retain=True)
+    probe.publish(f"pnp/devices/{MAC}/error", CONFLICT_ERROR, retain=True)
+    viewer = console.login("victor", VIEWER_PW)
+    wait_until(lambda: "127.0.0.66" in console.request("GET", "/", cookies=viewer)[2], timeout=5)
+    html = console.request("GET", "/", cookies=viewer)[2]
+    assert "<th>Enrolment</th>" in html
+    assert re.search(r'<td class="enrolment enrolment-conflict">conflict 127\.0\.0\.2 and 127\.0\.0\.66', html)
+    status, _, html = console.request("GET", f"/devices/{MAC}", cookies=viewer)
+    assert status == 200
+    assert 'id="device-enrolment" class="enrolment enrolment-conflict"' in html
+    assert re.search(r'id="conflict" role="alert"><p>[^<]*127\.0\.0\.2 and from 127\.0\.0\.66', html)
+    assert "<dt>Until</dt><dd>2026-12-10T03:00Z</dd>" in html and "<dt>Addresses</dt>" in html
+    assert 'id="rearm-form"' not in html and 'id="rotate-form"' not in html  # viewers command nothing
+    status, _, _ = console.request("POST", f"/devices/{MAC}/rearm", {"csrf": csrf_in(html)}, viewer)
+    assert status == 403
+    jar = console.login("alice", ADMIN_PW)
+    html = console.request("GET", f"/devices/{MAC}", cookies=jar)[2]
+    assert 'id="rearm-form"' in html and ">Re-arm</button>" in html and ">Rotate credential</button>" in html
+    status, _, _ = console.request("POST", f"/devices/{MAC}/rearm", {"csrf": "forged"}, jar)
+    assert status == 403  # CSRF, like every other form
+    time.sleep(0.3)
+    assert probe.on(f"pnp/devices/{MAC}/rearm") == []
+    status, headers, _ = console.request("POST", f"/devices/{MAC}/rearm", {"csrf": csrf_in(html)}, jar)
+    assert status == 303 and headers["location"].startswith(f"/devices/{MAC}?done=re-arm+requested")
+    wait_until(lambda: probe.on(f"pnp/devices/{MAC}/rearm"), timeout=5)
+    first = probe.json_on(f"pnp/devices/{MAC}/rearm")[-1]
+    assert set(first) == {"id", "at", "v"} and re.fullmatch(r"[0-9a-f]{32}", first["id"])
+    assert [r for t, _, r in probe.messages if t == f"pnp/devices/{MAC}/rearm"] == [False]  # live copy of a retained one
+    status, _, _ = console.request("POST", f"/devices/{MAC}/rotate", {"csrf": csrf_in(html)}, jar)
+    assert status == 303
+    wait_until(lambda: probe.on(f"pnp/devices/{MAC}/rotate"), timeout=5)
+    assert probe.json_on(f"pnp/devices/{MAC}/rotate")[-1]["id"] != first["id"]  # a new id per command
+    status, _, _ = console.request("POST", f"/devices/{MAC}/rearm", {"csrf": csrf_in(html)}, jar)
+    wait_until(lambda: len(probe.on(f"pnp/devices/{MAC}/rearm")) == 2, timeout=5)
+    assert len({c["id"] for c in probe.json_on(f"pnp/devices/{MAC}/rearm")}) == 2
+    # the re-arm shows on the timeline (the console reads its own command back)
+    wait_until(lambda: "re-arm requested" in console.request("GET", f"/devices/{MAC}", cookies=jar)[2], timeout=5)
+
+
+def test_the_device_credential_is_masked_in_the_file_view_and_everywhere_else(console, probe):
+    seed(probe)
+    probe.publish(f"pnp/devices/{MAC}/config", CREDENTIALED, retain=True)
+    jar = console.login("alice", ADMIN_PW)
+    wait_until(lambda: "P1360" in console.request("GET", f"/devices/{MAC}/files/cfg{MAC}.xml",
+                                                               cookies=jar)[2], timeout=5)
+    status, _, html = console.request("GET", f"/devices/{MAC}/files/cfg{MAC}.xml", cookies=jar)
+    assert status == 200 and f"&lt;P1360&gt;{MAC}" in html
+    assert HTTP_PW not in html and OLD_HTTP_PW not in html and "s3cret-pw" not in html and MASK in html
+    for path in ("/", f"/devices/{MAC}"):
+        html = console.request("GET", path, cookies=jar)[2]
+        assert HTTP_PW not in html and OLD_HTTP_PW not in html, path

@@ -2,8 +2,8 @@
 simulated phones, inside a network namespace of the test's own (NETWORK-SAFETY.md rule 3).
 
 A phone boots and appears on the list without a reload, is assigned through the form (a bad
-value first shows its field error), and its row reaches provisioned; a viewer cannot assign and
-never sees a password. Screenshots go to docs/console-*.png (docs/CONSOLE.md shows them) with PNP_UPDATE_SCREENSHOTS=1.
+value first shows its field error), and its row reaches provisioned; an admin re-arms a device; a
+viewer can neither assign nor re-arm and never sees a password. Screenshots go to docs/console-*.png (docs/CONSOLE.md shows them) with PNP_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -177,6 +177,28 @@ def test_inside_a_phone_boots_is_assigned_in_the_browser_and_is_provisioned(tmp_
         wait(admin, lambda d: stage_of(d, BOOTING_MAC) == "provisioned")
         wait(admin, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-stage="error"]'))
         assert admin.save_screenshot(str(shots / "console-devices.png"))
+        assert admin.find_elements(By.CSS_SELECTOR, f'tr[data-mac="{BOOTING_MAC}"] td.enrolment')
+
+        # An admin re-arms a device from its page (not a running phone: its re-arm would rotate the
+        # credential of a phone this test still watches); the retained command is on the bus.
+        admin.get(site.url + "/devices/001565ffff01")
+        wait(admin, lambda d: d.find_elements(By.ID, "rearm-form"))
+        admin.execute_script("window.pnpNoReload = 'the device page';")
+        # its enrolment changes while the page is open (no fileserver enrols it: its assignment
+        # is refused): the section follows, facts and all, without a reload
+        site.probe.publish("pnp/devices/001565ffff01/enrolment", {
+            "state": "conflict", "epoch": 4, "since": "2026-12-07T03:00:00.000Z", "until": "2026-12-10T03:00:00.000Z",
+            "bound": None, "candidate": "127.0.9.2", "addresses": ["127.0.9.2", "127.0.9.3"], "reason": "",
+            "mac": "001565ffff01", "at": "2026-12-07T03:00:05.000Z", "v": 1}, retain=True)
+        # read in the page: the section is replaced while the test looks, elements go stale
+        text_of = "const e = document.getElementById(arguments[0]); return e ? e.textContent : '';"
+        wait(admin, lambda d: "conflict 127.0.9.2 and 127.0.9.3" in d.execute_script(text_of, "device-enrolment"))
+        wait(admin, lambda d: "127.0.9.2, 127.0.9.3" in d.execute_script(text_of, "enrolment-facts"))
+        assert admin.execute_script("return window.pnpNoReload") == "the device page"
+        admin.find_element(By.CSS_SELECTOR, "#rearm-form button").click()
+        wait(admin, lambda d: d.find_elements(By.ID, "notice"))
+        assert "re-arm requested" in admin.find_element(By.ID, "notice").text
+        wait_until(lambda: site.probe.on("pnp/devices/001565ffff01/rearm"), timeout=10)
 
         # A viewer sees the same state, and neither a form nor a password nor a download URL.
         viewer = browser()
@@ -188,6 +210,7 @@ def test_inside_a_phone_boots_is_assigned_in_the_browser_and_is_provisioned(tmp_
             html = viewer.page_source
             assert SECRET not in html and "/p/" not in html, path
             assert not viewer.find_elements(By.ID, "assign-form"), path
+            assert not viewer.find_elements(By.ID, "rearm-form"), path
         assert "only admins" in html or "for admins only" in html
         for proc in phones:
             out, err = proc.communicate(timeout=60)

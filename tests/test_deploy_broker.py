@@ -288,22 +288,27 @@ WRITERS = {
     f"pnp/devices/{MAC}/fetched": {"fileserver"},
     f"pnp/devices/{MAC}/notify": {"notifier"},
     f"pnp/devices/{MAC}/error": set(SERVICE_USERS),
+    f"pnp/devices/{MAC}/enrolment": {"fileserver"},
+    f"pnp/devices/{MAC}/rearm": {"pbx", "console"},
+    f"pnp/devices/{MAC}/rotate": {"pbx", "console"},
     **{f"pnp/services/{svc}/host1": {svc} for svc in STATUS},
 }
 
 # What each user must be able to read (everything else must never reach it).
 READERS = {
     "listener": {"discovered", "fetched", "error", "services/listener"},
-    "generator": {"discovered", "assignment", "profiles", "config", "error", "services/generator"},
-    "fileserver": {"config", "discovered", "published", "files", "fetched", "error", "services/fileserver"},
-    "notifier": {"discovered", "published", "fetched", "notify", "error", "resync",
+    "generator": {"discovered", "assignment", "profiles", "config", "error", "rearm", "rotate",
+                  "services/generator"},
+    "fileserver": {"config", "discovered", "published", "files", "fetched", "error", "enrolment", "rearm",
+                   "services/fileserver"},
+    "notifier": {"discovered", "published", "fetched", "notify", "error", "resync", "enrolment",
                  "services/notifier"},
-    "pbx": {"discovered", "assignment", "profiles", "files", "notify", "fetched", "error",
-            *(f"services/{s}" for s in STATUS)},
-    "operator": {"discovered", "files", "notify", "fetched", "error",
+    "pbx": {"discovered", "assignment", "profiles", "files", "notify", "fetched", "error", "enrolment",
+            "rearm", "rotate", *(f"services/{s}" for s in STATUS)},
+    "operator": {"discovered", "files", "notify", "fetched", "error", "enrolment", "rearm", "rotate",
                  *(f"services/{s}" for s in STATUS)},
     "console": {"discovered", "assignment", "profiles", "config", "files", "notify", "fetched", "error",
-                *(f"services/{s}" for s in STATUS)},
+                "enrolment", "rearm", "rotate", *(f"services/{s}" for s in STATUS)},
 }
 
 
@@ -356,8 +361,41 @@ def test_each_user_reads_only_what_it_needs(login, audit):
     assert {u for u, r in READERS.items() if "resync" in r} == {"notifier"}
     # and the working download URLs (published) only the notifier, besides their writer
     assert {u for u, r in READERS.items() if "published" in r} == {"fileserver", "notifier"}
+    # the enrolment state reaches everyone who watches a device, the commands the generator
+    assert {u for u, r in READERS.items() if "enrolment" in r} >= {"notifier", "pbx", "operator", "console"}
+    assert {u for u, r in READERS.items() if "rotate" in r} >= {"generator"}
+    assert {u for u, r in READERS.items() if "rearm" in r} >= {"generator", "fileserver"}
     for topic in WRITERS:
         clients[owners[topic]].publish(topic, b"")  # clear the retained seeds
+
+
+def test_the_pbx_re_arms_and_rotates_but_still_reads_no_credential(login, audit):
+    """Issue 13: the PBX commands a re-arm or a rotation and watches the enrolment, and still
+    never reads a config, a working URL or a resync credential; the operator commands nothing."""
+    generator, fileserver, pbx, operator = login("generator"), login("fileserver"), login("pbx"), login("operator")
+    generator.subscribe("pnp/devices/+/rearm")
+    generator.subscribe("pnp/devices/+/rotate")
+    for kind in ("config", "resync"):
+        assert generator.publish(f"pnp/devices/{MAC}/{kind}", b'{"secret": "pw"}') in (0, 16)
+    assert fileserver.publish(f"pnp/devices/{MAC}/published", b'{"url": "http://x/p/TOKEN/"}') in (0, 16)
+    assert fileserver.publish(f"pnp/devices/{MAC}/enrolment", b'{"state": "conflict", "epoch": 2}') in (0, 16)
+    pbx.subscribe("pnp/#")
+    for kind in ("config", "published", "resync"):
+        pbx.subscribe(f"pnp/devices/{MAC}/{kind}")
+    assert wait_for(lambda: f"pnp/devices/{MAC}/enrolment" in pbx.topics())
+    command = b'{"id": "5f0c3b", "at": "2026-12-07T03:00:00.000Z", "v": 1}'
+    assert pbx.publish(f"pnp/devices/{MAC}/rearm", command) in (0, 16)
+    assert pbx.publish(f"pnp/devices/{MAC}/rotate", command) in (0, 16)
+    assert operator.publish(f"pnp/devices/{MAC}/rearm", b'{"id": "forged"}') == NOT_AUTHORIZED
+    assert operator.publish(f"pnp/devices/{MAC}/rotate", b'{"id": "forged"}') == NOT_AUTHORIZED
+    assert wait_for(lambda: {f"pnp/devices/{MAC}/rearm", f"pnp/devices/{MAC}/rotate"} <= generator.topics())
+    settle(pbx, pbx, "pnp/profiles/marker")  # after everything retained the pbx was sent
+    assert not {f"pnp/devices/{MAC}/{k}" for k in ("config", "published", "resync")} & pbx.topics()
+    assert (f"pnp/devices/{MAC}/rearm", b'{"id": "forged"}') not in generator.received
+    for client, kinds in ((generator, ("config", "resync")), (fileserver, ("published", "enrolment")),
+                          (pbx, ("rearm", "rotate"))):
+        for kind in kinds:
+            client.publish(f"pnp/devices/{MAC}/{kind}", b"")
 
 
 def test_a_service_last_will_is_delivered_on_its_own_status_topic_only(login, audit):

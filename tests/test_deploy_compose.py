@@ -167,6 +167,11 @@ def test_multicast_services_use_the_host_network_the_others_do_not(model):
     assert any(int(p["target"]) == http_port and int(p["published"]) == http_port for p in ports)
 
 
+def test_the_generator_writes_the_url_the_fileserver_serves(model):
+    env = {name: model["services"][name]["environment"] for name in ("generator", "fileserver")}
+    assert env["generator"]["PNP_PUBLIC_URL"] == env["fileserver"]["PNP_PUBLIC_URL"]
+
+
 def test_host_network_services_dial_the_broker_where_it_is_published(model):
     # MQTT_BIND may be the host's LAN address: then nothing listens on 127.0.0.1
     bind = model["_env"]["MQTT_BIND"]
@@ -327,6 +332,7 @@ def test_the_compose_services_come_up_healthy_and_provision_phones_under_the_acl
                 env["PNP_SIP_PORT"] = str(sip_port)
             if "PNP_HTTP_PORT" in env:
                 env["PNP_HTTP_PORT"] = str(http_port)
+            if "PNP_PUBLIC_URL" in env:  # the fileserver's, and the generator writes it into files
                 env["PNP_PUBLIC_URL"] = f"http://127.0.0.1:{http_port}/"
             if "PNP_CONSOLE_PORT" in env:  # the container's 0.0.0.0 is this host's loopback here
                 env["PNP_CONSOLE_PORT"] = str(free_port())

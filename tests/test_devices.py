@@ -91,8 +91,45 @@ def test_filters_and_table():
     assert [d.mac for d in select(devices, vendor="GrandStream")] == ["000b82000001"]
     assert [d.mac for d in select(devices, mac="00:15:65")] == ["001565000002"]
     text = table(devices)
-    assert text.splitlines()[0].split() == ["MAC", "VENDOR", "MODEL", "FIRMWARE", "IP", "STAGE", "DETAIL"]
+    assert text.splitlines()[0].split() == ["MAC", "VENDOR", "MODEL", "FIRMWARE", "IP", "STAGE", "ENROLMENT",
+                                            "DETAIL"]
     assert "awaiting-assignment" in text
+
+
+ENROLLING = {"state": "enrolling", "epoch": 1, "since": "2026-11-27T02:59:00.000Z",
+             "until": "2026-11-30T02:59:00.000Z", "bound": None, "candidate": "127.0.0.2", "reason": "assignment",
+             "mac": MAC, "at": "2026-11-27T03:00:00.500Z", "v": 1}
+
+
+def test_the_enrolment_state_is_shown_next_to_the_stage():
+    flow = dict(discovered=DISC, assignment=ASSIGN, config=CONFIG, files=PUB)
+    d = fold(MAC, {**flow, "enrolment": ENROLLING})
+    assert (d.stage, d.enrolment) == ("published", "enrolling")
+    assert d.enrolment_detail == "enrolling until 2026-11-30T02:59Z, first seen at 127.0.0.2 (epoch 1)"
+    assert d.updated_at == "2026-11-27T03:00:00.500Z"
+    # a conflict: the fileserver's error names both addresses; the column says them too
+    conflict = {**ENROLLING, "state": "conflict", "addresses": ["127.0.0.2", "127.0.0.9"]}
+    err = {"service": "fileserver", "code": "conflict", "at": "2026-11-27T03:00:02.000Z",
+           "message": "two addresses asked for 000b82f55284: 127.0.0.2 and 127.0.0.9; "
+                      "nothing is served until pnp assign --rearm 000b82f55284"}
+    d = fold(MAC, {**flow, "enrolment": conflict, "error": err})
+    assert d.stage == "error" and "127.0.0.9" in d.detail and "--rearm" in d.detail
+    assert d.enrolment_detail == "conflict 127.0.0.2 and 127.0.0.9 (epoch 1)"
+    # expired before the phone came: the detail says what to do instead of "waiting for the phone"
+    expired = {**ENROLLING, "state": "expired", "candidate": None}
+    d = fold(MAC, {"assignment": ASSIGN, "config": CONFIG, "files": PUB, "enrolment": expired})
+    assert d.enrolment == "expired" and "waiting for the phone" not in d.detail
+    assert d.detail.endswith(f"(enrolment expired: pnp assign --rearm {MAC})")
+    provisioned = {**ENROLLING, "state": "provisioned", "bound": "127.0.0.2"}
+    d = fold(MAC, {**flow, "enrolment": provisioned, "fetched": {**FETCHED, "provisioned": True}})
+    assert (d.stage, d.enrolment_detail) == ("provisioned", "provisioned at 127.0.0.2 (epoch 1)")
+    # none published (an older fileserver): nothing claimed
+    d = fold(MAC, flow)
+    assert (d.enrolment, d.enrolment_detail) == ("", "")
+    devices = [fold("000b82000001", {"enrolment": ENROLLING}), fold("000b82000002", {"enrolment": expired}),
+               fold("000b82000003", {"discovered": DISC})]
+    assert [x.mac for x in select(devices, enrolment={"expired", "conflict"})] == ["000b82000002"]
+    assert "enrolling until 2026-11-30T02:59Z" in table(devices)
 
 
 def _pnp(broker, *args: str) -> subprocess.CompletedProcess:
@@ -130,3 +167,16 @@ def test_pnp_devices_reads_the_retained_topics(broker, probe):
     assert "1 device(s): 1 error" in result.stderr
 
     assert _pnp(broker, "--stage", "bogus").returncode == 2
+
+    probe.publish(f"pnp/devices/{a}/enrolment", {**ENROLLING, "state": "provisioned", "bound": "127.0.0.2"},
+                  retain=True)
+    probe.publish(f"pnp/devices/{b}/enrolment", {**ENROLLING, "state": "conflict",
+                                                 "addresses": ["127.0.0.2", "127.0.0.9"]}, retain=True)
+    result = _pnp(broker, "--enrolment", "conflict")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].startswith(b) and "conflict 127.0.0.2 and 127.0.0.9" in lines[1]
+    assert "enrolment: 1 conflict" in result.stderr
+    rows = {d["mac"]: d for d in json.loads(_pnp(broker, "--json").stdout)}
+    assert rows[a]["enrolment"] == "provisioned" and rows[c]["enrolment"] == ""
+    assert _pnp(broker, "--enrolment", "enroled").returncode == 2

@@ -17,12 +17,12 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from services.broker import answers
+from tests.downloads import download
 from tests.support import Probe, loopback_multicast, rerun_in_network_namespace, wait_until
 from tests.test_system import finished, provisioned_macs
 from tests.test_up import alive, children_of
@@ -120,10 +120,11 @@ class Up:
     def served(self, mac: str) -> dict[str, str]:
         """sha256 of every file the device's published URLs serve now, by URL."""
         published = self.probe.last(f"pnp/devices/{mac}/published") or {}
+        config = self.probe.last(f"pnp/devices/{mac}/config")
         digests = {}
         for f in published.get("files", []):
-            with urllib.request.urlopen(f["url"], timeout=5) as answer:
-                digests[f["url"]] = hashlib.sha256(answer.read()).hexdigest()
+            # a provisioned phone's files: with its own credentials (tests/downloads.py)
+            digests[f["url"]] = hashlib.sha256(download(f["url"], mac, config)).hexdigest()
         return digests
 
     def close(self) -> None:

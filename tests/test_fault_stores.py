@@ -31,6 +31,7 @@ from twisted.internet import task
 from services.broker import Mosquitto, free_port
 from services.health import Health
 from services.store import Writes, open_database
+from tests.downloads import download
 from tests.support import Probe, start_broker, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,10 +215,11 @@ class Services:
     def served(self, mac: str) -> dict[str, str]:
         """sha256 of each of the device's files as served now ({} while one is not)."""
         found = {}
+        config = self.probe.last(f"pnp/devices/{mac}/config")
         for url in self.urls(mac):
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    found[url] = hashlib.sha256(response.read()).hexdigest()
+                # a provisioned phone's files: with its own credentials (tests/downloads.py)
+                found[url] = hashlib.sha256(download(url, mac, config)).hexdigest()
             except (urllib.error.URLError, OSError):
                 return {}
         return found
@@ -412,7 +414,9 @@ inside = pytest.mark.skipif(not INSIDE, reason="runs only inside the namespace t
 def fill(directory: Path) -> Path:
     """Write a file until the filesystem is full; returns it."""
     filler = directory / "filler"
-    with filler.open("wb") as f:
+    # unbuffered: a buffered file keeps what a short write left over and raises ENOSPC again
+    # when it is closed, depending on how the free space falls in 64 KiB steps
+    with filler.open("wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)

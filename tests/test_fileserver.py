@@ -25,13 +25,22 @@ GS_UA = f"Grandstream Model HW GRP2614 SW 1.0.0.31 DevId {MAC}"
 
 
 def config(mac: str = MAC, text: str = "<gs_provision>P270=Alice</gs_provision>\n", revision: int = 1,
-           notify_path: str = "", sha: str | None = None, name: str | None = None) -> dict:
+           notify_path: str = "", sha: str | None = None, name: str | None = None,
+           enrol: tuple[str, str] | None = None, password: str | None = None,
+           previous: str | None = None) -> dict:
+    """A config as the generator sends it; ``enrol`` (assignment, rearm) and ``password`` as a
+    generator with per-device credentials adds them (without: an older generator's)."""
     body = text.encode()
-    return {"files": [{"name": name or f"cfg{mac}.xml", "content_type": "application/xml",
+    data = {"files": [{"name": name or f"cfg{mac}.xml", "content_type": "application/xml",
                        "content": text, "encoding": "utf-8",
                        "sha256": sha or hashlib.sha256(body).hexdigest(), "size": len(body)}],
             "revision": revision, "template": "grandstream/grp26xx", "mac": mac,
             "vendor": "grandstream", "model": "GRP2614", "notify_path": notify_path, "v": 1}
+    if enrol is not None:
+        data["enrol"] = {"assignment": enrol[0], "rearm": enrol[1]}
+    if password is not None:
+        data["auth"] = {"user": mac, "password": password, "previous": previous}
+    return data
 
 
 def fetch(url: str, method: str = "GET", headers: dict | None = None, source: str = "127.0.0.2",
@@ -163,10 +172,14 @@ class ServingTest(FileserverCase):
             self.assertEqual(headers["cache-control"], "no-store")
             # RFC 9110: a 304 carries no Content-Length unless it is the 200's
             self.assertNotIn(headers.get("content-length"), ("0",))
-        for value in ('"other"', f'W/"{sha[:-1]}"', ""):
+        for value in ('"other"', f'W/"{sha[:-1]}"'):
             status, _, body = yield fetch(url, headers={"If-None-Match": value})
             self.assertEqual(status, 200, value)
             self.assertTrue(body)
+        # the same file twice: the phone is provisioned, and the bootstrap URL closes
+        status, _, body = yield fetch(url, headers={"If-None-Match": ""})
+        self.assertEqual((status, body), (403, b"this device is not enrolling: its phone uses its "
+                                                b"own credentials\n"))
 
     @defer.inlineCallbacks
     def test_wrong_token_missing_file_and_directories_are_404(self):
@@ -213,7 +226,8 @@ class ServingTest(FileserverCase):
                          b"If-None-Match: \xff\r\n\r\n",
                          b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n",
                          b"\r\n\r\n\r\n", b"GET\r\n\r\n"):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5,
+                                              source_address=("127.0.0.2", 0)) as sock:
                     try:
                         sock.sendall(junk)
                         if not junk.endswith(b"\xff\r\n\r\n"):  # a whole request: wait for it
@@ -329,14 +343,17 @@ class ServingTest(FileserverCase):
         status, _, body = yield fetch(f"{self.base()}/cfg{OTHER}.xml")
         self.assertEqual((status, b"Bob" in body), (200, True))
 
+    def candidate(self, rt, ip: str):
+        enrolments = rt.component.service.core.enrolments
+        return eventually(lambda: enrolments.get(MAC) and enrolments.get(MAC).candidate == ip)
+
     @defer.inlineCallbacks
     def test_pinned_to_the_discovered_ip(self):
-        yield self.start(pin_ip="true")
-        self.probe.publish(self.topic("discovered"), json.dumps({"mac": MAC, "ip": "127.0.0.2"}), retain=True)
+        rt = yield self.start()  # PNP_PIN_IP is on by default
         published = yield self.assign(config())
         url = published["files"][0]["url"]
-        rt = self.runtimes[0]
-        yield eventually(lambda: rt.component.service.core.discovered_ip.get(MAC) == "127.0.0.2")
+        self.probe.publish(self.topic("discovered"), json.dumps({"mac": MAC, "ip": "127.0.0.2"}), retain=True)
+        yield self.candidate(rt, "127.0.0.2")
         status, _, body = yield fetch(url, source="127.0.0.3")
         self.assertEqual(status, 403)
         self.assertNotIn(b"Alice", body)
@@ -348,12 +365,11 @@ class ServingTest(FileserverCase):
 
     @defer.inlineCallbacks
     def test_a_trusted_proxy_names_the_client(self):
-        yield self.start(pin_ip="true", trusted_proxies="127.0.0.5")
-        self.probe.publish(self.topic("discovered"), json.dumps({"mac": MAC, "ip": "10.1.2.3"}), retain=True)
+        rt = yield self.start(trusted_proxies="127.0.0.5")
         published = yield self.assign(config())
         url = published["files"][0]["url"]
-        rt = self.runtimes[0]
-        yield eventually(lambda: rt.component.service.core.discovered_ip.get(MAC) == "10.1.2.3")
+        self.probe.publish(self.topic("discovered"), json.dumps({"mac": MAC, "ip": "10.1.2.3"}), retain=True)
+        yield self.candidate(rt, "10.1.2.3")
         status, _, _ = yield fetch(url, source="127.0.0.5", headers={"X-Forwarded-For": "10.9.9.9, 10.1.2.3"})
         self.assertEqual(status, 200)
         event = yield eventually(lambda: self.probe.last(self.topic("fetched")))
@@ -396,10 +412,14 @@ class StoreTest(FileserverCase):
         self.probe.publish("pnp/devices/not-a-mac/config", json.dumps(config()), retain=True)
         status, _, body = yield fetch(url)
         self.assertIn(b"Alice", body)
-        # a good config again resolves the error
-        yield self.assign(config(text="<gs_provision>P270=Alice2</gs_provision>\n", revision=3))
+        # a good config again resolves the error; a new assignment, a new epoch: a new URL
+        yield self.assign(config(text="<gs_provision>P270=Alice2</gs_provision>\n", revision=3,
+                                 enrol=("a2", "")))
+        # (the published of the provisioned epoch 1, enrolling false, may come in just before)
+        published = yield eventually(lambda: self.probe.last(self.topic("published"))["epoch"] == 2
+                                     and self.probe.last(self.topic("published")))
         yield eventually(lambda: self.probe.on(self.topic("error"))[-1] == b"")
-        status, _, body = yield fetch(url)
+        status, _, body = yield fetch(published["files"][0]["url"])
         self.assertIn(b"Alice2", body)
 
     @defer.inlineCallbacks
@@ -464,8 +484,9 @@ class EventsTest(FileserverCase):
         yield fetch(url, headers={"User-Agent": GS_UA})
         first = yield eventually(lambda: self.probe.last(topic))
         self.assertEqual((first["status"], first["provisioned"], first["sha256"], first["client"],
-                          first["user_agent"], first["file"], first["revision"]),
-                         (200, False, sha, "127.0.0.2", GS_UA, f"cfg{MAC}.xml", 1))
+                          first["user_agent"], first["file"], first["revision"], first["auth"],
+                          first["epoch"]),
+                         (200, False, sha, "127.0.0.2", GS_UA, f"cfg{MAC}.xml", 1, "bootstrap", 1))
         late = Probe(self.broker.url, topic)  # retained: a late watcher sees it at once
         self.addCleanup(late.close)
         self.assertEqual(late.last(topic) or (yield eventually(lambda: late.last(topic))), first)
@@ -473,11 +494,21 @@ class EventsTest(FileserverCase):
         yield fetch(url, headers={"If-None-Match": f'"{sha}"'})
         second = yield eventually(lambda: len(self.probe.on(topic)) == 2 and self.probe.last(topic))
         self.assertEqual((second["status"], second["provisioned"]), (304, True))
-        # a new file: not provisioned until fetched twice again (here: two 200s)
-        published = yield self.assign(config(text="<gs_provision>P270=Alice B</gs_provision>\n", revision=2))
+        enrolment = yield eventually(lambda: (self.probe.last(self.topic("enrolment")) or {}).get(
+            "state") == "provisioned" and self.probe.last(self.topic("enrolment")))
+        self.assertEqual((enrolment["epoch"], enrolment["bound"], enrolment["reason"]),
+                         (1, "127.0.0.2", "fetched the same file again"))
+        # a new assignment (a new epoch, a new URL): not provisioned until fetched twice again
+        published = yield self.assign(config(text="<gs_provision>P270=Alice B</gs_provision>\n",
+                                             revision=2, enrol=("b", "")))
+        self.assertNotEqual(published["files"][0]["url"], url)
+        status, _, _ = yield fetch(url)
+        self.assertEqual(status, 404)  # the old epoch's URL is dead
+        url = published["files"][0]["url"]
         yield fetch(url)
         third = yield eventually(lambda: len(self.probe.on(topic)) == 3 and self.probe.last(topic))
-        self.assertEqual((third["status"], third["provisioned"], third["revision"]), (200, False, 2))
+        self.assertEqual((third["status"], third["provisioned"], third["revision"], third["epoch"]),
+                         (200, False, 2, 2))
         yield fetch(url)
         fourth = yield eventually(lambda: len(self.probe.on(topic)) == 4 and self.probe.last(topic))
         self.assertEqual((fourth["status"], fourth["provisioned"]), (200, True))

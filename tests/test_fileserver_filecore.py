@@ -6,26 +6,34 @@ import json
 
 from fileserver.catalog import Catalog
 from fileserver.core import (
-    Announce, FileCore, Missing, Refuse, Remove, Report, Resolve, Save, SaveFetch, SaveIp,
+    Announce, FileCore, Missing, Refuse, Remove, Report, Resolve, Save, SaveEnrolment, SaveFetch,
 )
+from fileserver.enrolment import Enrolments
 from fileserver.provision import ProvisionTracker
 from tests.test_fileserver import MAC, OTHER, config
 
 SECRET = "s" * 32
 AT = "2026-01-01T00:00:00Z"
+NOW = 1_800_000_000.0
 
 
 def core(errored: set[str] | None = None) -> FileCore:
     return FileCore(Catalog(SECRET, "http://files.example/"), ProvisionTracker(), errored or set(),
-                    {}, "fs1")
+                    Enrolments(3 * 86400), "fs1")
+
+
+def files_only(effects: list) -> list:
+    """The effects on the files and their topics (enrolment has its own tests)."""
+    return [e for e in effects if not isinstance(e, SaveEnrolment)
+            and not (isinstance(e, Announce) and e.kind == "enrolment")]
 
 
 def kinds(effects: list) -> list[type]:
-    return [type(e) for e in effects]
+    return [type(e) for e in files_only(effects)]
 
 
 def assigned(c: FileCore, mac: str = MAC, **kw) -> list:
-    return c.config(mac, config(mac, **kw), None, False)
+    return files_only(c.config(mac, config(mac, **kw), None, False, NOW))
 
 
 def test_a_new_config_is_saved_and_announced_once():
@@ -68,7 +76,7 @@ def test_a_bad_config_keeps_the_last_good_files_and_a_good_one_clears_the_error(
     assert refused[0].code == "checksum" and refused[0].field == "files[0].sha256"
     assert c.catalog.devices[MAC] is good
     assert MAC in c.errored
-    undecodable = c.config(MAC, None, "not JSON", False)
+    undecodable = c.config(MAC, None, "not JSON", False, NOW)
     assert kinds(undecodable) == [Refuse] and undecodable[0].code == "payload"
     assert kinds(assigned(c, revision=2)) == [Save, Resolve, Announce, Announce]
     assert MAC not in c.errored
@@ -77,11 +85,12 @@ def test_a_bad_config_keeps_the_last_good_files_and_a_good_one_clears_the_error(
 def test_an_empty_config_removes_the_device_and_its_published():
     c = core(errored={MAC})
     assigned(c)
-    effects = c.config(MAC, None, None, True)
-    assert effects == [Remove(MAC), Announce(MAC, b""), Announce(MAC, b"", "files")]
-    assert MAC not in c.catalog.devices and MAC not in c.errored
+    effects = c.config(MAC, None, None, True, NOW)
+    assert effects == [SaveEnrolment(MAC, None), Announce(MAC, b"", "enrolment"), Remove(MAC),
+                       Announce(MAC, b""), Announce(MAC, b"", "files")]
+    assert MAC not in c.catalog.devices and MAC not in c.errored and not c.enrolments.records
     # nothing known of it: nothing to say
-    assert c.config(OTHER, None, None, True) == []
+    assert c.config(OTHER, None, None, True, NOW) == []
 
 
 def test_a_config_cleared_while_away_removes_the_device_after_the_replay():
@@ -90,8 +99,8 @@ def test_a_config_cleared_while_away_removes_the_device_after_the_replay():
     payload = assigned(c, mac=OTHER)[1].payload
     c.connected()
     c.published(OTHER, payload)  # its published came back, its config did not
-    c.config(MAC, config(MAC), None, False)
-    effects = c.replayed(lost_ours=False)
+    c.config(MAC, config(MAC), None, False, NOW)
+    effects = files_only(c.replayed(lost_ours=False))
     assert effects == [Remove(OTHER, away=True), Announce(OTHER, b""), Announce(OTHER, b"", "files")]
     assert list(c.catalog.devices) == [MAC]
 
@@ -108,8 +117,8 @@ def test_a_published_put_back_by_the_keeper_counts_as_lost_not_cleared():
     c = core()
     assigned(c)
     c.connected()
-    # both of its topics go out again; OTHER is not ours to put back
-    assert [e.kind for e in c.lost([MAC, OTHER])] == ["published", "files"]
+    # its three topics go out again; OTHER is not ours to put back
+    assert [e.kind for e in c.lost([MAC, OTHER])] == ["published", "files", "enrolment"]
     assert c.replayed(lost_ours=False) == [Missing((MAC,))]
 
 
@@ -118,15 +127,16 @@ def test_a_phone_that_fetches_the_same_file_again_is_provisioned():
     assigned(c)
     device = c.catalog.devices[MAC]
     served = next(iter(device.files.values()))
-    first = c.served(device, served, 200, "127.0.0.2", "ua", AT)
+    first = files_only(c.served(device, served, 200, "127.0.0.2", "ua", AT, NOW))
     assert kinds(first) == [SaveFetch, Report]
     assert first[1].fetched.provisioned is False and first[1].fetched.server == "fs1"
-    again = c.served(device, served, 304, "127.0.0.2", "ua", AT)
+    assert (first[1].fetched.auth, first[1].fetched.epoch) == ("bootstrap", 1)
+    again = files_only(c.served(device, served, 304, "127.0.0.2", "ua", AT, NOW))
     assert again[0] == SaveFetch(MAC, served.name, served.sha256, served.sha256, True)
-    assert again[1].fetched.provisioned is True
+    assert again[-1].fetched.provisioned is True
     assert c.provisioned_devices() == 1
     # a third download moves nothing to save, but is still reported
-    assert kinds(c.served(device, served, 304, "127.0.0.2", "ua", AT)) == [Report]
+    assert kinds(c.served(device, served, 304, "127.0.0.2", "ua", AT, NOW)) == [Report]
 
 
 def test_downloads_served_by_another_instance_count_and_our_own_do_not():
@@ -134,18 +144,9 @@ def test_downloads_served_by_another_instance_count_and_our_own_do_not():
     assigned(c)
     served = next(iter(c.catalog.devices[MAC].files.values()))
     event = {"file": served.name, "sha256": served.sha256, "status": 200, "server": "fs1"}
-    assert c.fetched_elsewhere(MAC, event) == []
-    assert c.fetched_elsewhere(MAC, {**event, "server": ""}) == []
-    assert c.fetched_elsewhere(MAC, {**event, "status": 404, "server": "fs2"}) == []
-    assert kinds(c.fetched_elsewhere(MAC, {**event, "server": "fs2"})) == [SaveFetch]
-    assert kinds(c.fetched_elsewhere(MAC, {**event, "status": 304, "server": "fs2"})) == [SaveFetch]
+    assert c.fetched_elsewhere(MAC, event, NOW) == []
+    assert c.fetched_elsewhere(MAC, {**event, "server": ""}, NOW) == []
+    assert c.fetched_elsewhere(MAC, {**event, "status": 404, "server": "fs2"}, NOW) == []
+    assert kinds(c.fetched_elsewhere(MAC, {**event, "server": "fs2"}, NOW)) == [SaveFetch]
+    assert kinds(c.fetched_elsewhere(MAC, {**event, "status": 304, "server": "fs2"}, NOW)) == [SaveFetch]
     assert c.provisioned_devices() == 1
-
-
-def test_a_phone_s_discovered_address_is_saved_when_it_changes():
-    c = core()
-    assert c.discovered(MAC, "10.0.0.5") == [SaveIp(MAC, "10.0.0.5")]
-    assert c.discovered(MAC, "10.0.0.5") == []
-    assert c.discovered_ip == {MAC: "10.0.0.5"}
-    assert c.discovered(MAC, None) == [SaveIp(MAC, None)]
-    assert c.discovered_ip == {}

@@ -52,11 +52,40 @@ def test_secrets_and_file_contents_never_show():
         assert "SECRETTOKEN" not in out and ("10.0.0.1:8080/…" in out if as_json else "rev 2" in out), out
 
 
+def test_enrolment_and_the_operators_commands_read_as_events():
+    assert describe("enrolment", {"state": "conflict", "epoch": 2, "addresses": ["10.0.0.5", "10.0.0.9"],
+                                  "reason": "a second address asked"}) == (
+        "ENROLMENT conflict 10.0.0.5 and 10.0.0.9 (epoch 2): a second address asked")
+    assert describe("enrolment", {"state": "enrolling", "epoch": 3, "until": "2026-12-10T03:05:00.000Z"}) == (
+        "ENROLMENT enrolling until 2026-12-10T03:05Z (epoch 3)")
+    assert describe("enrolment", None) == "enrolment removed"
+    assert describe("rearm", {"id": "5f0c3b2a9d8e4f10a1b2c3d4e5f60718", "at": "2026-12-07T03:00:00.000Z"}) == (
+        "re-arm requested (id 5f0c3b2a9d8e) at 2026-12-07T03:00:00.000Z")
+    assert describe("rotate", {"id": "ab", "at": "x"}).startswith("credential rotation requested")
+    assert describe("fetched", {"file": "c.xml", "status": 200, "client": "10.0.0.5", "provisioned": True,
+                                "auth": "device", "user_agent": "Yealink"}) == (
+        "GET c.xml 200 by 10.0.0.5 PROVISIONED with device credentials (Yealink)")
+    assert describe("published", {"url": "http://h:8080/p/T/", "revision": 2, "enrolling": False}).endswith(
+        "(not enrolling: no NOTIFY)")
+    assert Formatter("pnp", kinds={"enrolment"}).line(f"pnp/devices/{MAC}/enrolment", b'{"state":"expired"}', False)
+
+
+def test_the_device_credential_in_a_config_never_shows():
+    config = {"files": [], "revision": 2,
+              "auth": {"user": MAC, "password": "cUrReNt-pw", "previous": "oLd-pw", "rotate": "id-1"},
+              "enrol": {"assignment": "0123456789abcdef", "rearm": ""}}
+    out = Formatter("pnp", as_json=True).line(f"pnp/devices/{MAC}/config", json.dumps(config).encode(), False)
+    assert "cUrReNt-pw" not in out and "oLd-pw" not in out and MAC in out
+    assert json.loads(out)["data"]["auth"] == {"user": MAC, "password": "***", "previous": "***", "rotate": "id-1"}
+    assert redact({"auth": {"user": MAC, "password": "p", "previous": None}}, "config")["auth"]["previous"] is None
+
+
 def test_malformed_payloads_are_shown_not_fatal():
     f = Formatter("pnp")
     for raw in (b"{nope", b"\xff\xfe", b"[1,2]", b"42", b'"text"', b"{}", b'{"accounts": "x"}',
                 b'{"files": [1, null, {"name": []}]}', b'{"rtt_ms": "fast", "status": []}'):
-        for kind in ("discovered", "assignment", "config", "published", "files", "notify", "fetched", "error"):
+        for kind in ("discovered", "assignment", "config", "published", "files", "notify", "fetched", "error",
+                     "enrolment", "rearm", "rotate"):
             line = f.line(f"pnp/devices/{MAC}/{kind}", raw, False)
             assert line and "\n" not in line and MAC in line
     assert "unreadable payload" in f.line(f"pnp/devices/{MAC}/notify", b"{nope", False)

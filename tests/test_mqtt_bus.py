@@ -137,6 +137,38 @@ class BusTest(BrokerCase):
         self.assertEqual(receiver.counters["mqtt_connects"], 2)
 
     @defer.inlineCallbacks
+    def test_no_local_keeps_our_own_messages_and_delivers_the_others(self) -> None:
+        mine, everything, marks = [], [], []
+        me = self.bus("me")
+        me.subscribe("pnp/devices/+/fetched", lambda m: mine.append(m.raw), no_local=True)
+        me.subscribe("mark", marks.append)
+        other = self.bus("other")
+        other.subscribe("pnp/devices/+/fetched", lambda m: everything.append(m.raw))
+        yield me.when_subscribed()
+        yield other.when_subscribed()
+        me.publish("pnp/devices/000b82f55284/fetched", b"ours")
+        # after our own message on the same connection: had it come back, it would be first
+        me.publish("mark", b"1")
+        yield eventually(lambda: marks)
+        other.publish("pnp/devices/000b82f55284/fetched", b"theirs")
+        yield eventually(lambda: mine)
+        self.assertEqual(mine, [b"theirs"])
+        yield eventually(lambda: len(everything) == 2)
+        self.assertEqual(sorted(everything), [b"ours", b"theirs"])
+
+    @defer.inlineCallbacks
+    def test_a_handler_that_wants_every_message_renews_a_no_local_filter(self) -> None:
+        quiet, loud = [], []
+        me = self.bus("me")
+        me.subscribe("pnp/devices/+/fetched", lambda m: quiet.append(m.raw), no_local=True)
+        yield me.when_subscribed()
+        me.subscribe("pnp/devices/+/fetched", lambda m: loud.append(m.raw))
+        yield me.when_subscribed()
+        me.publish("pnp/devices/000b82f55284/fetched", b"ours")
+        yield eventually(lambda: loud and quiet)
+        self.assertEqual((quiet, loud), ([b"ours"], [b"ours"]))
+
+    @defer.inlineCallbacks
     def test_full_queue_is_counted_not_silent(self) -> None:
         b = Bus(parse_mqtt_url(self.broker.url), "test-small", reactor, max_queued=10)
         self.addCleanup(b.stop)

@@ -110,6 +110,74 @@ def test_the_send_queue_holds_packets_of_the_shape_joining_relies_on(broker, pro
     client.disconnect()
 
 
-@pytest.mark.parametrize("name", ["_create_socket_connection", "_packet_read", "_loop_rc_handle"])
+def test_a_plain_puback_is_acknowledged_without_decoding_reason_and_properties(broker):
+    from services.mqtt import paho_internals
+
+    client = connected(broker)
+    acked: list = []
+    client.on_publish = lambda c, userdata, mid, reason, properties: acked.append((mid, reason, properties))
+    # the first with no subscriber (mosquitto says so in the PUBACK), then plain successes
+    client.subscribe("t/#", qos=1)
+    infos = [client.publish("u/0", b"x", qos=1)] + [client.publish(f"t/{i}", b"x", qos=1) for i in range(2)]
+    while client.want_write():
+        client.loop_write()
+    read_packet, handle_rc = packet_reader(client)
+    while len(acked) < 3:
+        handle_rc(read_packet())
+    assert [mid for mid, _, _ in acked] == [i.mid for i in infos]
+    # mosquitto's PUBACKs took the short way (the shared objects), and paho's own bookkeeping
+    # after it still ran: nothing left unacknowledged, every message published
+    shared = paho_internals._PUBACK_ACCEPTED
+    assert [r for _, r, _ in acked] == [shared[16], shared[0], shared[0]], (
+        f"{PAHO} or the broker: PUBACKs not handled by ReadySocketClient._handle_pubackcomp: {acked}")
+    assert all(r is shared[r.value] and not r.is_failure for _, r, _ in acked)
+    assert unacknowledged(client) == 0 and all(i.is_published() for i in infos)
+    client.disconnect()
+
+
+class CountingSocket:
+    """A socket that counts its ``recv`` calls (paho's one way of reading)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.recvs = 0
+
+    def recv(self, size: int) -> bytes:
+        self.recvs += 1
+        return self._sock.recv(size)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def test_packets_that_arrived_together_are_read_with_one_recv(broker):
+    client = connected(broker)
+    counting = CountingSocket(client._sock)
+    client._sock = counting
+    acked: list = []
+    got: list = []
+    client.on_publish = lambda c, userdata, mid, reason, properties: acked.append(mid)
+    client.on_message = lambda c, userdata, message: got.append(message.payload)
+    client.subscribe("t/#", qos=1)
+    # many PUBACKs, and messages larger than one read, split across the reads
+    payloads = [bytes([65 + i % 26]) * (1 if i % 2 else 70_000 + i) for i in range(40)]
+    for p in payloads:
+        client.publish("t/x", p, qos=1)
+    while client.want_write():
+        client.loop_write()
+    read_packet, handle_rc = packet_reader(client)
+    while len(acked) < 40 or len(got) < 40:
+        handle_rc(read_packet())
+        while client.want_write():
+            client.loop_write()  # the PUBACKs of what we received
+    assert got == payloads, "a message came back changed: the buffered reads lost or reordered bytes"
+    # paho alone needs three recv calls a packet (type, length, rest): 240 here
+    assert counting.recvs < 120, (f"{PAHO}: {counting.recvs} recv calls for 80 packets; "
+                                  "ReadySocketClient._sock_recv no longer reads them together?")
+    client.disconnect()
+
+
+@pytest.mark.parametrize("name", ["_create_socket_connection", "_packet_read", "_loop_rc_handle",
+                                  "_handle_pubackcomp", "_do_on_publish", "_sock_recv"])
 def test_the_private_methods_still_exist(name):
     assert callable(getattr(mqtt.Client, name, None)), f"{PAHO}: Client.{name} is gone"

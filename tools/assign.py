@@ -10,12 +10,24 @@ what was published and what was refused and why. Examples:
   pnp assign --file phones.json         # {"000b82f55284": {...}, ...} or [{"mac": ..., ...}]
   pnp assign --mac 000b82f55284 --unassign
   pnp assign --mac 000b82f55284 --json '{...}' --wait 5   # show the generator's answer
+  pnp assign --rearm 000b82f55284 --wait 10   # enrol it again: new credential, new epoch
+  pnp assign --rotate 000b82f55284 --wait 10  # new credential, the old one kept until fetched
 
 CSV columns: mac, profile, vendor, model, codecs (space, comma or ';' separated), time_zone,
 ntp_server, admin_password, unassign (yes/no); account 1 as sip_server, port, transport, user_id,
 auth_id, password, display_name, label, outbound_proxy, enabled; account N as accountN_<field>;
-key N as keyN_type, keyN_value, keyN_label, keyN_account. Exit status: 0 all published, 1 some
-refused or the broker unreachable, 2 a bad setting.
+key N as keyN_type, keyN_value, keyN_label, keyN_account.
+
+--rearm MAC (after a conflict, an expired window, a phone replaced or reset) makes the generator
+give the device a new HTTP credential at once (the old one stops working) and the fileserver
+open a new enrolment epoch that forgets the addresses of the last one: the next phone to boot
+with that MAC is provisioned. --rotate MAC gives it a new credential and keeps the old one
+accepted until the phone has fetched its new file. Both can be repeated for several MACs; with
+--wait they show the outcome (rearm: the new epoch enrolling; rotate: the new revision).
+
+Exit status: 0 all published (and, for --rearm/--rotate with --wait, all done), 1 some refused,
+an error answered or the broker unreachable, 2 a bad setting, 3 --rearm/--rotate published but
+no outcome within --wait.
 """
 
 from __future__ import annotations
@@ -69,7 +81,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_text", metavar="JSON", help="the whole assignment as JSON, for --mac")
     parser.add_argument("--dry-run", action="store_true", help="check and show, publish nothing")
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="wait up to SECONDS for the answer (config, published or error) and show it")
+                        help="wait up to SECONDS for the answer (config, files or error; for --rearm the new "
+                             "enrolment epoch, for --rotate the new revision) and show it")
+    parser.add_argument("--rearm", action="append", default=[], metavar="MAC",
+                        help="re-arm the phone's enrolment: new credential at once, new epoch (repeatable)")
+    parser.add_argument("--rotate", action="append", default=[], metavar="MAC",
+                        help="rotate the phone's HTTP credential; the old one works until it fetched (repeatable)")
     for name in ACCOUNT_FIELDS + TOP_FIELDS:
         parser.add_argument("--" + name.replace("_", "-"), dest=f"a_{name}", metavar="VALUE",
                             help=f"account 1's {name}" if name in ACCOUNT_FIELDS else name)
@@ -216,7 +233,8 @@ def collect(args: argparse.Namespace) -> tuple[list[Item], list[tuple[str, str]]
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8-sig")
         return read_csv(text) if args.file.lower().endswith(".csv") else read_json(text)
     if not args.mac:
-        raise Refused("give --mac (with assignment flags, --json or --unassign) or --file")
+        raise Refused("give --mac (with assignment flags, --json or --unassign), --file, "
+                      "--rearm MAC or --rotate MAC")
     mac = normalize_mac(args.mac)
     if args.unassign:
         if flags or args.json_text:
@@ -334,9 +352,67 @@ def _answer(kind: str, payload: bytes) -> str:
     return f"error {data.get('code')}: {data.get('message')}"
 
 
+def orders_from(args: argparse.Namespace) -> list[Any]:
+    """The --rearm/--rotate orders, one per MAC; Refused when mixed with anything else."""
+    from tools.commands import Order
+
+    flags = [k for k, v in vars(args).items() if k.startswith("a_") and v is not None]
+    if args.mac or args.file or args.json_text or args.unassign or flags:
+        raise Refused("--rearm and --rotate take a MAC each and no assignment: "
+                      "give them without --mac, --file, --json, --unassign or assignment flags")
+    orders: dict[str, Any] = {}
+    for kind, macs in (("rearm", args.rearm), ("rotate", args.rotate)):
+        for text in macs:
+            mac = normalize_mac(text)
+            if mac in orders:
+                same = orders[mac].kind == kind
+                raise Refused(f"{mac} is given twice" if same else
+                              f"{mac}: --rearm already rotates the credential; give it once")
+            orders[mac] = Order.new(mac, kind)
+    return list(orders.values())
+
+
+def run_orders(args: argparse.Namespace, settings: Any) -> int:
+    from tools.commands import NAMES, send
+
+    try:
+        orders = orders_from(args)
+    except Refused as exc:
+        print(f"pnp assign: {exc}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        for order in orders:
+            print(f"would publish {NAMES[order.kind]} {order.mac}")
+        print(f"{len(orders)} would publish, 0 refused")
+        return 0
+    try:
+        outcomes = mqttclient.run(lambda reactor: send(settings.mqtt_url, settings.topic_prefix, orders,
+                                                       reactor, wait=args.wait))
+    except BrokerProblem as exc:
+        print(f"pnp assign: {exc}", file=sys.stderr)
+        return 1
+    failed = late = 0
+    for order in orders:
+        line = f"published {NAMES[order.kind]} {order.mac} (id {order.id})"
+        if args.wait:
+            if order.mac in outcomes.done:
+                ok, words = outcomes.done[order.mac]
+                failed += not ok
+                line += ": " + words
+            else:
+                late += 1
+                line += ": " + outcomes.missing(order.mac, args.wait)
+        print(line)
+    print(f"{len(orders)} published, 0 refused"
+          + (f"; {len(orders) - failed - late} done, {failed} failed, {late} without outcome" if args.wait else ""))
+    return 1 if failed else 3 if late else 0
+
+
 def run(args: argparse.Namespace) -> int:
     settings = s.resolve([s.MQTT_URL, s.TOPIC_PREFIX], args)
     out = sys.stdout
+    if args.rearm or args.rotate:
+        return run_orders(args, settings)
     try:
         items, refused = collect(args)
     except (Refused, OSError) as exc:

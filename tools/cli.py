@@ -42,7 +42,7 @@ COMMANDS = (
     Command("health", "tools.healthcheck", "exit 0 when a service is healthy, 1 when not"),
     Command("tls-cert", "tools.certs", "make a self-signed HTTPS certificate and key (a lab)"),
     Command("assign", "tools.assign", "publish assignments: from flags, a CSV or JSON file, or "
-            "--unassign"),
+            "--unassign; --rearm/--rotate a phone's enrolment and credential"),
     Command("simulate", "tools.simulate.command", "simulate a fleet of phones booting against this PBX"),
     Command("devices", "tools.devices", "every device the broker knows and where it stands"),
     Command("monitor", "tools.monitor", "watch the live event stream, one line per message"),

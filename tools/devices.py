@@ -16,10 +16,17 @@ messages show for its current configuration revision:
   error                a service reports a problem (its message is shown), or the NOTIFY
                        was rejected or timed out
 
+ENROLMENT, from the fileserver's retained `enrolment` (docs/MQTT.md), says whether Plug and Play
+may provision the device now: `enrolling until …` (its window; the address it is bound to or
+was first seen at), `provisioned`, `conflict A and B` (two addresses asked: nothing is served
+until `pnp assign --rearm MAC`), `expired …` (not provisioned within PNP_ENROL_WINDOW: re-arm
+it), `-` when the fileserver has published none.
+
 examples:
   pnp devices
   pnp devices --stage error
   pnp devices --vendor yealink --json
+  pnp devices --enrolment conflict,expired
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ from typing import Any, Iterable
 from services import settings as s
 from services.textsafe import printable
 from services.topics import Topics, is_device_topic, is_mac
+from tools.commands import enrolment_words
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX]
 STAGES = ("awaiting-assignment", "assigned", "discovered", "rendered", "published", "notified",
           "fetched", "provisioned", "error")
+ENROLMENT_STATES = ("enrolling", "provisioned", "expired", "conflict")
 
 
 @dataclass
@@ -50,6 +59,8 @@ class Device:
     detail: str = ""
     revision: int | None = None
     updated_at: str = ""  # the newest time any of its payloads carries
+    enrolment: str = ""  # the fileserver's enrolment state ("" when none is retained)
+    enrolment_detail: str = ""  # the same in words: until when, which addresses
     topics: list[str] = field(default_factory=list)  # which kinds are retained
 
 
@@ -77,12 +88,16 @@ def fold(mac: str, payloads: dict[str, Any]) -> Device:
     notify = _obj(payloads.get("notify"))
     fetched = _obj(payloads.get("fetched"))
     error = _obj(payloads.get("error"))
+    if "enrolment" in payloads:
+        d.enrolment, d.enrolment_detail = enrolment_words(payloads["enrolment"])
 
     d.vendor = _text(disc.get("vendor") or assign.get("vendor") or config.get("vendor") or pub.get("vendor"))
     d.model = _text(disc.get("model") or assign.get("model") or config.get("model"))
     d.firmware = _text(disc.get("firmware"))
     d.ip = _text(disc.get("ip"))
-    times = [_text(p.get(k)) for p, k in ((disc, "seen_at"), (notify, "at"), (fetched, "at"), (error, "at"))]
+    enrolment = _obj(payloads.get("enrolment"))
+    times = [_text(p.get(k)) for p, k in ((disc, "seen_at"), (notify, "at"), (fetched, "at"), (error, "at"),
+                                          (enrolment, "at"))]
     d.updated_at = max((t for t in times if t), default="")
 
     latest = _rev(config.get("revision")) or _rev(pub.get("revision"))
@@ -105,7 +120,7 @@ def fold(mac: str, payloads: dict[str, Any]) -> Device:
     if current(pub):
         names = [_text(f.get("name")) for f in pub.get("files") or [] if isinstance(f, dict)]
         d.stage, d.detail = "published", f"rev {_text(pub.get('revision'))}: {', '.join(names)}"
-        if not seen:
+        if not seen and d.enrolment not in ("expired", "conflict"):
             d.detail += " (waiting for the phone to boot)"
     if current(notify):
         status = _text(notify.get("status"))
@@ -125,6 +140,9 @@ def fold(mac: str, payloads: dict[str, Any]) -> Device:
             d.stage, d.detail = "provisioned", f"{name} checked after reboot {_text(fetched.get('at'))}"
         else:
             d.stage, d.detail = "fetched", f"{name} HTTP {_text(fetched.get('status'))} {_text(fetched.get('at'))}"
+    if d.enrolment == "expired" and d.stage != "provisioned":
+        # the phone that boots now gets no URL: what it waits for is an operator
+        d.detail += f" (enrolment expired: pnp assign --rearm {mac})"
     if "error" in payloads:
         service = _text(error.get("service")) or "?"
         message = _text(error.get("message")) or _text(error.get("_error")) or "(unreadable error payload)"
@@ -139,10 +157,12 @@ def fold_all(retained: dict[str, dict[str, Any]]) -> list[Device]:
 
 
 def select(devices: Iterable[Device], stages: set[str] | None = None, vendor: str | None = None,
-           mac: str | None = None) -> list[Device]:
+           mac: str | None = None, enrolment: set[str] | None = None) -> list[Device]:
     out = []
     for d in devices:
         if stages and d.stage not in stages:
+            continue
+        if enrolment and d.enrolment not in enrolment:
             continue
         if vendor and d.vendor.lower() != vendor.lower():
             continue
@@ -153,10 +173,10 @@ def select(devices: Iterable[Device], stages: set[str] | None = None, vendor: st
 
 
 def table(devices: list[Device]) -> str:
-    cols = ("MAC", "VENDOR", "MODEL", "FIRMWARE", "IP", "STAGE", "DETAIL")
+    cols = ("MAC", "VENDOR", "MODEL", "FIRMWARE", "IP", "STAGE", "ENROLMENT", "DETAIL")
     # Every cell but the stage comes from the network (a phone's Event header, a service's error)
     rows = [tuple(printable(v) for v in (d.mac, d.vendor or "-", d.model or "-", d.firmware or "-",
-                                         d.ip or "-", d.stage, d.detail))
+                                         d.ip or "-", d.stage, d.enrolment_detail or "-", d.detail))
             for d in devices]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols[:-1])]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols[:-1], widths)) + "  " + cols[-1]]
@@ -167,10 +187,15 @@ def table(devices: list[Device]) -> str:
 
 def summary(devices: list[Device]) -> str:
     counts: dict[str, int] = {}
+    enrolment: dict[str, int] = {}
     for d in devices:
         counts[d.stage] = counts.get(d.stage, 0) + 1
+        if d.enrolment:
+            enrolment[d.enrolment] = enrolment.get(d.enrolment, 0) + 1
     parts = [f"{counts[st]} {st}" for st in STAGES if st in counts]
-    return f"{len(devices)} device(s)" + (": " + ", ".join(parts) if parts else "")
+    states = [f"{enrolment[st]} {st}" for st in ENROLMENT_STATES if st in enrolment]
+    return (f"{len(devices)} device(s)" + (": " + ", ".join(parts) if parts else "")
+            + ("; enrolment: " + ", ".join(states) if states else ""))
 
 
 # --- reading the broker ------------------------------------------------------------------------
@@ -226,6 +251,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"only devices at these stages, comma-separated: {', '.join(STAGES)}")
     parser.add_argument("--errors", action="store_true", help="only devices in error (= --stage error)")
     parser.add_argument("--vendor", default=None, help="only this vendor (grandstream, yealink, ...)")
+    parser.add_argument("--enrolment", default=None, metavar="LIST",
+                        help=f"only devices in these enrolment states, comma-separated: {', '.join(ENROLMENT_STATES)}")
     parser.add_argument("--mac", default=None, help="only MACs containing this")
     parser.add_argument("--json", action="store_true", help="a JSON array of devices")
     parser.add_argument("--quiet-time", type=float, default=0.5, metavar="SECONDS",
@@ -243,6 +270,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"pnp devices: --stage: {', '.join(sorted(unknown))!r} is not allowed: "
               f"{', '.join(STAGES)}", file=sys.stderr)
         return 2
+    enrolment = {x.strip() for x in (args.enrolment or "").split(",") if x.strip()}
+    if enrolment - set(ENROLMENT_STATES):
+        print(f"pnp devices: --enrolment: {', '.join(sorted(enrolment - set(ENROLMENT_STATES)))!r} is not "
+              f"allowed: {', '.join(ENROLMENT_STATES)}", file=sys.stderr)
+        return 2
     from tools import mqttclient
 
     try:
@@ -251,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     except mqttclient.BrokerProblem as exc:
         print(f"pnp devices: {exc}", file=sys.stderr)
         return 1
-    devices = select(fold_all(retained), stages or None, args.vendor, args.mac)
+    devices = select(fold_all(retained), stages or None, args.vendor, args.mac, enrolment or None)
     if args.json:
         print(json.dumps([asdict(d) for d in devices], indent=2))
     else:
@@ -260,4 +292,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Device", "fold", "fold_all", "select", "table", "read_retained", "STAGES", "is_mac"]
+__all__ = ["Device", "fold", "fold_all", "select", "table", "read_retained", "STAGES", "ENROLMENT_STATES",
+           "is_mac"]

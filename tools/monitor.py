@@ -2,7 +2,8 @@
 
 Every message under PNP_TOPIC_PREFIX on PNP_MQTT_URL becomes one line: time, MAC (or service),
 event, and the facts that matter (vendor and model, revision, URL, NOTIFY outcome, file and
-status, the error's message). Passwords and file contents are never printed. A payload that is
+status, the error's message, the enrolment state and the operators' re-arm/rotate commands).
+Passwords (a device's HTTP credential too) and file contents are never printed. A payload that is
 not what it should be is shown as such, never fatal. Retained messages (the current state) are
 skipped unless --retained; --json prints one JSON object per line instead.
 
@@ -10,6 +11,7 @@ examples:
   pnp monitor
   pnp monitor --mac 000b82f55284 --retained
   pnp monitor --kind notify,fetched,error --json
+  pnp monitor --kind enrolment,rearm,rotate,error
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from services import settings as s
 from services.textsafe import json_safe, printable
 from services.messages import url_without_secret
 from services.topics import DEVICE_KINDS, Topics
+from tools.commands import enrolment_words
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX]
 KINDS = DEVICE_KINDS + ("service", "profile")
 _SECRET_KEYS = {"password", "secret", "passwd", "pass", "http_password", "admin_password"}
+_AUTH_SECRETS = {"password", "previous"}  # of a config's auth: the device's HTTP credential
 
 
 def _now() -> str:
@@ -53,10 +57,13 @@ def _clip(text: str, n: int = 160) -> str:
 def redact(data: Any, kind: str | None = None) -> Any:
     """A copy fit for a terminal or a log: passwords masked, file contents dropped."""
     if isinstance(data, dict):
-        out = {}
+        out: dict[Any, Any] = {}
         for k, v in data.items():
             if isinstance(k, str) and k.lower() in _SECRET_KEYS:
                 out[k] = "***"
+            elif kind == "config" and k == "auth" and isinstance(v, dict):
+                # the device's HTTP credential: the current password and the previous one
+                out[k] = {ak: "***" if ak in _AUTH_SECRETS and av is not None else av for ak, av in v.items()}
             elif kind == "config" and k == "content":
                 out[k] = f"<{len(v) if isinstance(v, str) else '?'} chars>"
             elif kind == "published" and k == "url" and isinstance(v, str):
@@ -82,7 +89,7 @@ def _describe(kind: str, d: Any) -> str:
     if d is None:
         return {"assignment": "unassigned", "config": "configuration removed",
                 "error": "error resolved", "published": "files withdrawn",
-                "files": "files withdrawn"}.get(kind, "cleared")
+                "files": "files withdrawn", "enrolment": "enrolment removed"}.get(kind, "cleared")
     if not isinstance(d, dict):
         return f"unexpected payload: {_clip(json.dumps(d), 80)}"
     if kind == "discovered":
@@ -107,7 +114,8 @@ def _describe(kind: str, d: Any) -> str:
     if kind == "published":  # seen only without the deployment ACL; the URLs themselves are secrets
         url = d.get("url")
         where = f" at {url_without_secret(url)}" if isinstance(url, str) else ""
-        return f"download URLs of rev {_g(d, 'revision', '?')}{where} ready for the notifier"
+        enrolling = " (not enrolling: no NOTIFY)" if d.get("enrolling") is False else ""
+        return f"download URLs of rev {_g(d, 'revision', '?')}{where} ready for the notifier{enrolling}"
     if kind == "notify":
         code = _g(d, "code")
         rtt = d.get("rtt_ms")
@@ -118,8 +126,16 @@ def _describe(kind: str, d: Any) -> str:
                 f"{extra} rev {_g(d, 'revision', '?')} {_g(d, 'kind')}".rstrip())
     if kind == "fetched":
         prov = " PROVISIONED" if d.get("provisioned") is True else ""
+        auth = _g(d, "auth")
         return (f"GET {_g(d, 'file', '?')} {_g(d, 'status', '?')} by {_g(d, 'client', '?')}{prov}"
-                f" ({_clip(_g(d, 'user_agent'), 60)})")
+                + (f" with {auth} credentials" if auth else "") + f" ({_clip(_g(d, 'user_agent'), 60)})")
+    if kind == "enrolment":
+        _, words = enrolment_words(d)
+        reason = _g(d, "reason")
+        return f"ENROLMENT {words}" + (f": {reason}" if reason else "")
+    if kind in ("rearm", "rotate"):
+        what = "re-arm" if kind == "rearm" else "credential rotation"
+        return f"{what} requested (id {_g(d, 'id', '?')[:12]}) at {_g(d, 'at', '?')}"
     if kind == "error":
         field = _g(d, "field")
         return (f"ERROR {_g(d, 'service', '?')}/{_g(d, 'code', '?')}: {_g(d, 'message', '?')}"

@@ -10,7 +10,7 @@
   function setBroker(connected) {
     const banner = document.getElementById("broker-banner");
     if (banner) banner.hidden = connected;
-    document.querySelectorAll("form button.primary, form button.danger").forEach(function (b) {
+    document.querySelectorAll("form button.primary, form button.danger, form button.command").forEach(function (b) {
       b.disabled = !connected;
     });
   }
@@ -33,7 +33,8 @@
     if (text) {
       let needle = text;
       if (/^[0-9a-f:-]{2,}$/.test(text)) needle = text.replace(/[:-]/g, "");
-      const hay = [row.mac, row.vendor, row.model, row.firmware, row.ip, row.stage].join(" ").toLowerCase();
+      const hay = [row.mac, row.vendor, row.model, row.firmware, row.ip, row.stage, row.enrolment_detail]
+        .join(" ").toLowerCase();
       if (hay.indexOf(needle) < 0) return false;
     }
     return true;
@@ -62,7 +63,8 @@
     badge.className = "stage stage-" + row.stage;
     badge.textContent = row.label;
     stageCell.appendChild(badge);
-    cell(tr, 6, row.detail, "detail"); cell(tr, 7, row.updated_at, "time");
+    cell(tr, 6, row.enrolment_detail, "enrolment enrolment-" + row.enrolment);
+    cell(tr, 7, row.detail, "detail"); cell(tr, 8, row.updated_at, "time");
   }
 
   function updateList(rows) {
@@ -92,7 +94,20 @@
       stage.className = "stage stage-" + row.stage;
       stage.textContent = row.label;
       document.getElementById("device-detail").textContent = row.detail;
+      const enrolment = document.getElementById("device-enrolment");
+      if (enrolment && enrolment.textContent !== (row.enrolment_detail || "none published")) refreshEnrolment(mac);
     });
+  }
+
+  // The enrolment section (its facts, a conflict's error, the admin's buttons) as the server
+  // renders it now: one fetch of this page when the row says the enrolment changed.
+  function refreshEnrolment(mac) {
+    fetch("/devices/" + mac, { credentials: "same-origin" }).then(function (r) { return r.text(); })
+      .then(function (html) {
+        const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("enrolment");
+        const here = document.getElementById("enrolment");
+        if (fresh && here) here.replaceWith(document.importNode(fresh, true));
+      }).catch(function () { /* the next change tries again */ });
   }
 
   function addEvents(events) {

@@ -36,6 +36,17 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class ConfigServer:
+    """Where the phone fetches its files once Plug and Play has given it the first one, and as
+    whom: the fileserver's credentialed route (``{PNP_PUBLIC_URL}c/``; the phone appends its file
+    names) with the device's own HTTP user and password, written with the vendor's own settings."""
+
+    url: str  # ends in "/"
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
 class Target:
     """The phone a file is rendered for."""
 
@@ -44,6 +55,8 @@ class Target:
     model: str  # canonical spelling from the family's table
     firmware: str
     info: "Model"
+    # None: no server of ours is written (no PNP_PUBLIC_URL given, or the assignment names its own)
+    server: ConfigServer | None = None
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,11 @@ def render() -> str:
              "listed with its meaning, the values it may take and the source it was checked against; "
              "`tests/test_vendor_records.py` parses every golden file and refuses any other key or value. "
              "Settings an operator adds through `vendor_settings` are written as given and are not checked.",
+             "",
+             "Every family's file also sets the phone's configuration server to the fileserver's credentialed "
+             "route (`{PNP_PUBLIC_URL}c/`) with the device's own HTTP user (its MAC) and password, in the "
+             "settings whose meaning says \"ours\" (docs/GENERATOR.md, \"HTTP credentials\"); an assignment's "
+             "`provisioning.config_server` replaces them all (the phone leaves us for that server).",
              ""]
     for record in RECORDS.values():
         lines += _record(record)

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from twisted.internet import defer, task
 from twisted.internet.error import DNSLookupError
 from twisted.logger import Logger
@@ -41,12 +42,13 @@ log = Logger(namespace="bus")
 class _Subscription(TopicFilter):
     """A subscribed filter, its QoS and the handlers its messages go to."""
 
-    __slots__ = ("qos", "handlers")
+    __slots__ = ("qos", "handlers", "no_local")
 
-    def __init__(self, topic_filter: str, qos: int) -> None:
+    def __init__(self, topic_filter: str, qos: int, no_local: bool = False) -> None:
         super().__init__(topic_filter)
         self.qos = qos
         self.handlers: list[Handler] = []
+        self.no_local = no_local
 
 
 class Bus:
@@ -123,15 +125,27 @@ class Bus:
     def will_set(self, topic: str, payload: bytes, retain: bool = True) -> None:
         self._client.will_set(topic, payload, qos=1, retain=retain)
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, replay: bool = False) -> None:
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1, replay: bool = False,
+                  no_local: bool = False) -> None:
         """Call ``handler`` for each message matching ``topic_filter``, now and after reconnects.
 
         ``replay``: subscribe again even if the filter already is, so that the broker sends its
-        retained messages once more (to every handler of the filter)."""
+        retained messages once more (to every handler of the filter).
+        ``no_local``: the handler does not want the messages this connection publishes (MQTT v5
+        No Local): the broker does not send them back, which spares a service that publishes on
+        a topic it also reads the echo of each of its own messages. A filter is No Local only
+        while every handler of it asked for that: a handler that wants them all renews it."""
         sub = self._subs.get(topic_filter)
         if sub is None:
-            sub = self._subs[topic_filter] = _Subscription(topic_filter, qos)
+            sub = self._subs[topic_filter] = _Subscription(topic_filter, qos, no_local)
             if self.connected:
+                self._send_subscribe(sub)
+        elif sub.no_local and not no_local:
+            sub.no_local = False
+            if self.connected:
+                # mosquitto keeps a subscription's first options when it is renewed: dropped
+                # and made again (both in order on this connection), with its retained messages
+                self._client.unsubscribe(topic_filter)
                 self._send_subscribe(sub)
         elif replay and self.connected:
             self._send_subscribe(sub)
@@ -351,7 +365,10 @@ class Bus:
         self._check_subscribed()
 
     def _send_subscribe(self, sub: _Subscription) -> None:
-        rc, mid = self._client.subscribe(sub.filter, sub.qos)
+        if sub.no_local:
+            rc, mid = self._client.subscribe(sub.filter, options=SubscribeOptions(qos=sub.qos, noLocal=True))
+        else:
+            rc, mid = self._client.subscribe(sub.filter, sub.qos)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
             self._pending_subacks.add(mid)
 

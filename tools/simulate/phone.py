@@ -14,9 +14,14 @@ So every rule of the guide is testable with plain values:
   body's sha256; read each file the way the vendor's firmware does (``vendors.check_file``: a GRP
   refuses a P-value its template does not have, a Yealink a common file named for another model,
   a snom a ``setting_server`` that is a directory) and fail at step ``apply`` when it would not
-  take it; "reboot"; fetch again expecting the same sha256 or a 304: then provisioned;
+  take it; "reboot"; fetch again expecting the same sha256 or a 304: then provisioned. The
+  second ("reboot") download goes where the files said (``vendors.config_server``: the vendor's
+  config server and HTTP user/password settings), answering the server's Digest challenge with
+  those credentials, as the firmware would; files that name no server are fetched again from the
+  NOTIFY's URL;
 - once provisioned, a ``check-sync`` NOTIFY (resync) is answered 200 and the phone goes through
-  download, reboot and check again. With ``notify_auth`` it first challenges the NOTIFY, as a
+  download (from its config server, with the credentials it holds), reboot (with those of the
+  new file: a rotated password) and check again. With ``notify_auth`` it first challenges the NOTIFY, as a
   factory Grandstream does ("Disable SIP NOTIFY Authentication", P4428, is 0 by default): a 401
   with a Digest challenge (MD5, qop=auth), then 200 only for an answer made with its SIP
   account's authentication name and password, 401 again for any other. A Grandstream phone
@@ -37,7 +42,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from services.sip import digest, reply_address
 from services.sip import message as sip
-from tools.simulate.vendors import GROUP, Dialog, FileRefused, Identity, check_file, file_names, new_dialog
+from tools.simulate.vendors import (
+    GROUP, Dialog, FileRefused, Identity, ServerLogin, check_file, config_server, file_names, new_dialog,
+    read_file,
+)
 
 
 class State(str, Enum):
@@ -148,8 +156,12 @@ class Phone:
         self._answered: dict[tuple[str, str], bytes] = {}  # NOTIFY (call-id, cseq) -> response
         self._urls: list[str] = []
         self._next = 0  # index into _urls of the file being fetched
-        self._checked: dict[str, tuple[str, str | None]] = {}  # url -> (sha256, etag)
-        self.credentials = credentials  # for a 401; the NOTIFY URL's user:password wins
+        # file name -> (sha256, etag): by name, as the reboot fetch may come from another server
+        self._checked: dict[str, tuple[str, str | None]] = {}
+        self._settings: dict[str, list[tuple[str, str]]] = {}  # file name -> its settings, this download
+        # for a 401; the NOTIFY URL's user:password wins, then those the files give for their server
+        self.credentials = credentials
+        self.server: ServerLogin | None = None  # the config server the files named, once read
         self._authorization: str | None = None  # answer to the current file's challenge
         self._retries = 0  # of the current file
         self.fetch_errors: list[str] = []  # every connection failure, retried or not
@@ -228,7 +240,7 @@ class Phone:
         self._authorization = None
         if status >= 500 and self._retry(now):
             return []
-        if status == 304 and again and url in self._checked:
+        if status == 304 and again and name in self._checked:
             return self._file_ok(now)
         if status != 200:
             tries = f" (after {self._retries} retries)" if self._retries else ""
@@ -239,19 +251,26 @@ class Phone:
         if problem:
             self._fail(now, "verify", f"{name}: {problem}")
             return []
-        if again:
-            before = self._checked.get(url, (None, None))[0]
+        if again and name in self._checked:
+            before = self._checked[name][0]
             if before != digest:
                 self._fail(now, "refetch", f"{name}: sha256 changed after reboot ({before} -> {digest})")
                 return []
         else:
-            if self.check_files:
-                try:
-                    self.applied[name] = check_file(self.vendor, self.ident.model, self.mac, name, body)
-                except FileRefused as exc:
+            # A first download; or, after the reboot, a file the NOTIFY's URL did not name (a
+            # Yealink's common file, once its config server is a directory): applied as new.
+            try:
+                if self.check_files:
+                    self.applied[name] = pairs = check_file(self.vendor, self.ident.model, self.mac, name, body)
+                else:
+                    pairs = read_file(self.vendor, self.ident.model, self.mac, name, body)
+            except FileRefused as exc:
+                if self.check_files:
                     self._fail(now, "apply", f"{name}: {exc}")
                     return []
-            self._checked[url] = (digest, headers.get("etag"))
+                pairs = []
+            self._settings[name] = pairs
+            self._checked[name] = (digest, headers.get("etag"))
             if self.times.file is None:
                 self.times.file = now
             if self.learns_notify_auth:
@@ -353,6 +372,7 @@ class Phone:
                 self.state = State.FETCHING
                 self._next = 0
                 self._checked.clear()
+                self._settings.clear()
                 accepted = True
         else:
             self.notifies += 1
@@ -427,8 +447,20 @@ class Phone:
             if url.endswith("/") else [url]
         )
         self._next = 0
+        self._settings.clear()
         self.state = State.FETCHING
         self.deadline = None
+
+    def _follow_server(self) -> None:
+        """After a download, before the reboot: take the config server and credentials the
+        files set (the files' order: a later file wins), as the firmware stores them."""
+        pairs = [pair for name in self._settings for pair in self._settings[name]]
+        login = config_server(self.vendor, self.ident.model, self.mac, pairs)
+        if login is None:
+            return
+        self.server = login
+        self._urls = list(login.urls)
+        self.credentials = (login.user, login.password)
 
     @staticmethod
     def _reply_address(req: sip.Request, source: tuple[str, int]) -> tuple[str, int]:
@@ -445,7 +477,7 @@ class Phone:
         if self._authorization:
             headers["Authorization"] = self._authorization
         if self.state == State.REFETCHING:
-            etag = self._checked.get(url, (None, None))[1]
+            etag = self._checked.get(url.rsplit("/", 1)[-1], (None, None))[1]
             if etag:
                 headers["If-None-Match"] = etag
         return Fetch(url, headers)
@@ -456,6 +488,7 @@ class Phone:
         if self._next < len(self._urls):
             return [self._fetch()]
         if self.state == State.FETCHING:
+            self._follow_server()
             self.state = State.REBOOTING
             self.deadline = now + self.timing.reboot_delay
             return []

@@ -22,6 +22,11 @@ file with a P-value or value its template does not document (an MPK mode out of 
 Yealink wants the ``#!version:1.0.0.1`` line, ``key = value`` lines and, for a common file, the
 name its model reads; a snom refuses a ``setting_server`` that is not the URL of a file; a Fanvil
 wants a ``<sysConf>`` document. Every parser returns the (setting, value) pairs it applied.
+
+Where a phone fetches after Plug and Play (:func:`config_server`): the configuration server and
+HTTP user/password its files set, each vendor's own settings (Grandstream P237/P212/P1360/P1361,
+Yealink ``static.auto_provision.server.*``, snom ``setting_server`` + ``http_client_user/pass``,
+Fanvil ``<ap>`` FlashServerIP/FlashFileName + DefaultUsername/DefaultPassword).
 """
 
 from __future__ import annotations
@@ -339,3 +344,63 @@ def parse_fanvil(vendor: Vendor, model: str, mac: str, name: str, body: bytes) -
 
 _PARSERS = {"grandstream": parse_grandstream, "yealink": parse_yealink, "snom": parse_snom,
             "fanvil": parse_fanvil}
+
+
+def read_file(vendor: Vendor, model: str, mac: str, name: str, body: bytes) -> list[tuple[str, str]]:
+    """The (setting, value) pairs of a file, without judging them (FileRefused only when it
+    cannot be read at all)."""
+    return _PARSERS[vendor.name](vendor, model, mac, name, body)
+
+
+@dataclass(frozen=True)
+class ServerLogin:
+    """Where a phone's files say to fetch them from after Plug and Play, and as whom."""
+
+    urls: tuple[str, ...]  # the files it fetches from there, in order
+    user: str
+    password: str
+
+
+_GS_SCHEME = {"1": "http", "2": "https"}  # P212; TFTP and FTP(S) are not simulated
+_FANVIL_SCHEME = {"4": "http", "5": "https"}  # FlashProtocol
+
+
+def config_server(vendor: Vendor, model: str, mac: str, pairs: list[tuple[str, str]]) -> ServerLogin | None:
+    """The configuration server and HTTP credentials the settings a phone applied (in the order
+    it applied them: a later file wins) point it at, read with the vendor's own settings as its
+    firmware would (generator/vendors/<vendor>/record.py names their sources); None when they
+    name none it can use."""
+    s = dict(pairs)
+    if vendor.name == "grandstream":
+        path, scheme = s.get("P237", "").strip(), _GS_SCHEME.get(s.get("P212", "1"))
+        if not path or scheme is None:
+            return None
+        base = f"{scheme}://{path.rstrip('/')}/"
+        return ServerLogin(tuple(base + n for n in file_names(vendor, mac, model)), s.get("P1360", ""),
+                           s.get("P1361", ""))
+    if vendor.name == "yealink":
+        url = s.get("static.auto_provision.server.url", "").strip()
+        if not re.match(r"^https?://", url):
+            return None
+        base = url if url.endswith("/") else url + "/"
+        return ServerLogin(tuple(base + n for n in file_names(vendor, mac, model)),
+                           s.get("static.auto_provision.server.username", ""),
+                           s.get("static.auto_provision.server.password", ""))
+    if vendor.name == "snom":
+        url = s.get("setting_server", "").strip()
+        if not re.match(r"^https?://", url):
+            return None
+        return ServerLogin((url,), s.get("http_client_user", ""), s.get("http_client_pass", ""))
+    if vendor.name == "fanvil":
+        server = s.get("ap/FlashServerIP", "").strip()
+        if not server:
+            return None
+        if not re.match(r"^https?://", server):
+            scheme = _FANVIL_SCHEME.get(s.get("ap/FlashProtocol", "4"))
+            if scheme is None:
+                return None
+            server = f"{scheme}://{server}"
+        name = s.get("ap/FlashFileName", "$mac.cfg").replace("$mac", mac)
+        return ServerLogin((f"{server.rstrip('/')}/{name.lstrip('/')}",), s.get("ap/DefaultUsername", ""),
+                           s.get("ap/DefaultPassword", ""))
+    return None

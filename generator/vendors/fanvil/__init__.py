@@ -88,6 +88,11 @@ def context(a: dict, target: Target) -> dict[str, Any]:
             raise RenderProblem("unsupported", f"provisioning: Fanvil phones are provisioned here over "
                                 f"{' or '.join(PROTOCOL)} only, not {scheme}", "provisioning.protocol")
         provisioning = {"server": common.url(prov["config_server"], protocol), "protocol": PROTOCOL[scheme]}
+    elif target.server is not None:
+        # Our credentialed route; the phone joins FlashServerIP and FlashFileName with a "/".
+        scheme, _ = common.location(target.server.url, None)
+        provisioning = {"server": target.server.url.rstrip("/"), "protocol": PROTOCOL[scheme],
+                        "user": target.server.user, "password": target.server.password}
     firmware = common.url(prov["firmware_server"], protocol) if "firmware_server" in prov else ""
     date = []
     if "ntp_server" in a:
@@ -115,6 +120,8 @@ def context(a: dict, target: Target) -> dict[str, Any]:
                       (f"dsskey/{where}/Fkey/Title", k["title"])]
     if provisioning:
         pairs += [("ap/FlashServerIP", provisioning["server"]), ("ap/FlashProtocol", str(provisioning["protocol"]))]
+        if "user" in provisioning:
+            pairs += [("ap/DefaultUsername", provisioning["user"]), ("ap/DefaultPassword", provisioning["password"])]
     if firmware:
         pairs.append(("fwCheck/UpgradeServer1", firmware))
     pairs += [(f"phone/date/{n}", v) for n, v in date]

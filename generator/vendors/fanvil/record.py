@@ -5,7 +5,8 @@ index="n"><Transport>``). Sources (facts recorded, nothing copied):
 - FPBX: fusionpbx/fusionpbx resources/templates/provision/fanvil/{x4u,x5u,x6u}/{$mac}.cfg: lines per
   model (12/16/20), Transport 0 UDP 1 TCP 3 TLS, VoiceCodecMap per line, <dsskey> with
   <dssSide index="1"> (line keys, Value SIP<n>) and <internal> pages (6 keys a page on X4U/X5U,
-  12 on X6U, 5 pages), memory keys "value@line/type", <web><account> admin, <fwCheck>, <ap>.
+  12 on X6U, 5 pages), memory keys "value@line/type", <web><account> admin, <fwCheck>, <ap>
+  (with <DefaultUsername>/<DefaultPassword>: the provisioning server's HTTP credentials).
 - WAZO: wazo-platform/wazo-provd-plugins plugins/wazo_fanvil (common/templates/base-new.tpl,
   common/common.py, serie_x/entry.py): side keys per page (X4U 3, X5U 4, X6U 5), memory key
   suffixes /f speed dial, /ba BLF, /c call park, time zone (TimeZone in quarter hours with the
@@ -63,6 +64,10 @@ SETTINGS = (
     Setting("ap/(?:DownloadDeviceConf|SaveProvisionInfo)", "fetch the device file; keep the provisioning data",
             "1", f"{WAZO}; {FPBX}"),
     Setting("ap/FlashServerIP", "provisioning server URL", _URL, f"{WAZO}; {FPBX}"),
+    Setting("ap/DefaultUsername", "provisioning server HTTP user (ours: the MAC)", "[0-9a-f]{12}",
+            f"{FPBX} (<ap><DefaultUsername>, x4u line 2963, x5u 3625, x6u 4294: the provisioning credentials)"),
+    Setting("ap/DefaultPassword", "provisioning server HTTP password (ours: per device, random)",
+            "[A-Za-z0-9_-]{16,64}", f"{FPBX} (<ap><DefaultPassword>, next to DefaultUsername)"),
     Setting("ap/FlashFileName", "file fetched from it ($mac: the phone's MAC)", r"\$mac\.cfg", WAZO),
     Setting("ap/FlashProtocol", "4 HTTP, 5 HTTPS", "[45]", f"{WAZO} (4); {FPBX} (5)"),
     Setting("fwCheck/EnableAutoUpgrade", "check for firmware", "1", f"{WAZO}; {FPBX}"),
@@ -105,6 +110,7 @@ RECORD = Record(
     languages=LANGUAGES,
     languages_source=f"{WAZO} _NEW_SUPPORTED_LANGUAGES",
     unconfirmed=(
+        "<ap><DefaultUsername>/<DefaultPassword>: fusionpbx fills them with its provisioning HTTP credentials; no Fanvil document in a stored source names them, nor how FlashServerIP and FlashFileName are joined (written as wazo and fusionpbx do: a server URL without the trailing /)",
         "X3U: no stored source; not in the table",
         "Plug and Play NOTIFY form: no stored source",
         "check_interval: the unit of <ap><FlashInterval> is not in a source, so it is not written",

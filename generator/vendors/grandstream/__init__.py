@@ -176,6 +176,15 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(212, UPGRADE_VIA.get(protocol, 1))
         if "firmware_server" in prov:
             put(6767, UPGRADE_VIA.get(protocol, 1))
+    server = target.server
+    if server is not None:
+        # Our credentialed route: every download after Plug and Play proves who asks.
+        scheme, rest = common.location(server.url, None)
+        put(237, rest.rstrip("/"))
+        put(145, 0)
+        put(212, UPGRADE_VIA[scheme])
+        put(1360, server.user)
+        put(1361, server.password)
     interval = common.check_interval(prov)
     if interval is not None:
         put(194, 1 if interval else 0)

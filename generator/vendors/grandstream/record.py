@@ -9,6 +9,8 @@ Sources (facts recorded, nothing copied):
 - WAZO_GS: wazo-platform/wazo-provd-plugins plugins/wazo_grandstream/common/common.py and
   templates/base.tpl (file name cfg{mac}.xml, the XML form).
 - DHCP: wazo-platform/wazo-provd-plugins dhcp/dhcp/dhcpd_update/grandstream.conf (MAC prefixes).
+- FPBX: fusionpbx/fusionpbx resources/templates/provision/grandstream/grp2612/{$mac}.xml (lines
+  2004-2007): the config server's HTTP user and password filled with the provisioning credentials.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ TPL = "[TPL]"
 GUIDE = "[GUIDE]"
 WAZO_GS = "[WAZO_GS]"
 DHCP = "[DHCP]"
+FPBX = "[FPBX]"
 
 # accounts; VPKs (virtual keys on the screen), of which the first `fixed` are the fixed ones
 # (line keys); MPKs (physical keys beside the second screen). TPL lines 8530-13170: one VPK block
@@ -171,6 +174,10 @@ SETTINGS = (
     Setting("P237", "config server path (host/path, no scheme)", r"[A-Za-z0-9_.:/\[\]~%@+=?&-]+",
             f"{TPL}: P237 'Config Server Path'"),
     Setting("P212", "config upgrade via: 0 TFTP, 1 HTTP, 2 HTTPS", "[012]", f"{TPL}: P212"),
+    Setting("P1360", "config server HTTP/HTTPS user name (ours: the MAC)", "[0-9a-f]{12}",
+            f"{TPL}: P1360 'Config HTTP/HTTPS User Name' (line 6613); {FPBX} provisioning.config.username"),
+    Setting("P1361", "config server HTTP/HTTPS password (ours: per device, random)", "[A-Za-z0-9_-]{16,64}",
+            f"{TPL}: P1361 'Config HTTP/HTTPS Password' (line 6617); {FPBX} provisioning.config.password"),
     Setting("P192", "firmware server path (host/path, no scheme)", r"[A-Za-z0-9_.:/\[\]~%@+=?&-]+",
             f"{TPL}: P192 'Firmware Server Path'"),
     Setting("P6767", "firmware upgrade via: 0 TFTP, 1 HTTP, 2 HTTPS", "[012]", f"{TPL}: P6767"),
@@ -195,6 +202,7 @@ RECORD = Record(
         "GUIDE": "Grandstream, GRP26XX Auto-configuration Plug and Play Guide (/work/shared/seed/grp26xx-plug-and-play-guide.txt), Figures 1 and 2",
         "WAZO_GS": "wazo-platform/wazo-provd-plugins plugins/wazo_grandstream/common/common.py and common/templates/base.tpl",
         "DHCP": "wazo-platform/wazo-provd-plugins dhcp/dhcp/dhcpd_update/grandstream.conf",
+        "FPBX": "fusionpbx/fusionpbx resources/templates/provision/grandstream/grp2612/{$mac}.xml (commit c7a00dcb)",
     },
     vendor="grandstream",
     family="grp26xx",
@@ -212,6 +220,7 @@ RECORD = Record(
     languages=LANGUAGES,
     languages_source=f"{TPL}: P1362 values (cz for Czech, se for Swedish, zh-tw)",
     unconfirmed=(
+        "HTTP credentials for the config server (P1360/P1361): whether the firmware answers a Digest challenge or only Basic is not in a stored source (the fileserver asks for Digest)",
         "GRP2601/2602/2603/2604, GRP2624, GRP2634: the guide lists them as Plug and Play phones, but no "
         "stored source gives their key counts or P-values; they are not in the table (no_template), "
         "an operator can add them with their own template and vendor_settings",

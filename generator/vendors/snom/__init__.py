@@ -84,6 +84,11 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     if "config_server" in prov:
         # The phone fetches exactly this URL: its own file, not the directory.
         put("setting_server", common.url(prov["config_server"], protocol).rstrip("/") + f"/{target.mac}.xml")
+    server = target.server
+    if server is not None:
+        put("setting_server", f"{server.url}{target.mac}.xml")
+        put("http_client_user", server.user)
+        put("http_client_pass", server.password)
     if "firmware_server" in prov:
         firmware = common.url(prov["firmware_server"], protocol)
         if firmware.endswith(".xml"):

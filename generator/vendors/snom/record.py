@@ -5,7 +5,9 @@ Sources (facts recorded, nothing copied):
   D765, D785): accounts per model (its loop stops at 4/6/12 lines), function keys per model
   (maxKeys), setting_server as the URL of the phone's own file, settings_refresh_timer in
   seconds, codec_priority_list ending in telephone-event, user_outbound with ;transport=,
-  firmware (the firmware file's URL), http_user/http_pass/admin_mode_password, language.
+  firmware (the firmware file's URL), http_user/http_pass/admin_mode_password, language,
+  http_client_user/http_client_pass (the credentials the phone sends to the provisioning server,
+  next to setting_server; http_user/http_pass are the phone's own web login, not these).
 - WAZO: wazo-platform/wazo-provd-plugins plugins/wazo_snom/common (common.py, templates/base.tpl,
   300.tpl, common/snom-model.xml.tpl.btpl): user_pname, user_idle_text, language values,
   fkey values speed/blf/line/none/transfer, firmware_status pointing at a <firmware-settings> file.
@@ -55,6 +57,10 @@ SETTINGS = (
     Setting("codec_priority_list", "codecs in order, ending in telephone-event",
             r"(?:(?:pcmu|pcma|g722|g729),)*telephone-event", FPBX),
     Setting("setting_server", "URL of the phone's own settings file", _URL, f"{FPBX} (…?mac=<mac>)"),
+    Setting("http_client_user", "user name the phone sends to the provisioning server (ours: the MAC)",
+            "[0-9a-f]{12}", f"{FPBX} (http_client_user, lines 46 (D715) and 56 (D785))"),
+    Setting("http_client_pass", "password the phone sends to the provisioning server (ours: per device, random)",
+            "[A-Za-z0-9_-]{16,64}", f"{FPBX} (http_client_pass, lines 47 (D715) and 57 (D785))"),
     Setting("settings_refresh_timer", "seconds between checks (0 = never)", r"[0-9]{1,7}", FPBX),
     Setting("firmware_status", "URL of a <firmware-settings> file", _URL[:-1] + r"+\.xml", WAZO_FW),
     Setting("firmware", "URL of the firmware file", _URL[:-1] + r"+\.bin", FPBX),
@@ -95,6 +101,7 @@ RECORD = Record(
     languages=LANGUAGES,
     languages_source=f"{WAZO} _LOCALE",
     unconfirmed=(
+        "http_client_user/http_client_pass: fusionpbx writes them next to setting_server for the provisioning server; no snom document in a stored source says so, nor whether Digest is answered",
         "Plug and Play NOTIFY form: no stored source",
         "function key counts include expansion-module keys (fusionpbx's maxKeys); the physical count "
         "per model is not in a source",

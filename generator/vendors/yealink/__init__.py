@@ -107,6 +107,12 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(shared, "static.auto_provision.server.url", server)
         # The NOTIFY names only the per-phone file: it must also say where to look next time.
         put(device, "static.auto_provision.server.url", server)
+    ours = target.server
+    if ours is not None:
+        # In the per-phone file only: the common file is the same for every phone of the model.
+        put(device, "static.auto_provision.server.url", ours.url)
+        put(device, "static.auto_provision.server.username", ours.user)
+        put(device, "static.auto_provision.server.password", ours.password)
     if "firmware_server" in prov:
         firmware = common.url(prov["firmware_server"], protocol)
         if not firmware.endswith(".rom"):

@@ -3,6 +3,8 @@
 Sources (facts recorded, nothing copied), all in wazo-platform/wazo-provd-plugins unless said:
 - V86: plugins/wazo_yealink/v86/templates/base.tpl and v86/common.py (@2321a3f3): account keys,
   codec enables, line key types, SIP accounts and line keys per model, locales.
+- V87: plugins/wazo_yealink/v87/templates/base.tpl (@2321a3f3) lines 350-351:
+  static.auto_provision.server.username and .password, the provisioning server's HTTP credentials.
 - YL_COMMON: plugins/wazo_yealink/common/common.py: time zone keys and their value format,
   KNOWN_MAC_PREFIXES.
 - V81: plugins/xivo-yealink/v81/entry.py (@a748577b): common file per model, y000000000068.cfg
@@ -10,7 +12,8 @@ Sources (facts recorded, nothing copied), all in wazo-platform/wazo-provd-plugin
 - V84: plugins/wazo_yealink/v84/entry.py (@921a5e69): ...095 T53W(T53), ...096 T54W, ...097 T57W.
 - V85: plugins/xivo-yealink/v85/entry.py (@fded2183): ...123/124/127 for the T3x family.
 - FPBX: fusionpbx/fusionpbx resources/templates/provision/yealink/t54w/ ({$mac}.cfg and
-  y000000000096.cfg): codec priority, outbound proxy, auto-provision repeat, DST keys.
+  y000000000096.cfg): codec priority, outbound proxy, auto-provision repeat, DST keys,
+  static.auto_provision.server.username/.password (y000000000096.cfg lines 168-169).
 - DHCP: dhcp/dhcp/dhcpd_update/yealink.conf (MAC prefixes).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 from generator.vendors.record import BOOL01, HOST, IN_DIALOG, TEXT, Model, Notify, Record, Resync, Setting
 
 V86 = "[V86]"
+V87 = "[V87]"
 YL_COMMON = "[YL_COMMON]"
 V81 = "[V81]"
 V84 = "[V84]"
@@ -73,6 +77,10 @@ SETTINGS = (
     Setting(_KEY + "line", "line key account (1 = account 1)", r"(?:[1-9]|1[0-6])" + _NULLABLE, V86),
     Setting(_KEY + r"(?:value|label)", "line key value, label", TEXT, V86),
     Setting(r"static\.auto_provision\.server\.url", "provisioning server URL", _URL, f"{V86}; {FPBX}"),
+    Setting(r"static\.auto_provision\.server\.username", "provisioning server HTTP user (ours: the MAC)",
+            "[0-9a-f]{12}", f"{V87} ('Autop URL' section); {FPBX}"),
+    Setting(r"static\.auto_provision\.server\.password", "provisioning server HTTP password (ours: per device, "
+            "random)", "[A-Za-z0-9_-]{16,64}", f"{V87} ('Autop URL' section); {FPBX}"),
     Setting(r"static\.auto_provision\.repeat\.enable", "check the server periodically", BOOL01, FPBX),
     Setting(r"static\.auto_provision\.repeat\.minutes", "minutes between checks", r"[0-9]{1,5}",
             f"{FPBX} (no range given)"),
@@ -94,6 +102,7 @@ SETTINGS = (
 RECORD = Record(
     sources={
         "V86": "wazo-platform/wazo-provd-plugins plugins/wazo_yealink/v86/templates/base.tpl and v86/common.py (commit 2321a3f3)",
+        "V87": "wazo-platform/wazo-provd-plugins plugins/wazo_yealink/v87/templates/base.tpl (commit 2321a3f3), lines 350-351",
         "YL_COMMON": "wazo-platform/wazo-provd-plugins plugins/wazo_yealink/common/common.py",
         "V81": "wazo-platform/wazo-provd-plugins plugins/xivo-yealink/v81/entry.py (commit a748577b)",
         "V84": "wazo-platform/wazo-provd-plugins plugins/wazo_yealink/v84/entry.py (commit 921a5e69)",
@@ -121,6 +130,7 @@ RECORD = Record(
     languages=LANGUAGES,
     languages_source=f"{V86} _LOCALE (English, French, German, Spanish, Italian)",
     unconfirmed=(
+        "static.auto_provision.server.username/.password: whether the firmware answers a Digest challenge or only Basic is not in a stored source (the fileserver asks for Digest)",
         "Plug and Play NOTIFY form (see notify): no stored source",
         "T33G common file id (124 of 123/124/127)",
         "local_time.time_zone with minutes (+5:30): written by public provisioning scripts, not in a "
