@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from services.broker import Mosquitto
-from services.messages import now_iso
 from services.sip.message import Request, Response, build_response, new_branch, parse
 from tests.support import Probe, rerun_in_network_namespace, wait_until
 from tools.simulate.fleet import plan
@@ -246,10 +245,12 @@ class Site:
         published = wait_until(lambda: self.last(ident.mac, "published"), timeout=15)
         return int(published["revision"])
 
-    def rearm(self, mac: str, command_id: str) -> None:
-        """What `pnp assign --rearm MAC` publishes (docs/MQTT.md)."""
-        self.probe.publish(f"pnp/devices/{mac}/rearm", {"id": command_id, "at": now_iso(), "v": 1},
-                           retain=True)
+    def rearm(self, mac: str) -> None:
+        """The operator's command, waiting for the new epoch to be enrolling."""
+        done = subprocess.run([sys.executable, "-m", "tools.cli", "assign", "--rearm", mac,
+                               "--wait", "15"], env=self.env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
 
     def close(self) -> None:
         self.sniffer.close()
@@ -422,7 +423,7 @@ def test_inside_race_attacker_first_conflict_then_rearm_provisions_the_phone(
 
     # The operator re-arms: a new epoch, the credential in the attacker's copy dies at once.
     epoch = enrolment["epoch"]
-    site.rearm(phone.mac, "attack-suite-rearm-1")
+    site.rearm(phone.mac)
     wait_until(lambda: (site.last(phone.mac, "enrolment") or {}).get("epoch", 0) > epoch, timeout=10)
     wait_until(lambda: not site.last(phone.mac, "error"), timeout=5)
     assert login(site, phone.mac)[1] != stolen_password
