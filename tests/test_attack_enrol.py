@@ -414,6 +414,9 @@ def test_inside_race_attacker_first_conflict_then_rearm_provisions_the_phone(
     assert (error["service"], error["code"]) == ("fileserver", "conflict")
     assert set(error["addresses"]) == {ATTACKER, phone.ip}
     assert ATTACKER in error["message"] and phone.ip in error["message"] and "--rearm" in error["message"]
+    # the notifier held the epoch's URL from the second address (its status counters)
+    wait_until(lambda: (site.probe.last("pnp/services/notifier/attack") or {}).get(
+        "counters", {}).get("held_second_address", 0) >= 1, timeout=5)
     enrolment = site.last(phone.mac, "enrolment")
     assert enrolment["state"] == "conflict" and set(enrolment["addresses"]) == {ATTACKER, phone.ip}
     assert site.last(phone.mac, "published")["enrolling"] is False
