@@ -338,6 +338,7 @@ class Engine:
                         rotate=credential.rotate)
         # the PBX's own assignment, not the merge: a profile change (codecs for the whole fleet) is
         # not a new enrolment of every phone that uses it; a provisioned phone gets it by check-sync
+        assert device.assignment is not None  # _merged needs it too
         enrol = Enrol(assignment=assignment_digest(device.assignment), rearm=credential.rearm)
         effects = self._succeed(device, rendered, auth, enrol)
         for effect in effects:
