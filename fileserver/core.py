@@ -25,7 +25,7 @@ from typing import Any
 from fileserver.catalog import Catalog
 from fileserver.enrolment import CONFLICT, ENROLLING, STATES, Change, Enrolments, Record
 from fileserver.files import DeviceFiles, Rejected, ServedFile, decode_config
-from fileserver.provision import ProvisionTracker
+from fileserver.provision import ProvisionTracker, password_digest
 from services.messages import Enrolment, Fetched, PayloadError
 
 
@@ -83,6 +83,14 @@ class SaveFetch:
 
 
 @dataclass(frozen=True)
+class SaveRetired:
+    """The phone moved past its pre-rotation HTTP password (sha256 ``digest``): saved."""
+
+    mac: str
+    digest: str
+
+
+@dataclass(frozen=True)
 class SaveEnrolment:
     """The device's enrolment moved (None: the device is gone)."""
 
@@ -114,7 +122,7 @@ class Missing:
     macs: tuple[str, ...]
 
 
-Effect = (Save | Remove | Announce | Refuse | Resolve | SaveFetch | SaveEnrolment | Conflict
+Effect = (Save | Remove | Announce | Refuse | Resolve | SaveFetch | SaveRetired | SaveEnrolment | Conflict
           | Report | Missing)
 
 BOOTSTRAP, DEVICE = "bootstrap", "device"  # the two kinds of URL a file is served on
@@ -330,6 +338,13 @@ class FileCore:
         if outcome.changed:
             effects.append(SaveFetch(device.mac, served.name, outcome.served,
                                      outcome.provisioned_sha, outcome.provisioned))
+        main = device.main
+        if device.previous and status == 200 and main is not None and served.name == main.name:
+            # the phone holds this revision's file, so the new password: the old one is done for
+            # good (gate.Gate.passwords), not only until the next revision
+            digest = password_digest(device.previous)
+            if self.tracker.retire(device.mac, digest):
+                effects.append(SaveRetired(device.mac, digest))
         epoch = self.enrolments.epoch(device.mac)
         effects += self._enrol_by_download(device, served.name, status, client, auth,
                                            outcome.provisioned, now)

@@ -5,14 +5,15 @@
   completed its first download (``bound``).
 - The credentialed URL works in every state for the device's own HTTP credentials: the current
   password, and the previous one until the current revision's main file was served completely
-  (the phone then holds the new one).
+  (the phone then holds the new one). A previous password once moved past stays refused, even
+  when a later revision (an assignment change before the next rotation) still carries it.
 """
 
 from __future__ import annotations
 
 from fileserver.enrolment import CONFLICT, Enrolments
 from fileserver.files import DeviceFiles
-from fileserver.provision import ProvisionTracker
+from fileserver.provision import ProvisionTracker, password_digest
 
 
 class Gate:
@@ -37,7 +38,8 @@ class Gate:
         """The HTTP passwords a credentialed download of ``device``'s files may prove."""
         if device.password is None:
             return ()
-        if device.previous and not self.previous_done(device):
+        if device.previous and not self.previous_done(device) and \
+                not self.tracker.is_retired(device.mac, password_digest(device.previous)):
             return (device.password, device.previous)
         return (device.password,)
 

@@ -58,7 +58,7 @@ def start(ctx: Context) -> Fileserver:
     auth = Authenticator(cfg.http_auth, cfg.http_user, cfg.http_password) if cfg.http_auth != "off" else None
     # one book of enrolments and one tracker: the core moves them, the HTTP side's gate reads them
     enrolments = Enrolments(cfg.enrol_window, store.enrolments())
-    tracker = ProvisionTracker(store.fetch_states())
+    tracker = ProvisionTracker(store.fetch_states(), store.retired())
     policy = Policy(prefix=urlsplit(cfg.public_url).path or "/", plain_paths=cfg.plain_paths,
                     auth=auth, trusted_proxies=cfg.trusted_proxies,
                     gate=Gate(enrolments, tracker, cfg.pin_ip))

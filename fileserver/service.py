@@ -25,7 +25,7 @@ from services.runner import Context
 from fileserver.abuse import NotFoundLimiter
 from fileserver.core import (
     Announce, Conflict, Effect, FileCore, Missing, Refuse, Remove, Report, Resolve, Save,
-    SaveEnrolment, SaveFetch, enrolment_payload,
+    SaveEnrolment, SaveFetch, SaveRetired, enrolment_payload,
 )
 from fileserver.files import DeviceFiles, ServedFile
 from fileserver.metrics import Metrics
@@ -170,6 +170,8 @@ class FileService:
                 # once per download: without to_json()'s deep copy
                 bus.publish(self.topics.device(effect.mac, "fetched"), encode_flat(effect.fetched),
                             retain=True)
+            elif isinstance(effect, SaveRetired):
+                store.set_retired(effect.mac, effect.digest)
             elif isinstance(effect, SaveFetch):
                 store.set_fetch_state(effect.mac, effect.name, effect.served, effect.provisioned_sha)
                 if effect.provisioned:

@@ -46,6 +46,9 @@ class Store:
             # per file: the sha256 last served with a 200, and the one the phone came back for
             db.table("fetches").create({"mac": str, "name": str, "served": str, "provisioned": str},
                                  pk=("mac", "name"))
+        if "retired" not in db.table_names():
+            # per device: sha256 of the pre-rotation HTTP password its phone moved past
+            db.table("retired").create({"mac": str, "digest": str}, pk="mac")
         if "errors" not in db.table_names():
             db.table("errors").create({"mac": str}, pk="mac")
         devices = db.table("devices")
@@ -90,7 +93,7 @@ class Store:
                      None if enrol is None else enrol.rearm))
 
     def remove(self, mac: str) -> None:
-        for table in ("files", "devices", "fetches", "enrolment"):
+        for table in ("files", "devices", "fetches", "enrolment", "retired"):
             self._write(f"DELETE FROM {table} WHERE mac = ?", (mac,))
 
     # --- enrolment ---
@@ -125,6 +128,12 @@ class Store:
     def set_fetch_state(self, mac: str, name: str, served: str, provisioned: str) -> None:
         self._write("INSERT OR REPLACE INTO fetches (mac, name, served, provisioned) VALUES (?, ?, ?, ?)",
                     (mac, name, served, provisioned))
+
+    def retired(self) -> dict[str, str]:
+        return {r["mac"]: r["digest"] for r in self.db["retired"].rows}
+
+    def set_retired(self, mac: str, digest: str) -> None:
+        self._write("INSERT OR REPLACE INTO retired (mac, digest) VALUES (?, ?)", (mac, digest))
 
     def errored(self) -> set[str]:
         return {r["mac"] for r in self.db["errors"].rows}

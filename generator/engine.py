@@ -336,7 +336,10 @@ class Engine:
         self.stats.renders += 1
         auth = HttpAuth(user=mac, password=credential.password, previous=credential.previous,
                         rotate=credential.rotate)
-        enrol = Enrol(assignment=assignment_digest(merged), rearm=credential.rearm)
+        # the PBX's own assignment, not the merge: a profile change (codecs for the whole fleet) is
+        # not a new enrolment of every phone that uses it; a provisioned phone gets it by check-sync
+        assert device.assignment is not None  # _merged needs it too
+        enrol = Enrol(assignment=assignment_digest(device.assignment), rearm=credential.rearm)
         effects = self._succeed(device, rendered, auth, enrol)
         for effect in effects:
             if isinstance(effect, Publish):
@@ -423,10 +426,10 @@ def resync_credentials(mac: str, merged: dict[str, Any], revision: int) -> Resyn
                              password=str(first.get("password") or ""), mac=mac)
 
 
-def assignment_digest(merged: dict[str, Any]) -> str:
-    """16 hex digits naming the merged assignment (profiles applied): equal when the phone is
-    given the same thing, whatever order its keys came in."""
-    return hashlib.sha256(encode_json(merged)).hexdigest()[:16]
+def assignment_digest(assignment: dict[str, Any]) -> str:
+    """16 hex digits naming an assignment as the PBX published it: equal when it is the same,
+    whatever order its keys came in."""
+    return hashlib.sha256(encode_json(assignment)).hexdigest()[:16]
 
 
 def _stamp(auth: HttpAuth, enrol: Enrol) -> str:

@@ -153,6 +153,27 @@ class CredentialedTest(EnrolCase):
         status, _, _ = yield self.cred_fetch(MAC, "new")
         self.assertEqual(status, 200)
 
+    @defer.inlineCallbacks
+    def test_an_old_password_once_moved_past_stays_refused_in_later_revisions(self):
+        # the generator keeps `previous` in every config until the next rotation: an assignment
+        # change after the phone took the new password must not revive the old one
+        rt = yield self.start()
+        yield self.assign(config(enrol=("a1", ""), password="old"))
+        yield self.assign(config(text="<gs_provision>P270=Rotated</gs_provision>\n", revision=2,
+                                 enrol=("a1", ""), password="new", previous="old"))
+        status, _, _ = yield self.cred_fetch(MAC, "old")
+        self.assertEqual(status, 200)
+        yield self.assign(config(text="<gs_provision>P270=Changed</gs_provision>\n", revision=3,
+                                 enrol=("a2", ""), password="new", previous="old"))
+        status, _, _ = yield self.cred_fetch(MAC, "old")
+        self.assertEqual(status, 401)
+        yield rt.stop()  # and a restart does not forget it
+        yield self.start()
+        status, _, _ = yield self.cred_fetch(MAC, "old")
+        self.assertEqual(status, 401)
+        status, _, body = yield self.cred_fetch(MAC, "new")
+        self.assertEqual((status, b"Changed" in body), (200, True))
+
 
 class ConflictTest(EnrolCase):
     @defer.inlineCallbacks

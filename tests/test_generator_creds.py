@@ -83,7 +83,22 @@ def test_passwords_differ_per_device_and_survive_a_restart(tmp_path: Path) -> No
     assert after.files[0].sha256 == first.files[0].sha256
 
 
-def test_enrol_assignment_names_the_merged_assignment_not_its_spelling(tmp_path: Path) -> None:
+def test_a_profile_change_is_a_new_file_but_not_a_new_enrolment(tmp_path: Path) -> None:
+    """Codecs changed for the whole fleet must not reopen every provisioned phone's bootstrap
+    URL: the phones get the change by check-sync with their own credentials."""
+    engine = engine_at(tmp_path)
+    raw = json.dumps({"ntp_server": "ntp1.example.com"}).encode()
+    engine.profile("office", raw, json.loads(raw), None)
+    (first,) = configs(assign(engine, {**ASSIGNMENT, "profile": "office"}))
+    raw = json.dumps({"ntp_server": "ntp2.example.com"}).encode()
+    macs = engine.profile("office", raw, json.loads(raw), None)
+    assert macs == [MAC]
+    (changed,) = configs(engine.render(MAC))
+    assert changed.revision > first.revision
+    assert changed.enrol == first.enrol
+
+
+def test_enrol_assignment_names_the_assignment_not_its_spelling(tmp_path: Path) -> None:
     engine = engine_at(tmp_path)
     (first,) = configs(assign(engine, ASSIGNMENT))
     reordered = dict(reversed(list(ASSIGNMENT.items())))
