@@ -215,7 +215,7 @@ class Enrol(Payload):
     """What a device's enrolment epoch was opened for: the fileserver opens a new epoch when this
     differs from the one its current epoch was opened for."""
 
-    assignment: str  # 16 hex digits of the sha256 of the canonical merged assignment
+    assignment: str  # 16 hex digits of the sha256 of the assignment as published (canonical JSON)
     rearm: str = ""  # id of the last rearm command ("" = never re-armed)
 
 

@@ -10,6 +10,7 @@ logins, as those services would.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import selectors
@@ -18,16 +19,16 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import pytest
 
 from tools import brokersetup
 from services.broker import free_port
-from services.messages import Config, ConfigFile, now_iso
+from services.messages import Config, ConfigFile, Enrol, HttpAuth, now_iso
 from services.sip.message import build_response, parse
 from tests.test_deploy_broker import PNP, Client, LockedBroker, wait_for
+from tests.test_fileserver_enrol import digest as digest_answer
 
 PHONES = 8
 INSTANCES = ("a", "b")
@@ -107,8 +108,14 @@ def config(mac: str, padding: int = 0) -> tuple[bytes, str]:
     payload = Config(files=[ConfigFile(name=f"cfg{mac}.xml", content_type="application/xml",
                                        content=body.decode(), encoding="utf-8", sha256=digest,
                                        size=len(body))],
-                     revision=1, template="test", mac=mac, vendor="grandstream", model="GRP2614")
+                     revision=1, template="test", mac=mac, vendor="grandstream", model="GRP2614",
+                     auth=HttpAuth(user=mac, password=password_of(mac)),
+                     enrol=Enrol(assignment="0" * 16))
     return payload.to_json(), digest
+
+
+def password_of(mac: str) -> str:
+    return f"http-password-of-{mac}"
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:
@@ -190,15 +197,33 @@ def site(tmp_path_factory):
 
 
 def fetch(site: dict[str, Any], mac: str, instance: str) -> bytes:
-    """The device's file from one fileserver, at the URL the published message gave."""
+    """The device's file from one fileserver, as its phone gets it (from the phone's address):
+    at the URL the published message gave while it enrols, then with its own credentials."""
     publications = [json.loads(p) for t, p in site["audit"].received
                     if t == f"pnp/devices/{mac}/published" and p]
     assert publications, f"{mac} was never published"
-    file_url = publications[-1]["files"][0]["url"]
-    at = file_url.replace(f":{site['http_ports']['a']}/", f":{site['http_ports'][instance]}/")
-    with urllib.request.urlopen(at, timeout=5) as response:
-        assert response.status == 200
-        return response.read()
+    name = publications[-1]["files"][0]["name"]
+    path = "/" + publications[-1]["files"][0]["url"].split("/", 3)[3]
+    port, ip = site["http_ports"][instance], site["macs"][mac]
+    status, _, body = _get(ip, port, path)
+    if status == 403:  # provisioned: its bootstrap URL is closed
+        status, headers, _ = _get(ip, port, f"/c/{name}")
+        assert status == 401, status
+        status, _, body = _get(ip, port, f"/c/{name}", {"Authorization": digest_answer(
+            headers["www-authenticate"], f"/c/{name}", mac, password_of(mac))})
+    assert status == 200, (status, body)
+    return body
+
+
+def _get(source: str, port: int, path: str, headers: dict[str, str] | None = None
+         ) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers=headers or {})
+        answer = conn.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        conn.close()
 
 
 def provisioned_after(site: dict[str, Any], mac: str, count: int) -> bool:
