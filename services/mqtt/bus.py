@@ -76,6 +76,7 @@ class Bus:
         self._subs: dict[str, _Subscription] = {}
         self._connect_callbacks: list[Callable[[], Any]] = []
         self._disconnect_callbacks: list[Callable[[], Any]] = []
+        self._ack_callbacks: list[Callable[[], Any]] = []
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._backoff = backoff_initial
@@ -181,6 +182,11 @@ class Bus:
 
     def on_disconnect(self, callback: Callable[[], Any]) -> None:
         self._disconnect_callbacks.append(callback)
+
+    def on_acknowledged(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback`` on every PUBACK: room in a window of unacknowledged messages (the
+        listener's outbox) is known at once, not at a poll."""
+        self._ack_callbacks.append(callback)
 
     @property
     def queued(self) -> int:
@@ -356,6 +362,8 @@ class Bus:
             self._pending_subacks.add(mid)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        for callback in self._ack_callbacks:
+            self._safely(callback, "PUBACK")
         # A broker's ACL refuses a QoS 1 publish only by the PUBACK's reason code (135 "not
         # authorized"): without this a wrong login looks like success.
         if reason is None or not getattr(reason, "is_failure", False):
