@@ -80,37 +80,6 @@ class BusTest(BrokerCase):
         self.assertGreater(len(per_turn), 1500 / (2 * READ_BATCH))
 
     @defer.inlineCallbacks
-    def test_what_slow_handlers_publish_leaves_during_the_batch_not_at_its_end(self) -> None:
-        """A generator renders a config per discovery (about a millisecond each): the first
-        config must not wait in paho's queue until the 64th discovery of the batch is done."""
-        import time
-
-        from services.mqtt.connect import FLUSH_EVERY
-        from services.mqtt.paho_internals import send_queue
-
-        count = 20
-        sender = self.bus("sender")
-        yield sender.when_connected()
-        for i in range(count):  # retained: replayed to the receiver in one burst
-            sender.publish(f"slow/{i}", b"x", retain=True)
-        yield sender.flush()
-        waiting: list[int] = []  # packets in paho's send queue as each handler starts
-        receiver = self.bus("receiver")
-        yield receiver.when_connected()
-
-        def handle(msg) -> None:
-            queue = send_queue(receiver._client)
-            waiting.append(len(queue) if queue is not None else 0)
-            time.sleep(2 * FLUSH_EVERY)  # a render's worth of work
-            receiver.publish(f"out/{msg.topic}", b"1")
-
-        receiver.subscribe("slow/#", handle)
-        yield eventually(lambda: len(waiting) == count)
-        # at most the previous handler's publish and PUBACK wait: before, every one of the
-        # batch's (2 per message) did, until the batch ended
-        self.assertLessEqual(max(waiting), 2, waiting)
-
-    @defer.inlineCallbacks
     def test_bad_json_reaches_handler_with_error(self) -> None:
         got = []
         b = self.bus()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,11 +16,6 @@ from services.mqtt.coalesce import coalesce
 from services.mqtt.paho_internals import packet_reader
 
 READ_BATCH = 64  # MQTT packets handled per turn of the reactor
-# Within a batch, what the handlers published leaves at least this often (seconds). Sent only at
-# the batch's end, the first of 64 renders' configs waited for the other 63 (~100 ms in the
-# generator): every hop of a first boot paid it. Sent after every packet, a burst of cheap
-# messages (PUBACKs, the notifier's statuses) would cost a send each.
-FLUSH_EVERY = 0.001
 
 
 class Connecting:
@@ -112,7 +106,6 @@ class SocketAdapter:
             client.loop_read()
             return
         read_packet, handle_rc = steps
-        flushed = time.monotonic()
         for _ in range(READ_BATCH):
             if client.socket() is None or not self.active:
                 return  # closed, or the bus stopped (by a handler of the last packet)
@@ -122,12 +115,6 @@ class SocketAdapter:
                 return
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                 return
-            if client.want_write():
-                now = time.monotonic()
-                if now - flushed >= FLUSH_EVERY:
-                    flushed = now
-                    coalesce(client)
-                    client.loop_write()
         # More may be waiting; with TLS it may sit decrypted in the SSL object, where epoll
         # does not see it, so come back next turn rather than wait for the socket.
         if self._again is None:
