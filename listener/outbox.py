@@ -36,6 +36,9 @@ class Outbox:
         self._pending: OrderedDict[str, Any] = OrderedDict()
         self._call: Any = None
         bus.on_connect(self.kick)
+        # A full window drains on the PUBACK that frees it: a poll (``retry``) added up to its
+        # period to the discoveries waiting behind, on the path of their NOTIFYs.
+        bus.on_acknowledged(self.kick)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -76,8 +79,8 @@ class Outbox:
                     self.dropped += 1
                 room -= 1
         if pending and self._call is None:
-            # Room left: the next batch on the next turn. Window full: acks free it soon.
-            # Broker away: its return (on_connect) kicks us at once.
+            # Room left: the next batch on the next turn. Window full: the next PUBACK kicks
+            # us (the retry is only a fallback). Broker away: its return (on_connect) does.
             delay = 0 if room > 0 else self.retry if bus.connected else 1.0
             self._call = self.reactor.callLater(delay, self.drain)
 

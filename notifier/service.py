@@ -102,6 +102,8 @@ class Notifier:
         self._errored: set[str] = set()  # MACs whose error topic holds a refusal we reported
         self._ports: list[Any] = []
         self._stopped = False
+        self._reports: list[Callable[[], None]] = []  # after this turn's NOTIFYs (_execute)
+        self._reports_call: Any = None
 
     def start(self) -> "Notifier":
         interface = self.settings.sip_interface
@@ -142,6 +144,7 @@ class Notifier:
         return endpoint
 
     def stop(self) -> Any:
+        self._report()
         self._stopped = True
         self.keeper.stop()
         self._log_sent.flush()
@@ -306,14 +309,39 @@ class Notifier:
             self.store.address_epoch(plan.mac, plan.epoch, d.ip, self.wall())
         call_id = request.call_id or ""
         attempt = Attempt(plan, request, address, endpoint, in_dialog, call_id)
+        # The order of a NOTIFY's work, and why: the datagram first (the phone waits for it);
+        # its sent record (queued by mark_sent above) commits at the next reactor turn, so a
+        # crash before that sends it once more after the restart, never loses it; its ``sent``
+        # status and log line after the other messages read in this turn got their NOTIFYs
+        # (each of them would otherwise wait for this one's publish), and before any later
+        # status of it (_status runs what waits first).
         self._send(attempt)
         self.counters_["notify_sent"] += 1
-        self._status(plan, NotifyStatus(
-            status="sent", code=None, attempts=1, url=url_without_secret(plan.url), revision=plan.revision,
-            call_id=call_id, at=now_iso(), kind=plan.kind))
-        self._log_sent(lambda: log.info("NOTIFY {kind} rev {revision} to {mac} at {host}:{port}",
-                                        kind=plan.kind, revision=plan.revision, mac=plan.mac,
-                                        host=address[0], port=address[1]))
+        at = now_iso()
+
+        def report() -> None:
+            self._status(plan, NotifyStatus(
+                status="sent", code=None, attempts=1, url=url_without_secret(plan.url),
+                revision=plan.revision, call_id=call_id, at=at, kind=plan.kind))
+            self._log_sent(lambda: log.info("NOTIFY {kind} rev {revision} to {mac} at {host}:{port}",
+                                            kind=plan.kind, revision=plan.revision, mac=plan.mac,
+                                            host=address[0], port=address[1]))
+
+        self._after_turn(report)
+
+    def _after_turn(self, work: Callable[[], None]) -> None:
+        if not self._reports:
+            self._reports_call = self.reactor.callLater(0, self._report)
+        self._reports.append(work)
+
+    def _report(self) -> None:
+        """What :meth:`_execute` left for after the turn, in order."""
+        if self._reports_call is not None and self._reports_call.active():
+            self._reports_call.cancel()
+        self._reports_call = None
+        reports, self._reports = self._reports, []
+        for work in reports:
+            work()
 
     def _held(self, held: decide.Held) -> None:
         if not self.shard.owns(held.mac):
@@ -424,6 +452,8 @@ class Notifier:
         return again, ""
 
     def _status(self, plan: decide.Plan, status: NotifyStatus) -> None:
+        if self._reports:
+            self._report()  # a NOTIFY's ``sent`` goes before its outcome
         if not self._stopped:
             # to_json()'s deep copy was a tenth of a NOTIFY's CPU time
             data = encode_flat(status)

@@ -39,6 +39,19 @@ class OutboxTest(BrokerCase):
         self.assertEqual(len(outbox), 0)
 
     @defer.inlineCallbacks
+    def test_a_full_window_drains_on_the_acknowledgement_not_a_poll(self):
+        # With the poll an hour away, only PUBACKs can move the queue along: one discovery at
+        # a time, each sent as the one before it is acknowledged.
+        self.bus.start()
+        yield self.bus.when_connected()
+        outbox = Outbox(self.bus, reactor, window=1, retry=3600.0)
+        self.addCleanup(outbox.cancel)
+        for i in range(50):
+            outbox.put(f"pnp/devices/{i:012x}/discovered", b'{"n":%d}' % i)
+        yield eventually(lambda: len(self.probe.messages) == 50)
+        self.assertEqual(len(outbox), 0)
+
+    @defer.inlineCallbacks
     def test_waits_for_the_broker_coalesces_per_phone_and_drops_past_its_bound(self):
         outbox = Outbox(self.bus, reactor, window=8, max_pending=10)
         self.addCleanup(outbox.cancel)

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 import notifier.main
 from services.messages import Discovered, now_iso
+from services.mqtt import Bus
 from services.runner import Runtime
 from services.sip import digest
 from services.sip.message import build_response, parse, parse_name_addr, parse_via
@@ -295,6 +296,84 @@ class NotifierTest(NotifierBase):
         yield eventually(lambda: len(phone.transactions) == 3)
         self.assertEqual(phone.transactions[2].headers.get("Call-ID"), "boot-2@127.0.0.2")
         self.assertEqual(phone.transactions[2].cseq, (1, "NOTIFY"))
+
+    @defer.inlineCallbacks
+    def test_the_notify_leaves_before_its_record_and_status_and_a_crash_between_repeats_it_once(self):
+        """The order of a NOTIFY's work (issue 15): the datagram, then its sent record's
+        commit and its ``sent`` status. A crash after the datagram and before the commit (the
+        commit never run, then the process stopped: what kill -9 leaves) costs the phone one
+        more NOTIFY after the restart, never none; once committed, a restart sends nothing."""
+        phone = self.phone()
+        self.publish()
+        component = yield self.start()
+        events: list[str] = []
+        endpoint = next(iter(component.endpoints.values()))
+        write, publish = endpoint._write, component.ctx.bus.publish
+
+        def spy_write(out):
+            events.append("datagram")
+            write(out)
+
+        def no_commit(commit) -> None:
+            # when the commit would run; it does not: the process dies before writing
+            reactor.callLater(0, events.append, "commit")
+
+        def spy_publish(topic, payload, *args, **kwargs):
+            if topic.endswith("/notify") and b'"sent"' in payload:
+                events.append("status")
+            return publish(topic, payload, *args, **kwargs)
+
+        endpoint._write = spy_write
+        writes = component.store.writes
+        # what the start queued (the replayed publication) is on disk, no commit pending
+        yield eventually(lambda: component.store.published and not writes.queue and not writes._asked)
+        writes.later = no_commit
+        component.ctx.bus.publish = spy_publish
+        self.discover(phone)
+        yield eventually(lambda: phone.transactions and "status" in events and "commit" in events)
+        self.assertEqual(events[0], "datagram", events)  # then the commit and status, any order
+        self.assertTrue(writes.queue)  # the sent record, never committed
+        writes.queue.clear()  # the crash: it never reaches the file
+        yield self.runtimes.pop().stop()
+        # restarted: the retained discovery and publication come back; no record of the NOTIFY
+        again = yield self.start()
+        yield eventually(lambda: len(phone.transactions) == 2)
+        yield eventually(lambda: again.store.writes.queue == [])  # committed
+        yield self.runtimes.pop().stop()
+        yield self.start()
+        yield self.quiet(0.5)
+        self.assertEqual(len(phone.transactions), 2, "a committed record keeps a restart quiet")
+
+    @defer.inlineCallbacks
+    def test_discoveries_read_together_get_their_notifies_before_any_sent_status(self):
+        """A burst of discoveries (here the retained replay at start, read in one batch): each
+        NOTIFY leaves without waiting for the ``sent`` statuses of the ones before it."""
+        macs = [f"000b82f5{i:04x}" for i in range(6)]
+        phones = {mac: self.phone(f"127.0.0.{i + 2}") for i, mac in enumerate(macs)}
+        for mac, phone in phones.items():
+            self.publish(mac=mac)
+            self.discover(phone, mac=mac, call_id=f"burst-{mac}")
+        yield self.quiet(0.2)  # all retained on the broker before the notifier subscribes
+        events: list[str] = []
+        original = NotifyEndpoint._write
+
+        def spy_write(endpoint, out):
+            events.append("datagram")
+            original(endpoint, out)
+
+        publish = Bus.publish
+
+        def spy_publish(bus, topic, payload, *args, **kwargs):
+            if topic.endswith("/notify") and b'"sent"' in payload:
+                events.append("status")
+            return publish(bus, topic, payload, *args, **kwargs)
+
+        self.patch(NotifyEndpoint, "_write", spy_write)
+        self.patch(Bus, "publish", spy_publish)
+        yield self.start()
+        yield eventually(lambda: events.count("status") == len(macs))
+        first = events[:2 * len(macs)]
+        self.assertEqual(first, ["datagram"] * len(macs) + ["status"] * len(macs), events)
 
     @defer.inlineCallbacks
     def test_two_shards_send_each_phone_exactly_one_notify_across_restarts(self):

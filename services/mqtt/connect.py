@@ -16,6 +16,11 @@ from services.mqtt.coalesce import coalesce
 from services.mqtt.paho_internals import packet_reader
 
 READ_BATCH = 64  # MQTT packets handled per turn of the reactor
+# What the handlers of a batch publish (and the batch's PUBACKs) leaves at the batch's end, in one
+# write (doRead). A slow handler's output (a generator's render) therefore waits for the rest of
+# its batch; flushing every 1 or 10 ms within the batch was tried (issue 15) and cost a 10,000
+# phone storm 60-70 % more notifier and broker CPU, and a third of the phones provisioned
+# (docs/BENCHMARKS.md, "Latency fixes (issue 15)").
 
 
 class Connecting:
