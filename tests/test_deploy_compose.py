@@ -153,18 +153,19 @@ def test_env_example_names_only_real_settings_and_compose_variables():
     assert not missing, f"compose.yaml uses {sorted(missing)}, which .env.example lacks"
 
 
-def test_multicast_services_use_the_host_network_the_others_do_not(model):
+def test_services_facing_phones_use_the_host_network_the_others_do_not(model):
+    """Multicast does not cross Docker's bridges (listener, notifier), and enrolment needs the
+    phones' own source addresses, which a published port's proxy hides (fileserver)."""
     services = model["services"]
-    for name in ("listener", "notifier"):
+    for name in ("listener", "notifier", "fileserver"):
         assert services[name].get("network_mode") == "host", f"{name} needs the host's network"
-    for name in ("generator", "fileserver"):
+    assert "ports" not in services["fileserver"]  # it listens on the host itself
+    assert services["fileserver"]["environment"]["PNP_HTTP_BIND"] == model["_env"]["PNP_HTTP_BIND"]
+    for name in ("generator",):
         assert "network_mode" not in services[name]
         # inside a bridge network the host's interface names do not exist
         assert "PNP_SIP_INTERFACE" not in services[name].get("environment", {})
         assert services[name]["environment"]["PNP_MQTT_URL"].endswith("@mosquitto:1883")
-    ports = services["fileserver"]["ports"]
-    http_port = int(services["fileserver"]["environment"]["PNP_HTTP_PORT"])
-    assert any(int(p["target"]) == http_port and int(p["published"]) == http_port for p in ports)
 
 
 def test_the_generator_writes_the_url_the_fileserver_serves(model):
@@ -175,7 +176,7 @@ def test_the_generator_writes_the_url_the_fileserver_serves(model):
 def test_host_network_services_dial_the_broker_where_it_is_published(model):
     # MQTT_BIND may be the host's LAN address: then nothing listens on 127.0.0.1
     bind = model["_env"]["MQTT_BIND"]
-    for name in ("listener", "notifier"):
+    for name in ("listener", "notifier", "fileserver"):
         url = s.parse_mqtt_url(model["services"][name]["environment"]["PNP_MQTT_URL"])
         assert (url.host, url.port) == (bind, int(model["_env"]["MQTT_PORT"])), name
     published = model["services"]["mosquitto"]["ports"][0]

@@ -102,12 +102,19 @@ def acl(host: str, port: int, passwords: dict[str, str]) -> list[str]:
     return findings
 
 
-def fetch(urls: list[str]) -> dict[str, str]:
-    """url -> "<status> <sha256 of the body>"."""
+def fetch(urls: list[Any]) -> dict[str, str]:
+    """url -> "<status> <sha256 of the body>"; an entry ``[url, user, password]`` is fetched with
+    those credentials (HTTP Digest: a provisioned device's own)."""
     out = {}
-    # straight to the fileserver, whatever proxy the environment names
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    for url in urls:
+    for entry in urls:
+        url = entry if isinstance(entry, str) else entry[0]
+        # straight to the fileserver, whatever proxy the environment names
+        handlers: list[Any] = [urllib.request.ProxyHandler({})]
+        if not isinstance(entry, str):
+            manager = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+            manager.add_password(None, url, entry[1], entry[2])
+            handlers.append(urllib.request.HTTPDigestAuthHandler(manager))
+        opener = urllib.request.build_opener(*handlers)
         try:
             with opener.open(url, timeout=10) as r:
                 out[url] = f"{r.status} {hashlib.sha256(r.read()).hexdigest()}"

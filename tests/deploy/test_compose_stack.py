@@ -29,6 +29,7 @@ import pytest
 
 from tools import brokersetup
 from tests.deploy import engine as eng
+from tests.downloads import credentialed_url
 
 REPO = Path(__file__).resolve().parents[2]
 PNP = [sys.executable, "-m", "tools.cli"]
@@ -129,22 +130,37 @@ class Site:
         return json.loads(result.stdout)
 
     def state(self) -> dict[str, dict[str, str]]:
-        """Every assignment and every file set (``files``), as the pbx login reads them, and the
-        working URLs (``published``), which only the notifier's login may read."""
+        """Every assignment and every file set (``files``), as the pbx login reads them, the
+        working URLs (``published``), which only the notifier's login may read, and the configs
+        (each device's HTTP credential), which the console's may."""
         got = self.probe("retained", {"user": "pbx", "password": self.env["MQTT_PASSWORD_PBX"],
                                       "filters": ["pnp/devices/+/assignment", "pnp/devices/+/files"]})
         got.update(self.probe("retained", {"user": "notifier", "password": self.env["MQTT_PASSWORD_NOTIFIER"],
                                            "filters": ["pnp/devices/+/published"]}))
-        out: dict[str, dict[str, str]] = {"assignment": {}, "files": {}, "published": {}}
+        got.update(self.probe("retained", {"user": "console", "password": self.env["MQTT_PASSWORD_CONSOLE"],
+                                           "filters": ["pnp/devices/+/config"]}))
+        out: dict[str, dict[str, str]] = {"assignment": {}, "files": {}, "published": {}, "config": {}}
         for topic, payload in got.items():
             _, _, mac, kind = topic.split("/")
             out[kind][mac] = payload
         return out
 
-    def served(self, published: dict[str, str]) -> dict[str, str]:
-        """file URL -> what the fileserver answered (status and sha256 of the body)."""
-        urls = [f["url"] for p in published.values() for f in json.loads(p)["files"]]
+    def served(self, state: dict[str, dict[str, str]]) -> dict[str, str]:
+        """file URL -> what the fileserver answered (status and sha256 of the body), fetched as
+        the provisioned phones fetch: the credentialed URL with the device's own credential
+        (their bootstrap URLs closed when they were provisioned)."""
+        urls = [[credentialed_url(f["url"]), mac, json.loads(state["config"][mac])["auth"]["password"]]
+                for mac, p in state["published"].items() for f in json.loads(p)["files"]]
         return self.probe("fetch", {"urls": urls})
+
+    def rearm(self, macs: list[str]) -> None:
+        env = self.env
+        pbx = f"mqtt://pbx:{env['MQTT_PASSWORD_PBX']}@{env['MQTT_BIND']}:{env['MQTT_PORT']}"
+        argv = self.engine.in_netns(*PNP, "assign", "--mqtt-url", pbx, "--wait", "60",
+                                    *[a for mac in macs for a in ("--rearm", mac)])
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 0, result.stdout + result.stderr
 
     def phones(self, *extra: str) -> str:
         env = self.env
@@ -227,14 +243,14 @@ def test_an_operators_day(engine, tmp_path):
         before = site.state()
         assert len(before["assignment"]) == PHONES and set(before["files"]) == set(before["assignment"])
         assert set(before["published"]) == set(before["files"])
-        files = site.served(before["published"])
+        files = site.served(before)
         assert files and all(v.startswith("200 ") for v in files.values()), files
 
         def still_provisioned(step: str) -> None:
             now = site.state()
             assert now["assignment"] == before["assignment"], f"{step}: assignments changed"
             assert set(now["files"]) == set(before["files"]), f"{step}: files changed"
-            assert site.served(now["published"]) == files, f"{step}: files served differ"
+            assert site.served(now) == files, f"{step}: files served differ"
 
         # the operator's day
         t = time.monotonic()
@@ -281,7 +297,9 @@ def test_an_operators_day(engine, tmp_path):
             assert image != old_image, f"{name} still runs the old image after the upgrade"
         still_provisioned("upgrade")
 
-        # the same phones boot again (no new assignment): discovered, notified, provisioned
+        # the same phones, factory-reset, boot again: a provisioned device gets no Plug and Play
+        # until the PBX re-arms it (enrolment); then discovered, notified, provisioned
+        site.rearm(sorted(before["assignment"]))
         site.phones()
         findings = site.probe("acl", {"passwords": brokersetup.broker_users(site.env)})
         assert findings == [], "\n".join(findings)
