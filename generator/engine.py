@@ -148,6 +148,9 @@ class Engine:
         # at start in any order: the reseed must have given back the last ids first)
         self.pending: dict[tuple[str, str], str] = {}
         self.stats = Stats()
+        # a credential was made or replaced and is not yet known committed: the service commits
+        # before it publishes the config that carries it (take_unsaved_credentials)
+        self.unsaved_credentials = False
         # Before ready, inputs are only recorded: at startup the retained messages arrive in any
         # order, and rendering before the profiles are in would bump revisions twice.
         self.ready = False
@@ -303,8 +306,7 @@ class Engine:
             new = Credential(self.passwords(), None, id_, old.rotate if old else "")
         else:
             new = Credential(self.passwords(), old.password if old else None, old.rearm if old else "", id_)
-        self.credentials[mac] = new
-        self.store.put_credential(mac, new)
+        self._keep(mac, new)
         self.stats.commands += 1
         effects: list[Effect] = [Acted(mac, kind, id_)]
         if render:
@@ -315,15 +317,24 @@ class Engine:
         """A credential taken back from our retained config after the store was rebuilt: the
         phones hold it, so it must not change."""
         if mac not in self.credentials:
-            self.credentials[mac] = credential
-            self.store.put_credential(mac, credential)
+            self._keep(mac, credential)
 
     def _credential(self, mac: str) -> Credential:
         found = self.credentials.get(mac)
         if found is None:
-            found = self.credentials[mac] = Credential(self.passwords())
-            self.store.put_credential(mac, found)
+            found = Credential(self.passwords())
+            self._keep(mac, found)
         return found
+
+    def _keep(self, mac: str, credential: Credential) -> None:
+        self.credentials[mac] = credential
+        self.store.put_credential(mac, credential)
+        self.unsaved_credentials = True
+
+    def take_unsaved_credentials(self) -> bool:
+        """True once after a credential was made or replaced (see ``unsaved_credentials``)."""
+        unsaved, self.unsaved_credentials = self.unsaved_credentials, False
+        return unsaved
 
     def users_of(self, name: str) -> list[str]:
         return sorted(mac for mac, d in self.devices.items()

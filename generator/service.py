@@ -151,6 +151,12 @@ class GeneratorService:
     # --- effects ---
     def apply(self, effects: list[Effect]) -> None:
         bus = self.ctx.bus
+        if self.engine.take_unsaved_credentials():
+            # A config carrying a new HTTP credential leaves only after the credential is
+            # committed (WAL: it then survives kill -9): a phone may fetch that file at once, and
+            # a credential the store lost would be replaced by a new one after a restart, locking
+            # the phone out. Rare (a device's first rendering, rearm, rotate), so not batched.
+            self.engine.store.commit()
         for effect in effects:
             if isinstance(effect, Publish):
                 topic, payload = self.topics.device(effect.mac, "config"), effect.config.to_json()

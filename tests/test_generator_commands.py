@@ -127,3 +127,29 @@ class GeneratorCommandsTest(BrokerCase):
         yield eventually(lambda: rt.ctx.counters["commands_refused"] == 5)
         self.assertEqual(self.configs()[-1].auth, rotated.auth)
         self.assertTrue(rt.bus.connected)
+
+
+class CredentialBeforeConfigTest(BrokerCase):
+    """A config that carries a new credential leaves only once the credential is committed: a
+    phone may fetch it at once, and a credential lost to a crash would be replaced by another."""
+
+    @defer.inlineCallbacks
+    def test_the_credential_is_on_disk_when_its_config_is_published(self) -> Any:
+        from generator import service as generator_service
+        self.patch(generator_service, "COMMIT_AFTER", 3600.0)  # the batched commit never comes
+        data_dir = Path(self.mktemp())
+        settings = make_settings(self.broker, data_dir, extra=generator_main.SETTINGS,
+                                 generator_settle="0.05", public_url=PUBLIC)
+        rt: Runtime = yield self.start_service("generator", settings, generator_main.start)
+        yield eventually(lambda: rt.component.engine.ready)
+        self.probe.publish(topic("assignment"), json.dumps(PRESTAGED), retain=True)
+        yield eventually(lambda: [p for p in self.probe.on(topic("config")) if p])
+        config = Config.from_json([p for p in self.probe.on(topic("config")) if p][-1])
+        assert config.auth is not None
+        import sqlite3
+        db = sqlite3.connect(str(next(data_dir.rglob("generator.db"))))
+        try:
+            rows = db.execute("SELECT password FROM credentials WHERE mac = ?", (MAC,)).fetchall()
+        finally:
+            db.close()
+        self.assertEqual(rows, [(config.auth.password,)])
