@@ -40,17 +40,24 @@ class Catalog:
         return f"{self.public_url}p/{self.token(mac)}/"
 
     def set(self, device: DeviceFiles) -> None:
-        self.remove(device.mac)
+        self._unindex(device.mac)
         self.devices[device.mac] = device
         self._tokens[self.token(device.mac)] = device.mac
         for name in device.files:
             self._names.setdefault(name, set()).add(device.mac)
 
     def remove(self, mac: str) -> DeviceFiles | None:
-        old = self.devices.pop(mac, None)
+        old = self._unindex(mac)
+        self.devices.pop(mac, None)
+        # after its token: the token is the epoch's, and a removed device's URL must not stay live
+        self.epochs.pop(mac, None)
+        return old
+
+    def _unindex(self, mac: str) -> DeviceFiles | None:
+        self._tokens.pop(self.token(mac), None)
+        old = self.devices.get(mac)
         if old is None:
             return None
-        self._tokens.pop(self.token(mac), None)
         for name in old.files:
             macs = self._names.get(name)
             if macs is not None:

@@ -423,7 +423,6 @@ class FileCore:
     def _remove(self, mac: str, away: bool = False) -> list[Effect]:
         effects: list[Effect] = []
         record = self.enrolments.remove(mac)
-        self.catalog.epochs.pop(mac, None)
         if record is not None:
             effects.append(SaveEnrolment(mac, None))
             if record.state == CONFLICT:

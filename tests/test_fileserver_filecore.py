@@ -93,6 +93,18 @@ def test_an_empty_config_removes_the_device_and_its_published():
     assert c.config(OTHER, None, None, True, NOW) == []
 
 
+def test_a_removed_device_s_url_stops_working_in_every_epoch():
+    c = core()
+    assigned(c, enrol=("a1", ""))
+    assigned(c, enrol=("a2", ""), revision=2)  # a changed assignment: epoch 2, a new URL
+    token = c.catalog.token(MAC)
+    assert c.catalog.epochs[MAC] == 2 and c.catalog.by_token(token) is not None
+    c.config(MAC, None, None, True, NOW)
+    assert c.catalog.by_token(token) is None and MAC not in c.catalog.epochs
+    assigned(c, enrol=("a3", ""), revision=3)  # assigned again: its new URL, not the old one
+    assert c.catalog.by_token(token) is None and c.catalog.by_token(c.catalog.token(MAC)) is not None
+
+
 def test_a_config_cleared_while_away_removes_the_device_after_the_replay():
     c = core()
     assigned(c)
