@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -146,7 +147,13 @@ LOOPBACK_MULTICAST = ["ip link set lo up", "ip link set lo multicast on",
 
 
 def loopback_multicast() -> None:
-    """Inside a fresh network namespace: lo up, with the multicast route on it."""
+    """Inside a fresh network namespace: lo up, with the multicast route on it. Refuses anywhere
+    else (an inner test run by hand with its flag set, as root, on the host's network): it would
+    move the host's multicast route (NETWORK-SAFETY.md)."""
+    names = [name for _, name in socket.if_nameindex()]
+    if names != ["lo"]:
+        raise RuntimeError(f"not in a network namespace of our own (interfaces {names}): "
+                           "the multicast route stays as it is")
     for command in LOOPBACK_MULTICAST:
         subprocess.run(command.split(), check=True)
 

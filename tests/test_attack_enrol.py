@@ -33,7 +33,7 @@ import pytest
 
 from services.broker import Mosquitto
 from services.sip.message import Request, Response, build_response, new_branch, parse
-from tests.support import Probe, rerun_in_network_namespace, wait_until
+from tests.support import Probe, loopback_multicast, rerun_in_network_namespace, wait_until
 from tools.simulate.fleet import plan
 from tools.simulate.phone import authorization
 from tools.simulate.staging import assignment
@@ -206,9 +206,7 @@ class Site:
     """A broker of the test's own and `pnp up` against it, with a probe that sees every topic."""
 
     def __init__(self, directory: Path) -> None:
-        for command in ("ip link set lo up", "ip link set lo multicast on",
-                        "ip route replace 224.0.0.0/4 dev lo"):
-            subprocess.run(command.split(), check=True)
+        loopback_multicast()
         self.directory = directory
         self.broker = Mosquitto(directory / "broker", port=1883, persistence=False).start()
         self.env = {**os.environ, "PNP_MQTT_URL": self.broker.url, "PNP_DATA_DIR": str(directory),
