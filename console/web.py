@@ -31,6 +31,7 @@ from console.users import DUMMY_HASH, User, verify_password
 from generator import schema
 from tools.assign import Item, Refused, read_csv, read_json, vet
 from tools.commands import Order, when
+from services.messages import HttpAuth
 from services.topics import is_mac
 
 log = Logger(namespace="console")
@@ -304,7 +305,7 @@ class Console(resource.Resource):
         config = self.table.payload(mac, "config")
         auth = config.get("auth") if isinstance(config, dict) else None
         if isinstance(auth, dict):
-            found |= {v for k, v in auth.items() if k in ("password", "previous") and isinstance(v, str) and v}
+            found |= {v for k, v in auth.items() if k in HttpAuth.SECRETS and isinstance(v, str) and v}
         return found
 
     def row_html(self, d: Any, admin: bool) -> str:

@@ -221,6 +221,9 @@ class HttpAuth(Payload):
     ``previous`` is the password before a routine rotation, accepted until the phone has fetched
     the file that carries the new one; None after a re-arm (the old one must die at once)."""
 
+    # the fields a display masks (pnp monitor, the console)
+    SECRETS: ClassVar[frozenset[str]] = frozenset({"password", "previous"})
+
     user: str  # the MAC
     password: str
     previous: str | None = None

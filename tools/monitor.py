@@ -24,14 +24,13 @@ from typing import Any, Callable, TextIO
 
 from services import settings as s
 from services.textsafe import json_safe, printable
-from services.messages import url_without_secret
+from services.messages import HttpAuth, url_without_secret
 from services.topics import DEVICE_KINDS, Topics
 from tools.commands import enrolment_words
 
 SETTINGS = [s.MQTT_URL, s.TOPIC_PREFIX]
 KINDS = DEVICE_KINDS + ("service", "profile")
 _SECRET_KEYS = {"password", "secret", "passwd", "pass", "http_password", "admin_password"}
-_AUTH_SECRETS = {"password", "previous"}  # of a config's auth: the device's HTTP credential
 
 
 def _now() -> str:
@@ -63,7 +62,7 @@ def redact(data: Any, kind: str | None = None) -> Any:
                 out[k] = "***"
             elif kind == "config" and k == "auth" and isinstance(v, dict):
                 # the device's HTTP credential: the current password and the previous one
-                out[k] = {ak: "***" if ak in _AUTH_SECRETS and av is not None else av for ak, av in v.items()}
+                out[k] = {ak: "***" if ak in HttpAuth.SECRETS and av is not None else av for ak, av in v.items()}
             elif kind == "config" and k == "content":
                 out[k] = f"<{len(v) if isinstance(v, str) else '?'} chars>"
             elif kind == "published" and k == "url" and isinstance(v, str):
