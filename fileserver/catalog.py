@@ -7,7 +7,9 @@ epoch re-indexes it and the old URL stops working.
 
 from __future__ import annotations
 
-from services.messages import FileList, ListedFile, Published, PublishedFile
+from typing import Any
+
+from services.messages import FileList, ListedFile, Published, PublishedFile, encode_json
 from fileserver.files import DeviceFiles
 from fileserver.tokens import device_token
 
@@ -20,9 +22,20 @@ class Catalog:
         self.epochs: dict[str, int] = {}  # mac -> its enrolment epoch (0: none yet)
         self._tokens: dict[str, str] = {}  # token -> mac
         self._names: dict[str, set[str]] = {}  # file name -> macs
+        self._token_of: dict[str, tuple[int, str]] = {}  # mac -> (epoch, its token)
+        # the last published/files payload made per device, with what it was made from: the
+        # core asks for them on every config and enrolment move to compare with what the broker
+        # holds, and they change only with the device's files, epoch or enrolling
+        self._published: dict[str, tuple[DeviceFiles, int, bool, bytes]] = {}
+        self._file_lists: dict[str, tuple[DeviceFiles, bytes]] = {}
 
     def token(self, mac: str) -> str:
-        return device_token(self.secret, mac, self.epochs.get(mac, 0))
+        # an HMAC, asked for by every published payload and index move: made once per epoch
+        epoch = self.epochs.get(mac, 0)
+        cached = self._token_of.get(mac)
+        if cached is None or cached[0] != epoch:
+            cached = self._token_of[mac] = (epoch, device_token(self.secret, mac, epoch))
+        return cached[1]
 
     def set_epoch(self, mac: str, epoch: int) -> None:
         """The device's epoch moved: its URL with it."""
@@ -51,6 +64,9 @@ class Catalog:
         self.devices.pop(mac, None)
         # after its token: the token is the epoch's, and a removed device's URL must not stay live
         self.epochs.pop(mac, None)
+        self._token_of.pop(mac, None)
+        self._published.pop(mac, None)
+        self._file_lists.pop(mac, None)
         return old
 
     def _unindex(self, mac: str) -> DeviceFiles | None:
@@ -84,6 +100,26 @@ class Catalog:
                          mac=mac, vendor=device.vendor, enrolling=enrolling,
                          epoch=self.epochs.get(mac, 0))
 
+    def published_json(self, mac: str, enrolling: bool = True) -> bytes:
+        """``published(mac, enrolling).to_json()``, made once per files, epoch and enrolling."""
+        device, epoch = self.devices[mac], self.epochs.get(mac, 0)
+        cached = self._published.get(mac)
+        if cached is not None and cached[0] is device and cached[1] == epoch and cached[2] == enrolling:
+            return cached[3]
+        payload = _encode(self.published(mac, enrolling))
+        self._published[mac] = (device, epoch, enrolling, payload)
+        return payload
+
+    def files_json(self, mac: str) -> bytes:
+        """``files(mac).to_json()``, made once per files."""
+        device = self.devices[mac]
+        cached = self._file_lists.get(mac)
+        if cached is not None and cached[0] is device:
+            return cached[1]
+        payload = _encode(self.files(mac))
+        self._file_lists[mac] = (device, payload)
+        return payload
+
     def files(self, mac: str) -> FileList:
         """What ``devices/{mac}/files`` says: every file's name, sha256 and size (no URL)."""
         device = self.devices[mac]
@@ -94,3 +130,11 @@ class Catalog:
     @property
     def file_count(self) -> int:
         return sum(len(d.files) for d in self.devices.values())
+
+
+def _encode(payload: Published | FileList) -> bytes:
+    """``payload.to_json()`` without dataclasses.asdict's deep copy (half its cost): the same
+    bytes, as the payload's one list holds flat payloads whose fields are plain values."""
+    data: dict[str, Any] = {**vars(payload), "v": payload.v}
+    data["files"] = [vars(f) for f in payload.files]
+    return encode_json(data)

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from services.messages import Config, PayloadError, decode_json
@@ -76,10 +77,11 @@ class DeviceFiles:
     previous: str | None = None  # the one before a rotation, accepted for a while
     enrol: Key | None = None  # the config's enrol: which epoch it belongs to
 
-    @property
+    @cached_property
     def main(self) -> ServedFile | None:
         """The file that makes the phone: the one the NOTIFY names, else the one named after the
-        MAC (cfg{mac}.xml, {mac}.cfg), else the only one."""
+        MAC (cfg{mac}.xml, {mac}.cfg), else the only one. Found once: a device's files never
+        change (a new config is a new DeviceFiles), and every download and config asks."""
         named = self.files.get(self.notify_path.rpartition("/")[2])
         if named is not None:
             return named

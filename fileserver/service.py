@@ -72,7 +72,7 @@ class FileService:
         for mac in catalog.devices:
             # what the last run left retained, as far as we know: the keeper checks it
             self.keeper.put(self.topics.device(mac, "published"), self.core.published_payload(mac))
-            self.keeper.put(self.topics.device(mac, "files"), catalog.files(mac).to_json())
+            self.keeper.put(self.topics.device(mac, "files"), catalog.files_json(mac))
         log.info("serving {devices} devices ({files} files) from the store",
                  devices=len(catalog.devices), files=catalog.file_count)
         bus = self.ctx.bus

@@ -162,3 +162,41 @@ def test_downloads_served_by_another_instance_count_and_our_own_do_not():
     assert kinds(c.fetched_elsewhere(MAC, {**event, "server": "fs2"}, NOW)) == [SaveFetch]
     assert kinds(c.fetched_elsewhere(MAC, {**event, "status": 304, "server": "fs2"}, NOW)) == [SaveFetch]
     assert c.provisioned_devices() == 1
+
+
+def test_announced_payloads_are_the_contracts_bytes_through_every_move():
+    # published, files and enrolment are made without the dataclasses' to_json (and cached):
+    # byte for byte what to_json gives, and never a stale one after the epoch or state moved
+    from fileserver.core import enrolment_payload, iso
+    from services.messages import Enrolment
+
+    c = core()
+    data = config(enrol=("a1", ""), password="pw")
+    data["files"].append({**data["files"][0], "name": "common.cfg"})
+    effects = c.config(MAC, data, None, False, NOW)
+    c.discovered(MAC, "10.0.0.7", NOW + 1)
+    effects += c.discovered(MAC, "10.0.0.8", NOW + 2)  # a conflict: addresses in the payload
+    effects += c.config(MAC, config(enrol=("a1", "r1"), password="pw"), None, False, NOW + 3)
+    device = c.catalog.devices[MAC]
+    effects += c.served(device, device.main, 200, "10.0.0.7", "ua", AT, NOW + 4, auth="device")
+    said = [e for e in effects if isinstance(e, Announce) and e.payload]
+    assert {e.kind for e in said} == {"published", "files", "enrolment"}
+    published = [e.payload for e in said if e.kind == "published"]
+    # enrolling, and after the credentialed download not: each the catalog's to_json of its time
+    assert [json.loads(p)["enrolling"] for p in published][-1] is False
+    assert published[-1] == c.catalog.published(MAC, False).to_json()
+    assert [e.payload for e in said if e.kind == "files"][-1] == c.catalog.files(MAC).to_json()
+    assert len({json.loads(p)["url"] for p in published}) == 2  # the re-arm's new epoch, new URL
+    states = []
+    for e in [e for e in said if e.kind == "enrolment"]:
+        got = json.loads(e.payload)
+        states.append(got["state"])
+        record = Enrolment.from_json(e.payload)
+        assert e.payload == record.to_json()
+    assert states == ["enrolling", "conflict", "enrolling", "provisioned"]
+    record = c.enrolments.get(MAC)
+    assert enrolment_payload(record) == Enrolment(
+        state=record.state, epoch=record.epoch, since=iso(record.since), until=iso(record.until),
+        bound=record.bound, candidate=record.candidate, addresses=[], reason=record.reason,
+        mac=MAC, at=iso(record.at)).to_json()
+    assert iso(NOW + 0.25) == "2027-01-15T08:00:00.250Z"
