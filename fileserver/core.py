@@ -261,12 +261,23 @@ class FileCore:
             self.errored.add(mac)
             return [Refuse(mac, exc.code, str(exc), exc.field)]
         effects: list[Effect] = []
+        # the epoch first, then the files: a first config indexes its device under its epoch's
+        # token at once, not under epoch 0's first (each token is an HMAC)
+        changes = self.enrolments.config(mac, device.enrol, now)
+        self.catalog.set_epoch(mac, self.enrolments.epoch(mac))
         if self.catalog.devices.get(mac) != device:
             self.catalog.set(device)
             self.counters["configs_stored"] += 1
             effects.append(Save(device))
-        effects += self._changed(self.enrolments.config(mac, device.enrol, now))
+        effects += self._changed(changes)
         return effects + self._resolve(mac) + self._announce(mac)
+
+    def watches(self, mac: str) -> bool:
+        """Whether a discovery of ``mac`` can move anything: only an enrolling device's (a
+        candidate, a conflict, or the window found passed). Any other discovery, most of a
+        storm's (first boots, provisioned phones booting again), is not even parsed."""
+        record = self.enrolments.get(mac)
+        return record is not None and record.state == ENROLLING
 
     def discovered(self, mac: str, ip: str, now: float) -> list[Effect]:
         """A discovery (a retained one replayed included) of ``mac`` from ``ip``."""

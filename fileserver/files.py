@@ -22,6 +22,7 @@ from fileserver.paths import is_file_name
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;\s*[A-Za-z0-9_.+-]+=[A-Za-z0-9_.+\"-]+)*")
 _NOTIFY_PATH = re.compile(r"[A-Za-z0-9._~{}$%=&?/-]*")
 MAX_FILE = 16 * 1024 * 1024
+_UNQUOTABLE = re.compile(r'[\x00-\x1f"]')
 
 
 class Rejected(ValueError):
@@ -152,7 +153,7 @@ def _secret(value: Any, where: str, nullable: bool) -> str | None:
     if value is None and nullable:
         return None
     # it goes into a Digest computation and a quoted string: text without control characters
-    if not isinstance(value, str) or not value or any(ord(c) < 32 or c == '"' for c in value):
+    if not isinstance(value, str) or not value or _UNQUOTABLE.search(value):
         raise Rejected("payload", f"{where} must be a non-empty string without control characters "
                        "or quotes" + (" (or null)" if nullable else ""), where)
     return value

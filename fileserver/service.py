@@ -148,9 +148,14 @@ class FileService:
 
     def on_discovered(self, msg: Incoming) -> None:
         mac = self._mac(msg)
-        ip = msg.data.get("ip") if mac is not None and isinstance(msg.data, dict) else None
-        if mac is None or msg.empty or not isinstance(ip, str) or not ip or len(ip) > 64:
-            return  # a discovery that expired or was cleared says nothing about who claims it
+        if mac is None or msg.empty or not self.core.watches(mac):
+            # a discovery that expired or was cleared says nothing about who claims it; one of
+            # a device that is not enrolling moves nothing (its JSON is not parsed)
+            return
+        data = msg.data
+        ip = data.get("ip") if isinstance(data, dict) else None
+        if not isinstance(ip, str) or not ip or len(ip) > 64:
+            return
         self.apply(self.core.discovered(mac, ip, self.now()))
 
     # --- what the HTTP side reports ---

@@ -200,3 +200,17 @@ def test_announced_payloads_are_the_contracts_bytes_through_every_move():
         bound=record.bound, candidate=record.candidate, addresses=[], reason=record.reason,
         mac=MAC, at=iso(record.at)).to_json()
     assert iso(NOW + 0.25) == "2027-01-15T08:00:00.250Z"
+
+
+def test_only_an_enrolling_devices_discovery_is_looked_at():
+    # the service parses a discovery only when the core watches its MAC: an enrolling device,
+    # its window passed or not (the discovery is what finds it expired), never another
+    c = core()
+    assert not c.watches(MAC)  # no config yet: a first boot's discovery
+    c.config(MAC, config(enrol=("a1", "")), None, False, NOW)
+    assert c.watches(MAC)
+    late = NOW + 3 * 86400 + 1
+    assert c.watches(MAC)  # past its window, still enrolling until something looks
+    assert [e.record.state for e in c.discovered(MAC, "10.0.0.7", late)
+            if isinstance(e, SaveEnrolment)] == ["expired"]
+    assert not c.watches(MAC)
