@@ -75,7 +75,7 @@ def start(ctx: Context) -> Fileserver:
 
     def serve() -> Any:
         port = listen(ctx.reactor, make_site(root, cfg.http_head_timeout), cfg.http_port,
-                      cfg.http_bind, cfg.tls_cert, cfg.tls_key)
+                      cfg.http_bind, cfg.tls_cert, cfg.tls_key, cfg.http_backlog)
         scheme = "https" if cfg.tls_cert else "http"
         log.info("serving {scheme} on {bind}:{port}; phones are told {url}", scheme=scheme,
                  bind=cfg.http_bind, port=port.getHost().port, url=cfg.public_url)

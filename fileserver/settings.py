@@ -126,9 +126,18 @@ HTTP_HEAD_TIMEOUT = s.Setting(
     "handshake included) before it is closed",
     s.parse_positive_float, "a number of seconds > 0", 10.0,
 )
+# Twisted's default backlog of 50 overflows when a boot storm's phones all fetch at once: the
+# kernel then drops their SYNs and each phone waits a second or more for a retransmission.
+HTTP_BACKLOG = s.Setting(
+    "http_backlog", "PNP_HTTP_BACKLOG",
+    "connections the kernel may queue for the fileserver before it accepts them (its listen "
+    "backlog); the kernel caps it at net.core.somaxconn",
+    s.parse_whole(1, 65535), "a whole number from 1 to 65535", 4096,
+)
 
 SETTINGS = [s.HTTP_PORT, s.PUBLIC_URL, s.SIP_INTERFACE, FILE_SECRET, HTTP_BIND, TLS_CERT, TLS_KEY, HTTP_AUTH, HTTP_USER, HTTP_PASSWORD, PLAIN_PATHS,
-       PIN_IP, ENROL_WINDOW, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES, HTTP_HEAD_TIMEOUT]
+       PIN_IP, ENROL_WINDOW, NOT_FOUND_LIMIT, NOT_FOUND_WINDOW, BAN_SECONDS, TRUSTED_PROXIES, HTTP_HEAD_TIMEOUT,
+       HTTP_BACKLOG]
 
 
 def check_tls_pair(values: s.Settings) -> None:

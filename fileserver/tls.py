@@ -55,15 +55,11 @@ def check_tls(values: s.Settings) -> None:
             raise s.SettingError(fs.TLS_CERT, str(values.tls_cert), str(exc)) from None
 
 
-# Twisted's default backlog of 50 overflows when a boot storm's phones all fetch at once: the
-# kernel then drops their SYNs and each phone waits seconds for a retransmission. The kernel
-# caps it at net.core.somaxconn.
-BACKLOG = 4096
-
-
 def listen(reactor: Any, site: Any, port: int, interface: str,
-           cert: Path | None = None, key: Path | None = None) -> Any:
+           cert: Path | None = None, key: Path | None = None,
+           backlog: int = fs.HTTP_BACKLOG.default) -> Any:
+    """The port phones connect to; ``backlog`` is PNP_HTTP_BACKLOG (Twisted's 50 overflows)."""
     if cert is not None and key is not None:
-        return reactor.listenSSL(port, site, context_factory(cert, key), backlog=BACKLOG,
+        return reactor.listenSSL(port, site, context_factory(cert, key), backlog=backlog,
                                  interface=interface)
-    return reactor.listenTCP(port, site, backlog=BACKLOG, interface=interface)
+    return reactor.listenTCP(port, site, backlog=backlog, interface=interface)
