@@ -165,59 +165,80 @@ class FileService:
 
     # --- effects ---
     def apply(self, effects: list[Effect]) -> None:
-        bus, store = self.ctx.bus, self.store
+        # in the order the core gave them (it orders them: published before files, a save
+        # before what announces it); one look-up per effect, not a chain of isinstance tests
+        handlers = self._handlers
         for effect in effects:
-            if isinstance(effect, Announce):
-                topic = self.topics.device(effect.mac, effect.kind)
-                bus.publish(topic, effect.payload, retain=True)
-                self.keeper.put(topic, effect.payload)
-            elif isinstance(effect, Report):
-                # once per download: without to_json()'s deep copy
-                bus.publish(self.topics.device(effect.mac, "fetched"), encode_flat(effect.fetched),
-                            retain=True)
-            elif isinstance(effect, SaveRetired):
-                store.set_retired(effect.mac, effect.digest)
-            elif isinstance(effect, SaveFetch):
-                store.set_fetch_state(effect.mac, effect.name, effect.served, effect.provisioned_sha)
-                if effect.provisioned:
-                    self._log_provisioned(partial(
-                        log.info, "{mac}: provisioned ({name} sha256 {sha} fetched again)",
-                        mac=effect.mac, name=effect.name, sha=effect.provisioned_sha[:12]))
-            elif isinstance(effect, Save):
-                store.put(effect.device)
-                self._log_stored(partial(
-                    log.info, "{mac}: stored revision {revision} ({n} files)",
-                    mac=effect.device.mac, revision=effect.device.revision,
-                    n=len(effect.device.files)))
-            elif isinstance(effect, Remove):
-                if effect.away:
-                    log.info("{mac}: its config was cleared while we were away", mac=effect.mac)
-                store.remove(effect.mac)
-                log.info("{mac}: unassigned; its files are no longer served", mac=effect.mac)
-            elif isinstance(effect, Refuse):
-                log.warn("{mac}: config refused, the last good files stay served: {why}",
-                         mac=effect.mac, why=effect.message)
-                self.ctx.publish_error(effect.mac, effect.code, effect.message, effect.field)
-                store.set_errored(effect.mac, True)
-            elif isinstance(effect, Resolve):
-                store.set_errored(effect.mac, False)
-                self.ctx.clear_error(effect.mac)
-            elif isinstance(effect, SaveEnrolment):
-                # not logged: the retained enrolment topic says it, and a boot storm moves many
-                store.set_enrolment(effect.mac, effect.record)
-            elif isinstance(effect, Conflict):
-                log.warn("{mac}: enrolment conflict: {why}", mac=effect.mac, why=effect.message)
-                report = ErrorReport(service=self.ctx.name, code="conflict", message=effect.message,
-                                     at=now_iso()).to_dict()
-                report["addresses"] = list(effect.addresses)
-                self.ctx.bus.publish(self.topics.device(effect.mac, "error"), encode_json(report),
-                                     retain=True)
-            elif isinstance(effect, Missing):
-                macs = effect.macs
-                sample = ", ".join(macs[:5]) + (", ..." if len(macs) > 5 else "")
-                log.warn("the broker lost the config of {count} stored devices ({sample}): still "
-                         "served; only an empty config payload removes a device", count=len(macs),
-                         sample=sample)
+            handlers[type(effect)](self, effect)
+
+    def _announce(self, effect: Announce) -> None:
+        topic = self.topics.device(effect.mac, effect.kind)
+        self.ctx.bus.publish(topic, effect.payload, retain=True)
+        self.keeper.put(topic, effect.payload)
+
+    def _report(self, effect: Report) -> None:
+        # once per download: without to_json()'s deep copy
+        self.ctx.bus.publish(self.topics.device(effect.mac, "fetched"), encode_flat(effect.fetched),
+                             retain=True)
+
+    def _save_retired(self, effect: SaveRetired) -> None:
+        self.store.set_retired(effect.mac, effect.digest)
+
+    def _save_fetch(self, effect: SaveFetch) -> None:
+        self.store.set_fetch_state(effect.mac, effect.name, effect.served, effect.provisioned_sha)
+        if effect.provisioned:
+            self._log_provisioned(partial(
+                log.info, "{mac}: provisioned ({name} sha256 {sha} fetched again)",
+                mac=effect.mac, name=effect.name, sha=effect.provisioned_sha[:12]))
+
+    def _save(self, effect: Save) -> None:
+        self.store.put(effect.device)
+        self._log_stored(partial(
+            log.info, "{mac}: stored revision {revision} ({n} files)",
+            mac=effect.device.mac, revision=effect.device.revision,
+            n=len(effect.device.files)))
+
+    def _remove(self, effect: Remove) -> None:
+        if effect.away:
+            log.info("{mac}: its config was cleared while we were away", mac=effect.mac)
+        self.store.remove(effect.mac)
+        log.info("{mac}: unassigned; its files are no longer served", mac=effect.mac)
+
+    def _refuse(self, effect: Refuse) -> None:
+        log.warn("{mac}: config refused, the last good files stay served: {why}",
+                 mac=effect.mac, why=effect.message)
+        self.ctx.publish_error(effect.mac, effect.code, effect.message, effect.field)
+        self.store.set_errored(effect.mac, True)
+
+    def _resolve(self, effect: Resolve) -> None:
+        self.store.set_errored(effect.mac, False)
+        self.ctx.clear_error(effect.mac)
+
+    def _save_enrolment(self, effect: SaveEnrolment) -> None:
+        # not logged: the retained enrolment topic says it, and a boot storm moves many
+        self.store.set_enrolment(effect.mac, effect.record)
+
+    def _conflict(self, effect: Conflict) -> None:
+        log.warn("{mac}: enrolment conflict: {why}", mac=effect.mac, why=effect.message)
+        report = ErrorReport(service=self.ctx.name, code="conflict", message=effect.message,
+                             at=now_iso()).to_dict()
+        report["addresses"] = list(effect.addresses)
+        self.ctx.bus.publish(self.topics.device(effect.mac, "error"), encode_json(report),
+                             retain=True)
+
+    def _missing(self, effect: Missing) -> None:
+        macs = effect.macs
+        sample = ", ".join(macs[:5]) + (", ..." if len(macs) > 5 else "")
+        log.warn("the broker lost the config of {count} stored devices ({sample}): still "
+                 "served; only an empty config payload removes a device", count=len(macs),
+                 sample=sample)
+
+    # every kind of Effect (fileserver.core) and what carries it out
+    _handlers: dict[type, Callable[["FileService", Any], None]] = {
+        Announce: _announce, Report: _report, SaveRetired: _save_retired, SaveFetch: _save_fetch,
+        Save: _save, Remove: _remove, Refuse: _refuse, Resolve: _resolve,
+        SaveEnrolment: _save_enrolment, Conflict: _conflict, Missing: _missing,
+    }
 
     # --- numbers ---
     def gauges(self) -> dict[str, tuple[str, float]]:

@@ -214,3 +214,13 @@ def test_only_an_enrolling_devices_discovery_is_looked_at():
     assert [e.record.state for e in c.discovered(MAC, "10.0.0.7", late)
             if isinstance(e, SaveEnrolment)] == ["expired"]
     assert not c.watches(MAC)
+
+
+def test_the_service_carries_out_every_kind_of_effect():
+    # the glue dispatches on the effect's type: a kind the core gains must get a handler
+    import typing
+
+    from fileserver.core import Effect
+    from fileserver.service import FileService
+
+    assert set(FileService._handlers) == set(typing.get_args(Effect))
