@@ -3,7 +3,7 @@ with a bus that only records what is published (no broker, no sockets), a real s
 in a temp dir, committed once per batch of phones, as the reactor does per turn) and the real
 keeper.
 
-    .venv/bin/python bench/fileserver_phone.py [--phones 2000] [--repeat 5]
+    .venv/bin/python bench/fileserver_phone.py [--phones 2000] [--repeat 5] [--http]
 
 Each row is microseconds of CPU (time.process_time) per phone, best of --repeat runs, each run
 on fresh MACs:
@@ -17,12 +17,20 @@ on fresh MACs:
 - ``echo of published+files+enrolment``: our own retained messages coming back;
 - ``download, bootstrap 200`` and ``download, credentialed 200``: what the MQTT side does for a
   download the HTTP side answered (``fetched``, enrolment moves), not the HTTP work.
+
+``--http`` replaces the download rows with a phone's three requests whole, each on a new
+in-memory connection through the real site and channel (no socket, no reactor, no kernel:
+what the fileserver's Python costs per request): the bootstrap download, the credentialed
+URL's 401 challenge and the credentialed download with a valid Digest, beside a bare
+twisted.web leaf (bench/fileserver_bare.py) through the same connection. bench/fileserver_bench.py
+measures the same over real sockets (it needs wrk).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import tempfile
 import time
@@ -32,15 +40,22 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
+from twisted.web import server  # noqa: E402
+
+from bench.fileserver_bare import Bare  # noqa: E402
 from fileserver.abuse import NotFoundLimiter  # noqa: E402
 from fileserver.catalog import Catalog  # noqa: E402
 from fileserver.core import FileCore  # noqa: E402
 from fileserver.enrolment import Enrolments  # noqa: E402
 from fileserver.metrics import Metrics  # noqa: E402
+from fileserver.gate import Gate  # noqa: E402
 from fileserver.provision import ProvisionTracker  # noqa: E402
+from fileserver.resource import FileResource, Policy, make_site  # noqa: E402
 from fileserver.service import FileService  # noqa: E402
 from fileserver.store import Store  # noqa: E402
 from services.messages import encode_json  # noqa: E402
@@ -50,6 +65,7 @@ from services import settings as s  # noqa: E402
 from services.topics import Topics  # noqa: E402
 
 T0 = 1_800_000_000.0
+UA = "Grandstream Model HW GRP2614 SW 1.0.0.31"
 BATCH = 64  # phones per commit, about a read batch's worth
 
 
@@ -95,6 +111,16 @@ def discovered(mac: str, ip: str) -> bytes:
                         "user_agent": "Grandstream GRP2614 1.0.0.31", "boot": "x" * 16})
 
 
+def digest(challenge: bytes, mac: str, password: str, uri: str) -> str:
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge.decode()))
+    md5 = lambda text: hashlib.md5(text.encode()).hexdigest()  # noqa: E731
+    ha1, ha2 = md5(f"{mac}:{fields['realm']}:{password}"), md5(f"GET:{uri}")
+    response = md5(f"{ha1}:{fields['nonce']}:00000001:0a4f113b:auth:{ha2}")
+    return (f'Digest username="{mac}", realm="{fields["realm"]}", nonce="{fields["nonce"]}", '
+            f'uri="{uri}", response="{response}", opaque="{fields["opaque"]}", qop=auth, '
+            f'nc=00000001, cnonce="0a4f113b", algorithm=MD5')
+
+
 class Rig:
     def __init__(self, directory: Path) -> None:
         self.clock = Clock()
@@ -110,6 +136,23 @@ class Rig:
         self.service = FileService(self.ctx, self.core, self.store, NotFoundLimiter(20, 60, 300),
                                    Metrics()).start()
         self.topics = self.ctx.topics
+        gate = Gate(self.core.enrolments, self.core.tracker, True)
+        self.root = FileResource(self.core.catalog, Policy(gate=gate), self.service.limiter,
+                                 self.service.metrics, self.service.fetched, self.clock,
+                                 self.service.health, self.service.gauges)
+        self.site = make_site(self.root)
+
+    def get(self, path: str, ip: str, authorization: str = "", site: Any = None) -> bytes:
+        """One request on a new connection (phones close theirs), through the real channel."""
+        channel = (site or self.site).buildProtocol(IPv4Address("TCP", ip, 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", ip, 40000))
+        channel.makeConnection(transport)
+        head = f"GET {path} HTTP/1.1\r\nHost: files.example\r\nUser-Agent: {UA}\r\n"
+        if authorization:
+            head += f"Authorization: {authorization}\r\n"
+        channel.dataReceived((head + "Connection: close\r\n\r\n").encode())
+        channel.connectionLost(None)
+        return transport.value()
 
     def deliver(self, mac: str, kind: str, raw: bytes) -> None:
         self.bus.handlers[self.topics.devices(kind)](
@@ -134,7 +177,7 @@ def per_phone(label: str, rig: Rig, phones: list[str], step: Callable[[str], Any
     results.setdefault(label, []).append((time.process_time() - t) / len(phones) * 1e6)
 
 
-def run(n: int, start: int, results: dict[str, list[float]]) -> None:
+def run(n: int, start: int, results: dict[str, list[float]], http: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rig = Rig(Path(tmp))
         phones = macs(start, n)
@@ -155,7 +198,7 @@ def run(n: int, start: int, results: dict[str, list[float]]) -> None:
         for topic, payload in echoes:
             info = rig.topics.parse(topic)
             assert info is not None
-            rig.bus.handlers[rig.topics.devices(info.kind)](Incoming(topic, payload, False))
+            rig.bus.handlers[rig.topics.devices(info.kind or "")](Incoming(topic, payload, False))
         results.setdefault("echo of our published+files+enrolment", []).append(
             (time.process_time() - t) / n * 1e6)
         sent = len(rig.bus.sent)
@@ -163,25 +206,70 @@ def run(n: int, start: int, results: dict[str, list[float]]) -> None:
                   lambda mac: rig.deliver(mac, "discovered", disc[mac]), results)
         per_phone("discovered, again (same address, nothing changes)", rig, phones,
                   lambda mac: rig.deliver(mac, "discovered", disc[mac]), results)
+        if http:
+            run_http(rig, phones, ip, results)
+            rig.service.stop()
+            rig.store.close()
+            return
         devices = rig.core.catalog.devices
+        main = {mac: devices[mac].files[f"cfg{mac}.xml"] for mac in phones}
         per_phone("download, bootstrap 200 (MQTT side only)", rig, phones,
-                  lambda mac: rig.service.fetched(devices[mac], devices[mac].main, 200, ip[mac],
+                  lambda mac: rig.service.fetched(devices[mac], main[mac], 200, ip[mac],
                                                   "ua", "bootstrap"), results)
         per_phone("download, credentialed 200 (MQTT side only)", rig, phones,
-                  lambda mac: rig.service.fetched(devices[mac], devices[mac].main, 200, ip[mac],
+                  lambda mac: rig.service.fetched(devices[mac], main[mac], 200, ip[mac],
                                                   "ua", "device"), results)
         rig.service.stop()
         rig.store.close()
+
+
+def run_http(rig: Rig, phones: list[str], ip: dict[str, str],
+             results: dict[str, list[float]]) -> None:
+    """A phone's three requests after its NOTIFY: the bootstrap download, the credentialed
+    URL's 401 challenge, the credentialed download; each on a new connection, whole (channel,
+    resource, checks, and the MQTT side's fetched and enrolment moves)."""
+    catalog = rig.core.catalog
+    challenges: dict[str, bytes] = {}
+
+    def bootstrap(mac: str) -> None:
+        out = rig.get(f"/p/{catalog.token(mac)}/cfg{mac}.xml", ip[mac])
+        assert out.startswith(b"HTTP/1.1 200"), out[:200]
+
+    def challenge(mac: str) -> None:
+        out = rig.get(f"/c/cfg{mac}.xml", ip[mac])
+        assert out.startswith(b"HTTP/1.1 401"), out[:200]
+        challenges[mac] = out.partition(b"WWW-Authenticate: ")[2].partition(b"\r\n")[0]
+
+    answers: dict[str, str] = {}
+
+    def credentialed(mac: str) -> None:
+        out = rig.get(f"/c/cfg{mac}.xml", ip[mac], answers[mac])
+        assert out.startswith(b"HTTP/1.1 200"), out[:200]
+
+    # the reference: the same bytes from a bare twisted.web leaf on a plain Site, through the
+    # same in-memory connection (what Twisted alone costs per download)
+    bare_site = server.Site(Bare(catalog.devices[phones[0]].files[f"cfg{phones[0]}.xml"].body))
+    bare_site.noisy = False
+    bare_site.log = lambda request: None  # type: ignore[method-assign]
+    per_phone("HTTP: bare twisted.web 200 (reference, no access log)", rig, phones,
+              lambda mac: rig.get(f"/cfg{mac}.xml", ip[mac], site=bare_site), results)
+    per_phone("HTTP: bootstrap 200, whole", rig, phones, bootstrap, results)
+    per_phone("HTTP: credentialed 401 challenge, whole", rig, phones, challenge, results)
+    for mac in phones:  # the phone's work, not measured
+        answers[mac] = digest(challenges[mac], mac, f"pw-{mac}", f"/c/cfg{mac}.xml")
+    per_phone("HTTP: credentialed 200, whole", rig, phones, credentialed, results)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phones", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--http", action="store_true",
+                    help="the HTTP side instead: a phone's three requests through the real channel")
     args = ap.parse_args()
     results: dict[str, list[float]] = {}
     for r in range(args.repeat):
-        run(args.phones, r * args.phones, results)
+        run(args.phones, r * args.phones, results, args.http)
     print(f"CPU per phone, microseconds: best (median) of {args.repeat} runs of {args.phones} phones")
     for label, values in results.items():
         values.sort()
