@@ -17,6 +17,7 @@ whether it works changed.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -128,20 +129,30 @@ Effect = (Save | Remove | Announce | Refuse | Resolve | SaveFetch | SaveRetired 
 BOOTSTRAP, DEVICE = "bootstrap", "device"  # the two kinds of URL a file is served on
 
 
-_ISO: dict[float, str] = {}
+_SECONDS: dict[int, str] = {}
 
 
 def iso(t: float) -> str:
-    # An enrolment message carries three dates and two of them (since, until) stay the same for
-    # the record's whole epoch: each is formatted once. The cache is emptied rather than
-    # trimmed when it fills: what it drops is formatted again on its next use, nothing more.
-    text = _ISO.get(t)
+    """``t`` as the contract writes dates: what ``datetime.fromtimestamp(t, timezone.utc)
+    .isoformat(timespec="milliseconds")`` gives, with ``Z``.
+
+    An enrolment message carries three dates, a boot storm's moves a few thousand a second: the
+    date and time of day are formatted once per second they name (the cache is emptied, not
+    trimmed, when it fills), only the milliseconds each time. They are cut from the time rounded
+    to the microsecond as datetime rounds it (half to even), so the text is datetime's own."""
+    fraction, whole = math.modf(t)
+    second, micro = int(whole), round(fraction * 1e6)
+    if micro < 0:  # before 1970: modf's parts carry the sign, datetime's microseconds do not
+        second, micro = second - 1, micro + 1_000_000
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    text = _SECONDS.get(second)
     if text is None:
-        if len(_ISO) >= 4096:
-            _ISO.clear()
-        text = _ISO[t] = datetime.fromtimestamp(t, timezone.utc).isoformat(
-            timespec="milliseconds").replace("+00:00", "Z")
-    return text
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        text = _SECONDS[second] = datetime.fromtimestamp(second, timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{micro // 1000:03d}Z"
 
 
 def conflict(record: Record) -> Conflict:

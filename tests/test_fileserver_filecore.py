@@ -224,3 +224,18 @@ def test_the_service_carries_out_every_kind_of_effect():
     from fileserver.service import FileService
 
     assert set(FileService._handlers) == set(typing.get_args(Effect))
+
+
+def test_enrolment_dates_are_datetimes_own_text():
+    # iso() formats each second once and cuts the milliseconds itself: the text must still be
+    # datetime's, at the edges of a millisecond and a second (rounding to the microsecond)
+    import random
+    from datetime import datetime, timezone
+
+    from fileserver.core import iso
+
+    edges = [NOW + f for f in (0.0, 0.0005, 0.0009995, 0.9995, 0.9999994, 0.9999995, 0.9999996)]
+    rng = random.Random(15)
+    for t in edges + [-1.5, 0.0] + [rng.uniform(0, 4e9) for _ in range(20000)]:
+        assert iso(t) == datetime.fromtimestamp(t, timezone.utc).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z"), t
