@@ -55,6 +55,9 @@ class Catalog:
     def set(self, device: DeviceFiles) -> None:
         self._unindex(device.mac)
         self.devices[device.mac] = device
+        # payloads of the files replaced would keep their bodies alive until next asked for
+        self._published.pop(device.mac, None)
+        self._file_lists.pop(device.mac, None)
         self._tokens[self.token(device.mac)] = device.mac
         for name in device.files:
             self._names.setdefault(name, set()).add(device.mac)
