@@ -30,6 +30,8 @@ from twisted.web import http, server
 LINGER = 2.0
 
 _ALLOWED = (b"GET", b"HEAD")
+# read once: twisted.web.http is a deprecation proxy, each attribute read through it a call
+_REASONS, _NO_BODY_CODES = http.RESPONSES, http.NO_BODY_CODES
 _PLAIN = b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\nServer: pnp\r\n"
 
 
@@ -185,7 +187,7 @@ class FileRequest(server.Request):
         if self.startedWriting or self._disconnected or self.cookies or self.etag is not None \
                 or self.lastModified is not None:
             return False
-        out = [self.clientproto, b" %d " % code, http.RESPONSES.get(code, b"Unknown Status"), b"\r\n"]
+        out = [self.clientproto, b" %d " % code, _REASONS.get(code, b"Unknown Status"), b"\r\n"]
         for name, values in self.responseHeaders.getAllRawHeaders():
             if name.lower() in _BLOCK:
                 return False
@@ -194,7 +196,7 @@ class FileRequest(server.Request):
         self.setResponseCode(code)
         self.startedWriting = 1
         out += (head, b"\r\n")
-        if body and self.method != b"HEAD" and code not in http.NO_BODY_CODES:
+        if body and self.method != b"HEAD" and code not in _NO_BODY_CODES:
             out.append(body)
             self.sentLength += len(body)
         self.channel.writeSequence(out)
