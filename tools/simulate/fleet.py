@@ -188,6 +188,7 @@ class Fleet:
         self._progress_call: Any = None
         self._finished = False
         self._linger_call: Any = None
+        self._http = http.Client(self.reactor, self.fetch_timeout, self.trust)
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -322,8 +323,7 @@ class Fleet:
                 self._act(phone, phone.http_response(response.status, response.headers, response.body,
                                                      self.now()))
 
-        http.get(self.reactor, action.url, action.headers, phone.ident.ip, self.fetch_timeout, done,
-                 self.trust)
+        self._http.get(action.url, action.headers, phone.ident.ip, done)
 
     # --- the end ---
     def _phone_done(self, phone: Phone) -> None:
@@ -368,6 +368,7 @@ class Fleet:
             if call is not None and call.active():
                 call.cancel()
         self._timers.clear()
+        self._http.close()
         if self.on_progress is not None:
             self.on_progress(self.progress())
         stops = [defer.maybeDeferred(port.stopListening) for port in self._ports.values()]

@@ -4,13 +4,19 @@ Phones open a new connection per download and the server closes it after the ans
 (``Connection: close``), so the whole response is what arrived before the close: the parser
 (:func:`parse_response`, sans-I/O) reads it once, with Content-Length, chunked or close-delimited
 framing. Far lighter than twisted.web's Agent, which matters when ten thousand phones share a
-CPU with the PBX they are measuring.
+CPU with the PBX they are measuring: plain HTTP goes over a bare non-blocking socket that the
+reactor watches directly (no Connector, transport or Protocol), and a :class:`Client`'s timeouts
+are swept a few times a second instead of each request arming and cancelling its own timer.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
 import functools
 import ipaddress
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 from urllib.parse import urlsplit
@@ -158,19 +164,196 @@ class _Factory(protocol.ClientFactory):
             self.failed(reason)
 
 
+SWEEP = 0.05  # seconds between timeout sweeps: a request times out at most this late
+
+
+def _reason(code: int) -> str:
+    if code == errno.ECONNREFUSED:
+        return "connection refused"
+    if code == errno.ETIMEDOUT:
+        return "connect timed out"
+    return os.strerror(code)
+
+
+class _Plain:
+    """One plain-HTTP GET on a non-blocking socket, as the reactor's own reader and writer:
+    connect, write the request, read until the server closes, parse."""
+
+    __slots__ = ("client", "sock", "fd", "request", "done", "buffer", "deadline", "finished", "connected")
+
+    def __init__(self, client: "Client", sock: socket.socket, request: bytes,
+                 done: Callable[[HttpResponse | None, str | None], None], deadline: float) -> None:
+        self.client = client
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.request = request
+        self.done = done
+        self.buffer = bytearray()
+        self.deadline = deadline
+        self.finished = False
+        self.connected = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "pnp-simulate-http"
+
+    def doWrite(self) -> None:
+        if not self.connected:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                return self._end(None, _reason(code))
+            self.connected = True
+        try:
+            sent = self.sock.send(self.request)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            return self._end(None, _reason(exc.errno or 0))
+        self.request = self.request[sent:]
+        if not self.request:
+            # Sent: from now on only the answer matters.
+            reactor = self.client.reactor
+            reactor.removeWriter(self)
+            reactor.addReader(self)
+        return None
+
+    def doRead(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                # A reset after the answer: what arrived is still the answer (or too short).
+                return self._closed()
+            if not chunk:
+                return self._closed()
+            self.buffer += chunk
+            if len(self.buffer) > MAX_RESPONSE:
+                return self._end(None, f"response larger than {MAX_RESPONSE} bytes")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """The reactor saw a hang-up (or one of our calls raised)."""
+        if self.finished:
+            return
+        if not self.connected:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            text = str(getattr(reason, "value", reason) or "connection lost").strip().splitlines()
+            self._end(None, _reason(code) if code else (text[0][:200] if text else "connection lost"))
+        else:
+            self._closed()
+
+    def _closed(self) -> None:
+        try:
+            response = parse_response(bytes(self.buffer))
+        except HttpError as exc:
+            return self._end(None, str(exc))
+        return self._end(response, None)
+
+    def _end(self, response: HttpResponse | None, error: str | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        reactor = self.client.reactor
+        # Unwatched before closed: the reactor finds a descriptor by its number.
+        reactor.removeReader(self)
+        reactor.removeWriter(self)
+        self.sock.close()
+        self.fd = -1
+        self.client._ended()
+        self.done(response, error)
+
+
+class Client:
+    """The GETs of a whole fleet on one reactor, each bounded by ``timeout`` seconds."""
+
+    def __init__(self, reactor: Any, timeout: float, trust: Any = None) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.trust = trust
+        self.in_flight = 0
+        # Same timeout for all, so deadlines come in the order requests were made: the oldest
+        # is always first, and a sweep stops at the first one not yet due.
+        self._pending: collections.deque[_Plain] = collections.deque()
+        self._sweep_call: Any = None
+
+    def get(self, url: str, headers: dict[str, str], bind_ip: str,
+            done: Callable[[HttpResponse | None, str | None], None]) -> None:
+        """GET ``url`` over a new connection from ``bind_ip``; ``done(response, None)`` or
+        ``done(None, reason)`` is called exactly once, never before this returns."""
+        parts = urlsplit(url)
+        reactor = self.reactor
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            reactor.callLater(0, done, None, f"cannot fetch {url!r}")
+            return
+        if not on_loopback(parts.hostname):
+            # NETWORK-SAFETY.md: simulated phones talk to this host only.
+            reactor.callLater(0, done, None, f"refusing to fetch from {parts.hostname}: not a 127.0.0.0/8 address")
+            return
+        if parts.scheme == "https":
+            _get_tls(reactor, parts, url, headers, bind_ip, self.timeout, done, self.trust)
+            return
+        try:
+            port = parts.port or 80
+        except ValueError:
+            reactor.callLater(0, done, None, f"cannot fetch {url!r}")
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.bind((bind_ip, 0))
+            code = sock.connect_ex((parts.hostname, port))
+        except OSError as exc:
+            sock.close()
+            reactor.callLater(0, done, None, _reason(exc.errno or 0))
+            return
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EINTR):
+            sock.close()
+            reactor.callLater(0, done, None, _reason(code))
+            return
+        get = _Plain(self, sock, build_request(url, headers), done, reactor.seconds() + self.timeout)
+        self.in_flight += 1
+        self._pending.append(get)
+        reactor.addWriter(get)  # writable once connected (or failed: SO_ERROR says why)
+        if self._sweep_call is None:
+            self._sweep_call = reactor.callLater(self.timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = self.reactor.seconds()
+        pending = self._pending
+        while pending and (pending[0].finished or pending[0].deadline <= now):
+            get = pending.popleft()
+            if not get.finished:
+                get._end(None, "timed out")
+        if pending and self._sweep_call is None:  # a done() above may have armed one already
+            self._sweep_call = self.reactor.callLater(max(SWEEP, pending[0].deadline - now), self._sweep)
+
+    def _ended(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:  # nothing left to time out: no timer left behind either
+            self._pending.clear()
+            self.close()
+
+    def close(self) -> None:
+        """Stop sweeping (the run is over); requests still in flight are abandoned."""
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+
+
 def get(reactor: Any, url: str, headers: dict[str, str], bind_ip: str, timeout: float,
         done: Callable[[HttpResponse | None, str | None], None], trust: Any = None) -> None:
-    """GET ``url`` over a new connection from ``bind_ip``; ``done(response, None)`` or
-    ``done(None, reason)`` is called exactly once, within ``timeout`` seconds."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        reactor.callLater(0, done, None, f"cannot fetch {url!r}")
-        return
-    if not on_loopback(parts.hostname):
-        # NETWORK-SAFETY.md: simulated phones talk to this host only.
-        reactor.callLater(0, done, None, f"refusing to fetch from {parts.hostname}: not a 127.0.0.0/8 address")
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    """One GET with a client of its own (see :meth:`Client.get`)."""
+    Client(reactor, timeout, trust).get(url, headers, bind_ip, done)
+
+
+def _get_tls(reactor: Any, parts: Any, url: str, headers: dict[str, str], bind_ip: str, timeout: float,
+             done: Callable[[HttpResponse | None, str | None], None], trust: Any = None) -> None:
+    """HTTPS through Twisted's TLS endpoint (rare in a storm, so its cost does not matter)."""
+    port = parts.port or 443
     state: dict[str, Any] = {"finished": False}
 
     def finish(response: HttpResponse | None, error: str | None) -> None:
@@ -190,12 +373,6 @@ def get(reactor: Any, url: str, headers: dict[str, str], bind_ip: str, timeout: 
         connecting = state.get("connecting")
         if connecting is not None:
             connecting.cancel()
-        connector = state.get("connector")
-        if connector is not None:
-            if connector.state == "connecting":
-                connector.stopConnecting()
-            elif connector.state == "connected" and connector.transport is not None:
-                connector.transport.abortConnection()
 
     def failed(failure: Any) -> None:
         state["connecting"] = None
@@ -209,13 +386,6 @@ def get(reactor: Any, url: str, headers: dict[str, str], bind_ip: str, timeout: 
 
     state["timer"] = reactor.callLater(timeout, timed_out)
     request = build_request(url, headers)
-    if parts.scheme == "http":
-        # The reactor's own connector: the endpoint's Deferred and wrapper protocol cost a
-        # tenth of the simulator's CPU in a boot storm, on the machine it is measuring.
-        factory = _Factory(request, finish, failed)
-        state["connector"] = reactor.connectTCP(parts.hostname, port, factory, timeout=timeout,
-                                                bindAddress=(bind_ip, 0))
-        return
     options = optionsForClientTLS(parts.hostname, trustRoot=trust) if trust else optionsForClientTLS(parts.hostname)
     endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, parts.hostname, port, timeout=timeout,
                                                          bindAddress=(bind_ip, 0)))
