@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from twisted.internet import defer, error as terror, protocol, udp
+from twisted.internet import defer
 from twisted.python import log as twisted_log
 from twisted.internet.ssl import Certificate
 
@@ -74,53 +74,75 @@ def raise_file_limit(wanted: int) -> int:
     return target
 
 
-class _PhoneSocket(protocol.DatagramProtocol):
-    noisy = False  # no start/stop log line per phone socket
-
-    def __init__(self, fleet: "Fleet", phone: Phone) -> None:
-        self.fleet = fleet
-        self.phone = phone
-
-    def datagramReceived(self, data: bytes, addr: Any, at: float | None = None) -> None:
-        self.fleet.counters["datagrams_in"] += 1
-        now = self.fleet.now()
-        # The kernel's arrival time, when we have it: a busy simulator must not make the PBX
-        # look slow. It is never later than now (the clocks are the same: wall time).
-        when = at if at is not None and at <= now else now
-        self.fleet._act(self.phone, self.phone.receive(data, (addr[0], addr[1]), when))
-
-
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _READ_IGNORE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED, errno.EHOSTUNREACH,
                 errno.ENETUNREACH, errno.ECONNRESET}
+_STAMP = struct.Struct("qq")
 
 
-class _StampedPort(udp.Port):
-    """A UDP port that hands each datagram over with its kernel receive time (SO_TIMESTAMPNS)."""
+class _PhoneSocket:
+    """A phone's UDP socket, read by the reactor directly (no twisted.internet.udp.Port: its
+    start and stop each log a line, and its write checks every address, per phone, in a storm
+    whose simulator shares the CPU with the PBX it measures). Each datagram is handed over with
+    its kernel receive time (SO_TIMESTAMPNS) when ``stamped``."""
 
-    def startListening(self) -> None:
-        super().startListening()
-        self.socket.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    __slots__ = ("fleet", "phone", "sock", "fd", "stamped")
+
+    def __init__(self, fleet: "Fleet", phone: Phone, sock: socket.socket, stamped: bool) -> None:
+        self.fleet = fleet
+        self.phone = phone
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.stamped = stamped
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "pnp-simulate-phone"
 
     def doRead(self) -> None:
-        read = 0
-        while read < self.maxThroughput:
+        fleet, phone, sock = self.fleet, self.phone, self.sock
+        for _ in range(32):  # a fair share per wake-up: the other phones wait meanwhile
+            at = None
             try:
-                data, ancillary, _flags, addr = self.socket.recvmsg(self.maxPacketSize, 64)
+                if self.stamped:
+                    data, ancillary, _flags, addr = sock.recvmsg(65535, 64)
+                    for level, kind, value in ancillary:
+                        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
+                            sec, nsec = _STAMP.unpack_from(value)
+                            at = sec + nsec / 1e9
+                else:
+                    data, addr = sock.recvfrom(65535)
             except OSError as exc:
                 if exc.errno in _READ_IGNORE:
-                    return
+                    return None
                 raise
-            read += len(data)
-            at = None
-            for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
-                    sec, nsec = struct.unpack("qq", value[:16])
-                    at = sec + nsec / 1e9
+            fleet.counters["datagrams_in"] += 1
+            now = fleet.now()
+            # The kernel's arrival time, when we have it: a busy simulator must not make the PBX
+            # look slow. It is never later than now (the clocks are the same: wall time).
+            when = at if at is not None and at <= now else now
             try:
-                self.protocol.datagramReceived(data, addr, at)
-            except BaseException:
+                fleet._act(phone, phone.receive(data, (addr[0], addr[1]), when))
+            except Exception:
                 twisted_log.err()
+            if self.fd < 0:  # that ended the run, and the run closed us
+                return None
+        return None
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sock.sendto(data, addr)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """The reactor dropped us (a read raised): the phone hears nothing more."""
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.fleet.reactor.removeReader(self)  # before the close: found by its number
+            self.sock.close()
+            self.fd = -1
 
 
 @dataclass
@@ -229,29 +251,25 @@ class Fleet:
 
     def _bind(self, phone: Phone) -> None:
         ident = phone.ident
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            if self.stamped and hasattr(socket.socket, "recvmsg"):
-                port = _StampedPort(ident.port, _PhoneSocket(self, phone), ident.ip, reactor=self.reactor)
-                port.startListening()
-            else:
-                port = self.reactor.listenUDP(ident.port, _PhoneSocket(self, phone), interface=ident.ip)
-        except (terror.CannotListenError, OSError) as exc:
-            reason = getattr(exc, "socketError", exc)
-            phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {reason}")
-            self._phone_done(phone)
-            return
-        try:
-            sock = port.getHandle()
+            sock.setblocking(False)
+            sock.bind((ident.ip, ident.port))
             # Network safety: multicast leaves through loopback only and never crosses a router.
+            # Set before the socket is watched, so nothing is ever sent from an unpinned socket.
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-        except OSError as exc:  # never send from a socket we could not pin to loopback
-            port.stopListening()
-            reason = getattr(exc, "socketError", exc)
-            phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {reason}")
+            stamped = self.stamped and hasattr(sock, "recvmsg")
+            if stamped:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError as exc:
+            sock.close()
+            phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {exc}")
             self._phone_done(phone)
             return
+        port = _PhoneSocket(self, phone, sock, stamped)
+        self.reactor.addReader(port)
         self._ports[id(phone)] = port
 
     def _boot_more(self) -> None:
@@ -371,11 +389,12 @@ class Fleet:
         self._http.close()
         if self.on_progress is not None:
             self.on_progress(self.progress())
-        stops = [defer.maybeDeferred(port.stopListening) for port in self._ports.values()]
+        for port in self._ports.values():
+            port.close()
         self._ports.clear()
         report = Report.of(self.phones, self._origin, end)
-        d = defer.DeferredList(stops, consumeErrors=True)
-        d.addCallback(lambda _: self._done.callback(report))
+        # Delivered from the reactor, not from inside the phone's call that ended the run.
+        self.reactor.callLater(0, self._done.callback, report)
 
 
 __all__ = ["Fleet", "Progress", "PlanError", "plan", "raise_file_limit", "VENDORS"]

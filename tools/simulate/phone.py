@@ -536,9 +536,12 @@ def grandstream_notify_auth(body: bytes) -> tuple[str, str] | None:
     return notify_auth_of([(el.tag, el.text or "") for el in root.iter()])
 
 
+_NOTIFY_AUTH = frozenset(("P34", "P35", "P36", "P4428"))
+
+
 def notify_auth_of(pairs: list[tuple[str, str]]) -> tuple[str, str] | None:
     """:func:`grandstream_notify_auth` from the (setting, value) pairs a GRP applied."""
-    values = {k: v.strip() for k, v in pairs if k[:1] == "P" and k[1:].isascii() and k[1:].isdigit()}
+    values = {k: v.strip() for k, v in pairs if k in _NOTIFY_AUTH}
     user = values.get("P36") or values.get("P35")
     if values.get("P4428") == "1" or not user:
         return None
