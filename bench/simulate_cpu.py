@@ -14,6 +14,7 @@ every phone does the same work in each run.
 
     .venv/bin/python bench/simulate_cpu.py --count 2000 --rate 500 --repeat 3
     .venv/bin/python bench/simulate_cpu.py --count 1000 --profile /tmp/sim.prof   # cProfile, CPU clock
+    .venv/bin/python bench/simulate_cpu.py --count 2000 --profile sample:/tmp/sim.txt  # sampled stacks
 """
 
 from __future__ import annotations
@@ -189,12 +190,51 @@ def measure(count: int, models: list[str], rate: float, sip_port: int, profile: 
         yield task.deferLater(reactor, 0, lambda: None)
 
     def main() -> None:
+        if os.environ.get("SIM_BENCH_GC"):
+            import gc
+
+            gc.set_threshold(*map(int, os.environ["SIM_BENCH_GC"].split(",")))
         d = run()
         d.addErrback(lambda f: result.setdefault("error", f))
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(main)
-    if profile:
+    if profile and profile.startswith("sample:"):
+        import collections
+        import signal
+
+        inclusive: collections.Counter = collections.Counter()
+        leaf: collections.Counter = collections.Counter()
+        total = [0]
+
+        def sample(signum: int, frame: Any) -> None:
+            total[0] += 1
+            seen = set()
+            f = frame
+            first = True
+            while f is not None:
+                code = f.f_code
+                key = f"{Path(code.co_filename).name}:{code.co_name}"
+                if first:
+                    leaf[key] += 1
+                    first = False
+                if key not in seen:
+                    seen.add(key)
+                    inclusive[key] += 1
+                f = f.f_back
+
+        signal.signal(signal.SIGPROF, sample)
+        signal.setitimer(signal.ITIMER_PROF, 0.0005, 0.0005)
+        reactor.run()
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        with open(profile[len("sample:"):], "w") as out:
+            out.write(f"samples {total[0]}\n## inclusive\n")
+            for k, v in inclusive.most_common(80):
+                out.write(f"{v / total[0] * 100:6.1f}% {k}\n")
+            out.write("## leaf (Python frame running; C calls count in their caller)\n")
+            for k, v in leaf.most_common(50):
+                out.write(f"{v / total[0] * 100:6.1f}% {k}\n")
+    elif profile:
         import cProfile
 
         prof = cProfile.Profile(time.process_time)

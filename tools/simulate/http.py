@@ -313,12 +313,29 @@ class Client:
             sock.close()
             reactor.callLater(0, done, None, _reason(code))
             return
-        get = _Plain(self, sock, build_request(url, headers), done, reactor.seconds() + self.timeout)
+        request = build_request(url, headers)
+        get = _Plain(self, sock, request, done, reactor.seconds() + self.timeout)
         self.in_flight += 1
         self._pending.append(get)
-        reactor.addWriter(get)  # writable once connected (or failed: SO_ERROR says why)
         if self._sweep_call is None:
             self._sweep_call = reactor.callLater(self.timeout, self._sweep)
+        # On loopback the handshake is done before connect() returns, unless the server's
+        # listen queue is full: so send at once, and wait for the connection only when that
+        # says so (a reactor round and two epoll changes fewer per download).
+        try:
+            sent = sock.send(request)
+        except (BlockingIOError, InterruptedError):
+            reactor.addWriter(get)  # writable once connected (or failed: SO_ERROR says why)
+            return
+        except OSError as exc:
+            reactor.callLater(0, get._end, None, _reason(exc.errno or 0))  # done() never runs inside get()
+            return
+        get.connected = True
+        get.request = request[sent:]
+        if get.request:
+            reactor.addWriter(get)
+        else:
+            reactor.addReader(get)
 
     def _sweep(self) -> None:
         self._sweep_call = None
