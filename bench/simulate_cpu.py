@@ -172,21 +172,37 @@ def serve(sip_port: int, http_port: int, late: int) -> None:
 def measure(count: int, models: list[str], rate: float, sip_port: int, profile: str | None) -> dict[str, Any]:
     from twisted.internet import defer, reactor, task
 
-    from tools.simulate.fleet import Fleet, plan
+    from tools.simulate.fleet import Fleet, plan, settle_gc
     from tools.simulate.phone import Timing
 
     result: dict[str, Any] = {}
 
     @defer.inlineCallbacks
     def run() -> Any:
+        import gc
+
+        in_gc = [0.0, 0.0, 0]
+
+        def gc_clock(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                in_gc[1] = time.process_time()
+            else:
+                in_gc[0] += time.process_time() - in_gc[1]
+                in_gc[2] += info["generation"] == 2
+
+        gc.callbacks.append(gc_clock)
         started = time.process_time()
         wall = time.perf_counter()
         idents = plan(count, models)
         fleet = Fleet(idents, sip_port, Timing(reboot_delay=0.2), boot_over=count / rate, timeout=60, seed=1)
+        if not os.environ.get("SIM_BENCH_GC"):
+            settle_gc()  # as pnp simulate does
         report = yield fleet.run()
         result["cpu"] = time.process_time() - started
         result["wall"] = time.perf_counter() - wall
         result["report"] = report
+        gc.callbacks.remove(gc_clock)
+        print(f"gc: {in_gc[0]:.3f} s CPU, {in_gc[2]} full collections", file=sys.stderr)
         yield task.deferLater(reactor, 0, lambda: None)
 
     def main() -> None:
@@ -290,6 +306,9 @@ def main() -> int:
         finally:
             child.terminate()
             child.wait(10)
+        for line in out.stderr.splitlines():
+            if line.startswith("gc:"):
+                print("  " + line, flush=True)
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])
         done, cpu, wall = out.stdout.split()[-3:]

@@ -24,7 +24,7 @@ from typing import Any
 
 from fileserver import settings as fs
 from services import settings as s
-from tools.simulate.fleet import Fleet, PlanError, Progress, plan
+from tools.simulate.fleet import Fleet, PlanError, Progress, plan, settle_gc
 from tools.simulate.phone import Timing
 from tools.simulate.vendors import VENDORS, UnknownModel
 
@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
                           trust=trust, on_progress=progress if live else None, linger=args.linger,
                           credentials=credentials)
             outcome["fleet"] = fleet
+            settle_gc()  # the phones are built: they live as long as this process
             outcome["report"] = yield fleet.run()
         except Exception as exc:  # report, never hang the reactor
             outcome["error"] = f"{type(exc).__name__}: {exc}"
