@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import gc
+import heapq
+import itertools
 import ipaddress
 import random
 import resource
@@ -211,7 +213,12 @@ class Fleet:
                              self.credentials, check_files=self.check_files) for i in self.identities]
         self.counters = {"datagrams_in": 0, "datagrams_out": 0, "send_errors": 0, "http_requests": 0}
         self._ports: dict[int, Any] = {}
-        self._timers: dict[int, Any] = {}
+        # The phones' deadlines: (deadline, order, phone), and each phone's current one.
+        self._heap: list[tuple[float, int, Phone]] = []
+        self._due: dict[int, float] = {}
+        self._order = itertools.count()
+        self._wake_call: Any = None
+        self._wake_at: float | None = None
         self._done: defer.Deferred = defer.Deferred()
         self._done_phones: set[int] = set()
         self._started = False
@@ -322,25 +329,39 @@ class Fleet:
             self.counters["send_errors"] += 1
 
     def _schedule(self, phone: Phone) -> None:
-        key = id(phone)
-        call = self._timers.get(key)
+        """Keep ``phone.deadline`` in the fleet's one timer heap. One reactor timer wakes the
+        fleet at the earliest deadline, rather than a timer per phone per wait armed and
+        cancelled (ten thousand phones, a handful of waits each). A deadline that changed
+        leaves its old entry behind, skipped when it comes up."""
         wanted = phone.deadline
-        if call is not None and call.active():
-            if wanted is not None and abs(call.getTime() - wanted) < 1e-9:
-                return
-            call.cancel()
-        self._timers.pop(key, None)
-        if wanted is not None and not self._finished:
-            delay = max(0.0, wanted - self.now())
-            self._timers[key] = self.reactor.callLater(delay, self._tick, phone)
-
-    def _tick(self, phone: Phone) -> None:
-        self._timers.pop(id(phone), None)
-        now = self.now()
-        if phone.deadline is not None and now < phone.deadline:
-            self._schedule(phone)
+        key = id(phone)
+        if wanted is None:
+            self._due.pop(key, None)
             return
-        self._act(phone, phone.tick(max(now, phone.deadline or now)))
+        if self._due.get(key) == wanted or self._finished:
+            return
+        self._due[key] = wanted
+        heapq.heappush(self._heap, (wanted, next(self._order), phone))
+        if self._wake_at is None or wanted < self._wake_at:
+            if self._wake_call is not None and self._wake_call.active():
+                self._wake_call.cancel()
+            self._wake_at = wanted
+            self._wake_call = self.reactor.callLater(max(0.0, wanted - self.now()), self._wake)
+
+    def _wake(self) -> None:
+        self._wake_call = self._wake_at = None
+        now = self.now()
+        heap = self._heap
+        while heap and heap[0][0] <= now and not self._finished:
+            deadline, _, phone = heapq.heappop(heap)
+            key = id(phone)
+            if self._due.get(key) != deadline or phone.deadline != deadline:
+                continue  # superseded
+            del self._due[key]
+            self._act(phone, phone.tick(now))
+        if heap and not self._finished and self._wake_call is None:
+            self._wake_at = heap[0][0]
+            self._wake_call = self.reactor.callLater(max(0.0, self._wake_at - now), self._wake)
 
     # --- HTTP ---
     def _fetch(self, phone: Phone, action: Fetch) -> None:
@@ -394,10 +415,11 @@ class Fleet:
         for phone in self.phones:  # a resync still in flight when the linger ends
             phone.give_up(end)
         for call in [self._boot_call, self._end_call, self._progress_call, self._linger_call,
-                     *self._timers.values()]:
+                     self._wake_call]:
             if call is not None and call.active():
                 call.cancel()
-        self._timers.clear()
+        self._heap.clear()
+        self._due.clear()
         self._http.close()
         if self.on_progress is not None:
             self.on_progress(self.progress())
