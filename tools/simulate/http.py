@@ -50,17 +50,37 @@ def on_loopback(host: str) -> bool:
         return False
 
 
-def build_request(url: str, headers: dict[str, str]) -> bytes:
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    host: str  # "" when the URL names none
+    port: int | None  # None when the URL's port is not a number
+    head: str  # the request line and Host field
+
+    @property
+    def fetchable(self) -> bool:
+        return self.scheme in ("http", "https") and bool(self.host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(url: str) -> _Target:
+    """What a GET of ``url`` needs from it, worked out once: a phone asks for the same URL again
+    after a Digest challenge, and after its reboot."""
     parts = urlsplit(url)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host = parts.hostname or ""
     default = 443 if parts.scheme == "https" else 80
-    if parts.port and parts.port != default:
-        host = f"{host}:{parts.port}"
-    lines = [f"GET {target} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    try:
+        port: int | None = parts.port or default
+    except ValueError:
+        port = None
+    named = f"{host}:{port}" if port and port != default else host
+    return _Target(parts.scheme, host, port, f"GET {path} HTTP/1.1\r\nHost: {named}\r\n")
+
+
+def build_request(url: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{k}: {v}\r\n" for k, v in headers.items()]
+    return (_target(url).head + "".join(lines) + "Connection: close\r\n\r\n").encode("latin-1")
 
 
 def parse_response(data: bytes) -> HttpResponse:
@@ -283,28 +303,23 @@ class Client:
             done: Callable[[HttpResponse | None, str | None], None]) -> None:
         """GET ``url`` over a new connection from ``bind_ip``; ``done(response, None)`` or
         ``done(None, reason)`` is called exactly once, never before this returns."""
-        parts = urlsplit(url)
+        target = _target(url)
         reactor = self.reactor
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not target.fetchable or target.port is None:
             reactor.callLater(0, done, None, f"cannot fetch {url!r}")
             return
-        if not on_loopback(parts.hostname):
+        if not on_loopback(target.host):
             # NETWORK-SAFETY.md: simulated phones talk to this host only.
-            reactor.callLater(0, done, None, f"refusing to fetch from {parts.hostname}: not a 127.0.0.0/8 address")
+            reactor.callLater(0, done, None, f"refusing to fetch from {target.host}: not a 127.0.0.0/8 address")
             return
-        if parts.scheme == "https":
-            _get_tls(reactor, parts, url, headers, bind_ip, self.timeout, done, self.trust)
-            return
-        try:
-            port = parts.port or 80
-        except ValueError:
-            reactor.callLater(0, done, None, f"cannot fetch {url!r}")
+        if target.scheme == "https":
+            _get_tls(reactor, urlsplit(url), url, headers, bind_ip, self.timeout, done, self.trust)
             return
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             sock.bind((bind_ip, 0))
-            code = sock.connect_ex((parts.hostname, port))
+            code = sock.connect_ex((target.host, target.port))
         except OSError as exc:
             sock.close()
             reactor.callLater(0, done, None, _reason(exc.errno or 0))
