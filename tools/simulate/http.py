@@ -370,10 +370,19 @@ class Client:
             self.close()
 
     def close(self) -> None:
-        """Stop sweeping (the run is over); requests still in flight are abandoned."""
+        """Stop sweeping; requests still in flight (the run is over) are hung up on, unanswered."""
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
         self._sweep_call = None
+        while self._pending:
+            get = self._pending.popleft()
+            if not get.finished:
+                get.finished = True
+                self.reactor.removeReader(get)
+                self.reactor.removeWriter(get)
+                get.sock.close()
+                get.fd = -1
+        self.in_flight = 0
 
 
 def get(reactor: Any, url: str, headers: dict[str, str], bind_ip: str, timeout: float,
