@@ -116,35 +116,32 @@ class _PhoneSocket:
         return "pnp-simulate-phone"
 
     def doRead(self) -> None:
-        fleet, phone, sock = self.fleet, self.phone, self.sock
         # One datagram per wake-up: a phone rarely has two waiting, and the reactor comes back
         # for the next one (level-triggered), so no read per wake-up is spent on "nothing more".
-        for _ in range(1):
-            at = None
-            try:
-                if self.stamped:
-                    data, ancillary, _flags, addr = sock.recvmsg(65535, 64)
-                    for level, kind, value in ancillary:
-                        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
-                            sec, nsec = _STAMP.unpack_from(value)
-                            at = sec + nsec / 1e9
-                else:
-                    data, addr = sock.recvfrom(65535)
-            except OSError as exc:
-                if exc.errno in _READ_IGNORE:
-                    return None
-                raise
-            fleet.counters["datagrams_in"] += 1
-            now = fleet.now()
-            # The kernel's arrival time, when we have it: a busy simulator must not make the PBX
-            # look slow. It is never later than now (the clocks are the same: wall time).
-            when = at if at is not None and at <= now else now
-            try:
-                fleet._act(phone, phone.receive(data, (addr[0], addr[1]), when))
-            except Exception:
-                twisted_log.err()
-            if self.fd < 0:  # that ended the run, and the run closed us
+        fleet, sock = self.fleet, self.sock
+        at = None
+        try:
+            if self.stamped:
+                data, ancillary, _flags, addr = sock.recvmsg(65535, 64)
+                for level, kind, value in ancillary:
+                    if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
+                        sec, nsec = _STAMP.unpack_from(value)
+                        at = sec + nsec / 1e9
+            else:
+                data, addr = sock.recvfrom(65535)
+        except OSError as exc:
+            if exc.errno in _READ_IGNORE:
                 return None
+            raise
+        fleet.counters["datagrams_in"] += 1
+        now = fleet.now()
+        # The kernel's arrival time, when we have it: a busy simulator must not make the PBX
+        # look slow. It is never later than now (the clocks are the same: wall time).
+        when = at if at is not None and at <= now else now
+        try:
+            fleet._act(self.phone, self.phone.receive(data, (addr[0], addr[1]), when))
+        except Exception:
+            twisted_log.err()  # one phone's bug is logged, the others go on
         return None
 
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
