@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
                 if live:
                     end = "\n" if tty else ""
                     print(f"{end}staged {len(idents)} assignments; files published for {n}", file=sys.stderr)
+            cpu["staged"] = time.process_time()  # building the phones counts as theirs
             timing = Timing(notify_timeout=args.notify_timeout, reboot_delay=args.reboot_delay,
                             fetch_retries=max(0, args.fetch_retries))
             fleet = Fleet(idents, settings.sip_port, timing, boot_over=args.boot_over,
@@ -173,7 +174,6 @@ def run(args: argparse.Namespace) -> int:
                           credentials=credentials)
             outcome["fleet"] = fleet
             settle_gc()  # the phones are built: they live as long as this process
-            cpu["staged"] = time.process_time()
             outcome["report"] = yield fleet.run()
             cpu["done"] = time.process_time()
         except Exception as exc:  # report, never hang the reactor
