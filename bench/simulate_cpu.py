@@ -15,6 +15,8 @@ every phone does the same work in each run.
     .venv/bin/python bench/simulate_cpu.py --count 2000 --rate 500 --repeat 3
     .venv/bin/python bench/simulate_cpu.py --count 1000 --profile /tmp/sim.prof   # cProfile, CPU clock
     .venv/bin/python bench/simulate_cpu.py --count 2000 --profile sample:/tmp/sim.txt  # sampled stacks
+    SIM_BENCH_GC=700,10,10 .venv/bin/python bench/simulate_cpu.py   # Python's default collector instead
+                                                                    # of pnp simulate's settle_gc()
 """
 
 from __future__ import annotations
