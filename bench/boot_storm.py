@@ -235,6 +235,11 @@ def main() -> int:
         print(summary(f"storm of {size} (wall {wall:.1f} s incl. staging)", data), flush=True)
         print(drops_line(before, after), flush=True)
         print(cpu_line(cpu_before, cpu_after, simulate_cpu, wall), flush=True)
+        own = data.get("simulator_cpu_s")
+        if own:  # the load generator's share: CPU the services did not get
+            print(f"pnp simulate itself: staging {own['staging']:.1f} s, phones {own['phones']:.1f} s "
+                  f"= {own['phones'] / size * 1000:.2f} ms per phone (the rest of its {simulate_cpu:.1f} s: "
+                  f"start-up, imports, planning)", flush=True)
         p99 = data["latency_ms"]["subscribe_to_answer"]["p99"]
         t = data["provisioning_time_s"]
         print(f"aim: all {size} provisioned within 60 s, none lost: "

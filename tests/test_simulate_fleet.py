@@ -340,6 +340,8 @@ class FleetTest(unittest.TestCase):
         data = json.loads(out)
         self.assertEqual((data["total"], data["provisioned"], data["failed"]), (3, 3, 0))
         self.assertEqual({p["vendor"] for p in data["phones"]}, {"grandstream", "yealink", "snom"})
+        # its own CPU, for a bench to read beside the services' (bench/boot_storm.py)
+        self.assertEqual(set(data["simulator_cpu_s"]), {"staging", "phones"})
 
         self.pbx.answer = 500
         args[args.index(idents[0].ip)] = _addresses()

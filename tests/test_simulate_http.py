@@ -90,3 +90,40 @@ class GetTest(trial.TestCase):
         yield task.deferLater(_reactor, 0.1, lambda: None)
         assert silent and not silent[0].transport.connected  # the phone hung up
 
+
+    @defer.inlineCallbacks
+    def test_one_client_for_many_phones_answers_each_and_times_out_only_the_silent(self):
+        """A fleet's client: each GET gets its own answer from its own address; the one whose
+        server never answers times out; the others are not held up by it."""
+        from tools.simulate.http import Client
+
+        silent: list = []
+
+        class Silent(tprotocol.Protocol):
+            def connectionMade(self) -> None:
+                silent.append(self)
+
+        seen: list = []
+
+        class Echo(tprotocol.Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    peer = self.transport.getPeer().host.encode()
+                    seen.append(peer)
+                    self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(peer), peer))
+                    self.transport.loseConnection()
+
+        client = Client(_reactor, 0.3)
+        answers = [defer.Deferred() for _ in range(5)]
+        quiet: defer.Deferred = defer.Deferred()
+        client.get(f"http://127.0.0.1:{self._listen(Silent)}/x", {}, "127.0.0.9", lambda r, e: quiet.callback((r, e)))
+        echo = self._listen(Echo)
+        for i, d in enumerate(answers):
+            client.get(f"http://127.0.0.1:{echo}/cfg{i}.xml", {}, f"127.0.0.{20 + i}",
+                       lambda r, e, d=d: d.callback((r, e)))
+        got = yield defer.gatherResults(answers)
+        assert [(r.status, r.body, e) for r, e in got] == [(200, f"127.0.0.{20 + i}".encode(), None) for i in range(5)]
+        assert (yield quiet) == (None, "timed out")
+        assert client.in_flight == 0
+        yield task.deferLater(_reactor, 0.1, lambda: None)
+        assert silent and not silent[0].transport.connected

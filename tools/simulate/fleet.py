@@ -10,6 +10,9 @@ the whole run is bounded by ``timeout``: a phone still busy then fails where it 
 from __future__ import annotations
 
 import errno
+import gc
+import heapq
+import itertools
 import ipaddress
 import random
 import resource
@@ -18,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from twisted.internet import defer, error as terror, protocol, udp
+from twisted.internet import defer
 from twisted.python import log as twisted_log
 from twisted.internet.ssl import Certificate
 
@@ -63,6 +66,17 @@ def plan(count: int, models: Sequence[str] = ("GRP2614",), address_start: str = 
     return out
 
 
+def settle_gc() -> None:
+    """For a process that runs one big fleet (``pnp simulate``): what exists before the boots
+    (the phones, their identities, the code) lives until the end, so it is frozen out of the
+    collector's reach, and young objects are collected less often. The collector's passes over
+    ten thousand phones' state cost a sixth of the simulator's CPU in a storm, CPU it shares
+    with the PBX it measures. Not for tests: freezing is for the life of the process."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+
+
 def raise_file_limit(wanted: int) -> int:
     """Raise the soft open-files limit towards ``wanted`` (capped by the hard limit); returns
     the limit now in force."""
@@ -74,53 +88,74 @@ def raise_file_limit(wanted: int) -> int:
     return target
 
 
-class _PhoneSocket(protocol.DatagramProtocol):
-    noisy = False  # no start/stop log line per phone socket
-
-    def __init__(self, fleet: "Fleet", phone: Phone) -> None:
-        self.fleet = fleet
-        self.phone = phone
-
-    def datagramReceived(self, data: bytes, addr: Any, at: float | None = None) -> None:
-        self.fleet.counters["datagrams_in"] += 1
-        now = self.fleet.now()
-        # The kernel's arrival time, when we have it: a busy simulator must not make the PBX
-        # look slow. It is never later than now (the clocks are the same: wall time).
-        when = at if at is not None and at <= now else now
-        self.fleet._act(self.phone, self.phone.receive(data, (addr[0], addr[1]), when))
-
-
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _READ_IGNORE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED, errno.EHOSTUNREACH,
                 errno.ENETUNREACH, errno.ECONNRESET}
+_STAMP = struct.Struct("qq")
 
 
-class _StampedPort(udp.Port):
-    """A UDP port that hands each datagram over with its kernel receive time (SO_TIMESTAMPNS)."""
+class _PhoneSocket:
+    """A phone's UDP socket, read by the reactor directly (no twisted.internet.udp.Port: its
+    start and stop each log a line, and its write checks every address, per phone, in a storm
+    whose simulator shares the CPU with the PBX it measures). Each datagram is handed over with
+    its kernel receive time (SO_TIMESTAMPNS) when ``stamped``."""
 
-    def startListening(self) -> None:
-        super().startListening()
-        self.socket.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    __slots__ = ("fleet", "phone", "sock", "fd", "stamped")
+
+    def __init__(self, fleet: "Fleet", phone: Phone, sock: socket.socket, stamped: bool) -> None:
+        self.fleet = fleet
+        self.phone = phone
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.stamped = stamped
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "pnp-simulate-phone"
 
     def doRead(self) -> None:
-        read = 0
-        while read < self.maxThroughput:
-            try:
-                data, ancillary, _flags, addr = self.socket.recvmsg(self.maxPacketSize, 64)
-            except OSError as exc:
-                if exc.errno in _READ_IGNORE:
-                    return
-                raise
-            read += len(data)
-            at = None
-            for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
-                    sec, nsec = struct.unpack("qq", value[:16])
-                    at = sec + nsec / 1e9
-            try:
-                self.protocol.datagramReceived(data, addr, at)
-            except BaseException:
-                twisted_log.err()
+        # One datagram per wake-up: a phone rarely has two waiting, and the reactor comes back
+        # for the next one (level-triggered), so no read per wake-up is spent on "nothing more".
+        fleet, sock = self.fleet, self.sock
+        at = None
+        try:
+            if self.stamped:
+                data, ancillary, _flags, addr = sock.recvmsg(65535, 64)
+                for level, kind, value in ancillary:
+                    if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
+                        sec, nsec = _STAMP.unpack_from(value)
+                        at = sec + nsec / 1e9
+            else:
+                data, addr = sock.recvfrom(65535)
+        except OSError as exc:
+            if exc.errno in _READ_IGNORE:
+                return None
+            raise
+        fleet.counters["datagrams_in"] += 1
+        now = fleet.now()
+        # The kernel's arrival time, when we have it: a busy simulator must not make the PBX
+        # look slow. It is never later than now (the clocks are the same: wall time).
+        when = at if at is not None and at <= now else now
+        try:
+            fleet._act(self.phone, self.phone.receive(data, (addr[0], addr[1]), when))
+        except Exception:
+            twisted_log.err()  # one phone's bug is logged, the others go on
+        return None
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sock.sendto(data, addr)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """The reactor dropped us (a read raised): the phone hears nothing more."""
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.fleet.reactor.removeReader(self)  # before the close: found by its number
+            self.sock.close()
+            self.fd = -1
 
 
 @dataclass
@@ -177,7 +212,12 @@ class Fleet:
                              self.credentials, check_files=self.check_files) for i in self.identities]
         self.counters = {"datagrams_in": 0, "datagrams_out": 0, "send_errors": 0, "http_requests": 0}
         self._ports: dict[int, Any] = {}
-        self._timers: dict[int, Any] = {}
+        # The phones' deadlines: (deadline, order, phone), and each phone's current one.
+        self._heap: list[tuple[float, int, Phone]] = []
+        self._due: dict[int, float] = {}
+        self._order = itertools.count()
+        self._wake_call: Any = None
+        self._wake_at: float | None = None
         self._done: defer.Deferred = defer.Deferred()
         self._done_phones: set[int] = set()
         self._started = False
@@ -188,6 +228,7 @@ class Fleet:
         self._progress_call: Any = None
         self._finished = False
         self._linger_call: Any = None
+        self._http = http.Client(self.reactor, self.fetch_timeout, self.trust)
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -228,29 +269,25 @@ class Fleet:
 
     def _bind(self, phone: Phone) -> None:
         ident = phone.ident
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            if self.stamped and hasattr(socket.socket, "recvmsg"):
-                port = _StampedPort(ident.port, _PhoneSocket(self, phone), ident.ip, reactor=self.reactor)
-                port.startListening()
-            else:
-                port = self.reactor.listenUDP(ident.port, _PhoneSocket(self, phone), interface=ident.ip)
-        except (terror.CannotListenError, OSError) as exc:
-            reason = getattr(exc, "socketError", exc)
-            phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {reason}")
-            self._phone_done(phone)
-            return
-        try:
-            sock = port.getHandle()
+            sock.setblocking(False)
+            sock.bind((ident.ip, ident.port))
             # Network safety: multicast leaves through loopback only and never crosses a router.
+            # Set before the socket is watched, so nothing is ever sent from an unpinned socket.
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-        except OSError as exc:  # never send from a socket we could not pin to loopback
-            port.stopListening()
-            reason = getattr(exc, "socketError", exc)
-            phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {reason}")
+            stamped = self.stamped and hasattr(sock, "recvmsg")
+            if stamped:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError as exc:
+            sock.close()
+            phone.fail(self.now(), "bind", f"cannot bind {ident.ip}:{ident.port}: {exc}")
             self._phone_done(phone)
             return
+        port = _PhoneSocket(self, phone, sock, stamped)
+        self.reactor.addReader(port)
         self._ports[id(phone)] = port
 
     def _boot_more(self) -> None:
@@ -291,25 +328,39 @@ class Fleet:
             self.counters["send_errors"] += 1
 
     def _schedule(self, phone: Phone) -> None:
-        key = id(phone)
-        call = self._timers.get(key)
+        """Keep ``phone.deadline`` in the fleet's one timer heap. One reactor timer wakes the
+        fleet at the earliest deadline, rather than a timer per phone per wait armed and
+        cancelled (ten thousand phones, a handful of waits each). A deadline that changed
+        leaves its old entry behind, skipped when it comes up."""
         wanted = phone.deadline
-        if call is not None and call.active():
-            if wanted is not None and abs(call.getTime() - wanted) < 1e-9:
-                return
-            call.cancel()
-        self._timers.pop(key, None)
-        if wanted is not None and not self._finished:
-            delay = max(0.0, wanted - self.now())
-            self._timers[key] = self.reactor.callLater(delay, self._tick, phone)
-
-    def _tick(self, phone: Phone) -> None:
-        self._timers.pop(id(phone), None)
-        now = self.now()
-        if phone.deadline is not None and now < phone.deadline:
-            self._schedule(phone)
+        key = id(phone)
+        if wanted is None:
+            self._due.pop(key, None)
             return
-        self._act(phone, phone.tick(max(now, phone.deadline or now)))
+        if self._due.get(key) == wanted or self._finished:
+            return
+        self._due[key] = wanted
+        heapq.heappush(self._heap, (wanted, next(self._order), phone))
+        if self._wake_at is None or wanted < self._wake_at:
+            if self._wake_call is not None and self._wake_call.active():
+                self._wake_call.cancel()
+            self._wake_at = wanted
+            self._wake_call = self.reactor.callLater(max(0.0, wanted - self.now()), self._wake)
+
+    def _wake(self) -> None:
+        self._wake_call = self._wake_at = None
+        now = self.now()
+        heap = self._heap
+        while heap and heap[0][0] <= now and not self._finished:
+            deadline, _, phone = heapq.heappop(heap)
+            key = id(phone)
+            if self._due.get(key) != deadline or phone.deadline != deadline:
+                continue  # superseded
+            del self._due[key]
+            self._act(phone, phone.tick(now))
+        if heap and not self._finished and self._wake_call is None:
+            self._wake_at = heap[0][0]
+            self._wake_call = self.reactor.callLater(max(0.0, self._wake_at - now), self._wake)
 
     # --- HTTP ---
     def _fetch(self, phone: Phone, action: Fetch) -> None:
@@ -322,8 +373,7 @@ class Fleet:
                 self._act(phone, phone.http_response(response.status, response.headers, response.body,
                                                      self.now()))
 
-        http.get(self.reactor, action.url, action.headers, phone.ident.ip, self.fetch_timeout, done,
-                 self.trust)
+        self._http.get(action.url, action.headers, phone.ident.ip, done)
 
     # --- the end ---
     def _phone_done(self, phone: Phone) -> None:
@@ -364,17 +414,20 @@ class Fleet:
         for phone in self.phones:  # a resync still in flight when the linger ends
             phone.give_up(end)
         for call in [self._boot_call, self._end_call, self._progress_call, self._linger_call,
-                     *self._timers.values()]:
+                     self._wake_call]:
             if call is not None and call.active():
                 call.cancel()
-        self._timers.clear()
+        self._heap.clear()
+        self._due.clear()
+        self._http.close()
         if self.on_progress is not None:
             self.on_progress(self.progress())
-        stops = [defer.maybeDeferred(port.stopListening) for port in self._ports.values()]
+        for port in self._ports.values():
+            port.close()
         self._ports.clear()
         report = Report.of(self.phones, self._origin, end)
-        d = defer.DeferredList(stops, consumeErrors=True)
-        d.addCallback(lambda _: self._done.callback(report))
+        # Delivered from the reactor, not from inside the phone's call that ended the run.
+        self.reactor.callLater(0, self._done.callback, report)
 
 
-__all__ = ["Fleet", "Progress", "PlanError", "plan", "raise_file_limit", "VENDORS"]
+__all__ = ["Fleet", "Progress", "PlanError", "plan", "raise_file_limit", "settle_gc", "VENDORS"]

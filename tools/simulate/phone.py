@@ -274,7 +274,10 @@ class Phone:
             if self.times.file is None:
                 self.times.file = now
             if self.learns_notify_auth:
-                self.notify_auth = grandstream_notify_auth(body)
+                # From the settings just read: a second parse of the file cost a GRP more CPU
+                # than the rest of its download (a storm's simulator shares the PBX's CPU).
+                self.notify_auth = (notify_auth_of(pairs) if pairs
+                                    else grandstream_notify_auth(body))
         return self._file_ok(now)
 
     def http_error(self, reason: str, now: float) -> list[Action]:
@@ -530,7 +533,15 @@ def grandstream_notify_auth(body: bytes) -> tuple[str, str] | None:
         root = ET.fromstring(body)
     except ET.ParseError:
         return None
-    values = {el.tag: (el.text or "").strip() for el in root.iter() if re.fullmatch(r"P[0-9]+", el.tag)}
+    return notify_auth_of([(el.tag, el.text or "") for el in root.iter()])
+
+
+_NOTIFY_AUTH = frozenset(("P34", "P35", "P36", "P4428"))
+
+
+def notify_auth_of(pairs: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """:func:`grandstream_notify_auth` from the (setting, value) pairs a GRP applied."""
+    values = {k: v.strip() for k, v in pairs if k in _NOTIFY_AUTH}
     user = values.get("P36") or values.get("P35")
     if values.get("P4428") == "1" or not user:
         return None

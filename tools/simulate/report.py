@@ -75,7 +75,8 @@ class PhoneResult:
 
     @classmethod
     def of(cls, phone: Phone, origin: float) -> "PhoneResult":
-        times = {k: (None if v is None else round(v - origin, 6)) for k, v in asdict(phone.times).items()}
+        # vars(), not asdict(): Times holds plain floats, and asdict's deep copy per phone adds up
+        times = {k: (None if v is None else round(v - origin, 6)) for k, v in vars(phone.times).items()}
         p = phone.ident
         return cls(p.mac, p.vendor.name, p.model, p.ip, p.port, phone.state.value,
                    phone.state == State.PROVISIONED, phone.step, phone.reason, phone.attempts,
