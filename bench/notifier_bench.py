@@ -5,6 +5,10 @@ match the 200, report), with phones in another process that answer at once.
 ``service``: the whole notifier on a private mosquitto: N pre-staged phones' discoveries
 published at once, until N ``accepted`` statuses; and the latency from one discovery's publish
 to its NOTIFY reaching the phone.
+``inproc``: the notifier's own CPU per phone, in this process, with no broker and no sockets
+(a bus that drops what is published, a clock for a reactor, datagrams handed over by hand):
+per pre-staged phone its ``discovered``, the NOTIFY, the next turn (sent status, sqlite
+commit), the phone's 200 OK and two ``fetched``. Best of --repeat; paho's cost is not in it.
 
     .venv/bin/python bench/notifier_bench.py [--count 20000] [--window 500] [--devices 2000]
 """
@@ -309,18 +313,142 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
         broker.stop()
 
 
+class _Bus:
+    """Just enough of services.mqtt.Bus: handlers by filter, publishes counted and dropped."""
+
+    connected = False
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, object] = {}
+        self.published = 0
+
+    def subscribe(self, topic_filter, handler, **_) -> None:
+        self.handlers[topic_filter.split("/")[-1]] = handler
+
+    def publish(self, topic, payload, retain=False, qos=1, expiry=None) -> bool:
+        self.published += 1
+        return True
+
+    def on_connect(self, callback) -> None:
+        pass
+
+    on_disconnect = on_connect
+
+
+def bench_inproc(devices: int, batch: int, repeat: int) -> dict:
+    from twisted.internet import task
+
+    import notifier.main
+    from notifier.service import Notifier
+    from notifier.state import Store
+    from services import settings as s
+    from services.messages import now_iso
+    from services.mqtt import Incoming
+    from services.runner import Context
+    from services.sip.message import build_response, parse
+    from services.topics import Topics
+
+    class Transport:
+        def __init__(self, host: str, port: int) -> None:
+            self.host, self.port, self.sent = host, port, []
+
+        def write(self, data, addr) -> None:
+            self.sent.append((data, addr))
+
+        def getHost(self):
+            return self
+
+        def stopListening(self) -> None:
+            pass
+
+    class Reactor(task.Clock):
+        def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+            protocol.transport = Transport(interface, 5062)
+            return protocol.transport
+
+    def one_run() -> dict:
+        tmp = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
+        settings = s.resolve(s.COMMON + s.CONTRACT + notifier.main.SETTINGS,
+                             {"mqtt_url": "mqtt://127.0.0.1:1", "data_dir": str(tmp), "instance": "bench",
+                              "sip_interface": "127.0.0.1"}, environ={})
+        reactor = Reactor()
+        bus = _Bus()
+        ctx = Context("notifier", settings, bus, Topics(settings.topic_prefix), reactor, now_iso())
+        store = Store(ctx.database_path(), later=lambda commit: reactor.callLater(0, commit), clock=reactor)
+        service = Notifier(ctx, store, clock=reactor).start()
+        endpoint = next(iter(service.endpoints.values()))
+        sent = endpoint.transport.sent
+        h = bus.handlers
+        macs = [f"0000{i:08x}" for i in range(devices)]
+        for mac in macs:
+            h["published"](Incoming(f"pnp/devices/{mac}/published", json.dumps({
+                "url": f"http://127.0.0.1:8080/p/{mac}/", "files": [], "revision": 1, "v": 1}).encode(), True))
+        reactor.advance(0)
+        discoveries = [Incoming(f"pnp/devices/{mac}/discovered",
+                                json.dumps(discovered(mac, "127.0.0.2", 5060, f"call-{mac}")).encode(), False)
+                       for mac in macs]
+        fetched = [[Incoming(f"pnp/devices/{mac}/fetched", json.dumps({
+            "file": f"cfg{mac}.xml", "sha256": "0" * 64, "status": 200, "client": "127.0.0.2",
+            "user_agent": "bench", "provisioned": provisioned, "at": now_iso(), "revision": 1,
+            "server": "bench", "auth": "bootstrap", "v": 1}).encode(), False) for provisioned in (False, True)]
+            for mac in macs]
+        cpu = {"discovered": 0.0, "turn": 0.0, "answer": 0.0, "fetched": 0.0}
+        clock = time.process_time
+        for start in range(0, devices, batch):
+            chunk = range(start, min(devices, start + batch))
+            t = clock()
+            for i in chunk:
+                h["discovered"](discoveries[i])
+            t1 = clock()
+            reactor.advance(0)  # the turn's statuses and the sqlite commit
+            t2 = clock()
+            answers = [(build_response(parse(data), 200, "OK", to_tag="ph", received=addr).to_bytes(), addr)
+                       for data, addr in sent]
+            sent.clear()
+            t3 = clock()
+            for data, addr in answers:
+                endpoint.datagramReceived(data, addr)
+            t4 = clock()
+            for i in chunk:
+                for message in fetched[i]:
+                    h["fetched"](message)
+            reactor.advance(0)
+            t5 = clock()
+            cpu["discovered"] += t1 - t
+            cpu["turn"] += t2 - t1
+            cpu["answer"] += t4 - t3
+            cpu["fetched"] += t5 - t4
+        accepted = service.counters_["notify_accepted"]
+        service.stop()
+        if accepted != devices:
+            raise RuntimeError(f"only {accepted} of {devices} accepted")
+        per = {f"{k}_us": round(v * 1e6 / devices, 1) for k, v in cpu.items()}
+        per["total_us"] = round(sum(cpu.values()) * 1e6 / devices, 1)
+        per["published_per_phone"] = round(bus.published / devices, 2)
+        return per
+
+    runs = [one_run() for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["total_us"])
+    return {"devices": devices, "batch": batch, "repeat": repeat, "best": best,
+            "totals_us": [r["total_us"] for r in runs]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20000, help="endpoint: transactions")
     parser.add_argument("--window", type=int, default=500, help="endpoint: in flight at once")
     parser.add_argument("--devices", type=int, default=2000, help="service: pre-staged phones")
     parser.add_argument("--latency-samples", type=int, default=50)
-    parser.add_argument("--only", choices=["endpoint", "service"])
+    parser.add_argument("--batch", type=int, default=8, help="inproc: discoveries per reactor turn")
+    parser.add_argument("--repeat", type=int, default=5, help="inproc: runs, the best reported")
+    parser.add_argument("--only", choices=["endpoint", "service", "inproc"])
     parser.add_argument("--nodelay", action="store_true",
                         help="service: TCP_NODELAY on every MQTT connection (broker and clients)")
     args = parser.parse_args()
     if args.only in (None, "service"):
         print("service :", json.dumps(bench_service(min(args.devices, 20000), args.latency_samples, args.nodelay)), flush=True)
+    if args.only == "inproc":
+        print("inproc  :", json.dumps(bench_inproc(args.devices, args.batch, args.repeat)), flush=True)
     if args.only in (None, "endpoint"):
         print("endpoint:", json.dumps(bench_endpoint(min(args.count, 200000), args.window)), flush=True)
 
