@@ -8,7 +8,9 @@ to its NOTIFY reaching the phone.
 ``inproc``: the notifier's own CPU per phone, in this process, with no broker and no sockets
 (a bus that drops what is published, a clock for a reactor, datagrams handed over by hand):
 per pre-staged phone its ``discovered``, the NOTIFY, the next turn (sent status, sqlite
-commit), the phone's 200 OK and two ``fetched``. Best of --repeat; paho's cost is not in it.
+commit), the phone's 200 OK and two ``fetched``, --batch phones per reactor turn, the clock
+moved on as at --rate phones/s (timers and commits run when they would). Best of --repeat;
+paho's cost is not in it.
 
     .venv/bin/python bench/notifier_bench.py [--count 20000] [--window 500] [--devices 2000]
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -250,6 +253,8 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
         others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
         busy0 = machine_busy()
         cpu0 = cpu_seconds(proc.pid)
+        if os.environ.get("BENCH_NOTIFIER_SCRIPT"):
+            proc.send_signal(signal.SIGUSR1)  # the script's own numbers, before and after
         t0 = time.perf_counter()
         infos = [sender.publish(f"pnp/devices/{mac}/discovered",
                                       json.dumps(discovered(mac, "127.0.0.2", phone_port, f"call-{mac}")),
@@ -259,6 +264,8 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
         statuses.done.wait(DEADLINE)
         burst = time.perf_counter() - t0
         cpu = cpu_seconds(proc.pid) - cpu0
+        if os.environ.get("BENCH_NOTIFIER_SCRIPT"):
+            proc.send_signal(signal.SIGUSR1)
         busy1 = machine_busy()
         # Where the rest of the two cores went: the burst is what all of them share.
         others_ms = {f"{name}_cpu_ms_per_notify": round((cpu_seconds(pid) - others0[name]) * 1000 / devices, 3)
@@ -337,12 +344,10 @@ class _Bus:
     on_disconnect = on_connect
 
 
-def bench_inproc(devices: int, batch: int, repeat: int) -> dict:
+def bench_inproc(devices: int, batch: int, repeat: int, rate: float = 500.0) -> dict:
     from twisted.internet import task
 
     import notifier.main
-    from notifier.service import Notifier
-    from notifier.state import Store
     from services import settings as s
     from services.messages import now_iso
     from services.mqtt import Incoming
@@ -376,8 +381,7 @@ def bench_inproc(devices: int, batch: int, repeat: int) -> dict:
         reactor = Reactor()
         bus = _Bus()
         ctx = Context("notifier", settings, bus, Topics(settings.topic_prefix), reactor, now_iso())
-        store = Store(ctx.database_path(), later=lambda commit: reactor.callLater(0, commit), clock=reactor)
-        service = Notifier(ctx, store, clock=reactor).start()
+        service = notifier.main.start(ctx)  # as the service wires it (its store's commits)
         endpoint = next(iter(service.endpoints.values()))
         sent = endpoint.transport.sent
         h = bus.handlers
@@ -421,6 +425,7 @@ def bench_inproc(devices: int, batch: int, repeat: int) -> dict:
             for message in fetched:
                 h["fetched"](message)
             reactor.advance(0)
+            reactor.advance(len(chunk) / rate)  # the time the chunk's phones take at --rate
             t5 = clock()
             cpu["discovered"] += t1 - t
             cpu["turn"] += t2 - t1
@@ -437,7 +442,7 @@ def bench_inproc(devices: int, batch: int, repeat: int) -> dict:
 
     runs = [one_run() for _ in range(repeat)]
     best = min(runs, key=lambda r: r["total_us"])
-    return {"devices": devices, "batch": batch, "repeat": repeat, "best": best,
+    return {"devices": devices, "batch": batch, "rate": rate, "repeat": repeat, "best": best,
             "totals_us": [r["total_us"] for r in runs]}
 
 
@@ -447,7 +452,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=500, help="endpoint: in flight at once")
     parser.add_argument("--devices", type=int, default=2000, help="service: pre-staged phones")
     parser.add_argument("--latency-samples", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=8, help="inproc: discoveries per reactor turn")
+    parser.add_argument("--batch", type=int, default=1, help="inproc: discoveries per reactor turn")
+    parser.add_argument("--rate", type=float, default=500.0, help="inproc: phones per second (of the clock)")
     parser.add_argument("--repeat", type=int, default=5, help="inproc: runs, the best reported")
     parser.add_argument("--only", choices=["endpoint", "service", "inproc"])
     parser.add_argument("--nodelay", action="store_true",
@@ -456,7 +462,7 @@ def main() -> None:
     if args.only in (None, "service"):
         print("service :", json.dumps(bench_service(min(args.devices, 20000), args.latency_samples, args.nodelay)), flush=True)
     if args.only == "inproc":
-        print("inproc  :", json.dumps(bench_inproc(args.devices, args.batch, args.repeat)), flush=True)
+        print("inproc  :", json.dumps(bench_inproc(args.devices, args.batch, args.repeat, args.rate)), flush=True)
     if args.only in (None, "endpoint"):
         print("endpoint:", json.dumps(bench_endpoint(min(args.count, 200000), args.window)), flush=True)
 

@@ -319,11 +319,11 @@ class Notifier:
                           self.ctx.topics.device(plan.mac, "notify"), url_without_secret(plan.url),
                           Key.of(branch, cseq, "NOTIFY"))
         # The order of a NOTIFY's work, and why: the datagram first (the phone waits for it);
-        # its sent record (queued by mark_sent above) commits at the next reactor turn, so a
-        # crash before that sends it once more after the restart, never loses it; its ``sent``
-        # status and log line after the other messages read in this turn got their NOTIFYs
-        # (each of them would otherwise wait for this one's publish), and before any later
-        # status of it (_status runs what waits first).
+        # its sent record (queued by mark_sent above) commits with the others of the next
+        # COMMIT_AFTER (notifier/main.py), so a crash before that sends it once more after the
+        # restart, never loses it; its ``sent`` status and log line after the other messages
+        # read in this turn got their NOTIFYs (each of them would otherwise wait for this one's
+        # publish), and before any later status of it (_status runs what waits first).
         self._send(attempt)
         self.counters_["notify_sent"] += 1
         at = now_iso()
