@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import sqlite_utils
 
@@ -45,9 +45,9 @@ class Provision:
     at: float  # epoch seconds
 
 
-@dataclass(frozen=True)
-class SentKey:
-    """One NOTIFY transaction per (MAC, Call-ID, revision, kind), whatever arrives how often."""
+class SentKey(NamedTuple):
+    """One NOTIFY transaction per (MAC, Call-ID, revision, kind), whatever arrives how often.
+    A tuple: looked up in the sent log for every discovery and publication, hashed in C."""
 
     mac: str
     call_id: str
