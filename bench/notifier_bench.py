@@ -374,6 +374,9 @@ def bench_inproc(devices: int, batch: int, repeat: int, rate: float = 500.0) -> 
             return protocol.transport
 
     def one_run() -> dict:
+        import gc
+
+        gc.set_threshold(10_000, 20, 20)  # as services.runner.run sets it, and freezes after start
         tmp = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
         settings = s.resolve(s.COMMON + s.CONTRACT + notifier.main.SETTINGS,
                              {"mqtt_url": "mqtt://127.0.0.1:1", "data_dir": str(tmp), "instance": "bench",
@@ -389,7 +392,9 @@ def bench_inproc(devices: int, batch: int, repeat: int, rate: float = 500.0) -> 
         for mac in macs:
             h["published"](Incoming(f"pnp/devices/{mac}/published", json.dumps({
                 "url": f"http://127.0.0.1:8080/p/{mac}/", "files": [], "revision": 1, "v": 1}).encode(), True))
-        reactor.advance(0)
+        reactor.advance(1)  # their commit
+        gc.freeze()
+
         def discovery(mac: str) -> Incoming:
             return Incoming(f"pnp/devices/{mac}/discovered",
                             json.dumps(discovered(mac, "127.0.0.2", 5060, f"call-{mac}")).encode(), False)
@@ -433,6 +438,7 @@ def bench_inproc(devices: int, batch: int, repeat: int, rate: float = 500.0) -> 
             cpu["fetched"] += t5 - t4
         accepted = service.counters_["notify_accepted"]
         service.stop()
+        gc.unfreeze()
         if accepted != devices:
             raise RuntimeError(f"only {accepted} of {devices} accepted")
         per = {f"{k}_us": round(v * 1e6 / devices, 1) for k, v in cpu.items()}
