@@ -3,8 +3,8 @@
 ``endpoint``: NOTIFY transactions per second through one notifier UDP socket (build, send,
 match the 200, report), with phones in another process that answer at once.
 ``service``: the whole notifier on a private mosquitto: N pre-staged phones' discoveries
-published at once, until N ``accepted`` statuses; and the latency from one discovery's publish
-to its NOTIFY reaching the phone.
+published at once (or at --service-rate per second), until N ``accepted`` statuses; and the
+latency from one discovery's publish to its NOTIFY reaching the phone.
 ``inproc``: the notifier's own CPU per phone, in this process, with no broker and no sockets
 (a bus that drops what is published, a clock for a reactor, datagrams handed over by hand):
 per pre-staged phone its ``discovered``, the NOTIFY, the next turn (sent status, sqlite
@@ -13,6 +13,9 @@ moved on as at --rate phones/s (timers and commits run when they would). Best of
 paho's cost is not in it.
 
     .venv/bin/python bench/notifier_bench.py [--count 20000] [--window 500] [--devices 2000]
+
+BENCH_NOTIFIER_SCRIPT=path runs that script as the service's process instead (a profiler, say);
+it gets SIGUSR1 just before the burst and just after it.
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ class Statuses:
         self.client.disconnect()
 
 
-def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
+def bench_service(devices: int, latency_samples: int, nodelay: bool, rate: float = 0.0) -> dict:
     """The notifier as a separate OS process, as in production; the bench drives the broker."""
     from services.broker import Mosquitto
     from tests.support import Probe, wait_until
@@ -256,9 +259,15 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
         if os.environ.get("BENCH_NOTIFIER_SCRIPT"):
             proc.send_signal(signal.SIGUSR1)  # the script's own numbers, before and after
         t0 = time.perf_counter()
-        infos = [sender.publish(f"pnp/devices/{mac}/discovered",
-                                      json.dumps(discovered(mac, "127.0.0.2", phone_port, f"call-{mac}")),
-                                      qos=1, retain=True) for mac in macs]
+        infos = []
+        for i, mac in enumerate(macs):
+            if rate:  # paced: a few phones per reactor turn, as a real boot storm at that rate
+                ahead = t0 + i / rate - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)
+            infos.append(sender.publish(f"pnp/devices/{mac}/discovered",
+                                        json.dumps(discovered(mac, "127.0.0.2", phone_port, f"call-{mac}")),
+                                        qos=1, retain=True))
         for info in infos:
             info.wait_for_publish(30)
         statuses.done.wait(DEADLINE)
@@ -298,7 +307,7 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
         wire.sort()
         time.sleep(1.2)  # the next status carries the counters
         counters = (probe.last("pnp/services/notifier/bench") or {}).get("counters", {})
-        return {"nodelay": nodelay, "devices": devices, "seconds": round(burst, 3),
+        return {"nodelay": nodelay, "devices": devices, "rate": rate or "burst", "seconds": round(burst, 3),
                 "per_second": round(devices / burst),
                 "notifier_cpu_ms_per_notify": round(cpu * 1000 / devices, 3), **others_ms,
                 # the share of both cores busy during the burst, ours and anyone else's
@@ -461,12 +470,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="inproc: discoveries per reactor turn")
     parser.add_argument("--rate", type=float, default=500.0, help="inproc: phones per second (of the clock)")
     parser.add_argument("--repeat", type=int, default=5, help="inproc: runs, the best reported")
+    parser.add_argument("--service-rate", type=float, default=0.0,
+                        help="service: discoveries per second (default: all at once)")
     parser.add_argument("--only", choices=["endpoint", "service", "inproc"])
     parser.add_argument("--nodelay", action="store_true",
                         help="service: TCP_NODELAY on every MQTT connection (broker and clients)")
     args = parser.parse_args()
     if args.only in (None, "service"):
-        print("service :", json.dumps(bench_service(min(args.devices, 20000), args.latency_samples, args.nodelay)), flush=True)
+        print("service :", json.dumps(bench_service(min(args.devices, 20000), args.latency_samples, args.nodelay,
+                                                   args.service_rate)), flush=True)
     if args.only == "inproc":
         print("inproc  :", json.dumps(bench_inproc(args.devices, args.batch, args.repeat, args.rate)), flush=True)
     if args.only in (None, "endpoint"):
