@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -448,6 +449,7 @@ def bench_inproc(devices: int, batch: int, repeat: int, rate: float = 500.0) -> 
         accepted = service.counters_["notify_accepted"]
         service.stop()
         gc.unfreeze()
+        shutil.rmtree(tmp, ignore_errors=True)
         if accepted != devices:
             raise RuntimeError(f"only {accepted} of {devices} accepted")
         per = {f"{k}_us": round(v * 1e6 / devices, 1) for k, v in cpu.items()}
