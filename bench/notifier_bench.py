@@ -3,10 +3,19 @@
 ``endpoint``: NOTIFY transactions per second through one notifier UDP socket (build, send,
 match the 200, report), with phones in another process that answer at once.
 ``service``: the whole notifier on a private mosquitto: N pre-staged phones' discoveries
-published at once, until N ``accepted`` statuses; and the latency from one discovery's publish
-to its NOTIFY reaching the phone.
+published at once (or at --service-rate per second), until N ``accepted`` statuses; and the
+latency from one discovery's publish to its NOTIFY reaching the phone.
+``inproc``: the notifier's own CPU per phone, in this process, with no broker and no sockets
+(a bus that drops what is published, a clock for a reactor, datagrams handed over by hand):
+per pre-staged phone its ``discovered``, the NOTIFY, the next turn (sent status, sqlite
+commit), the phone's 200 OK and two ``fetched``, --batch phones per reactor turn, the clock
+moved on as at --rate phones/s (timers and commits run when they would). Best of --repeat;
+paho's cost is not in it.
 
     .venv/bin/python bench/notifier_bench.py [--count 20000] [--window 500] [--devices 2000]
+
+BENCH_NOTIFIER_SCRIPT=path runs that script as the service's process instead (a profiler, say);
+it gets SIGUSR1 just before the burst and just after it.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -212,7 +223,7 @@ class Statuses:
         self.client.disconnect()
 
 
-def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
+def bench_service(devices: int, latency_samples: int, nodelay: bool, rate: float = 0.0) -> dict:
     """The notifier as a separate OS process, as in production; the bench drives the broker."""
     from services.broker import Mosquitto
     from tests.support import Probe, wait_until
@@ -223,6 +234,8 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
     env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(tmp / "data"),
            "PNP_INSTANCE": "bench", "PNP_LOG_FORMAT": "text", "PNP_STATUS_INTERVAL": "1"}
     command = ["-c", NODELAY_NOTIFIER] if nodelay else ["-m", "tools.cli", "notifier"]
+    if os.environ.get("BENCH_NOTIFIER_SCRIPT"):
+        command = [os.environ["BENCH_NOTIFIER_SCRIPT"]]
     proc = subprocess.Popen([sys.executable, *command], env=env, cwd=str(ROOT),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     probe = Probe(broker.url, ["pnp/services/#"])
@@ -244,15 +257,25 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
         others0 = {name: cpu_seconds(pid) for name, pid in others.items()}
         busy0 = machine_busy()
         cpu0 = cpu_seconds(proc.pid)
+        if os.environ.get("BENCH_NOTIFIER_SCRIPT"):
+            proc.send_signal(signal.SIGUSR1)  # the script's own numbers, before and after
         t0 = time.perf_counter()
-        infos = [sender.publish(f"pnp/devices/{mac}/discovered",
-                                      json.dumps(discovered(mac, "127.0.0.2", phone_port, f"call-{mac}")),
-                                      qos=1, retain=True) for mac in macs]
+        infos = []
+        for i, mac in enumerate(macs):
+            if rate:  # paced: a few phones per reactor turn, as a real boot storm at that rate
+                ahead = t0 + i / rate - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)
+            infos.append(sender.publish(f"pnp/devices/{mac}/discovered",
+                                        json.dumps(discovered(mac, "127.0.0.2", phone_port, f"call-{mac}")),
+                                        qos=1, retain=True))
         for info in infos:
             info.wait_for_publish(30)
         statuses.done.wait(DEADLINE)
         burst = time.perf_counter() - t0
         cpu = cpu_seconds(proc.pid) - cpu0
+        if os.environ.get("BENCH_NOTIFIER_SCRIPT"):
+            proc.send_signal(signal.SIGUSR1)
         busy1 = machine_busy()
         # Where the rest of the two cores went: the burst is what all of them share.
         others_ms = {f"{name}_cpu_ms_per_notify": round((cpu_seconds(pid) - others0[name]) * 1000 / devices, 3)
@@ -285,7 +308,7 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
         wire.sort()
         time.sleep(1.2)  # the next status carries the counters
         counters = (probe.last("pnp/services/notifier/bench") or {}).get("counters", {})
-        return {"nodelay": nodelay, "devices": devices, "seconds": round(burst, 3),
+        return {"nodelay": nodelay, "devices": devices, "rate": rate or "burst", "seconds": round(burst, 3),
                 "per_second": round(devices / burst),
                 "notifier_cpu_ms_per_notify": round(cpu * 1000 / devices, 3), **others_ms,
                 # the share of both cores busy during the burst, ours and anyone else's
@@ -309,18 +332,157 @@ def bench_service(devices: int, latency_samples: int, nodelay: bool) -> dict:
         broker.stop()
 
 
+class _Bus:
+    """Just enough of services.mqtt.Bus: handlers by filter, publishes counted and dropped."""
+
+    connected = False
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, object] = {}
+        self.published = 0
+
+    def subscribe(self, topic_filter, handler, **_) -> None:
+        self.handlers[topic_filter.split("/")[-1]] = handler
+
+    def publish(self, topic, payload, retain=False, qos=1, expiry=None) -> bool:
+        self.published += 1
+        return True
+
+    def on_connect(self, callback) -> None:
+        pass
+
+    on_disconnect = on_connect
+
+
+def bench_inproc(devices: int, batch: int, repeat: int, rate: float = 500.0) -> dict:
+    from twisted.internet import task
+
+    import notifier.main
+    from services import settings as s
+    from services.messages import now_iso
+    from services.mqtt import Incoming
+    from services.runner import Context
+    from services.sip.message import build_response, parse
+    from services.topics import Topics
+
+    class Transport:
+        def __init__(self, host: str, port: int) -> None:
+            self.host, self.port, self.sent = host, port, []
+
+        def write(self, data, addr) -> None:
+            self.sent.append((data, addr))
+
+        def getHost(self):
+            return self
+
+        def stopListening(self) -> None:
+            pass
+
+    class Reactor(task.Clock):
+        def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+            protocol.transport = Transport(interface, 5062)
+            return protocol.transport
+
+    def one_run() -> dict:
+        import gc
+
+        gc.set_threshold(10_000, 20, 20)  # as services.runner.run sets it, and freezes after start
+        tmp = Path(tempfile.mkdtemp(prefix="pnp-bench-"))
+        settings = s.resolve(s.COMMON + s.CONTRACT + notifier.main.SETTINGS,
+                             {"mqtt_url": "mqtt://127.0.0.1:1", "data_dir": str(tmp), "instance": "bench",
+                              "sip_interface": "127.0.0.1"}, environ={})
+        reactor = Reactor()
+        bus = _Bus()
+        ctx = Context("notifier", settings, bus, Topics(settings.topic_prefix), reactor, now_iso())
+        service = notifier.main.start(ctx)  # as the service wires it (its store's commits)
+        endpoint = next(iter(service.endpoints.values()))
+        sent = endpoint.transport.sent
+        h = bus.handlers
+        macs = [f"0000{i:08x}" for i in range(devices)]
+        for mac in macs:
+            h["published"](Incoming(f"pnp/devices/{mac}/published", json.dumps({
+                "url": f"http://127.0.0.1:8080/p/{mac}/", "files": [], "revision": 1, "v": 1}).encode(), True))
+        reactor.advance(1)  # their commit
+        gc.freeze()
+
+        def discovery(mac: str) -> Incoming:
+            return Incoming(f"pnp/devices/{mac}/discovered",
+                            json.dumps(discovered(mac, "127.0.0.2", 5060, f"call-{mac}")).encode(), False)
+
+        def downloads(mac: str) -> list[Incoming]:
+            # the first download (provisioned false), then the one after the phone's reboot
+            return [Incoming(f"pnp/devices/{mac}/fetched", json.dumps({
+                "file": f"cfg{mac}.xml", "sha256": "0" * 64, "status": 200, "client": "127.0.0.2",
+                "user_agent": "bench", "provisioned": provisioned, "at": now_iso(), "revision": 1,
+                "server": "bench", "auth": "bootstrap", "v": 1}).encode(), False)
+                for provisioned in (False, True)]
+
+        cpu = {"discovered": 0.0, "turn": 0.0, "answer": 0.0, "fetched": 0.0}
+        clock = time.process_time
+        for start in range(0, devices, batch):
+            chunk = macs[start:start + batch]
+            # made per chunk, so the heap the collector walks is the notifier's, not the bench's
+            discoveries = [discovery(mac) for mac in chunk]
+            fetched = [message for mac in chunk for message in downloads(mac)]
+            t = clock()
+            for message in discoveries:
+                h["discovered"](message)
+            t1 = clock()
+            reactor.advance(0)  # the turn's statuses and the sqlite commit
+            t2 = clock()
+            answers = [(build_response(parse(data), 200, "OK", to_tag="ph", received=addr).to_bytes(), addr)
+                       for data, addr in sent]
+            sent.clear()
+            t3 = clock()
+            for data, addr in answers:
+                endpoint.datagramReceived(data, addr)
+            t4 = clock()
+            for message in fetched:
+                h["fetched"](message)
+            reactor.advance(0)
+            reactor.advance(len(chunk) / rate)  # the time the chunk's phones take at --rate
+            t5 = clock()
+            cpu["discovered"] += t1 - t
+            cpu["turn"] += t2 - t1
+            cpu["answer"] += t4 - t3
+            cpu["fetched"] += t5 - t4
+        accepted = service.counters_["notify_accepted"]
+        service.stop()
+        gc.unfreeze()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if accepted != devices:
+            raise RuntimeError(f"only {accepted} of {devices} accepted")
+        per = {f"{k}_us": round(v * 1e6 / devices, 1) for k, v in cpu.items()}
+        per["total_us"] = round(sum(cpu.values()) * 1e6 / devices, 1)
+        per["published_per_phone"] = round(bus.published / devices, 2)
+        return per
+
+    runs = [one_run() for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["total_us"])
+    return {"devices": devices, "batch": batch, "rate": rate, "repeat": repeat, "best": best,
+            "totals_us": [r["total_us"] for r in runs]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20000, help="endpoint: transactions")
     parser.add_argument("--window", type=int, default=500, help="endpoint: in flight at once")
     parser.add_argument("--devices", type=int, default=2000, help="service: pre-staged phones")
     parser.add_argument("--latency-samples", type=int, default=50)
-    parser.add_argument("--only", choices=["endpoint", "service"])
+    parser.add_argument("--batch", type=int, default=1, help="inproc: discoveries per reactor turn")
+    parser.add_argument("--rate", type=float, default=500.0, help="inproc: phones per second (of the clock)")
+    parser.add_argument("--repeat", type=int, default=5, help="inproc: runs, the best reported")
+    parser.add_argument("--service-rate", type=float, default=0.0,
+                        help="service: discoveries per second (default: all at once)")
+    parser.add_argument("--only", choices=["endpoint", "service", "inproc"])
     parser.add_argument("--nodelay", action="store_true",
                         help="service: TCP_NODELAY on every MQTT connection (broker and clients)")
     args = parser.parse_args()
     if args.only in (None, "service"):
-        print("service :", json.dumps(bench_service(min(args.devices, 20000), args.latency_samples, args.nodelay)), flush=True)
+        print("service :", json.dumps(bench_service(min(args.devices, 20000), args.latency_samples, args.nodelay,
+                                                   args.service_rate)), flush=True)
+    if args.only == "inproc":
+        print("inproc  :", json.dumps(bench_inproc(args.devices, args.batch, args.repeat, args.rate)), flush=True)
     if args.only in (None, "endpoint"):
         print("endpoint:", json.dumps(bench_endpoint(min(args.count, 200000), args.window)), flush=True)
 

@@ -44,6 +44,12 @@ class Outgoing:
     answer: Answer | None = None  # the final response, once it arrived
 
 
+def request_key(request: Request) -> Key:
+    """The :class:`Key` a request's top Via and CSeq give it."""
+    number, method = request.cseq
+    return Key.of(parse_via(request.headers.get_all("Via")[0]).branch or "", number, method)
+
+
 class NotifyEndpoint(DatagramProtocol):
     """Sends requests and runs their client transactions on one bound UDP socket."""
 
@@ -66,15 +72,15 @@ class NotifyEndpoint(DatagramProtocol):
         return self._local
 
     def send(self, request: Request, address: tuple[str, int], on_result: OnResult,
-             timers: Timers | None = None) -> Key:
+             timers: Timers | None = None, key: Key | None = None) -> Key:
         """Send ``request`` (its top Via's branch and CSeq identify it) and run its transaction
         (with ``timers`` when given, else the endpoint's); ``on_result`` gets the
-        :class:`Result` once, with the final :class:`Answer` (None on a timeout)."""
+        :class:`Result` once, with the final :class:`Answer` (None on a timeout). ``key``: the
+        request's, when the caller that built it knows it (read back from the request else)."""
         if self._stopped:
             raise RuntimeError("endpoint stopped")
-        branch = parse_via(request.headers.get_all("Via")[0]).branch
-        number, method = request.cseq
-        key = Key.of(branch or "", number, method)
+        if key is None:
+            key = request_key(request)
         out = Outgoing(request.to_bytes(), address, on_result)
         self.table.start(key, out, self.clock.seconds(), timers)
         self._write(out)

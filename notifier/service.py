@@ -29,7 +29,7 @@ from services.sip.message import MAX_DATAGRAM, Request, new_branch
 from services.retained import Keeper
 from services.runner import Context
 from services.settings import SIP_INTERFACE, SettingError
-from services.sip.transaction import Outcome, Result, Timers
+from services.sip.transaction import Key, Outcome, Result, Timers
 
 from notifier import build, decide
 from notifier.protocol import Answer, NotifyEndpoint
@@ -64,6 +64,9 @@ class Attempt:
     endpoint: NotifyEndpoint
     in_dialog: bool
     call_id: str
+    topic: str  # its device's ``notify``
+    url: str  # as the statuses show it (no secret)
+    key: Key | None = None  # of ``request``, when its builder knows it
     attempts: int = 0  # transmissions of the earlier requests
     started_at: float | None = None  # of the first transaction
     authenticated: int = 0  # requests sent with credentials
@@ -290,15 +293,18 @@ class Notifier:
         published = self.store.published.get(plan.mac)
         vendor = d.vendor or (published.vendor if published else "")
         in_dialog = False
+        # the builder's branch and CSeq are the transaction's key: nothing reads them back
+        branch = new_branch()
+        cseq = 1
         try:
-            address = build.destination(d)
+            target = build.target(d)
             if plan.kind == decide.UA_PROFILE:
                 mode = self.settings.notify_dialog.mode_for(vendor)
                 in_dialog = mode == IN_DIALOG
                 cseq = self.store.next_cseq(plan.mac) if in_dialog else 1
-                request = build.ua_profile(d, plan.url, local, mode, cseq)
+                request = build.ua_profile(d, plan.url, local, mode, cseq, branch, target.uri)
             else:
-                request = build.check_sync(d, local, self.settings.resync_reboot)
+                request = build.check_sync(d, local, self.settings.resync_reboot, branch, target.uri)
         except build.BuildError as exc:
             self.counters_["notify_unbuildable"] += 1
             self.ctx.publish_error(plan.mac, "notify", f"cannot build the NOTIFY: {exc}")
@@ -308,20 +314,23 @@ class Notifier:
         if plan.epoch is not None:
             self.store.address_epoch(plan.mac, plan.epoch, d.ip, self.wall())
         call_id = request.call_id or ""
-        attempt = Attempt(plan, request, address, endpoint, in_dialog, call_id)
+        address = target.address
+        attempt = Attempt(plan, request, address, endpoint, in_dialog, call_id,
+                          self.ctx.topics.device(plan.mac, "notify"), url_without_secret(plan.url),
+                          Key.of(branch, cseq, "NOTIFY"))
         # The order of a NOTIFY's work, and why: the datagram first (the phone waits for it);
-        # its sent record (queued by mark_sent above) commits at the next reactor turn, so a
-        # crash before that sends it once more after the restart, never loses it; its ``sent``
-        # status and log line after the other messages read in this turn got their NOTIFYs
-        # (each of them would otherwise wait for this one's publish), and before any later
-        # status of it (_status runs what waits first).
+        # its sent record (queued by mark_sent above) commits with the others of the next
+        # COMMIT_AFTER (notifier/main.py), so a crash before that sends it once more after the
+        # restart, never loses it; its ``sent`` status and log line after the other messages
+        # read in this turn got their NOTIFYs (each of them would otherwise wait for this one's
+        # publish), and before any later status of it (_status runs what waits first).
         self._send(attempt)
         self.counters_["notify_sent"] += 1
         at = now_iso()
 
         def report() -> None:
-            self._status(plan, NotifyStatus(
-                status="sent", code=None, attempts=1, url=url_without_secret(plan.url),
+            self._status(attempt, NotifyStatus(
+                status="sent", code=None, attempts=1, url=attempt.url,
                 revision=plan.revision, call_id=call_id, at=at, kind=plan.kind))
             self._log_sent(lambda: log.info("NOTIFY {kind} rev {revision} to {mac} at {host}:{port}",
                                             kind=plan.kind, revision=plan.revision, mac=plan.mac,
@@ -358,7 +367,7 @@ class Notifier:
             self._finished(attempt, result, answer)
 
         attempt.endpoint.send(attempt.request, attempt.address, finished,
-                              self._timers_for(attempt.plan.mac, attempt.address[0]))
+                              self._timers_for(attempt.plan.mac, attempt.address[0]), attempt.key)
 
     def _timers_for(self, mac: str, host: str) -> Timers:
         """Timer F in full for an address that answered us before, or a phone we provisioned
@@ -391,14 +400,15 @@ class Notifier:
             again, why = self._authenticate(attempt, answer)
             if again is not None:
                 attempt.request = again
+                attempt.key = None  # the retry's own branch and CSeq, read from it
                 attempt.authenticated += 1
                 self.counters_["notify_authenticated"] += 1
                 self._send(attempt)
                 return
         status = result.outcome.value
         self.counters_[f"notify_{status}"] += 1
-        self._status(plan, NotifyStatus(
-            status=status, code=result.status, attempts=attempt.attempts, url=url_without_secret(plan.url),
+        self._status(attempt, NotifyStatus(
+            status=status, code=result.status, attempts=attempt.attempts, url=attempt.url,
             revision=plan.revision, call_id=attempt.call_id, at=now_iso(), reason=result.reason,
             rtt_ms=(round((result.ended_at - attempt.started_at) * 1000, 3)
                     if result.outcome is not Outcome.TIMEOUT else None),
@@ -451,12 +461,12 @@ class Notifier:
             return None, f"cannot answer its challenge: {exc}"
         return again, ""
 
-    def _status(self, plan: decide.Plan, status: NotifyStatus) -> None:
+    def _status(self, attempt: Attempt, status: NotifyStatus) -> None:
         if self._reports:
             self._report()  # a NOTIFY's ``sent`` goes before its outcome
         if not self._stopped:
             # to_json()'s deep copy was a tenth of a NOTIFY's CPU time
             data = encode_flat(status)
-            topic = self.ctx.topics.device(plan.mac, "notify")
+            topic = attempt.topic
             self.ctx.bus.publish(topic, data, retain=True)
             self.keeper.put(topic, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -17,6 +18,9 @@ _MODES = (IN_DIALOG, OUT_OF_DIALOG)
 BY_VENDOR = "vendor"
 
 
+# Asked once per NOTIFY, and the records do not change while the notifier runs; bounded, since
+# the vendor is whatever a SUBSCRIBE's User-Agent made the listener say.
+@functools.lru_cache(maxsize=64)
 def _record_mode(vendor: str) -> str:
     """The NOTIFY form the vendor's record gives (generator/vendors/<vendor>/record.py)."""
     from generator.vendors import RECORDS

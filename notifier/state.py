@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import sqlite_utils
 
@@ -45,9 +45,9 @@ class Provision:
     at: float  # epoch seconds
 
 
-@dataclass(frozen=True)
-class SentKey:
-    """One NOTIFY transaction per (MAC, Call-ID, revision, kind), whatever arrives how often."""
+class SentKey(NamedTuple):
+    """One NOTIFY transaction per (MAC, Call-ID, revision, kind), whatever arrives how often.
+    A tuple: looked up in the sent log for every discovery and publication, hashed in C."""
 
     mac: str
     call_id: str
@@ -74,8 +74,8 @@ def epoch(iso: str, default: float) -> float:
 
 class Store:
     """``later``, when given, batches writes: the first write is queued and asks ``later`` to call
-    :meth:`commit` (the notifier passes "at the next reactor turn"), which runs the queue in one
-    transaction, so a burst of messages read in one turn costs one commit, not three per NOTIFY.
+    :meth:`commit` (the notifier passes "in notifier.main.COMMIT_AFTER"), which runs the queue in
+    one transaction, so the messages of that time cost one commit, not three per NOTIFY.
     Without it every write commits at once."""
 
     def __init__(self, path: Path | str | None = None,

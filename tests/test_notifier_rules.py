@@ -355,6 +355,28 @@ def test_destination_contact_or_source():
         build.destination(discovered(ip="", port=0, contact="garbage"))
 
 
+@pytest.mark.parametrize("changes", [
+    {"port": 33333}, {"contact": "<sip:192.168.5.175>"}, {"ip": "203.0.113.9", "port": 61000},
+    {"contact": "<sip:phone.local:5080>"}, {"ip": "", "port": 0}, {"ip": "192.168.05.175"},
+    {"contact": "<sip:192.168.5.256:5080>", "ip": "", "port": 0},
+])
+def test_target_is_the_contact_and_the_destination(changes):
+    # What a NOTIFY is sent with: the Request-URI its phone wrote, and where the datagram goes.
+    d = discovered(**changes)
+    try:
+        expected = build.destination(d)
+    except build.BuildError:
+        with pytest.raises(build.BuildError):
+            build.target(d)
+        return
+    assert build.target(d) == build.Target(build.contact_uri(d), expected)
+
+
+def test_no_notify_is_addressed_to_an_unusable_contact():
+    with pytest.raises(build.BuildError, match="unusable Contact"):
+        build.target(discovered(contact="garbage"))  # the source alone names no Request-URI
+
+
 def test_burst_log_lines_one_by_one_then_a_count():
     from twisted.internet import task
 

@@ -18,9 +18,9 @@ Times are plain floats in seconds from any monotonic clock the caller chooses.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, Iterator, NamedTuple, TypeVar
 
 from services.expiring import Expiring
 from services.sip.message import Request, Response, SipParseError, Via, parse_via
@@ -84,10 +84,10 @@ class Action(Enum):
     ABSORBED = "absorbed"  # a retransmitted or late response, nothing to do
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     """What a response must carry to match: the top Via's branch and the CSeq (number and
-    method) of the request."""
+    method) of the request. A tuple: the table hashes and compares one per NOTIFY sent and per
+    response, which a dataclass does in Python."""
 
     branch: str
     cseq: int
@@ -125,8 +125,11 @@ class ClientTransaction:
 
     def deadline(self) -> float | None:
         """The next time :meth:`advance` has something to do, or None once terminated."""
-        timers = [t for t in (self._timer_e, self._timer_f, self._timer_k) if t is not None]
-        return min(timers) if timers else None
+        due = self._timer_k  # the earliest set timer, asked on every heap move: no list built
+        for timer in (self._timer_e, self._timer_f):
+            if timer is not None and (due is None or timer < due):
+                due = timer
+        return due
 
     def advance(self, now: float) -> list[Action]:
         """Let time pass up to ``now``: fire every timer that is due, in order."""
@@ -197,11 +200,9 @@ class Entry(Generic[T]):
     request: T  # whatever the driver needs to retransmit (bytes and address, typically)
 
 
-@dataclass(order=True)
-class _Due:
-    at: float
-    seq: int
-    key: Key = field(compare=False)
+# A heap item: (when, sequence number, Key). A plain tuple, compared in C; the sequence number
+# is unique, so a Key is never compared.
+_Due = tuple[float, int, Key]
 
 
 class TransactionTable(Generic[T]):
@@ -239,20 +240,20 @@ class TransactionTable(Generic[T]):
     def next_deadline(self) -> float | None:
         """When the driver should next call :meth:`advance`."""
         while self._heap:
-            top = self._heap[0]
-            entry = self._entries.get(top.key)
-            if entry is not None and entry.transaction.deadline() == top.at:
-                return top.at
+            at, _, key = self._heap[0]
+            entry = self._entries.get(key)
+            if entry is not None and entry.transaction.deadline() == at:
+                return at
             heapq.heappop(self._heap)
         return None
 
     def advance(self, now: float) -> list[Event[T]]:
         """Fire every timer due by ``now``, across all transactions."""
         events: list[Event[T]] = []
-        while self._heap and self._heap[0].at <= now:
-            top = heapq.heappop(self._heap)
-            entry = self._entries.get(top.key)
-            if entry is None or entry.transaction.deadline() != top.at:
+        while self._heap and self._heap[0][0] <= now:
+            at, _, key = heapq.heappop(self._heap)
+            entry = self._entries.get(key)
+            if entry is None or entry.transaction.deadline() != at:
                 continue
             for action in entry.transaction.advance(now):
                 events.append(Event(action, entry))
@@ -287,17 +288,17 @@ class TransactionTable(Generic[T]):
         due = entry.transaction.deadline()
         if due is not None:
             self._seq += 1
-            heapq.heappush(self._heap, _Due(due, self._seq, entry.transaction.key))
+            heapq.heappush(self._heap, (due, self._seq, entry.transaction.key))
 
 
 def response_key(response: Response) -> Key | None:
     """The :class:`Key` a response claims (top Via's branch, CSeq), or None when it has none
     usable: such a response can match no transaction of ours."""
-    vias = response.headers.get_all("Via")
-    if not vias:
+    via = response.headers.get("Via")  # the top one, without splitting every Via header
+    if not via:
         return None
     try:
-        branch = parse_via(vias[0]).branch
+        branch = parse_via(via).branch
         number, method = response.cseq
     except SipParseError:
         return None
