@@ -1,5 +1,6 @@
-"""The MQTT side of the console: every retained device, profile and status topic into the
-:class:`DeviceTable`; assignments and profiles out, as ``pnp assign`` publishes them.
+"""The MQTT side of the console: every retained device topic it shows, profiles and status
+topics into the :class:`DeviceTable`; assignments and profiles out, as ``pnp assign`` publishes
+them.
 
 Changes are pushed to the browsers through the :class:`Hub` (Server-Sent Events), coalesced:
 during a boot storm a row that changes ten times within ``FLUSH_EVERY`` is sent once.
@@ -20,9 +21,17 @@ from tools.commands import message as command_message
 from services.mqtt import Incoming
 from services.messages import encode_json, now_iso
 from services.runner import Context
-from services.topics import is_device_topic
+from services.topics import is_mac
 
 log = Logger(namespace="console")
+
+# The device topics the console shows, as the deployment ACL lets its login read them
+# (deploy/mosquitto/acl). Not `resync` (a SIP password) nor `published` (the working URLs):
+# `files` says the same revision and files without them; the broker sends the console neither,
+# which spares it three of a first boot's sixteen messages and keeps those secrets out of it
+# on a broker without the ACL too.
+DEVICE_KINDS = ("discovered", "assignment", "config", "files", "notify", "fetched", "error", "enrolment",
+                "rearm", "rotate")
 
 FLUSH_EVERY = 0.25  # seconds
 ACK_TIMEOUT = 5.0
@@ -104,7 +113,10 @@ class ConsoleService:
 
     def start(self) -> None:
         bus = self.ctx.bus
-        bus.subscribe(self.topics.devices("+"), self.on_device)
+        # One filter per kind: the filter names the kind, so a message needs no topic parsing
+        # beyond cutting its MAC out.
+        for kind in DEVICE_KINDS:
+            bus.subscribe(self.topics.devices(kind), self._device_handler(kind))
         bus.subscribe(self.topics.profiles(), self.on_profile)
         bus.subscribe(self.topics.services(), self.on_service)
         bus.on_connect(lambda: self.hub.send(b"broker", {"connected": True}))
@@ -115,15 +127,24 @@ class ConsoleService:
         return bool(self.ctx.bus.connected)
 
     # --- in ---
-    def on_device(self, msg: Incoming) -> None:
-        info = self.topics.parse(msg.topic)
-        if not is_device_topic(info):
-            self.counters["ignored"] += 1
-            return
-        data = _data(msg)
-        if self.table.on_device(info.mac, info.kind, data, msg.retain, now_iso()):
-            self.counters["device_updates"] += 1
-            self.hub.changed(info.mac)
+    def _device_handler(self, kind: str) -> Callable[[Incoming], None]:
+        """The handler of ``devices/+/{kind}``: every phone's every message comes through it, so
+        it does the least it can (the payload is parsed when someone reads it)."""
+        start = len(self.topics.devices(kind).split("+", 1)[0])  # where the MAC starts
+        end = -len(kind) - 1  # and ends: the filter matched exactly "{prefix}/devices/{mac}/{kind}"
+        table, hub, counters = self.table, self.hub, self.counters
+
+        def on_device(msg: Incoming) -> None:
+            mac = msg.topic[start:end]
+            # a MAC the table holds was checked when it came first
+            if mac not in table.devices and not is_mac(mac):
+                counters["ignored"] += 1
+                return
+            if table.on_raw(mac, kind, msg.raw, msg.retain, now_iso()):
+                counters["device_updates"] += 1
+                hub.changed(mac)
+
+        return on_device
 
     def on_profile(self, msg: Incoming) -> None:
         info = self.topics.parse(msg.topic)
