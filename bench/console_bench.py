@@ -148,16 +148,38 @@ def _flow_payloads(i: int, offset: int) -> tuple[list[tuple[str, dict]], list[tu
     return staging, boot
 
 
-def flow(phones: int, offset: int, part: str) -> list[tuple[str, bytes, bool]]:
-    """``phones`` phones' messages, phone after phone: ``part`` "staging", "boot" or "all"."""
-    out = []
+def flow(phones: int, offset: int, part: str, rate: float = 0.0, step: float = 0.1) -> list[tuple[str, bytes, bool]]:
+    """``phones`` phones' messages: ``part`` "staging", "boot" or "all". ``rate`` 0: phone
+    after phone; else in the order they come when a phone boots every 1/``rate`` s and each of
+    its messages follows the one before ``step`` s later (a phone's boot takes about a second)."""
+    timed = []
     for i in range(phones):
         stage, boot = _flow_payloads(i, offset)
         mac = mac_of(offset + i)
         chosen = {"staging": stage, "boot": boot, "all": stage + boot}[part]
-        for kind, payload in chosen:
-            out.append((f"pnp/devices/{mac}/{kind}", json.dumps(payload, separators=(",", ":")).encode(), True))
-    return out
+        for k, (kind, payload) in enumerate(chosen):
+            at = i / rate + k * step if rate else 0.0
+            timed.append((at, len(timed), (f"pnp/devices/{mac}/{kind}",
+                                           json.dumps(payload, separators=(",", ":")).encode(), True)))
+    timed.sort()
+    return [m for _, _, m in timed]
+
+
+def publish_paced(c: mqtt.Client, messages: list[tuple[str, bytes, bool]], per_second: float) -> None:
+    """Publish ``per_second`` messages a second, a few milliseconds' worth at a time."""
+    if not per_second:
+        publish_all(c, messages)
+        return
+    start = time.monotonic()
+    infos = []
+    sent = 0
+    while sent < len(messages):
+        due = min(len(messages), int((time.monotonic() - start) * per_second) + 1)
+        infos += [c.publish(t, p, qos=1, retain=r) for t, p, r in messages[sent:due]]
+        sent = due
+        time.sleep(0.002)
+    for info in infos:
+        info.wait_for_publish(60)
 
 
 def cpu_of(pid: int) -> float:
@@ -273,7 +295,7 @@ def bench_messages(args: argparse.Namespace) -> None:
             if not staging:  # the ready case: these phones' staging is already on the broker
                 publish_all(c, flow(phones, offset, "staging"))
                 time.sleep(1.0)  # let the console take them before counting
-            messages = flow(phones, offset, "all" if staging else "boot")
+            messages = flow(phones, offset, "all" if staging else "boot", args.rate)
             sentinel = mac_of(0xFF0000 + offset)
             messages.append((f"pnp/devices/{sentinel}/discovered", b'{"mac":"' + sentinel.encode() + b'"}', False))
             watcher = None
@@ -284,7 +306,7 @@ def bench_messages(args: argparse.Namespace) -> None:
                 time.sleep(0.3)
             before = cpu_of(console.proc.pid)
             t0 = time.monotonic()
-            publish_all(c, messages)
+            publish_paced(c, messages, args.rate * len(messages) / phones)
             while console.get(f"/devices/{sentinel}")[0] != 200:  # every message before it was taken
                 time.sleep(0.2)
             used = cpu_of(console.proc.pid) - before
@@ -293,7 +315,7 @@ def bench_messages(args: argparse.Namespace) -> None:
             if watcher is not None:
                 watcher.join(2)
             count = len(messages) - 1
-            print(f"messages, {name}: {phones} phones, {count} device messages ({count / phones:.0f} a phone) "
+            print(f"messages, {name}{f' at {args.rate:g} phones/s' if args.rate else ''}: {phones} phones, {count} device messages ({count / phones:.0f} a phone) "
                   f"in {wall:.1f} s: console CPU {used:.2f} s = {used / count * 1e6:.0f} us a message, "
                   f"{used / phones * 1e3:.2f} ms a phone" + (f"; {rows_events[0]} rows events sent" if browser else ""))
             rows_events[0] = 0
@@ -311,6 +333,8 @@ def main() -> int:
     parser.add_argument("--storm", type=int, default=10_000, help="devices whose notify/fetched change in the storm")
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--phones", type=int, default=2000, help="phones per case of the messages phase")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="messages phase: phones booting a second (0: every message as fast as paho sends)")
     parser.add_argument("--only", choices=("list", "messages"), default=None, help="one phase only")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="messages phase: run the console under cProfile (CPU clock), stats to FILE")
