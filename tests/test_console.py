@@ -579,7 +579,7 @@ def test_the_hub_sends_a_storm_of_changes_in_batches_and_each_role_its_own_view(
     assert admin == b"".join(seen["admin"])  # quiet: nothing more sent
 
 
-def test_in_a_storm_the_rows_go_out_once_a_second_and_four_times_a_second_again_after_it():
+def test_in_a_storm_the_rows_go_out_twice_a_second_and_four_times_a_second_again_after_it():
     from twisted.internet.task import Clock
 
     from console.service import FLUSH_EVERY, FLUSH_STORM, STORM_ROWS, Client, Hub
@@ -596,7 +596,7 @@ def test_in_a_storm_the_rows_go_out_once_a_second_and_four_times_a_second_again_
     for mac in storm:
         hub.changed(mac)
     clock.advance(FLUSH_EVERY)
-    assert len(seen) == 1  # the storm goes on: its rows wait for the next second
+    assert len(seen) == 1  # the storm goes on: its rows wait for the longer batch
     clock.advance(FLUSH_STORM - FLUSH_EVERY)
     assert len(seen) == 2
     hub.changed(MAC)  # a quiet moment: the batch after a small one is due at the usual pace
