@@ -774,3 +774,14 @@ def test_the_device_credential_is_masked_in_the_file_view_and_everywhere_else(co
     for path in ("/", f"/devices/{MAC}"):
         html = console.request("GET", path, cookies=jar)[2]
         assert HTTP_PW not in html and OLD_HTTP_PW not in html, path
+
+
+def test_every_device_topic_the_console_subscribes_is_one_its_broker_login_may_read():
+    from console.service import DEVICE_KINDS
+
+    acl = (ROOT / "deploy" / "mosquitto" / "acl").read_text()
+    block = acl.split("\nuser console\n", 1)[1].split("\nuser ", 1)[0]
+    readable = {line.split()[-1].rsplit("/", 1)[1] for line in block.splitlines()
+                if line.startswith("topic read") and "/devices/+/" in line}
+    # a kind the ACL refuses would stay empty under the deployment ACL, whatever the broker holds
+    assert set(DEVICE_KINDS) == readable
