@@ -21,7 +21,11 @@ Measured:
               (the "ready" case, 10 a phone) for P more phones.
 
   .venv/bin/python bench/console_bench.py [--devices 10000] [--storm 10000] [--loads 5]
-  .venv/bin/python bench/console_bench.py --only messages [--phones 2000] [--profile FILE]
+  inprocess   the console's own work per phone (device handlers, table, hub and rows; no paho,
+              no broker): the messages phase's first-boot flow handed to its handlers in-process.
+
+  .venv/bin/python bench/console_bench.py --only messages [--phones 2000] [--rate 500] [--profile FILE]
+  .venv/bin/python bench/console_bench.py --only inprocess [--phones 2000] [--rate 500]
 """
 
 from __future__ import annotations
@@ -330,6 +334,63 @@ def bench_messages(args: argparse.Namespace) -> None:
         broker.stop()
 
 
+def bench_inprocess(args: argparse.Namespace) -> None:
+    """The console's own work per phone, without paho, the broker or the process: the messages
+    phase's first-boot flow (at ``--rate``, 500/s if 0) handed to the device handlers as the bus
+    would, the hub's batches due every 250 ms of that flow, with no browser and with one admin
+    on the list. process_time, best of 3."""
+    from collections import Counter
+
+    from twisted.internet.task import Clock
+
+    import console.service as cs
+    from console.sessions import Sessions
+    from console.table import DeviceTable
+    from console.web import Console as Web
+    from console.web import load_assets
+    from services.mqtt import Incoming
+    from services.topics import Topics
+
+    rate = args.rate or 500.0
+    phones = args.phones
+    messages = flow(phones, 0, "all", rate)
+    per_batch = int(len(messages) / (phones / rate) * cs.FLUSH_EVERY)  # messages in 250 ms
+
+    class Ctx:
+        topics = Topics("pnp")
+        bus = None
+
+        def __init__(self) -> None:
+            self.counters: Counter = Counter()
+
+    def run(browser: bool) -> tuple[float, int]:
+        clock = Clock()
+        table = DeviceTable()
+        hub = cs.Hub(clock, lambda macs, admin: web.rows_for(macs, admin),
+                     lambda mac, n, admin: web.timeline_for(mac, n, admin))
+        service = cs.ConsoleService(Ctx(), table, hub)  # type: ignore[arg-type]
+        web = Web(table, service, {}, Sessions(), load_assets(), clock, False)
+        sent: list[bytes] = []
+        if browser:
+            hub.clients.add(cs.Client(sent.append, True, None))
+        handlers = {kind: service._device_handler(kind) for kind in cs.DEVICE_KINDS}
+        # what the broker sends it: the kinds it subscribed
+        incoming = [(handlers[t.rsplit("/", 1)[1]], Incoming(t, p, r)) for t, p, r in messages
+                    if t.rsplit("/", 1)[1] in handlers]
+        start = time.process_time()
+        for i in range(0, len(incoming), per_batch):
+            for handler, message in incoming[i:i + per_batch]:
+                handler(message)
+            clock.advance(cs.FLUSH_EVERY)
+        clock.advance(cs.FLUSH_STORM)
+        return time.process_time() - start, sum(map(len, sent))
+
+    for browser in (False, True):
+        used, size = min(run(browser) for _ in range(3))
+        print(f"in-process, first boot at {rate:g} phones/s, {'one admin on the list' if browser else 'no browser'}: "
+              f"{used / phones * 1e6:.0f} us a phone" + (f", {size / phones:.0f} bytes streamed a phone" if browser else ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10_000)
@@ -338,13 +399,15 @@ def main() -> int:
     parser.add_argument("--phones", type=int, default=2000, help="phones per case of the messages phase")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="messages phase: phones booting a second (0: every message as fast as paho sends)")
-    parser.add_argument("--only", choices=("list", "messages"), default=None, help="one phase only")
+    parser.add_argument("--only", choices=("list", "messages", "inprocess"), default=None, help="one phase only")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="messages phase: run the console under cProfile (CPU clock), stats to FILE")
     args = parser.parse_args()
-    if args.only != "list":
+    if args.only in (None, "inprocess"):
+        bench_inprocess(args)
+    if args.only in (None, "messages"):
         bench_messages(args)
-    if args.only != "messages":
+    if args.only in (None, "list"):
         bench_list(args)
     return 0
 
