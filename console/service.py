@@ -133,7 +133,7 @@ class ConsoleService:
         # back with the new subscription), and while connected mosquitto drops no more at QoS 0
         # than at 1 (both only past max_queued_messages behind; measured: a subscriber that
         # stopped reading for 150,000 messages got 111,985 at QoS 0, 100,020 at QoS 1). What
-        # QoS 1 costs is a PUBACK for every message of every phone: about a fifth of the
+        # QoS 1 costs is a PUBACK for every message of every phone: about a sixth of the
         # console's CPU, and the broker's work of tracking each one in flight. The producers
         # still publish at QoS 1: the broker holds every acknowledged write as before.
         for kind in DEVICE_KINDS:

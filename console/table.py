@@ -172,6 +172,8 @@ class DeviceTable:
         return self.on_payload(mac, kind, Payload(raw), retained, now)
 
     def on_payload(self, mac: str, kind: str, payload: Payload, retained: bool, now: str) -> bool:
+        """What :meth:`on_device` and :meth:`on_raw` share: the payload becomes the device's
+        ``kind`` (an empty one clears it) and an event of its timeline."""
         entry = self.devices.get(mac)
         empty = payload.empty
         if entry is None:
