@@ -18,12 +18,13 @@ Measured:
               assignment, config, resync, published, files and enrolment, then the boot's
               discovered, notify, enrolment, fetched and published, 16 messages a phone), once
               with no browser open and once with one holding /events; then the boot part alone
-              (the "ready" case, 10 a phone) for P more phones.
-
-  .venv/bin/python bench/console_bench.py [--devices 10000] [--storm 10000] [--loads 5]
+              (the "ready" case, 10 a phone) for P more phones. ``--rate``: phones booting a
+              second, each phone's messages spread over its boot (0: as fast as paho sends).
   inprocess   the console's own work per phone (device handlers, table, hub and rows; no paho,
               no broker): the messages phase's first-boot flow handed to its handlers in-process.
 
+  .venv/bin/python bench/console_bench.py [--devices 10000] [--storm 10000] [--loads 5]
+  .venv/bin/python bench/console_bench.py --only list
   .venv/bin/python bench/console_bench.py --only messages [--phones 2000] [--rate 500] [--profile FILE]
   .venv/bin/python bench/console_bench.py --only inprocess [--phones 2000] [--rate 500]
 """
