@@ -1,9 +1,13 @@
 """The device table: every device, profile and service instance, built from bus messages.
 
-Sans-I/O: :meth:`DeviceTable.on_message` takes one message (topic already parsed, payload
-already decoded) and the time, and returns what changed; the glue decides whom to tell. A
-device's stage is derived by ``tools.devices.fold`` (the same rules as ``pnp devices``), once
-per change, and kept: the list page only sorts and filters what is already folded.
+Sans-I/O: :meth:`DeviceTable.on_raw` takes one device message (topic already parsed, payload as
+it came) and the time, and says whether the device's row may have changed; the glue decides whom
+to tell. Payloads are kept as bytes and parsed the first time anything reads them: the console
+takes every message of every phone, and during a boot storm most of them (a phone's first three
+``enrolment`` states, its ``sent`` NOTIFY status, every payload while no browser is open) are
+superseded before anyone looks. A device's stage is derived by ``tools.devices.fold`` (the same
+rules as ``pnp devices``) when it is read after a change, and kept: the list page only sorts
+and filters what is already folded.
 
 The timeline of a device starts with its retained state when the console starts and grows with
 every live message; it is held in memory (the last ``TIMELINE_LENGTH`` events per device).
@@ -15,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.messages import PayloadError, decode_json
 from tools.devices import STAGES as DEVICE_STAGES
 from tools.devices import Device, fold
 from tools.monitor import describe
@@ -40,33 +45,75 @@ STAGES: tuple[str, ...] = tuple(DEVICE_STAGES) + tuple(k for k in STAGE_LABELS i
 _PRIORITY = {"awaiting-assignment": 0, "error": 1}
 
 
+class Payload:
+    """One message's payload: the bytes as they came, parsed the first time it is read (then the
+    bytes are let go). ``data`` is the parsed JSON, None for an empty payload, and
+    ``{"_error": why}`` for one that is not JSON: fold() and describe() say so instead of
+    crashing."""
+
+    __slots__ = ("_raw", "_data", "empty")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw: bytes | None = raw
+        self._data: Any = None
+        self.empty = not raw  # an empty payload clears the topic (unassigned, resolved, removed)
+
+    @classmethod
+    def parsed(cls, data: Any) -> "Payload":
+        """A payload already parsed (None: an empty one)."""
+        payload = cls(b"")
+        payload._raw, payload._data, payload.empty = None, data, data is None
+        return payload
+
+    @property
+    def data(self) -> Any:
+        raw = self._raw
+        if raw is not None:
+            self._raw = None
+            try:
+                self._data = decode_json(raw) if raw else None
+            except PayloadError as exc:
+                self._data = {"_error": str(exc)}
+        return self._data
+
+
 class Event:
-    """One message in a device's timeline. Its words are worked out when someone looks: in a
-    boot storm most events are never shown."""
+    """One message in a device's timeline. Its time and words are worked out when someone
+    looks: in a boot storm most events are never shown."""
 
-    __slots__ = ("at", "kind", "data", "retained")
+    __slots__ = ("received", "kind", "payload", "retained")
 
-    def __init__(self, at: str, kind: str, data: Any, retained: bool) -> None:
-        self.at = at  # the payload's own time when it has one, else when the console received it
-        self.kind = kind  # discovered, assignment, config, published, notify, fetched, error
-        self.data = data
+    def __init__(self, received: str, kind: str, payload: Payload, retained: bool) -> None:
+        self.received = received  # when the console received it
+        self.kind = kind  # discovered, assignment, config, files, notify, fetched, error, ...
+        self.payload = payload
         self.retained = retained  # part of the state the console found at start, not seen happen
 
     @property
+    def data(self) -> Any:
+        return self.payload.data
+
+    @property
+    def at(self) -> str:
+        """The payload's own time when it has one, else when the console received it."""
+        return _time_of(self.kind, self.payload.data) or self.received
+
+    @property
     def text(self) -> str:
-        return describe(self.kind, self.data)
+        return describe(self.kind, self.payload.data)
 
     @property
     def sha256(self) -> str:
-        if self.kind == "fetched" and isinstance(self.data, dict) and isinstance(self.data.get("sha256"), str):
-            return self.data["sha256"]
+        data = self.payload.data
+        if self.kind == "fetched" and isinstance(data, dict) and isinstance(data.get("sha256"), str):
+            return data["sha256"]
         return ""
 
 
 @dataclass
 class Entry:
     mac: str
-    payloads: dict[str, Any] = field(default_factory=dict)
+    payloads: dict[str, Payload] = field(default_factory=dict)
     timeline: deque = field(default_factory=lambda: deque(maxlen=TIMELINE_LENGTH))
     first_seen: str = ""
     # Folded when read, not per message: a row that changes four times between two looks is
@@ -76,7 +123,7 @@ class Entry:
     @property
     def device(self) -> Device:
         if self._device is None:
-            self._device = fold(self.mac, self.payloads)
+            self._device = fold(self.mac, {kind: p.data for kind, p in self.payloads.items()})
         return self._device
 
 
@@ -115,18 +162,29 @@ class DeviceTable:
 
     # --- input ---
     def on_device(self, mac: str, kind: str, data: Any, retained: bool, now: str) -> bool:
-        """One ``devices/{mac}/{kind}`` message (``data`` None: empty payload). True when the
-        device's row may have changed."""
+        """One ``devices/{mac}/{kind}`` message already parsed (``data`` None: empty payload).
+        True when the device's row may have changed."""
+        return self.on_payload(mac, kind, Payload.parsed(data), retained, now)
+
+    def on_raw(self, mac: str, kind: str, raw: bytes, retained: bool, now: str) -> bool:
+        """One ``devices/{mac}/{kind}`` message as it came (``b""``: empty payload), parsed only
+        once something reads it. True when the device's row may have changed."""
+        return self.on_payload(mac, kind, Payload(raw), retained, now)
+
+    def on_payload(self, mac: str, kind: str, payload: Payload, retained: bool, now: str) -> bool:
+        """What :meth:`on_device` and :meth:`on_raw` share: the payload becomes the device's
+        ``kind`` (an empty one clears it) and an event of its timeline."""
         entry = self.devices.get(mac)
+        empty = payload.empty
         if entry is None:
-            if data is None:
+            if empty:
                 return False  # clearing something of a device we never knew
             entry = self.devices[mac] = Entry(mac, first_seen=now)
-        if data is None:
+        if empty:
             entry.payloads.pop(kind, None)
         else:
-            entry.payloads[kind] = data
-        entry.timeline.append(Event(_time_of(kind, data) or now, kind, data, retained))
+            entry.payloads[kind] = payload
+        entry.timeline.append(Event(now, kind, payload, retained))
         if not entry.payloads:
             del self.devices[mac]
             return True
@@ -172,14 +230,17 @@ class DeviceTable:
         return list(entry.timeline) if entry else []
 
     def payload(self, mac: str, kind: str) -> Any:
+        """The parsed payload of a device's ``kind`` (None: none retained)."""
         entry = self.devices.get(mac)
-        return entry.payloads.get(kind) if entry else None
+        found = entry.payloads.get(kind) if entry else None
+        return found.data if found is not None else None
 
     def users_of(self, profile: str) -> list[str]:
         """MACs whose assignment names ``profile`` (every assigned device for ``default``)."""
         out = []
         for mac, entry in self.devices.items():
-            assignment = entry.payloads.get("assignment")
+            found = entry.payloads.get("assignment")
+            assignment = found.data if found is not None else None
             if not isinstance(assignment, dict):
                 continue
             if profile == "default" or assignment.get("profile") == profile:
@@ -198,4 +259,4 @@ def stage_label(stage: str) -> str:
     return STAGE_LABELS.get(stage, stage)
 
 
-__all__ = ["DeviceTable", "Event", "Filter", "STAGES", "stage_label"]
+__all__ = ["DeviceTable", "Event", "Filter", "Payload", "STAGES", "stage_label"]

@@ -52,6 +52,9 @@ PUBLISHED = {"url": WORKING_URL, "revision": 1, "mac": MAC, "vendor": "grandstre
              "files": [{"name": f"cfg{MAC}.xml", "url": WORKING_URL + f"cfg{MAC}.xml", "sha256": "ab" * 32}],
              "v": 1}
 
+# devices/{mac}/resync: account 1's SIP password, for the notifier only
+RESYNC = {"revision": 1, "username": "1001", "password": "s3cret-pw", "mac": MAC, "v": 1}
+
 
 # --- the table -----------------------------------------------------------------------------------
 
@@ -120,6 +123,23 @@ def test_an_unreadable_payload_is_shown_not_fatal():
     assert t.on_device(MAC, "notify", {"_error": "not JSON"}, False, "x")
     assert t.on_device(MAC, "discovered", ["not", "an", "object"], False, "x")
     assert t.device(MAC) is not None and len(t.timeline(MAC)) == 2
+
+
+def test_payloads_as_they_came_are_read_when_shown_and_a_bad_one_is_said_so():
+    t = DeviceTable()
+    assert t.on_raw(MAC, "discovered", encode_json(discovered()), True, "2026-11-27T02:50:00.000Z")
+    assert t.device(MAC).stage == "awaiting-assignment"
+    assert t.on_raw(MAC, "error", b"{not json", False, "2026-11-27T02:50:01.000Z")
+    d = t.device(MAC)
+    assert (d.vendor, d.ip, d.stage) == ("grandstream", "127.0.0.2", "error")
+    assert d.detail.startswith("?: payload is not JSON")
+    first, bad = t.timeline(MAC)
+    assert first.at == T0 and "grandstream GRP2614" in first.text
+    assert bad.at == "2026-11-27T02:50:01.000Z" and bad.text  # when it came; words, not a crash
+    assert t.on_raw(MAC, "error", b"", False, "x") and t.payload(MAC, "error") is None  # resolved
+    assert t.device(MAC).stage == "awaiting-assignment"
+    assert t.on_raw(MAC, "discovered", b"", False, "x") and t.device(MAC) is None
+    assert t.on_raw("000b82000001", "error", b"", False, "x") is False  # never known: nothing
 
 
 def test_which_devices_use_a_profile():
@@ -307,7 +327,7 @@ def console(broker, tmp_path):
 
 def seed(probe: Probe) -> None:
     for kind, payload in (("discovered", discovered()), ("assignment", ASSIGNMENT), ("config", CONFIG),
-                          ("published", PUBLISHED), ("files", FILES)):
+                          ("resync", RESYNC), ("published", PUBLISHED), ("files", FILES)):
         probe.publish(f"pnp/devices/{MAC}/{kind}", payload, retain=True)
 
 
@@ -347,6 +367,8 @@ def test_the_list_and_a_device_page_and_an_unknown_mac(console, probe):
     status, _, html = console.request("GET", f"/devices/{MAC}", cookies=jar)
     assert status == 200 and f"cfg{MAC}.xml" in html and "ab" * 32 in html and "64 B" in html
     assert "/p/" not in html  # the working URL of published (no ACL here) is shown to no one
+    # published and resync (working URLs, a SIP password) never reach the console: files says it
+    assert 'class="event kind-files"' in html and "kind-published" not in html and "kind-resync" not in html
     assert "s3cret-pw" not in html  # not even an admin gets it back in the form
     status, _, html = console.request("GET", f"/devices/{MAC}/files/cfg{MAC}.xml", cookies=jar)
     assert status == 200 and "&lt;P35&gt;1001" in html and "s3cret-pw" not in html and MASK in html
@@ -557,6 +579,34 @@ def test_the_hub_sends_a_storm_of_changes_in_batches_and_each_role_its_own_view(
     assert admin == b"".join(seen["admin"])  # quiet: nothing more sent
 
 
+def test_in_a_storm_the_rows_go_out_twice_a_second_and_four_times_a_second_again_after_it():
+    from twisted.internet.task import Clock
+
+    from console.service import FLUSH_EVERY, FLUSH_STORM, STORM_ROWS, Client, Hub
+
+    clock = Clock()
+    hub = Hub(clock, lambda macs, admin: [{"mac": m} for m in macs], lambda mac, n, admin: [])
+    seen: list[bytes] = []
+    hub.clients.add(Client(seen.append, True, None))
+    storm = [f"000b82{i:06x}" for i in range(STORM_ROWS)]
+    for mac in storm:
+        hub.changed(mac)
+    clock.advance(FLUSH_EVERY)
+    assert len(seen) == 1 and all(m.encode() in seen[0] for m in storm)  # one batch, every row
+    for mac in storm:
+        hub.changed(mac)
+    clock.advance(FLUSH_EVERY)
+    assert len(seen) == 1  # the storm goes on: its rows wait for the longer batch
+    clock.advance(FLUSH_STORM - FLUSH_EVERY)
+    assert len(seen) == 2
+    hub.changed(MAC)  # a quiet moment: the batch after a small one is due at the usual pace
+    clock.advance(FLUSH_STORM)
+    assert len(seen) == 3 and MAC.encode() in seen[2]
+    hub.changed(MAC)
+    clock.advance(FLUSH_EVERY)
+    assert len(seen) == 4
+
+
 def test_over_https_the_session_cookie_is_secure(broker, tmp_path):
     import ssl
 
@@ -724,3 +774,14 @@ def test_the_device_credential_is_masked_in_the_file_view_and_everywhere_else(co
     for path in ("/", f"/devices/{MAC}"):
         html = console.request("GET", path, cookies=jar)[2]
         assert HTTP_PW not in html and OLD_HTTP_PW not in html, path
+
+
+def test_every_device_topic_the_console_subscribes_is_one_its_broker_login_may_read():
+    from console.service import DEVICE_KINDS
+
+    acl = (ROOT / "deploy" / "mosquitto" / "acl").read_text()
+    block = acl.split("\nuser console\n", 1)[1].split("\nuser ", 1)[0]
+    readable = {line.split()[-1].rsplit("/", 1)[1] for line in block.splitlines()
+                if line.startswith("topic read") and "/devices/+/" in line}
+    # a kind the ACL refuses would stay empty under the deployment ACL, whatever the broker holds
+    assert set(DEVICE_KINDS) == readable
