@@ -27,6 +27,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from paho.mqtt.enums import _ConnectionState  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
 from services.mqtt import Bus, Incoming  # noqa: E402
@@ -71,7 +72,7 @@ def make_bus() -> tuple[Bus, socket.socket, Reactor]:
     mine.setblocking(False)
     client = bus._client
     client._sock = mine
-    client._state = 1  # paho's "connecting", enough for its reads and writes
+    client._state = _ConnectionState.MQTT_CS_CONNECTING  # enough for its reads and writes
     bus._on_socket_open(client, None, mine)
     bus.connected = True
     return bus, broker, reactor

@@ -12,10 +12,12 @@ from pathlib import Path
 import paho.mqtt
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from services.mqtt import make_client
+from services.mqtt import make_client, paho_internals
 from services.mqtt.coalesce import join_packets
 from services.mqtt.paho_internals import (
     PACKET_KEYS,
@@ -48,16 +50,16 @@ def test_the_installed_paho_is_in_the_range_these_checks_were_written_for():
     assert Version(paho.mqtt.__version__) in requirement.specifier, (PAHO, str(requirement))
 
 
-def connected(broker) -> ReadySocketClient:
+def connected(broker, properties: Properties | None = None, name: str = "internals") -> ReadySocketClient:
     """A client connected the bus's way: our socket, paho's reconnect, reads driven by hand."""
     url = parse_mqtt_url(broker.url)
-    client = make_client(url, "internals", ReadySocketClient)
+    client = make_client(url, name, ReadySocketClient)
     done: list = []
     client.on_connect = lambda *args: done.append((*args, in_callback(client)))
     # an external event loop, as the bus's: paho then queues packets instead of sending at once
     client.on_socket_register_write = lambda *args: None
     assert not has_connect_settings(client), f"{PAHO}: Client._host set before connect_async"
-    client.connect_async(url.host, url.port)
+    client.connect_async(url.host, url.port, properties=properties)
     assert has_connect_settings(client), f"{PAHO}: Client._host not set by connect_async"
     sock = socket.create_connection((url.host, url.port))
     client.hand_socket(sock)
@@ -150,7 +152,8 @@ class CountingSocket:
         return getattr(self._sock, name)
 
 
-def test_packets_that_arrived_together_are_read_with_one_recv(broker):
+@pytest.mark.parametrize("fast", [False, True], ids=["paho", "fast"])
+def test_packets_that_arrived_together_are_read_with_one_recv(broker, fast):
     client = connected(broker)
     counting = CountingSocket(client._sock)
     client._sock = counting
@@ -158,6 +161,8 @@ def test_packets_that_arrived_together_are_read_with_one_recv(broker):
     got: list = []
     client.on_publish = lambda c, userdata, mid, reason, properties: acked.append(mid)
     client.on_message = lambda c, userdata, message: got.append(message.payload)
+    if fast:  # whole packets in the buffer read without paho; the rest (split ones) with it
+        client.on_fast_message = lambda topic, payload, retain: got.append(payload)
     client.subscribe("t/#", qos=1)
     # many PUBACKs, and messages larger than one read, split across the reads
     payloads = [bytes([65 + i % 26]) * (1 if i % 2 else 70_000 + i) for i in range(40)]
@@ -178,6 +183,81 @@ def test_packets_that_arrived_together_are_read_with_one_recv(broker):
 
 
 @pytest.mark.parametrize("name", ["_create_socket_connection", "_packet_read", "_loop_rc_handle",
-                                  "_handle_pubackcomp", "_do_on_publish", "_sock_recv"])
+                                  "_handle_pubackcomp", "_do_on_publish", "_sock_recv",
+                                  "_packet_queue", "_easy_log"])
 def test_the_private_methods_still_exist(name):
     assert callable(getattr(mqtt.Client, name, None)), f"{PAHO}: Client.{name} is gone"
+
+
+def test_the_private_state_the_fast_read_uses_is_there(broker):
+    client = connected(broker)
+    # paho's keepalive reads this stamp: the fast read sets it, or paho would ping a busy
+    # connection and close it for silence
+    assert isinstance(getattr(client, paho_internals._RECEIVED_STAMP, None), float), (
+        f"{PAHO}: Client.{paho_internals._RECEIVED_STAMP} is not paho's 'bytes last received'")
+    assert client._in_packet["command"] == 0, f"{PAHO}: Client._in_packet['command'] is not 0 between packets"
+    assert client._manual_ack is False, f"{PAHO}: Client._manual_ack is gone"
+    assert client._protocol == mqtt.MQTTv5
+    client.disconnect()
+
+
+def publish_properties(**values) -> Properties:
+    properties = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(properties, name, value)
+    return properties
+
+
+def test_plain_messages_take_the_fast_way_and_the_rest_paho_s_in_order(broker):
+    # the receiver lets the broker send it two unacknowledged messages at a time: all twenty
+    # arrive only if each PUBACK went out
+    connect = Properties(PacketTypes.CONNECT)
+    connect.ReceiveMaximum = 2
+    client = connected(broker, connect)
+    got: list = []
+    queued_while_handled: list = []
+
+    def fast(topic: str, payload: bytes, retain: bool) -> None:
+        # paho's order: a message's PUBACK is queued after its handler returned, not before
+        queued_while_handled.extend(p["packet"] for p in send_queue(client) if p["command"] == 0x40)
+        got.append(("fast", topic, payload, retain, in_callback(client)))
+
+    client.on_fast_message = fast
+    client.on_message = lambda c, userdata, m: got.append(("paho", m.topic, m.payload, m.retain, in_callback(client)))
+    sender = connected(broker, name="sender")
+    sender.publish("t/kept", b"retained", qos=1, retain=True)
+    while sender.want_write():
+        sender.loop_write()
+    read_packet, handle_rc = packet_reader(client)
+    client._sock.settimeout(5)
+    subscribed: list = []
+    client.on_subscribe = lambda *args: subscribed.append(args)
+    client.subscribe("t/#", qos=1)
+    while not subscribed:
+        client.loop_write()
+        assert handle_rc(read_packet()) == mqtt.MQTT_ERR_SUCCESS
+    kinds = [None, publish_properties(MessageExpiryInterval=300),
+             publish_properties(UserProperty=[("a", "b")]), publish_properties(ContentType="x/y")]
+    sent = []
+    for i in range(20):  # paho holds its 21st unacknowledged message back
+        qos, properties = i % 2, kinds[i % 4]
+        sender.publish(f"t/{i}", b"p" * i, qos=qos, properties=properties)
+        sent.append((f"t/{i}", b"p" * i))
+    while sender.want_write():
+        sender.loop_write()
+    while len(got) < 21:
+        assert handle_rc(read_packet()) in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN)
+        while client.want_write():
+            client.loop_write()
+    assert got[0] == ("fast", "t/kept", b"retained", True, True)
+    # in order per QoS (the broker sends QoS 0 past QoS 1 messages held by the receive maximum)
+    for qos in (0, 1):
+        assert [(t, p) for _, t, p, _, _ in got[1:] if int(t[2:]) % 2 == qos] == sent[qos::2], (
+            "a message lost, changed or out of order")
+    # no property, or only an expiry: fast; any other property: paho's way, as before
+    assert [way for way, t, *_ in got[1:]] == [
+        "fast" if int(t[2:]) % 4 < 2 else "paho" for _, t, *_ in got[1:]]
+    assert all(handled for *_, handled in got), "a handler ran outside paho's callback lock"
+    assert queued_while_handled == [], "a PUBACK was queued before its handler returned"
+    client.disconnect()
+    sender.disconnect()

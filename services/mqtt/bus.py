@@ -141,6 +141,7 @@ class Bus:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_fast_message = self._on_received  # plain messages, without paho's MQTTMessage
         c.on_subscribe = self._on_subscribe
         c.on_publish = self._on_publish
         # paho swallows callback exceptions only when told to; ours are caught per handler.
@@ -440,13 +441,15 @@ class Bus:
         self._schedule_reconnect()
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._on_received(msg.topic, bytes(msg.payload), bool(msg.retain))
+
+    def _on_received(self, topic: str, raw: bytes, retain: bool) -> None:
         self.counters["mqtt_received"] += 1
-        raw = bytes(msg.payload)
-        incoming = Incoming(msg.topic, raw, bool(msg.retain))
+        incoming = Incoming(topic, raw, retain)
         for sub in list(self._subs.values()):
-            if sub.matches(msg.topic):
+            if sub.matches(topic):
                 for handler in list(sub.handlers):
-                    self._safely(handler, msg.topic, incoming)
+                    self._safely(handler, topic, incoming)
 
     def _safely(self, fn: Callable[..., Any], what: str, *args: Any) -> None:
         try:
