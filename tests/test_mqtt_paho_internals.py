@@ -50,10 +50,13 @@ def test_the_installed_paho_is_in_the_range_these_checks_were_written_for():
     assert Version(paho.mqtt.__version__) in requirement.specifier, (PAHO, str(requirement))
 
 
-def connected(broker, properties: Properties | None = None, name: str = "internals") -> ReadySocketClient:
-    """A client connected the bus's way: our socket, paho's reconnect, reads driven by hand."""
+def connected(broker, properties: Properties | None = None, name: str = "internals",
+              inflight: int = 20) -> ReadySocketClient:
+    """A client connected the bus's way: our socket, paho's reconnect, reads driven by hand.
+    ``inflight``: paho's cap on unacknowledged messages (its default; the bus has none, 0)."""
     url = parse_mqtt_url(broker.url)
     client = make_client(url, name, ReadySocketClient)
+    client.max_inflight_messages_set(inflight)
     done: list = []
     client.on_connect = lambda *args: done.append((*args, in_callback(client)))
     # an external event loop, as the bus's: paho then queues packets instead of sending at once
@@ -261,3 +264,46 @@ def test_plain_messages_take_the_fast_way_and_the_rest_paho_s_in_order(broker):
     assert queued_while_handled == [], "a PUBACK was queued before its handler returned"
     client.disconnect()
     sender.disconnect()
+
+
+def test_a_qos1_publish_queues_what_paho_s_own_publish_would(broker):
+    client = connected(broker, inflight=0)  # as the bus has it
+    expiry = publish_properties(MessageExpiryInterval=300)
+    cases = [("t/a", b"x", False, None), ("t/b", b"y" * 200, True, None),
+             ("t/c", b"z" * 20000, True, expiry), ("t/\u00e9", b"", False, expiry)]
+    queue = send_queue(client)
+    for topic, payload, retain, properties in cases:
+        ours = client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        theirs = mqtt.Client.publish(client, topic, payload, qos=1, retain=retain, properties=properties)
+        assert theirs.mid == ours.mid + 1
+        mine, paho = queue[-2], queue[-1]
+        assert type(mine["packet"]) is bytes  # not paho's bytearray: made here
+        assert mine["packet"] == bytes(paho["packet"]).replace(
+            theirs.mid.to_bytes(2, "big"), ours.mid.to_bytes(2, "big"), 1), topic
+        assert {k: v for k, v in mine.items() if k not in ("packet", "mid", "info")} == {
+            k: v for k, v in paho.items() if k not in ("packet", "mid", "info")}
+        a, b = client._out_messages[ours.mid], client._out_messages[theirs.mid]
+        for field in ("topic", "payload", "qos", "retain", "dup", "state", "properties"):
+            assert getattr(a, field) == getattr(b, field), field
+        assert a.info is ours and not ours.is_published()
+    # the broker takes them, and acknowledges them as paho's own
+    while client.want_write():
+        client.loop_write()
+    read_packet, handle_rc = packet_reader(client)
+    client._sock.settimeout(5)
+    while unacknowledged(client):
+        assert handle_rc(read_packet()) == mqtt.MQTT_ERR_SUCCESS
+    assert ours.is_published() and client._inflight_messages == 0
+    ours.wait_for_publish(1)  # the shared condition: no wait for one already published
+    client.disconnect()
+
+
+def test_a_publish_paho_would_refuse_or_handle_otherwise_is_paho_s(broker):
+    client = connected(broker, inflight=0)
+    with pytest.raises(ValueError):
+        client.publish("t/+", b"x", qos=1)
+    # not bytes, QoS 0: paho's publish, whose packets paho builds as bytearrays
+    client.publish("t/s", "text", qos=1)
+    client.publish("t/q0", b"x", qos=0)
+    assert [type(p["packet"]) for p in send_queue(client)] == [bytearray, bytearray]
+    client.disconnect()
