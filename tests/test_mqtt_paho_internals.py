@@ -307,3 +307,86 @@ def test_a_publish_paho_would_refuse_or_handle_otherwise_is_paho_s(broker):
     client.publish("t/q0", b"x", qos=0)
     assert [type(p["packet"]) for p in send_queue(client)] == [bytearray, bytearray]
     client.disconnect()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish(topic: bytes, payload: bytes, qos: int, mid: int, retain: bool, properties: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    body += _varint(len(properties)) + properties + payload
+    return bytes([0x30 | (qos << 1) | int(retain)]) + _varint(len(body)) + body
+
+
+def _stream(seed: int) -> bytes:
+    """PUBLISH packets of every shape the fast read meets or declines, and PUBACKs."""
+    import random
+
+    rnd = random.Random(seed)
+    shapes = [b"", b"\x02\x00\x00\x01\x2c",  # none, an expiry: fast
+              b"\x26\x00\x01a\x00\x01b",  # a user property: paho's
+              b"\x01\x01", b"\x03\x00\x03a/b"]  # a payload format, a content type: paho's
+    packets = []
+    for i in range(300):
+        size = rnd.choice([0, 1, 100, 127, 128, 5000, 20000, 70000])
+        topic = rnd.choice([b"t/a", b"pnp/devices/000b82f55284/fetched", "t/\u00e9".encode()])
+        packets.append(_publish(topic, bytes([65 + i % 26]) * size, rnd.choice([0, 1]), 1 + i,
+                                rnd.random() < 0.5, rnd.choice(shapes)))
+        if rnd.random() < 0.2:
+            packets.append(bytes((0x40, 2, 0x7F, i % 256)))  # a PUBACK of nothing we sent
+    return b"".join(packets)
+
+
+def _read_all(fast: bool, data: bytes, seed: int) -> tuple[list, bytes]:
+    """What a client hands its callbacks, and writes back, reading ``data`` as it arrives in
+    random pieces."""
+    import random
+
+    client = make_client(parse_mqtt_url("mqtt://127.0.0.1:1"), "x", ReadySocketClient)
+    client.on_socket_register_write = lambda *args: None
+    mine, broker = socket.socketpair()
+    mine.setblocking(False)
+    client._sock = mine
+    got: list = []
+    client.on_message = lambda c, u, m: got.append((m.topic, bytes(m.payload), m.retain))
+    if fast:
+        client.on_fast_message = lambda topic, payload, retain: got.append((topic, payload, retain))
+    read_packet, handle_rc = packet_reader(client)
+    rnd = random.Random(seed)
+    written = bytearray()
+    at = 0
+    while at < len(data):
+        step = rnd.choice([1, 2, 3, 7, 100, 4096, 65536, 100000])
+        broker.sendall(data[at:at + step])
+        at += step
+        while (rc := read_packet()) == mqtt.MQTT_ERR_SUCCESS:
+            pass
+        assert rc == mqtt.MQTT_ERR_AGAIN, rc
+        while client.want_write():
+            client.loop_write()
+        broker.setblocking(False)
+        try:
+            while chunk := broker.recv(1 << 20):
+                written += chunk
+        except BlockingIOError:
+            pass
+        broker.setblocking(True)
+    mine.close()
+    broker.close()
+    return got, bytes(written)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_fast_read_hands_over_and_acknowledges_exactly_what_paho_does(seed):
+    data = _stream(seed)
+    fast, fast_written = _read_all(True, data, seed)
+    paho, paho_written = _read_all(False, data, seed)
+    assert len(paho) > 250
+    assert fast == paho, "the fast read lost, changed or reordered a message"
+    assert fast_written == paho_written, "the fast read acknowledged differently"

@@ -188,7 +188,7 @@ class ReadySocketClient(mqtt.Client):
         properties = data[at]
         if properties == 0:
             at += 1
-        elif properties == 5 and data[at + 1] == _MESSAGE_EXPIRY:
+        elif properties == 5 and at + 6 <= end and data[at + 1] == _MESSAGE_EXPIRY:
             at += 6
         else:
             return self._paho_packet_read()
