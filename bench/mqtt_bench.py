@@ -8,6 +8,7 @@ reactor would make: ``SocketAdapter.doRead``/``doWrite`` and ``Bus.publish``), b
 - ``recv-q1``: a QoS 1 message received (decode, handler call, PUBACK queued and written);
 - ``recv-q1-expiry``: the same carrying a Message Expiry Interval (as a discovery does);
 - ``recv-q0``: a QoS 0 message received;
+- ``recv-q1-8filters``: ``recv-q1`` on a bus with the fileserver's eight filters;
 - ``publish-q1``: a retained QoS 1 publish: ``Bus.publish``, its write, its PUBACK read back;
 - ``publish-q1-expiry``: the same with an expiry.
 
@@ -88,7 +89,13 @@ def drain(sock: socket.socket) -> None:
     sock.setblocking(True)
 
 
-def bench_receive(count: int, qos: int, properties: bytes) -> float:
+# what the fileserver subscribes to (the refill's and the keeper's included)
+FILESERVER_FILTERS = ["pnp/devices/+/published", "pnp/devices/+/files", "pnp/devices/+/enrolment",
+                      "pnp/devices/+/config", "pnp/devices/+/discovered", "pnp/devices/+/error",
+                      "pnp/services/fileserver/fs-1/retained"]
+
+
+def bench_receive(count: int, qos: int, properties: bytes, others: list[str] = []) -> float:
     bus, broker, _ = make_bus()
     got = [0]
 
@@ -96,6 +103,8 @@ def bench_receive(count: int, qos: int, properties: bytes) -> float:
         got[0] += 1
 
     bus._subs.clear()
+    for other in others:
+        bus.subscribe(other, lambda msg: None, qos=1)
     bus.subscribe("pnp/devices/+/fetched", handler, qos=1)
     adapter = bus._reader
     assert adapter is not None
@@ -142,6 +151,7 @@ CASES: dict[str, Callable[[int], float]] = {
     "recv-q1": lambda n: bench_receive(n, 1, b""),
     "recv-q1-expiry": lambda n: bench_receive(n, 1, b"\x02" + struct.pack("!I", 300)),
     "recv-q0": lambda n: bench_receive(n, 0, b""),
+    "recv-q1-8filters": lambda n: bench_receive(n, 1, b"", FILESERVER_FILTERS),
     "publish-q1": lambda n: bench_publish(n, None),
     "publish-q1-expiry": lambda n: bench_publish(n, 300),
 }

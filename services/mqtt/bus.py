@@ -446,8 +446,9 @@ class Bus:
     def _on_received(self, topic: str, raw: bytes, retain: bool) -> None:
         self.counters["mqtt_received"] += 1
         incoming = Incoming(topic, raw, retain)
+        parts, system = topic.split("/"), topic[:1] == "$"  # once, for every filter
         for sub in list(self._subs.values()):
-            if sub.matches(topic):
+            if sub.matches_levels(parts, system):
                 for handler in list(sub.handlers):
                     self._safely(handler, topic, incoming)
 
