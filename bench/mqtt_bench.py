@@ -9,6 +9,7 @@ reactor would make: ``SocketAdapter.doRead``/``doWrite`` and ``Bus.publish``), b
 - ``recv-q1-expiry``: the same carrying a Message Expiry Interval (as a discovery does);
 - ``recv-q0``: a QoS 0 message received;
 - ``recv-q1-8filters``: ``recv-q1`` on a bus with the fileserver's eight filters;
+- ``recv-q1-alone``: ``recv-q1``, one message per read (a quiet service: a wakeup each);
 - ``publish-q1``: a retained QoS 1 publish: ``Bus.publish``, its write, its PUBACK read back;
 - ``publish-q1-expiry``: the same with an expiry.
 
@@ -29,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from paho.mqtt.enums import _ConnectionState  # noqa: E402
-from twisted.internet.task import Clock  # noqa: E402
 
 from services.mqtt import Bus, Incoming  # noqa: E402
 from services.settings import parse_mqtt_url  # noqa: E402
@@ -40,13 +40,12 @@ PAYLOAD = (b'{"at":"2026-12-07T05:55:07.123Z","file":"000b82f55284.cfg","instanc
 BATCH = 256  # packets written by the "broker" before the client reads them
 
 
-class Reactor(Clock):
-    """Enough of a reactor for the bus: time, and readers/writers it never polls."""
+def Reactor() -> Any:
+    """A real epoll reactor, never run: its readers and writers cost the epoll_ctl calls a
+    service pays, and nothing polls them."""
+    from twisted.internet.epollreactor import EPollReactor
 
-    def addReader(self, reader: Any) -> None: pass
-    def removeReader(self, reader: Any) -> None: pass
-    def addWriter(self, writer: Any) -> None: pass
-    def removeWriter(self, writer: Any) -> None: pass
+    return EPollReactor()
 
 
 def varint(n: int) -> bytes:
@@ -66,7 +65,7 @@ def publish_packet(topic: str, payload: bytes, qos: int, mid: int, retain: bool 
     return bytes([0x30 | (qos << 1) | int(retain)]) + varint(len(body)) + body
 
 
-def make_bus() -> tuple[Bus, socket.socket, Reactor]:
+def make_bus() -> tuple[Bus, socket.socket, Any]:
     reactor = Reactor()
     bus = Bus(parse_mqtt_url("mqtt://127.0.0.1:1"), "bench", reactor)
     mine, broker = socket.socketpair()
@@ -95,7 +94,8 @@ FILESERVER_FILTERS = ["pnp/devices/+/published", "pnp/devices/+/files", "pnp/dev
                       "pnp/services/fileserver/fs-1/retained"]
 
 
-def bench_receive(count: int, qos: int, properties: bytes, others: list[str] = []) -> float:
+def bench_receive(count: int, qos: int, properties: bytes, others: list[str] = [],
+                  batch: int = BATCH) -> float:
     bus, broker, _ = make_bus()
     got = [0]
 
@@ -109,19 +109,19 @@ def bench_receive(count: int, qos: int, properties: bytes, others: list[str] = [
     adapter = bus._reader
     assert adapter is not None
     packets = [publish_packet(TOPIC, PAYLOAD, qos, 1 + i % 60000, properties=properties)
-               for i in range(BATCH)]
+               for i in range(batch)]
     data = b"".join(packets)
     cpu = 0.0
-    for _ in range(count // BATCH):
+    for _ in range(count // batch):
         broker.sendall(data)
-        want = got[0] + BATCH
+        want = got[0] + batch
         start = time.process_time()
         while got[0] < want:
             adapter.doRead()
         cpu += time.process_time() - start
         drain(broker)
     broker.close()
-    return cpu / (count // BATCH * BATCH)
+    return cpu / (count // batch * batch)
 
 
 def bench_publish(count: int, expiry: int | None) -> float:
@@ -152,6 +152,7 @@ CASES: dict[str, Callable[[int], float]] = {
     "recv-q1-expiry": lambda n: bench_receive(n, 1, b"\x02" + struct.pack("!I", 300)),
     "recv-q0": lambda n: bench_receive(n, 0, b""),
     "recv-q1-8filters": lambda n: bench_receive(n, 1, b"", FILESERVER_FILTERS),
+    "recv-q1-alone": lambda n: bench_receive(n, 1, b"", batch=1),
     "publish-q1": lambda n: bench_publish(n, None),
     "publish-q1-expiry": lambda n: bench_publish(n, 300),
 }

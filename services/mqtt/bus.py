@@ -342,8 +342,9 @@ class Bus:
             self._client.loop_misc()
 
     def _kick_write(self) -> None:
-        if self._reader is not None and self._client.want_write():
-            self.reactor.addWriter(self._reader)
+        reader = self._reader
+        if reader is not None and not reader.reading and self._client.want_write():
+            self.reactor.addWriter(reader)
 
     def _drop_reader(self) -> None:
         if self._reader is not None:
@@ -367,8 +368,9 @@ class Bus:
         self._drop_reader()
 
     def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        if self._reader is not None:
-            self.reactor.addWriter(self._reader)
+        reader = self._reader
+        if reader is not None and not reader.reading:  # else its doRead writes at its end
+            self.reactor.addWriter(reader)
 
     def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
         if self._reader is not None:
