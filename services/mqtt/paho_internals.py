@@ -41,7 +41,6 @@ class ReadySocketClient(mqtt.Client):
     _ready_sock: socket.socket | None = None
     _received = b""  # bytes read from the socket that paho has not asked for yet
     _received_at = 0
-    _drained = False  # the socket was empty after the read that filled ``_received``
 
     def hand_socket(self, sock: socket.socket | None) -> None:
         """The connected socket the next ``reconnect`` uses (None: take back one not used)."""
@@ -52,7 +51,6 @@ class ReadySocketClient(mqtt.Client):
     # Touch 1: paho's private socket factory, the one step of ``reconnect`` that blocks.
     def _create_socket_connection(self) -> socket.socket:
         self._received, self._received_at = b"", 0  # nothing of the last connection is read on
-        self._drained = False
         sock, self._ready_sock = self._ready_sock, None
         if sock is None:
             return super()._create_socket_connection()
@@ -132,13 +130,6 @@ class ReadySocketClient(mqtt.Client):
             return self._paho_packet_read()  # part-way through a packet paho began
         data, at = self._received, self._received_at
         if at >= len(data):
-            if self._drained:
-                # The last read took less than it asked for: the socket held nothing more then,
-                # and what came since makes it readable to the reactor's (level-triggered)
-                # poll, which calls again. So no read that would only say "nothing" (a system
-                # call and an exception on every wakeup of a quiet service).
-                self._drained = False
-                return MQTTErrorCode.MQTT_ERR_AGAIN
             try:
                 data = mqtt.Client._sock_recv(self, RECEIVE_SIZE)
             except BlockingIOError:
@@ -148,12 +139,6 @@ class ReadySocketClient(mqtt.Client):
             if not data:
                 return self._paho_packet_read()  # the end of the connection, paho's way
             self._received, self._received_at, at = data, 0, 0
-            # Only on a plain non-blocking socket (the bus's): not for TLS, whose SSL object
-            # returns a record at a time and keeps the rest decrypted where the poll does not
-            # see it, nor for a blocking one, whose reader waits in recv and polls nothing.
-            sock = self._sock
-            self._drained = (len(data) < RECEIVE_SIZE and type(sock) is socket.socket
-                             and sock.gettimeout() == 0.0)
             # what paho's keepalive reads: when bytes last came (one stamp per read)
             setattr(self, _RECEIVED_STAMP, time_func())
         size = len(data)
