@@ -113,8 +113,9 @@ class ReadySocketClient(mqtt.Client):
     # Touch 10: paho's private read-one-packet step. For every packet paho makes three reads
     # (type, length, rest) through a dict of counters, and for every PUBLISH an MQTTMessage,
     # a Properties object (a class that builds itself through per-field lookups) and a
-    # debug line's arguments: over half of a received message's CPU, and every service
-    # receives every message that way. None of them reads a message's properties. So a whole
+    # debug line's arguments: five sixths of what the bus spent on a received message
+    # (bench/mqtt_bench.py), and every service receives every message that way. None of
+    # them reads a message's properties. So a whole
     # packet already in this client's buffer (Touch 9) is handled here when it is plain: a
     # QoS 0 or 1 PUBLISH with no property or only a Message Expiry Interval (what the
     # services publish; the expiry is the broker's business, not a receiver's), handed to
@@ -122,7 +123,9 @@ class ReadySocketClient(mqtt.Client):
     # (Touch 8). Anything else, or a packet not wholly read yet, goes through paho's own
     # step, which reads the same bytes from the buffer. Order and acknowledgement stay as
     # paho had them: the PUBACK of a QoS 1 message is queued after our callback returned,
-    # under the same callback lock (``in_callback``), in the order the messages came.
+    # under the same callback lock (``in_callback``), in the order the messages came. A
+    # client with ``on_fast_message`` set gets every plain message there, past paho's
+    # per-filter callbacks (``message_callback_add``, which the bus does not use).
     on_fast_message: Callable[[str, bytes, bool], Any] | None = None
 
     def _packet_read(self) -> MQTTErrorCode:
@@ -210,7 +213,6 @@ class ReadySocketClient(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         rc: MQTTErrorCode = self._packet_queue(_PUBACK, bytes((_PUBACK, 2, mid >> 8, mid & 0xFF)), mid, 1)
         return rc
-
 
     # Touch 11: paho's publish, for the one kind every service sends (QoS 1, connected, bytes
     # payload, no in-flight cap). paho makes an MQTTMessage and its MQTTMessageInfo (each with
