@@ -77,10 +77,10 @@ class FileService:
                  devices=len(catalog.devices), files=catalog.file_count)
         bus = self.ctx.bus
         # published first: its retained messages arrive before the configs that are compared to it
-        bus.subscribe(self.topics.devices("published"), self.on_published)
-        bus.subscribe(self.topics.devices("files"), self.on_files)
+        bus.subscribe(self.topics.devices("published"), self.on_published, no_local=True)
+        bus.subscribe(self.topics.devices("files"), self.on_files, no_local=True)
         # before the configs too: a rebuilt store takes its epochs back before they open new ones
-        bus.subscribe(self.topics.devices("enrolment"), self.on_enrolment)
+        bus.subscribe(self.topics.devices("enrolment"), self.on_enrolment, no_local=True)
         bus.subscribe(self.topics.devices("config"), self.on_config)
         # other instances' downloads count here; our own were counted when served, and their
         # echo (a QoS 1 message in and its PUBACK out per download) cost a sixth of the CPU of

@@ -157,6 +157,57 @@ class BusTest(BrokerCase):
         self.assertEqual(sorted(everything), [b"ours", b"theirs"])
 
     @defer.inlineCallbacks
+    def test_a_no_local_filter_still_gets_every_retained_message_ours_included(self) -> None:
+        # What the fileserver's own retained topics rely on (No Local spares it the echo of each
+        # of its publishes): mosquitto checks No Local only when it forwards a live publish, so
+        # the retained replay on subscribe, on a renewed subscription and after the broker
+        # restarted still brings our own messages, from this connection or an earlier one.
+        topic = "pnp/devices/{}/published"
+        before = self.bus("fs")
+        yield before.when_connected()
+        before.publish(topic.format("000b82000001"), b"earlier run", retain=True)
+        yield before.flush()
+        before.stop()
+        other = self.bus("other")
+        yield other.when_connected()
+        other.publish(topic.format("000b82000002"), b"theirs", retain=True)
+        yield other.flush()
+        got: list = []
+        me = self.bus("fs")  # the same client id as the earlier run's
+        me.subscribe(topic.format("+"), lambda m: got.append((m.topic[12:24], m.raw, m.retain)),
+                     no_local=True)
+        yield me.when_subscribed()
+        yield eventually(lambda: len(got) == 2)
+        self.assertEqual(sorted(got), [("000b82000001", b"earlier run", True),
+                                       ("000b82000002", b"theirs", True)])
+        marks: list = []
+        me.subscribe("mark", marks.append)
+        yield me.when_subscribed()
+        del got[:]
+        me.publish(topic.format("000b82000003"), b"ours, live", retain=True)
+        me.publish("mark", b"1")  # after ours on one connection: had ours come back, it came first
+        yield eventually(lambda: marks)
+        other.publish(topic.format("000b82000002"), b"theirs, live", retain=True)
+        yield eventually(lambda: got)
+        self.assertEqual(got, [("000b82000002", b"theirs, live", False)])
+        # a renewed subscription (the keeper reading its topics back) replays ours too
+        del got[:]
+        me.subscribe(topic.format("+"), lambda m: None, replay=True, no_local=True)
+        yield eventually(lambda: len(got) == 3)
+        self.assertEqual(sorted(got), [("000b82000001", b"earlier run", True),
+                                       ("000b82000002", b"theirs, live", True),
+                                       ("000b82000003", b"ours, live", True)])
+        # and so does the broker, restarted from its save
+        del got[:]
+        connects = me.counters["mqtt_connects"]
+        self.broker.stop()
+        self.broker.start()
+        yield eventually(lambda: me.counters["mqtt_connects"] > connects and len(got) == 3, timeout=10)
+        self.assertEqual(sorted(got), [("000b82000001", b"earlier run", True),
+                                       ("000b82000002", b"theirs, live", True),
+                                       ("000b82000003", b"ours, live", True)])
+
+    @defer.inlineCallbacks
     def test_a_handler_that_wants_every_message_renews_a_no_local_filter(self) -> None:
         quiet, loud = [], []
         me = self.bus("me")

@@ -46,3 +46,66 @@ class UnansweredConnectTest(unittest.TestCase):
         gaps = [b2 - a for a, b2 in zip(ticks, ticks[1:])]
         self.assertFalse(b.connected)
         self.assertLess(max(gaps), 0.5, f"the reactor stalled for {max(gaps):.2f}s")
+
+
+def test_what_a_read_s_handlers_publish_goes_out_at_its_end_and_a_remainder_later():
+    """A read's PUBACKs and the handlers' publishes are written when the read ends, without
+    asking the reactor to watch for writability; what the socket does not take then is
+    written once it is writable again, nothing left behind."""
+    import socket
+
+    from paho.mqtt.enums import _ConnectionState
+    from twisted.internet.epollreactor import EPollReactor
+
+    poller = EPollReactor()  # never run: its registrations are what is checked
+    bus = Bus(parse_mqtt_url("mqtt://127.0.0.1:1"), "test-write", poller)
+    mine, broker = socket.socketpair()
+    mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    mine.setblocking(False)
+    client = bus._client
+    client._sock, client._state = mine, _ConnectionState.MQTT_CS_CONNECTING
+    bus._on_socket_open(client, None, mine)
+    bus.connected = True
+    big = b"x" * 200_000
+    answers = []
+
+    def handler(msg) -> None:
+        answers.append(msg.raw)
+        bus.publish("t/answer", big if msg.raw == b"big" else b"small")
+
+    bus.subscribe("t/ask", handler)
+    client._out_packet.clear()  # the SUBSCRIBE: not what this test reads back
+    reader = bus._reader
+
+    def ask(payload: bytes, mid: int) -> None:
+        body = b"\x00\x05t/ask" + mid.to_bytes(2, "big") + b"\x00" + payload
+        broker.sendall(bytes((0x32, len(body))) + body)
+
+    ask(b"one", 1)
+    reader.doRead()
+    assert answers == [b"one"]
+    assert reader not in poller.getWriters(), "watched for writability with nothing left"
+    broker.setblocking(False)
+    written = broker.recv(1 << 20)
+    # the handler's answer, then the PUBACK (queued once the handler returned, as paho does)
+    assert written.startswith(b"\x32") and b"t/answer" in written
+    assert written.endswith(b"small\x40\x02\x00\x01"), written
+    ask(b"big", 2)
+    reader.doRead()
+    assert reader in poller.getWriters(), "a partly written answer left without a writer"
+    got = bytearray()
+    while client.want_write() or reader in poller.getWriters():
+        try:
+            got += broker.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        reader.doWrite()
+    while True:
+        try:
+            chunk = broker.recv(1 << 20)
+        except BlockingIOError:
+            break
+        got += chunk
+    assert bytes(got).endswith(big + b"\x40\x02\x00\x02"), "the answer or its PUBACK cut short"
+    mine.close()
+    broker.close()

@@ -12,7 +12,8 @@ def test_subscription_matching_is_paho_s():
     import paho.mqtt.client as mqtt
 
     filters = ["#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "a/+/c", "a/b/#", "+/#",
-               "pnp/devices/+/discovered", "$SYS/#", "$SYS/+", "/a", "a/", "+/+/+", "//", "/#"]
+               "pnp/devices/+/discovered", "$SYS/#", "$SYS/+", "/a", "a/", "+/+/+", "//", "/#",
+               "a/+/#", "+/+/#", "a/b/+", "pnp/devices/+/#", "+/b/#"]
     topics = ["a", "a/b", "a/c", "a/b/c", "b/b", "a/b/c/d", "$SYS/x", "$SYS", "/a", "a/", "",
               "/", "//", "pnp/devices/000b82f55284/discovered", "pnp/devices/x/published"]
     for f, topic in itertools.product(filters, topics):

@@ -12,10 +12,12 @@ from pathlib import Path
 import paho.mqtt
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from services.mqtt import make_client
+from services.mqtt import make_client, paho_internals
 from services.mqtt.coalesce import join_packets
 from services.mqtt.paho_internals import (
     PACKET_KEYS,
@@ -48,16 +50,19 @@ def test_the_installed_paho_is_in_the_range_these_checks_were_written_for():
     assert Version(paho.mqtt.__version__) in requirement.specifier, (PAHO, str(requirement))
 
 
-def connected(broker) -> ReadySocketClient:
-    """A client connected the bus's way: our socket, paho's reconnect, reads driven by hand."""
+def connected(broker, properties: Properties | None = None, name: str = "internals",
+              inflight: int = 20) -> ReadySocketClient:
+    """A client connected the bus's way: our socket, paho's reconnect, reads driven by hand.
+    ``inflight``: paho's cap on unacknowledged messages (its default; the bus has none, 0)."""
     url = parse_mqtt_url(broker.url)
-    client = make_client(url, "internals", ReadySocketClient)
+    client = make_client(url, name, ReadySocketClient)
+    client.max_inflight_messages_set(inflight)
     done: list = []
     client.on_connect = lambda *args: done.append((*args, in_callback(client)))
     # an external event loop, as the bus's: paho then queues packets instead of sending at once
     client.on_socket_register_write = lambda *args: None
     assert not has_connect_settings(client), f"{PAHO}: Client._host set before connect_async"
-    client.connect_async(url.host, url.port)
+    client.connect_async(url.host, url.port, properties=properties)
     assert has_connect_settings(client), f"{PAHO}: Client._host not set by connect_async"
     sock = socket.create_connection((url.host, url.port))
     client.hand_socket(sock)
@@ -150,7 +155,8 @@ class CountingSocket:
         return getattr(self._sock, name)
 
 
-def test_packets_that_arrived_together_are_read_with_one_recv(broker):
+@pytest.mark.parametrize("fast", [False, True], ids=["paho", "fast"])
+def test_packets_that_arrived_together_are_read_with_one_recv(broker, fast):
     client = connected(broker)
     counting = CountingSocket(client._sock)
     client._sock = counting
@@ -158,6 +164,8 @@ def test_packets_that_arrived_together_are_read_with_one_recv(broker):
     got: list = []
     client.on_publish = lambda c, userdata, mid, reason, properties: acked.append(mid)
     client.on_message = lambda c, userdata, message: got.append(message.payload)
+    if fast:  # whole packets in the buffer read without paho; the rest (split ones) with it
+        client.on_fast_message = lambda topic, payload, retain: got.append(payload)
     client.subscribe("t/#", qos=1)
     # many PUBACKs, and messages larger than one read, split across the reads
     payloads = [bytes([65 + i % 26]) * (1 if i % 2 else 70_000 + i) for i in range(40)]
@@ -178,6 +186,207 @@ def test_packets_that_arrived_together_are_read_with_one_recv(broker):
 
 
 @pytest.mark.parametrize("name", ["_create_socket_connection", "_packet_read", "_loop_rc_handle",
-                                  "_handle_pubackcomp", "_do_on_publish", "_sock_recv"])
+                                  "_handle_pubackcomp", "_do_on_publish", "_sock_recv",
+                                  "_packet_queue", "_easy_log"])
 def test_the_private_methods_still_exist(name):
     assert callable(getattr(mqtt.Client, name, None)), f"{PAHO}: Client.{name} is gone"
+
+
+def test_the_private_state_the_fast_read_uses_is_there(broker):
+    client = connected(broker)
+    # paho's keepalive reads this stamp: the fast read sets it, or paho would ping a busy
+    # connection and close it for silence
+    assert isinstance(getattr(client, paho_internals._RECEIVED_STAMP, None), float), (
+        f"{PAHO}: Client.{paho_internals._RECEIVED_STAMP} is not paho's 'bytes last received'")
+    assert client._in_packet["command"] == 0, f"{PAHO}: Client._in_packet['command'] is not 0 between packets"
+    assert client._manual_ack is False, f"{PAHO}: Client._manual_ack is gone"
+    assert client._protocol == mqtt.MQTTv5
+    client.disconnect()
+
+
+def publish_properties(**values) -> Properties:
+    properties = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(properties, name, value)
+    return properties
+
+
+def test_plain_messages_take_the_fast_way_and_the_rest_paho_s_in_order(broker):
+    # the receiver lets the broker send it two unacknowledged messages at a time: all twenty
+    # arrive only if each PUBACK went out
+    connect = Properties(PacketTypes.CONNECT)
+    connect.ReceiveMaximum = 2
+    client = connected(broker, connect)
+    got: list = []
+    queued_while_handled: list = []
+
+    def fast(topic: str, payload: bytes, retain: bool) -> None:
+        # paho's order: a message's PUBACK is queued after its handler returned, not before
+        queued_while_handled.extend(p["packet"] for p in send_queue(client) if p["command"] == 0x40)
+        got.append(("fast", topic, payload, retain, in_callback(client)))
+
+    client.on_fast_message = fast
+    client.on_message = lambda c, userdata, m: got.append(("paho", m.topic, m.payload, m.retain, in_callback(client)))
+    sender = connected(broker, name="sender")
+    sender.publish("t/kept", b"retained", qos=1, retain=True)
+    while sender.want_write():
+        sender.loop_write()
+    read_packet, handle_rc = packet_reader(client)
+    client._sock.settimeout(5)
+    subscribed: list = []
+    client.on_subscribe = lambda *args: subscribed.append(args)
+    client.subscribe("t/#", qos=1)
+    while not subscribed:
+        client.loop_write()
+        assert handle_rc(read_packet()) == mqtt.MQTT_ERR_SUCCESS
+    kinds = [None, publish_properties(MessageExpiryInterval=300),
+             publish_properties(UserProperty=[("a", "b")]), publish_properties(ContentType="x/y")]
+    sent = []
+    for i in range(20):  # paho holds its 21st unacknowledged message back
+        qos, properties = i % 2, kinds[i % 4]
+        sender.publish(f"t/{i}", b"p" * i, qos=qos, properties=properties)
+        sent.append((f"t/{i}", b"p" * i))
+    while sender.want_write():
+        sender.loop_write()
+    while len(got) < 21:
+        assert handle_rc(read_packet()) in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN)
+        while client.want_write():
+            client.loop_write()
+    assert got[0] == ("fast", "t/kept", b"retained", True, True)
+    # in order per QoS (the broker sends QoS 0 past QoS 1 messages held by the receive maximum)
+    for qos in (0, 1):
+        assert [(t, p) for _, t, p, _, _ in got[1:] if int(t[2:]) % 2 == qos] == sent[qos::2], (
+            "a message lost, changed or out of order")
+    # no property, or only an expiry: fast; any other property: paho's way, as before
+    assert [way for way, t, *_ in got[1:]] == [
+        "fast" if int(t[2:]) % 4 < 2 else "paho" for _, t, *_ in got[1:]]
+    assert all(handled for *_, handled in got), "a handler ran outside paho's callback lock"
+    assert queued_while_handled == [], "a PUBACK was queued before its handler returned"
+    client.disconnect()
+    sender.disconnect()
+
+
+def test_a_qos1_publish_queues_what_paho_s_own_publish_would(broker):
+    client = connected(broker, inflight=0)  # as the bus has it
+    expiry = publish_properties(MessageExpiryInterval=300)
+    cases = [("t/a", b"x", False, None), ("t/b", b"y" * 200, True, None),
+             ("t/c", b"z" * 20000, True, expiry), ("t/\u00e9", b"", False, expiry)]
+    queue = send_queue(client)
+    for topic, payload, retain, properties in cases:
+        ours = client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        theirs = mqtt.Client.publish(client, topic, payload, qos=1, retain=retain, properties=properties)
+        assert theirs.mid == ours.mid + 1
+        mine, paho = queue[-2], queue[-1]
+        assert type(mine["packet"]) is bytes  # not paho's bytearray: made here
+        assert mine["packet"] == bytes(paho["packet"]).replace(
+            theirs.mid.to_bytes(2, "big"), ours.mid.to_bytes(2, "big"), 1), topic
+        assert {k: v for k, v in mine.items() if k not in ("packet", "mid", "info")} == {
+            k: v for k, v in paho.items() if k not in ("packet", "mid", "info")}
+        a, b = client._out_messages[ours.mid], client._out_messages[theirs.mid]
+        for field in ("topic", "payload", "qos", "retain", "dup", "state", "properties"):
+            assert getattr(a, field) == getattr(b, field), field
+        assert a.info is ours and not ours.is_published()
+    # the broker takes them, and acknowledges them as paho's own
+    while client.want_write():
+        client.loop_write()
+    read_packet, handle_rc = packet_reader(client)
+    client._sock.settimeout(5)
+    while unacknowledged(client):
+        assert handle_rc(read_packet()) == mqtt.MQTT_ERR_SUCCESS
+    assert ours.is_published() and client._inflight_messages == 0
+    ours.wait_for_publish(1)  # the shared condition: no wait for one already published
+    client.disconnect()
+
+
+def test_a_publish_paho_would_refuse_or_handle_otherwise_is_paho_s(broker):
+    client = connected(broker, inflight=0)
+    with pytest.raises(ValueError):
+        client.publish("t/+", b"x", qos=1)
+    # not bytes, QoS 0: paho's publish, whose packets paho builds as bytearrays
+    client.publish("t/s", "text", qos=1)
+    client.publish("t/q0", b"x", qos=0)
+    assert [type(p["packet"]) for p in send_queue(client)] == [bytearray, bytearray]
+    client.disconnect()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish(topic: bytes, payload: bytes, qos: int, mid: int, retain: bool, properties: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    body += _varint(len(properties)) + properties + payload
+    return bytes([0x30 | (qos << 1) | int(retain)]) + _varint(len(body)) + body
+
+
+def _stream(seed: int) -> bytes:
+    """PUBLISH packets of every shape the fast read meets or declines, and PUBACKs."""
+    import random
+
+    rnd = random.Random(seed)
+    shapes = [b"", b"\x02\x00\x00\x01\x2c",  # none, an expiry: fast
+              b"\x26\x00\x01a\x00\x01b",  # a user property: paho's
+              b"\x01\x01", b"\x03\x00\x03a/b"]  # a payload format, a content type: paho's
+    packets = []
+    for i in range(300):
+        size = rnd.choice([0, 1, 100, 127, 128, 5000, 20000, 70000])
+        topic = rnd.choice([b"t/a", b"pnp/devices/000b82f55284/fetched", "t/\u00e9".encode()])
+        packets.append(_publish(topic, bytes([65 + i % 26]) * size, rnd.choice([0, 1]), 1 + i,
+                                rnd.random() < 0.5, rnd.choice(shapes)))
+        if rnd.random() < 0.2:
+            packets.append(bytes((0x40, 2, 0x7F, i % 256)))  # a PUBACK of nothing we sent
+    return b"".join(packets)
+
+
+def _read_all(fast: bool, data: bytes, seed: int) -> tuple[list, bytes]:
+    """What a client hands its callbacks, and writes back, reading ``data`` as it arrives in
+    random pieces."""
+    import random
+
+    client = make_client(parse_mqtt_url("mqtt://127.0.0.1:1"), "x", ReadySocketClient)
+    client.on_socket_register_write = lambda *args: None
+    mine, broker = socket.socketpair()
+    mine.setblocking(False)
+    client._sock = mine
+    got: list = []
+    client.on_message = lambda c, u, m: got.append((m.topic, bytes(m.payload), m.retain))
+    if fast:
+        client.on_fast_message = lambda topic, payload, retain: got.append((topic, payload, retain))
+    read_packet, handle_rc = packet_reader(client)
+    rnd = random.Random(seed)
+    written = bytearray()
+    at = 0
+    while at < len(data):
+        step = rnd.choice([1, 2, 3, 7, 100, 4096, 65536, 100000])
+        broker.sendall(data[at:at + step])
+        at += step
+        while (rc := read_packet()) == mqtt.MQTT_ERR_SUCCESS:
+            pass
+        assert rc == mqtt.MQTT_ERR_AGAIN, rc
+        while client.want_write():
+            client.loop_write()
+        broker.setblocking(False)
+        try:
+            while chunk := broker.recv(1 << 20):
+                written += chunk
+        except BlockingIOError:
+            pass
+        broker.setblocking(True)
+    mine.close()
+    broker.close()
+    return got, bytes(written)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_fast_read_hands_over_and_acknowledges_exactly_what_paho_does(seed):
+    data = _stream(seed)
+    fast, fast_written = _read_all(True, data, seed)
+    paho, paho_written = _read_all(False, data, seed)
+    assert len(paho) > 250
+    assert fast == paho, "the fast read lost, changed or reordered a message"
+    assert fast_written == paho_written, "the fast read acknowledged differently"

@@ -141,6 +141,7 @@ class Bus:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_fast_message = self._on_received  # plain messages, without paho's MQTTMessage
         c.on_subscribe = self._on_subscribe
         c.on_publish = self._on_publish
         # paho swallows callback exceptions only when told to; ours are caught per handler.
@@ -341,8 +342,9 @@ class Bus:
             self._client.loop_misc()
 
     def _kick_write(self) -> None:
-        if self._reader is not None and self._client.want_write():
-            self.reactor.addWriter(self._reader)
+        reader = self._reader
+        if reader is not None and not reader.reading and self._client.want_write():
+            self.reactor.addWriter(reader)
 
     def _drop_reader(self) -> None:
         if self._reader is not None:
@@ -366,8 +368,9 @@ class Bus:
         self._drop_reader()
 
     def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        if self._reader is not None:
-            self.reactor.addWriter(self._reader)
+        reader = self._reader
+        if reader is not None and not reader.reading:  # else its doRead writes at its end
+            self.reactor.addWriter(reader)
 
     def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
         if self._reader is not None:
@@ -440,13 +443,16 @@ class Bus:
         self._schedule_reconnect()
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._on_received(msg.topic, bytes(msg.payload), bool(msg.retain))
+
+    def _on_received(self, topic: str, raw: bytes, retain: bool) -> None:
         self.counters["mqtt_received"] += 1
-        raw = bytes(msg.payload)
-        incoming = Incoming(msg.topic, raw, bool(msg.retain))
+        incoming = Incoming(topic, raw, retain)
+        parts, system = topic.split("/"), topic[:1] == "$"  # once, for every filter
         for sub in list(self._subs.values()):
-            if sub.matches(msg.topic):
+            if sub.matches_levels(parts, system):
                 for handler in list(sub.handlers):
-                    self._safely(handler, msg.topic, incoming)
+                    self._safely(handler, topic, incoming)
 
     def _safely(self, fn: Callable[..., Any], what: str, *args: Any) -> None:
         try:

@@ -85,6 +85,10 @@ class SocketAdapter:
         self.client = client
         self.sock = sock
         self.active = True
+        # True while doRead runs: what its handlers publish and its PUBACKs are written at its
+        # end, so the bus does not ask the reactor to watch for writability meanwhile (an
+        # epoll_ctl to add and another to remove for every read that queues a packet)
+        self.reading = False
         self._fileno: int = sock.fileno()
         self._again: Any = None
 
@@ -93,13 +97,20 @@ class SocketAdapter:
 
     def doRead(self) -> None:
         client = self.client
-        self._read_some(client)
+        self.reading = True
+        try:
+            self._read_some(client)
+        finally:
+            self.reading = False
         # What the handlers published and the PUBACKs of what was read go out now, not after
         # another turn of the reactor: the broker sends a client only a few unacknowledged
         # messages at a time, so a late PUBACK stalls the next ones.
         if client.want_write():
             coalesce(client)
             client.loop_write()
+            if self.active and client.want_write():
+                # the socket took only part: the rest when it is writable again
+                self.reactor.addWriter(self)
 
     def _read_some(self, client: Any) -> None:
         """At most READ_BATCH packets, then back to the reactor. paho's ``loop_read`` reads as
