@@ -511,11 +511,11 @@ def _stamp(auth: HttpAuth, enrol: Enrol) -> str:
 
 def config_json(config: Config) -> bytes:
     """``config.to_json()``, the same bytes, without dataclasses.asdict: its deep copy of every
-    file's text was a tenth of a rendering. Each part is a flat payload (plain values only)."""
-    data = {**vars(config), "v": config.v,
-            "files": [{**vars(f), "v": f.v} for f in config.files],
-            "auth": None if config.auth is None else {**vars(config.auth), "v": config.auth.v},
-            "enrol": None if config.enrol is None else {**vars(config.enrol), "v": config.enrol.v}}
+    file's text was a tenth of a rendering. Each part holds plain values only; as to_dict, only
+    the outer object carries ``v``."""
+    data = {**vars(config), "v": config.v, "files": [vars(f) for f in config.files],
+            "auth": None if config.auth is None else vars(config.auth),
+            "enrol": None if config.enrol is None else vars(config.enrol)}
     return encode_json(data)
 
 
