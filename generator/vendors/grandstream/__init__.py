@@ -113,6 +113,13 @@ def _unused_keys(model: str, accounts: int) -> dict[str, str]:
     return _block(pairs)
 
 
+@functools.lru_cache(maxsize=64)
+def _unused_key_lines(model: str, accounts: int) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The lines of :func:`_unused_keys`, and each name's place among them."""
+    block = _unused_keys(model, accounts)
+    return tuple(_xml_line(n, v) for n, v in block.items()), {n: i for i, n in enumerate(block)}
+
+
 @functools.lru_cache(maxsize=16)
 def _unused_account(number: int) -> dict[str, str]:
     # Switched off and emptied: no credentials of a removed account stay on the phone.
@@ -164,7 +171,10 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     given = {k["number"]: k for k in common.keys(a, target)}
     # Every key the model has is written: a key dropped from the assignment is reset on the
     # phone, and a skipped dynamic VPK would delete every VPK after it.
-    settings.update(_unused_keys(target.model, len(accounts)))
+    block_at, block = len(settings), _unused_keys(target.model, len(accounts))
+    settings.update(block)
+    block_alone = len(settings) == block_at + len(block)  # no name of it was written before
+    written_before_block = len(written)
     for n, key in given.items():
         where = f"keys[{n - 1}]"
         if n <= vpks:
@@ -238,10 +248,25 @@ def context(a: dict, target: Target) -> dict[str, Any]:
             raise RenderProblem("schema", f"vendor_settings.grandstream.{name}: Grandstream settings are "
                                 "P-values such as P1362", f"vendor_settings.grandstream.{name}")
         settings[name] = value
+        written.append(name)
     # The built-in template prints these lines as they are: a few hundred P-values per file are
     # rendered far faster in one join than by a template loop.
-    lines = "\n".join(_xml_line(name, value) for name, value in settings.items())
-    return {"settings": list(settings.items()), "config_lines": lines}
+    items = list(settings.items())
+    block_end = block_at + len(block)
+    if not block_alone:
+        lines = "\n".join(_xml_line(name, value) for name, value in items)
+    else:
+        # The keys' block (most of the file) took places of its own: its lines are made once per
+        # model, and only the keys this device writes are made again.
+        block_lines, places = _unused_key_lines(target.model, len(accounts))
+        middle = list(block_lines)
+        for name in written[written_before_block:]:
+            place = places.get(name)
+            if place is not None:
+                middle[place] = _xml_line(name, settings[name])
+        lines = "\n".join([_xml_line(name, value) for name, value in items[:block_at]] + middle
+                          + [_xml_line(name, value) for name, value in items[block_end:]])
+    return {"settings": items, "config_lines": lines}
 
 
 FAMILY = Family(
