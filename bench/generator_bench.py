@@ -324,7 +324,7 @@ def settle(pid: int, quiet: float = 0.6, timeout: float = 60) -> None:
             return
 
 
-def proc_run(n: int, rate: int) -> dict[str, float]:
+def proc_run(n: int, rate: int, profile: str | None = None) -> dict[str, float]:
     """`pnp generator` as its own process: its CPU per discovery, paho and the reactor included,
     with discoveries published at ``rate`` per second (a first boot: the assignment names no model,
     the discovery renders; the ready case: pre-staged and rendered, the discovery renders nothing)."""
@@ -337,8 +337,17 @@ def proc_run(n: int, rate: int) -> dict[str, float]:
         env = {**os.environ, "PNP_MQTT_URL": broker.url, "PNP_DATA_DIR": str(Path(tmp) / "data"),
                "PNP_INSTANCE": "bench", "PNP_LOG_FORMAT": "text", "PNP_PUBLIC_URL": PUBLIC_URL,
                "PNP_STATUS_INTERVAL": "3600"}
-        proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "generator"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # cProfile with a CPU clock (its stats written at a clean stop, on SIGTERM)
+        profiling = None
+        if profile:
+            profiling = ["-c", "import cProfile, runpy, sys, time\n"
+                         "sys.argv = ['pnp', 'generator']\n"
+                         "p = cProfile.Profile(time.process_time)\n"
+                         "p.enable()\n"
+                         "try:\n    runpy.run_module('tools.cli', run_name='__main__')\n"
+                         f"finally:\n    p.disable()\n    p.dump_stats({str(Path(profile).resolve())!r})\n"]
+        proc = subprocess.Popen([sys.executable, *(profiling or ["-m", "tools.cli", "generator"])], cwd=ROOT,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             watcher = Watcher(broker.url)
             time.sleep(1.5)  # the generator connects and settles
@@ -387,6 +396,7 @@ def main() -> None:
     parser.add_argument("--skip-core", action="store_true")
     parser.add_argument("--only", choices=("cpu", "proc", "core", "mqtt"), help="run this measurement alone")
     parser.add_argument("--rate", type=int, default=500, help="proc: discoveries per second")
+    parser.add_argument("--proc-profile", metavar="FILE", help="proc: run the generator under cProfile, stats to FILE")
     parser.add_argument("--rounds", type=int, default=5, help="cpu: fresh services, best of them")
     parser.add_argument("--profile", nargs="?", const="", metavar="PART",
                         help="cpu: cProfile (CPU clock) of the last round, of the parts whose name holds PART")
@@ -401,7 +411,7 @@ def main() -> None:
             print(f"cpu   {name:34s} {us:8.1f} us per message (best of {args.rounds} x {n})")
     if args.only == "proc":
         for _ in range(max(1, args.rounds)):
-            for name, ms in proc_run(n, args.rate).items():
+            for name, ms in proc_run(n, args.rate, args.proc_profile).items():
                 print(f"proc  {name:34s} {ms:8.3f} ms CPU per discovery ({n} at {args.rate}/s)", flush=True)
     for name, (per_s, rerender) in ({} if args.skip_core else core(n)).items():
         print(f"core  {name:18s} {per_s:8.0f} renders/s   profile change -> {n} re-rendered in {rerender:5.2f} s")
