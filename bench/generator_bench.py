@@ -130,7 +130,7 @@ def discovered_payload(mac: str, vendor: str, model: str, i: int) -> bytes:
         interface="10.0.0.1").to_json()
 
 
-def cpu(n: int, rounds: int, profile: str | None) -> dict[str, float]:
+def cpu(n: int, rounds: int, profile: str | None, phone: str = "grandstream/GRP2614") -> dict[str, float]:
     """CPU (process_time) per message, microseconds, best of ``rounds`` fresh services."""
     import cProfile
     import pstats
@@ -147,7 +147,7 @@ def cpu(n: int, rounds: int, profile: str | None) -> dict[str, float]:
 
     best: dict[str, float] = {}
     profiler = cProfile.Profile(time.process_time) if profile is not None else None
-    vendor, model = "grandstream", "GRP2614"
+    vendor, model = phone.split("/")
     for r in range(rounds):
         with tempfile.TemporaryDirectory() as tmp:
             settings = s.resolve(s.COMMON + s.CONTRACT + generator_main.SETTINGS,
@@ -396,6 +396,8 @@ def main() -> None:
     parser.add_argument("--skip-core", action="store_true")
     parser.add_argument("--only", choices=("cpu", "proc", "core", "mqtt"), help="run this measurement alone")
     parser.add_argument("--rate", type=int, default=500, help="proc: discoveries per second")
+    parser.add_argument("--phone", default="grandstream/GRP2614", choices=[f"{v}/{m}" for v, m in FAMILIES],
+                        help="cpu: the phones' vendor/model")
     parser.add_argument("--proc-profile", metavar="FILE", help="proc: run the generator under cProfile, stats to FILE")
     parser.add_argument("--rounds", type=int, default=5, help="cpu: fresh services, best of them")
     parser.add_argument("--profile", nargs="?", const="", metavar="PART",
@@ -407,7 +409,7 @@ def main() -> None:
     if args.only:
         args.skip_core, args.skip_mqtt = args.only != "core", args.only != "mqtt"
     if args.only == "cpu":
-        for name, us in cpu(n, max(1, args.rounds), args.profile).items():
+        for name, us in cpu(n, max(1, args.rounds), args.profile, args.phone).items():
             print(f"cpu   {name:34s} {us:8.1f} us per message (best of {args.rounds} x {n})")
     if args.only == "proc":
         for _ in range(max(1, args.rounds)):
