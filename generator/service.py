@@ -47,6 +47,9 @@ class GeneratorService:
         # discoveries to render in later turns, in arrival order (render_discovered)
         self._queued: dict[str, None] = {}
         self._turn_call: Any = None  # set while this turn of the reactor has rendered one
+        # effects held until the commit at the end of this turn (apply), in order
+        self._held: list[list[Effect]] | None = None
+        self._release_call: Any = None
         self._stopped = False
         self._cooperator = task.Cooperator(scheduler=lambda x: ctx.reactor.callLater(0, x))
         # assignments the broker replayed since the last (re)connection, and those it lost
@@ -89,9 +92,11 @@ class GeneratorService:
         self.rerender(macs)
 
     def stop(self) -> None:
+        if self._held is not None:
+            self._release()  # committed and published, rather than rendered again at the next start
         self._stopped = True
         self.keeper.stop()
-        for call in (self._ready_call, self._commit_call, self._turn_call):
+        for call in (self._ready_call, self._commit_call, self._turn_call, self._release_call):
             if call is not None and call.active():
                 call.cancel()
         self._cooperator.stop()
@@ -189,18 +194,39 @@ class GeneratorService:
 
     # --- effects ---
     def apply(self, effects: list[Effect]) -> None:
-        bus = self.ctx.bus
         engine = self.engine
+        if self._held is None and any(isinstance(e, Publish) and engine.unsaved_credential(e.mac)
+                                      for e in effects):
+            # A config carrying a new HTTP credential leaves only after the credential is
+            # committed (WAL: it then survives kill -9): a phone may fetch that file at once, and
+            # a credential the store lost would be replaced by a new one after a restart, locking
+            # the phone out. Not on a phone's path: a device that waits for its discovery got its
+            # credential, and its commit, beforehand (Engine.render). A pre-staged assignment,
+            # rearm and rotate wait here for one commit at the end of this turn, which takes
+            # every new credential of the turn (a bulk import: up to a read batch in one commit
+            # rather than one commit, ~0.1 ms, each).
+            self._held = []
+            self._release_call = self.ctx.reactor.callLater(0, self._release)
+        if self._held is not None:
+            # Whatever follows waits as well, in order: an unassignment in the same turn must not
+            # overtake the config it withdraws.
+            self._held.append(effects)
+            return
+        self._carry_out(effects)
+
+    def _release(self) -> None:
+        self._release_call = None
+        held, self._held = self._held or [], None
+        self._commit_now()
+        for effects in held:
+            self._carry_out(effects)
+
+    def _carry_out(self, effects: list[Effect]) -> None:
+        bus = self.ctx.bus
         for effect in effects:
             if isinstance(effect, Publish):
-                if engine.unsaved_credential(effect.mac):
-                    # A config carrying a new HTTP credential leaves only after the credential is
-                    # committed (WAL: it then survives kill -9): a phone may fetch that file at
-                    # once, and a credential the store lost would be replaced by a new one after
-                    # a restart, locking the phone out. Rare on a phone's path: a device that
-                    # waits for its discovery got its credential, and its commit, beforehand
-                    # (Engine.render); a pre-staged one, rearm and rotate commit here.
-                    self._commit_now()
+                if self.engine.unsaved_credential(effect.mac):
+                    self._commit_now()  # the commit at the end of the turn failed: try again
                 # The config first: the fileserver, then the notifier and the phone wait for it;
                 # what follows (its fingerprint, the resync credentials) waits for nobody.
                 topic, payload = self.topics.device(effect.mac, "config"), config_json(effect.config)

@@ -324,25 +324,70 @@ class _Bus:
         return defer.Deferred()
 
 
+def offline_service(tmp_path: Path) -> tuple[Any, task.Clock, _Bus]:
+    """The service as main starts it, on a recording bus and a fake clock, ready."""
+    from services.messages import now_iso
+    from services.runner import Context
+    from services.settings import COMMON, CONTRACT, resolve
+    from services.topics import Topics
+
+    settings = resolve(COMMON + CONTRACT + generator_main.SETTINGS,
+                       {"mqtt_url": "mqtt://127.0.0.1:1", "data_dir": str(tmp_path), "instance": "test",
+                        "public_url": "http://127.0.0.1:8080/"}, environ={})
+    clock, bus = task.Clock(), _Bus()
+    service = generator_main.start(Context("generator", settings, bus, Topics("pnp"), clock, now_iso()))  # type: ignore[arg-type]
+    service.engine.ready = True
+    return service, clock, bus
+
+
+def next_turn(clock: task.Clock) -> None:
+    """What the reactor runs in its next turn: the calls due now, not those they add."""
+    for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+def published_configs(bus: _Bus) -> list[tuple[str, bool]]:
+    return [(t.split("/")[2], bool(p)) for t, p in bus.published if t.endswith("/config")]
+
+
+def test_configs_with_new_credentials_wait_for_one_commit_and_keep_their_order(tmp_path: Path) -> None:
+    """Pre-staged assignments arriving in one turn get their credentials in one commit, at the
+    end of the turn; their configs leave after it, and nothing of that turn overtakes them (an
+    unassignment stays the last word)."""
+    from services.mqtt import Incoming
+
+    service, clock, bus = offline_service(tmp_path)
+    macs = [f"000b82f5{i:04x}" for i in range(3)]
+    for mac in macs:
+        service.on_assignment(Incoming(topic(mac, "assignment"), json.dumps(PRESTAGED).encode(), True))
+    service.on_assignment(Incoming(topic(macs[1], "assignment"), b"", True))
+    assert published_configs(bus) == []  # the credentials are not committed yet
+    next_turn(clock)
+    assert published_configs(bus) == [(macs[0], True), (macs[1], True), (macs[2], True), (macs[1], False)]
+    import sqlite3
+    db = sqlite3.connect(str(tmp_path / "generator.db"))
+    try:
+        stored = {mac for (mac,) in db.execute("SELECT mac FROM credentials")}
+    finally:
+        db.close()
+    assert stored == set(macs)
+    service.stop()
+
+
 def test_the_first_discovery_of_a_turn_renders_at_once_the_others_one_per_later_turn(tmp_path: Path) -> None:
     """What one read batch publishes leaves at its end: a phone's config must not wait there for
     the renders of the discoveries behind it. The others follow, one per turn, in arrival order;
     none is lost, and one of them discovered again is rendered once."""
     from services.messages import Discovered, now_iso
     from services.mqtt import Incoming
-    from services.runner import Context
-    from services.settings import COMMON, CONTRACT, resolve
-    from services.topics import Topics
 
-    settings = resolve(COMMON + CONTRACT + generator_main.SETTINGS,
-                       {"mqtt_url": "mqtt://127.0.0.1:1", "data_dir": str(tmp_path), "instance": "test"},
-                       environ={})
-    clock, bus = task.Clock(), _Bus()
-    service = generator_main.start(Context("generator", settings, bus, Topics("pnp"), clock, now_iso()))  # type: ignore[arg-type]
-    service.engine.ready = True
+    service, clock, bus = offline_service(tmp_path)
     macs = [f"000b82f5{i:04x}" for i in range(4)]
     for mac in macs:
         service.on_assignment(Incoming(topic(mac, "assignment"), json.dumps(SMALLEST).encode(), True))
+    clock.advance(1)  # their credentials committed, while the devices wait for their phones
 
     def discovery(mac: str) -> Incoming:
         payload = Discovered(mac=mac, vendor="grandstream", model="GRP2614", firmware="1.0.5.67", ip="10.0.0.7",
@@ -353,18 +398,11 @@ def test_the_first_discovery_of_a_turn_renders_at_once_the_others_one_per_later_
     def configs() -> list[str]:
         return [t.split("/")[2] for t, p in bus.published if t.endswith("/config") and p]
 
-    def next_turn() -> None:
-        """What the reactor runs in its next turn: the calls due now, not those they add."""
-        for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
-            clock.calls.remove(call)
-            call.called = 1
-            call.func(*call.args, **call.kw)
-
     for mac in macs + [macs[2]]:  # one turn: a read batch of five discoveries
         service.on_discovered(discovery(mac))
     assert configs() == macs[:1]
     for turn in range(1, 4):
-        next_turn()
+        next_turn(clock)
         assert configs() == macs[:turn + 1]
     clock.advance(1)
     assert configs() == macs
