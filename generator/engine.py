@@ -6,8 +6,8 @@ A device renders once it has a valid assignment and a vendor and model (discover
 in the assignment; the discovered ones win). The same inputs give the same bytes; ``revision``
 rises only when the bytes change.
 
-Each device has its own HTTP password (user: its MAC), made at its first rendering and kept in the
-store; its files tell the phone to fetch from ``{PNP_PUBLIC_URL}c/`` with it, and its config
+Each device has its own HTTP password (user: its MAC), made at its first rendering (or as it starts
+waiting for its phone's discovery) and kept in the store; its files tell the phone to fetch from ``{PNP_PUBLIC_URL}c/`` with it, and its config
 carries it (``auth``) for the fileserver, with ``enrol``, what its enrolment epoch is opened for.
 The ``rearm`` and ``rotate`` commands replace the password, each acted on once per id.
 """
