@@ -322,3 +322,37 @@ def test_grandstream_lines_are_its_settings_in_order() -> None:
         assert found["config_lines"] == "\n".join(_xml_line(n, v) for n, v in found["settings"])
         checked += 1
     assert checked > 100
+
+
+def test_yealink_lines_are_its_settings_in_order() -> None:
+    """As for Grandstream: the per-phone file's lines are made from a line-key block prepared
+    once per model; whatever an assignment writes over it, they are its settings, in order."""
+    import random
+
+    from generator import vendors
+    from generator.vendors import ConfigServer, Target
+    from generator.vendors.yealink import MODELS as YL_MODELS, context
+
+    rng = random.Random(15)
+    checked = 0
+    for _ in range(300):
+        family, model = vendors.find("yealink", rng.choice(sorted(YL_MODELS)))
+        info = family.models[model]
+        a: dict = {"accounts": [{"sip_server": "pbx", "user_id": str(1000 + i), "password": "p&<"}
+                                for i in range(rng.randint(1, info.accounts))],
+                   "keys": [{"type": rng.choice(["blf", "speed_dial", "line"]), "value": str(i), "label": f"k{i}",
+                             "account": 1} for i in range(rng.randint(0, min(info.keys, 20)))]}
+        if rng.random() < 0.5:
+            a["codecs"] = rng.sample(["pcmu", "pcma", "g722", "opus"], rng.randint(1, 3))
+        if rng.random() < 0.5:  # over account, key and server settings, and new ones
+            picks = rng.sample(["account.1.label", "linekey.1.type", "linekey.3.label", "linekey.20.value",
+                                "static.auto_provision.server.url", "features.x", "account.2.enable"], 3)
+            a["vendor_settings"] = {"yealink": {p: "x" for p in picks}}
+        server = ConfigServer("http://h:8080/c/", MAC, "pw") if rng.random() < 0.5 else None
+        try:
+            found = context(a, Target(MAC, "yealink", model, "", info, server))
+        except RenderProblem:
+            continue
+        assert found["setting_lines"] == "".join(f"{n} = {v}\n" for n, v in found["settings"])
+        checked += 1
+    assert checked > 100
