@@ -144,7 +144,15 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     return {"lines": lines, "side": side, "pages": pages, "provisioning": provisioning, "firmware": firmware,
             "date": date, "language": lang, "admin_password": a.get("admin_password", ""),
             "raw": sorted(raw.items()), "raw_in": inside, "dsskey_lines": _dsskey_lines(side, pages),
-            "sip_lines": _sip_lines(lines)}
+            "sip_lines": _sip_lines(lines), "raw_lines": _raw_lines(inside)}
+
+
+def _raw_lines(inside: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+    """Per section of the file, its vendor_settings' lines (each ending in a newline), escaped as
+    XML: printed as they are by the built-in template (a macro call per section cost more)."""
+    x = common.xml_text
+    return {section: "".join(f"    <{x(e)}>{x(v)}</{x(e)}>\n" for e, v in inside.get(section, ()))
+            for section in _SECTIONS}
 
 
 _UNUSED_LINE = ["      <PhoneNumber></PhoneNumber>", "      <DisplayName></DisplayName>",
