@@ -1,17 +1,20 @@
 """Generator benchmark: renders per second, the re-render of N devices after a profile change,
 and the latency from a pre-staged assignment to its config.
 
-Three measurements:
+Four measurements:
   cpu   CPU time per message of the service's handlers (GeneratorService on a recording bus
         and a fake clock, real renderer and sqlite store), best of --rounds: a pre-staged
         assignment, a first boot's discovery (the render on the phone's path), a discovery
         that renders nothing (the ready case), a re-render after a profile change;
+  proc  CPU time of the `pnp generator` process per discovery on a private mosquitto, paho
+        and the reactor included (first boot and ready case, --rate per second);
   core  the engine alone (validate, merge, render, sha256, sqlite), no broker;
   mqtt  `pnp generator` as its own process on a private mosquitto (loopback, free port), driven
         and timed by a paho client: assignments in, configs out.
 
   .venv/bin/python bench/generator_bench.py [--devices 10000] [--skip-mqtt]
-  .venv/bin/python bench/generator_bench.py --only cpu [--devices 2000 --rounds 5 --profile]
+  .venv/bin/python bench/generator_bench.py --only cpu [--devices 2000 --rounds 5 --profile PART --phone V/M]
+  .venv/bin/python bench/generator_bench.py --only proc [--devices 2000 --rate 500 --proc-profile FILE]
 """
 
 from __future__ import annotations
