@@ -6,8 +6,8 @@ A device renders once it has a valid assignment and a vendor and model (discover
 in the assignment; the discovered ones win). The same inputs give the same bytes; ``revision``
 rises only when the bytes change.
 
-Each device has its own HTTP password (user: its MAC), made at its first rendering and kept in the
-store; its files tell the phone to fetch from ``{PNP_PUBLIC_URL}c/`` with it, and its config
+Each device has its own HTTP password (user: its MAC), made at its first rendering (or as it starts
+waiting for its phone's discovery) and kept in the store; its files tell the phone to fetch from ``{PNP_PUBLIC_URL}c/`` with it, and its config
 carries it (``auth``) for the fileserver, with ``enrol``, what its enrolment epoch is opened for.
 The ``rearm`` and ``rotate`` commands replace the password, each acted on once per id.
 """
@@ -103,6 +103,12 @@ class Device:
     # (family, canonical model) of that published render: a discovery naming the same phone
     # changes nothing a render reads but the firmware, which never re-renders (discovered())
     rendered_as: tuple[str, str] = ("", "")
+    # While the device waits for its phone to say what it is: the assignment merged with its
+    # profiles (already checked) and the profiles' version it was merged with (render())
+    merged: dict[str, Any] | None = None
+    merged_with: int = -1
+    # assignment_digest(assignment), made once per assignment ("" = not yet)
+    assignment_digest: str = ""
 
 
 @dataclass
@@ -148,9 +154,11 @@ class Engine:
         # at start in any order: the reseed must have given back the last ids first)
         self.pending: dict[tuple[str, str], str] = {}
         self.stats = Stats()
-        # a credential was made or replaced and is not yet known committed: the service commits
-        # before it publishes the config that carries it (take_unsaved_credentials)
-        self.unsaved_credentials = False
+        # devices whose credential was made or replaced and is not yet known committed: the
+        # service commits before it publishes a config of theirs (unsaved_credential)
+        self.unsaved_credentials: set[str] = set()
+        # rises with every change of a profile: a merge made before it is stale
+        self.profiles_version = 0
         # Before ready, inputs are only recorded: at startup the retained messages arrive in any
         # order, and rendering before the profiles are in would bump revisions twice.
         self.ready = False
@@ -163,13 +171,18 @@ class Engine:
 
     # --- inputs ---
     def discovered(self, segment: str, data: Any) -> list[Effect]:
+        return self.render(segment) if self.discovery(segment, data) else []
+
+    def discovery(self, segment: str, data: Any) -> bool:
+        """Record a discovery; True when the device is to be rendered for it (the service may
+        put that rendering off to a later turn: :meth:`render` reads the state of that time)."""
         if not is_mac(segment) or not isinstance(data, dict):
-            return []
+            return False
         vendor, model = str(data.get("vendor") or ""), str(data.get("model") or "")
         firmware = str(data.get("firmware") or "")
         device = self._device(segment)
         if (device.vendor, device.model, device.firmware) == (vendor, model, firmware):
-            return []
+            return False
         changed = (device.vendor, device.model) != (vendor, model)
         device.vendor, device.model, device.firmware = vendor, model, firmware
         self.store.put_device(segment, vendor, model, firmware)
@@ -180,9 +193,9 @@ class Engine:
                 # A pre-staged phone booting as what it was staged as: the same bytes again. The
                 # render (0.3-0.7 ms) would sit on the discovery's path for nothing.
                 self.stats.skipped += 1
-                return []
-            return self.render(segment)
-        return []
+                return False
+            return True
+        return False
 
     @staticmethod
     def _renders_as(vendor: str, model: str) -> tuple[str, str] | None:
@@ -206,6 +219,7 @@ class Engine:
             return [Error(segment, "mac", f"{segment!r} is not a MAC as topics write it (12 lower-case hex "
                           f"digits, like 000b82f55284){hint}", "mac")]
         device = self._device(segment)
+        device.merged, device.assignment_digest = None, ""
         if not raw:
             self.store.put_assignment(segment, None)
             device.assignment, device.problem, device.published = None, None, ""
@@ -243,6 +257,7 @@ class Engine:
 
     def profile(self, name: str, raw: bytes, data: Any, error: str | None) -> list[str]:
         """Record a profile; returns the MACs to re-render (sorted), once ready."""
+        self.profiles_version += 1
         if not raw:
             self.profiles.pop(name, None)
             self.store.put_profile(name, None)
@@ -329,12 +344,16 @@ class Engine:
     def _keep(self, mac: str, credential: Credential) -> None:
         self.credentials[mac] = credential
         self.store.put_credential(mac, credential)
-        self.unsaved_credentials = True
+        self.unsaved_credentials.add(mac)
 
-    def take_unsaved_credentials(self) -> bool:
-        """True once after a credential was made or replaced (see ``unsaved_credentials``)."""
-        unsaved, self.unsaved_credentials = self.unsaved_credentials, False
-        return unsaved
+    def unsaved_credential(self, mac: str) -> bool:
+        """Whether the device's credential was made or replaced since the store last committed
+        (``credentials_committed``): a config carrying it must wait for a commit."""
+        return mac in self.unsaved_credentials
+
+    def credentials_committed(self) -> None:
+        """The store committed: every credential made so far is on disk."""
+        self.unsaved_credentials.clear()
 
     def users_of(self, name: str) -> list[str]:
         return sorted(mac for mac, d in self.devices.items()
@@ -350,17 +369,28 @@ class Engine:
             return []
         if device.problem is not None:
             return self._fail(mac, device.problem)
-        try:
-            merged = self._merged(device)
-        except RenderProblem as exc:
-            return self._fail(mac, Error(mac, exc.code, exc.message, exc.field))
-        found = schema.missing(merged)
-        if found is not None:
-            return self._fail(mac, Error(mac, found.code, found.message, found.field))
+        merged = device.merged if device.merged_with == self.profiles_version else None
+        if merged is None:
+            try:
+                merged = self._merged(device)
+            except RenderProblem as exc:
+                return self._fail(mac, Error(mac, exc.code, exc.message, exc.field))
+            found = schema.missing(merged)
+            if found is not None:
+                return self._fail(mac, Error(mac, found.code, found.message, found.field))
         vendor, model = self._identity(device, merged)
         if not vendor or not model:
             self.stats.waiting += 1
+            # Its first rendering will be on the phone's path, between its discovery and its
+            # NOTIFY: what does not depend on the phone is done now, while nobody waits. The
+            # merge and its check, the assignment's digest, and the credential, whose commit
+            # must come before the config that carries it: the batched commit takes it now,
+            # rather than a commit of its own after the discovery.
+            device.merged, device.merged_with = merged, self.profiles_version
+            self._assignment_digest(device)
+            self._credential(mac)
             return []
+        device.merged = None  # rendered: the next rendering merges what is current
         credential = self._credential(mac)
         server = (ConfigServer(self.public_url + "c/", mac, credential.password)
                   if self.public_url else None)
@@ -373,8 +403,7 @@ class Engine:
                         rotate=credential.rotate)
         # the PBX's own assignment, not the merge: a profile change (codecs for the whole fleet) is
         # not a new enrolment of every phone that uses it; a provisioned phone gets it by check-sync
-        assert device.assignment is not None  # _merged needs it too
-        enrol = Enrol(assignment=assignment_digest(device.assignment), rearm=credential.rearm)
+        enrol = Enrol(assignment=self._assignment_digest(device), rearm=credential.rearm)
         effects = self._succeed(device, rendered, auth, enrol)
         for effect in effects:
             if isinstance(effect, Publish):
@@ -382,6 +411,13 @@ class Engine:
                 effects.append(Credentials(mac, resync_credentials(mac, merged, effect.config.revision)))
                 break
         return effects
+
+    @staticmethod
+    def _assignment_digest(device: Device) -> str:
+        if not device.assignment_digest:
+            assert device.assignment is not None  # only a device with one renders
+            device.assignment_digest = assignment_digest(device.assignment)
+        return device.assignment_digest
 
     @staticmethod
     def _identity(device: Device, merged: dict[str, Any]) -> tuple[str, str]:
@@ -471,6 +507,16 @@ def assignment_digest(assignment: dict[str, Any]) -> str:
 def _stamp(auth: HttpAuth, enrol: Enrol) -> str:
     # Compared, never published; plain text costs a few hundred times less than a JSON digest.
     return "\0".join((auth.password, auth.previous or "", auth.rotate, enrol.assignment, enrol.rearm))
+
+
+def config_json(config: Config) -> bytes:
+    """``config.to_json()``, the same bytes, without dataclasses.asdict: its deep copy of every
+    file's text was a tenth of a rendering. Each part holds plain values only; as to_dict, only
+    the outer object carries ``v``."""
+    data = {**vars(config), "v": config.v, "files": [vars(f) for f in config.files],
+            "auth": None if config.auth is None else vars(config.auth),
+            "enrol": None if config.enrol is None else vars(config.enrol)}
+    return encode_json(data)
 
 
 def config_of(mac: str, rendered: Rendered, revision: int, auth: HttpAuth | None = None,

@@ -23,5 +23,9 @@ def start(ctx: Context) -> GeneratorService:
         # A rebuilt store, or one that is new: on a first install nothing is retained, but a
         # deleted generator.db must not give every phone a new password (nor revision 1).
         # Its subscriptions go first: the first rendering waits for what they bring back.
-        Reseed(ctx, engine).start()
+        reseed = Reseed(ctx, engine)
+        reseed.start()
+        # Once ready it has nothing more to learn, and every config we publish would come back
+        # to it through the broker (a few KB per phone, read, decoded and acknowledged).
+        service.on_ready(reseed.stop)
     return service.start()

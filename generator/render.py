@@ -8,6 +8,7 @@ errors (``StrictUndefined``); ``.xml`` templates escape every value they print.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,9 @@ class File:
     content_type: str
     body: bytes
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
+        # asked twice per rendering (the digest, the config): hashed once
         return hashlib.sha256(self.body).hexdigest()
 
 

@@ -36,6 +36,11 @@ class Reseed:
         self.ctx.bus.subscribe(self.ctx.topics.devices("config"), self.on_config)
         self.ctx.bus.subscribe(self.ctx.topics.devices("error"), self.on_error)
 
+    def stop(self) -> None:
+        """Unsubscribe: after the first rendering our own messages come back, nothing to learn."""
+        self.ctx.bus.remove_handler(self.ctx.topics.devices("config"), self.on_config)
+        self.ctx.bus.remove_handler(self.ctx.topics.devices("error"), self.on_error)
+
     def _mac(self, msg: Incoming) -> str | None:
         if self.engine.ready or not msg.retain or msg.empty or msg.error is not None:
             return None  # after the first rendering our own messages come back: nothing to learn

@@ -138,34 +138,58 @@ def problems(document: Any, partial: bool = False) -> list[Problem]:
     return [_problem(e) for e in sorted(validator.iter_errors(document), key=_sort_key)]
 
 
-def missing(document: Any, node: dict | None = None, path: tuple = ()) -> Problem | None:
-    """The first ``required`` field (or ``minItems`` entry) missing from a document whose parts
-    each passed the partial schema: what merging valid layers can still leave wrong. Walks the
-    schema alongside the document, with no regular expressions, so re-rendering stays cheap."""
-    node = SCHEMA if node is None else node
+# What ``missing`` needs of a schema node: its required names, the properties under which
+# something can be missing (with their plans), minItems, and the plan of its items; None where
+# nothing can be missing below the node (most of the schema: text, numbers, enums).
+_Plan = tuple[tuple[str, ...], tuple[tuple[str, Any], ...], int, Any]
+
+
+def _plan(node: dict, seen: tuple = ()) -> _Plan | None:
     if "$ref" in node:
-        node = SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[1]]
+        name = node["$ref"].rsplit("/", 1)[1]
+        if name in seen:
+            raise ValueError(f"the schema refers to {name} within itself: missing() cannot be planned")
+        return _plan(SCHEMA["$defs"][name], seen + (name,))
+    props = tuple((name, plan) for name, sub in node.get("properties", {}).items()
+                  if (plan := _plan(sub, seen)) is not None)
+    items = node.get("items")
+    items_plan = _plan(items, seen) if isinstance(items, dict) else None
+    required, min_items = tuple(node.get("required", ())), node.get("minItems", 0)
+    if not required and not props and not min_items and items_plan is None:
+        return None
+    return required, props, min_items, items_plan
+
+
+def _missing_planned(document: Any, plan: _Plan, path: tuple) -> Problem | None:
+    required, props, min_items, items_plan = plan
     if isinstance(document, dict):
-        for name in node.get("required", ()):
+        for name in required:
             if name not in document:
                 where = field_path(path + (name,))
                 return Problem(where, f"{where} is missing (it is required)")
-        for name, sub in node.get("properties", {}).items():
+        for name, sub in props:
             if name in document:
-                found = missing(document[name], sub, path + (name,))
+                found = _missing_planned(document[name], sub, path + (name,))
                 if found is not None:
                     return found
     elif isinstance(document, list):
-        if len(document) < node.get("minItems", 0):
+        if len(document) < min_items:
             where = field_path(path)
-            return Problem(where, f"{where} must have at least {node['minItems']} entries")
-        items = node.get("items")
-        if isinstance(items, dict):
+            return Problem(where, f"{where} must have at least {min_items} entries")
+        if items_plan is not None:
             for i, item in enumerate(document):
-                found = missing(item, items, path + (i,))
+                found = _missing_planned(item, items_plan, path + (i,))
                 if found is not None:
                     return found
     return None
+
+
+def missing(document: Any) -> Problem | None:
+    """The first ``required`` field (or ``minItems`` entry) missing from a document whose parts
+    each passed the partial schema: what merging valid layers can still leave wrong. Walks the
+    schema alongside the document, with no regular expressions, and only the parts of it under
+    which something can be missing (_PLAN), so re-rendering stays cheap."""
+    return None if _PLAN is None else _missing_planned(document, _PLAN, ())
 
 
 def first_problem(document: Any, partial: bool = False) -> Problem | None:
@@ -173,3 +197,6 @@ def first_problem(document: Any, partial: bool = False) -> Problem | None:
         return None
     found = problems(document, partial)
     return found[0] if found else None
+
+
+_PLAN = _plan(SCHEMA)

@@ -134,7 +134,7 @@ class CredentialBeforeConfigTest(BrokerCase):
     phone may fetch it at once, and a credential lost to a crash would be replaced by another."""
 
     @defer.inlineCallbacks
-    def test_the_credential_is_on_disk_when_its_config_is_published(self) -> Any:
+    def check_credential_on_disk(self, assignment: dict, discovery: dict | None) -> Any:
         from generator import service as generator_service
         self.patch(generator_service, "COMMIT_AFTER", 3600.0)  # the batched commit never comes
         data_dir = Path(self.mktemp())
@@ -142,7 +142,12 @@ class CredentialBeforeConfigTest(BrokerCase):
                                  generator_settle="0.05", public_url=PUBLIC)
         rt: Runtime = yield self.start_service("generator", settings, generator_main.start)
         yield eventually(lambda: rt.component.engine.ready)
-        self.probe.publish(topic("assignment"), json.dumps(PRESTAGED), retain=True)
+        self.probe.publish(topic("assignment"), json.dumps(assignment), retain=True)
+        if discovery is not None:
+            yield eventually(lambda: MAC in rt.component.engine.credentials)
+            yield sleep(0.1)
+            self.assertEqual([p for p in self.probe.on(topic("config")) if p], [])  # it waits
+            self.probe.publish(topic("discovered"), json.dumps(discovery), retain=True)
         yield eventually(lambda: [p for p in self.probe.on(topic("config")) if p])
         config = Config.from_json([p for p in self.probe.on(topic("config")) if p][-1])
         assert config.auth is not None
@@ -153,3 +158,13 @@ class CredentialBeforeConfigTest(BrokerCase):
         finally:
             db.close()
         self.assertEqual(rows, [(config.auth.password,)])
+
+    def test_the_credential_is_on_disk_when_its_config_is_published(self) -> Any:
+        return self.check_credential_on_disk(PRESTAGED, None)
+
+    def test_on_a_first_boot_too(self) -> Any:
+        """The credential of a device that waits for its phone is made before the phone boots;
+        its config still leaves only once the credential is committed."""
+        bare = {k: v for k, v in PRESTAGED.items() if k not in ("vendor", "model")}
+        return self.check_credential_on_disk(bare, {"mac": MAC, "vendor": "yealink", "model": "SIP-T46S",
+                                                    "firmware": "66.86.0.15"})

@@ -287,3 +287,72 @@ def test_template_dir_setting_must_exist(tmp_path: Path) -> None:
     with pytest.raises(s.SettingError) as caught:
         s.resolve(SETTINGS, {}, environ={"PNP_TEMPLATE_DIR": str(tmp_path / "missing")})
     assert "PNP_TEMPLATE_DIR" in str(caught.value) and "an existing directory" in str(caught.value)
+
+
+def test_grandstream_lines_are_its_settings_in_order() -> None:
+    """The file's P-value lines are made from blocks prepared once per model (issue 15); whatever
+    an assignment writes over them (keys, vendor_settings naming any P-value), the lines are
+    exactly its settings, in order, as a custom template looping over ``settings`` prints them."""
+    import random
+
+    from generator import vendors
+    from generator.vendors import ConfigServer, Target
+    from generator.vendors.grandstream import _xml_line, context
+
+    rng = random.Random(15)
+    checked = 0
+    for _ in range(400):
+        family, model = vendors.find("grandstream", rng.choice(sorted(GS_MODELS)))
+        info = family.models[model]
+        accounts = rng.randint(1, info.accounts)
+        a: dict = {"accounts": [{"sip_server": "pbx", "user_id": str(1000 + i), "password": "p&<",
+                                 "transport": rng.choice(["udp", "tcp", "tls"])} for i in range(accounts)],
+                   "keys": [{"type": rng.choice(["blf", "speed_dial", "none"]), "value": str(i), "label": f"k{i}",
+                             "account": 1} for i in range(rng.randint(0, min(info.keys, 30)))]}
+        if rng.random() < 0.5:
+            a["codecs"] = rng.sample(["pcmu", "pcma", "g722", "opus"], rng.randint(1, 3))
+        if rng.random() < 0.5:  # over account, key and server P-values, and new ones
+            picks = rng.sample([270, 47, 1361, 4428, 99999, 323, 301, 1363, 1364, 414, 415, 416], 3)
+            a["vendor_settings"] = {"grandstream": {f"P{p}": "x<" for p in picks}}
+        server = ConfigServer("http://h:8080/c/", MAC, "pw") if rng.random() < 0.5 else None
+        try:
+            found = context(a, Target(MAC, "grandstream", model, "", info, server))
+        except RenderProblem:
+            continue
+        assert found["config_lines"] == "\n".join(_xml_line(n, v) for n, v in found["settings"])
+        checked += 1
+    assert checked > 100
+
+
+def test_yealink_lines_are_its_settings_in_order() -> None:
+    """As for Grandstream: the per-phone file's lines are made from a line-key block prepared
+    once per model; whatever an assignment writes over it, they are its settings, in order."""
+    import random
+
+    from generator import vendors
+    from generator.vendors import ConfigServer, Target
+    from generator.vendors.yealink import MODELS as YL_MODELS, context
+
+    rng = random.Random(15)
+    checked = 0
+    for _ in range(300):
+        family, model = vendors.find("yealink", rng.choice(sorted(YL_MODELS)))
+        info = family.models[model]
+        a: dict = {"accounts": [{"sip_server": "pbx", "user_id": str(1000 + i), "password": "p&<"}
+                                for i in range(rng.randint(1, info.accounts))],
+                   "keys": [{"type": rng.choice(["blf", "speed_dial", "line"]), "value": str(i), "label": f"k{i}",
+                             "account": 1} for i in range(rng.randint(0, min(info.keys, 20)))]}
+        if rng.random() < 0.5:
+            a["codecs"] = rng.sample(["pcmu", "pcma", "g722", "opus"], rng.randint(1, 3))
+        if rng.random() < 0.5:  # over account, key and server settings, and new ones
+            picks = rng.sample(["account.1.label", "linekey.1.type", "linekey.3.label", "linekey.20.value",
+                                "static.auto_provision.server.url", "features.x", "account.2.enable"], 3)
+            a["vendor_settings"] = {"yealink": {p: "x" for p in picks}}
+        server = ConfigServer("http://h:8080/c/", MAC, "pw") if rng.random() < 0.5 else None
+        try:
+            found = context(a, Target(MAC, "yealink", model, "", info, server))
+        except RenderProblem:
+            continue
+        assert found["setting_lines"] == "".join(f"{n} = {v}\n" for n, v in found["settings"])
+        checked += 1
+    assert checked > 100

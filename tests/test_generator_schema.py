@@ -67,3 +67,18 @@ def test_fast_check_accepts_realistic_assignments() -> None:
     for doc in (FULL, smallest, {**smallest, "profile": "office", "vendor": "yealink", "model": "T46S"}):
         assert FULL_V.is_valid(doc) and FAST_FULL(doc)
     assert FAST_PARTIAL({"codecs": ["g722"], "ntp_server": "ntp.example.com"})
+
+
+@settings(max_examples=600, deadline=None)
+@given(document)
+def test_missing_finds_what_the_full_schema_misses_in_a_valid_partial_document(doc) -> None:
+    """``missing`` (what the engine checks of a merge, each layer having passed the partial
+    schema) walks only the parts of the schema where something can be missing: it must say
+    nothing exactly when jsonschema finds the document complete, and name one of its errors."""
+    if not PARTIAL_V.is_valid(doc):
+        return
+    found = schema.missing(doc)
+    errors = list(FULL_V.iter_errors(doc))
+    assert (found is None) == (not errors), (doc, found, [e.message for e in errors])
+    if found is not None:
+        assert found.field and any(e.validator in ("required", "minItems") for e in errors)

@@ -283,3 +283,127 @@ class GeneratorServiceTest(BrokerCase):
         yield eventually(lambda: self.configs(MAC3))
         self.assertTrue(rt.bus.connected)
 
+
+    @defer.inlineCallbacks
+    def test_once_ready_its_own_configs_do_not_come_back_to_it(self) -> Any:
+        """A new store takes revisions back from the retained configs until ready (Reseed); after
+        that every config it publishes would come back through the broker, for nothing."""
+        rt = yield self.start()
+        received = rt.bus.counters["mqtt_received"]
+        macs = [f"000b82f5{i:04x}" for i in range(5)]
+        for mac in macs:
+            self.assign(mac, PRESTAGED)
+        yield eventually(lambda: all(self.configs(m) for m in macs))
+        yield sleep(0.2)
+        # the five assignments, and at most our own retained-marker
+        self.assertLessEqual(rt.bus.counters["mqtt_received"] - received, len(macs) + 1)
+
+
+class _Bus:
+    """What the service needs of the bus, keeping what it publishes."""
+
+    connected = False
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> bool:
+        self.published.append((topic, payload))
+        return True
+
+    def on_connect(self, callback: Any) -> None:
+        pass
+
+    def on_disconnect(self, callback: Any) -> None:
+        pass
+
+    def when_subscribed(self) -> defer.Deferred:
+        return defer.Deferred()
+
+
+def offline_service(tmp_path: Path) -> tuple[Any, task.Clock, _Bus]:
+    """The service as main starts it, on a recording bus and a fake clock, ready."""
+    from services.messages import now_iso
+    from services.runner import Context
+    from services.settings import COMMON, CONTRACT, resolve
+    from services.topics import Topics
+
+    settings = resolve(COMMON + CONTRACT + generator_main.SETTINGS,
+                       {"mqtt_url": "mqtt://127.0.0.1:1", "data_dir": str(tmp_path), "instance": "test",
+                        "public_url": "http://127.0.0.1:8080/"}, environ={})
+    clock, bus = task.Clock(), _Bus()
+    service = generator_main.start(Context("generator", settings, bus, Topics("pnp"), clock, now_iso()))  # type: ignore[arg-type]
+    service.engine.ready = True
+    return service, clock, bus
+
+
+def next_turn(clock: task.Clock) -> None:
+    """What the reactor runs in its next turn: the calls due now, not those they add."""
+    for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+def published_configs(bus: _Bus) -> list[tuple[str, bool]]:
+    return [(t.split("/")[2], bool(p)) for t, p in bus.published if t.endswith("/config")]
+
+
+def test_configs_with_new_credentials_wait_for_one_commit_and_keep_their_order(tmp_path: Path) -> None:
+    """Pre-staged assignments arriving in one turn get their credentials in one commit, at the
+    end of the turn; their configs leave after it, and nothing of that turn overtakes them (an
+    unassignment stays the last word)."""
+    from services.mqtt import Incoming
+
+    service, clock, bus = offline_service(tmp_path)
+    macs = [f"000b82f5{i:04x}" for i in range(3)]
+    for mac in macs:
+        service.on_assignment(Incoming(topic(mac, "assignment"), json.dumps(PRESTAGED).encode(), True))
+    service.on_assignment(Incoming(topic(macs[1], "assignment"), b"", True))
+    assert published_configs(bus) == []  # the credentials are not committed yet
+    next_turn(clock)
+    assert published_configs(bus) == [(macs[0], True), (macs[1], True), (macs[2], True), (macs[1], False)]
+    import sqlite3
+    db = sqlite3.connect(str(tmp_path / "generator.db"))
+    try:
+        stored = {mac for (mac,) in db.execute("SELECT mac FROM credentials")}
+    finally:
+        db.close()
+    assert stored == set(macs)
+    service.stop()
+
+
+def test_the_first_discovery_of_a_turn_renders_at_once_the_others_one_per_later_turn(tmp_path: Path) -> None:
+    """What one read batch publishes leaves at its end: a phone's config must not wait there for
+    the renders of the discoveries behind it. The others follow, one per turn, in arrival order;
+    none is lost, and one of them discovered again is rendered once."""
+    from services.messages import Discovered, now_iso
+    from services.mqtt import Incoming
+
+    service, clock, bus = offline_service(tmp_path)
+    macs = [f"000b82f5{i:04x}" for i in range(4)]
+    for mac in macs:
+        service.on_assignment(Incoming(topic(mac, "assignment"), json.dumps(SMALLEST).encode(), True))
+    clock.advance(1)  # their credentials committed, while the devices wait for their phones
+
+    def discovery(mac: str) -> Incoming:
+        payload = Discovered(mac=mac, vendor="grandstream", model="GRP2614", firmware="1.0.5.67", ip="10.0.0.7",
+                             port=5060, contact="", user_agent="", call_id=mac, from_tag="f", to_tag="t",
+                             seen_at=now_iso()).to_json()
+        return Incoming(topic(mac, "discovered"), payload, True)
+
+    def configs() -> list[str]:
+        return [t.split("/")[2] for t, p in bus.published if t.endswith("/config") and p]
+
+    for mac in macs + [macs[2]]:  # one turn: a read batch of five discoveries
+        service.on_discovered(discovery(mac))
+    assert configs() == macs[:1]
+    for turn in range(1, 4):
+        next_turn(clock)
+        assert configs() == macs[:turn + 1]
+    clock.advance(1)
+    assert configs() == macs
+    service.stop()

@@ -116,6 +116,8 @@ def raw_settings(a: dict, vendor: str) -> list[tuple[str, str]]:
 
 def text(value: Any) -> str:
     """A setting's value as the file writes it (true/false as 1/0)."""
+    if type(value) is str:  # most of them, a few hundred per file
+        return value
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float) and value.is_integer():

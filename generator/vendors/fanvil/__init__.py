@@ -143,7 +143,46 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     inside = {name: raw.pop(name) for name in _SECTIONS if name in raw}
     return {"lines": lines, "side": side, "pages": pages, "provisioning": provisioning, "firmware": firmware,
             "date": date, "language": lang, "admin_password": a.get("admin_password", ""),
-            "raw": sorted(raw.items()), "raw_in": inside, "dsskey_lines": _dsskey_lines(side, pages)}
+            "raw": sorted(raw.items()), "raw_in": inside, "dsskey_lines": _dsskey_lines(side, pages),
+            "sip_lines": _sip_lines(lines), "raw_lines": _raw_lines(inside)}
+
+
+def _raw_lines(inside: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+    """Per section of the file, its vendor_settings' lines (each ending in a newline), escaped as
+    XML: printed as they are by the built-in template (a macro call per section cost more)."""
+    x = common.xml_text
+    return {section: "".join(f"    <{x(e)}>{x(v)}</{x(e)}>\n" for e, v in inside.get(section, ()))
+            for section in _SECTIONS}
+
+
+_UNUSED_LINE = ["      <PhoneNumber></PhoneNumber>", "      <DisplayName></DisplayName>",
+                "      <RegisterAddr></RegisterAddr>", "      <RegisterUser></RegisterUser>",
+                "      <RegisterPswd></RegisterPswd>", "      <EnableReg>0</EnableReg>"]
+
+
+def _sip_lines(lines: list[dict[str, Any]]) -> str:
+    """The <sip> element's accounts, escaped as XML: printed as they are by the built-in template
+    (a template loop over them was most of a Fanvil rendering)."""
+    x = common.xml_text
+    out: list[str] = []
+    for line in lines:
+        out.append(f'    <line index="{line["number"]}">')
+        if line["enabled"]:
+            out += [f"      <PhoneNumber>{x(line['user_id'])}</PhoneNumber>",
+                    f"      <DisplayName>{x(line['display_name'])}</DisplayName>",
+                    f"      <RegisterAddr>{x(line['sip_server'])}</RegisterAddr>",
+                    f"      <RegisterPort>{line['port']}</RegisterPort>",
+                    f"      <RegisterUser>{x(line['auth_id'])}</RegisterUser>",
+                    f"      <RegisterPswd>{x(line['password'])}</RegisterPswd>",
+                    "      <EnableReg>1</EnableReg>",
+                    f"      <Transport>{line['transport_code']}</Transport>",
+                    f"      <ProxyAddr>{x(line['outbound_proxy'])}</ProxyAddr>"]
+            if line["codecs"]:
+                out.append(f"      <VoiceCodecMap>{x(line['codecs'])}</VoiceCodecMap>")
+        else:
+            out += _UNUSED_LINE
+        out.append("    </line>")
+    return "\n".join(out)
 
 
 _SECTIONS = ("ap", "fwCheck", "phone", "web", "sip", "dsskey")

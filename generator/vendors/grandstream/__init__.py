@@ -83,15 +83,24 @@ def _xml_line(name: str, value: str) -> str:
     return f"    <{name}>{common.xml_text(value)}</{name}>"
 
 
+# Blocks of settings that depend on the model, an account's number or the codecs but on no
+# device: made and checked against the record once, then copied into each file (a file has about
+# 200 P-values, most of them from these blocks; checking each one per rendering was a fifth of it).
+def _block(pairs: list[tuple[int, Any]]) -> dict[str, str]:
+    out = {f"P{p}": common.text(value) for p, value in pairs}
+    common.checked(RECORD, list(out.items()))
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def _unused_keys(model: str, accounts: int) -> dict[str, str]:
     """Every key of the model as it is when the assignment leaves it out, in key order: a fixed
     VPK the account's line (or none, beyond the accounts), a dynamic VPK "none", an MPK -1."""
     extra = MODELS[model].extra
-    out: dict[str, str] = {}
+    pairs: list[tuple[int, Any]] = []
 
     def put(p: int, value: Any) -> None:
-        out[f"P{p}"] = common.text(value)
+        pairs.append((p, value))
 
     for n in range(1, extra["vpk"] + extra["mpk"] + 1):
         if n > extra["vpk"]:
@@ -101,23 +110,45 @@ def _unused_keys(model: str, accounts: int) -> dict[str, str]:
             _key(put, KEY_MODE["line"] if line else KEY_MODE["none"], n - 1 if line else 0, "", "", vpk_p(n))
         else:
             _key(put, DYNAMIC_NONE, 0, "", "", vpk_p(n))
-    return out
+    return _block(pairs)
+
+
+@functools.lru_cache(maxsize=64)
+def _unused_key_lines(model: str, accounts: int) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The lines of :func:`_unused_keys`, and each name's place among them."""
+    block = _unused_keys(model, accounts)
+    return tuple(_xml_line(n, v) for n, v in block.items()), {n: i for i, n in enumerate(block)}
+
+
+@functools.lru_cache(maxsize=16)
+def _unused_account(number: int) -> dict[str, str]:
+    # Switched off and emptied: no credentials of a removed account stay on the phone.
+    return _block([(account_p(number, "active"), 0)] + [
+        (account_p(number, what), "")
+        for what in ("name", "server", "proxy", "user_id", "auth_id", "password", "display_name")])
+
+
+@functools.lru_cache(maxsize=1024)
+def _vocoders(number: int, codes: tuple[int, ...]) -> dict[str, str]:
+    # Every choice slot needs a value; repeating the last choice adds nothing new.
+    return _block([(vocoder, codes[min(slot, len(codes) - 1)])
+                   for slot, vocoder in enumerate(vocoder_p(number))])
 
 
 def context(a: dict, target: Target) -> dict[str, Any]:
     settings: dict[str, str] = {}
+    written: list[str] = []  # names put one by one (the blocks above are checked already)
 
     def put(p: int, value: Any) -> None:
-        settings[f"P{p}"] = common.text(value)
+        name = f"P{p}"
+        settings[name] = common.text(value)
+        written.append(name)
 
     accounts = common.accounts(a, target)
-    codes = [VOCODER[c] for c in a.get("codecs", [])]
+    codes = tuple(VOCODER[c] for c in a.get("codecs", []))
     for number in range(1, target.info.accounts + 1):
         if number > len(accounts):
-            # Switched off and emptied: no credentials of a removed account stay on the phone.
-            put(account_p(number, "active"), 0)
-            for what in ("name", "server", "proxy", "user_id", "auth_id", "password", "display_name"):
-                put(account_p(number, what), "")
+            settings.update(_unused_account(number))
             continue
         acc = accounts[number - 1]
         put(account_p(number, "active"), 1 if acc["enabled"] else 0)
@@ -133,16 +164,17 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         # needs no such thing, so it is written off: nobody on the LAN gets a reset switch.
         put(SIP_RESET[number], 0)
         if codes:
-            # Every choice slot needs a value; repeating the last choice adds nothing new.
-            for slot, vocoder in enumerate(vocoder_p(number)):
-                put(vocoder, codes[min(slot, len(codes) - 1)])
+            settings.update(_vocoders(number, codes))
 
     extra = target.info.extra
     vpks, fixed, mpks = extra["vpk"], extra["fixed"], extra["mpk"]
     given = {k["number"]: k for k in common.keys(a, target)}
     # Every key the model has is written: a key dropped from the assignment is reset on the
     # phone, and a skipped dynamic VPK would delete every VPK after it.
-    settings.update(_unused_keys(target.model, len(accounts)))
+    block_at, block = len(settings), _unused_keys(target.model, len(accounts))
+    settings.update(block)
+    block_alone = len(settings) == block_at + len(block)  # no name of it was written before
+    written_before_block = len(written)
     for n, key in given.items():
         where = f"keys[{n - 1}]"
         if n <= vpks:
@@ -208,16 +240,33 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(1362, language(RECORD, a["language"]))
     # The phone challenges a NOTIFY (P4428 = 0); said explicitly, as the resync relies on it.
     put(4428, 0)
-    common.checked(RECORD, list(settings.items()))
+    if RECORD.problems([(name, settings[name]) for name in written]):
+        # the whole file, in its order: the same first problem as ever is reported
+        common.checked(RECORD, list(settings.items()))
     for name, value in common.raw_settings(a, "grandstream"):
         if not _P.match(name):
             raise RenderProblem("schema", f"vendor_settings.grandstream.{name}: Grandstream settings are "
                                 "P-values such as P1362", f"vendor_settings.grandstream.{name}")
         settings[name] = value
+        written.append(name)
     # The built-in template prints these lines as they are: a few hundred P-values per file are
     # rendered far faster in one join than by a template loop.
-    lines = "\n".join(_xml_line(name, value) for name, value in settings.items())
-    return {"settings": list(settings.items()), "config_lines": lines}
+    items = list(settings.items())
+    block_end = block_at + len(block)
+    if not block_alone:
+        lines = "\n".join(_xml_line(name, value) for name, value in items)
+    else:
+        # The keys' block (most of the file) took places of its own: its lines are made once per
+        # model, and only the keys this device writes are made again.
+        block_lines, places = _unused_key_lines(target.model, len(accounts))
+        middle = list(block_lines)
+        for name in written[written_before_block:]:
+            place = places.get(name)
+            if place is not None:
+                middle[place] = _xml_line(name, settings[name])
+        lines = "\n".join([_xml_line(name, value) for name, value in items[:block_at]] + middle
+                          + [_xml_line(name, value) for name, value in items[block_end:]])
+    return {"settings": items, "config_lines": lines}
 
 
 FAMILY = Family(

@@ -5,6 +5,7 @@ its source are in ``record.py``.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -48,6 +49,26 @@ def _fkey(key: dict) -> str:
         raise RenderProblem("schema", f"keys[{key['number'] - 1}]: a {kind} key needs a value",
                             f"keys[{key['number'] - 1}].value")
     return f"{'speed' if kind == 'speed_dial' else 'blf'} {value}"
+
+
+def _fkey_checks(key: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(f"fkey{part}", key[field]) for part, field in (("", "value"), ("@context", "context"),
+                                                            ("@label", "label"))]
+
+
+def _fkey_line(key: dict[str, Any]) -> str:
+    x = common.xml_text
+    return (f'    <fkey idx="{key["idx"]}" context="{x(key["context"])}" label="{x(key["label"])}" '
+            f'perm="">{x(key["value"])}</fkey>')
+
+
+@functools.lru_cache(maxsize=32)
+def _unused_fkeys(count: int) -> tuple[tuple[dict[str, Any], ...], tuple[str, ...]]:
+    """Every function key as it is when the assignment leaves it out, and its line: made and
+    checked once per number of keys (a file has up to a hundred; each was made per rendering)."""
+    fkeys = tuple({"idx": n, "context": "active", "label": "", "value": "none"} for n in range(count))
+    common.checked(RECORD, [check for key in fkeys for check in _fkey_checks(key)])
+    return fkeys, tuple(_fkey_line(key) for key in fkeys)
 
 
 def context(a: dict, target: Target) -> dict[str, Any]:
@@ -117,16 +138,18 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put("http_pass", a["admin_password"])
     given = {k["number"]: k for k in common.keys(a, target, SUPPORTED_KEYS)}
     # Every function key is written, so one dropped from the assignment is reset on the phone.
-    fkeys: list[dict[str, Any]] = []
-    for n in range(1, target.info.keys + 1):
-        key = given.get(n)
-        if key is None:
-            fkeys.append({"idx": n - 1, "context": "active", "label": "", "value": "none"})
-        else:
-            fkeys.append({"idx": n - 1, "context": str(key["account"]), "label": key["label"], "value": _fkey(key)})
+    unused, unused_lines = _unused_fkeys(target.info.keys)
+    fkeys, key_lines = list(unused), list(unused_lines)
+    written: list[dict[str, Any]] = []
+    for n, key in sorted(given.items()):
+        if 1 <= n <= len(fkeys):
+            fkeys[n - 1] = {"idx": n - 1, "context": str(key["account"]), "label": key["label"],
+                            "value": _fkey(key)}
+            key_lines[n - 1] = _fkey_line(fkeys[n - 1])
+            written.append(fkeys[n - 1])
+    # the unused keys were checked with their block
     common.checked(RECORD, [(s[0], s[2]) for s in settings]
-                   + [(f"fkey{part}", f[field]) for f in fkeys
-                      for part, field in (("", "value"), ("@context", "context"), ("@label", "label"))])
+                   + [check for key in written for check in _fkey_checks(key)])
     raw = common.raw_settings(a, "snom")
     for name, _ in raw:
         if not _NAME.match(name):
@@ -140,8 +163,7 @@ def context(a: dict, target: Target) -> dict[str, Any]:
     x = common.xml_text
     setting_lines = "\n".join(
         f'    <{n} idx="{i}" perm="">{x(v)}</{n}>' if i else f'    <{n} perm="">{x(v)}</{n}>' for n, i, v in settings)
-    fkey_lines = "\n".join(f'    <fkey idx="{k["idx"]}" context="{x(k["context"])}" label="{x(k["label"])}" '
-                           f'perm="">{x(k["value"])}</fkey>' for k in fkeys)
+    fkey_lines = "\n".join(key_lines)
     return {"settings": settings, "fkeys": fkeys, "setting_lines": setting_lines, "fkey_lines": fkey_lines}
 
 

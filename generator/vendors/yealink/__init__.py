@@ -42,9 +42,11 @@ _SUPPORTED = set(KEY_TYPE)
 def _unused_account(number: int) -> dict[str, str]:
     """An account dropped from the assignment: disabled and back to its factory values."""
     p = f"account.{number}."
-    return {p + "enable": "0", **{p + name: NULL for name in (
+    out = {p + "enable": "0", **{p + name: NULL for name in (
         "label", "display_name", "auth_name", "user_name", "password", "sip_server.1.address",
         "sip_server.1.port", "sip_server.1.transport_type")}}
+    common.checked(RECORD, list(out.items()))  # once: a rendering checks only what it writes
+    return out
 
 
 @functools.lru_cache(maxsize=32)
@@ -55,15 +57,26 @@ def _unused_keys(count: int) -> dict[str, str]:
         out[f"linekey.{n}.type"] = str(KEY_TYPE["none"])
         for name in ("line", "value", "label"):
             out[f"linekey.{n}.{name}"] = NULL
+    common.checked(RECORD, list(out.items()))  # once: a rendering checks only what it writes
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _unused_key_lines(count: int) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The lines of :func:`_unused_keys`, and each name's place among them."""
+    block = _unused_keys(count)
+    return tuple(f"{n} = {v}\n" for n, v in block.items()), {n: i for i, n in enumerate(block)}
 
 
 def context(a: dict, target: Target) -> dict[str, Any]:
     device: dict[str, str] = {}
     shared: dict[str, str] = {}
+    written: list[str] = []  # names put into ``device`` one by one (the blocks are checked already)
 
     def put(where: dict, name: str, value: Any) -> None:
         where[name] = common.text(value)
+        if where is device:
+            written.append(name)
 
     accounts = common.accounts(a, target)
     codecs = a.get("codecs")
@@ -92,7 +105,10 @@ def context(a: dict, target: Target) -> dict[str, Any]:
 
     given = {k["number"]: k for k in common.keys(a, target, _SUPPORTED)}
     # Every line key is written, so one dropped from the assignment is reset on the phone.
-    device.update(_unused_keys(target.info.keys))
+    block_at, block = len(device), _unused_keys(target.info.keys)
+    device.update(block)
+    block_alone = len(device) == block_at + len(block)  # no name of it was written before
+    written_before_block = len(written)
     for n, key in given.items():
         p = f"linekey.{n}."
         put(device, p + "type", KEY_TYPE[key["type"]])
@@ -136,12 +152,30 @@ def context(a: dict, target: Target) -> dict[str, Any]:
         put(shared, "lang.wui", lang)
     if "admin_password" in a:
         put(device, "static.security.user_password", f"admin:{a['admin_password']}")
-    common.checked(RECORD, list(device.items()) + list(shared.items()))
+    if RECORD.problems([(name, device[name]) for name in written] + list(shared.items())):
+        # all of it, in the files' order: the same first problem as ever is reported
+        common.checked(RECORD, list(device.items()) + list(shared.items()))
     for name, value in common.raw_settings(a, "yealink"):
         device[name] = value
-    return {"settings": list(device.items()), "common_settings": list(shared.items()),
+        written.append(name)
+    items = list(device.items())
+    block_end = block_at + len(block)
+    if block_alone:
+        # The line keys' block (most of the file) took places of its own: its lines are made once
+        # per model, and only the keys this device writes are made again.
+        block_lines, places = _unused_key_lines(target.info.keys)
+        middle = list(block_lines)
+        for name in written[written_before_block:]:
+            place = places.get(name)
+            if place is not None:
+                middle[place] = f"{name} = {device[name]}\n"
+        setting_lines = "".join([f"{n} = {v}\n" for n, v in items[:block_at]] + middle
+                                + [f"{n} = {v}\n" for n, v in items[block_end:]])
+    else:
+        setting_lines = "".join(f"{n} = {v}\n" for n, v in items)
+    return {"settings": items, "common_settings": list(shared.items()),
             # printed as they are by the built-in templates (one join beats a template loop)
-            "setting_lines": "".join(f"{n} = {v}\n" for n, v in device.items()),
+            "setting_lines": setting_lines,
             "common_lines": "".join(f"{n} = {v}\n" for n, v in shared.items()),
             "names": {"hw": f"{target.info.extra['hw']:03d}"}}
 
