@@ -407,3 +407,55 @@ def test_the_first_discovery_of_a_turn_renders_at_once_the_others_one_per_later_
     clock.advance(1)
     assert configs() == macs
     service.stop()
+
+
+class _FullDisk:
+    """A store connection whose commits fail as on a full disk, until ``healed``."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.healed = False
+
+    def commit(self) -> None:
+        if not self.healed:
+            import sqlite3
+            raise sqlite3.OperationalError("database or disk is full")
+        self._conn.commit()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_config_whose_credential_cannot_be_committed_waits_for_the_disk(tmp_path: Path) -> None:
+    """A full disk must not let a password leave that a restart would replace (locking out the
+    phone that fetched it): the config is held while the store cannot commit, and published
+    once it can; a device unassigned meanwhile never gets it."""
+    from services.mqtt import Incoming
+
+    service, clock, bus = offline_service(tmp_path)
+    writes = service.engine.store.writes
+    disk = _FullDisk(writes.conn)
+    writes.conn = disk
+    kept, dropped = "000b82f50001", "000b82f50002"
+    for mac in (kept, dropped):
+        service.on_assignment(Incoming(topic(mac, "assignment"), json.dumps(PRESTAGED).encode(), True))
+    for _ in range(5):
+        clock.advance(1)
+    assert published_configs(bus) == []
+    service.on_assignment(Incoming(topic(dropped, "assignment"), b"", True))
+    clock.advance(1)
+    assert published_configs(bus) == [(dropped, False)]
+    disk.healed = True
+    for _ in range(70):  # past the store's own retry backoff
+        clock.advance(1)
+    assert published_configs(bus) == [(dropped, False), (kept, True)]
+    import sqlite3
+    db = sqlite3.connect(str(tmp_path / "generator.db"))
+    try:
+        stored = {mac for (mac,) in db.execute("SELECT mac FROM credentials")}
+    finally:
+        db.close()
+    assert kept in stored
+    config = json.loads(dict(bus.published)[topic(kept, "config")])
+    assert config["auth"]["password"]
+    service.stop()
