@@ -339,7 +339,18 @@ def _parse(data: bytes) -> Request | Response:
 
     headers = message.headers
     items = headers._items
+    cache = _NAME_CACHE
     for raw in lines[1:]:
+        # The usual line first: a known name (the cache holds checked tokens only, never one
+        # with a blank, so not a folded line), a colon, a value. Each check skipped here was a
+        # measurable share of the listener's CPU per SUBSCRIBE.
+        name, colon, value = raw.partition(":")
+        known = cache.get(name)
+        if known is not None and colon:
+            if value[-1:] == "\r":
+                value = value[:-1]
+            items.append((known[0], known[1], value.strip(" \t")))
+            continue
         line = raw[:-1] if raw.endswith("\r") else raw
         if not line:
             raise SipParseError("empty line inside the headers")
