@@ -365,9 +365,9 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"listener on CPU {listener_cpu}, phones on CPU {generator_cpu}, nice {args.nice}")
 
-    cpu = cpu_per_subscribe(args.requests // 2, args.repeats)
+    per_subscribe = cpu_per_subscribe(args.requests // 2, args.repeats)
     print(f"CPU per SUBSCRIBE in process, best of {args.repeats} x {args.requests // 2} new phones: "
-          + ", ".join(f"{k} {v:.2f} us" for k, v in cpu.items()))
+          + ", ".join(f"{k} {v:.2f} us" for k, v in per_subscribe.items()))
     if args.cpu_only:
         return 0
     new, retx = bench_core(args.requests // 2)

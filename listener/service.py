@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from listener.discovery import SubscribeCore
+from listener.discovery import Sighting, SubscribeCore
 from listener.multicast import GROUP, open_group_socket
 from listener.outbox import Outbox
 from listener.protocol import AnswerTimes, SubscribeProtocol
@@ -79,7 +79,10 @@ class ListenerService:
             "discovered {count} more phones in a burst (not logged one by one; "
             "pnp devices lists them)", count=count), per_second=LOG_PER_SECOND)
 
-    def _encode(self, discovered: Discovered) -> bytes:
+    def _encode(self, sighting: Sighting) -> bytes:
+        # As the discovery leaves the outbox: its phone was answered turns ago (protocol.py)
+        discovered = sighting.discovered()
+        self._log_discovery(discovered)
         payload = encode_flat(discovered)
         topic = self.ctx.topics.device(discovered.mac, "discovered")
         self._payloads[topic] = payload
@@ -179,10 +182,9 @@ class ListenerService:
                      "its address, or 'all'")
         return self
 
-    def _publish(self, discovered: Discovered) -> None:
-        topic = self.ctx.topics.device(discovered.mac, "discovered")
-        self.outbox.put(topic, discovered)
-        self._log_discovery(discovered)
+    def _publish(self, sighting: Sighting) -> None:
+        # Filed only: the outbox makes and sends the discovery on a later turn (protocol.py)
+        self.outbox.put(self.ctx.topics.device(sighting.mac, "discovered"), sighting)
 
     def _log_discovery(self, d: Discovered) -> None:
         self._log_discovered(lambda: log.info(
