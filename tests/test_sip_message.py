@@ -7,8 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.sip.message import (
-    Headers, Request, Response, SipParseError, build_response, new_branch, new_call_id, new_tag,
-    parse, parse_name_addr, parse_params, parse_uri, parse_value, parse_via,
+    Headers, Request, Response, SipParseError, build_response, header_lines, new_branch,
+    new_call_id, new_tag, parse, parse_name_addr, parse_params, parse_uri, parse_value, parse_via,
+    response_bytes,
 )
 
 # Figure 1 of the seed guide, byte for byte (a GRP2614 booting).
@@ -306,6 +307,28 @@ def test_existing_to_tag_is_kept():
                                         b"To: <sip:MAC%3A000B82F55284@224.0.1.75>;tag=mine"))
     response = build_response(request, 200, "OK", to_tag="ours")
     assert parse_name_addr(response.headers.get("To")).tag == "mine"
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+@pytest.mark.parametrize("to", ["", ";tag=mine", ";tag="])
+@pytest.mark.parametrize("received", [("10.0.0.99", 40000), "10.0.0.13", None])
+def test_answer_made_straight_into_bytes_is_the_built_response(name, to, received):
+    # what the listener sends (response_bytes, given what it parsed) is what build_response
+    # makes, byte for byte, for every phone, with or without a To-tag and a source
+    data = SAMPLES[name]
+    if to:
+        data = data.replace(b"@224.0.1.75>\r\n", b"@224.0.1.75>" + to.encode() + b"\r\n", 1)
+    request = parse(data)
+    extra = [("Contact", "<sip:192.168.5.110:5060>"), ("Expires", "0")]
+    built = build_response(request, 200, "OK", to_tag="ours", received=received,
+                           headers=extra).to_bytes()
+    assert response_bytes(request, 200, "OK", "ours", received, header_lines(extra)) == built
+    vias = request.headers.get_all("via")
+    told = response_bytes(request, 200, "OK", "ours", received, header_lines(extra), vias=vias,
+                          top=parse_via(vias[0]),
+                          to_tagged=parse_name_addr(request.headers.get("to")).tag is not None)
+    assert told == built
+    assert vias == request.headers.get_all("via"), "the caller's list is left as it was"
 
 
 def test_response_content_length_is_zero_even_if_asked_otherwise():
