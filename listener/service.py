@@ -79,12 +79,11 @@ class ListenerService:
             "discovered {count} more phones in a burst (not logged one by one; "
             "pnp devices lists them)", count=count), per_second=LOG_PER_SECOND)
 
-    def _encode(self, sighting: Sighting) -> bytes:
+    def _encode(self, topic: str, sighting: Sighting) -> bytes:
         # As the discovery leaves the outbox: its phone was answered turns ago (protocol.py)
         discovered = sighting.discovered()
         self._log_discovery(discovered)
         payload = encode_flat(discovered)
-        topic = self.ctx.topics.device(discovered.mac, "discovered")
         self._payloads[topic] = payload
         self._expiring.pop(topic, None)
         if self.ttl and discovered.mac not in self.served:
