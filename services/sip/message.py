@@ -256,14 +256,23 @@ class _Message:
     def call_id(self) -> str | None:
         return self.headers.get("call-id")
 
+    # (the CSeq value read last, what it gave): parse validates it and a server's transaction
+    # key reads it again, for every request
+    _cseq_read: tuple[str | None, tuple[int, str]] | None = None
+
     @property
     def cseq(self) -> tuple[int, str]:
         """(number, method) of the CSeq header; SipParseError when missing or malformed."""
         value = self.headers.get("cseq")
+        read = self._cseq_read
+        if read is not None and read[0] is value:
+            return read[1]
         m = _CSEQ_RE.match(value.strip()) if value else None
         if not m:
             raise SipParseError(f"bad CSeq {value!r}")
-        return int(m.group(1)), m.group(2).upper()
+        result = int(m.group(1)), m.group(2).upper()
+        self._cseq_read = (value, result)
+        return result
 
     def _encode(self, start: str) -> bytes:
         body = self.body or b""
@@ -375,9 +384,12 @@ def _parse(data: bytes) -> Request | Response:
         key, display = known
         items.append((key, display, value.strip(" \t")))
 
-    present = {k for k, _, _ in items}
+    # The first value of each header, as Headers.get reads them (the first one wins): made
+    # here once, it also says which headers are present.
+    first = {k: v for k, _, v in reversed(items)}
+    headers._first = first
     for key in _REQUIRED:
-        if key not in present:
+        if key not in first:
             raise SipParseError(f"no {_CANONICAL[key]} header")
     message.cseq  # validates
 
