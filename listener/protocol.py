@@ -40,9 +40,9 @@ class SubscribeProtocol(DatagramProtocol):
     The order of a datagram's work is the point of this class. The answer is written first,
     as soon as the core has decided it; what follows does not hold it up: the answer-time
     sample, then the new phone's sighting handed to ``on_discovered`` (the service's outbox),
-    which only files it. Making the discovery (vendor and model named, payload encoded,
-    logged, kept) and publishing it wait for a later reactor turn (the outbox's
-    ``callLater(0)``): Twisted reads a socket's datagrams in one loop (up to 256 KiB of them
+    which only files it. Logging the discovery, making it (vendor and model named, payload
+    encoded, kept) and publishing it wait for a later reactor turn (``callLater(0)``, the
+    service's and the outbox's): Twisted reads a socket's datagrams in one loop (up to 256 KiB of them
     per readable event) and runs timed calls only after every readable socket is done, so
     every SUBSCRIBE that has arrived is answered before any MQTT work starts. A phone's
     answer then waits only for the SUBSCRIBEs ahead of it, never for other phones'

@@ -93,9 +93,9 @@ class _Transport:
         self.events.append(("answer", addr))
 
 
-def test_a_burst_is_answered_before_any_discovery_is_made_logged_or_published():
-    # Twisted hands a socket's waiting datagrams over in one loop: every phone in it must get
-    # its 200 OK before the listener spends anything on discoveries (protocol.py says why).
+def _burst(connected: bool):
+    """A listener core, service and protocol on a Clock with a bus that only counts; 20 new
+    phones' SUBSCRIBEs in one read; what happened, in order, before and after the turn ends."""
     from collections import Counter
     from types import SimpleNamespace
 
@@ -104,12 +104,12 @@ def test_a_burst_is_answered_before_any_discovery_is_made_logged_or_published():
     from listener.discovery import SubscribeCore
     from listener.protocol import SubscribeProtocol
     from listener.service import ListenerService
-    from services.messages import Discovered
     from services.topics import Topics
     from tests.test_sip_message import GRANDSTREAM
 
     clock = task.Clock()
     bus = _CountingBus()
+    bus.connected = connected
     ctx = SimpleNamespace(name="listener", bus=bus, topics=Topics("pnp"), reactor=clock,
                           counters=Counter(), settings=SimpleNamespace(
                               sip_port=5060, publish_window=16, discovery_ttl=0, instance="t"))
@@ -130,14 +130,31 @@ def test_a_burst_is_answered_before_any_discovery_is_made_logged_or_published():
             data = GRANDSTREAM.replace(b"000B82F55284", mac.encode()).replace(
                 b"1848599395-5080-1", b"%d-5080-1" % i)
             protocol.datagramReceived(data, (f"192.168.5.{i + 1}", 5080))
-        assert [kind for kind, _ in events] == ["answer"] * 20
-        assert bus.messages == [] and service.keeper.prints == {}
+        during = (list(events), list(bus.messages), dict(service.keeper.prints))
         for _ in range(10):
             clock.advance(0)
     finally:
         globalLogPublisher.removeObserver(logged)
+    service.outbox.cancel()
+    return during, events, bus
+
+
+def test_while_the_broker_is_away_booting_phones_are_still_logged_at_once():
+    _, events, bus = _burst(connected=False)
+    assert [kind for kind, _ in events] == ["answer"] * 20 + ["log"] * 20
+    assert bus.messages == []
+
+
+def test_a_burst_is_answered_before_any_discovery_is_made_logged_or_published():
+    # Twisted hands a socket's waiting datagrams over in one loop: every phone in it must get
+    # its 200 OK before the listener spends anything on discoveries (protocol.py says why).
+    from services.messages import Discovered
+
+    (events, published, kept), after, bus = _burst(connected=True)
+    assert [kind for kind, _ in events] == ["answer"] * 20
+    assert published == [] and kept == {}
     assert len(bus.messages) == 20
-    assert [kind for kind, _ in events[20:]] == ["log"] * 20  # one line each, below the burst cap
+    assert [kind for kind, _ in after[20:]] == ["log"] * 20  # one line each, below the burst cap
     topic, payload = bus.messages[0]
     found = Discovered.from_json(payload)
     assert topic == "pnp/devices/000b82000000/discovered"
