@@ -1,12 +1,15 @@
 """Listener benchmark (not a test): SUBSCRIBEs answered per second, and answer latency.
 
     .venv/bin/python bench/listener_bench.py [--requests 20000] [--rate 1000] [--seconds 5]
+    .venv/bin/python bench/listener_bench.py --cpu-only --requests 40000 --repeats 7
 
 Three measurements, all on loopback (NETWORK-SAFETY.md: the phones multicast with
 IP_MULTICAST_IF=127.0.0.1 and TTL 0; the listener joins on 127.0.0.1 only):
 
-1. the sans-I/O core alone, in this process: new phones (parse, answer, discovery encoded)
-   and retransmissions per second;
+1. in this process, CPU microseconds per SUBSCRIBE (time.process_time, best of ``--repeats``):
+   the core's answer, answer and discovery, a retransmission, and the listener's whole
+   datagram path but MQTT (``cpu_per_subscribe``); then the sans-I/O core alone, new phones
+   (parse, answer, discovery encoded) and retransmissions per second;
 2. ``pnp listener`` as its own process pinned to one CPU, with a private mosquitto, driven by
    simulated phones on their own addresses 127.1.x.y (pinned to another CPU): closed-loop
    throughput with a window of outstanding SUBSCRIBEs, every one a new phone booting (so each
@@ -97,6 +100,103 @@ def bench_core(count: int) -> tuple[float, float]:
             core.handle(p, ("10.0.0.1", 5080), "127.0.0.1", start)
         best_retx = max(best_retx, count / (time.perf_counter() - start))
     return best_new, best_retx
+
+
+def cpu_per_subscribe(count: int, repeats: int) -> dict[str, float]:
+    """CPU microseconds per SUBSCRIBE (time.process_time, best of ``repeats``), in this process:
+    what a shared, busy machine cannot hide the way it hides wall-clock latency.
+
+    - ``answer``: the core's answer alone (parse, decide, build the 200 OK, dedup bookkeeping);
+    - ``answer+discovery``: that plus the discovery built and encoded, all a new phone costs the
+      core;
+    - ``retransmission``: a SUBSCRIBE already answered (the cached bytes again);
+    - ``service``: the listener's whole datagram path but MQTT itself: the protocol (answer
+      written to a fake transport, the answer-time sample), then the outbox's turns (discovery
+      built, encoded, logged, kept by the Keeper, handed to a bus that only counts).
+    """
+    from twisted.internet import task
+
+    from listener.protocol import SubscribeProtocol
+    from listener.service import ListenerService
+
+    packets = [subscribe(i, "10.0.0.1", 5080) for i in range(count)]
+    source = ("10.0.0.1", 5080)
+    best: dict[str, float] = {}
+
+    def keep(name: str, seconds: float) -> None:
+        us = seconds / count * 1e6
+        best[name] = min(best.get(name, us), us)
+
+    for _ in range(repeats):
+        core = SubscribeCore(rate=1e9, burst=1e9)
+        start = time.process_time()
+        for p in packets:
+            core.handle(p, source, "127.0.0.1", 1.0)
+        keep("answer", time.process_time() - start)
+
+        core = SubscribeCore(rate=1e9, burst=1e9)
+        start = time.process_time()
+        for p in packets:
+            encode_flat(core.handle(p, source, "127.0.0.1", 1.0).discovered)
+        keep("answer+discovery", time.process_time() - start)
+
+        start = time.process_time()
+        for p in packets:
+            core.handle(p, source, "127.0.0.1", 2.0)
+        keep("retransmission", time.process_time() - start)
+
+        clock = task.Clock()
+        service = ListenerService(_fake_context(clock), SubscribeCore(rate=1e9, burst=1e9))
+        protocol = SubscribeProtocol(service.core, "127.0.0.1", clock, service._publish, service.times)
+        protocol.transport = _NullTransport()  # type: ignore[assignment]
+        start = time.process_time()
+        for i, p in enumerate(packets):
+            protocol.datagramReceived(p, source)
+            if i % 8 == 7:  # a reactor turn: eight datagrams read, then the timed calls
+                clock.advance(0)
+        while len(service.outbox):
+            clock.advance(0)
+        keep("service", time.process_time() - start)
+        assert service.ctx.bus.published == count, service.ctx.bus.published
+    return best
+
+
+class _NullTransport:
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        pass
+
+
+class _CountingBus:
+    """What the listener's outbox and keeper ask of the bus, with nothing sent."""
+
+    connected = True
+    queued = 0
+
+    def __init__(self) -> None:
+        self.published = 0
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1,
+                expiry: int | None = None) -> bool:
+        self.published += 1
+        return True
+
+    def on_connect(self, callback: object) -> None:
+        pass
+
+    def on_acknowledged(self, callback: object) -> None:
+        pass
+
+
+def _fake_context(clock: object) -> object:
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from services.topics import Topics
+
+    settings = SimpleNamespace(sip_port=5060, publish_window=16, discovery_ttl=604800,
+                               instance="bench")
+    return SimpleNamespace(name="listener", settings=settings, bus=_CountingBus(),
+                           topics=Topics("pnp"), reactor=clock, counters=Counter())
 
 
 # --- 2./3. the service ---------------------------------------------------------------------
@@ -253,6 +353,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5, help="length of the latency run")
     parser.add_argument("--phones", type=int, default=1000, help="simulated phone addresses")
     parser.add_argument("--profile", metavar="FILE", help="run the listener under cProfile, stats to FILE")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="only the in-process CPU per SUBSCRIBE (no broker, no sockets)")
+    parser.add_argument("--repeats", type=int, default=7, help="best of this many, in-process CPU runs")
     parser.add_argument("--nice", type=int, default=0,
                         help="nice value for the listener and the phones (e.g. -15 on a shared machine, as root)")
     args = parser.parse_args()
@@ -262,6 +365,11 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"listener on CPU {listener_cpu}, phones on CPU {generator_cpu}, nice {args.nice}")
 
+    per_subscribe = cpu_per_subscribe(args.requests // 2, args.repeats)
+    print(f"CPU per SUBSCRIBE in process, best of {args.repeats} x {args.requests // 2} new phones: "
+          + ", ".join(f"{k} {v:.2f} us" for k, v in per_subscribe.items()))
+    if args.cpu_only:
+        return 0
     new, retx = bench_core(args.requests // 2)
     print(f"core only (parse + answer + discovery), new phones:  {new:8.0f} /s")
     print(f"core only, retransmissions (cached answer):          {retx:8.0f} /s")

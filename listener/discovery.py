@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 from listener import mac as macs
@@ -36,8 +35,8 @@ from listener.vendors import identify
 from services.expiring import Expiring
 from services.messages import Discovered, now_iso
 from services.sip.message import (
-    Request, SipParseError, SipTooLarge, amplifies, build_response, parse, parse_name_addr,
-    parse_value, parse_via, too_many_vias, unsafe_header,
+    Request, SipParseError, SipTooLarge, amplifies, header_lines, parse, parse_name_addr,
+    parse_value, parse_via, response_bytes, too_many_vias, unsafe_header,
 )
 from services.sip.transaction import ServerTransactions, reply_address
 
@@ -59,14 +58,73 @@ def _text_size(key: str, value: str) -> int:
     return len(key) + len(value)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What to do with one datagram. ``verdict`` names the counter it went to."""
+class Sighting:
+    """What a new phone's SUBSCRIBE said, kept as read: the facts of its discovery, which is
+    built from them (vendor and model named, payload encoded) only after the answer is sent
+    and every datagram at hand answered (:meth:`discovered`)."""
 
-    verdict: str
-    reply: bytes | None = None
-    dest: tuple[str, int] | None = None
-    discovered: Discovered | None = None
+    __slots__ = ("mac", "ip", "port", "contact", "user_agent", "call_id", "from_tag", "to_tag",
+                 "seen_at", "cseq", "request_uri", "from_uri", "to_uri", "event", "interface",
+                 "boot")
+
+    def __init__(self, mac: str, ip: str, port: int, contact: str, user_agent: str,
+                 call_id: str, from_tag: str, to_tag: str, seen_at: str, cseq: int,
+                 request_uri: str, from_uri: str, to_uri: str,
+                 event: dict[str, str | None], interface: str, boot: int) -> None:
+        self.mac = mac
+        self.ip = ip
+        self.port = port
+        self.contact = contact
+        self.user_agent = user_agent
+        self.call_id = call_id
+        self.from_tag = from_tag
+        self.to_tag = to_tag
+        self.seen_at = seen_at
+        self.cseq = cseq
+        self.request_uri = request_uri
+        self.from_uri = from_uri
+        self.to_uri = to_uri
+        self.event = event
+        self.interface = interface
+        self.boot = boot
+
+    def discovered(self) -> Discovered:
+        params = {k: v if v is not None else "" for k, v in self.event.items()}
+        who = identify(params, self.user_agent, self.mac)
+        return Discovered(
+            mac=self.mac, vendor=who.vendor, model=who.model, firmware=who.firmware,
+            ip=self.ip, port=self.port, contact=self.contact, user_agent=self.user_agent,
+            call_id=self.call_id, from_tag=self.from_tag, to_tag=self.to_tag,
+            seen_at=self.seen_at, cseq=self.cseq, request_uri=self.request_uri,
+            from_uri=self.from_uri, to_uri=self.to_uri, event=params, interface=self.interface,
+            boot=self.boot,
+        )
+
+
+class Outcome:
+    """What to do with one datagram. ``verdict`` names the counter it went to; ``sighting``,
+    of a new phone, is what its discovery is made of (``discovered`` makes it)."""
+
+    __slots__ = ("verdict", "reply", "dest", "sighting", "_discovered")
+
+    def __init__(self, verdict: str, reply: bytes | None = None,
+                 dest: tuple[str, int] | None = None, sighting: Sighting | None = None) -> None:
+        self.verdict = verdict
+        self.reply = reply
+        self.dest = dest
+        self.sighting = sighting
+        self._discovered: Discovered | None = None
+
+    @property
+    def discovered(self) -> Discovered | None:
+        if self._discovered is None and self.sighting is not None:
+            self._discovered = self.sighting.discovered()
+        return self._discovered
+
+
+# Outcomes that carry nothing but their verdict: one each, not one per datagram.
+_DROPPED = {verdict: Outcome(verdict) for verdict in (
+    "rate_limited", "too_large", "malformed", "ignored", "unsafe_header", "amplifying", "no_mac")}
 
 
 class SubscribeCore:
@@ -102,6 +160,8 @@ class SubscribeCore:
         self._boots: dict[str, int] = {}
         self._max_boots = max_tracked
         self._boots_evicted = 0
+        self._tails: dict[str, str] = {}
+        self._bad_event_tail = header_lines([("Allow-Events", EVENT)])
 
     # --- state from outside ------------------------------------------------------------------
 
@@ -141,43 +201,56 @@ class SubscribeCore:
     # --- the per-packet path -----------------------------------------------------------------
 
     def handle(self, data: bytes, source: tuple[str, int], interface: str, now: float) -> Outcome:
+        """The answer to one datagram, and what a new phone's discovery needs. Only what the
+        answer and the boot bookkeeping need is done here: the discovery itself is made later
+        (``Outcome.sighting``), after the answer has gone and the datagrams at hand with it."""
         counters = self.counters
         counters["received"] += 1
         if not self.limiter.allow(source[0], now):
             counters["rate_limited"] += 1
-            return Outcome("rate_limited")
+            return _DROPPED["rate_limited"]
         try:
             message = parse(data)
         except SipTooLarge:
             counters["too_large"] += 1
-            return Outcome("too_large")
+            return _DROPPED["too_large"]
         except SipParseError:
             counters["malformed"] += 1
-            return Outcome("malformed")
+            return _DROPPED["malformed"]
         if not isinstance(message, Request) or message.method != "SUBSCRIBE":
             counters["ignored"] += 1
-            return Outcome("ignored")
+            return _DROPPED["ignored"]
         if unsafe_header(message) is not None:
             # its values would go back out in the answer and into the discovery: no answer at all
             counters["unsafe_header"] += 1
-            return Outcome("unsafe_header")
-        if too_many_vias(message):
+            return _DROPPED["unsafe_header"]
+        vias = message.headers.get_all("via")
+        if too_many_vias(message, vias):
             counters["amplifying"] += 1
-            return Outcome("amplifying")
+            return _DROPPED["amplifying"]
         try:
-            return self._subscribe(message, source, interface, now, len(data))
+            return self._subscribe(message, vias, source, interface, now, len(data))
         except SipParseError:
             # a header the parser let through but the dialog needs (Via, From, To) is unusable
             counters["malformed"] += 1
-            return Outcome("malformed")
+            return _DROPPED["malformed"]
 
-    def _subscribe(self, request: Request, source: tuple[str, int], interface: str,
-                   now: float, size: int) -> Outcome:
+    def _tail(self, interface: str) -> str:
+        """The answer's own headers on ``interface``: the same for every phone, made once."""
+        tail = self._tails.get(interface)
+        if tail is None:
+            tail = self._tails[interface] = header_lines(
+                [("Contact", f"<sip:{interface}:{self.contact_port}>"), ("Expires", "0")])
+        return tail
+
+    def _subscribe(self, request: Request, vias: list[str], source: tuple[str, int],
+                   interface: str, now: float, size: int) -> Outcome:
         counters = self.counters
         headers = request.headers
         key = self._transactions.key(request)
         top_via, call_id, cseq_number = key
-        dest = reply_address(parse_via(top_via), source)
+        via = parse_via(top_via)
+        dest = reply_address(via, source)
 
         cached = self._transactions.answered(key, now)
         if cached is not None:
@@ -190,16 +263,22 @@ class SubscribeCore:
         to_value = headers.get("to") or ""
         # A To we cannot parse is not a dialog we can answer; a To that has a tag already
         # (a refresh inside a dialog) keeps it, and that is the dialog's tag to publish.
-        to_tag = parse_name_addr(to_value).tag or self.to_tag(call_id, from_tag)
+        to_own = parse_name_addr(to_value).tag
+        to_tag = to_own or self.to_tag(call_id, from_tag)
         event_value = headers.get("event") or ""
+        # Parsed whole before answering: Event parameters we could not read are a malformed
+        # request, not a phone (and the discovery publishes them).
         event, event_params = parse_value(event_value) if event_value else ("", {})
+        # the answer copies what was parsed above rather than parsing it again
+        top = via if vias and vias[0] == top_via else None
 
         if event.lower() != EVENT:
-            reply = build_response(request, 489, "Bad Event", to_tag=to_tag, received=source,
-                                   headers=[("Allow-Events", EVENT)]).to_bytes()
+            reply = response_bytes(request, 489, "Bad Event", to_tag, source,
+                                   self._bad_event_tail, vias=vias, top=top,
+                                   to_tagged=to_own is not None)
             if amplifies(size, reply):
                 counters["amplifying"] += 1
-                return Outcome("amplifying")
+                return _DROPPED["amplifying"]
             self._transactions.answer(key, reply, now)
             counters["bad_event"] += 1
             counters["answered"] += 1
@@ -209,17 +288,16 @@ class SubscribeCore:
         if mac is None:
             # Not a phone we could ever provision; another PnP server on the group may know it.
             counters["no_mac"] += 1
-            return Outcome("no_mac")
+            return _DROPPED["no_mac"]
 
-        reply = build_response(
-            request, self.status, self.reason, to_tag=to_tag, received=source,
-            headers=[("Contact", f"<sip:{interface}:{self.contact_port}>"), ("Expires", "0")],
-        ).to_bytes()
+        reply = response_bytes(request, self.status, self.reason, to_tag, source,
+                               self._tail(interface), vias=vias, top=top,
+                               to_tagged=to_own is not None)
         if amplifies(size, reply):
             # not a phone's SUBSCRIBE (theirs carry Event parameters, User-Agent, Accept, ...
             # that the answer does not echo): no answer, and no discovery either
             counters["amplifying"] += 1
-            return Outcome("amplifying")
+            return _DROPPED["amplifying"]
         self._transactions.answer(key, reply, now)
         counters["answered"] += 1
 
@@ -232,15 +310,9 @@ class SubscribeCore:
         boot = self._boots.get(mac, 0) + 1
         self._set_boot(mac, boot)
 
-        params = {k: v if v is not None else "" for k, v in event_params.items()}
-        user_agent = headers.get("user-agent") or ""
-        who = identify(params, user_agent, mac)
-        discovered = Discovered(
-            mac=mac, vendor=who.vendor, model=who.model, firmware=who.firmware,
-            ip=source[0], port=dest[1], contact=headers.get("contact") or "",
-            user_agent=user_agent, call_id=call_id, from_tag=from_tag, to_tag=to_tag,
-            seen_at=self._clock_iso(), cseq=cseq_number, request_uri=request.uri,
-            from_uri=from_value, to_uri=to_value, event=params, interface=interface, boot=boot,
-        )
+        sighting = Sighting(
+            mac, source[0], dest[1], headers.get("contact") or "",
+            headers.get("user-agent") or "", call_id, from_tag, to_tag, self._clock_iso(),
+            cseq_number, request.uri, from_value, to_value, event_params, interface, boot)
         counters["published"] += 1
-        return Outcome("answered", reply, dest, discovered)
+        return Outcome("answered", reply, dest, sighting)

@@ -15,11 +15,20 @@ _SEPARATORS = re.compile(r"[:\-.]")
 _HEX12 = re.compile(r"[0-9a-f]{12}\Z")
 
 
+# The spellings phones send (the first three above, and the bare address), read in one match:
+# what the general path below makes of these, without its unquoting and substitutions.
+_COMMON = re.compile(r"(?:mac(?:%3a|[:=])?)?([0-9a-f]{12})", re.I)
+
+
 def normalize(text: str) -> str | None:
     """12 lowercase hex digits, or None when ``text`` is not a usable unicast MAC."""
-    value = _SEPARATORS.sub("", _PREFIX.sub("", unquote(text), count=1)).lower()
-    if not _HEX12.match(value):
-        return None
+    common = _COMMON.fullmatch(text)
+    if common is not None:
+        value = common.group(1).lower()
+    else:
+        value = _SEPARATORS.sub("", _PREFIX.sub("", unquote(text), count=1)).lower()
+        if not _HEX12.match(value):
+            return None
     # A phone's own address is unicast, and never all zeros.
     if int(value[1], 16) & 1 or value == "000000000000":
         return None

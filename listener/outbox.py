@@ -17,14 +17,15 @@ from typing import Any, Callable
 class Outbox:
     def __init__(self, bus: Any, reactor: Any, window: int = 16, max_pending: int = 100_000,
                  retry: float = 0.002, batch: int = 8,
-                 encode: Callable[[Any], bytes] | None = None,
+                 encode: Callable[[str, Any], bytes] | None = None,
                  expiry: Callable[[str], int | None] | None = None) -> None:
         self.bus = bus
         # seconds the broker keeps a topic's message (asked after encoding it), None: for ever
         self.expiry = expiry or (lambda topic: None)
         # Items are encoded when they leave, not when they come: in a burst, that work waits
         # until every datagram at hand is answered.
-        self.encode = encode or (lambda item: item)
+        # (topic, item) -> payload
+        self.encode = encode or (lambda topic, item: item)
         self.reactor = reactor
         self.window = window
         # publishes per reactor turn: datagrams that arrive meanwhile wait at most this many
@@ -95,7 +96,7 @@ class Outbox:
                 self.dropped += 1
 
     def _publish(self, topic: str, item: Any) -> bool:
-        data = self.encode(item)
+        data = self.encode(topic, item)
         expiry = self.expiry(topic)
         if expiry is None:
             return bool(self.bus.publish(topic, data, retain=True))

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import socket
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from listener.discovery import SubscribeCore
+from listener.discovery import Sighting, SubscribeCore
 from listener.multicast import GROUP, open_group_socket
 from listener.outbox import Outbox
 from listener.protocol import AnswerTimes, SubscribeProtocol
@@ -33,7 +34,7 @@ from services.sip.message import MAX_DATAGRAM
 from services import netif
 from services.mqtt import Incoming
 from services.burstlog import BurstLog
-from services.messages import Discovered, encode_flat
+from services.messages import encode_flat
 from services.retained import Keeper
 from services.runner import Context
 from services.settings import SIP_INTERFACE, SettingError
@@ -73,18 +74,20 @@ class ListenerService:
         self._learned = 0
         self._last_learned = 0.0
         self._learn_call: Any = None
+        self._unlogged: list[Sighting] = []  # this turn's new phones, logged at its end
+        self._log_call: Any = None
         # A line per phone, except in a boot storm: formatting a log line costs as much as
         # answering the phone, so past LOG_PER_SECOND a summary line counts the rest.
         self._log_discovered = BurstLog(ctx.reactor, lambda count: log.info(
             "discovered {count} more phones in a burst (not logged one by one; "
             "pnp devices lists them)", count=count), per_second=LOG_PER_SECOND)
 
-    def _encode(self, discovered: Discovered) -> bytes:
-        payload = encode_flat(discovered)
-        topic = self.ctx.topics.device(discovered.mac, "discovered")
+    def _encode(self, topic: str, sighting: Sighting) -> bytes:
+        # As the discovery leaves the outbox: its phone was answered turns ago (protocol.py)
+        payload = encode_flat(sighting.discovered())
         self._payloads[topic] = payload
         self._expiring.pop(topic, None)
-        if self.ttl and discovered.mac not in self.served:
+        if self.ttl and sighting.mac not in self.served:
             self._expiring[topic] = self.ctx.reactor.seconds() + self.ttl
             if len(self._expiring) > MAX_EXPIRING_KEPT:
                 self._forget(next(iter(self._expiring)))
@@ -179,16 +182,27 @@ class ListenerService:
                      "its address, or 'all'")
         return self
 
-    def _publish(self, discovered: Discovered) -> None:
-        topic = self.ctx.topics.device(discovered.mac, "discovered")
-        self.outbox.put(topic, discovered)
-        self._log_discovery(discovered)
+    def _publish(self, sighting: Sighting) -> None:
+        # Filed only: the outbox makes and sends the discovery on a later turn, and the log
+        # line waits for the end of this one (protocol.py says why)
+        self.outbox.put(self.ctx.topics.device(sighting.mac, "discovered"), sighting)
+        self._unlogged.append(sighting)
+        if self._log_call is None:
+            self._log_call = self.ctx.reactor.callLater(0, self._log_turn)
 
-    def _log_discovery(self, d: Discovered) -> None:
-        self._log_discovered(lambda: log.info(
-            "discovered {mac} {vendor} {model} {firmware} at {ip}:{port} (boot {boot})",
-            mac=d.mac, vendor=d.vendor, model=d.model, firmware=d.firmware, ip=d.ip, port=d.port,
-            boot=d.boot))
+    def _log_turn(self) -> None:
+        # Not where the discovery leaves the outbox: while the broker is away that can be
+        # minutes later, and the log would not show the phones that are booting.
+        self._log_call = None
+        unlogged, self._unlogged = self._unlogged, []
+        for sighting in unlogged:
+            self._log_discovered(partial(self._log_discovery, sighting))
+
+    def _log_discovery(self, sighting: Sighting) -> None:
+        d = sighting.discovered()  # only for the lines logged, at most LOG_PER_SECOND
+        log.info("discovered {mac} {vendor} {model} {firmware} at {ip}:{port} (boot {boot})",
+                 mac=d.mac, vendor=d.vendor, model=d.model, firmware=d.firmware, ip=d.ip,
+                 port=d.port, boot=d.boot)
 
     def _subscribed(self, _: Any) -> None:
         # the retained burst follows the SUBACK: count the quiet time from here
@@ -254,6 +268,9 @@ class ListenerService:
             self._learn_call.cancel()
         self.outbox.flush_all()
         self.keeper.stop()
+        if self._log_call is not None and self._log_call.active():
+            self._log_call.cancel()
+            self._log_turn()
         self._log_discovered.flush()
         ports, self.ports = self.ports, []
         return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

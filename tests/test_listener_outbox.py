@@ -65,3 +65,98 @@ class OutboxTest(BrokerCase):
         self.bus.start()
         yield eventually(lambda: len(self.probe.messages) == 10)
         self.assertEqual(self.probe.json_on("pnp/devices/000b82f55284/discovered"), [{"boot": 3}])
+
+
+class _CountingBus:
+    connected = True
+    queued = 0
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+
+    def publish(self, topic, payload, retain=False, qos=1, expiry=None):
+        self.messages.append((topic, payload))
+        return True
+
+    def on_connect(self, callback):
+        pass
+
+    def on_acknowledged(self, callback):
+        pass
+
+
+class _Transport:
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def write(self, data, addr):
+        self.events.append(("answer", addr))
+
+
+def _burst(connected: bool):
+    """A listener core, service and protocol on a Clock with a bus that only counts; 20 new
+    phones' SUBSCRIBEs in one read; what happened, in order, before and after the turn ends."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from twisted.logger import globalLogPublisher
+
+    from listener.discovery import SubscribeCore
+    from listener.protocol import SubscribeProtocol
+    from listener.service import ListenerService
+    from services.topics import Topics
+    from tests.test_sip_message import GRANDSTREAM
+
+    clock = task.Clock()
+    bus = _CountingBus()
+    bus.connected = connected
+    ctx = SimpleNamespace(name="listener", bus=bus, topics=Topics("pnp"), reactor=clock,
+                          counters=Counter(), settings=SimpleNamespace(
+                              sip_port=5060, publish_window=16, discovery_ttl=0, instance="t"))
+    service = ListenerService(ctx, SubscribeCore(rate=1e9, burst=1e9))
+    events: list = []
+    protocol = SubscribeProtocol(service.core, "192.168.5.110", clock, service._publish,
+                                 service.times)
+    protocol.transport = _Transport(events)
+
+    def logged(event):
+        if "discovered" in event.get("log_format", ""):
+            events.append(("log", event.get("mac")))
+
+    globalLogPublisher.addObserver(logged)
+    try:
+        for i in range(20):
+            mac = f"000B82{i:06X}"
+            data = GRANDSTREAM.replace(b"000B82F55284", mac.encode()).replace(
+                b"1848599395-5080-1", b"%d-5080-1" % i)
+            protocol.datagramReceived(data, (f"192.168.5.{i + 1}", 5080))
+        during = (list(events), list(bus.messages), dict(service.keeper.prints))
+        for _ in range(10):
+            clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(logged)
+    service.outbox.cancel()
+    return during, events, bus
+
+
+def test_while_the_broker_is_away_booting_phones_are_still_logged_at_once():
+    _, events, bus = _burst(connected=False)
+    assert [kind for kind, _ in events] == ["answer"] * 20 + ["log"] * 20
+    assert bus.messages == []
+
+
+def test_a_burst_is_answered_before_any_discovery_is_made_logged_or_published():
+    # Twisted hands a socket's waiting datagrams over in one loop: every phone in it must get
+    # its 200 OK before the listener spends anything on discoveries (protocol.py says why).
+    from services.messages import Discovered
+
+    (events, published, kept), after, bus = _burst(connected=True)
+    assert [kind for kind, _ in events] == ["answer"] * 20
+    assert published == [] and kept == {}
+    assert len(bus.messages) == 20
+    assert [kind for kind, _ in after[20:]] == ["log"] * 20  # one line each, below the burst cap
+    topic, payload = bus.messages[0]
+    found = Discovered.from_json(payload)
+    assert topic == "pnp/devices/000b82000000/discovered"
+    assert (found.mac, found.vendor, found.model, found.ip) == ("000b82000000", "grandstream",
+                                                                "GRP2614", "192.168.5.1")
