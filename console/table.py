@@ -56,7 +56,9 @@ class Payload:
     def __init__(self, raw: bytes) -> None:
         self._raw: bytes | None = raw
         self._data: Any = None
-        self.empty = not raw  # an empty payload clears the topic (unassigned, resolved, removed)
+        # an empty payload clears the topic (unassigned, resolved, removed); so does a JSON null,
+        # as it did when payloads were parsed on arrival
+        self.empty = not raw or raw.strip() == b"null"
 
     @classmethod
     def parsed(cls, data: Any) -> "Payload":

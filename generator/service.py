@@ -98,6 +98,8 @@ class GeneratorService:
 
     def stop(self) -> None:
         if self._held is not None:
+            if self._release_call is not None and self._release_call.active():
+                self._release_call.cancel()
             self._release()  # committed and published, rather than rendered again at the next start
         self._stopped = True
         self.keeper.stop()

@@ -174,7 +174,7 @@ class Keeper:
         for own in self.own:
             # No Local: mosquitto still replays the retained messages, ours included (it checks
             # No Local only when it forwards a live publish), and our own live ones, which tell
-            # nothing here, stay on the broker (tests/test_retained.py checks it on mosquitto)
+            # nothing here, stay on the broker (tests/test_mqtt_bus.py checks it on mosquitto)
             bus.subscribe(own, self._on_own, replay=True, no_local=True)
         bus.when_subscribed().addCallback(lambda _: self._send_sync())
         return True

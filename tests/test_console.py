@@ -785,3 +785,10 @@ def test_every_device_topic_the_console_subscribes_is_one_its_broker_login_may_r
                 if line.startswith("topic read") and "/devices/+/" in line}
     # a kind the ACL refuses would stay empty under the deployment ACL, whatever the broker holds
     assert set(DEVICE_KINDS) == readable
+
+
+def test_a_retained_json_null_clears_a_kind_as_an_empty_payload_does() -> None:
+    from console.table import Payload
+
+    assert Payload(b"null").empty and Payload(b"").empty
+    assert not Payload(b'{"code": "x"}').empty

@@ -193,11 +193,14 @@ def test_the_private_methods_still_exist(name):
 
 
 def test_the_private_state_the_fast_read_uses_is_there(broker):
-    client = connected(broker)
     # paho's keepalive reads this stamp: the fast read sets it, or paho would ping a busy
-    # connection and close it for silence
-    assert isinstance(getattr(client, paho_internals._RECEIVED_STAMP, None), float), (
+    # connection and close it for silence. Asked of a client none of our code touched (the
+    # fast read would make the attribute itself, whatever its name).
+    plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    assert isinstance(getattr(plain, paho_internals._RECEIVED_STAMP, None), float), (
         f"{PAHO}: Client.{paho_internals._RECEIVED_STAMP} is not paho's 'bytes last received'")
+    assert getattr(plain, "_registered_write", None) is False, f"{PAHO}: Client._registered_write is gone"
+    client = connected(broker)
     assert client._in_packet["command"] == 0, f"{PAHO}: Client._in_packet['command'] is not 0 between packets"
     assert client._manual_ack is False, f"{PAHO}: Client._manual_ack is gone"
     assert client._protocol == mqtt.MQTTv5
@@ -390,3 +393,24 @@ def test_the_fast_read_hands_over_and_acknowledges_exactly_what_paho_does(seed):
     assert len(paho) > 250
     assert fast == paho, "the fast read lost, changed or reordered a message"
     assert fast_written == paho_written, "the fast read acknowledged differently"
+
+
+def test_a_publish_wakes_its_own_waiter_when_another_waits_too():
+    """Every Touch 11 message shares one condition: the PUBACK of one must wake its waiter
+    even when another message's waiter is asleep on the same condition."""
+    import threading
+
+    first, second = paho_internals._Info(1), paho_internals._Info(2)
+    woke: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: (i.wait_for_publish(5), woke.append(i.mid)))
+               for i in (second, first)]
+    for t in threads:
+        t.start()
+    import time
+    time.sleep(0.2)  # both asleep on the shared condition
+    first._set_as_published()
+    threads[1].join(3)
+    assert woke == [1]
+    second._set_as_published()
+    threads[0].join(3)
+    assert sorted(woke) == [1, 2]

@@ -122,7 +122,7 @@
       kind.textContent = e.kind;
       li.append(time, " ", kind, " " + e.text + (e.sha256 ? " sha256 " + e.sha256 : ""));
       list.insertBefore(li, list.firstChild);
-      if (outcome && (e.kind === "config" || e.kind === "error" || e.kind === "published")) {
+      if (outcome && (e.kind === "config" || e.kind === "error" || e.kind === "files")) {
         outcome.textContent = "Outcome: " + e.kind + " — " + e.text;
         outcome.className = "outcome " + (e.kind === "error" ? "bad" : "good");
       }

@@ -13,7 +13,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from twisted.internet import defer
 
 from services.mqtt.coalesce import coalesce
-from services.mqtt.paho_internals import packet_reader
+from services.mqtt.paho_internals import packet_reader, write_registered
 
 READ_BATCH = 64  # MQTT packets handled per turn of the reactor
 # What the handlers of a batch publish (and the batch's PUBACKs) leaves at the batch's end, in one
@@ -105,7 +105,9 @@ class SocketAdapter:
         # What the handlers published and the PUBACKs of what was read go out now, not after
         # another turn of the reactor: the broker sends a client only a few unacknowledged
         # messages at a time, so a late PUBACK stalls the next ones.
-        if client.want_write():
+        if client.want_write() or write_registered(client):
+            # (registered with nothing queued: a TLS read that wanted to write; the bus did not
+            # watch for it while reading, and loop_write clears paho's flag)
             coalesce(client)
             client.loop_write()
             if self.active and client.want_write():

@@ -221,7 +221,8 @@ class ReadySocketClient(mqtt.Client):
     # makes the same message (paho's own class, in paho's store under its lock, in the state
     # paho gives it, so that a PUBACK, a reconnect's resend and ``unacknowledged`` see nothing
     # different) with a condition shared by every message (``wait_for_publish`` still works:
-    # a waiter woken by another's PUBACK checks its own flag and waits again), and queues the
+    # a PUBACK wakes every waiter, _Info._set_as_published, and each checks its own flag and
+    # waits again), and queues the
     # packet's bytes made in one join. Anything else is paho's publish, unchanged.
     def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False,
                 properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
@@ -229,7 +230,7 @@ class ReadySocketClient(mqtt.Client):
                 or self._protocol != mqtt.MQTTv5 or self._max_inflight_messages != 0):
             return super().publish(topic, payload, qos, retain, properties)
         name = topic.encode("utf-8")
-        if b"+" in name or b"#" in name or len(name) > 65535 or len(payload) > 268_435_000:
+        if b"+" in name or b"#" in name or len(name) > 65535 or len(name) + len(payload) > 268_435_000:
             return super().publish(topic, payload, qos, retain, properties)  # paho says no
         mid = self._mid_generate()
         message = _Outgoing(mid, name, payload, retain, properties)
@@ -263,6 +264,13 @@ class _Info(mqtt.MQTTMessageInfo):
         self._condition = _SHARED_CONDITION
         self.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         self._iterpos = 0
+
+    def _set_as_published(self) -> None:
+        # paho's notify() wakes one waiter: on a condition shared by every message that may be
+        # another message's waiter, and this one's would sleep for ever
+        with self._condition:
+            self._published = True
+            self._condition.notify_all()
 
 
 class _Outgoing(mqtt.MQTTMessage):
@@ -343,6 +351,14 @@ def packet_reader(client: mqtt.Client) -> tuple[Callable[[], Any], Callable[[Any
     if read_packet is None or handle_rc is None:
         return None
     return read_packet, handle_rc
+
+
+def write_registered(client: mqtt.Client) -> bool:
+    """Whether paho thinks it asked to be told when its socket is writable (its private
+    ``_registered_write``). With TLS a read can end wanting to write (SSLWantWriteError) while
+    nothing is queued; paho then registers and sets this flag, and never asks again until it is
+    cleared by a ``loop_write``."""
+    return bool(getattr(client, "_registered_write", False))
 
 
 def in_callback(client: mqtt.Client) -> bool:
