@@ -32,7 +32,6 @@ from services.runner import Context
 log = Logger(namespace="generator")
 
 COMMIT_AFTER = 0.1  # seconds
-UNSAVED_RETRY = 1.0  # seconds between tries to release configs held for an uncommitted credential
 
 
 class GeneratorService:
@@ -51,10 +50,6 @@ class GeneratorService:
         # effects held until the commit at the end of this turn (apply), in order
         self._held: list[list[Effect]] | None = None
         self._release_call: Any = None
-        # configs whose new credential the store could not commit (a full disk): held, newest
-        # per device, until a commit succeeds (_retry_unsaved)
-        self._unsaved: dict[str, Publish] = {}
-        self._unsaved_call: Any = None
         self._stopped = False
         self._cooperator = task.Cooperator(scheduler=lambda x: ctx.reactor.callLater(0, x))
         # assignments the broker replayed since the last (re)connection, and those it lost
@@ -103,8 +98,7 @@ class GeneratorService:
             self._release()  # committed and published, rather than rendered again at the next start
         self._stopped = True
         self.keeper.stop()
-        for call in (self._ready_call, self._commit_call, self._turn_call, self._release_call,
-                     self._unsaved_call):
+        for call in (self._ready_call, self._commit_call, self._turn_call, self._release_call):
             if call is not None and call.active():
                 call.cancel()
         self._cooperator.stop()
@@ -235,14 +229,6 @@ class GeneratorService:
             if isinstance(effect, Publish):
                 if self.engine.unsaved_credential(effect.mac):
                     self._commit_now()  # the commit at the end of the turn failed: try again
-                    if self.engine.unsaved_credential(effect.mac):
-                        # Still not on disk (the store is degraded, its health says why): the
-                        # phone waits for its file rather than get a password that a restart
-                        # would replace. A newer config of the device replaces this one.
-                        self._unsaved[effect.mac] = effect
-                        self._retry_unsaved_soon()
-                        continue
-                self._unsaved.pop(effect.mac, None)  # superseded
                 # The config first: the fileserver, then the notifier and the phone wait for it;
                 # what follows (its fingerprint, the resync credentials) waits for nobody.
                 topic, payload = self.topics.device(effect.mac, "config"), config_json(effect.config)
@@ -250,7 +236,6 @@ class GeneratorService:
                 self.keeper.put(topic, payload)
                 self.ctx.counters["configs_published"] += 1
             elif isinstance(effect, Unpublish):
-                self._unsaved.pop(effect.mac, None)  # withdrawn before it ever left
                 topic = self.topics.device(effect.mac, "config")
                 bus.publish(topic, b"", retain=True)
                 self.keeper.put(topic, b"")
@@ -274,18 +259,6 @@ class GeneratorService:
                 payload = encode_flat(effect.credentials) if effect.credentials is not None else b""
                 bus.publish(self.topics.device(effect.mac, "resync"), payload, retain=True)
         self._commit_soon()
-
-    def _retry_unsaved_soon(self) -> None:
-        if self._unsaved_call is None or not self._unsaved_call.active():
-            self._unsaved_call = self.ctx.reactor.callLater(UNSAVED_RETRY, self._retry_unsaved)
-
-    def _retry_unsaved(self) -> None:
-        self._unsaved_call = None
-        self._commit_now()  # False while the store waits out its own retry backoff
-        held: list[Effect] = list(self._unsaved.values())
-        self._unsaved = {}
-        if held:
-            self._carry_out(held)  # what is still unsaved is held again, and retried
 
     # --- the broker as a cache ---
     def _put_back(self, topics: list[str]) -> None:
