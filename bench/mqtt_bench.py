@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from paho.mqtt.enums import _ConnectionState  # noqa: E402
 
 from services.mqtt import Bus, Incoming  # noqa: E402
+from services.mqtt.paho_internals import remaining_length  # noqa: E402
 from services.settings import parse_mqtt_url  # noqa: E402
 
 TOPIC = "pnp/devices/000b82f55284/fetched"
@@ -48,21 +49,12 @@ def Reactor() -> Any:
     return EPollReactor()
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def publish_packet(topic: str, payload: bytes, qos: int, mid: int, retain: bool = False,
                    properties: bytes = b"") -> bytes:
     t = topic.encode()
     body = struct.pack("!H", len(t)) + t + (struct.pack("!H", mid) if qos else b"")
-    body += varint(len(properties)) + properties + payload
-    return bytes([0x30 | (qos << 1) | int(retain)]) + varint(len(body)) + body
+    body += remaining_length(len(properties)) + properties + payload
+    return bytes([0x30 | (qos << 1) | int(retain)]) + remaining_length(len(body)) + body
 
 
 def make_bus() -> tuple[Bus, socket.socket, Any]:

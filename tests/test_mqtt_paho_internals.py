@@ -312,19 +312,10 @@ def test_a_publish_paho_would_refuse_or_handle_otherwise_is_paho_s(broker):
     client.disconnect()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _publish(topic: bytes, payload: bytes, qos: int, mid: int, retain: bool, properties: bytes) -> bytes:
     body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
-    body += _varint(len(properties)) + properties + payload
-    return bytes([0x30 | (qos << 1) | int(retain)]) + _varint(len(body)) + body
+    body += paho_internals.remaining_length(len(properties)) + properties + payload
+    return bytes([0x30 | (qos << 1) | int(retain)]) + paho_internals.remaining_length(len(body)) + body
 
 
 def _stream(seed: int) -> bytes:

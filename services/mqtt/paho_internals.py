@@ -246,7 +246,7 @@ class ReadySocketClient(mqtt.Client):
             message.state = mqtt.mqtt_ms_wait_for_puback
             packed = b"\x00" if properties is None else properties.pack()  # type: ignore[no-untyped-call]
             size = 4 + len(name) + len(packed) + len(payload)
-            packet = b"".join((_PUBLISH_QOS1[retain], _remaining_length(size),
+            packet = b"".join((_PUBLISH_QOS1[retain], remaining_length(size),
                                len(name).to_bytes(2, "big"), name, mid.to_bytes(2, "big"), packed,
                                payload))
             info.rc = self._packet_queue(_PUBLISH, packet, mid, 1, info)
@@ -297,7 +297,7 @@ _SHARED_CONDITION = threading.Condition()
 _PUBLISH_QOS1 = (bytes((_PUBLISH | 2,)), bytes((_PUBLISH | 3,)))  # by retain flag
 
 
-def _remaining_length(size: int) -> bytes:
+def remaining_length(size: int) -> bytes:
     """MQTT's variable-length integer."""
     if size < 128:
         return bytes((size,))
