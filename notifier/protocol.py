@@ -61,6 +61,7 @@ class NotifyEndpoint(DatagramProtocol):
         self._armed_for: float | None = None
         self._stopped = False
         self._local: tuple[str, int] | None = None
+        self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
 
     # --- public ---
     @property
@@ -81,9 +82,14 @@ class NotifyEndpoint(DatagramProtocol):
             raise RuntimeError("endpoint stopped")
         if key is None:
             key = request_key(request)
+        if key in self.table:
+            raise ValueError(f"a transaction with branch {key.branch!r} already exists")
         out = Outgoing(request.to_bytes(), address, on_result)
-        self.table.start(key, out, self.clock.seconds(), timers)
+        now = self.clock.seconds()
+        # The datagram first (the phone waits for it), then its transaction: no answer can be
+        # read before this returns to the reactor, so the transaction is there for it anyway.
         self._write(out)
+        self.table.start(key, out, now, timers)
         self._arm()
         return key
 
@@ -106,6 +112,12 @@ class NotifyEndpoint(DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             except OSError:
                 pass
+            # Twisted's Port.write asks of every address whether it is IPv4 and whether it is
+            # IPv6, in Python, before the socket's sendto (as the listener found for its
+            # answers). Every address here is an IPv4 one already checked (notifier.build's
+            # destination), so the datagrams go to sendto itself; its errors are OSError, which
+            # _write handles (Port.write would raise MessageLengthError, which it did not).
+            self._sendto = sock.sendto
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -131,7 +143,10 @@ class NotifyEndpoint(DatagramProtocol):
     def _write(self, out: Outgoing) -> None:
         assert self.transport is not None, "a NOTIFY sent before the socket is bound"
         try:
-            self.transport.write(out.data, out.address)
+            if self._sendto is not None:
+                self._sendto(out.data, out.address)
+            else:  # a transport without a socket (a test's, a bench's)
+                self.transport.write(out.data, out.address)
         except OSError as exc:
             # The retransmission timer tries again; Timer F reports the failure.
             self.counters["sip_send_errors"] += 1

@@ -63,10 +63,11 @@ class Attempt:
     address: tuple[str, int]
     endpoint: NotifyEndpoint
     in_dialog: bool
-    call_id: str
-    topic: str  # its device's ``notify``
-    url: str  # as the statuses show it (no secret)
     key: Key | None = None  # of ``request``, when its builder knows it
+    # for the statuses, filled in once the first datagram left (Notifier._execute)
+    call_id: str = ""
+    topic: str = ""  # its device's ``notify``
+    url: str = ""  # as the statuses show it (no secret)
     attempts: int = 0  # transmissions of the earlier requests
     started_at: float | None = None  # of the first transaction
     authenticated: int = 0  # requests sent with credentials
@@ -290,8 +291,6 @@ class Notifier:
         d = device.discovered
         endpoint = self._endpoint_for(d.interface)
         local = build.Local(*endpoint.local)
-        published = self.store.published.get(plan.mac)
-        vendor = d.vendor or (published.vendor if published else "")
         in_dialog = False
         # the builder's branch and CSeq are the transaction's key: nothing reads them back
         branch = new_branch()
@@ -299,7 +298,9 @@ class Notifier:
         try:
             target = build.target(d)
             if plan.kind == decide.UA_PROFILE:
-                mode = self.settings.notify_dialog.mode_for(vendor)
+                published = self.store.published.get(plan.mac)
+                mode = self.settings.notify_dialog.mode_for(
+                    d.vendor or (published.vendor if published else ""))
                 in_dialog = mode == IN_DIALOG
                 cseq = self.store.next_cseq(plan.mac) if in_dialog else 1
                 request = build.ua_profile(d, plan.url, local, mode, cseq, branch, target.uri)
@@ -309,23 +310,28 @@ class Notifier:
             self.counters_["notify_unbuildable"] += 1
             self.ctx.publish_error(plan.mac, "notify", f"cannot build the NOTIFY: {exc}")
             return
-        if not self.store.mark_sent(plan.key, self.wall()):
+        now = self.wall()
+        if not self.store.mark_sent(plan.key, now):
             return
-        if plan.epoch is not None:
-            self.store.address_epoch(plan.mac, plan.epoch, d.ip, self.wall())
-        call_id = request.call_id or ""
-        address = target.address
-        attempt = Attempt(plan, request, address, endpoint, in_dialog, call_id,
-                          self.ctx.topics.device(plan.mac, "notify"), url_without_secret(plan.url),
-                          Key.of(branch, cseq, "NOTIFY"))
-        # The order of a NOTIFY's work, and why: the datagram first (the phone waits for it);
-        # its sent record (queued by mark_sent above) commits with the others of the next
-        # COMMIT_AFTER (notifier/main.py), so a crash before that sends it once more after the
-        # restart, never loses it; its ``sent`` status and log line after the other messages
-        # read in this turn got their NOTIFYs (each of them would otherwise wait for this one's
+        attempt = Attempt(plan, request, target.address, endpoint, in_dialog, Key.of(branch, cseq, "NOTIFY"))
+        # The order of a NOTIFY's work, and why. Before the datagram only what decides it and
+        # what makes it: the build, and the sent log's check and record (queued, in memory: a
+        # NOTIFY that is not in the log is never sent). The datagram next: the phone waits for
+        # it. Then the rest of this turn's bookkeeping (the epoch's address, in memory before
+        # any other message is read; what the statuses say). The sent record (queued by
+        # mark_sent above) commits with the others of the next COMMIT_AFTER
+        # (notifier/main.py), so a crash before that sends it once more after the restart,
+        # never loses it. Its ``sent`` status and log line go after the other messages read
+        # in this turn got their NOTIFYs (each of them would otherwise wait for this one's
         # publish), and before any later status of it (_status runs what waits first).
         self._send(attempt)
+        if plan.epoch is not None:
+            self.store.address_epoch(plan.mac, plan.epoch, d.ip, now)
         self.counters_["notify_sent"] += 1
+        call_id = attempt.call_id = request.call_id or ""
+        attempt.topic = self.ctx.topics.device(plan.mac, "notify")
+        attempt.url = url_without_secret(plan.url)
+        address = target.address
         at = now_iso()
 
         def report() -> None:
