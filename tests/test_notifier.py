@@ -3,6 +3,7 @@ NOTIFY and answer (or not); the retained ``notify`` status says how it went."""
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 from collections import Counter
@@ -374,6 +375,38 @@ class NotifierTest(NotifierBase):
         yield eventually(lambda: events.count("status") == len(macs))
         first = events[:2 * len(macs)]
         self.assertEqual(first, ["datagram"] * len(macs) + ["status"] * len(macs), events)
+
+    @defer.inlineCallbacks
+    def test_statuses_are_held_together_in_order_and_a_stop_publishes_what_it_holds(self):
+        """A NOTIFY's ``sent`` and its outcome wait up to STATUS_AFTER (here an hour, so that
+        only the stop publishes them) and then leave in order, the ``sent`` first; a clean stop
+        loses none of them."""
+        import notifier.service
+
+        self.patch(notifier.service, "STATUS_AFTER", 3600.0)
+        phone = self.phone(status=None)  # answered by hand below
+        self.publish()
+        component = yield self.start()
+        events: list[str] = []
+        publish = Bus.publish
+
+        def spy_publish(bus, topic, payload, *args, **kwargs):
+            if topic.endswith("/notify") and payload:
+                events.append(json.loads(payload)["status"])
+            return publish(bus, topic, payload, *args, **kwargs)
+
+        self.patch(Bus, "publish", spy_publish)
+        self.discover(phone)
+        yield eventually(lambda: phone.requests)
+        _, notify, source = phone.received[0]
+        ok = build_response(notify, 200, "OK", to_tag="phonetag9", received=source)
+        phone.transport.write(ok.to_bytes(), source)
+        yield eventually(lambda: component.counters_["notify_accepted"] == 1)
+        events.append("stop")
+        yield self.runtimes.pop().stop()
+        self.assertEqual(events, ["stop", "sent", "accepted"])
+        statuses = yield eventually(lambda: self.statuses() if len(self.statuses()) == 2 else None)
+        self.assertEqual([s["status"] for s in statuses], ["sent", "accepted"])
 
     @defer.inlineCallbacks
     def test_two_shards_send_each_phone_exactly_one_notify_across_restarts(self):
