@@ -116,6 +116,7 @@ class Notifier:
         # statuses (and what goes with them), published together within STATUS_AFTER
         self._reports: list[Callable[[], None]] = []
         self._reports_call: Any = None
+        self._kept: dict[str, bytes] = {}  # topic -> the status last published there
 
     def start(self) -> "Notifier":
         interface = self.settings.sip_interface
@@ -364,8 +365,16 @@ class Notifier:
             self._reports_call.cancel()
         self._reports_call = None
         reports, self._reports = self._reports, []
-        for work in reports:
-            work()
+        try:
+            for work in reports:
+                work()
+        finally:
+            # The keeper learns each topic's last status once: a phone's ``sent`` and its
+            # outcome published together leave only the outcome retained, and only it needs a
+            # fingerprint.
+            kept, self._kept = self._kept, {}
+            for topic, data in kept.items():
+                self.keeper.put(topic, data)
 
     def _held(self, held: decide.Held) -> None:
         if not self.shard.owns(held.mac):
@@ -488,4 +497,4 @@ class Notifier:
             data = encode_flat(status)
             topic = attempt.topic
             self.ctx.bus.publish(topic, data, retain=True)
-            self.keeper.put(topic, data)
+            self._kept[topic] = data  # for the keeper, at the end of the _report that runs this
