@@ -40,7 +40,7 @@ OnResult = Callable[[Result, "Answer | None"], Any]
 class Outgoing:
     data: bytes
     address: tuple[str, int]
-    on_result: OnResult
+    on_result: OnResult | None  # None once it got the result
     answer: Answer | None = None  # the final response, once it arrived
 
 
@@ -161,8 +161,17 @@ class NotifyEndpoint(DatagramProtocol):
             elif event.action is Action.FINAL:
                 result = event.entry.transaction.result
                 assert result is not None  # FINAL is reported once the result is set
+                on_result, answer = out.on_result, out.answer
+                # The transaction stays until Timer K (T4, 5 s) to absorb answers sent again,
+                # and needs neither its request's bytes nor whoever waited: let go now, the
+                # NOTIFY's objects (its Request, the answer, the service's Attempt) are freed at
+                # once, not after Timer K (objects the garbage collector tracks, per NOTIFY in
+                # Timer K: 23 before, 10 now; at 500/s that is 2,500 NOTIFYs' worth).
+                out.on_result, out.answer, out.data = None, None, b""
+                if on_result is None:
+                    continue  # reported already (FINAL comes once: never seen)
                 try:
-                    out.on_result(result, out.answer)
+                    on_result(result, answer)
                 except Exception:
                     log.failure("result handler failed")
             elif event.action is Action.ABSORBED:
