@@ -52,13 +52,19 @@ MAX_AUTHENTICATED = 2
 UNPROVEN_TIMER_F = 8
 # Addresses remembered as having answered: more than a site's phones.
 MAX_ANSWERED = 65_536
-# How long a NOTIFY's statuses wait, at most, before they are published. One status published
-# alone cost a reactor turn, a write to the broker and, back, a PUBACK read alone: at 500
-# phones/s about a sixth of the notifier's CPU per phone, and the broker's per message. Held
-# this long, a phone's ``sent`` and its outcome (a phone answers within milliseconds) and those
-# of the phones around it leave in one write, and their PUBACKs come back in one read. Nothing
-# acts on a status (the console, the PBX and operators watch it): the NOTIFY never waits.
+# NOTIFY statuses are held and published together. One status published alone cost a reactor
+# turn, a write to the broker and, back, a PUBACK read alone: at 500 phones/s about a sixth of
+# the notifier's CPU per phone, and a tenth of the broker's (docs/BENCHMARKS.md). Held, a
+# phone's ``sent`` and its
+# outcome (a phone answers within milliseconds) and those of the phones around it leave in one
+# write, and their PUBACKs come back in one read. They go with the first outcome (an answer)
+# that comes STATUS_AFTER or more after the oldest of them: right after a phone's answer, when
+# the reactor has nothing of that phone left to do and the next phone is least likely to be
+# waiting (a timer would fire at any moment of the next phone's path); and at the latest
+# STATUS_WAIT after it, when no answer comes. Nothing acts on a status (the console, the PBX
+# and operators watch it): no NOTIFY waits for one.
 STATUS_AFTER = 0.005  # seconds
+STATUS_WAIT = 0.02  # seconds
 
 
 @dataclass
@@ -113,9 +119,10 @@ class Notifier:
         self._errored: set[str] = set()  # MACs whose error topic holds a refusal we reported
         self._ports: list[Any] = []
         self._stopped = False
-        # statuses (and what goes with them), published together within STATUS_AFTER
+        # statuses (and what goes with them), held to be published together (STATUS_AFTER)
         self._reports: list[Callable[[], None]] = []
         self._reports_call: Any = None
+        self._held_since = 0.0  # when the oldest of them was held
         self._kept: dict[str, bytes] = {}  # topic -> the status last published there
 
     def start(self) -> "Notifier":
@@ -354,13 +361,14 @@ class Notifier:
         self._later(report)
 
     def _later(self, work: Callable[[], None]) -> None:
-        """Publish a status (``work``) with the others of the next STATUS_AFTER, in order."""
+        """Hold a status (``work`` publishes it) to publish it with the others, in order."""
         if not self._reports:
-            self._reports_call = self.reactor.callLater(STATUS_AFTER, self._report)
+            self._held_since = self.clock.seconds()
+            self._reports_call = self.reactor.callLater(STATUS_WAIT, self._report)
         self._reports.append(work)
 
     def _report(self) -> None:
-        """The statuses :meth:`_later` holds, in order (the timer's, and at a stop)."""
+        """Publish the statuses :meth:`_later` holds, in order."""
         if self._reports_call is not None and self._reports_call.active():
             self._reports_call.cancel()
         self._reports_call = None
@@ -450,6 +458,8 @@ class Notifier:
                 self.ctx.clear_error(plan.mac)
 
         self._later(report)
+        if self.clock.seconds() - self._held_since >= STATUS_AFTER:
+            self._report()
         if result.outcome is not Outcome.ACCEPTED:
             log.warn("NOTIFY {kind} to {mac}: {status} {code} {reason} after {attempts} attempts{why}",
                      kind=plan.kind, mac=plan.mac, status=status, code=result.status,

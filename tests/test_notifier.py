@@ -378,12 +378,13 @@ class NotifierTest(NotifierBase):
 
     @defer.inlineCallbacks
     def test_statuses_are_held_together_in_order_and_a_stop_publishes_what_it_holds(self):
-        """A NOTIFY's ``sent`` and its outcome wait up to STATUS_AFTER (here an hour, so that
-        only the stop publishes them) and then leave in order, the ``sent`` first; a clean stop
-        loses none of them."""
+        """A NOTIFY's ``sent`` and its outcome are held (here for an hour, so that only the
+        stop publishes them) and then leave in order, the ``sent`` first; a clean stop loses
+        none of them."""
         import notifier.service
 
         self.patch(notifier.service, "STATUS_AFTER", 3600.0)
+        self.patch(notifier.service, "STATUS_WAIT", 3600.0)
         phone = self.phone(status=None)  # answered by hand below
         self.publish()
         component = yield self.start()
