@@ -641,6 +641,25 @@ class EndpointOnClockTest(unittest.TestCase):
         self.assertEqual(len(phone.requests), 11)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_a_datagram_the_socket_refuses_is_counted_and_its_transaction_times_out(self):
+        """A NOTIFY too large for UDP (a URL of 70 KB, say): the socket refuses it, the service
+        goes on (Twisted's write raised MessageLengthError past the handler), the failure is
+        counted, and Timer F reports the phone unreached."""
+        clock = task.Clock()
+        counters = Counter()
+        endpoint = NotifyEndpoint(clock, Timers(), counters)
+        port = reactor.listenUDP(0, endpoint, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        d = Discovered(mac=MAC, vendor="snom", model="D785", firmware="1", ip="127.0.0.4",
+                       port=5060, contact="<sip:127.0.0.4:5060>", user_agent="snom", call_id="c3",
+                       from_tag="f", to_tag="t", seen_at=now_iso())
+        request = build.ua_profile(d, URL + "x" * 70_000, build.Local(*endpoint.local), "in-dialog", 1)
+        results = []
+        endpoint.send(request, build.destination(d), lambda result, _answer: results.append(result))
+        self.assertEqual(counters["sip_send_errors"], 1)
+        clock.advance(64 * Timers().t1)
+        self.assertEqual([r.outcome for r in results], [Outcome.TIMEOUT])
+
     @defer.inlineCallbacks
     def test_late_and_duplicate_answers_on_the_wire(self):
         clock = task.Clock()
