@@ -64,11 +64,6 @@ MAX_ANSWERED = 65_536
 # (the console, the PBX and operators watch it): no NOTIFY waits for one.
 STATUS_AFTER = 0.005  # seconds
 STATUS_WAIT = 0.02  # seconds
-# The store's commit (notifier.main.COMMIT_AFTER, 0.1 s after its first write; ~0.7 ms of CPU
-# for 50 phones' writes at 500/s) goes, the same way, with the first answer that comes this
-# long after its first write: between two phones, not in the middle of one's path. Earlier
-# than its timer, never later: the sent log's promise holds.
-COMMIT_EARLY = 0.08  # seconds
 
 
 @dataclass
@@ -464,8 +459,6 @@ class Notifier:
         self._later(report)
         if self.clock.seconds() - self._held_since >= STATUS_AFTER:
             self._report()
-        if self.store.writes.due(COMMIT_EARLY):
-            self.store.commit()
         if result.outcome is not Outcome.ACCEPTED:
             log.warn("NOTIFY {kind} to {mac}: {status} {code} {reason} after {attempts} attempts{why}",
                      kind=plan.kind, mac=plan.mac, status=status, code=result.status,

@@ -217,16 +217,12 @@ class Writes:
         self.queue: list[tuple[str, Any]] = []
         self.failures = 0
         self._asked = False
-        self._asked_call: Any = None  # what ``later`` returned (a DelayedCall, typically)
-        self._first_at: float | None = None  # clock time of the oldest write queued
         self._retry: Any = None
         self._delay = RETRY_FIRST
         self._logged_at = float("-inf")
         self.closed = False
 
     def add(self, sql: str, params: Any) -> None:
-        if not self.queue and self.clock is not None:
-            self._first_at = self.clock.seconds()
         self.queue.append((sql, params))
         if self._retry is not None or self._asked:
             return  # the commit already coming takes this one too
@@ -234,23 +230,12 @@ class Writes:
             self.commit()
         else:
             self._asked = True
-            self._asked_call = self.later(self.commit)
-
-    def due(self, age: float) -> bool:
-        """Whether the oldest queued write waits ``age`` seconds or more (with a clock, and no
-        retry waiting out its backoff): a caller may commit now, at a moment of its choosing,
-        rather than when ``later`` would."""
-        first = self._first_at
-        return (bool(self.queue) and first is not None and self.clock is not None
-                and self._retry is None and self.clock.seconds() - first >= age)
+            self.later(self.commit)
 
     def commit(self, force: bool = False) -> bool:
         """Run the queue in one transaction; False (the queue kept) when that failed, or when a
         retry is waiting out its backoff (unless ``force``)."""
         self._asked = False
-        asked, self._asked_call = self._asked_call, None
-        if getattr(asked, "active", None) is not None and asked.active():
-            asked.cancel()  # committed before ``later`` came to it: the next write asks again
         if self._retry is not None and self._retry.active():
             if not force:
                 return False

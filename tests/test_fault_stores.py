@@ -86,29 +86,6 @@ def test_a_failed_commit_keeps_every_write_and_retries_until_it_succeeds(tmp_pat
     assert writes.queue == [] and health.status == "ok"
 
 
-def test_a_commit_made_early_takes_the_place_of_the_one_asked_for(tmp_path):
-    """A caller may commit once the oldest write waited long enough (``due``), at a moment of
-    its choosing; the commit ``later`` was asked for is then dropped, and the next write asks
-    again, so no write ever waits longer than ``later`` says."""
-    db = open_database(tmp_path / "s.db").db
-    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
-    clock = task.Clock()
-    writes = Writes(db.conn, "s.db", later=lambda commit: clock.callLater(0.1, commit), clock=clock)
-    writes.add("INSERT INTO t (k) VALUES (?)", (1,))
-    clock.advance(0.05)
-    writes.add("INSERT INTO t (k) VALUES (?)", (2,))
-    assert not writes.due(0.08)
-    clock.advance(0.03)
-    assert writes.due(0.08) and writes.commit()
-    assert clock.getDelayedCalls() == [] and not writes.due(0)
-    assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 2
-    writes.add("INSERT INTO t (k) VALUES (?)", (3,))  # the oldest write again: asks anew
-    clock.advance(0.099)
-    assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 2
-    clock.advance(0.001)
-    assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 3
-
-
 def test_close_commits_what_is_queued(tmp_path):
     db = open_database(tmp_path / "s.db").db
     db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")

@@ -304,9 +304,6 @@ class NotifierTest(NotifierBase):
         commit and its ``sent`` status. A crash after the datagram and before the commit (the
         commit never run, then the process stopped: what kill -9 leaves) costs the phone one
         more NOTIFY after the restart, never none; once committed, a restart sends nothing."""
-        import notifier.service
-
-        self.patch(notifier.service, "COMMIT_EARLY", 3600.0)  # no commit at the phone's answer
         phone = self.phone()
         self.publish()
         component = yield self.start()
