@@ -54,14 +54,14 @@ UNPROVEN_TIMER_F = 8
 MAX_ANSWERED = 65_536
 # NOTIFY statuses are held and published together. One status published alone cost a reactor
 # turn, a write to the broker and, back, a PUBACK read alone: at 500 phones/s about a sixth of
-# the notifier's CPU per phone, and a tenth of the broker's (docs/BENCHMARKS.md). Held, a
-# phone's ``sent`` and its outcome (a phone answers within milliseconds) and those of the
-# phones around it leave in one write, and their PUBACKs come back in one read. They go with
-# the first outcome (an answer) that comes STATUS_AFTER or more after the oldest of them: right
-# after a phone's answer, when the reactor has nothing of that phone left to do and the next
-# phone is least likely to be waiting (a timer would fire at any moment of the next phone's
-# path); and at the latest STATUS_WAIT after it, when no answer comes. Nothing acts on a status
-# (the console, the PBX and operators watch it): no NOTIFY waits for one.
+# the notifier's CPU per phone (docs/BENCHMARKS.md, "Notifier hop"). Held, a phone's ``sent``
+# and its outcome (a phone answers within milliseconds) and those of the phones around it
+# leave in one write, and their PUBACKs come back in one read. They go with the first outcome
+# (an answer) that comes STATUS_AFTER or more after the oldest of them: right after a phone's
+# answer, when the reactor has nothing of that phone left to do and the next phone is least
+# likely to be waiting (a timer would fire at any moment of the next phone's path); and at the
+# latest STATUS_WAIT after it, when no answer comes. Nothing acts on a status (the console,
+# the PBX and operators watch it): no NOTIFY waits for one.
 STATUS_AFTER = 0.005  # seconds
 STATUS_WAIT = 0.02  # seconds
 
