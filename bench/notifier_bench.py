@@ -7,8 +7,9 @@ published at once (or at --service-rate per second), until N ``accepted`` status
 latency from one discovery's publish to its NOTIFY reaching the phone.
 ``inproc``: the notifier's own CPU per phone, in this process, with no broker and no sockets
 (a bus that drops what is published, a clock for a reactor, datagrams handed over by hand):
-per pre-staged phone its ``discovered``, the NOTIFY, the next turn (sent status, sqlite
-commit), the phone's 200 OK and two ``fetched``, --batch phones per reactor turn, the clock
+per pre-staged phone its ``discovered``, the NOTIFY, the next turn, the phone's 200 OK and two
+``fetched`` (the held statuses and the sqlite commits run where they fall: with an answer or on
+their timers), --batch phones per reactor turn, the clock
 moved on as at --rate phones/s (timers and commits run when they would). Best of --repeat;
 paho's cost is not in it. ``before_notify_us``: of ``discovered_us``, the part from the
 handler's start to the NOTIFY's write (what the phone waits for).
