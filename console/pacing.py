@@ -15,15 +15,20 @@ The broker's side is unchanged: it writes to the socket as before; while the con
 read, the kernel's receive buffer (and past it mosquitto's queue, ``max_queued_messages``) holds
 the messages, as it does for any reader that is busy.
 
-This wraps the bus's socket reader (``services.mqtt.connect.SocketAdapter``), which the bus makes
-anew on each connection: the bus has no public switch for it (yet), so this module is the one
-place that knows those two attributes (``Bus._reader``, ``SocketAdapter._again``); without them
-(the bus changed) the console reads as before, unpaced.
+The bus makes the socket's reader (``services.mqtt.connect.SocketAdapter``) anew on each
+connection and has no public switch for this (yet): on each connect the reader becomes a
+:class:`PacedReader`, the same reader whose every read ends with :meth:`ReadPacing.after_read`
+(a class of its own, not a ``doRead`` put on the instance: CPython's method caches may call the
+class's method past an instance attribute of that name). This module is the one place that
+knows ``Bus._reader`` and ``SocketAdapter._again``; a reader of another class (the bus changed)
+is left as it is, and the console reads as before, unpaced.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from services.mqtt.connect import SocketAdapter
 
 PACE = 0.05  # seconds between two reads of the broker's socket, while messages keep coming
 
@@ -51,18 +56,15 @@ class ReadPacing:
 
     def _wrap(self) -> None:
         reader = getattr(self.bus, "_reader", None)
-        if reader is None or getattr(reader, "paced", False) or not hasattr(reader, "_again"):
-            return
-        read = reader.doRead
+        if type(reader) is SocketAdapter:
+            paced: Any = reader
+            paced.__class__ = PacedReader
+            paced.pacing = self
 
-        def paced_read() -> None:
-            read()
-            # a read that stopped at its batch's end comes back next turn (_again): no pause
-            if reader.active and reader._again is None and self.bus._reader is reader:
-                self._pause(reader)
-
-        reader.doRead = paced_read  # the bus's own follow-up reads (_more) call it too
-        reader.paced = True
+    def after_read(self, reader: "PacedReader") -> None:
+        # a read that stopped at its batch's end comes back next turn (_again): no pause then
+        if reader.active and reader._again is None and self.bus._reader is reader:
+            self._pause(reader)
 
     def _pause(self, reader: Any) -> None:
         if self._call is not None and self._call.active():
@@ -76,3 +78,13 @@ class ReadPacing:
         # a connection dropped meanwhile took its reader out for good (the bus made a new one)
         if reader.active and self.bus._reader is reader:
             self.reactor.addReader(reader)
+
+
+class PacedReader(SocketAdapter):
+    """The bus's reader, each of whose reads is followed by its pacing's decision."""
+
+    pacing: ReadPacing
+
+    def doRead(self) -> None:
+        super().doRead()
+        self.pacing.after_read(self)
