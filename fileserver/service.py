@@ -57,8 +57,8 @@ class FileService:
                                    self.topics.devices("enrolment")),
                              republish=self._put_back)
         self._stored: list[DeviceFiles] = []
-        # often enough that a window closes within a minute of its end, and no more
         self._release_call: Any = None  # the held candidates' release, while some wait
+        # often enough that a window closes within a minute of its end, and no more
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = ctx.reactor
         # a line per stored config and per provisioned phone, except in a storm of them
