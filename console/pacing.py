@@ -30,7 +30,7 @@ from typing import Any
 
 from services.mqtt.connect import SocketAdapter
 
-PACE = 0.05  # seconds between two reads of the broker's socket, while messages keep coming
+PACE = 0.02  # seconds between two reads of the broker's socket, while messages keep coming
 
 
 class ReadPacing:
