@@ -5,8 +5,8 @@ discovery, NOTIFY status and enrolment; a first boot's sixteen), and at 500 phon
 came on its own: a wakeup of the process (epoll, the reactor's turn, a ``recv``) per message, most
 of the console's CPU, on a machine whose notifier and listener wait for a core meanwhile. After a
 read that emptied the socket, the console stops watching it for ``PACE``: what the broker sends
-meanwhile waits in the kernel's buffer and is read at once, in one wakeup (at 500 phones a second
-about a hundred messages). A message after a quiet spell is read when it comes; while messages
+meanwhile waits in the kernel's buffer and is read at once, in one wakeup (at 500 ready phones a
+second about forty messages). A message after a quiet spell is read when it comes; while messages
 keep coming none waits more than ``PACE``, far below the event stream's own batching (a quarter
 second, ``console.service.FLUSH_EVERY``). A read that did not empty the socket (the bus reads
 ``READ_BATCH`` packets a turn) is followed at once, as before: a backlog is never read slower.
@@ -30,7 +30,11 @@ from typing import Any
 
 from services.mqtt.connect import SocketAdapter
 
-PACE = 0.02  # seconds between two reads of the broker's socket, while messages keep coming
+# Seconds between two reads of the broker's socket while messages keep coming. Not longer: what
+# a pause gathers is read in one burst of CPU (at 500 first boots a second, 16 messages a phone,
+# 50 ms gathered ~400 of them, several ms that the scheduler may run ahead of a woken notifier);
+# 20 ms keeps nearly all of the gain (docs/BENCHMARKS.md).
+PACE = 0.02
 
 
 class ReadPacing:
