@@ -308,6 +308,8 @@ class DiskSaver:
         self.say = say
         self._loop: Any = None
         self._copying: Any = None
+        # the last save could not be copied at stop: it is only in RAM
+        self.left_in_ram = False
 
     def start(self) -> None:
         from twisted.internet import task
@@ -370,6 +372,7 @@ class DiskSaver:
                 self.say("the broker's save is copied to disk again")
 
         def kept(failure: Any) -> None:
+            self.left_in_ram = True
             self.say(f"ERROR: the broker's last save cannot be copied to {self.disk}: "
                      f"{describe(failure.value)}; it stays in {self.ram}, and the next `pnp up` "
                      f"starts from it (a host reboot before then loses it)")

@@ -49,9 +49,12 @@ inside = pytest.mark.skipif(not INSIDE, reason="runs only inside the namespace t
 class Up:
     """`pnp up` with its own broker on a data directory that outlives one run of it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, services: tuple[str, ...] | None = None) -> None:
         loopback_multicast()
         self.directory = directory
+        # None: all of them, as `pnp up` runs them (the console too); waits for these four
+        self.services = services or SERVICES
+        self.flags = ["--services", ",".join(services)] if services else []
         common = {"PNP_DATA_DIR": str(directory), "PNP_INSTANCE": "fault",
                   "PNP_STATUS_INTERVAL": "1", "PNP_LOG_FORMAT": "json"}
         # No PNP_BROKER_PORT: `pnp up` takes 1883 when it is free, again after a restart (the
@@ -74,7 +77,7 @@ class Up:
     def start(self) -> None:
         self.runs += 1
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "up"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "up", *self.flags],
                                          env=self.up_env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: answers("127.0.0.1", 1883) or self.proc.poll() is not None, timeout=20)
         assert self.proc.poll() is None, self.log()
@@ -83,7 +86,7 @@ class Up:
 
     def all_online(self) -> bool:
         return all((self.probe.last(f"pnp/services/{name}/fault") or {}).get("state") == "online"
-                   for name in SERVICES)
+                   for name in self.services)
 
     def stop(self) -> None:
         self.probe.close()

@@ -316,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
     reactor.callWhenRunning(install_stop_signals, reactor, True, True)
     reactor.run()
+    if saver is not None and saver.left_in_ram:
+        return 1  # said why; a service manager should see that this stop kept less on disk
     return supervisor.exit_code
 
 
