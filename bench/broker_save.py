@@ -1,0 +1,164 @@
+"""How long the broker's autosave holds message forwarding: database on disk vs in RAM.
+
+mosquitto (as `pnp up` configures it: autosave every 5 s) is loaded with N devices' worth of
+retained state (N messages of S bytes, 8.5 KB by default: a phone's config, files and status),
+then a client sends itself a QoS 0 message every ~1 ms through the broker for ``--seconds`` and
+records each round trip. A save stalls every message in flight, so the tail of the round trips
+is the stall. Two modes, back to back, ``--rounds`` times:
+
+- ``disk``: persistence in a directory on disk (``--disk``), as `pnp up` did before;
+- ``ram``: persistence in a private directory on /dev/shm (``--ram``), and a second process
+  copying each new save to the disk directory as `pnp up`'s supervisor does
+  (services/brokersave.py: write .new, fsync, rename, fsync the directory).
+
+Printed per run: round trips, p50 / p99 / p99.9 / max in ms, how many exceeded 3 ms, the saves
+seen, and the broker's CPU seconds while probing. Only loopback is used.
+
+    .venv/bin/python bench/broker_save.py --devices 2500 [--size 8500] [--seconds 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from services import brokersave  # noqa: E402
+from services.broker import Mosquitto  # noqa: E402
+
+# The supervisor's copier, as a process of its own (the broker never waits for it).
+COPIER = """
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from services import brokersave as b
+ram, disk = Path(sys.argv[1]), Path(sys.argv[2])
+done, copies = None, 0
+while True:
+    now = b.identity(ram / b.DB)
+    if now is not None and now != done:
+        done = b.save_to_disk(ram, disk)
+        copies += 1
+        print(copies, flush=True)
+    time.sleep(b.POLL)
+"""
+
+
+def uptime() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    disk = Path(tempfile.mkdtemp(prefix="broker-save-", dir=args.disk))
+    ram = Path(tempfile.mkdtemp(prefix="broker-save-", dir=args.ram)) if mode == "ram" else None
+    broker = Mosquitto(disk, persistence_dir=ram).start()
+    copier = None
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    got = threading.Event()
+    arrived = [0.0]
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        if msg.topic == "probe":
+            arrived[0] = time.perf_counter()
+            got.set()
+
+    client.on_message = on_message
+    try:
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        client.subscribe("probe", qos=0)
+        payload = base64.b64encode(os.urandom(args.size))[:args.size]
+        sent = [client.publish(f"pnp/devices/{i:012x}/config", payload, qos=1, retain=True)
+                for i in range(args.devices)]
+        for info in sent:
+            info.wait_for_publish(120)
+        if ram is not None:
+            copier = subprocess.Popen([sys.executable, "-c", COPIER, str(ram), str(disk), str(ROOT)],
+                                      stdout=subprocess.PIPE, text=True)
+        db = (ram or disk) / brokersave.DB
+        # one save of the whole load first, so every run probes the same steady state
+        start = time.time()
+        while not (db.exists() and db.stat().st_mtime > start):
+            time.sleep(0.05)
+        saves, last = 0, brokersave.identity(db)
+        assert broker.process is not None
+        cpu0 = cpu_seconds(broker.process.pid)
+        rtts: list[float] = []
+        end = time.monotonic() + args.seconds
+        while time.monotonic() < end:
+            got.clear()
+            t0 = time.perf_counter()
+            client.publish("probe", b"x", qos=0)
+            if got.wait(5):
+                rtts.append((arrived[0] - t0) * 1000)
+            now = brokersave.identity(db)
+            if now != last:
+                saves, last = saves + 1, now
+            time.sleep(0.001)
+        cpu = cpu_seconds(broker.process.pid) - cpu0
+        size = db.stat().st_size
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        broker.stop()
+        if copier is not None:
+            copier.kill()
+            copier.wait()
+        shutil.rmtree(disk, ignore_errors=True)
+        if ram is not None:
+            shutil.rmtree(ram, ignore_errors=True)
+    rtts.sort()
+
+    def pct(p: float) -> float:
+        return rtts[min(len(rtts) - 1, int(len(rtts) * p))]
+
+    return {"mode": mode, "n": len(rtts), "p50": pct(0.5), "p99": pct(0.99), "p999": pct(0.999),
+            "max": rtts[-1], "over3": sum(1 for r in rtts if r > 3), "saves": saves, "cpu": cpu,
+            "mb": size / 1e6}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=2500)
+    parser.add_argument("--size", type=int, default=8500, help="bytes retained per device")
+    parser.add_argument("--seconds", type=float, default=16.0, help="probing time per run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--disk", default="/var/tmp", help="parent of the on-disk directories")
+    parser.add_argument("--ram", default="/dev/shm", help="parent of the RAM directories")
+    parser.add_argument("--modes", default="disk,ram")
+    args = parser.parse_args()
+    print(f"# broker save stall: {args.devices} x {args.size} B retained, {args.seconds:g} s per run, "
+          f"disk {args.disk}, ram {args.ram}; load before {uptime()}", flush=True)
+    print(f"{'mode':<6}{'db MB':>7}{'probes':>8}{'p50':>8}{'p99':>8}{'p99.9':>8}{'max':>8}"
+          f"{'>3ms':>6}{'saves':>6}{'broker CPU s':>13}")
+    for _ in range(args.rounds):
+        for mode in args.modes.split(","):
+            r = run(mode, args)
+            print(f"{r['mode']:<6}{r['mb']:>7.1f}{r['n']:>8}{r['p50']:>8.2f}{r['p99']:>8.2f}"
+                  f"{r['p999']:>8.2f}{r['max']:>8.1f}{r['over3']:>6}{r['saves']:>6}{r['cpu']:>13.2f}",
+                  flush=True)
+    print(f"# load after {uptime()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
