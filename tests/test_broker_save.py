@@ -172,7 +172,6 @@ def test_inside_clean_stop(tmp_path):
         assert not saving.ram.exists()
     finally:
         saving.close()
-        shutil.rmtree(saving.ram, ignore_errors=True)
 
 
 @inside

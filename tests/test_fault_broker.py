@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from services.broker import answers
+from services.brokersave import DEFAULT_BASE, ram_dir_for
 from tests.downloads import download
 from tests.support import Probe, loopback_multicast, rerun_in_network_namespace, wait_until
 from tests.test_system import finished, provisioned_macs
@@ -64,6 +66,8 @@ class Up:
         self.up_env.pop("PNP_BROKER_PORT", None)
         self.env = {**os.environ, **common, "PNP_MQTT_URL": URL}
         self.runs = 0
+        # where the broker saves (services/brokersave.py), unless PNP_BROKER_RAM_DIR says otherwise
+        self.ram = ram_dir_for(DEFAULT_BASE, directory)
         self.proc: subprocess.Popen | None = None
         self.probe: Probe | None = None
 
@@ -142,6 +146,8 @@ class Up:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        # a killed `pnp up` leaves its broker's save in RAM, for a next start that never comes
+        shutil.rmtree(self.ram, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from services.broker import free_port, port_is_free
+from services.brokersave import DEFAULT_BASE, ram_dir_for
 from tests.support import Probe, wait_until
 
 SERVICES = ("listener", "generator", "fileserver", "notifier")
@@ -59,6 +61,8 @@ def up(tmp_path):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    # a killed `pnp up` leaves its broker's save in RAM, for a next start that never comes
+    shutil.rmtree(ram_dir_for(DEFAULT_BASE, tmp_path), ignore_errors=True)
 
 
 def service_pids(up_pid: int) -> dict[str, int]:
