@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 DB = "mosquitto.db"
-# In the RAM directory: which disk file the RAM copy descends from (JSON: its identity, or null).
+# In the RAM directory: which disk file the RAM copy descends from (JSON: a list of identities,
+# null for "no disk file"; two while a copy renames).
 STAMP = "disk.stamp"
 # Set aside in the disk directory when a restore replaces a newer RAM copy: nothing is dropped.
 REPLACED = DB + ".replaced-ram"
@@ -40,9 +41,8 @@ ROOM_FACTOR = 4
 ROOM_MIN = 256 * 1024 * 1024
 DEFAULT_BASE = Path("/dev/shm")
 
-# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): a rename, a restore or any rewrite changes
-# it; the ctime cannot be set back by `cp -p` or `tar`.
-Identity = tuple[int, int, int, int, int]
+# (st_dev, st_ino, st_size, st_mtime_ns): a rename keeps it, a restore or any rewrite changes it.
+Identity = tuple[int, int, int, int]
 
 
 def identity(path: Path) -> Identity | None:
@@ -54,7 +54,7 @@ def identity(path: Path) -> Identity | None:
 
 
 def _identity(st: os.stat_result) -> Identity:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def ram_dir_for(base: Path, data_dir: Path) -> Path:
@@ -86,10 +86,12 @@ def claim(path: Path) -> str | None:
     return None
 
 
-def copy_file(src: Path, dst: Path) -> Identity:
+def copy_file(src: Path, dst: Path,
+              before_rename: Callable[[Identity], None] | None = None) -> Identity:
     """Copy ``src`` to ``dst`` so that a crash at any point leaves the old or the new ``dst``
-    whole: ``dst.new`` (0600) written and fsynced, renamed, the directory fsynced. Returns the
-    identity of the source as read (mosquitto may rename a newer save over it meanwhile)."""
+    whole: ``dst.new`` (0600) written and fsynced, renamed, the directory fsynced.
+    ``before_rename`` gets the identity that ``dst`` is about to have. Returns the identity of
+    the source as read (mosquitto may rename a newer save over it meanwhile)."""
     tmp = dst.with_name(dst.name + ".new")
     with open(src, "rb") as fin:
         source = _identity(os.fstat(fin.fileno()))
@@ -99,12 +101,15 @@ def copy_file(src: Path, dst: Path) -> Identity:
                 shutil.copyfileobj(fin, fout, 1 << 20)
                 fout.flush()
                 os.fsync(fout.fileno())
+                written = _identity(os.fstat(fout.fileno()))
         except BaseException:
             try:
                 os.unlink(tmp)  # a half copy would only take the room that is short
             except OSError:
                 pass
             raise
+    if before_rename is not None:
+        before_rename(written)
     os.replace(tmp, dst)
     _fsync_dir(dst.parent)
     return source
@@ -118,32 +123,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_stamp(ram: Path, disk_identity: Identity | None) -> None:
+def write_stamp(ram: Path, disk_files: list[Identity | None]) -> None:
+    """Name the disk files the RAM copy descends from (None: no disk file)."""
     tmp = ram / (STAMP + ".new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(disk_identity, f)
+        json.dump(disk_files, f)
     os.replace(tmp, ram / STAMP)
 
 
-def read_stamp(ram: Path) -> tuple[bool, Identity | None]:
-    """(whether a readable stamp is there, the disk identity it names)."""
+def read_stamp(ram: Path) -> list[Identity | None]:
+    """The disk files the RAM copy descends from; [] when there is no readable stamp."""
     try:
         value = json.loads((ram / STAMP).read_text())
     except (OSError, ValueError):
-        return False, None
-    if value is None:
-        return True, None
-    if isinstance(value, list) and len(value) == 5 and all(isinstance(v, int) for v in value):
-        return True, (value[0], value[1], value[2], value[3], value[4])
-    return False, None
+        return []
+    found: list[Identity | None] = []
+    for item in value if isinstance(value, list) else []:
+        if item is None:
+            found.append(None)
+        elif isinstance(item, list) and len(item) == 4 and all(isinstance(v, int) for v in item):
+            found.append((item[0], item[1], item[2], item[3]))
+    return found
 
 
 def save_to_disk(ram: Path, disk: Path) -> Identity:
-    """Copy the RAM database to the disk directory and stamp the RAM copy as descending from it.
-    Returns the identity of the RAM file that was copied."""
-    copied = copy_file(ram / DB, disk / DB)
-    write_stamp(ram, identity(disk / DB))
+    """Copy the RAM database to the disk directory, the stamp following it: while the rename
+    is under way both the old and the new disk file count as what RAM descends from, so a crash
+    at any point leaves a stamp that matches the disk. Returns the identity of the RAM file that
+    was copied."""
+    before = identity(disk / DB)
+
+    def stamp_both(new: Identity) -> None:
+        write_stamp(ram, [before, new])
+
+    copied = copy_file(ram / DB, disk / DB, stamp_both)
+    write_stamp(ram, [identity(disk / DB)])
     return copied
 
 
@@ -179,8 +194,7 @@ def prepare(disk: Path, data_dir: Path, base: Path | None) -> Plan:
         return Plan(disk, notes=[f"the broker saves on disk, not in {base}: {refused}"])
     notes: list[str] = []
     ram_db, disk_db = ram / DB, disk / DB
-    present, stamped = read_stamp(ram)
-    use_ram_copy = ram_db.exists() and present and stamped == identity(disk_db)
+    use_ram_copy = ram_db.exists() and identity(disk_db) in read_stamp(ram)
     if ram_db.exists() and not use_ram_copy:
         # The disk copy changed while `pnp up` was away (an operator's restore): it wins, and
         # the RAM copy it replaces is kept beside it rather than dropped.
@@ -205,10 +219,10 @@ def prepare(disk: Path, data_dir: Path, base: Path | None) -> Plan:
         return Plan(ram, ram, notes)
     try:
         if not disk_db.exists():
-            write_stamp(ram, None)
+            write_stamp(ram, [None])
             return Plan(ram, ram, notes)
         copy_file(disk_db, ram_db)
-        write_stamp(ram, identity(disk_db))
+        write_stamp(ram, [identity(disk_db)])
     except OSError as exc:
         shutil.rmtree(ram, ignore_errors=True)
         return Plan(disk, notes=notes + [f"the broker saves on disk: {ram} cannot be filled "
@@ -328,7 +342,7 @@ class DiskSaver:
         if refused:
             return f"ERROR: the broker's RAM copy is gone and cannot be put back: {refused}"
         copy_file(self.disk / DB, self.ram / DB)
-        write_stamp(self.ram, identity(self.disk / DB))
+        write_stamp(self.ram, [identity(self.disk / DB)])
         self.core.on_disk = identity(self.ram / DB)
         return f"the broker's RAM copy in {self.ram} was gone: seeded again from {self.disk}"
 
