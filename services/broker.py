@@ -79,9 +79,11 @@ class Mosquitto:
 
     def __init__(self, directory: Path, port: int | None = None, host: str = "127.0.0.1",
                  persistence: bool = True, extra_config: str = "",
-                 persistence_dir: Path | None = None) -> None:
+                 persistence_dir: Path | None = None, held_fd: int | None = None) -> None:
         self.directory = Path(directory)
         self.persistence_dir = persistence_dir
+        # a descriptor the broker process inherits, to hold a lock as long as it lives
+        self.held_fd = held_fd
         self.host = host
         self.port = port or free_port(host)
         self.persistence = persistence

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -160,6 +161,35 @@ def save_to_disk(ram: Path, disk: Path) -> Identity:
     copied = copy_file(ram / DB, disk / DB, stamp_both)
     write_stamp(ram, [identity(disk / DB)])
     return copied
+
+
+LOCK = "pnp-up.lock"
+LOCK_WAIT = 15.0
+
+
+class Busy(Exception):
+    pass
+
+
+def lock(disk: Path, wait: float = LOCK_WAIT) -> int:
+    """An exclusive lock on the broker's data for this `pnp up`: the returned descriptor is
+    handed to the broker too, so that it is held until both are gone. A `pnp up` killed a
+    moment ago may leave its broker saving into RAM; a second one on the same data would read
+    that save half-way, or remove it under the broker. Waits ``wait`` seconds for it, then
+    raises :class:`Busy`."""
+    import fcntl
+
+    fd = os.open(disk / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise Busy(f"another `pnp up` (or its broker) is using {disk}") from None
+            time.sleep(0.1)
 
 
 def free_bytes(path: Path) -> int:

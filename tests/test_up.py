@@ -163,6 +163,21 @@ def test_up_killed_leaves_no_broker_behind(up):
     assert port_is_free(int(port))
 
 
+def test_a_second_up_on_the_same_data_is_refused(up, tmp_path):
+    """Its broker would save over the first one's, or its stop remove the first one's save."""
+    proc, url = up
+    _wait_broker(url)
+    env = {**os.environ, "PNP_DATA_DIR": str(tmp_path), "PNP_BROKER_PORT": str(free_port())}
+    env.pop("PNP_MQTT_URL", None)
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "up"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"another `pnp up` (or its broker) is using {tmp_path / 'broker'}" in done.stderr
+    assert proc.poll() is None
+    assert (ram_dir_for(DEFAULT_BASE, tmp_path) / "mosquitto.db").exists() or \
+        (ram_dir_for(DEFAULT_BASE, tmp_path) / "disk.stamp").exists()
+
+
 def _is_broker(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

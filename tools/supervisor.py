@@ -194,8 +194,13 @@ class Supervisor:
                 argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
         else:
             argv = [sys.executable, "-m", "tools.cli", name]
+        fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        if name == BROKER and self.broker is not None and self.broker.held_fd is not None:
+            # the broker holds the data's lock with us (brokersave.lock)
+            fds[self.broker.held_fd] = self.broker.held_fd
         child = _Child(self, name)
-        self.transports[name] = self.reactor.spawnProcess(child, argv[0], argv, env=self.env)
+        self.transports[name] = self.reactor.spawnProcess(child, argv[0], argv, env=self.env,
+                                                          childFDs=fds)
         self.children[name] = child
 
     def child_ended(self, child: _Child, code: int | None, sig: int | None) -> None:
@@ -285,14 +290,18 @@ def run(args: argparse.Namespace) -> int:
         disk = Path(settings.data_dir) / "broker"
         try:
             make_private_dir(disk)
+            held = brokersave.lock(disk)
             plan = brokersave.prepare(disk, Path(settings.data_dir), settings.broker_ram_dir)
+        except brokersave.Busy as exc:
+            print(f"pnp up: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             print(f"pnp up: cannot prepare the broker's database in {disk}: "
                   f"{brokersave.describe(exc)}", file=sys.stderr)
             return 1
         for note in plan.notes:
             print(f"pnp up: {note}", flush=True)
-        broker = Mosquitto(disk, port=port, persistence_dir=plan.location)
+        broker = Mosquitto(disk, port=port, persistence_dir=plan.location, held_fd=held)
         if plan.ram is not None:
             saver = brokersave.DiskSaver(reactor, plan.ram, disk, brokersave.SaveCore(plan.on_disk),
                                          lambda line: supervisor.emit("pnp", line))
