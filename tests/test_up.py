@@ -174,8 +174,7 @@ def test_a_second_up_on_the_same_data_is_refused(up, tmp_path):
     assert done.returncode == 1
     assert f"another `pnp up` (or its broker) is using {tmp_path / 'broker'}" in done.stderr
     assert proc.poll() is None
-    assert (ram_dir_for(DEFAULT_BASE, tmp_path) / "mosquitto.db").exists() or \
-        (ram_dir_for(DEFAULT_BASE, tmp_path) / "disk.stamp").exists()
+    assert ram_dir_for(DEFAULT_BASE, tmp_path).is_dir()  # the first one's save left in place
 
 
 def _is_broker(pid: int) -> bool:
