@@ -57,7 +57,7 @@ done, copies = None, 0
 while True:
     now = b.identity(ram / b.DB)
     if now is not None and now != done:
-        done = b.save_to_disk(ram, disk)
+        done = b.save_to_disk_niced(ram, disk)
         copies += 1
         print(copies, flush=True)
     time.sleep(b.POLL)

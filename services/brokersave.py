@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,22 @@ def lock(disk: Path, wait: float = LOCK_WAIT) -> int:
                 os.close(fd)
                 raise Busy(f"another `pnp up` (or its broker) is using {disk}") from None
             time.sleep(0.1)
+
+
+# The copy yields the CPU to the broker (on a small box they share two cores): nothing waits
+# for it but the disk copy's lag.
+COPY_NICE = 10
+
+
+def save_to_disk_niced(ram: Path, disk: Path) -> Identity:
+    """:func:`save_to_disk` from a thread that runs at a lower priority from then on (Linux
+    gives each thread its own nice value; the supervisor's pool threads do nothing else)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), COPY_NICE))
+    except OSError:
+        pass
+    return save_to_disk(ram, disk)
 
 
 def free_bytes(path: Path) -> int:
@@ -382,7 +399,7 @@ class DiskSaver:
         from twisted.internet import threads
 
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                      save_to_disk, self.ram, self.disk)
+                                      save_to_disk_niced, self.ram, self.disk)
         d.addCallbacks(self._copied, self._failed)
         self._copying = d
 
