@@ -14,9 +14,12 @@ is the stall. Two modes, back to back, ``--rounds`` times:
 Printed per run: round trips, p50 / p99 / p99.9 / max in ms, how many exceeded 3 ms, the saves
 seen, the broker's CPU seconds while probing, the longest round trip away from any save (the
 machine's own noise: the machine is shared), and the stall of each save (the longest round trip
-sent while it was written and fsynced). Only loopback is used.
+sent while it was written and fsynced). With ``--strace``, each save is also timed inside the
+broker (opening ``mosquitto.db.new`` to the rename, and its fsync): the broker is
+single-threaded, so that span is the stall without the probe's own scheduling noise. Only
+loopback is used.
 
-    .venv/bin/python bench/broker_save.py --devices 2500 [--size 8500] [--seconds 16] [--rounds 2]
+    .venv/bin/python bench/broker_save.py --devices 2500 [--size 8500] [--seconds 31] [--rounds 2] [--strace]
 """
 
 from __future__ import annotations
@@ -108,6 +111,14 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         last = brokersave.identity(db)
         saved_at: list[float] = []  # when each save ended (its file's mtime)
         assert broker.process is not None
+        trace = disk / "saves.strace"
+        if args.strace:
+            # the broker is single-threaded: from opening mosquitto.db.new to the rename it
+            # forwards nothing, so that span is the stall itself, timed by the kernel's clock
+            tracer = subprocess.Popen(["strace", "-q", "-ttt", "-T", "-e", "trace=openat,fsync,rename",
+                                       "-o", str(trace), "-p", str(broker.process.pid)],
+                                      stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         cpu0 = cpu_seconds(broker.process.pid)
         rtts: list[float] = []
         sent_at: list[float] = []
@@ -126,6 +137,11 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.001)
         cpu = cpu_seconds(broker.process.pid) - cpu0
         size = db.stat().st_size
+        spans: list[tuple[float, float]] = []
+        if args.strace:
+            tracer.terminate()
+            tracer.wait()
+            spans = save_spans(trace.read_text())
     finally:
         client.loop_stop()
         client.disconnect()
@@ -149,7 +165,27 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
     return {"mode": mode, "n": len(rtts), "p50": pct(0.5), "p99": pct(0.99), "p999": pct(0.999),
             "max": ordered[-1], "over3": sum(1 for r in rtts if r > 3), "saves": len(saved_at),
-            "stalls": stalls, "rest": max(rest, default=0.0), "cpu": cpu, "mb": size / 1e6}
+            "stalls": stalls, "rest": max(rest, default=0.0), "cpu": cpu, "mb": size / 1e6,
+            "spans": spans}
+
+
+def save_spans(strace: str) -> list[tuple[float, float]]:
+    """(whole save, its fsync) in ms for each save in an ``strace -ttt -T`` log."""
+    spans, opened, synced = [], None, 0.0
+    for line in strace.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) < 2:
+            continue
+        at = float(parts[0])
+        took = float(line.rsplit("<", 1)[1].rstrip(">")) if line.endswith(">") else 0.0
+        if "openat(" in line and ".db.new" in line:
+            opened, synced = at, 0.0
+        elif line.split(None, 1)[1].startswith("fsync(") and opened is not None:
+            synced += took
+        elif "rename(" in line and opened is not None:
+            spans.append(((at + took - opened) * 1000, synced * 1000))
+            opened = None
+    return spans
 
 
 def main() -> int:
@@ -161,6 +197,8 @@ def main() -> int:
     parser.add_argument("--disk", default="/var/tmp", help="parent of the on-disk directories")
     parser.add_argument("--ram", default="/dev/shm", help="parent of the RAM directories")
     parser.add_argument("--modes", default="disk,ram")
+    parser.add_argument("--strace", action="store_true",
+                        help="also time each save inside the broker (strace -p: openat .new to rename)")
     args = parser.parse_args()
     print(f"# broker save stall: {args.devices} x {args.size} B retained, {args.seconds:g} s per run, "
           f"disk {args.disk}, ram {args.ram}; load before {uptime()}", flush=True)
@@ -172,6 +210,9 @@ def main() -> int:
             print(f"{r['mode']:<6}{r['mb']:>7.1f}{r['n']:>8}{r['p50']:>8.2f}{r['p99']:>8.2f}"
                   f"{r['p999']:>8.2f}{r['max']:>8.1f}{r['over3']:>6}{r['saves']:>6}{r['cpu']:>7.2f}"
                   f"{r['rest']:>9.1f}  {' '.join(f'{x:.1f}' for x in r['stalls'])}", flush=True)
+            if r["spans"]:
+                print(f"{'':<6}strace, each save: whole (its fsync) ms: "
+                      + " ".join(f"{w:.1f} ({f:.1f})" for w, f in r["spans"]), flush=True)
     print(f"# load after {uptime()}")
     return 0
 
