@@ -28,6 +28,7 @@ import argparse
 import base64
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from services import brokersave  # noqa: E402
-from services.broker import Mosquitto  # noqa: E402
+from services.broker import Mosquitto, answers  # noqa: E402
 
 # A save's file is written for at most this long before its mtime (85 MB: ~0.2 s), and fsynced
 # (on disk) for at most this long after it.
@@ -79,8 +80,25 @@ def cpu_seconds(pid: int) -> float:
 def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     disk = Path(tempfile.mkdtemp(prefix="broker-save-", dir=args.disk))
     ram = Path(tempfile.mkdtemp(prefix="broker-save-", dir=args.ram)) if mode == "ram" else None
-    broker = Mosquitto(disk, persistence_dir=ram).start()
+    broker = Mosquitto(disk, persistence_dir=ram)
+    trace = disk / "saves.strace"
+    tracer = None
+    if args.strace:
+        # Only these calls stop the broker (seccomp), so the trace costs it next to nothing. The
+        # broker is single-threaded: from opening mosquitto.db.new to the rename it forwards
+        # nothing, so that span is the stall itself, timed by the kernel's clock.
+        tracer = subprocess.Popen(["strace", "--seccomp-bpf", "-f", "-qq", "-ttt", "-T", "-e",
+                                   "trace=openat,fsync,rename", "-o", str(trace), *broker.argv()],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not answers(broker.host, broker.port):
+            time.sleep(0.05)
+        pid = int(Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children").read_text().split()[0])
+    else:
+        broker.start()
+        assert broker.process is not None
+        pid = broker.process.pid
     copier = None
+    probing = probed = 0.0
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     got = threading.Event()
     arrived = [0.0]
@@ -110,16 +128,8 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.05)
         last = brokersave.identity(db)
         saved_at: list[float] = []  # when each save ended (its file's mtime)
-        assert broker.process is not None
-        trace = disk / "saves.strace"
-        if args.strace:
-            # the broker is single-threaded: from opening mosquitto.db.new to the rename it
-            # forwards nothing, so that span is the stall itself, timed by the kernel's clock
-            tracer = subprocess.Popen(["strace", "-q", "-ttt", "-T", "-e", "trace=openat,fsync,rename",
-                                       "-o", str(trace), "-p", str(broker.process.pid)],
-                                      stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
-        cpu0 = cpu_seconds(broker.process.pid)
+        probing = time.time()
+        cpu0 = cpu_seconds(pid)
         rtts: list[float] = []
         sent_at: list[float] = []
         end = time.monotonic() + args.seconds
@@ -135,17 +145,20 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 saved_at.append(now[3] / 1e9)
                 last = now
             time.sleep(0.001)
-        cpu = cpu_seconds(broker.process.pid) - cpu0
+        cpu = cpu_seconds(pid) - cpu0
         size = db.stat().st_size
-        spans: list[tuple[float, float]] = []
-        if args.strace:
-            tracer.terminate()
-            tracer.wait()
-            spans = save_spans(trace.read_text())
+        probed = time.time()
     finally:
         client.loop_stop()
         client.disconnect()
-        broker.stop()
+        if tracer is not None:
+            os.kill(pid, signal.SIGTERM)
+            tracer.wait(60)
+            # the saves made while probing (not the one at stop)
+            spans = [(w, f) for at, w, f in save_spans(trace.read_text()) if probing <= at <= probed]
+        else:
+            broker.stop()
+            spans = []
         if copier is not None:
             copier.kill()
             copier.wait()
@@ -169,13 +182,16 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             "spans": spans}
 
 
-def save_spans(strace: str) -> list[tuple[float, float]]:
-    """(whole save, its fsync) in ms for each save in an ``strace -ttt -T`` log."""
+def save_spans(strace: str) -> list[tuple[float, float, float]]:
+    """(when it began, whole save ms, its fsync ms) for each save in an ``strace -ttt -T`` log."""
     spans, opened, synced = [], None, 0.0
     for line in strace.splitlines():
-        parts = line.split(None, 1)
+        parts = line.split()
+        if parts and parts[0].isdigit():  # -f: the pid first
+            parts = parts[1:]
         if len(parts) < 2:
             continue
+        line = " ".join(parts)
         at = float(parts[0])
         took = float(line.rsplit("<", 1)[1].rstrip(">")) if line.endswith(">") else 0.0
         if "openat(" in line and ".db.new" in line:
@@ -183,7 +199,7 @@ def save_spans(strace: str) -> list[tuple[float, float]]:
         elif line.split(None, 1)[1].startswith("fsync(") and opened is not None:
             synced += took
         elif "rename(" in line and opened is not None:
-            spans.append(((at + took - opened) * 1000, synced * 1000))
+            spans.append((opened, (at + took - opened) * 1000, synced * 1000))
             opened = None
     return spans
 
@@ -198,7 +214,7 @@ def main() -> int:
     parser.add_argument("--ram", default="/dev/shm", help="parent of the RAM directories")
     parser.add_argument("--modes", default="disk,ram")
     parser.add_argument("--strace", action="store_true",
-                        help="also time each save inside the broker (strace -p: openat .new to rename)")
+                        help="also time each save inside the broker (strace --seccomp-bpf: open .new to rename)")
     args = parser.parse_args()
     print(f"# broker save stall: {args.devices} x {args.size} B retained, {args.seconds:g} s per run, "
           f"disk {args.disk}, ram {args.ram}; load before {uptime()}", flush=True)
