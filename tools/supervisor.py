@@ -1,7 +1,8 @@
 """Run everything on one machine: a broker and the five services, each its own OS process.
 
 Without PNP_MQTT_URL a private mosquitto is started on loopback (port 1883 when free, else a
-free port) with persistence under PNP_DATA_DIR/broker, as one more child. Output is one stream,
+free port) as one more child, saving into RAM, each save copied to PNP_DATA_DIR/broker
+(services/brokersave.py). Output is one stream,
 each line prefixed by its service (the broker's by ``broker``); a child that exits, the broker
 included, is restarted with backoff. Ctrl-C or SIGTERM stops the services, then the broker, and
 leaves no process behind.
