@@ -304,6 +304,7 @@ class SaveCore:
         self.retry_at = 0.0
         self.reminded_at = 0.0
         self.failing_since: float | None = None
+        self.short_of_room = False
 
     @property
     def failing(self) -> bool:
@@ -327,6 +328,21 @@ class SaveCore:
         self.retry_at = 0.0
         self.failing_since = None
         return lines
+
+    def room(self, free: int, size: int, ram: Path) -> list[str]:
+        """After each copy: whether the RAM directory still has room for the next save (a
+        second whole database while mosquitto writes it). Said once when it runs short, once
+        when it has room again."""
+        short = free < size
+        if short == self.short_of_room:
+            return []
+        self.short_of_room = short
+        if short:
+            return [f"WARNING: {ram} has {free // 2**20} MiB free, less than the broker's "
+                    f"{size // 2**20} MiB database: its next save there may fail (the last one "
+                    f"stays, in RAM and on disk); free room there, or restart with "
+                    f"PNP_BROKER_RAM_DIR=off"]
+        return [f"{ram} has room for the broker's saves again"]
 
     def failed(self, now: float, error: str, ram: Path, disk: Path) -> list[str]:
         self.busy = False
@@ -405,7 +421,12 @@ class DiskSaver:
 
     def _copied(self, source: Identity) -> None:
         self._copying = None
-        for line in self.core.copied(self.reactor.seconds(), source):
+        lines = self.core.copied(self.reactor.seconds(), source)
+        try:
+            lines += self.core.room(free_bytes(self.ram), source[2], self.ram)
+        except OSError:
+            pass  # the directory is gone: before_broker_start deals with that
+        for line in lines:
             self.say(line)
 
     def _failed(self, failure: Any) -> None:

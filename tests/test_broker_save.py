@@ -252,6 +252,16 @@ def test_a_failing_copy_is_said_once_reminded_retried_with_backoff_and_its_heali
     assert core.due(t + 1, (1, 2, 3, 5))
 
 
+def test_a_ram_dir_running_short_of_room_is_said_once_and_its_recovery_too(tmp_path):
+    core = SaveCore(on_disk=None)
+    mib = 2**20
+    assert core.room(500 * mib, 20 * mib, tmp_path) == []
+    short = core.room(10 * mib, 20 * mib, tmp_path)
+    assert len(short) == 1 and "10 MiB free" in short[0] and "PNP_BROKER_RAM_DIR=off" in short[0]
+    assert core.room(5 * mib, 20 * mib, tmp_path) == []
+    assert "room for the broker's saves again" in core.room(300 * mib, 20 * mib, tmp_path)[0]
+
+
 def test_an_unsafe_ram_dir_is_refused(tmp_path):
     loose = tmp_path / "loose"
     loose.mkdir(mode=0o755)
