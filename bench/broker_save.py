@@ -16,8 +16,9 @@ seen, the broker's CPU seconds while probing, the longest round trip away from a
 machine's own noise: the machine is shared), and the stall of each save (the longest round trip
 sent while it was written and fsynced). With ``--strace``, each save is also timed inside the
 broker (opening ``mosquitto.db.new`` to the rename, and its fsync): the broker is
-single-threaded, so that span is the stall without the probe's own scheduling noise. Only
-loopback is used.
+single-threaded, so that span is the stall without the probe's own scheduling noise. With
+``--idle`` there is no ping-pong: the broker only saves, and its CPU seconds over the saves are
+the CPU of one save (the part of the stall that no faster disk removes). Only loopback is used.
 
     .venv/bin/python bench/broker_save.py --devices 2500 [--size 8500] [--seconds 31] [--rounds 2] [--strace]
 """
@@ -133,6 +134,12 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         rtts: list[float] = []
         sent_at: list[float] = []
         end = time.monotonic() + args.seconds
+        while args.idle and time.monotonic() < end:
+            now = brokersave.identity(db)
+            if now is not None and now != last:
+                saved_at.append(now[3] / 1e9)
+                last = now
+            time.sleep(0.05)
         while time.monotonic() < end:
             got.clear()
             wall, t0 = time.time(), time.perf_counter()
@@ -171,7 +178,7 @@ def run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                   default=0.0) for end_ in saved_at]
     rest = [r for w, r in zip(sent_at, rtts)
             if not any(end_ - SAVE_WINDOW <= w <= end_ + SYNC_WINDOW for end_ in saved_at)]
-    ordered = sorted(rtts)
+    ordered = sorted(rtts) or [0.0]
 
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
@@ -213,6 +220,8 @@ def main() -> int:
     parser.add_argument("--disk", default="/var/tmp", help="parent of the on-disk directories")
     parser.add_argument("--ram", default="/dev/shm", help="parent of the RAM directories")
     parser.add_argument("--modes", default="disk,ram")
+    parser.add_argument("--idle", action="store_true",
+                        help="no ping-pong: the broker only saves, so its CPU s / saves is the CPU of a save")
     parser.add_argument("--strace", action="store_true",
                         help="also time each save inside the broker (strace --seccomp-bpf: open .new to rename)")
     args = parser.parse_args()
@@ -226,6 +235,8 @@ def main() -> int:
             print(f"{r['mode']:<6}{r['mb']:>7.1f}{r['n']:>8}{r['p50']:>8.2f}{r['p99']:>8.2f}"
                   f"{r['p999']:>8.2f}{r['max']:>8.1f}{r['over3']:>6}{r['saves']:>6}{r['cpu']:>7.2f}"
                   f"{r['rest']:>9.1f}  {' '.join(f'{x:.1f}' for x in r['stalls'])}", flush=True)
+            if args.idle and r["saves"]:
+                print(f"{'':<6}idle: broker CPU per save {r['cpu'] * 1000 / r['saves']:.1f} ms", flush=True)
             if r["spans"]:
                 print(f"{'':<6}strace, each save: whole (its fsync) ms: "
                       + " ".join(f"{w:.1f} ({f:.1f})" for w, f in r["spans"]), flush=True)
