@@ -65,6 +65,15 @@ class Outbox:
         elif self._call.active() and self._call.getTime() > self.reactor.seconds():
             self._call.reset(0)  # e.g. the broker is back: do not wait out the slow retry
 
+    def now(self) -> None:
+        """Send what the window allows at once, not on the next turn: the caller knows nothing
+        more urgent waits (the listener, once a read has answered every datagram at hand)."""
+        if not self._pending:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self.drain()
+
     def drain(self) -> None:
         self._call = None
         pending = self._pending
@@ -72,13 +81,16 @@ class Outbox:
         room = 0
         if bus.connected:
             room = self.window - bus.queued
-            for _ in range(min(room, self.batch)):
-                if not pending:
-                    break
-                topic, item = pending.popitem(last=False)
-                if not self._publish(topic, item):
-                    self.dropped += 1
-                room -= 1
+            # One write for the batch, made at its end, rather than a wait for the reactor to
+            # report the broker's socket writable (Bus.batch)
+            with bus.batch():
+                for _ in range(min(room, self.batch)):
+                    if not pending:
+                        break
+                    topic, item = pending.popitem(last=False)
+                    if not self._publish(topic, item):
+                        self.dropped += 1
+                    room -= 1
         if pending and self._call is None:
             # Room left: the next batch on the next turn. Window full: the next PUBACK kicks
             # us (the retry is only a fallback). Broker away: its return (on_connect) does.

@@ -18,7 +18,10 @@ publishes a new one."""
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from collections import OrderedDict
 from functools import partial
 from typing import Any
@@ -29,7 +32,7 @@ from twisted.logger import Logger
 from listener.discovery import Sighting, SubscribeCore
 from listener.multicast import GROUP, open_group_socket
 from listener.outbox import Outbox
-from listener.protocol import AnswerTimes, SubscribeProtocol
+from listener.protocol import AnswerTimes, AnsweringPort, SubscribeProtocol
 from services.sip.message import MAX_DATAGRAM
 from services import netif
 from services.mqtt import Incoming
@@ -48,6 +51,14 @@ RETAINED_QUIET = 2.0
 # Expiring discoveries kept to put back what a broker loses, at most: past it the oldest is
 # forgotten here (and cleared on the broker at its next check); about 1 KB each.
 MAX_EXPIRING_KEPT = 20_000
+
+
+def waiting(port: Any) -> bool:
+    """Whether a datagram waits on ``port``'s socket (FIONREAD: the next one's size)."""
+    try:
+        return bool(struct.unpack("i", fcntl.ioctl(port.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+    except OSError:
+        return False
 
 
 class ListenerService:
@@ -168,9 +179,10 @@ class ListenerService:
                 ) from None
             buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             try:
-                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._publish, self.times)
-                self.ports.append(ctx.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol,
-                                                                maxPacketSize=MAX_DATAGRAM))
+                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._publish, self.times,
+                                             on_read_done=self._read_done)
+                self.ports.append(AnsweringPort.adopt(ctx.reactor, sock.fileno(), sock.family, protocol,
+                                                      MAX_DATAGRAM))
                 self.protocols.append(protocol)
             finally:
                 sock.close()  # the reactor holds its own duplicate of the descriptor
@@ -189,6 +201,20 @@ class ListenerService:
         self._unlogged.append(sighting)
         if self._log_call is None:
             self._log_call = self.ctx.reactor.callLater(0, self._log_turn)
+
+    def _read_done(self) -> None:
+        """A socket's waiting datagrams are all answered: the discoveries they filed are made
+        and published now, in this reactor turn, then logged (protocol.py says why only now).
+        With several interfaces, another socket's datagrams may be waiting in this same turn:
+        their answers come first, and the discoveries wait for the timed calls as before."""
+        if not self._unlogged:
+            return
+        if len(self.ports) > 1 and any(waiting(port) for port in self.ports):
+            return
+        self.outbox.now()
+        if self._log_call is not None and self._log_call.active():
+            self._log_call.cancel()
+            self._log_turn()
 
     def _log_turn(self) -> None:
         # Not where the discovery leaves the outbox: while the broker is away that can be

@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -208,6 +209,30 @@ class Bus:
         self.counters["mqtt_published"] += 1
         self._kick_write()
         return True
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """What is published inside goes out at its end, at once, in one ``send`` where it can.
+
+        Outside a read of the broker's socket, a publish is written only when the reactor next
+        reports the socket writable: an epoll_ctl to watch it, a poll round that says so, and
+        an epoll_ctl to stop watching, for every turn that publishes. A timer or another
+        socket's handler that publishes (the listener's outbox, after its phones' answers)
+        saves those and the wait by publishing inside a batch. Inside a read (a message
+        handler) it changes nothing: the read writes at its end anyway. Writing at once keeps
+        the order: paho's queue is written front first, and what the socket does not take
+        waits for the reactor's writable report as before."""
+        reader = self._reader
+        if reader is None or reader.reading:
+            yield
+            return
+        reader.reading = True
+        try:
+            yield
+        finally:
+            reader.reading = False
+            if reader.active:
+                reader.flush()
 
     def publish_json(self, topic: str, payload: Any, retain: bool = False, qos: int = 1) -> bool:
         data = payload.to_json() if hasattr(payload, "to_json") else encode_json(payload)
