@@ -98,7 +98,7 @@ class _Transport:
         self.events.append(("answer", addr))
 
 
-def _burst(connected: bool):
+def _burst(connected: bool, read_done: bool = False):
     """A listener core, service and protocol on a Clock with a bus that only counts; 20 new
     phones' SUBSCRIBEs in one read; what happened, in order, before and after the turn ends."""
     from collections import Counter
@@ -136,6 +136,16 @@ def _burst(connected: bool):
                 b"1848599395-5080-1", b"%d-5080-1" % i)
             protocol.datagramReceived(data, (f"192.168.5.{i + 1}", 5080))
         during = (list(events), list(bus.messages), dict(service.keeper.prints))
+        if read_done:  # what AnsweringPort does once the socket has no datagram left
+            publish = bus.publish
+
+            def recorded(topic, payload, **options):
+                events.append(("published", topic))
+                return publish(topic, payload, **options)
+
+            bus.publish = recorded
+            protocol.on_read_done = service._read_done
+            protocol.readDone()
         for _ in range(10):
             clock.advance(0)
     finally:
@@ -165,3 +175,17 @@ def test_a_burst_is_answered_before_any_discovery_is_made_logged_or_published():
     assert topic == "pnp/devices/000b82000000/discovered"
     assert (found.mac, found.vendor, found.model, found.ip) == ("000b82000000", "grandstream",
                                                                 "GRP2614", "192.168.5.1")
+
+
+def test_when_the_read_is_over_its_discoveries_are_published_in_the_same_turn():
+    # No wait for the reactor's next turn once every waiting datagram is answered: the first
+    # batch of discoveries goes at once, then the log lines; the rest of the burst follows on
+    # the next turns, as before.
+    (events, published, _), after, bus = _burst(connected=True, read_done=True)
+    assert [kind for kind, _ in events] == ["answer"] * 20
+    assert published == []
+    kinds = [kind for kind, _ in after]
+    assert kinds[:20] == ["answer"] * 20
+    assert kinds[20:28] == ["published"] * 8, "the read's first batch did not go at its end"
+    assert kinds[28:48] == ["log"] * 20
+    assert kinds[48:] == ["published"] * 12 and len(bus.messages) == 20
