@@ -159,8 +159,8 @@ class ReadySocketClient(mqtt.Client):
                 return self._paho_packet_read()  # the end of the connection, paho's way
             self._received, self._received_at, at = data, 0, 0
             sock = self._sock
-            self._drained = (len(data) < RECEIVE_SIZE and sock.gettimeout() == 0.0  # non-blocking
-                             and not isinstance(sock, ssl.SSLSocket))
+            self._drained = (len(data) < RECEIVE_SIZE and not isinstance(sock, ssl.SSLSocket)
+                             and getattr(sock, "gettimeout", lambda: None)() == 0.0)  # non-blocking
             # what paho's keepalive reads: when bytes last came (one stamp per read)
             setattr(self, _RECEIVED_STAMP, time_func())
         size = len(data)
