@@ -74,7 +74,7 @@ class ListenerService:
         # phone's answer goes out before any MQTT work is done.
         self.keeper = Keeper(ctx, ctx.topics.devices("discovered"), republish=self._restore)
         self.outbox = Outbox(ctx.bus, ctx.reactor, window=ctx.settings.publish_window,
-                             encode=self._encode, expiry=self._expiry)
+                             encode=self._encode, expiry=self._expiry, sent=self.keeper.put)
         self.ttl: int = ctx.settings.discovery_ttl
         self.served: set[str] = set()  # MACs the fileserver reported a download of
         self._payloads: dict[str, bytes] = {}  # topic -> the discovery we last published there
@@ -102,7 +102,8 @@ class ListenerService:
             self._expiring[topic] = self.ctx.reactor.seconds() + self.ttl
             if len(self._expiring) > MAX_EXPIRING_KEPT:
                 self._forget(next(iter(self._expiring)))
-        self.keeper.put(topic, payload)
+        # kept (keeper.put) once written: the outbox's ``sent``; its marker, which vouches for
+        # it, goes out a second or more later, after it on the same connection (retained.py)
         return payload
 
     def _expiry(self, topic: str) -> int | None:
