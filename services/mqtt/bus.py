@@ -12,8 +12,7 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -62,6 +61,30 @@ def _expiry_properties(seconds: int) -> Properties:
     properties = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
     properties.MessageExpiryInterval = seconds
     return properties
+
+
+class _Batch:
+    """``Bus.batch``: holds the socket adapter's writes while it is entered (a plain class: a
+    generator-based context manager costs more than the rest of a listener's publish)."""
+
+    __slots__ = ("reader", "held")
+
+    def __init__(self, reader: SocketAdapter | None) -> None:
+        self.reader = reader
+        self.held = False
+
+    def __enter__(self) -> None:
+        reader = self.reader
+        if reader is not None and not reader.reading:  # inside a read, the read writes at its end
+            reader.reading = self.held = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            reader = self.reader
+            assert reader is not None
+            reader.reading = self.held = False
+            if reader.active:
+                reader.flush()
 
 
 class _Subscription(TopicFilter):
@@ -210,8 +233,7 @@ class Bus:
         self._kick_write()
         return True
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> "_Batch":
         """What is published inside goes out at its end, at once, in one ``send`` where it can.
 
         Outside a read of the broker's socket, a publish is written only when the reactor next
@@ -222,17 +244,7 @@ class Bus:
         handler) it changes nothing: the read writes at its end anyway. Writing at once keeps
         the order: paho's queue is written front first, and what the socket does not take
         waits for the reactor's writable report as before."""
-        reader = self._reader
-        if reader is None or reader.reading:
-            yield
-            return
-        reader.reading = True
-        try:
-            yield
-        finally:
-            reader.reading = False
-            if reader.active:
-                reader.flush()
+        return _Batch(self._reader)
 
     def publish_json(self, topic: str, payload: Any, retain: bool = False, qos: int = 1) -> bool:
         data = payload.to_json() if hasattr(payload, "to_json") else encode_json(payload)
