@@ -98,7 +98,7 @@ class _Transport:
         self.events.append(("answer", addr))
 
 
-def _burst(connected: bool, read_done: bool = False):
+def _burst(connected: bool, read_done: bool = False, ports: list | None = None):
     """A listener core, service and protocol on a Clock with a bus that only counts; 20 new
     phones' SUBSCRIBEs in one read; what happened, in order, before and after the turn ends."""
     from collections import Counter
@@ -119,6 +119,7 @@ def _burst(connected: bool, read_done: bool = False):
                           counters=Counter(), settings=SimpleNamespace(
                               sip_port=5060, publish_window=16, discovery_ttl=0, instance="t"))
     service = ListenerService(ctx, SubscribeCore(rate=1e9, burst=1e9))
+    service.ports = ports or []
     events: list = []
     protocol = SubscribeProtocol(service.core, "192.168.5.110", clock, service._publish,
                                  service.times)
@@ -146,6 +147,7 @@ def _burst(connected: bool, read_done: bool = False):
             bus.publish = recorded
             protocol.on_read_done = service._read_done
             protocol.readDone()
+            bus.at_read_end = len(bus.messages)
         for _ in range(10):
             clock.advance(0)
     finally:
@@ -186,6 +188,25 @@ def test_when_the_read_is_over_its_discoveries_are_published_in_the_same_turn():
     assert published == []
     kinds = [kind for kind, _ in after]
     assert kinds[:20] == ["answer"] * 20
-    assert kinds[20:28] == ["published"] * 8, "the read's first batch did not go at its end"
+    assert kinds[20:28] == ["published"] * 8 and bus.at_read_end == 8, (
+        "the read's first batch did not go at its end")
     assert kinds[28:48] == ["log"] * 20
     assert kinds[48:] == ["published"] * 12 and len(bus.messages) == 20
+
+
+def test_with_another_interface_s_datagrams_waiting_the_discoveries_wait_for_them():
+    # Two interface sockets, a SUBSCRIBE still unread on the other one: the read that ended
+    # leaves its discoveries to the next turn, so that SUBSCRIBE is answered first.
+    import socket
+
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        sockets[0].sendto(b"SUBSCRIBE", sockets[1].getsockname())
+        (_, _, _), after, bus = _burst(connected=True, read_done=True, ports=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert bus.at_read_end == 0, "published before the other socket's datagram was read"
+    assert len(bus.messages) == 20, "and not on the next turn either"
