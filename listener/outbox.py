@@ -48,7 +48,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def put(self, topic: str, payload: Any) -> None:
+    def put(self, topic: str, payload: Any, soon: bool = True) -> None:
+        """File ``payload`` for ``topic``. ``soon``: send it on the next turn; without, the
+        caller calls :meth:`now` (or :meth:`kick`) itself once it may be sent."""
         pending = self._pending
         if topic in pending:
             self.coalesced += 1
@@ -57,7 +59,8 @@ class Outbox:
             self.dropped += 1
             return
         pending[topic] = payload
-        self.kick()
+        if soon:
+            self.kick()
 
     def kick(self) -> None:
         """Send what the window allows on the next reactor turn (after the datagrams at hand

@@ -118,7 +118,15 @@ class AnsweringPort(udp.Port):
         return port
 
     def doRead(self) -> None:
-        super().doRead()
-        protocol = self.protocol
-        if isinstance(protocol, SubscribeProtocol):
-            protocol.readDone()
+        try:
+            super().doRead()
+        finally:
+            # whatever ended the read: discoveries filed during it are not left behind
+            protocol = self.protocol
+            if isinstance(protocol, SubscribeProtocol):
+                try:
+                    protocol.readDone()
+                except Exception:
+                    # Raised out of doRead, it would make Twisted close this port: the listener
+                    # would stop hearing phones. A bad discovery costs a log line instead.
+                    log.failure("publishing the discoveries of a read failed")

@@ -180,7 +180,7 @@ class ListenerService:
                 ) from None
             buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             try:
-                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._publish, self.times,
+                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._file, self.times,
                                              on_read_done=self._read_done)
                 self.ports.append(AnsweringPort.adopt(ctx.reactor, sock.fileno(), sock.family, protocol,
                                                       MAX_DATAGRAM))
@@ -195,11 +195,21 @@ class ListenerService:
                      "its address, or 'all'")
         return self
 
-    def _publish(self, sighting: Sighting) -> None:
-        # Filed only: the outbox makes and sends the discovery on a later turn, and the log
-        # line waits for the end of this one (protocol.py says why)
-        self.outbox.put(self.ctx.topics.device(sighting.mac, "discovered"), sighting)
+    def _file(self, sighting: Sighting) -> None:
+        # Filed only, from a protocol whose port reports the end of its read (_read_done):
+        # made, sent and logged there (protocol.py says why), with no timed call to make and
+        # cancel per phone
+        self.outbox.put(self.ctx.topics.device(sighting.mac, "discovered"), sighting, soon=False)
         self._unlogged.append(sighting)
+
+    def _publish(self, sighting: Sighting) -> None:
+        # Filed, for a protocol that does not report the end of its read: the outbox makes and
+        # sends the discovery on a later turn, and the log line waits for the end of this one
+        self._file(sighting)
+        self._later()
+
+    def _later(self) -> None:
+        self.outbox.kick()
         if self._log_call is None:
             self._log_call = self.ctx.reactor.callLater(0, self._log_turn)
 
@@ -211,11 +221,12 @@ class ListenerService:
         if not self._unlogged:
             return
         if len(self.ports) > 1 and any(waiting(port) for port in self.ports):
+            self._later()
             return
         self.outbox.now()
         if self._log_call is not None and self._log_call.active():
             self._log_call.cancel()
-            self._log_turn()
+        self._log_turn()
 
     def _log_turn(self) -> None:
         # Not where the discovery leaves the outbox: while the broker is away that can be

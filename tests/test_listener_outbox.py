@@ -210,3 +210,45 @@ def test_with_another_interface_s_datagrams_waiting_the_discoveries_wait_for_the
             sock.close()
     assert bus.at_read_end == 0, "published before the other socket's datagram was read"
     assert len(bus.messages) == 20, "and not on the next turn either"
+
+
+def test_a_failure_after_the_read_costs_a_log_line_not_the_socket():
+    # Raised out of the port's doRead, an error would make Twisted close the port, and the
+    # listener would stop hearing phones for good.
+    import socket
+
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.logger import globalLogPublisher
+
+    from listener.discovery import SubscribeCore
+    from listener.protocol import AnsweringPort, SubscribeProtocol
+    from services.sip.message import MAX_DATAGRAM
+
+    poller = EPollReactor()  # never run: doRead is called as it would call it
+    heard: list = []
+
+    def broken() -> None:
+        raise RuntimeError("a bug in making a discovery")
+
+    protocol = SubscribeProtocol(SubscribeCore(), "127.0.0.1", poller, heard.append,
+                                 on_read_done=broken)
+    protocol.datagramReceived = lambda data, addr: heard.append(data)  # type: ignore[method-assign]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    failures: list = []
+    observer = lambda event: event.get("log_failure") and failures.append(event)  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        port = AnsweringPort.adopt(poller, sock.fileno(), socket.AF_INET, protocol, MAX_DATAGRAM)
+        for n in range(2):
+            sender.sendto(b"SUBSCRIBE %d" % n, sock.getsockname())
+            port.doRead()
+        assert heard == [b"SUBSCRIBE 0", b"SUBSCRIBE 1"] and port.connected
+        assert len(failures) == 2
+        port.stopListening()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        sock.close()
+        sender.close()
