@@ -42,9 +42,9 @@ class ReadySocketClient(mqtt.Client):
     _ready_sock: socket.socket | None = None
     _received = b""  # bytes read from the socket that paho has not asked for yet
     _received_at = 0
-    # The last recv took less than it asked for from a plain TCP socket, and all of it has been
-    # read since: the socket was empty then, and the next recv would most likely only say so
-    # (Touch 10)
+    # The last recv took a few bytes (DRAINED_SIZE at most: a PUBACK or a few) from a plain TCP
+    # socket, and all of it has been read since: the socket was empty then, and handling them
+    # took microseconds, so the next recv would most likely only say "would block" (Touch 10)
     _drained = False
 
     def hand_socket(self, sock: socket.socket | None) -> None:
@@ -140,7 +140,7 @@ class ReadySocketClient(mqtt.Client):
         data, at = self._received, self._received_at
         if at >= len(data):
             if self._drained:
-                # The last recv was short: the socket held no more, and one more recv (a system
+                # The last recv was small: the socket held no more, and one more recv (a system
                 # call and an exception, for every PUBACK a service waits for) would only say
                 # so. "Again" sends the caller (the bus's bounded read, or paho's loop_read) back
                 # to wait for the socket to be readable;
@@ -159,7 +159,7 @@ class ReadySocketClient(mqtt.Client):
                 return self._paho_packet_read()  # the end of the connection, paho's way
             self._received, self._received_at, at = data, 0, 0
             sock = self._sock
-            self._drained = (len(data) < RECEIVE_SIZE and not isinstance(sock, ssl.SSLSocket)
+            self._drained = (len(data) <= DRAINED_SIZE and not isinstance(sock, ssl.SSLSocket)
                              and getattr(sock, "gettimeout", lambda: None)() == 0.0)  # non-blocking
             # what paho's keepalive reads: when bytes last came (one stamp per read)
             setattr(self, _RECEIVED_STAMP, time_func())
@@ -328,6 +328,12 @@ def remaining_length(size: int) -> bytes:
             return bytes(out)
 
 RECEIVE_SIZE = 65536  # what one recv asks for: a burst of PUBACKs or messages in one call
+# A recv of at most this many bytes is not followed by another in the same read (Touch 10).
+# Small: a read of a burst's messages takes long enough for more of them to arrive, and reading
+# those in the same batch keeps a burst's work together (the notifier's NOTIFYs before their
+# statuses, tests/test_notifier.py); a lone PUBACK (4 bytes), the wakeup of a service that
+# publishes one message per event, is what this spares a futile recv.
+DRAINED_SIZE = 64
 
 # paho's clock and the attribute its keepalive reads for "bytes last received" (renamed in 2.2)
 time_func: Callable[[], float] = getattr(mqtt, "time_func", time.monotonic)
