@@ -105,8 +105,8 @@ class AnsweringPort(udp.Port):
     read); only then may the listener spend time on discoveries without delaying an answer.
     Without this hook the discovery waited for a ``callLater(0)``: the next reactor turn, its
     poll, and then (publishing outside a read of the broker's socket) one more turn for the
-    socket to be reported writable; a quarter of a millisecond between a phone's 200 OK and
-    its discovery's PUBLISH at 500 phones/s (docs/BENCHMARKS.md)."""
+    socket to be reported writable: a fifth to a quarter of the time between a phone's 200 OK
+    and its discovery's PUBLISH at 500 phones/s (docs/BENCHMARKS.md, "Listener hop")."""
 
     @classmethod
     def adopt(cls, reactor: Any, fileno: int, family: int, protocol: SubscribeProtocol,
