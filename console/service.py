@@ -222,15 +222,19 @@ def _data(msg: Incoming) -> Any:
 class ConsoleComponent:
     """The running console as the runner sees it: the MQTT side, the web side and its port."""
 
-    def __init__(self, service: ConsoleService, web: Any, listen: Callable[[], Any]) -> None:
+    def __init__(self, service: ConsoleService, web: Any, listen: Callable[[], Any],
+                 pacing: Any = None) -> None:
         self.service = service
         self.web = web
         self.listen = listen
+        self.pacing = pacing  # console.pacing.ReadPacing, or None: every message read at once
         self.port: Any = None
 
     def start(self) -> "ConsoleComponent":
         self.port = self.listen()
         self.service.start()
+        if self.pacing is not None:
+            self.pacing.start()
         self.web.start()
         return self
 
@@ -238,5 +242,7 @@ class ConsoleComponent:
         return {}  # the console counts in the context's counters
 
     def stop(self) -> Any:
+        if self.pacing is not None:
+            self.pacing.stop()
         self.web.stop()
         return self.port.stopListening()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -172,6 +172,14 @@ def enrolment_payload(record: Record) -> bytes:
     return encode_json({**vars(payload), "v": payload.v})
 
 
+def _candidate_only(change: Change) -> bool:
+    """The move is an enrolling device's first candidate and nothing else."""
+    before, record = change.before, change.record
+    return (before is not None and before.state == ENROLLING and before.candidate is None
+            and record.candidate is not None
+            and record == replace(before, candidate=record.candidate, at=record.at))
+
+
 def enrolment_record(mac: str, raw: bytes) -> Record | None:
     """A retained ``enrolment`` read back (a rebuilt store), or None when it is not usable."""
     try:
@@ -204,6 +212,8 @@ class FileCore:
         self.broker_enrolment: dict[str, bytes] = {}
         self._seen_config: set[str] = set()
         self._restored: set[str] = set()  # whose published was put back since connecting
+        # devices whose new candidate is neither saved nor announced yet (discovered(hold=True))
+        self.held: dict[str, None] = {}
         self.configs_missing = 0  # stored devices whose config the broker did not replay
 
     def load(self, devices: list[DeviceFiles], now: float) -> list[Effect]:
@@ -290,9 +300,29 @@ class FileCore:
         record = self.enrolments.get(mac)
         return record is not None and record.state == ENROLLING
 
-    def discovered(self, mac: str, ip: str, now: float) -> list[Effect]:
-        """A discovery (a retained one replayed included) of ``mac`` from ``ip``."""
-        return self._changed(self.enrolments.discovered(mac, ip, now))
+    def discovered(self, mac: str, ip: str, now: float, hold: bool = False) -> list[Effect]:
+        """A discovery (a retained one replayed included) of ``mac`` from ``ip``.
+
+        ``hold``: a first candidate, the only move a discovery of a ready phone makes, is not
+        saved and announced now but by the next :meth:`release`, with every other one held
+        meanwhile (it counts for the gate at once: the record moved). Any other move of that
+        device before then saves and announces its record as it is, this candidate included."""
+        changes = self.enrolments.discovered(mac, ip, now)
+        if hold and len(changes) == 1 and _candidate_only(changes[0]):
+            self.held[mac] = None
+            return []
+        return self._changed(changes)
+
+    def release(self) -> list[Effect]:
+        """The held candidates: saved and announced (a device removed meanwhile was already)."""
+        held, self.held = self.held, {}
+        effects: list[Effect] = []
+        for mac in held:
+            record = self.enrolments.get(mac)
+            if record is not None:
+                effects.append(SaveEnrolment(mac, record))
+                effects += self._announce_enrolment(mac)
+        return effects
 
     def sweep(self, now: float) -> list[Effect]:
         """Enrolment windows that passed: expired, and said so."""
@@ -420,6 +450,7 @@ class FileCore:
         for change in changes:
             record = change.record
             mac = record.mac
+            self.held.pop(mac, None)  # saved and announced now, a held candidate with it
             effects.append(SaveEnrolment(mac, record))
             self.catalog.set_epoch(mac, record.epoch)
             if change.conflict:
@@ -458,6 +489,7 @@ class FileCore:
 
     def _remove(self, mac: str, away: bool = False) -> list[Effect]:
         effects: list[Effect] = []
+        self.held.pop(mac, None)
         record = self.enrolments.remove(mac)
         if record is not None:
             effects.append(SaveEnrolment(mac, None))

@@ -40,7 +40,7 @@ OnResult = Callable[[Result, "Answer | None"], Any]
 class Outgoing:
     data: bytes
     address: tuple[str, int]
-    on_result: OnResult
+    on_result: OnResult | None  # None once it got the result
     answer: Answer | None = None  # the final response, once it arrived
 
 
@@ -61,6 +61,7 @@ class NotifyEndpoint(DatagramProtocol):
         self._armed_for: float | None = None
         self._stopped = False
         self._local: tuple[str, int] | None = None
+        self._sendto: Callable[[bytes, tuple[str, int]], Any] | None = None
 
     # --- public ---
     @property
@@ -81,9 +82,14 @@ class NotifyEndpoint(DatagramProtocol):
             raise RuntimeError("endpoint stopped")
         if key is None:
             key = request_key(request)
+        if key in self.table:
+            raise ValueError(f"a transaction with branch {key.branch!r} already exists")
         out = Outgoing(request.to_bytes(), address, on_result)
-        self.table.start(key, out, self.clock.seconds(), timers)
+        now = self.clock.seconds()
+        # The datagram first (the phone waits for it), then its transaction: no answer can be
+        # read before this returns to the reactor, so the transaction is there for it anyway.
         self._write(out)
+        self.table.start(key, out, now, timers)
         self._arm()
         return key
 
@@ -106,6 +112,12 @@ class NotifyEndpoint(DatagramProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             except OSError:
                 pass
+            # Twisted's Port.write asks of every address whether it is IPv4 and whether it is
+            # IPv6, in Python, before the socket's sendto (as the listener found for its
+            # answers). Every address here is an IPv4 one already checked (notifier.build's
+            # destination), so the datagrams go to sendto itself; its errors are OSError, which
+            # _write handles (Port.write would raise MessageLengthError, which it did not).
+            self._sendto = sock.sendto
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -131,7 +143,10 @@ class NotifyEndpoint(DatagramProtocol):
     def _write(self, out: Outgoing) -> None:
         assert self.transport is not None, "a NOTIFY sent before the socket is bound"
         try:
-            self.transport.write(out.data, out.address)
+            if self._sendto is not None:
+                self._sendto(out.data, out.address)
+            else:  # a transport without a socket (a test's, a bench's)
+                self.transport.write(out.data, out.address)
         except OSError as exc:
             # The retransmission timer tries again; Timer F reports the failure.
             self.counters["sip_send_errors"] += 1
@@ -146,8 +161,17 @@ class NotifyEndpoint(DatagramProtocol):
             elif event.action is Action.FINAL:
                 result = event.entry.transaction.result
                 assert result is not None  # FINAL is reported once the result is set
+                on_result, answer = out.on_result, out.answer
+                # The transaction stays until Timer K (T4, 5 s) to absorb answers sent again,
+                # and needs neither its request's bytes nor whoever waited: let go now, the
+                # NOTIFY's objects (its Request, the answer, the service's Attempt) are freed at
+                # once, not after Timer K (objects the garbage collector tracks, per NOTIFY in
+                # Timer K: 23 before, 10 now; at 500/s that is 2,500 NOTIFYs' worth).
+                out.on_result, out.answer, out.data = None, None, b""
+                if on_result is None:
+                    continue  # reported already (FINAL comes once: never seen)
                 try:
-                    out.on_result(result, out.answer)
+                    on_result(result, answer)
                 except Exception:
                     log.failure("result handler failed")
             elif event.action is Action.ABSORBED:

@@ -52,6 +52,18 @@ MAX_AUTHENTICATED = 2
 UNPROVEN_TIMER_F = 8
 # Addresses remembered as having answered: more than a site's phones.
 MAX_ANSWERED = 65_536
+# NOTIFY statuses are held and published together. One status published alone cost a reactor
+# turn, a write to the broker and, back, a PUBACK read alone: at 500 phones/s about a sixth of
+# the notifier's CPU per phone (docs/BENCHMARKS.md, "Notifier hop"). Held, a phone's ``sent``
+# and its outcome (a phone answers within milliseconds) and those of the phones around it
+# leave in one write, and their PUBACKs come back in one read. They go with the first outcome
+# (an answer) that comes STATUS_AFTER or more after the oldest of them: right after a phone's
+# answer, when the reactor has nothing of that phone left to do and the next phone is least
+# likely to be waiting (a timer would fire at any moment of the next phone's path); and at the
+# latest STATUS_WAIT after it, when no answer comes. Nothing acts on a status (the console,
+# the PBX and operators watch it): no NOTIFY waits for one.
+STATUS_AFTER = 0.005  # seconds
+STATUS_WAIT = 0.02  # seconds
 
 
 @dataclass
@@ -63,10 +75,11 @@ class Attempt:
     address: tuple[str, int]
     endpoint: NotifyEndpoint
     in_dialog: bool
-    call_id: str
-    topic: str  # its device's ``notify``
-    url: str  # as the statuses show it (no secret)
     key: Key | None = None  # of ``request``, when its builder knows it
+    # for the statuses, filled in once the first datagram left (Notifier._execute)
+    call_id: str = ""
+    topic: str = ""  # its device's ``notify``
+    url: str = ""  # as the statuses show it (no secret)
     attempts: int = 0  # transmissions of the earlier requests
     started_at: float | None = None  # of the first transaction
     authenticated: int = 0  # requests sent with credentials
@@ -105,8 +118,11 @@ class Notifier:
         self._errored: set[str] = set()  # MACs whose error topic holds a refusal we reported
         self._ports: list[Any] = []
         self._stopped = False
-        self._reports: list[Callable[[], None]] = []  # after this turn's NOTIFYs (_execute)
+        # statuses (and what goes with them), held to be published together (STATUS_AFTER)
+        self._reports: list[Callable[[], None]] = []
         self._reports_call: Any = None
+        self._held_since = 0.0  # when the oldest of them was held
+        self._kept: dict[str, bytes] = {}  # topic -> the status last published there
 
     def start(self) -> "Notifier":
         interface = self.settings.sip_interface
@@ -290,8 +306,6 @@ class Notifier:
         d = device.discovered
         endpoint = self._endpoint_for(d.interface)
         local = build.Local(*endpoint.local)
-        published = self.store.published.get(plan.mac)
-        vendor = d.vendor or (published.vendor if published else "")
         in_dialog = False
         # the builder's branch and CSeq are the transaction's key: nothing reads them back
         branch = new_branch()
@@ -299,7 +313,9 @@ class Notifier:
         try:
             target = build.target(d)
             if plan.kind == decide.UA_PROFILE:
-                mode = self.settings.notify_dialog.mode_for(vendor)
+                published = self.store.published.get(plan.mac)
+                mode = self.settings.notify_dialog.mode_for(
+                    d.vendor or (published.vendor if published else ""))
                 in_dialog = mode == IN_DIALOG
                 cseq = self.store.next_cseq(plan.mac) if in_dialog else 1
                 request = build.ua_profile(d, plan.url, local, mode, cseq, branch, target.uri)
@@ -309,23 +325,28 @@ class Notifier:
             self.counters_["notify_unbuildable"] += 1
             self.ctx.publish_error(plan.mac, "notify", f"cannot build the NOTIFY: {exc}")
             return
-        if not self.store.mark_sent(plan.key, self.wall()):
+        now = self.wall()
+        if not self.store.mark_sent(plan.key, now):
             return
-        if plan.epoch is not None:
-            self.store.address_epoch(plan.mac, plan.epoch, d.ip, self.wall())
-        call_id = request.call_id or ""
-        address = target.address
-        attempt = Attempt(plan, request, address, endpoint, in_dialog, call_id,
-                          self.ctx.topics.device(plan.mac, "notify"), url_without_secret(plan.url),
-                          Key.of(branch, cseq, "NOTIFY"))
-        # The order of a NOTIFY's work, and why: the datagram first (the phone waits for it);
-        # its sent record (queued by mark_sent above) commits with the others of the next
-        # COMMIT_AFTER (notifier/main.py), so a crash before that sends it once more after the
-        # restart, never loses it; its ``sent`` status and log line after the other messages
-        # read in this turn got their NOTIFYs (each of them would otherwise wait for this one's
-        # publish), and before any later status of it (_status runs what waits first).
+        attempt = Attempt(plan, request, target.address, endpoint, in_dialog, Key.of(branch, cseq, "NOTIFY"))
+        # The order of a NOTIFY's work, and why. Before the datagram only what decides it and
+        # what makes it: the build, and the sent log's check and record (queued, in memory: a
+        # NOTIFY that is not in the log is never sent). The datagram next: the phone waits for
+        # it. Then the rest of this turn's bookkeeping (the epoch's address, in memory before
+        # any other message is read; what the statuses say). The sent record (queued by
+        # mark_sent above) commits with the others of the next COMMIT_AFTER
+        # (notifier/main.py), so a crash before that sends it once more after the restart,
+        # never loses it. Its ``sent`` status and log line wait (_later), with its outcome's
+        # and other phones' statuses, so that no NOTIFY waits for a status publish and they
+        # leave in one write; in order, so the ``sent`` goes first.
         self._send(attempt)
+        if plan.epoch is not None:
+            self.store.address_epoch(plan.mac, plan.epoch, d.ip, now)
         self.counters_["notify_sent"] += 1
+        call_id = attempt.call_id = request.call_id or ""
+        attempt.topic = self.ctx.topics.device(plan.mac, "notify")
+        attempt.url = url_without_secret(plan.url)
+        address = target.address
         at = now_iso()
 
         def report() -> None:
@@ -336,21 +357,31 @@ class Notifier:
                                             kind=plan.kind, revision=plan.revision, mac=plan.mac,
                                             host=address[0], port=address[1]))
 
-        self._after_turn(report)
+        self._later(report)
 
-    def _after_turn(self, work: Callable[[], None]) -> None:
+    def _later(self, work: Callable[[], None]) -> None:
+        """Hold a status (``work`` publishes it) to publish it with the others, in order."""
         if not self._reports:
-            self._reports_call = self.reactor.callLater(0, self._report)
+            self._held_since = self.clock.seconds()
+            self._reports_call = self.reactor.callLater(STATUS_WAIT, self._report)
         self._reports.append(work)
 
     def _report(self) -> None:
-        """What :meth:`_execute` left for after the turn, in order."""
+        """Publish the statuses :meth:`_later` holds, in order."""
         if self._reports_call is not None and self._reports_call.active():
             self._reports_call.cancel()
         self._reports_call = None
         reports, self._reports = self._reports, []
-        for work in reports:
-            work()
+        try:
+            for work in reports:
+                work()
+        finally:
+            # The keeper learns each topic's last status once: a phone's ``sent`` and its
+            # outcome published together leave only the outcome retained, and only it needs a
+            # fingerprint.
+            kept, self._kept = self._kept, {}
+            for topic, data in kept.items():
+                self.keeper.put(topic, data)
 
     def _held(self, held: decide.Held) -> None:
         if not self.shard.owns(held.mac):
@@ -407,19 +438,27 @@ class Notifier:
                 return
         status = result.outcome.value
         self.counters_[f"notify_{status}"] += 1
-        self._status(attempt, NotifyStatus(
+        final = NotifyStatus(
             status=status, code=result.status, attempts=attempt.attempts, url=attempt.url,
             revision=plan.revision, call_id=attempt.call_id, at=now_iso(), reason=result.reason,
             rtt_ms=(round((result.ended_at - attempt.started_at) * 1000, 3)
                     if result.outcome is not Outcome.TIMEOUT else None),
-            kind=plan.kind, challenged=attempt.authenticated > 0))
-        if result.outcome is Outcome.REJECTED:
-            message = f"the phone refused the {plan.kind} NOTIFY: {result.status} {result.reason}".rstrip()
-            self.ctx.publish_error(plan.mac, "notify", f"{message} ({why})" if why else message)
-            self._errored.add(plan.mac)
-        elif result.outcome is Outcome.ACCEPTED and plan.mac in self._errored:
-            self._errored.discard(plan.mac)
-            self.ctx.clear_error(plan.mac)
+            kind=plan.kind, challenged=attempt.authenticated > 0)
+
+        def report() -> None:
+            self._status(attempt, final)
+            # the device's error after the status that explains it
+            if result.outcome is Outcome.REJECTED:
+                message = f"the phone refused the {plan.kind} NOTIFY: {result.status} {result.reason}".rstrip()
+                self.ctx.publish_error(plan.mac, "notify", f"{message} ({why})" if why else message)
+                self._errored.add(plan.mac)
+            elif result.outcome is Outcome.ACCEPTED and plan.mac in self._errored:
+                self._errored.discard(plan.mac)
+                self.ctx.clear_error(plan.mac)
+
+        self._later(report)
+        if self.clock.seconds() - self._held_since >= STATUS_AFTER:
+            self._report()
         if result.outcome is not Outcome.ACCEPTED:
             log.warn("NOTIFY {kind} to {mac}: {status} {code} {reason} after {attempts} attempts{why}",
                      kind=plan.kind, mac=plan.mac, status=status, code=result.status,
@@ -462,11 +501,9 @@ class Notifier:
         return again, ""
 
     def _status(self, attempt: Attempt, status: NotifyStatus) -> None:
-        if self._reports:
-            self._report()  # a NOTIFY's ``sent`` goes before its outcome
         if not self._stopped:
             # to_json()'s deep copy was a tenth of a NOTIFY's CPU time
             data = encode_flat(status)
             topic = attempt.topic
             self.ctx.bus.publish(topic, data, retain=True)
-            self.keeper.put(topic, data)
+            self._kept[topic] = data  # for the keeper, at the end of the _report that runs this

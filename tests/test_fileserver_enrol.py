@@ -276,6 +276,19 @@ class BanTest(EnrolCase):
 
 class RebuiltTest(EnrolCase):
     @defer.inlineCallbacks
+    def test_a_candidate_is_announced_and_one_still_held_at_a_stop_is_saved(self):
+        rt = yield self.start()
+        yield self.assign(config(enrol=("a1", ""), password="pw"))
+        # a discovery the broker does not keep: after the restart only the store can name it
+        self.probe.publish(self.topic("discovered"), json.dumps({"mac": MAC, "ip": PHONE}))
+        enrolments = rt.component.service.core.enrolments
+        yield eventually(lambda: enrolments.get(MAC).candidate == PHONE)
+        yield rt.stop()  # most likely within the 0.1 s the candidate waits to be saved
+        yield self.enrolment("enrolling", candidate=PHONE)
+        rt = yield self.start()
+        self.assertEqual(rt.component.service.core.enrolments.get(MAC).candidate, PHONE)
+
+    @defer.inlineCallbacks
     def test_a_lost_store_takes_each_device_s_enrolment_back_from_the_broker(self):
         rt = yield self.start()
         published = yield self.assign(config(enrol=("a1", ""), password="pw"))

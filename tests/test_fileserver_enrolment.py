@@ -192,6 +192,40 @@ def test_the_core_announces_enrolment_and_the_published_url_of_the_epoch():
     assert c.catalog.by_token(url.split("/")[-2]) is None
 
 
+def test_a_held_candidate_counts_at_once_and_is_saved_and_announced_at_the_release():
+    c = core()
+    assign(c, T0)
+    assert c.discovered(MAC, "10.0.0.5", T0 + 1, hold=True) == []
+    assert c.enrolments.get(MAC).candidate == "10.0.0.5"  # the gate pins it now
+    effects = c.release()
+    (saved,) = [e for e in effects if isinstance(e, SaveEnrolment)]
+    assert saved.record.candidate == "10.0.0.5"
+    assert announced(effects, "enrolment")[0]["candidate"] == "10.0.0.5"
+    assert c.release() == []
+    # the same address again, and a discovery that moves more than the candidate: not held
+    assert c.discovered(MAC, "10.0.0.5", T0 + 2, hold=True) == []
+    effects = c.discovered(MAC, "10.0.0.66", T0 + 3, hold=True)
+    assert [type(e) for e in effects if isinstance(e, Conflict)] == [Conflict]
+
+
+def test_a_move_before_the_release_saves_the_held_candidate_with_it():
+    c = core()
+    assign(c, T0)
+    c.discovered(MAC, "10.0.0.5", T0 + 1, hold=True)
+    # the conflict's record holds the first address: saved, announced, nothing left to release
+    effects = c.discovered(MAC, "10.0.0.66", T0 + 2, hold=True)
+    (saved,) = [e for e in effects if isinstance(e, SaveEnrolment)]
+    assert (saved.record.state, saved.record.candidate) == (CONFLICT, "10.0.0.5")
+    assert announced(effects, "enrolment")[0]["addresses"] == ["10.0.0.5", "10.0.0.66"]
+    assert c.release() == []
+    # a device unassigned while its candidate waits: its removal is what is saved
+    c2 = core()
+    assign(c2, T0)
+    c2.discovered(MAC, "10.0.0.5", T0 + 1, hold=True)
+    c2.config(MAC, None, None, True, T0 + 2)
+    assert c2.release() == []
+
+
 def test_a_conflict_is_an_error_naming_both_and_published_stops_enrolling():
     c = core()
     assign(c, T0)

@@ -168,3 +168,27 @@ def test_now_is_iso_utc_with_milliseconds():
 def test_url_without_secret_keeps_only_where_it_points(url, shown):
     # what devices/{mac}/notify may say of the URL sent: pbx and operator read it
     assert url_without_secret(url) == shown
+
+
+@pytest.mark.parametrize("url", [
+    "http://192.168.5.110:8080/p/Zm9vYmFy/cfg000b82f55284.xml", "HTTPS://Files.Example:443/p/",
+    "http://u:p@w@h.example/x", "http://h.example", "http://h.example?", "http://h.example/#frag",
+    "http://h.example/?#", "http://h.example#/x", "http://h.example/p?q#f", "http://[::1]:8080/p/",
+    "http://[::1/p", " http://h.example/p", "http://h.example/p q", "http://h\tx.example/p",
+    "http://hé.example/p", "ftp+x.y-z://h/", "1http://h/p", "http:/h/p", "mailto:someone",
+    "http://h.example:80", "http://h.example//", "//h.example/p", "",
+])
+def test_url_without_secret_reads_every_url_as_urlsplit_does(url):
+    """The fast reading of the usual URL gives what urlsplit's gives, and any other URL is
+    urlsplit's to read (or refuse)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        with pytest.raises(ValueError):
+            url_without_secret(url)
+        return
+    host = parts.netloc.rpartition("@")[2]
+    expected = f"{parts.scheme}://{host}" + ("/…" if parts.path.strip("/") or parts.query else "/")
+    assert url_without_secret(url) == expected

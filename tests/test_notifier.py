@@ -3,6 +3,7 @@ NOTIFY and answer (or not); the retained ``notify`` status says how it went."""
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 from collections import Counter
@@ -376,6 +377,39 @@ class NotifierTest(NotifierBase):
         self.assertEqual(first, ["datagram"] * len(macs) + ["status"] * len(macs), events)
 
     @defer.inlineCallbacks
+    def test_statuses_are_held_together_in_order_and_a_stop_publishes_what_it_holds(self):
+        """A NOTIFY's ``sent`` and its outcome are held (here for an hour, so that only the
+        stop publishes them) and then leave in order, the ``sent`` first; a clean stop loses
+        none of them."""
+        import notifier.service
+
+        self.patch(notifier.service, "STATUS_AFTER", 3600.0)
+        self.patch(notifier.service, "STATUS_WAIT", 3600.0)
+        phone = self.phone(status=None)  # answered by hand below
+        self.publish()
+        component = yield self.start()
+        events: list[str] = []
+        publish = Bus.publish
+
+        def spy_publish(bus, topic, payload, *args, **kwargs):
+            if topic.endswith("/notify") and payload:
+                events.append(json.loads(payload)["status"])
+            return publish(bus, topic, payload, *args, **kwargs)
+
+        self.patch(Bus, "publish", spy_publish)
+        self.discover(phone)
+        yield eventually(lambda: phone.requests)
+        _, notify, source = phone.received[0]
+        ok = build_response(notify, 200, "OK", to_tag="phonetag9", received=source)
+        phone.transport.write(ok.to_bytes(), source)
+        yield eventually(lambda: component.counters_["notify_accepted"] == 1)
+        events.append("stop")
+        yield self.runtimes.pop().stop()
+        self.assertEqual(events, ["stop", "sent", "accepted"])
+        statuses = yield eventually(lambda: self.statuses() if len(self.statuses()) == 2 else None)
+        self.assertEqual([s["status"] for s in statuses], ["sent", "accepted"])
+
+    @defer.inlineCallbacks
     def test_two_shards_send_each_phone_exactly_one_notify_across_restarts(self):
         phones = {f"000b82f5{i:04x}": self.phone(f"127.0.0.{i + 2}") for i in range(8)}
         owner = {mac: 1 + zlib.crc32(mac.encode()) % 2 for mac in phones}
@@ -606,6 +640,25 @@ class EndpointOnClockTest(unittest.TestCase):
         yield task.deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(len(phone.requests), 11)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_datagram_the_socket_refuses_is_counted_and_its_transaction_times_out(self):
+        """A NOTIFY too large for UDP (a URL of 70 KB, say): the socket refuses it, the service
+        goes on (Twisted's write raised MessageLengthError past the handler), the failure is
+        counted, and Timer F reports the phone unreached."""
+        clock = task.Clock()
+        counters = Counter()
+        endpoint = NotifyEndpoint(clock, Timers(), counters)
+        port = reactor.listenUDP(0, endpoint, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        d = Discovered(mac=MAC, vendor="snom", model="D785", firmware="1", ip="127.0.0.4",
+                       port=5060, contact="<sip:127.0.0.4:5060>", user_agent="snom", call_id="c3",
+                       from_tag="f", to_tag="t", seen_at=now_iso())
+        request = build.ua_profile(d, URL + "x" * 70_000, build.Local(*endpoint.local), "in-dialog", 1)
+        results = []
+        endpoint.send(request, build.destination(d), lambda result, _answer: results.append(result))
+        self.assertEqual(counters["sip_send_errors"], 1)
+        clock.advance(64 * Timers().t1)
+        self.assertEqual([r.outcome for r in results], [Outcome.TIMEOUT])
 
     @defer.inlineCallbacks
     def test_late_and_duplicate_answers_on_the_wire(self):
