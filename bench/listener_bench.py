@@ -21,10 +21,18 @@ IP_MULTICAST_IF=127.0.0.1 and TTL 0; the listener joins on 127.0.0.1 only):
    packet-in-to-answer-out time from above; the listener's own view of it (datagram read ->
    answer written) comes from its status counters.
 
+4. ``--hops``: the listener in this process (the real reactor, bus and a private mosquitto), phones
+   in a child process at ``--rate``; per new phone, perf_counter stamps of the answer's
+   ``sendto``, the outbox's turn, the discovery made, handed to paho, and the ``send`` that put
+   its PUBLISH on the socket (the k-th discovery is the k-th answer: every phone is new), and
+   the process's CPU per phone. The stamps are the bench's wrappers, not the service's code.
+
 Everything it starts it stops; the run is bounded by the request counts and timeouts.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import argparse
 import json
@@ -186,6 +194,9 @@ class _CountingBus:
     def on_acknowledged(self, callback: object) -> None:
         pass
 
+    def batch(self):  # the real bus writes a batch's publishes at its end
+        return contextlib.nullcontext()
+
 
 def _fake_context(clock: object) -> object:
     from collections import Counter
@@ -341,6 +352,135 @@ def status_counters(broker_url: str, instance: str) -> dict:
     return got
 
 
+
+# --- 4. the hop from the answer to the discovery's PUBLISH, in process -----------------------
+
+
+def send_phones(sip_port: int, rate: float, seconds: float, base: int) -> None:
+    """The child process of ``--hops``: phones at ``rate``, answers collected (not timed)."""
+    phones = Phones(1000, sip_port)
+    wait_answering(phones)
+    open_loop(phones, rate, seconds, base)
+    phones.close()
+
+
+def hop_trace(rate: float, seconds: float, repeats: int) -> None:
+    """Where an answered new phone's discovery spends its time before its PUBLISH is written."""
+    from twisted.internet import reactor
+
+    from listener import main as listener_main
+    from services import settings as s
+    from services.runner import Runtime
+
+    tmp = Path(tempfile.mkdtemp(prefix="pnp-listener-hops-"))
+    broker = Mosquitto(tmp / "broker", persistence=False)
+    broker.start()
+    sip_port = free_port()
+    settings = s.resolve(s.COMMON + s.CONTRACT + listener_main.SETTINGS,
+                         {"mqtt_url": broker.url, "data_dir": str(tmp / "var"), "instance": "hops",
+                          "status_interval": "30", "sip_port": str(sip_port),
+                          "sip_interface": "127.0.0.1", "sip_rate": "1000000",
+                          "sip_burst": "1000000"}, environ={})
+    from services.log import start_logging
+
+    # as ``pnp listener`` runs (services/runner.py): its log lines written, its collector tuned
+    log_file = open(tmp / "listener.log", "w")
+    start_logging("listener", "json", stream=log_file)
+    import gc
+    gc.set_threshold(10_000, 20, 20)
+    runtime = Runtime("listener", settings, listener_main.start, reactor)
+    stamps: dict[str, list[float]] = {"answer": [], "turn": [], "made": [], "handed": [], "sent": []}
+    clock = time.perf_counter
+
+    def instrument() -> None:
+        service = runtime.component
+        for protocol in service.protocols:  # type: ignore[union-attr]
+            send = protocol._send
+
+            def answered(data: bytes, dest: tuple[str, int], send=send) -> None:
+                send(data, dest)
+                stamps["answer"].append(clock())
+            protocol._send = answered
+        outbox = service.outbox  # type: ignore[union-attr]
+        drain, encode, publish = outbox.drain, outbox.encode, outbox.bus.publish
+
+        def drained() -> None:
+            stamps["turn"].append(clock())  # one per turn: spread over its discoveries below
+            drain()
+        outbox.drain = drained
+
+        def encoded(topic: str, item: object) -> bytes:
+            data = encode(topic, item)
+            stamps["made"].append(clock())
+            return data
+        outbox.encode = encoded
+
+        def handed(topic: str, payload: object, *args: object, **kwargs: object) -> bool:
+            done = publish(topic, payload, *args, **kwargs)
+            if topic.endswith("/discovered") and payload:
+                stamps["handed"].append(clock())
+            return done
+        outbox.bus.publish = handed
+        client = runtime.bus._client
+        sock_send = client._sock_send
+
+        def sent(buf: bytes) -> int:
+            written = sock_send(buf)
+            now = clock()
+            stamps["sent"].extend([now] * bytes(buf[:written]).count(b"/discovered"))
+            return written
+        client._sock_send = sent
+
+    results: list[str] = []
+
+    def run_all() -> defer.Deferred:  # type: ignore[name-defined]
+        return defer.ensureDeferred(go())
+
+    async def go() -> None:
+        await runtime.start()
+        await runtime.bus.when_subscribed()
+        await task.deferLater(reactor, 2.5, lambda: None)  # the retained read-back ends
+        instrument()
+        for run in range(repeats):
+            for values in stamps.values():
+                values.clear()
+            cpu = time.process_time()
+            child = subprocess.Popen([sys.executable, __file__, "--send-phones", str(sip_port),
+                                      "--rate", str(rate), "--seconds", str(seconds),
+                                      "--base", str((run + 1) * 1_000_000)])
+            while child.poll() is None:
+                await task.deferLater(reactor, 0.1, lambda: None)
+            await task.deferLater(reactor, 0.3, lambda: None)
+            cpu = time.process_time() - cpu
+            results.append(report(stamps, cpu, run))
+        reactor.stop()
+
+    def report(st: dict[str, list[float]], cpu: float, run: int) -> str:
+        n = min(len(st["answer"]), len(st["sent"]), len(st["made"]), len(st["handed"]))
+        answers = st["answer"][-n:]  # wait_answering's probes come first
+        made, handed, sent = st["made"][-n:], st["handed"][-n:], st["sent"][-n:]
+        us = lambda a, b: [(y - x) * 1e6 for x, y in zip(a, b)]  # noqa: E731
+        parts = []
+        for name, values in (("answer->made", us(answers, made)), ("made->handed", us(made, handed)),
+                             ("handed->sent", us(handed, sent)),
+                             ("answer->sent", us(answers, sent))):
+            parts.append(f"{name} p50 {percentile(values, 50):.0f} p99 "
+                         f"{percentile(values, 99):.0f}")
+        return (f"run {run + 1}: {n} phones, listener CPU {cpu / max(n, 1) * 1e6:.0f} us/phone, "
+                f"{len(st['turn'])} outbox turns; us: " + ", ".join(parts))
+
+    from twisted.internet import defer, task
+    reactor.callWhenRunning(lambda: run_all().addErrback(lambda f: (print(f), reactor.stop())))
+    try:
+        reactor.run()
+    finally:
+        broker.stop()
+        log_file.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    for line in results:
+        print(line)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -358,7 +498,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7, help="best of this many, in-process CPU runs")
     parser.add_argument("--nice", type=int, default=0,
                         help="nice value for the listener and the phones (e.g. -15 on a shared machine, as root)")
+    parser.add_argument("--hops", action="store_true",
+                        help="only the in-process trace of answer -> discovery's PUBLISH at --rate")
+    parser.add_argument("--send-phones", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--base", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.send_phones:
+        send_phones(args.send_phones, args.rate, args.seconds, args.base)
+        return 0
+    if args.hops:
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+              f"{args.rate:.0f} new phones/s for {args.seconds:g} s, {args.repeats} runs")
+        hop_trace(args.rate, args.seconds, args.repeats)
+        return 0
 
     cpus = sorted(os.sched_getaffinity(0))
     listener_cpu, generator_cpu = cpus[0], cpus[-1]

@@ -12,6 +12,11 @@ reactor would make: ``SocketAdapter.doRead``/``doWrite`` and ``Bus.publish``), b
 - ``recv-q1-alone``: ``recv-q1``, one message per read (a quiet service: a wakeup each);
 - ``publish-q1``: a retained QoS 1 publish: ``Bus.publish``, its write, its PUBACK read back;
 - ``publish-q1-expiry``: the same with an expiry.
+- ``publish-alone``: one retained QoS 1 publish with an expiry outside a read (the listener's
+  discovery at 500 phones/s: a turn each), written when the reactor reports the socket
+  writable (``doWrite``; the epoll_ctl pair counted, the poll round between not), then its
+  PUBACK read alone (a wakeup of its own);
+- ``publish-alone-batch``: the same published in ``Bus.batch()``: written as the batch ends.
 
     .venv/bin/python bench/mqtt_bench.py [--count 20000] [--rounds 5]
 """
@@ -139,6 +144,32 @@ def bench_publish(count: int, expiry: int | None) -> float:
     return cpu / (count // BATCH * BATCH)
 
 
+def bench_publish_alone(count: int, batched: bool) -> float:
+    bus, broker, _ = make_bus()
+    adapter = bus._reader
+    assert adapter is not None
+    client = bus._client
+    cpu = 0.0
+    for _ in range(count):
+        start = time.process_time()
+        if batched:
+            with bus.batch():
+                bus.publish(TOPIC, PAYLOAD, retain=True, expiry=300)
+        else:
+            bus.publish(TOPIC, PAYLOAD, retain=True, expiry=300)
+            adapter.doWrite()  # what the reactor calls once the socket is reported writable
+        cpu += time.process_time() - start
+        mid = next(iter(client._out_messages))
+        drain(broker)
+        broker.sendall(bytes((0x40, 2, mid >> 8, mid & 255)))
+        start = time.process_time()
+        adapter.doRead()
+        cpu += time.process_time() - start
+        assert not client._out_messages
+    broker.close()
+    return cpu / count
+
+
 CASES: dict[str, Callable[[int], float]] = {
     "recv-q1": lambda n: bench_receive(n, 1, b""),
     "recv-q1-expiry": lambda n: bench_receive(n, 1, b"\x02" + struct.pack("!I", 300)),
@@ -147,6 +178,8 @@ CASES: dict[str, Callable[[int], float]] = {
     "recv-q1-alone": lambda n: bench_receive(n, 1, b"", batch=1),
     "publish-q1": lambda n: bench_publish(n, None),
     "publish-q1-expiry": lambda n: bench_publish(n, 300),
+    "publish-alone": lambda n: bench_publish_alone(n, False),
+    "publish-alone-batch": lambda n: bench_publish_alone(n, True),
 }
 
 

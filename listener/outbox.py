@@ -18,8 +18,12 @@ class Outbox:
     def __init__(self, bus: Any, reactor: Any, window: int = 16, max_pending: int = 100_000,
                  retry: float = 0.002, batch: int = 8,
                  encode: Callable[[str, Any], bytes] | None = None,
-                 expiry: Callable[[str], int | None] | None = None) -> None:
+                 expiry: Callable[[str], int | None] | None = None,
+                 sent: Callable[[str, bytes], Any] | None = None) -> None:
         self.bus = bus
+        # (topic, payload) of each message handed to the bus, called once its batch is
+        # written: bookkeeping that need not hold the message back
+        self.sent = sent or (lambda topic, payload: None)
         # seconds the broker keeps a topic's message (asked after encoding it), None: for ever
         self.expiry = expiry or (lambda topic: None)
         # Items are encoded when they leave, not when they come: in a burst, that work waits
@@ -44,7 +48,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def put(self, topic: str, payload: Any) -> None:
+    def put(self, topic: str, payload: Any, soon: bool = True) -> None:
+        """File ``payload`` for ``topic``. ``soon``: send it on the next turn; without, the
+        caller calls :meth:`now` (or :meth:`kick`) itself once it may be sent."""
         pending = self._pending
         if topic in pending:
             self.coalesced += 1
@@ -53,7 +59,8 @@ class Outbox:
             self.dropped += 1
             return
         pending[topic] = payload
-        self.kick()
+        if soon:
+            self.kick()
 
     def kick(self) -> None:
         """Send what the window allows on the next reactor turn (after the datagrams at hand
@@ -65,6 +72,15 @@ class Outbox:
         elif self._call.active() and self._call.getTime() > self.reactor.seconds():
             self._call.reset(0)  # e.g. the broker is back: do not wait out the slow retry
 
+    def now(self) -> None:
+        """Send what the window allows at once, not on the next turn: the caller knows nothing
+        more urgent waits (the listener, once a read has answered every datagram at hand)."""
+        if not self._pending:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self.drain()
+
     def drain(self) -> None:
         self._call = None
         pending = self._pending
@@ -72,13 +88,18 @@ class Outbox:
         room = 0
         if bus.connected:
             room = self.window - bus.queued
-            for _ in range(min(room, self.batch)):
-                if not pending:
-                    break
-                topic, item = pending.popitem(last=False)
-                if not self._publish(topic, item):
-                    self.dropped += 1
-                room -= 1
+            # One write for the batch, made at its end, rather than a wait for the reactor to
+            # report the broker's socket writable (Bus.batch)
+            handed: list[tuple[str, bytes]] = []
+            with bus.batch():
+                for _ in range(min(room, self.batch)):
+                    if not pending:
+                        break
+                    topic, item = pending.popitem(last=False)
+                    self._publish(topic, item, handed)
+                    room -= 1
+            for topic, data in handed:
+                self.sent(topic, data)
         if pending and self._call is None:
             # Room left: the next batch on the next turn. Window full: the next PUBACK kicks
             # us (the retry is only a fallback). Broker away: its return (on_connect) does.
@@ -90,17 +111,24 @@ class Outbox:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        handed: list[tuple[str, bytes]] = []
         while self._pending:
             topic, item = self._pending.popitem(last=False)
-            if not self._publish(topic, item):
-                self.dropped += 1
+            self._publish(topic, item, handed)
+        for topic, data in handed:
+            self.sent(topic, data)
 
-    def _publish(self, topic: str, item: Any) -> bool:
+    def _publish(self, topic: str, item: Any, handed: list[tuple[str, bytes]]) -> None:
         data = self.encode(topic, item)
         expiry = self.expiry(topic)
         if expiry is None:
-            return bool(self.bus.publish(topic, data, retain=True))
-        return bool(self.bus.publish(topic, data, retain=True, expiry=expiry))
+            done = self.bus.publish(topic, data, retain=True)
+        else:
+            done = self.bus.publish(topic, data, retain=True, expiry=expiry)
+        if done:
+            handed.append((topic, data))
+        else:
+            self.dropped += 1  # the bus's queue is full: not kept either, as never sent
 
     def cancel(self) -> None:
         if self._call is not None and self._call.active():

@@ -18,7 +18,10 @@ publishes a new one."""
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from collections import OrderedDict
 from functools import partial
 from typing import Any
@@ -29,7 +32,7 @@ from twisted.logger import Logger
 from listener.discovery import Sighting, SubscribeCore
 from listener.multicast import GROUP, open_group_socket
 from listener.outbox import Outbox
-from listener.protocol import AnswerTimes, SubscribeProtocol
+from listener.protocol import AnswerTimes, AnsweringPort, SubscribeProtocol
 from services.sip.message import MAX_DATAGRAM
 from services import netif
 from services.mqtt import Incoming
@@ -50,6 +53,14 @@ RETAINED_QUIET = 2.0
 MAX_EXPIRING_KEPT = 20_000
 
 
+def waiting(port: Any) -> bool:
+    """Whether a datagram waits on ``port``'s socket (FIONREAD: the next one's size)."""
+    try:
+        return bool(struct.unpack("i", fcntl.ioctl(port.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+    except OSError:
+        return False
+
+
 class ListenerService:
     def __init__(self, ctx: Context, core: SubscribeCore) -> None:
         self.ctx = ctx
@@ -63,7 +74,7 @@ class ListenerService:
         # phone's answer goes out before any MQTT work is done.
         self.keeper = Keeper(ctx, ctx.topics.devices("discovered"), republish=self._restore)
         self.outbox = Outbox(ctx.bus, ctx.reactor, window=ctx.settings.publish_window,
-                             encode=self._encode, expiry=self._expiry)
+                             encode=self._encode, expiry=self._expiry, sent=self.keeper.put)
         self.ttl: int = ctx.settings.discovery_ttl
         self.served: set[str] = set()  # MACs the fileserver reported a download of
         self._payloads: dict[str, bytes] = {}  # topic -> the discovery we last published there
@@ -91,7 +102,8 @@ class ListenerService:
             self._expiring[topic] = self.ctx.reactor.seconds() + self.ttl
             if len(self._expiring) > MAX_EXPIRING_KEPT:
                 self._forget(next(iter(self._expiring)))
-        self.keeper.put(topic, payload)
+        # kept (keeper.put) once written: the outbox's ``sent``; its marker, which vouches for
+        # it, goes out a second or more later, after it on the same connection (retained.py)
         return payload
 
     def _expiry(self, topic: str) -> int | None:
@@ -168,9 +180,10 @@ class ListenerService:
                 ) from None
             buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             try:
-                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._publish, self.times)
-                self.ports.append(ctx.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol,
-                                                                maxPacketSize=MAX_DATAGRAM))
+                protocol = SubscribeProtocol(self.core, address, ctx.reactor, self._file, self.times,
+                                             on_read_done=self._read_done)
+                self.ports.append(AnsweringPort.adopt(ctx.reactor, sock.fileno(), sock.family, protocol,
+                                                      MAX_DATAGRAM))
                 self.protocols.append(protocol)
             finally:
                 sock.close()  # the reactor holds its own duplicate of the descriptor
@@ -182,13 +195,38 @@ class ListenerService:
                      "its address, or 'all'")
         return self
 
-    def _publish(self, sighting: Sighting) -> None:
-        # Filed only: the outbox makes and sends the discovery on a later turn, and the log
-        # line waits for the end of this one (protocol.py says why)
-        self.outbox.put(self.ctx.topics.device(sighting.mac, "discovered"), sighting)
+    def _file(self, sighting: Sighting) -> None:
+        # Filed only, from a protocol whose port reports the end of its read (_read_done):
+        # made, sent and logged there (protocol.py says why), with no timed call to make and
+        # cancel per phone
+        self.outbox.put(self.ctx.topics.device(sighting.mac, "discovered"), sighting, soon=False)
         self._unlogged.append(sighting)
+
+    def _publish(self, sighting: Sighting) -> None:
+        # Filed, for a protocol that does not report the end of its read: the outbox makes and
+        # sends the discovery on a later turn, and the log line waits for the end of this one
+        self._file(sighting)
+        self._later()
+
+    def _later(self) -> None:
+        self.outbox.kick()
         if self._log_call is None:
             self._log_call = self.ctx.reactor.callLater(0, self._log_turn)
+
+    def _read_done(self) -> None:
+        """A socket's waiting datagrams are all answered: the discoveries they filed are made
+        and published now, in this reactor turn, then logged (protocol.py says why only now).
+        With several interfaces, another socket's datagrams may be waiting in this same turn:
+        their answers come first, and the discoveries wait for the timed calls as before."""
+        if not self._unlogged:
+            return
+        if len(self.ports) > 1 and any(waiting(port) for port in self.ports):
+            self._later()
+            return
+        self.outbox.now()
+        if self._log_call is not None and self._log_call.active():
+            self._log_call.cancel()
+        self._log_turn()
 
     def _log_turn(self) -> None:
         # Not where the discovery leaves the outbox: while the broker is away that can be

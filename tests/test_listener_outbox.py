@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from twisted.internet import defer, reactor, task
 
 from listener.outbox import Outbox
@@ -84,6 +86,9 @@ class _CountingBus:
     def on_acknowledged(self, callback):
         pass
 
+    def batch(self):  # the real bus writes a batch's publishes at its end
+        return contextlib.nullcontext()
+
 
 class _Transport:
     def __init__(self, events: list) -> None:
@@ -93,7 +98,7 @@ class _Transport:
         self.events.append(("answer", addr))
 
 
-def _burst(connected: bool):
+def _burst(connected: bool, read_done: bool = False, ports: list | None = None):
     """A listener core, service and protocol on a Clock with a bus that only counts; 20 new
     phones' SUBSCRIBEs in one read; what happened, in order, before and after the turn ends."""
     from collections import Counter
@@ -114,6 +119,7 @@ def _burst(connected: bool):
                           counters=Counter(), settings=SimpleNamespace(
                               sip_port=5060, publish_window=16, discovery_ttl=0, instance="t"))
     service = ListenerService(ctx, SubscribeCore(rate=1e9, burst=1e9))
+    service.ports = ports or []
     events: list = []
     protocol = SubscribeProtocol(service.core, "192.168.5.110", clock, service._publish,
                                  service.times)
@@ -131,6 +137,17 @@ def _burst(connected: bool):
                 b"1848599395-5080-1", b"%d-5080-1" % i)
             protocol.datagramReceived(data, (f"192.168.5.{i + 1}", 5080))
         during = (list(events), list(bus.messages), dict(service.keeper.prints))
+        if read_done:  # what AnsweringPort does once the socket has no datagram left
+            publish = bus.publish
+
+            def recorded(topic, payload, **options):
+                events.append(("published", topic))
+                return publish(topic, payload, **options)
+
+            bus.publish = recorded
+            protocol.on_read_done = service._read_done
+            protocol.readDone()
+            bus.at_read_end = len(bus.messages)
         for _ in range(10):
             clock.advance(0)
     finally:
@@ -160,3 +177,78 @@ def test_a_burst_is_answered_before_any_discovery_is_made_logged_or_published():
     assert topic == "pnp/devices/000b82000000/discovered"
     assert (found.mac, found.vendor, found.model, found.ip) == ("000b82000000", "grandstream",
                                                                 "GRP2614", "192.168.5.1")
+
+
+def test_when_the_read_is_over_its_discoveries_are_published_in_the_same_turn():
+    # No wait for the reactor's next turn once every waiting datagram is answered: the first
+    # batch of discoveries goes at once, then the log lines; the rest of the burst follows on
+    # the next turns, as before.
+    (events, published, _), after, bus = _burst(connected=True, read_done=True)
+    assert [kind for kind, _ in events] == ["answer"] * 20
+    assert published == []
+    kinds = [kind for kind, _ in after]
+    assert kinds[:20] == ["answer"] * 20
+    assert kinds[20:28] == ["published"] * 8 and bus.at_read_end == 8, (
+        "the read's first batch did not go at its end")
+    assert kinds[28:48] == ["log"] * 20
+    assert kinds[48:] == ["published"] * 12 and len(bus.messages) == 20
+
+
+def test_with_another_interface_s_datagrams_waiting_the_discoveries_wait_for_them():
+    # Two interface sockets, a SUBSCRIBE still unread on the other one: the read that ended
+    # leaves its discoveries to the next turn, so that SUBSCRIBE is answered first.
+    import socket
+
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        sockets[0].sendto(b"SUBSCRIBE", sockets[1].getsockname())
+        (_, _, _), after, bus = _burst(connected=True, read_done=True, ports=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert bus.at_read_end == 0, "published before the other socket's datagram was read"
+    assert len(bus.messages) == 20, "and not on the next turn either"
+
+
+def test_a_failure_after_the_read_costs_a_log_line_not_the_socket():
+    # Raised out of the port's doRead, an error would make Twisted close the port, and the
+    # listener would stop hearing phones for good.
+    import socket
+
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.logger import globalLogPublisher
+
+    from listener.discovery import SubscribeCore
+    from listener.protocol import AnsweringPort, SubscribeProtocol
+    from services.sip.message import MAX_DATAGRAM
+
+    poller = EPollReactor()  # never run: doRead is called as it would call it
+    heard: list = []
+
+    def broken() -> None:
+        raise RuntimeError("a bug in making a discovery")
+
+    protocol = SubscribeProtocol(SubscribeCore(), "127.0.0.1", poller, heard.append,
+                                 on_read_done=broken)
+    protocol.datagramReceived = lambda data, addr: heard.append(data)  # type: ignore[method-assign]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    failures: list = []
+    observer = lambda event: event.get("log_failure") and failures.append(event)  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        port = AnsweringPort.adopt(poller, sock.fileno(), socket.AF_INET, protocol, MAX_DATAGRAM)
+        for n in range(2):
+            sender.sendto(b"SUBSCRIBE %d" % n, sock.getsockname())
+            port.doRead()
+        assert heard == [b"SUBSCRIBE 0", b"SUBSCRIBE 1"] and port.connected
+        assert len(failures) == 2
+        port.stopListening()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        sock.close()
+        sender.close()

@@ -109,3 +109,55 @@ def test_what_a_read_s_handlers_publish_goes_out_at_its_end_and_a_remainder_late
     assert bytes(got).endswith(big + b"\x40\x02\x00\x02"), "the answer or its PUBACK cut short"
     mine.close()
     broker.close()
+
+
+def test_a_batch_s_publishes_leave_at_its_end_at_once_and_a_remainder_through_the_writer():
+    """Outside a read, publishes made in ``Bus.batch`` are written when it ends, in order,
+    without the reactor being asked to watch the socket; what the socket does not take then
+    is written once it is writable again."""
+    import socket
+
+    from paho.mqtt.enums import _ConnectionState
+    from twisted.internet.epollreactor import EPollReactor
+
+    poller = EPollReactor()  # never run: its registrations are what is checked
+    bus = Bus(parse_mqtt_url("mqtt://127.0.0.1:1"), "test-batch", poller)
+    mine, broker = socket.socketpair()
+    mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    mine.setblocking(False)
+    broker.setblocking(False)
+    client = bus._client
+    client._sock, client._state = mine, _ConnectionState.MQTT_CS_CONNECTING
+    bus._on_socket_open(client, None, mine)
+    bus.connected = True
+    reader = bus._reader
+
+    def received() -> bytes:
+        got = bytearray()
+        while True:
+            try:
+                got += broker.recv(1 << 20)
+            except BlockingIOError:
+                return bytes(got)
+
+    with bus.batch():
+        for i in range(3):
+            bus.publish(f"t/{i}", b"small")
+        assert received() == b"", "written before the batch ended"
+    assert reader not in poller.getWriters(), "watched for writability with nothing left"
+    written = received()
+    at = [written.find(f"t/{i}".encode()) for i in range(3)]
+    assert -1 not in at and at == sorted(at) and written.count(b"small") == 3
+    big = b"x" * 200_000
+    with bus.batch():
+        bus.publish("t/big", big)
+        bus.publish("t/after", b"last")
+    assert reader in poller.getWriters(), "a partly written batch left without a writer"
+    got = bytearray(received())
+    while client.want_write():
+        reader.doWrite()
+        got += received()
+    assert big in got and got.index(big) < got.index(b"t/after") and got.endswith(b"last"), (
+        "the batch cut short or reordered")
+    mine.close()
+    broker.close()

@@ -185,6 +185,34 @@ def test_packets_that_arrived_together_are_read_with_one_recv(broker, fast):
     client.disconnect()
 
 
+def test_after_a_short_read_the_socket_is_not_asked_again_until_it_is_readable(broker):
+    """A PUBACK comes alone: the recv that read it took all the socket had, and asking again
+    would only raise "would block". The read says "again" at once, without a system call; the
+    next read (the socket reported readable) asks the socket, and nothing is missed."""
+    import select
+
+    client = connected(broker)
+    client._sock.setblocking(False)  # as paho leaves it under an event loop
+    counting = CountingSocket(client._sock)
+    client._sock = counting
+    acked: list = []
+    client.on_publish = lambda c, userdata, mid, reason, properties: acked.append(mid)
+    read_packet, handle_rc = packet_reader(client)
+    for round_ in range(3):
+        info = client.publish(f"t/{round_}", b"x", qos=1)
+        while client.want_write():
+            client.loop_write()
+        assert select.select([counting._sock], [], [], 5)[0], "no PUBACK from the broker"
+        before = counting.recvs
+        assert read_packet() == mqtt.MQTT_ERR_SUCCESS and acked[-1] == info.mid
+        assert read_packet() == mqtt.MQTT_ERR_AGAIN
+        assert counting.recvs == before + 1, "the socket was asked again after a short read"
+    # a caller that asks once more anyway (no readiness in between) gets the socket's answer
+    assert read_packet() == mqtt.MQTT_ERR_AGAIN and counting.recvs == before + 2
+    assert acked == sorted(acked) and len(acked) == 3 and unacknowledged(client) == 0
+    client.disconnect()
+
+
 @pytest.mark.parametrize("name", ["_create_socket_connection", "_packet_read", "_loop_rc_handle",
                                   "_handle_pubackcomp", "_do_on_publish", "_sock_recv",
                                   "_packet_queue", "_easy_log"])

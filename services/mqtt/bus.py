@@ -63,6 +63,30 @@ def _expiry_properties(seconds: int) -> Properties:
     return properties
 
 
+class _Batch:
+    """``Bus.batch``: holds the socket adapter's writes while it is entered (a plain class: a
+    generator-based context manager costs more than the rest of a listener's publish)."""
+
+    __slots__ = ("reader", "held")
+
+    def __init__(self, reader: SocketAdapter | None) -> None:
+        self.reader = reader
+        self.held = False
+
+    def __enter__(self) -> None:
+        reader = self.reader
+        if reader is not None and not reader.reading:  # inside a read, the read writes at its end
+            reader.reading = self.held = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            reader = self.reader
+            assert reader is not None
+            reader.reading = self.held = False
+            if reader.active:
+                reader.flush()
+
+
 class _Subscription(TopicFilter):
     """A subscribed filter, its QoS and the handlers its messages go to."""
 
@@ -208,6 +232,19 @@ class Bus:
         self.counters["mqtt_published"] += 1
         self._kick_write()
         return True
+
+    def batch(self) -> "_Batch":
+        """What is published inside goes out at its end, at once, in one ``send`` where it can.
+
+        Outside a read of the broker's socket, a publish is written only when the reactor next
+        reports the socket writable: an epoll_ctl to watch it, a poll round that says so, and
+        an epoll_ctl to stop watching, for every turn that publishes. A timer or another
+        socket's handler that publishes (the listener's outbox, after its phones' answers)
+        saves those and the wait by publishing inside a batch. Inside a read (a message
+        handler) it changes nothing: the read writes at its end anyway. Writing at once keeps
+        the order: paho's queue is written front first, and what the socket does not take
+        waits for the reactor's writable report as before."""
+        return _Batch(self._reader)
 
     def publish_json(self, topic: str, payload: Any, retain: bool = False, qos: int = 1) -> bool:
         data = payload.to_json() if hasattr(payload, "to_json") else encode_json(payload)

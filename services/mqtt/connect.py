@@ -85,9 +85,10 @@ class SocketAdapter:
         self.client = client
         self.sock = sock
         self.active = True
-        # True while doRead runs: what its handlers publish and its PUBACKs are written at its
-        # end, so the bus does not ask the reactor to watch for writability meanwhile (an
-        # epoll_ctl to add and another to remove for every read that queues a packet)
+        # True while doRead (or a Bus.batch) runs: what its handlers publish and its PUBACKs
+        # are written at its end (flush), so the bus does not ask the reactor to watch for
+        # writability meanwhile (an epoll_ctl to add, a poll round, and an epoll_ctl to remove
+        # for every read that queues a packet)
         self.reading = False
         self._fileno: int = sock.fileno()
         self._again: Any = None
@@ -105,6 +106,12 @@ class SocketAdapter:
         # What the handlers published and the PUBACKs of what was read go out now, not after
         # another turn of the reactor: the broker sends a client only a few unacknowledged
         # messages at a time, so a late PUBACK stalls the next ones.
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what paho queued while ``reading`` was set (a read's handlers, or a batch of
+        publishes: ``Bus.batch``), in one ``send`` where it can, at once."""
+        client = self.client
         if client.want_write() or write_registered(client):
             # (registered with nothing queued: a TLS read that wanted to write; the bus did not
             # watch for it while reading, and loop_write clears paho's flag)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -41,6 +42,10 @@ class ReadySocketClient(mqtt.Client):
     _ready_sock: socket.socket | None = None
     _received = b""  # bytes read from the socket that paho has not asked for yet
     _received_at = 0
+    # The last recv took a few bytes (DRAINED_SIZE at most: a PUBACK or a few) from a plain TCP
+    # socket, and all of it has been read since: the socket was empty then, and handling them
+    # took microseconds, so the next recv would most likely only say "would block" (Touch 10)
+    _drained = False
 
     def hand_socket(self, sock: socket.socket | None) -> None:
         """The connected socket the next ``reconnect`` uses (None: take back one not used)."""
@@ -51,6 +56,7 @@ class ReadySocketClient(mqtt.Client):
     # Touch 1: paho's private socket factory, the one step of ``reconnect`` that blocks.
     def _create_socket_connection(self) -> socket.socket:
         self._received, self._received_at = b"", 0  # nothing of the last connection is read on
+        self._drained = False
         sock, self._ready_sock = self._ready_sock, None
         if sock is None:
             return super()._create_socket_connection()
@@ -133,6 +139,16 @@ class ReadySocketClient(mqtt.Client):
             return self._paho_packet_read()  # part-way through a packet paho began
         data, at = self._received, self._received_at
         if at >= len(data):
+            if self._drained:
+                # The last recv was small: the socket held no more, and one more recv (a system
+                # call and an exception, for every PUBACK a service waits for) would only say
+                # so. "Again" sends the caller (the bus's bounded read, or paho's loop_read) back
+                # to wait for the socket to be readable;
+                # bytes that came since keep it readable (epoll and select are level-triggered
+                # here), and the call after this one asks the socket whatever happens. Not for
+                # TLS, where decrypted bytes can wait in the SSL object, unseen by epoll.
+                self._drained = False
+                return MQTTErrorCode.MQTT_ERR_AGAIN
             try:
                 data = mqtt.Client._sock_recv(self, RECEIVE_SIZE)
             except BlockingIOError:
@@ -142,6 +158,9 @@ class ReadySocketClient(mqtt.Client):
             if not data:
                 return self._paho_packet_read()  # the end of the connection, paho's way
             self._received, self._received_at, at = data, 0, 0
+            sock = self._sock
+            self._drained = (len(data) <= DRAINED_SIZE and not isinstance(sock, ssl.SSLSocket)
+                             and getattr(sock, "gettimeout", lambda: None)() == 0.0)  # non-blocking
             # what paho's keepalive reads: when bytes last came (one stamp per read)
             setattr(self, _RECEIVED_STAMP, time_func())
         size = len(data)
@@ -309,6 +328,12 @@ def remaining_length(size: int) -> bytes:
             return bytes(out)
 
 RECEIVE_SIZE = 65536  # what one recv asks for: a burst of PUBACKs or messages in one call
+# A recv of at most this many bytes is not followed by another in the same read (Touch 10).
+# Small: a read of a burst's messages takes long enough for more of them to arrive, and reading
+# those in the same batch keeps a burst's work together (the notifier's NOTIFYs before their
+# statuses, tests/test_notifier.py); a lone PUBACK (4 bytes), the wakeup of a service that
+# publishes one message per event, is what this spares a futile recv.
+DRAINED_SIZE = 64
 
 # paho's clock and the attribute its keepalive reads for "bytes last received" (renamed in 2.2)
 time_func: Callable[[], float] = getattr(mqtt, "time_func", time.monotonic)
