@@ -11,8 +11,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from console.pacing import ReadPacing
-from console.service import ConsoleComponent, ConsoleService, Hub
+from console.service import READ_PACE, ConsoleComponent, ConsoleService, Hub
 from console.sessions import Sessions
 from console.settings import SETTINGS
 from console.table import DeviceTable
@@ -58,4 +57,5 @@ def start(ctx: Context) -> ConsoleComponent:
             log.warn("no console users: set PNP_CONSOLE_USERS (`pnp console-user`) or PNP_CONSOLE_ADMIN_PASSWORD")
         return port
 
-    return ConsoleComponent(service, web, serve, ReadPacing(ctx.reactor, ctx.bus)).start()
+    ctx.bus.pace_reads(READ_PACE)
+    return ConsoleComponent(service, web, serve).start()

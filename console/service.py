@@ -35,6 +35,15 @@ DEVICE_KINDS = ("discovered", "assignment", "config", "files", "notify", "fetche
                 "rearm", "rotate")
 
 FLUSH_EVERY = 0.25  # seconds
+# The console is on no phone's path, yet takes every message of every phone (a ready phone's
+# discovery, NOTIFY statuses and enrolment; a first boot's sixteen): at 500 phones a second a
+# wakeup per message was most of its CPU, on a machine whose notifier and listener wait for a
+# core meanwhile. So it reads the broker at most this often while messages keep coming
+# (Bus.pace_reads), far below FLUSH_EVERY. Not longer: what a pause gathers is read in one burst
+# of CPU (at 500 first boots a second, 50 ms gathered ~400 messages, several ms the scheduler may
+# run ahead of a woken notifier); 20 ms keeps nearly all of the gain (docs/BENCHMARKS.md,
+# "Console, fileserver and generator: CPU per ready phone").
+READ_PACE = 0.02  # seconds
 # A batch this large is a storm: nobody reads hundreds of rows changing four times a second,
 # and each row sent is a fold of the device (its payloads parsed). A phone's boot changes its
 # row for about a second: batched every half second, it is folded two or three times instead of
@@ -222,19 +231,15 @@ def _data(msg: Incoming) -> Any:
 class ConsoleComponent:
     """The running console as the runner sees it: the MQTT side, the web side and its port."""
 
-    def __init__(self, service: ConsoleService, web: Any, listen: Callable[[], Any],
-                 pacing: Any = None) -> None:
+    def __init__(self, service: ConsoleService, web: Any, listen: Callable[[], Any]) -> None:
         self.service = service
         self.web = web
         self.listen = listen
-        self.pacing = pacing  # console.pacing.ReadPacing, or None: every message read at once
         self.port: Any = None
 
     def start(self) -> "ConsoleComponent":
         self.port = self.listen()
         self.service.start()
-        if self.pacing is not None:
-            self.pacing.start()
         self.web.start()
         return self
 
@@ -242,7 +247,5 @@ class ConsoleComponent:
         return {}  # the console counts in the context's counters
 
     def stop(self) -> Any:
-        if self.pacing is not None:
-            self.pacing.stop()
         self.web.stop()
         return self.port.stopListening()

@@ -1,6 +1,6 @@
-"""The console reads the broker in batches (console/pacing.py), against a real mosquitto: what
-comes while it pauses waits and is read in one go; a backlog is not read slower; after a
-reconnect it still paces; nothing is lost."""
+"""The console reads the broker in batches (Bus.pace_reads, console.service.READ_PACE), against a
+real mosquitto: what comes while it pauses waits and is read in one go; a backlog is not read
+slower; after a reconnect it still paces; nothing is lost."""
 
 from __future__ import annotations
 
@@ -8,28 +8,10 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 
-
-from console.pacing import ReadPacing
+from console.service import READ_PACE
 from services.mqtt import Bus
 from services.settings import parse_mqtt_url
 from tests.support import BrokerCase, Probe, eventually
-
-
-class _Reactor:
-    """The real reactor for the socket, a clock of the test's for the pause: the test says when
-    a pause is over (no timed asserts)."""
-
-    def __init__(self, clock: task.Clock) -> None:
-        self.clock = clock
-
-    def addReader(self, reader: Any) -> None:
-        reactor.addReader(reader)
-
-    def removeReader(self, reader: Any) -> None:
-        reactor.removeReader(reader)
-
-    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
-        return self.clock.callLater(delay, f, *args)
 
 
 class ReadPacingTest(BrokerCase):
@@ -37,6 +19,8 @@ class ReadPacingTest(BrokerCase):
 
     def setUp(self) -> None:
         super().setUp()
+        # the real reactor for the socket, a clock of the test's for the pause: the test says
+        # when a pause is over (no timed asserts)
         self.clock = task.Clock()
         self.sender = Probe(self.broker.url, "nothing/#")
         self.addCleanup(self.sender.close)
@@ -46,16 +30,15 @@ class ReadPacingTest(BrokerCase):
         self.got: list[str] = []
         self.reads = 0
         self.bus.subscribe("pnp/devices/+/notify", lambda msg: self.got.append(msg.topic), qos=0)
-        self.pacing = ReadPacing(_Reactor(self.clock), self.bus)
-        self.addCleanup(self.pacing.stop)
 
     @defer.inlineCallbacks
     def connect(self) -> Any:
         self.bus.start()
         yield self.bus.when_subscribed()
-        self.pacing.start()
-        # out of the read that took the SUBACK (when_subscribed fires within it) first
+        # out of the read that took the SUBACK (when_subscribed fires within it) first: the
+        # test's clock, not the reactor, ends a pause, and the connect's reads should not wait
         yield task.deferLater(reactor, 0, lambda: None)
+        self.bus.pace_reads(READ_PACE, clock=self.clock)
 
     def count_reads(self) -> None:
         reader = self.bus._reader
@@ -77,16 +60,16 @@ class ReadPacingTest(BrokerCase):
         self.count_reads()
         self.publish(1)
         yield eventually(lambda: len(self.got) == 1)  # after a quiet spell: read when it comes
-        self.assertEqual(self.pacing.pauses, 1)
+        self.assertEqual(self.bus.read_pauses(), 1)
         self.publish(20, first=1)
         # each acknowledged by the broker, so on its way to us; the console does not look yet
         yield task.deferLater(reactor, 0.3, lambda: None)
         self.assertEqual(len(self.got), 1)
         reads = self.reads
-        self.clock.advance(0.05)
+        self.clock.advance(READ_PACE)
         yield eventually(lambda: len(self.got) == 21)
         self.assertEqual(self.reads - reads, 1)  # twenty messages, one wakeup
-        self.assertEqual(self.pacing.pauses, 2)
+        self.assertEqual(self.bus.read_pauses(), 2)
 
     @defer.inlineCallbacks
     def test_a_backlog_is_read_batch_after_batch_without_pausing(self) -> None:
@@ -97,32 +80,43 @@ class ReadPacingTest(BrokerCase):
         yield eventually(lambda: len(self.got) == 1)
         self.publish(3 * READ_BATCH, first=1)
         yield task.deferLater(reactor, 0.3, lambda: None)
-        self.clock.advance(0.05)
+        self.clock.advance(READ_PACE)
         # more than one read's batch: the bus comes back for the rest next turn, no pause between
         yield eventually(lambda: len(self.got) == 1 + 3 * READ_BATCH)
-        self.assertEqual(self.pacing.pauses, 2)
+        self.assertEqual(self.bus.read_pauses(), 2)
 
     @defer.inlineCallbacks
     def test_after_a_reconnect_the_new_connection_is_paced_and_nothing_is_lost(self) -> None:
         yield self.connect()
         self.publish(1)
         yield eventually(lambda: len(self.got) == 1)
-        self.clock.advance(0.05)  # the first connection's pause ends (its reader is gone soon)
-        self.broker.stop()
-        yield eventually(lambda: not self.bus.connected)
+        self.broker.stop()  # while the first connection's read is paused
+
+        def gone() -> bool:
+            self.clock.advance(READ_PACE)  # a paused reader sees the hang-up when it looks again
+            return not self.bus.connected
+
+        yield eventually(gone)
         self.broker.start()
-        yield eventually(lambda: self.bus.connected, timeout=10)
-        yield self.bus.when_subscribed()
+        # the new connection is paced from its first read (CONNACK, SUBACK): end each pause
+        subscribed: list[bool] = []
+        self.bus.when_subscribed().addCallback(lambda _: subscribed.append(True))
+
+        def paused_reads_return() -> bool:
+            self.clock.advance(READ_PACE)
+            return bool(subscribed)
+
+        yield eventually(paused_reads_return, timeout=10)
         yield task.deferLater(reactor, 0, lambda: None)
-        self.clock.advance(0.05)  # a pause after the read that took the SUBACK, if there was one
+        self.clock.advance(READ_PACE)  # a pause after the read that took the SUBACK, if there was one
         sender = Probe(self.broker.url, "nothing/#")
         self.addCleanup(sender.close)
-        pauses = self.pacing.pauses
+        pauses = self.bus.read_pauses()
         sender.publish("pnp/devices/00000000000a/notify", {"status": "sent"})
         yield eventually(lambda: len(self.got) == 2)
-        self.assertEqual(self.pacing.pauses, pauses + 1)
+        self.assertEqual(self.bus.read_pauses(), pauses + 1)
         sender.publish("pnp/devices/00000000000b/notify", {"status": "sent"})
         yield task.deferLater(reactor, 0.3, lambda: None)
         self.assertEqual(len(self.got), 2)
-        self.clock.advance(0.05)
+        self.clock.advance(READ_PACE)
         yield eventually(lambda: len(self.got) == 3)

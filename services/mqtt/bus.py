@@ -132,6 +132,8 @@ class Bus:
         self._backoff = backoff_initial
         self._reconnect_call: Any = None
         self._reader: SocketAdapter | None = None
+        self._read_pace = 0.0
+        self._pace_clock: Any = reactor
         self._stopping = False
         self._misc = task.LoopingCall(self._loop_misc)
         self._waiting_connect: list[defer.Deferred[None]] = []
@@ -245,6 +247,25 @@ class Bus:
         the order: paho's queue is written front first, and what the socket does not take
         waits for the reactor's writable report as before."""
         return _Batch(self._reader)
+
+    def pace_reads(self, seconds: float, clock: Any = None) -> None:
+        """Read the broker's socket at most every ``seconds`` while messages keep coming: after
+        a read that emptied it, the socket is not watched for that long, and what the broker
+        sends meanwhile waits in the kernel's buffer to be read in one wakeup. For a client on
+        no phone's path that takes every phone's messages (the console): a wakeup per message
+        was most of its CPU, on a machine whose listener and notifier wait for a core
+        meanwhile. A message after a quiet spell is read when it comes; a read that stopped at
+        its batch's end (READ_BATCH) is followed at once. The broker's side is unchanged: a
+        reader that pauses is like one that is busy (the kernel's buffer, then mosquitto's
+        queue, hold what comes). ``clock``: for the pause only (tests)."""
+        self._read_pace = seconds
+        self._pace_clock = clock if clock is not None else self.reactor
+        if self._reader is not None:
+            self._reader.pace, self._reader.pace_clock = seconds, self._pace_clock
+
+    def read_pauses(self) -> int:
+        """Reads followed by a pause on the current connection (``pace_reads``)."""
+        return self._reader.pauses if self._reader is not None else 0
 
     def publish_json(self, topic: str, payload: Any, retain: bool = False, qos: int = 1) -> bool:
         data = payload.to_json() if hasattr(payload, "to_json") else encode_json(payload)
@@ -387,7 +408,7 @@ class Bus:
         if self._reader is not None:
             self.reactor.removeReader(self._reader)
             self.reactor.removeWriter(self._reader)
-            self._reader.active = False
+            self._reader.deactivate()
             self._reader = None
 
     # --- paho callbacks ---
@@ -399,6 +420,7 @@ class Bus:
         except (OSError, AttributeError):
             pass
         self._reader = SocketAdapter(self.reactor, self._client, sock)
+        self._reader.pace, self._reader.pace_clock = self._read_pace, self._pace_clock
         self.reactor.addReader(self._reader)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:

@@ -92,6 +92,11 @@ class SocketAdapter:
         self.reading = False
         self._fileno: int = sock.fileno()
         self._again: Any = None
+        # Bus.pace_reads: after a read that emptied the socket, stop watching it this long
+        self.pace = 0.0
+        self.pace_clock: Any = reactor
+        self.pauses = 0
+        self._resume: Any = None
 
     def fileno(self) -> int:
         return self._fileno
@@ -107,6 +112,26 @@ class SocketAdapter:
         # another turn of the reactor: the broker sends a client only a few unacknowledged
         # messages at a time, so a late PUBACK stalls the next ones.
         self.flush()
+        if self.pace and self.active and self._again is None and self._resume is None:
+            # (a read that stopped at its batch's end comes back next turn: a backlog is never
+            # read slower)
+            self.pauses += 1
+            self.reactor.removeReader(self)
+            self._resume = self.pace_clock.callLater(self.pace, self._watch)
+
+    def _watch(self) -> None:
+        self._resume = None
+        if self.active:
+            self.reactor.addReader(self)
+
+    def deactivate(self) -> None:
+        """The bus dropped this socket: nothing of it runs again (a read carried over to the
+        next turn, a paused read's return)."""
+        self.active = False
+        for call in (self._again, self._resume):
+            if call is not None and call.active():
+                call.cancel()
+        self._again = self._resume = None
 
     def flush(self) -> None:
         """Write what paho queued while ``reading`` was set (a read's handlers, or a batch of
