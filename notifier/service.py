@@ -372,9 +372,13 @@ class Notifier:
             self._reports_call.cancel()
         self._reports_call = None
         reports, self._reports = self._reports, []
+        # in one write at the end (Bus.batch): from a timer or a phone's answer, not a read of
+        # the broker, the statuses would otherwise wait for the reactor to report the socket
+        # writable
         try:
-            for work in reports:
-                work()
+            with self.ctx.bus.batch():
+                for work in reports:
+                    work()
         finally:
             # The keeper learns each topic's last status once: a phone's ``sent`` and its
             # outcome published together leave only the outcome retained, and only it needs a
