@@ -70,20 +70,15 @@ def find_mosquitto() -> str:
 
 
 class Mosquitto:
-    """A mosquitto process on loopback with persistence under ``directory`` (its config there
-    too), or under ``persistence_dir`` when given (`pnp up`: a directory on RAM, services/brokersave.py).
+    """A mosquitto process on loopback with persistence under ``directory``.
 
     :meth:`start` runs it as a plain subprocess (for the tests); ``pnp up`` instead spawns
     :meth:`argv` itself so that it can read the output and restart the broker like a service.
     """
 
     def __init__(self, directory: Path, port: int | None = None, host: str = "127.0.0.1",
-                 persistence: bool = True, extra_config: str = "",
-                 persistence_dir: Path | None = None, held_fd: int | None = None) -> None:
+                 persistence: bool = True, extra_config: str = "") -> None:
         self.directory = Path(directory)
-        self.persistence_dir = persistence_dir
-        # a descriptor the broker process inherits, to hold a lock as long as it lives
-        self.held_fd = held_fd
         self.host = host
         self.port = port or free_port(host)
         self.persistence = persistence
@@ -108,7 +103,7 @@ class Mosquitto:
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
             f"persistence {'true' if self.persistence else 'false'}",
-            f"persistence_location {(self.persistence_dir or self.directory).resolve()}/",
+            f"persistence_location {self.directory.resolve()}/",
             # A crash (kill -9, power cut) loses at most the last 5 s of retained changes; a
             # stop saves everything. The services put back what they own (docs/DEPLOY.md).
             "autosave_interval 5",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from services.broker import answers
-from services.brokersave import DEFAULT_BASE, ram_dir_for
 from tests.downloads import download
 from tests.support import Probe, loopback_multicast, rerun_in_network_namespace, wait_until
 from tests.test_system import finished, provisioned_macs
@@ -51,12 +49,9 @@ inside = pytest.mark.skipif(not INSIDE, reason="runs only inside the namespace t
 class Up:
     """`pnp up` with its own broker on a data directory that outlives one run of it."""
 
-    def __init__(self, directory: Path, services: tuple[str, ...] | None = None) -> None:
+    def __init__(self, directory: Path) -> None:
         loopback_multicast()
         self.directory = directory
-        # None: all of them, as `pnp up` runs them (the console too); waits for these four
-        self.services = services or SERVICES
-        self.flags = ["--services", ",".join(services)] if services else []
         common = {"PNP_DATA_DIR": str(directory), "PNP_INSTANCE": "fault",
                   "PNP_STATUS_INTERVAL": "1", "PNP_LOG_FORMAT": "json"}
         # No PNP_BROKER_PORT: `pnp up` takes 1883 when it is free, again after a restart (the
@@ -66,8 +61,6 @@ class Up:
         self.up_env.pop("PNP_BROKER_PORT", None)
         self.env = {**os.environ, **common, "PNP_MQTT_URL": URL}
         self.runs = 0
-        # where the broker saves (services/brokersave.py), unless PNP_BROKER_RAM_DIR says otherwise
-        self.ram = ram_dir_for(DEFAULT_BASE, directory)
         self.proc: subprocess.Popen | None = None
         self.probe: Probe | None = None
 
@@ -81,7 +74,7 @@ class Up:
     def start(self) -> None:
         self.runs += 1
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "up", *self.flags],
+            self.proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "up"],
                                          env=self.up_env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: answers("127.0.0.1", 1883) or self.proc.poll() is not None, timeout=20)
         assert self.proc.poll() is None, self.log()
@@ -90,7 +83,7 @@ class Up:
 
     def all_online(self) -> bool:
         return all((self.probe.last(f"pnp/services/{name}/fault") or {}).get("state") == "online"
-                   for name in self.services)
+                   for name in SERVICES)
 
     def stop(self) -> None:
         self.probe.close()
@@ -146,8 +139,6 @@ class Up:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        # a killed `pnp up` leaves its broker's save in RAM, for a next start that never comes
-        shutil.rmtree(self.ram, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import time
 import pytest
 
 from services.broker import free_port, port_is_free
-from services.brokersave import DEFAULT_BASE, ram_dir_for
 from tests.support import Probe, wait_until
 
 SERVICES = ("listener", "generator", "fileserver", "notifier")
@@ -61,8 +59,6 @@ def up(tmp_path):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    # a killed `pnp up` leaves its broker's save in RAM, for a next start that never comes
-    shutil.rmtree(ram_dir_for(DEFAULT_BASE, tmp_path), ignore_errors=True)
 
 
 def service_pids(up_pid: int) -> dict[str, int]:
@@ -161,20 +157,6 @@ def test_up_killed_leaves_no_broker_behind(up):
     wait_until(lambda: not any(alive(p) for p in everything), timeout=15)
     host, port = url.rsplit("//", 1)[1].split(":")
     assert port_is_free(int(port))
-
-
-def test_a_second_up_on_the_same_data_is_refused(up, tmp_path):
-    """Its broker would save over the first one's, or its stop remove the first one's save."""
-    proc, url = up
-    _wait_broker(url)
-    env = {**os.environ, "PNP_DATA_DIR": str(tmp_path), "PNP_BROKER_PORT": str(free_port())}
-    env.pop("PNP_MQTT_URL", None)
-    done = subprocess.run([sys.executable, "-m", "tools.cli", "up"], env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert f"another `pnp up` (or its broker) is using {tmp_path / 'broker'}" in done.stderr
-    assert proc.poll() is None
-    assert ram_dir_for(DEFAULT_BASE, tmp_path).is_dir()  # the first one's save left in place
 
 
 def _is_broker(pid: int) -> bool:

@@ -1,8 +1,7 @@
 """Run everything on one machine: a broker and the five services, each its own OS process.
 
 Without PNP_MQTT_URL a private mosquitto is started on loopback (port 1883 when free, else a
-free port) as one more child, saving into RAM, each save copied to PNP_DATA_DIR/broker
-(services/brokersave.py). Output is one stream,
+free port) with persistence under PNP_DATA_DIR/broker, as one more child. Output is one stream,
 each line prefixed by its service (the broker's by ``broker``); a child that exits, the broker
 included, is restarted with backoff. Ctrl-C or SIGTERM stops the services, then the broker, and
 leaves no process behind.
@@ -20,28 +19,12 @@ from twisted.internet import defer, protocol
 
 from services import settings as s
 from services.runner import install_stop_signals
-from services import brokersave
-from services.broker import (BrokerError, Mosquitto, answers, find_mosquitto, free_port,
-                             make_private_dir, port_is_free)
+from services.broker import BrokerError, Mosquitto, answers, find_mosquitto, free_port, port_is_free
 
 SERVICE_NAMES = ("listener", "generator", "fileserver", "notifier", "console")
 BROKER_PORT = s.Setting(
     "broker_port", "PNP_BROKER_PORT", "port of the broker that `pnp up` starts",
     s.parse_port, "a port number 1-65535", None,
-)
-
-
-def parse_ram_dir(text: str) -> Path | None:
-    if text.strip().lower() == "off":
-        return None
-    return s.parse_path(text)
-
-
-BROKER_RAM_DIR = s.Setting(
-    "broker_ram_dir", "PNP_BROKER_RAM_DIR",
-    "RAM-backed directory (tmpfs) where the broker of `pnp up` saves, copied to disk by `pnp up`; "
-    "off: the broker saves on disk itself",
-    parse_ram_dir, "a directory path, or off", str(brokersave.DEFAULT_BASE),
 )
 SETTINGS = s.CONTRACT + [s.LOG_FORMAT, s.STATUS_INTERVAL]
 BACKOFF_MAX = 30.0
@@ -50,7 +33,7 @@ STOP_GRACE = 5.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    s.add_arguments(parser, SETTINGS + [BROKER_PORT, BROKER_RAM_DIR])
+    s.add_arguments(parser, SETTINGS + [BROKER_PORT])
     parser.add_argument("--services", default=",".join(SERVICE_NAMES), metavar="NAMES",
                         help="which services to run, comma-separated [default: all five]")
 
@@ -111,13 +94,12 @@ class Supervisor:
     """
 
     def __init__(self, reactor: Any, names: list[str], env: dict[str, str], out: Any = None,
-                 broker: Mosquitto | None = None, saver: brokersave.DiskSaver | None = None) -> None:
+                 broker: Mosquitto | None = None) -> None:
         self.reactor = reactor
         self.names = names
         self.env = env
         self.out = out or sys.stdout
         self.broker = broker
-        self.saver = saver
         self.children: dict[str, _Child] = {}
         self.transports: dict[str, Any] = {}
         self.backoff = {name: 1.0 for name in [BROKER, *names]}
@@ -143,8 +125,6 @@ class Supervisor:
             return self._fail(f"port {self.broker.port} on {self.broker.host} is taken; set "
                               f"PNP_BROKER_PORT to a free port, or PNP_MQTT_URL to use that broker")
         self.spawn(BROKER)
-        if self.saver is not None:
-            self.saver.start()
         deadline = self.reactor.seconds() + BROKER_START_TIMEOUT
         self.reactor.callLater(0, self._await_broker, deadline)
 
@@ -180,10 +160,6 @@ class Supervisor:
         if name == BROKER:
             assert self.broker is not None  # spawned only when we run the broker
             try:
-                if self.saver is not None:
-                    said = self.saver.before_broker_start()
-                    if said:
-                        self.emit("pnp", said)
                 argv = self.broker.argv()
             except (BrokerError, OSError) as exc:
                 # e.g. its directory became unwritable: a restart is tried again later
@@ -195,13 +171,8 @@ class Supervisor:
                 argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
         else:
             argv = [sys.executable, "-m", "tools.cli", name]
-        fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
-        if name == BROKER and self.broker is not None and self.broker.held_fd is not None:
-            # the broker holds the data's lock with us (brokersave.lock)
-            fds[self.broker.held_fd] = self.broker.held_fd
         child = _Child(self, name)
-        self.transports[name] = self.reactor.spawnProcess(child, argv[0], argv, env=self.env,
-                                                          childFDs=fds)
+        self.transports[name] = self.reactor.spawnProcess(child, argv[0], argv, env=self.env)
         self.children[name] = child
 
     def child_ended(self, child: _Child, code: int | None, sig: int | None) -> None:
@@ -224,7 +195,7 @@ class Supervisor:
 
     def stop(self) -> defer.Deferred:
         """Stop the services, then the broker (so the services' last words reach it, and it
-        saves its database once they are gone), then copy that save to disk."""
+        saves its database once they are gone)."""
         self.stopping = True
         for call in self.pending.values():
             if call.active():
@@ -233,9 +204,6 @@ class Supervisor:
         done = self._terminate([n for n in self.children if n != BROKER])
         if BROKER in self.children:
             done.addCallback(lambda _: self._terminate([BROKER]))
-        if self.saver is not None:
-            saver = self.saver
-            done.addCallback(lambda _: saver.stop())
         return done
 
     def _terminate(self, names: list[str]) -> defer.Deferred:
@@ -270,7 +238,7 @@ class Supervisor:
 def run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
-    settings = s.resolve(SETTINGS + [BROKER_PORT, BROKER_RAM_DIR], args)
+    settings = s.resolve(SETTINGS + [BROKER_PORT], args)
     names = [n.strip() for n in args.services.split(",") if n.strip()]
     unknown = [n for n in names if n not in SERVICE_NAMES]
     if unknown or not names:
@@ -280,7 +248,6 @@ def run(args: argparse.Namespace) -> int:
 
     url_given = bool(getattr(args, "mqtt_url", None) or os.environ.get("PNP_MQTT_URL"))
     broker = None
-    saver: brokersave.DiskSaver | None = None
     if not url_given:
         try:
             find_mosquitto()
@@ -288,27 +255,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"pnp up: {exc}", file=sys.stderr)
             return 1
         port = settings.broker_port or (1883 if port_is_free(1883) else free_port())
-        disk = Path(settings.data_dir) / "broker"
-        try:
-            make_private_dir(disk)
-            held = brokersave.lock(disk)
-            plan = brokersave.prepare(disk, Path(settings.data_dir), settings.broker_ram_dir)
-        except brokersave.Busy as exc:
-            print(f"pnp up: {exc}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"pnp up: cannot prepare the broker's database in {disk}: "
-                  f"{brokersave.describe(exc)}", file=sys.stderr)
-            return 1
-        for note in plan.notes:
-            print(f"pnp up: {note}", flush=True)
-        broker = Mosquitto(disk, port=port, persistence_dir=plan.location, held_fd=held)
-        if plan.ram is not None:
-            saver = brokersave.DiskSaver(reactor, plan.ram, disk, brokersave.SaveCore(plan.on_disk),
-                                         lambda line: supervisor.emit("pnp", line))
+        broker = Mosquitto(Path(settings.data_dir) / "broker", port=port)
         settings = settings.replace(mqtt_url=s.parse_mqtt_url(broker.url))
-        saved = f"; it saves in RAM at {plan.ram}, copied there" if plan.ram else ""
-        print(f"pnp up: broker {broker.url} (data in {broker.directory}{saved})", flush=True)
+        print(f"pnp up: broker {broker.url} (data in {broker.directory})", flush=True)
         print(f"pnp up: watch it with: mosquitto_sub -p {broker.port} -v -t "
               f"'{settings.topic_prefix}/#'", flush=True)
     else:
@@ -321,13 +270,11 @@ def run(args: argparse.Namespace) -> int:
     if settings.log_format == "auto":
         env["PNP_LOG_FORMAT"] = "text" if sys.stdout.isatty() else "json"
 
-    supervisor = Supervisor(reactor, names, env, broker=broker, saver=saver)
+    supervisor = Supervisor(reactor, names, env, broker=broker)
     reactor.callWhenRunning(supervisor.start)
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
     reactor.callWhenRunning(install_stop_signals, reactor, True, True)
     reactor.run()
-    if saver is not None and saver.left_in_ram:
-        return 1  # said why; a service manager should see that this stop kept less on disk
     return supervisor.exit_code
 
 
