@@ -303,25 +303,24 @@ class FileCore:
     def discovered(self, mac: str, ip: str, now: float, hold: bool = False) -> list[Effect]:
         """A discovery (a retained one replayed included) of ``mac`` from ``ip``.
 
-        ``hold``: a first candidate, the only move a discovery of a ready phone makes, is not
-        saved and announced now but by the next :meth:`release`, with every other one held
-        meanwhile (it counts for the gate at once: the record moved). Any other move of that
-        device before then saves and announces its record as it is, this candidate included."""
+        ``hold``: a first candidate, the only move a discovery of a ready phone makes, is saved
+        now (the store commits it with the rest of the turn: a fileserver killed later still
+        pins it, so a spoofed SUBSCRIBE replayed after its restart is a conflict, not the
+        candidate) but announced on ``enrolment`` by the next :meth:`release`, with every other
+        one held meanwhile. Any other move of that device before then announces its record as
+        it is, this candidate included."""
         changes = self.enrolments.discovered(mac, ip, now)
         if hold and len(changes) == 1 and _candidate_only(changes[0]):
             self.held[mac] = None
-            return []
+            return [SaveEnrolment(mac, changes[0].record)]
         return self._changed(changes)
 
     def release(self) -> list[Effect]:
-        """The held candidates: saved and announced (a device removed meanwhile was already)."""
+        """The held candidates, announced (a device removed meanwhile was already)."""
         held, self.held = self.held, {}
         effects: list[Effect] = []
         for mac in held:
-            record = self.enrolments.get(mac)
-            if record is not None:
-                effects.append(SaveEnrolment(mac, record))
-                effects += self._announce_enrolment(mac)
+            effects += self._announce_enrolment(mac)
         return effects
 
     def sweep(self, now: float) -> list[Effect]:
@@ -450,7 +449,7 @@ class FileCore:
         for change in changes:
             record = change.record
             mac = record.mac
-            self.held.pop(mac, None)  # saved and announced now, a held candidate with it
+            self.held.pop(mac, None)  # announced now, a held candidate with it
             effects.append(SaveEnrolment(mac, record))
             self.catalog.set_epoch(mac, record.epoch)
             if change.conflict:

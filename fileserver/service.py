@@ -33,14 +33,14 @@ from fileserver.store import Store
 
 log = Logger(namespace="fileserver")
 
-# How long a ready phone's candidate (its first discovery while enrolling) waits to be saved and
-# announced on ``enrolment``, with every other one of that time: one commit and one write to the
-# broker (whose PUBACKs come back together) for a storm's hundreds, instead of a commit, a write
-# and a PUBACK's wakeup per phone. It is on no phone's path: the gate uses the candidate at once,
-# the NOTIFY does not wait for it (``published`` does not change), and only readers of
-# ``enrolment`` (the console, a PBX) see it up to this much later. A fileserver killed within
-# this time forgets the candidate; the retained discovery it comes back to names it again
-# (docs/SECURITY.md, item 13).
+# How long a ready phone's candidate (its first discovery while enrolling) waits to be announced
+# on ``enrolment``, with every other one of that time: one write to the broker (whose PUBACKs come
+# back together) for a storm's hundreds, instead of a write and a PUBACK's wakeup per phone. It is
+# on no phone's path: the gate uses the candidate at once, the NOTIFY does not wait for it
+# (``published`` does not change), and only readers of ``enrolment`` (the console, a PBX) see it
+# up to this much later. The candidate itself is saved at once (with the turn's commit): the pin
+# is what keeps a spoofed SUBSCRIBE from another address a conflict, across a restart too
+# (docs/SECURITY.md, item 12, counts on it).
 HOLD_CANDIDATES = 0.1  # seconds
 
 
@@ -58,6 +58,7 @@ class FileService:
                              republish=self._put_back)
         self._stored: list[DeviceFiles] = []
         self._release_call: Any = None  # the held candidates' release, while some wait
+        self._stopped = False
         # often enough that a window closes within a minute of its end, and no more
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = ctx.reactor
@@ -118,7 +119,8 @@ class FileService:
             self._sweep.stop()
         if self._release_call is not None and self._release_call.active():
             self._release_call.cancel()
-        self._release()  # saved now, and announced if the broker is still there
+        self._stopped = True  # a discovery read from now on is announced at once
+        self._release()  # announced if the broker is still there
         self.keeper.stop()
         self._log_stored.flush()
         self._log_provisioned.flush()
@@ -173,7 +175,7 @@ class FileService:
         ip = data.get("ip") if isinstance(data, dict) else None
         if not isinstance(ip, str) or not ip or len(ip) > 64:
             return
-        self.apply(self.core.discovered(mac, ip, self.now(), hold=True))
+        self.apply(self.core.discovered(mac, ip, self.now(), hold=not self._stopped))
         if self.core.held and self._release_call is None:
             self._release_call = self.ctx.reactor.callLater(HOLD_CANDIDATES, self._release)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from notifier.service import Notifier
 from notifier.settings import SETTINGS, check as check_settings
 from notifier.state import Store
@@ -21,6 +23,16 @@ COMMIT_AFTER = 0.1  # seconds, as the generator's
 
 def start(ctx: Context) -> Notifier:
     reactor = ctx.reactor
-    store = Store(ctx.database_path(), later=lambda commit: reactor.callLater(COMMIT_AFTER, commit),
-                  clock=reactor, health=ctx.health)
-    return Notifier(ctx, store).start()
+    notifiers: list[Notifier] = []
+
+    def commit_after(commit: Callable[[], object]) -> object:
+        def statuses_then_commit() -> None:
+            for notifier in notifiers:
+                notifier.report_held()  # Notifier.report_held says why first
+            commit()
+
+        return reactor.callLater(COMMIT_AFTER, statuses_then_commit)
+
+    store = Store(ctx.database_path(), later=commit_after, clock=reactor, health=ctx.health)
+    notifiers.append(Notifier(ctx, store))
+    return notifiers[0].start()

@@ -323,6 +323,7 @@ class Notifier:
                 request = build.check_sync(d, local, self.settings.resync_reboot, branch, target.uri)
         except build.BuildError as exc:
             self.counters_["notify_unbuildable"] += 1
+            self._report()  # what is held goes first: a held clear must not erase this error
             self.ctx.publish_error(plan.mac, "notify", f"cannot build the NOTIFY: {exc}")
             return
         now = self.wall()
@@ -363,8 +364,14 @@ class Notifier:
         """Hold a status (``work`` publishes it) to publish it with the others, in order."""
         if not self._reports:
             self._held_since = self.clock.seconds()
-            self._reports_call = self.reactor.callLater(STATUS_WAIT, self._report)
+            self._reports_call = self.clock.callLater(STATUS_WAIT, self._report)
         self._reports.append(work)
+
+    def report_held(self) -> None:
+        """Publish the held statuses now: before the store commits, so that no NOTIFY is on disk
+        as sent while its statuses are still held (a kill -9 between would lose them for good:
+        the restart does not send it again). Wired in notifier/main.py."""
+        self._report()
 
     def _report(self) -> None:
         """Publish the statuses :meth:`_later` holds, in order."""
@@ -378,7 +385,11 @@ class Notifier:
         try:
             with self.ctx.bus.batch():
                 for work in reports:
-                    work()
+                    try:
+                        work()
+                    except Exception:
+                        # one status that fails must not cost the others of the batch theirs
+                        log.failure("publishing a NOTIFY status failed")
         finally:
             # The keeper learns each topic's last status once: a phone's ``sent`` and its
             # outcome published together leave only the outcome retained, and only it needs a
@@ -460,8 +471,14 @@ class Notifier:
                 self._errored.discard(plan.mac)
                 self.ctx.clear_error(plan.mac)
 
+        # A status that raises or clears the device's error goes out at once, with what is held
+        # before it: ``error`` is one retained topic that every service writes, and a clear held
+        # for up to STATUS_WAIT would erase an error another service (the fileserver's conflict)
+        # raised meanwhile. Those are rare; holding saves nothing there.
+        errors = result.outcome is Outcome.REJECTED or (
+            result.outcome is Outcome.ACCEPTED and plan.mac in self._errored)
         self._later(report)
-        if self.clock.seconds() - self._held_since >= STATUS_AFTER:
+        if errors or self.clock.seconds() - self._held_since >= STATUS_AFTER:
             self._report()
         if result.outcome is not Outcome.ACCEPTED:
             log.warn("NOTIFY {kind} to {mac}: {status} {code} {reason} after {attempts} attempts{why}",

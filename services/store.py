@@ -218,6 +218,7 @@ class Writes:
         self.failures = 0
         self._asked = False
         self._retry: Any = None
+        self._scheduled: Any = None  # what ``later`` returned (a DelayedCall), until it runs
         self._delay = RETRY_FIRST
         self._logged_at = float("-inf")
         self.closed = False
@@ -230,7 +231,7 @@ class Writes:
             self.commit()
         else:
             self._asked = True
-            self.later(self.commit)
+            self._scheduled = self.later(self.commit)
 
     def commit(self, force: bool = False) -> bool:
         """Run the queue in one transaction; False (the queue kept) when that failed, or when a
@@ -306,4 +307,9 @@ class Writes:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        # the last commit above took what the scheduled one would have: nothing is left behind
+        # to run on a closed store
+        scheduled, self._scheduled = self._scheduled, None
+        if scheduled is not None and getattr(scheduled, "active", lambda: False)():
+            scheduled.cancel()
         self.closed = True

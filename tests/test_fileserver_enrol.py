@@ -283,7 +283,7 @@ class RebuiltTest(EnrolCase):
         self.probe.publish(self.topic("discovered"), json.dumps({"mac": MAC, "ip": PHONE}))
         enrolments = rt.component.service.core.enrolments
         yield eventually(lambda: enrolments.get(MAC).candidate == PHONE)
-        yield rt.stop()  # most likely within the 0.1 s the candidate waits to be saved
+        yield rt.stop()  # most likely within the 0.1 s the candidate waits to be announced
         yield self.enrolment("enrolling", candidate=PHONE)
         rt = yield self.start()
         self.assertEqual(rt.component.service.core.enrolments.get(MAC).candidate, PHONE)

@@ -410,6 +410,46 @@ class NotifierTest(NotifierBase):
         self.assertEqual([s["status"] for s in statuses], ["sent", "accepted"])
 
     @defer.inlineCallbacks
+    def test_held_statuses_are_published_before_the_store_commits_their_notify(self):
+        """The sent log must never be on disk ahead of its statuses: a kill -9 between would
+        lose them for good (the restart does not send that NOTIFY again). Statuses held for an
+        hour still leave with the store's commit."""
+        import notifier.service
+
+        self.patch(notifier.service, "STATUS_AFTER", 3600.0)
+        self.patch(notifier.service, "STATUS_WAIT", 3600.0)
+        self.patch(notifier.main, "COMMIT_AFTER", 0.05)
+        phone = self.phone()
+        self.publish()
+        component = yield self.start()
+        self.discover(phone)
+        yield eventually(lambda: component.counters_["notify_accepted"] == 1)
+        statuses = yield eventually(lambda: self.statuses() if self.statuses() else None)
+        self.assertEqual(statuses[0]["status"], "sent")
+        self.assertEqual(component.store.writes.queue, [])  # and the sent log committed with them
+
+    @defer.inlineCallbacks
+    def test_a_refusal_and_its_clear_are_published_at_once_while_statuses_are_held(self):
+        """``error`` is one retained topic that every service writes: a clear held back could
+        erase an error another service raised meanwhile, so the notifier's own error and its
+        clear do not wait with the statuses."""
+        import notifier.service
+
+        self.patch(notifier.service, "STATUS_AFTER", 3600.0)
+        self.patch(notifier.service, "STATUS_WAIT", 3600.0)
+        self.patch(notifier.main, "COMMIT_AFTER", 3600.0)
+        phone = self.phone(phone=ChallengingPhone(password="right"))
+        self.credentials(1, "wrong")
+        component = yield self.running(phone)
+        self.publish(revision=2)
+        error = yield eventually(lambda: self.probe.last(f"pnp/devices/{MAC}/error"))
+        self.assertIn("refused", error["message"])
+        self.credentials(3, "right")
+        component.store.provisions[MAC] = Provision(True, 3, time.time())
+        self.publish(revision=4)
+        yield eventually(lambda: self.probe.on(f"pnp/devices/{MAC}/error")[-1] == b"")
+
+    @defer.inlineCallbacks
     def test_two_shards_send_each_phone_exactly_one_notify_across_restarts(self):
         phones = {f"000b82f5{i:04x}": self.phone(f"127.0.0.{i + 2}") for i in range(8)}
         owner = {mac: 1 + zlib.crc32(mac.encode()) % 2 for mac in phones}
