@@ -13,6 +13,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable
 
+from twisted.logger import Logger
+
+log = Logger(namespace="listener")
+
 
 class Outbox:
     def __init__(self, bus: Any, reactor: Any, window: int = 16, max_pending: int = 100_000,
@@ -91,15 +95,24 @@ class Outbox:
             # One write for the batch, made at its end, rather than a wait for the reactor to
             # report the broker's socket writable (Bus.batch)
             handed: list[tuple[str, bytes]] = []
-            with bus.batch():
-                for _ in range(min(room, self.batch)):
-                    if not pending:
-                        break
-                    topic, item = pending.popitem(last=False)
-                    self._publish(topic, item, handed)
-                    room -= 1
-            for topic, data in handed:
-                self.sent(topic, data)
+            try:
+                with bus.batch():
+                    for _ in range(min(room, self.batch)):
+                        if not pending:
+                            break
+                        topic, item = pending.popitem(last=False)
+                        room -= 1
+                        try:
+                            self._publish(topic, item, handed)
+                        except Exception:
+                            # one discovery that cannot be made (a bug) is dropped and counted,
+                            # never the batch around it nor the ones behind
+                            self.dropped += 1
+                            log.failure("a discovery for {topic} could not be published", topic=topic)
+            finally:
+                # what the bus took is kept (Keeper) whatever happened after it
+                for topic, data in handed:
+                    self.sent(topic, data)
         if pending and self._call is None:
             # Room left: the next batch on the next turn. Window full: the next PUBACK kicks
             # us (the retry is only a fallback). Broker away: its return (on_connect) does.

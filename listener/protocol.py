@@ -93,7 +93,8 @@ class SubscribeProtocol(DatagramProtocol):
             self.on_discovered(outcome.sighting)
 
     def readDone(self) -> None:
-        """Every datagram waiting on this socket has been read and answered."""
+        """This socket's read is over: every datagram that was waiting has been answered, or
+        Twisted stopped at its 256 KiB a read (a burst), the rest then waiting for the next."""
         if self.on_read_done is not None:
             self.on_read_done()
 

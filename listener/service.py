@@ -216,8 +216,10 @@ class ListenerService:
     def _read_done(self) -> None:
         """A socket's waiting datagrams are all answered: the discoveries they filed are made
         and published now, in this reactor turn, then logged (protocol.py says why only now).
-        With several interfaces, another socket's datagrams may be waiting in this same turn:
-        their answers come first, and the discoveries wait for the timed calls as before."""
+        With several interfaces, another socket's datagrams may be waiting: the discoveries then
+        wait for the timed calls, as before this hook. That puts the other socket's answers
+        first only when its read is in this same poll's batch; a datagram that came after the
+        poll is answered after the discoveries (as it was before)."""
         if not self._unlogged:
             return
         if len(self.ports) > 1 and any(waiting(port) for port in self.ports):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from notifier.service import Notifier
 from notifier.settings import SETTINGS, check as check_settings
 from notifier.state import Store
@@ -23,16 +21,8 @@ COMMIT_AFTER = 0.1  # seconds, as the generator's
 
 def start(ctx: Context) -> Notifier:
     reactor = ctx.reactor
-    notifiers: list[Notifier] = []
-
-    def commit_after(commit: Callable[[], object]) -> object:
-        def statuses_then_commit() -> None:
-            for notifier in notifiers:
-                notifier.report_held()  # Notifier.report_held says why first
-            commit()
-
-        return reactor.callLater(COMMIT_AFTER, statuses_then_commit)
-
-    store = Store(ctx.database_path(), later=commit_after, clock=reactor, health=ctx.health)
-    notifiers.append(Notifier(ctx, store))
-    return notifiers[0].start()
+    store = Store(ctx.database_path(), later=lambda commit: reactor.callLater(COMMIT_AFTER, commit),
+                  clock=reactor, health=ctx.health)
+    notifier = Notifier(ctx, store)
+    store.writes.before_commit = notifier.report_held  # Notifier.report_held says why
+    return notifier.start()

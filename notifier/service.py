@@ -370,7 +370,8 @@ class Notifier:
     def report_held(self) -> None:
         """Publish the held statuses now: before the store commits, so that no NOTIFY is on disk
         as sent while its statuses are still held (a kill -9 between would lose them for good:
-        the restart does not send it again). Wired in notifier/main.py."""
+        the restart does not send it again). Run by every commit of the store, retries included
+        (services.store.Writes.before_commit, wired in notifier/main.py)."""
         self._report()
 
     def _report(self) -> None:

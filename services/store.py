@@ -219,6 +219,9 @@ class Writes:
         self._asked = False
         self._retry: Any = None
         self._scheduled: Any = None  # what ``later`` returned (a DelayedCall), until it runs
+        # run first by every commit (scheduled, retried, at close): what must reach the broker
+        # before the queue reaches the disk (the notifier's held statuses)
+        self.before_commit: Callable[[], Any] | None = None
         self._delay = RETRY_FIRST
         self._logged_at = float("-inf")
         self.closed = False
@@ -244,6 +247,8 @@ class Writes:
         self._retry = None
         if self.closed or not self.queue:
             return True
+        if self.before_commit is not None:
+            self.before_commit()
         batch, self.queue = self.queue, []
         conn = self.conn
         try:

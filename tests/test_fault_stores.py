@@ -86,6 +86,24 @@ def test_a_failed_commit_keeps_every_write_and_retries_until_it_succeeds(tmp_pat
     assert writes.queue == [] and health.status == "ok"
 
 
+def test_every_commit_runs_its_before_hook_first_retries_included(tmp_path):
+    """The notifier publishes its held statuses there: a sent record must not reach the disk
+    ahead of them, by the scheduled commit or by a retry after a failed one."""
+    conn = full_database(tmp_path / "s.db")
+    clock = task.Clock()
+    writes = Writes(conn, "s.db", later=lambda commit: clock.callLater(0, commit), clock=clock)
+    rows_seen: list[int] = []
+    writes.before_commit = lambda: rows_seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+    writes.add("INSERT INTO t (k, v) VALUES (?, ?)", (1, b"x" * 3000))
+    writes.add("INSERT INTO t (k, v) VALUES (?, ?)", (2, b"x" * 3000))
+    clock.advance(0)
+    assert writes.failures == 1 and rows_seen == [0]
+    conn.execute("PRAGMA max_page_count = 100000")
+    clock.advance(0.5)  # the retry: the hook first, then the rows
+    assert rows_seen == [0, 0]
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+
+
 def test_close_commits_what_is_queued(tmp_path):
     db = open_database(tmp_path / "s.db").db
     db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")

@@ -43,8 +43,9 @@ class ReadySocketClient(mqtt.Client):
     _received = b""  # bytes read from the socket that paho has not asked for yet
     _received_at = 0
     # The last recv took a few bytes (DRAINED_SIZE at most: a PUBACK or a few) from a plain TCP
-    # socket, and all of it has been read since: the socket was empty then, and handling them
-    # took microseconds, so the next recv would most likely only say "would block" (Touch 10)
+    # socket, all of it has been read since, and paho did not recv on its own meanwhile: the
+    # socket was empty then, and handling them took microseconds, so the next recv would most
+    # likely only say "would block" (Touch 10)
     _drained = False
 
     def hand_socket(self, sock: socket.socket | None) -> None:
@@ -194,6 +195,9 @@ class ReadySocketClient(mqtt.Client):
         return self._paho_packet_read()
 
     def _paho_packet_read(self) -> MQTTErrorCode:
+        # paho may recv again (a packet the small read held only part of): the socket is then
+        # not known to be empty any more, and the next read asks it
+        self._drained = False
         rc: MQTTErrorCode = super()._packet_read()
         return rc
 
