@@ -212,7 +212,7 @@ class FileCore:
         self.broker_enrolment: dict[str, bytes] = {}
         self._seen_config: set[str] = set()
         self._restored: set[str] = set()  # whose published was put back since connecting
-        # devices whose new candidate is neither saved nor announced yet (discovered(hold=True))
+        # devices whose new candidate is saved but not announced yet (discovered(hold=True))
         self.held: dict[str, None] = {}
         self.configs_missing = 0  # stored devices whose config the broker did not replay
 
